@@ -1,0 +1,124 @@
+"""Per-patch Shannon entropy of grayscale pixel intensities.
+
+APT scores every candidate patch by the entropy of its intensity histogram:
+plain regions score low and may be covered by one large patch, busy regions
+score high and keep base-size patches.
+"""
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+# ITU-R 601 luma weights, the ones the APT authors use.
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+# Added inside the log like the authors do (only reached for empty bins there;
+# we never evaluate empty bins, but keep it so values agree to the last digit).
+_LOG_EPS = 1e-10
+
+
+def images_to_gray(images: Tensor, mean: Sequence[float],
+                   std: Sequence[float]) -> Tensor:
+    """Undo the data preprocessor's normalisation and convert to grayscale.
+
+    Args:
+        images (Tensor): Normalised RGB images, shape (B, 3, H, W).
+        mean (Sequence[float]): Per-channel mean (RGB) in the 0-255 range.
+        std (Sequence[float]): Per-channel std (RGB) in the 0-255 range.
+
+    Returns:
+        Tensor: Gray intensities in [0, 255], shape (B, H, W), float32.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError('images must have shape (B, 3, H, W), got '
+                         f'{tuple(images.shape)}')
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError('mean and std need one value per RGB channel, got '
+                         f'mean={list(mean)}, std={list(std)}')
+    images = images.detach()
+    # gray = sum_c w_c * (x_c * std_c + mean_c), accumulated in place so the
+    # only new buffer is one (B, H, W) float map.
+    gray = images[:, 0].float() * (GRAY_WEIGHTS[0] * std[0])
+    for channel in (1, 2):
+        gray.add_(images[:, channel].float(),
+                  alpha=GRAY_WEIGHTS[channel] * std[channel])
+    gray.add_(sum(w * m for w, m in zip(GRAY_WEIGHTS, mean)))
+    return gray.clamp_(0.0, 255.0)
+
+
+def intensity_bins(gray: Tensor, num_bins: int) -> Tensor:
+    """Map intensities in [0, 255] to histogram bins of equal width.
+
+    The last bin is closed (255 falls into bin ``num_bins - 1``), like
+    ``numpy.histogram(x, bins=num_bins, range=(0, 255))``.
+    """
+    # int32 halves the memory of the per-pixel keys built from these bins.
+    bins = (gray * (num_bins / 255.0)).to(torch.int32)
+    return bins.clamp_(0, num_bins - 1)
+
+
+def patch_entropy(gray: Tensor, patch_size: int,
+                  num_bins: int = 512) -> Tensor:
+    """Shannon entropy (bits) of the intensity histogram of every patch.
+
+    Memory grows with the number of pixels, never pixels x bins: each pixel
+    gets one integer key ``patch * num_bins + bin`` and the histogram is
+    either a ``bincount`` over all (patch, bin) pairs, when there are no more
+    pairs than pixels, or a sort + run-length count otherwise.
+
+    Args:
+        gray (Tensor): Intensities in [0, 255], shape (B, H, W).
+        patch_size (int): Patch side in pixels; must divide H and W.
+        num_bins (int): Histogram bins over [0, 255]. Defaults to 512.
+
+    Returns:
+        Tensor: Entropy per patch, shape (B, H // patch_size, W // patch_size),
+        float32, in [0, log2(min(num_bins, patch_size**2))].
+    """
+    if gray.dim() != 3:
+        raise ValueError(f'gray must have shape (B, H, W), got {tuple(gray.shape)}')
+    if num_bins < 1:
+        raise ValueError(f'num_bins must be a positive integer, got {num_bins}')
+    batch, height, width = gray.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(f'image size {height}x{width} is not divisible by the '
+                         f'patch size {patch_size}')
+    rows, cols = height // patch_size, width // patch_size
+    num_patches = batch * rows * cols
+    area = patch_size * patch_size
+
+    # Patch id of every pixel, laid out so a (B, rows, ps, cols, ps) view
+    # maps pixels to (b, r, c) without copying the image into patches.
+    bins = intensity_bins(gray, num_bins).view(batch, rows, patch_size, cols,
+                                               patch_size)
+    if num_patches * num_bins >= 2**31:
+        raise ValueError(f'{num_patches} patches x {num_bins} bins overflow '
+                         'the int32 histogram keys; use fewer bins or images')
+    patch_ids = torch.arange(
+        num_patches, dtype=torch.int32, device=gray.device).view(
+            batch, rows, 1, cols, 1)
+    keys = bins.add_(patch_ids * num_bins).reshape(-1)
+
+    if num_patches * num_bins <= keys.numel():
+        # Few (patch, bin) pairs: a dense histogram is no larger than the image.
+        counts = torch.bincount(keys, minlength=num_patches * num_bins)
+        del keys
+        patch_of_count = None
+    else:
+        # More pairs than pixels: count only the pairs that occur.
+        sorted_keys, _ = torch.sort(keys)
+        del keys
+        unique_keys, counts = torch.unique_consecutive(
+            sorted_keys, return_counts=True)
+        del sorted_keys
+        patch_of_count = unique_keys.div_(num_bins, rounding_mode='floor')
+    prob = counts.float().div_(area)
+    del counts
+    # -p log2 p, with p = 0 contributing nothing.
+    neg_plogp = torch.where(prob > 0, prob * torch.log2(prob + _LOG_EPS),
+                            prob).neg_()
+    if patch_of_count is None:
+        entropy = neg_plogp.view(num_patches, num_bins).sum(1)
+    else:
+        entropy = torch.zeros(num_patches, device=gray.device)
+        entropy.index_add_(0, patch_of_count.long(), neg_plogp)
+    return entropy.view(batch, rows, cols)
