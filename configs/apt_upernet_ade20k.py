@@ -1,0 +1,22 @@
+# APT-EVA02-B + UperNet on ADE20K, 512 x 512: the baseline of
+# eva02_upernet_ade20k.py with adaptive patches.
+#
+# Patch sizes 16 and 32, entropy threshold 5.75 for the 32-pixel scale: the
+# APT paper's segmentation setting is that single threshold (one non-base
+# scale). Keeping the largest patch at 32 pixels means a merged token covers
+# only 2 x 2 cells of the stride-16 map, so class boundaries move by at most
+# one cell, and it keeps every size constraint loose: train crops, slide
+# windows (512) and the test padding must be multiples of the largest patch
+# (tests/test_segmentation_configs.py checks it for every APT config).
+_base_ = ['./eva02_upernet_ade20k.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='APTEVA02',
+        thresholds=(5.75, ),
+        entropy_bins=512,
+        # Must equal the data preprocessor's: the tokenizer un-normalises the
+        # images to score patch entropy on 0-255 grey levels.
+        mean=[122.7709383, 116.7460125, 104.09373615],
+        std=[68.5005327, 66.6321579, 70.32316305]))
+custom_hooks = [dict(type='TokenStatsHook')]

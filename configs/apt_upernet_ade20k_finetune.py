@@ -1,0 +1,27 @@
+# The APT authors' recipe for dense models: start from a trained baseline
+# segmentor (eva02_upernet_ade20k.py) and fine-tune it with APT for 5% of the
+# iterations (60k -> 3k) at a tenth of the learning rate (6e-5 -> 6e-6);
+# the warm-up shrinks by the same 5% (1500 -> 75 iterations).
+#
+# The APT-only parameters (zero-initialised aggregation) are missing from the
+# baseline checkpoint and keep their zero init, so the model starts exactly as
+# "embed the resized patch" (mmengine loads `load_from` non-strictly).
+_base_ = ['./apt_upernet_ade20k.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+# Produced by: python tools/train.py configs/eva02_upernet_ade20k.py
+load_from = 'work_dirs/eva02_upernet_ade20k/iter_60000.pth'
+# The whole segmentor comes from `load_from`; no separate backbone init.
+model = dict(backbone=dict(init_cfg=None))
+optim_wrapper = dict(optimizer=dict(lr=6e-6))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=75),
+    dict(
+        type='PolyLR',
+        power=1.0,
+        eta_min=0.0,
+        by_epoch=False,
+        begin=75,
+        end=3000),
+]
+train_cfg = dict(max_iters=3000, val_interval=1000)
+default_hooks = dict(checkpoint=dict(interval=1000))

@@ -1,0 +1,12 @@
+# APT-EVA02-L + UperNet on ADE20K, 640 x 640 (patch sizes 16/32, threshold
+# 5.75; 640 = 20 x 32). Published: 60.01 mIoU vs 60.05, +11% img/s.
+_base_ = ['./eva02_upernet_ade20k_large_640.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='APTEVA02',
+        thresholds=(5.75, ),
+        entropy_bins=512,
+        mean=[122.7709383, 116.7460125, 104.09373615],
+        std=[68.5005327, 66.6321579, 70.32316305]))
+custom_hooks = [dict(type='TokenStatsHook')]

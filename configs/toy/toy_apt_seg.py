@@ -1,0 +1,15 @@
+# Toy APT: toy_eva02_seg.py with the adaptive backbone, same thresholds as
+# configs/apt_upernet_ade20k.py (patch sizes 16/32, threshold 5.75). The
+# 256 x 256 crops and slide windows are multiples of the largest patch (32).
+#
+#   python tools/misc/make_toy_ade.py data/toy_ade
+#   python tools/train.py configs/toy/toy_apt_seg.py
+_base_ = ['./toy_eva02_seg.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='APTEVA02',
+        thresholds=(5.75, ),
+        entropy_bins=512,
+        mean=[122.7709383, 116.7460125, 104.09373615],
+        std=[68.5005327, 66.6321579, 70.32316305]))

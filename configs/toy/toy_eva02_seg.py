@@ -1,0 +1,125 @@
+# Toy baseline: plain EVA-02-tiny + UperNet on the synthetic ADE20K-layout set
+# made by tools/misc/make_toy_ade.py (6 classes, 0 = ignore), trained from
+# scratch on a CPU in minutes. Same recipe shape as eva02_upernet_ade20k.py:
+# global attention, 4 taps -> ViTPyramidNeck -> UPerHead + FCN aux head, slide
+# inference. Heads use GN so that one-process and gloo (CPU DDP) runs work.
+#
+#   python tools/misc/make_toy_ade.py data/toy_ade
+#   python tools/train.py configs/toy/toy_eva02_seg.py
+_base_ = [
+    '../_base_/models/upernet_eva02.py',
+    '../_base_/seg_default_runtime.py',
+]
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+
+# ----------------------------------------------------------------- data
+dataset_type = 'BaseSegDataset'
+data_root = 'data/toy_ade'
+metainfo = dict(
+    classes=('wall', 'floor', 'painting', 'rug', 'lamp', 'plant'),
+    palette=[[120, 120, 120], [80, 50, 50], [255, 6, 51], [255, 9, 92],
+             [224, 5, 255], [4, 200, 3]])
+crop_size = (256, 256)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(
+        type='RandomResize',
+        scale=(512, 256),
+        ratio_range=(0.75, 1.5),
+        keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(512, 256), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+toy_dataset = dict(
+    type=dataset_type,
+    data_root=data_root,
+    metainfo=metainfo,
+    img_suffix='.jpg',
+    seg_map_suffix='.png',
+    reduce_zero_label=True)
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=1,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        **toy_dataset,
+        data_prefix=dict(
+            img_path='images/training', seg_map_path='annotations/training'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=1,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        **toy_dataset,
+        data_prefix=dict(
+            img_path='images/validation',
+            seg_map_path='annotations/validation'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+
+# ---------------------------------------------------------------- model
+norm_cfg = dict(type='GN', num_groups=8, requires_grad=True)
+model = dict(
+    data_preprocessor=dict(size=crop_size, test_cfg=dict(size=crop_size)),
+    backbone=dict(
+        arch='tiny',
+        img_size=crop_size[0],
+        drop_path_rate=0.0,
+        init_cfg=None),  # from scratch: no weights are needed
+    neck=dict(embed_dim=192),
+    decode_head=dict(
+        in_channels=[192, 192, 192, 192],
+        channels=64,
+        num_classes=6,
+        norm_cfg=norm_cfg),
+    auxiliary_head=dict(
+        in_channels=192, channels=32, num_classes=6, norm_cfg=norm_cfg),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(171, 171)))
+
+# ------------------------------------------------------------- schedule
+max_iters = 300
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=5e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor='LayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(layer_decay_rate=1.0),
+    clip_grad=dict(max_norm=1.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
+    dict(
+        type='PolyLR',
+        power=1.0,
+        eta_min=0.0,
+        by_epoch=False,
+        begin=30,
+        end=max_iters),
+]
+train_cfg = dict(
+    type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(
+        type='CheckpointHook', by_epoch=False, interval=max_iters),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))
+custom_hooks = [dict(type='TokenStatsHook')]
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)
