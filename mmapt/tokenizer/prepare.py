@@ -1,0 +1,73 @@
+"""Prepare photographs the way the test pipelines do, for the analysis tools.
+
+Kept free of mmcv/mmdet so the tools also run on a machine with torch only.
+"""
+import os
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .tokenizer import IMAGENET_MEAN, IMAGENET_STD
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+# mmdet's Pad value for ViTDet-style square canvases.
+CANVAS_PAD_VALUE = 114
+
+
+def list_images(path: str) -> List[str]:
+    """An image file, or every image in a folder (sorted)."""
+    if os.path.isdir(path):
+        files = [
+            os.path.join(path, name) for name in sorted(os.listdir(path))
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+        if not files:
+            raise FileNotFoundError(f'no JPEG/PNG images in folder {path}')
+        return files
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is neither an image nor a folder')
+    return [path]
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; gray and RGBA files are converted."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert('RGB'))
+
+
+def to_canvas(image: np.ndarray, canvas: int) -> np.ndarray:
+    """Detection test pipeline: long side to ``canvas`` keeping the aspect
+    ratio (bilinear), then pad bottom/right with 114 to canvas x canvas."""
+    height, width = image.shape[:2]
+    scale = canvas / max(height, width)
+    new_h = max(1, min(canvas, round(height * scale)))
+    new_w = max(1, min(canvas, round(width * scale)))
+    resized = np.asarray(
+        Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    out = np.full((canvas, canvas, 3), CANVAS_PAD_VALUE, dtype=np.uint8)
+    out[:new_h, :new_w] = resized
+    return out
+
+
+def to_crop(image: np.ndarray, crop: int) -> np.ndarray:
+    """Segmentation-style view: short side to ``crop``, centre crop."""
+    height, width = image.shape[:2]
+    scale = crop / min(height, width)
+    new_h = max(crop, round(height * scale))
+    new_w = max(crop, round(width * scale))
+    resized = np.asarray(
+        Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    top, left = (new_h - crop) // 2, (new_w - crop) // 2
+    return resized[top:top + crop, left:left + crop]
+
+
+def normalise(images: Sequence[np.ndarray],
+              mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Same-size (H, W, 3) uint8 RGB images -> (B, 3, H, W) normalised."""
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    return (batch - mean_t) / std_t

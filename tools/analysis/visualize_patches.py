@@ -1,0 +1,124 @@
+"""Draw APT's patch grid over images and count the tokens it keeps.
+
+Example (the paper's detection setting)::
+
+    python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
+        --patch-sizes 16 32 64 128 --thresholds 2 2 0.3 --out outputs/patches
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mmapt.tokenizer import PatchTokenizer
+from mmapt.tokenizer.prepare import (list_images, load_rgb, normalise,
+                                     to_canvas, to_crop)
+
+# One colour per scale, base size first.
+SCALE_COLOURS = [(255, 64, 64), (255, 200, 0), (64, 200, 255), (120, 255, 120),
+                 (220, 120, 255), (255, 255, 255)]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('path', help='an image file or a folder of images')
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument('--canvas', type=int,
+                      help='detection view: long side to N, pad to N x N')
+    view.add_argument('--crop', type=int,
+                      help='segmentation view: short side to N, centre crop')
+    parser.add_argument('--patch-sizes', type=int, nargs='+',
+                        default=[16, 32, 64, 128])
+    parser.add_argument('--thresholds', type=float, nargs='*',
+                        default=[2.0, 2.0, 0.3])
+    parser.add_argument('--bins', type=int, default=512)
+    parser.add_argument('--out', help='folder for the annotated PNGs')
+    parser.add_argument('--json', action='store_true',
+                        help='print one JSON object per image instead of a table')
+    return parser.parse_args(argv)
+
+
+def prepare(image: np.ndarray, args, largest: int) -> np.ndarray:
+    if args.canvas:
+        return to_canvas(image, args.canvas)
+    if args.crop:
+        return to_crop(image, args.crop)
+    # As-is view: pad bottom/right to a multiple of the largest patch.
+    height, width = image.shape[:2]
+    pad_h, pad_w = -height % largest, -width % largest
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=114)
+
+
+def draw_layout(image: np.ndarray, layout, patch_size: int,
+                caption: str) -> Image.Image:
+    """The image with every token's square outlined in its scale colour."""
+    canvas = Image.fromarray(image).convert('RGB')
+    draw = ImageDraw.Draw(canvas)
+    for scale, row, col, side in zip(layout.scale_index.tolist(),
+                                     layout.row.tolist(), layout.col.tolist(),
+                                     layout.side.tolist()):
+        top, left = row * patch_size, col * patch_size
+        size = side * patch_size
+        draw.rectangle([left, top, left + size - 1, top + size - 1],
+                       outline=SCALE_COLOURS[scale % len(SCALE_COLOURS)])
+    band = Image.new('RGB', (canvas.width, 28), (0, 0, 0))
+    ImageDraw.Draw(band).text((6, 8), caption, fill=(255, 255, 255))
+    out = Image.new('RGB', (canvas.width, canvas.height + band.height))
+    out.paste(canvas, (0, 0))
+    out.paste(band, (0, canvas.height))
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        tokenizer = PatchTokenizer(args.patch_sizes[0], args.thresholds,
+                                   args.bins, patch_sizes=args.patch_sizes)
+        files = list_images(args.path)
+    except (ValueError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for path in files:
+        image = prepare(load_rgb(path), args, tokenizer.largest_patch)
+        layout = tokenizer(normalise([image]))
+        counts = [int((layout.scale_index == s).sum())
+                  for s in range(tokenizer.num_scales)]
+        row = dict(image=path, tokens=layout.num_tokens,
+                   baseline_tokens=layout.baseline_tokens,
+                   keep_ratio=round(float(layout.keep_ratio[0]), 4))
+        rows.append(row)
+        if args.out:
+            caption = (f'{row["tokens"]}/{row["baseline_tokens"]} tokens '
+                       f'(keep {row["keep_ratio"]:.1%}); per patch size: ' +
+                       ', '.join(f'{p}px {n}' for p, n in zip(
+                           tokenizer.patch_sizes, counts)))
+            name = os.path.splitext(os.path.basename(path))[0] + '_patches.png'
+            draw_layout(image, layout, tokenizer.patch_size,
+                        caption).save(os.path.join(args.out, name))
+        if args.json:
+            print(json.dumps(row), flush=True)
+    if not args.json:
+        print_table(rows, tokenizer)
+    return 0
+
+
+def print_table(rows, tokenizer) -> None:
+    print(f'{tokenizer}')
+    print(f'{"image":<40} {"tokens":>8} {"baseline":>9} {"keep":>7}')
+    for row in rows:
+        print(f'{os.path.basename(row["image"])[:40]:<40} {row["tokens"]:>8} '
+              f'{row["baseline_tokens"]:>9} {row["keep_ratio"]:>7.3f}')
+    ratios = [row['keep_ratio'] for row in rows]
+    print(f'{"mean":<40} {"":>8} {"":>9} {statistics.mean(ratios):>7.3f}')
+    print(f'{"median":<40} {"":>8} {"":>9} {statistics.median(ratios):>7.3f}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
