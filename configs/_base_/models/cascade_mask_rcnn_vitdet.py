@@ -1,0 +1,164 @@
+# ViTDet Cascade Mask R-CNN on a plain EVA-02-B backbone (EVA-02 detection
+# recipe, apt-reference.md section 6): window attention with 32-token windows
+# and global blocks 1, 3, 5, 7, 9, 11 (0-based), one stride-16 output, the
+# simple feature pyramid (strides 4-64) with LayerNorm, a 2-conv RPN, three
+# cascade stages of 4conv1fc box heads with LayerNorm and class-agnostic
+# regression, a 4-conv mask head with LayerNorm, soft-NMS at test.
+image_size = (1536, 1536)
+norm_cfg = dict(type='LN2d', eps=1e-6, requires_grad=True)
+# The tokenizer un-normalises with the data preprocessor's mean/std: keep the
+# two equal (model.backbone.mean/std of APT configs).
+img_mean = [123.675, 116.28, 103.53]
+img_std = [58.395, 57.12, 57.375]
+num_classes = 80
+
+model = dict(
+    type='CascadeRCNN',
+    data_preprocessor=dict(
+        type='DetDataPreprocessor',
+        mean=img_mean,
+        std=img_std,
+        bgr_to_rgb=True,
+        # APT needs sides divisible by its largest patch (128 for 16-128).
+        pad_size_divisor=128,
+        pad_mask=True,
+        batch_augments=[
+            dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)
+        ]),
+    backbone=dict(
+        type='EVA02',
+        arch='base',
+        img_size=image_size[0],
+        patch_size=16,
+        window_size=32,
+        global_attn_indexes=(1, 3, 5, 7, 9, 11),
+        out_indices=(-1, ),
+        drop_path_rate=0.1,
+        pretrain_img_size=224,
+        pretrain_patch_size=14,
+        init_cfg=dict(
+            type='Pretrained',
+            # Made by tools/model_converters (see docs/detection.md).
+            checkpoint='checkpoints/eva02_B_pt_in21k_p16_mmapt.pth')),
+    neck=dict(
+        type='SimpleFPN',
+        backbone_channel=768,
+        in_channels=[192, 384, 768, 768],
+        out_channels=256,
+        num_outs=5,
+        norm_cfg=norm_cfg),
+    rpn_head=dict(
+        type='RPNHead',
+        in_channels=256,
+        feat_channels=256,
+        num_convs=2,
+        anchor_generator=dict(
+            type='AnchorGenerator',
+            scales=[8],
+            ratios=[0.5, 1.0, 2.0],
+            strides=[4, 8, 16, 32, 64]),
+        bbox_coder=dict(
+            type='DeltaXYWHBBoxCoder',
+            target_means=[.0, .0, .0, .0],
+            target_stds=[1.0, 1.0, 1.0, 1.0]),
+        loss_cls=dict(
+            type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+        loss_bbox=dict(type='SmoothL1Loss', beta=1.0 / 9.0, loss_weight=1.0)),
+    roi_head=dict(
+        type='CascadeRoIHead',
+        num_stages=3,
+        stage_loss_weights=[1, 0.5, 0.25],
+        bbox_roi_extractor=dict(
+            type='SingleRoIExtractor',
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+            out_channels=256,
+            featmap_strides=[4, 8, 16, 32]),
+        bbox_head=[
+            dict(
+                type='Shared4Conv1FCBBoxHead',
+                in_channels=256,
+                conv_out_channels=256,
+                fc_out_channels=1024,
+                roi_feat_size=7,
+                num_classes=num_classes,
+                norm_cfg=norm_cfg,
+                bbox_coder=dict(
+                    type='DeltaXYWHBBoxCoder',
+                    target_means=[0., 0., 0., 0.],
+                    target_stds=stds),
+                reg_class_agnostic=True,
+                loss_cls=dict(
+                    type='CrossEntropyLoss',
+                    use_sigmoid=False,
+                    loss_weight=1.0),
+                loss_bbox=dict(type='SmoothL1Loss', beta=1.0, loss_weight=1.0))
+            for stds in ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1],
+                         [0.033, 0.033, 0.067, 0.067])
+        ],
+        mask_roi_extractor=dict(
+            type='SingleRoIExtractor',
+            roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
+            out_channels=256,
+            featmap_strides=[4, 8, 16, 32]),
+        mask_head=dict(
+            type='FCNMaskHead',
+            num_convs=4,
+            in_channels=256,
+            conv_out_channels=256,
+            num_classes=num_classes,
+            norm_cfg=norm_cfg,
+            loss_mask=dict(
+                type='CrossEntropyLoss', use_mask=True, loss_weight=1.0))),
+    train_cfg=dict(
+        rpn=dict(
+            assigner=dict(
+                type='MaxIoUAssigner',
+                pos_iou_thr=0.7,
+                neg_iou_thr=0.3,
+                min_pos_iou=0.3,
+                match_low_quality=True,
+                ignore_iof_thr=-1),
+            sampler=dict(
+                type='RandomSampler',
+                num=256,
+                pos_fraction=0.5,
+                neg_pos_ub=-1,
+                add_gt_as_proposals=False),
+            allowed_border=-1,
+            pos_weight=-1,
+            debug=False),
+        rpn_proposal=dict(
+            nms_pre=2000,
+            max_per_img=2000,
+            nms=dict(type='nms', iou_threshold=0.7),
+            min_bbox_size=0),
+        rcnn=[
+            dict(
+                assigner=dict(
+                    type='MaxIoUAssigner',
+                    pos_iou_thr=iou,
+                    neg_iou_thr=iou,
+                    min_pos_iou=iou,
+                    match_low_quality=False,
+                    ignore_iof_thr=-1),
+                sampler=dict(
+                    type='RandomSampler',
+                    num=512,
+                    pos_fraction=0.25,
+                    neg_pos_ub=-1,
+                    add_gt_as_proposals=True),
+                mask_size=28,
+                pos_weight=-1,
+                debug=False) for iou in (0.5, 0.6, 0.7)
+        ]),
+    test_cfg=dict(
+        rpn=dict(
+            nms_pre=1000,
+            max_per_img=1000,
+            nms=dict(type='nms', iou_threshold=0.7),
+            min_bbox_size=0),
+        rcnn=dict(
+            score_thr=0.05,
+            nms=dict(type='soft_nms', iou_threshold=0.5, min_score=0.05),
+            max_per_img=100,
+            mask_thr_binary=0.5)))

@@ -1,0 +1,20 @@
+# APT-EVA02-B + ViTDet Cascade Mask R-CNN on COCO at 1536: the baseline of
+# eva02_vitdet_coco.py with adaptive patches 16/32/64/128 and the paper's
+# detection thresholds (tau_32, tau_64, tau_128) = (2, 2, 0.3). Windows of 32
+# tokens (512 px) are a multiple of the largest patch (8 cells), so no patch
+# straddles two windows; inputs are padded to 1536 (a multiple of 512).
+#   bash tools/dist_train.sh configs/apt_vitdet_coco.py 8 --auto-scale-lr
+_base_ = ['./eva02_vitdet_coco.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='APTEVA02',
+        thresholds=(2.0, 2.0, 0.3),
+        entropy_bins=512,
+        # Must equal the data preprocessor's mean/std: the tokenizer
+        # un-normalises the images to score entropy on 0-255 grey levels.
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375]))
+# The number of merged tokens varies per batch: some APT parameters can go
+# without gradient on a rank.
+find_unused_parameters = True

@@ -1,0 +1,14 @@
+# Toy APT: configs/toy/toy_eva02_det.py with adaptive patches 16/32/64/128 and
+# the paper's detection thresholds (2, 2, 0.3): same data, iterations and seed.
+#   python tools/misc/make_toy_coco.py data/toy_coco
+#   python tools/train.py configs/toy/toy_apt_det.py
+_base_ = ['./toy_eva02_det.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='APTEVA02',
+        thresholds=(2.0, 2.0, 0.3),
+        entropy_bins=512,
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375]))
+find_unused_parameters = True

@@ -1,0 +1,157 @@
+# Toy baseline: plain EVA-02-tiny + ViTDet Cascade Mask R-CNN trained from
+# scratch on the toy COCO set of tools/misc/make_toy_coco.py (textured shapes,
+# 4 classes), 256 x 256 canvas, on CPU in minutes. Same structure as
+# configs/eva02_vitdet_coco.py (windowed + global blocks, SimpleFPN, 3 cascade
+# stages with LN heads, mask head, CocoMetric bbox + segm), scaled down: tiny
+# backbone (192 channels), 64-channel neck and heads, fewer sampled RoIs.
+#   python tools/misc/make_toy_coco.py data/toy_coco
+#   python tools/train.py configs/toy/toy_eva02_det.py
+_base_ = ['../eva02_vitdet_coco.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+
+data_root = 'data/toy_coco/'
+image_size = (256, 256)
+classes = ('circle', 'square', 'triangle', 'star')
+metainfo = dict(
+    classes=classes,
+    palette=[(220, 20, 60), (0, 128, 255), (0, 200, 0), (255, 180, 0)])
+num_classes = len(classes)
+channels = 64
+norm_cfg = dict(type='LN2d', eps=1e-6, requires_grad=True)
+
+model = dict(
+    data_preprocessor=dict(batch_augments=[
+        dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)
+    ]),
+    backbone=dict(
+        arch='tiny',
+        img_size=image_size[0],
+        # 8-token windows (128 px, a multiple of APT's largest patch) and
+        # global blocks every third block, like the ViTDet layout.
+        window_size=8,
+        global_attn_indexes=(2, 5, 8, 11),
+        drop_path_rate=0.0,
+        init_cfg=None),  # no pretrained weights: trained from scratch
+    neck=dict(
+        backbone_channel=192,
+        in_channels=[48, 96, 192, 192],
+        out_channels=channels),
+    rpn_head=dict(in_channels=channels, feat_channels=channels),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=channels),
+        bbox_head=[
+            dict(
+                type='Shared4Conv1FCBBoxHead',
+                in_channels=channels,
+                conv_out_channels=channels,
+                fc_out_channels=256,
+                roi_feat_size=7,
+                num_classes=num_classes,
+                norm_cfg=norm_cfg,
+                bbox_coder=dict(
+                    type='DeltaXYWHBBoxCoder',
+                    target_means=[0., 0., 0., 0.],
+                    target_stds=stds),
+                reg_class_agnostic=True,
+                loss_cls=dict(
+                    type='CrossEntropyLoss',
+                    use_sigmoid=False,
+                    loss_weight=1.0),
+                loss_bbox=dict(type='SmoothL1Loss', beta=1.0, loss_weight=1.0))
+            for stds in ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1],
+                         [0.033, 0.033, 0.067, 0.067])
+        ],
+        mask_roi_extractor=dict(out_channels=channels),
+        mask_head=dict(
+            in_channels=channels,
+            conv_out_channels=channels,
+            num_classes=num_classes)),
+    train_cfg=dict(
+        rpn=dict(sampler=dict(num=128)),
+        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+        rcnn=[
+            dict(
+                assigner=dict(
+                    type='MaxIoUAssigner',
+                    pos_iou_thr=iou,
+                    neg_iou_thr=iou,
+                    min_pos_iou=iou,
+                    match_low_quality=False,
+                    ignore_iof_thr=-1),
+                sampler=dict(
+                    type='RandomSampler',
+                    num=128,
+                    pos_fraction=0.25,
+                    neg_pos_ub=-1,
+                    add_gt_as_proposals=True),
+                mask_size=28,
+                pos_weight=-1,
+                debug=False) for iou in (0.5, 0.6, 0.7)
+        ]),
+    test_cfg=dict(
+        rpn=dict(nms_pre=500, max_per_img=100), rcnn=dict(max_per_img=50)))
+
+# BGR mean pixel: padding is a constant region, as at 1536.
+pad_val = dict(img=(104, 116, 124), masks=0, seg=255)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='Pad', size=image_size, pad_val=pad_val),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=1,
+    persistent_workers=True,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        filter_cfg=dict(filter_empty_gt=True, min_size=8),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=1,
+    persistent_workers=True,
+    dataset=dict(
+        data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
+max_iters = 400
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(
+        type='MultiStepLR',
+        by_epoch=False,
+        begin=0,
+        end=max_iters,
+        milestones=[int(max_iters * 0.8)],
+        gamma=0.1)
+]
+optim_wrapper = dict(
+    type='OptimWrapper',
+    _delete_=True,
+    constructor='LayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(layer_decay_rate=0.9),
+    optimizer=dict(
+        type='AdamW', lr=4e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    clip_grad=dict(max_norm=1.0, norm_type=2))
+auto_scale_lr = dict(enable=False, base_batch_size=4)
+default_hooks = dict(
+    logger=dict(interval=20),
+    checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(window_size=20)
+randomness = dict(seed=0)

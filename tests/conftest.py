@@ -1,0 +1,43 @@
+"""Shared fixtures of the detection tests: running the tools in a subprocess
+and a small generated toy COCO set."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def run_tool(args, cwd=ROOT, check=True, timeout=900, env=None):
+    """Run ``python ARGS`` (paths relative to the repo root are resolved)
+    with the repo on PYTHONPATH; raise with the output tail on failure when
+    ``check``."""
+    full_env = dict(os.environ)
+    full_env['PYTHONPATH'] = ROOT + os.pathsep + full_env.get('PYTHONPATH', '')
+    full_env.update(env or {})
+    args = [osp.join(ROOT, a) if a.endswith(('.py', '.sh')) and
+            not osp.isabs(a) and osp.exists(osp.join(ROOT, a)) else a
+            for a in args]
+    cmd = args if args[0].endswith('.sh') or args[0] == 'bash' else \
+        [sys.executable] + args
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{cmd} failed ({proc.returncode}):\n'
+                             f'{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}')
+    return proc
+
+
+@pytest.fixture(scope='session')
+def toy_coco_cwd(tmp_path_factory):
+    """A directory holding ``data/toy_coco`` (24 train, 8 val images), to be
+    used as the working directory of the toy configs' relative data_root."""
+    cwd = tmp_path_factory.mktemp('toy_coco_cwd')
+    run_tool([
+        'tools/misc/make_toy_coco.py',
+        str(cwd / 'data' / 'toy_coco'), '--num-train', '24', '--num-val', '8'
+    ])
+    return cwd

@@ -1,0 +1,186 @@
+"""TokenStatsHook in a real mmengine Runner: train, val and test."""
+import json
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.evaluator import BaseMetric
+from mmengine.logging import MessageHub
+from mmengine.model import BaseModel
+from mmengine.registry import METRICS, MODELS
+from mmengine.runner import Runner
+from torch.utils.data import Dataset
+
+import mmapt.engine  # noqa: F401
+from mmapt.engine import TokenStatsHook
+
+
+class FakeBackbone(nn.Module):
+    """Keeps ``round(keep * 16)`` of 16 tokens, keep in [0.25, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(2, 1)
+
+    def forward(self, x):
+        keep = x[:, 0].clamp(0.25, 1.0)
+        tokens = [round(float(k) * 16) for k in keep]
+        self.token_stats = dict(
+            tokens=tokens,
+            baseline_tokens=[16] * len(tokens),
+            keep_ratio=[t / 16 for t in tokens])
+        return self.proj(x)
+
+
+class NoStatsBackbone(nn.Linear):
+
+    def __init__(self):
+        super().__init__(2, 1)
+
+
+class ToyModel(BaseModel):
+
+    def __init__(self, with_stats=True):
+        super().__init__()
+        self.backbone = FakeBackbone() if with_stats else NoStatsBackbone()
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        inputs = torch.stack(inputs) if isinstance(inputs, list) else inputs
+        out = self.backbone(inputs)
+        if mode == 'loss':
+            return dict(loss=out.pow(2).mean())
+        return [dict(pred=o) for o in out]
+
+
+class KeepDataset(Dataset):
+    """Image i has keep ratio KEEPS[i]: batches of 4 keep 4 and 13 tokens on
+    average, the 8 images 8.5."""
+    KEEPS = (0.25, 0.25, 0.25, 0.25, 0.5, 0.75, 1.0, 1.0)
+
+    def __len__(self):
+        return len(self.KEEPS)
+
+    def __getitem__(self, i):
+        return dict(inputs=torch.tensor([self.KEEPS[i], 1.0]))
+
+
+@METRICS.register_module(force=True)
+class CountMetric(BaseMetric):
+
+    def process(self, data_batch, data_samples):
+        self.results.extend(data_samples)
+
+    def compute_metrics(self, results):
+        return dict(count=len(results))
+
+
+def make_runner(tmp_path, model, hooks=(dict(type='TokenStatsHook'), )):
+    loader = dict(
+        dataset=KeepDataset(),
+        sampler=dict(type='DefaultSampler', shuffle=False),
+        batch_size=4,
+        num_workers=0)
+    return Runner(
+        model=model,
+        work_dir=str(tmp_path),
+        train_dataloader=loader,
+        val_dataloader=loader,
+        test_dataloader=loader,
+        train_cfg=dict(by_epoch=False, max_iters=4, val_interval=4),
+        val_cfg=dict(),
+        test_cfg=dict(),
+        val_evaluator=dict(type='CountMetric'),
+        test_evaluator=dict(type='CountMetric'),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        custom_hooks=list(hooks),
+        default_hooks=dict(logger=dict(type='LoggerHook', interval=1)),
+        log_processor=dict(by_epoch=False),
+        experiment_name=f'token_stats_{id(model)}',
+        default_scope='mmengine')
+
+
+def read_json_log(runner):
+    path = osp.join(runner.log_dir, 'vis_data', 'scalars.json')
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_train_val_test_statistics(tmp_path):
+    runner = make_runner(tmp_path, ToyModel())
+    runner.train()
+    hub = runner.message_hub
+    # Last train batch: images 4-7, 13 of 16 tokens.
+    assert hub.get_scalar('train/tokens').current() == pytest.approx(13)
+    assert hub.get_scalar('train/keep_ratio').current() == pytest.approx(
+        13 / 16)
+    assert hub.get_scalar('train/baseline_tokens').current() == 16
+    # The val epoch summary: mean over all 8 images, not the last batch.
+    assert hub.get_scalar('val/tokens').current() == pytest.approx(8.5)
+    log = read_json_log(runner)
+    train_rows = [r for r in log if 'loss' in r]
+    assert len(train_rows) == 4 and all('keep_ratio' in r for r in train_rows)
+    assert [r['tokens'] for r in train_rows] == [4, 13, 4, 13]
+    val_rows = [r for r in log if 'count' in r]
+    assert val_rows and val_rows[-1]['tokens'] == pytest.approx(8.5)
+    assert val_rows[-1]['keep_ratio'] == pytest.approx(8.5 / 16)
+
+    metrics = runner.test()
+    assert metrics['count'] == 8
+    assert hub.get_scalar('test/tokens').current() == pytest.approx(8.5)
+    assert hub.get_scalar('test/keep_ratio').current() == pytest.approx(
+        8.5 / 16)
+
+
+def test_epoch_mean_weights_every_image(tmp_path):
+    """Uneven batches: the epoch mean is over images, not batches."""
+    hook = TokenStatsHook()
+
+    class FakeRunner:
+        message_hub = MessageHub.get_instance('token_stats_epoch_test')
+        model = nn.Module()
+
+    runner = FakeRunner()
+    runner.model.backbone = nn.Module()
+    hook.before_test_epoch(runner)
+    for tokens in ([4, 4, 4], [16]):
+        runner.model.backbone.token_stats = dict(
+            tokens=tokens,
+            baseline_tokens=[16] * len(tokens),
+            keep_ratio=[t / 16 for t in tokens])
+        hook.after_test_iter(runner, 0)
+    assert runner.message_hub.get_scalar('test/tokens').current() == 16
+    hook.after_test_epoch(runner)
+    assert runner.message_hub.get_scalar('test/tokens').current() == 7
+    assert runner.message_hub.get_scalar(
+        'test/keep_ratio').current() == pytest.approx(7 / 16)
+
+
+def test_unwraps_model_wrappers():
+    hook = TokenStatsHook()
+
+    class FakeRunner:
+        message_hub = MessageHub.get_instance('token_stats_unwrap_test')
+
+    inner = nn.Module()
+    inner.backbone = nn.Module()
+    inner.backbone.token_stats = dict(
+        tokens=[8], baseline_tokens=[16], keep_ratio=[0.5])
+    wrapper = nn.Module()
+    wrapper.module = inner
+    runner = FakeRunner()
+    runner.model = wrapper
+    hook._record(runner, 'train')
+    assert runner.message_hub.get_scalar('train/keep_ratio').current() == 0.5
+
+
+def test_model_without_token_stats_is_skipped(tmp_path, caplog):
+    runner = make_runner(tmp_path, ToyModel(with_stats=False))
+    runner.train()
+    assert 'train/tokens' not in runner.message_hub.log_scalars
+    assert 'val/tokens' not in runner.message_hub.log_scalars
+
+
+def test_interval_validation():
+    with pytest.raises(ValueError, match='interval'):
+        TokenStatsHook(interval=0)

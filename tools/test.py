@@ -1,0 +1,126 @@
+# Copyright (c) mmapt contributors. All rights reserved.
+"""Test an mmapt detector (mmdet) or segmentor (mmseg) with mmengine's Runner.
+
+Besides mmengine's logs, the metrics (plus the token statistics of
+``TokenStatsHook`` and the mean time per test iteration) are written to
+``WORK_DIR/test_metrics.json``.
+
+Examples:
+    python tools/test.py configs/toy/toy_apt_det.py work_dirs/toy/iter_400.pth
+    bash tools/dist_test.sh configs/apt_vitdet_coco.py ckpt.pth 8 --out r.pkl
+"""
+import argparse
+import json
+import os.path as osp
+
+from mmengine.config import Config
+from mmengine.dist import is_main_process
+from mmengine.logging import print_log
+
+from mmapt.engine.preflight import (add_runner_args, build_runner, check_data,
+                                    load_runner_config, setup_cpu_distributed)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Test a detector or segmentor (mmdet or mmseg config)')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--out',
+        help='detection: dump the predictions to this .pkl file; '
+        'segmentation: write the predicted masks into this directory')
+    parser.add_argument(
+        '--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory (relative to the work dir for detection) where '
+        'painted images are saved')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='the interval of show (s)')
+    add_runner_args(parser)
+    return parser.parse_args()
+
+
+def set_up_visualization(cfg: Config, args) -> None:
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        raise RuntimeError('--show/--show-dir need a visualization hook in '
+                           'default_hooks')
+    vis = hooks['visualization']
+    vis['draw'] = True
+    if args.show:
+        vis['show'] = True
+        vis['wait_time'] = args.wait_time
+    if args.show_dir:
+        if cfg.default_scope == 'mmseg':
+            cfg.visualizer['save_dir'] = args.show_dir
+        else:
+            vis['test_out_dir'] = args.show_dir
+
+
+def set_up_output(cfg: Config, out: str) -> None:
+    scope = cfg.get('default_scope')
+    if scope == 'mmdet':
+        if not out.endswith(('.pkl', '.pickle')):
+            raise ValueError('--out must be a .pkl file for detection')
+        evaluator = cfg.test_evaluator
+        evaluators = list(evaluator) if isinstance(evaluator,
+                                                   (list, tuple)) else [
+                                                       evaluator
+                                                   ]
+        evaluators.append(dict(type='DumpDetResults', out_file_path=out))
+        cfg.test_evaluator = evaluators
+    elif scope == 'mmseg':
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+    else:
+        raise ValueError(f'--out: unsupported default_scope {scope!r} '
+                         '(expected mmdet or mmseg)')
+
+
+def collect_metrics(runner, metrics: dict) -> dict:
+    """The evaluator's metrics plus token statistics and the mean time per
+    test iteration (first iteration excluded: it includes warm-up)."""
+    result = {k: (float(v) if isinstance(v, (int, float)) else v)
+              for k, v in metrics.items()}
+    hub = runner.message_hub
+    for key in ('tokens', 'baseline_tokens', 'keep_ratio'):
+        if f'test/{key}' in hub.log_scalars:
+            result[key] = float(hub.get_scalar(f'test/{key}').current())
+    if 'test/time' in hub.log_scalars:
+        times = hub.get_scalar('test/time').data[0]
+        times = times[1:] if len(times) > 1 else times
+        result['time_per_iter'] = float(times.mean())
+        result['test_iters'] = int(len(times))
+    return result
+
+
+def main():
+    args = parse_args()
+    cfg = load_runner_config(args)
+    if not osp.isfile(args.checkpoint) and not args.checkpoint.startswith(
+            ('http://', 'https://')):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} not found')
+    # A full checkpoint is loaded: the backbone's pretraining init is not.
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        set_up_visualization(cfg, args)
+    if args.out is not None:
+        set_up_output(cfg, args.out)
+
+    check_data(cfg, args.config, ('test', ))
+    setup_cpu_distributed(cfg, args.launcher)
+    runner = build_runner(cfg)
+    metrics = runner.test()
+
+    if is_main_process():
+        result = collect_metrics(runner, metrics)
+        out_file = osp.join(cfg.work_dir, 'test_metrics.json')
+        with open(out_file, 'w') as f:
+            json.dump(result, f, indent=2)
+        print_log(f'metrics written to {out_file}', logger='current')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,80 @@
+# Copyright (c) mmapt contributors. All rights reserved.
+"""Train an mmapt detector (mmdet) or segmentor (mmseg) with mmengine's Runner.
+
+Before the Runner is built, a missing data set or backbone checkpoint fails
+with a message naming the fix, and a distributed launch without CUDA is
+switched to gloo on CPU.
+
+Examples:
+    python tools/train.py configs/toy/toy_apt_det.py --work-dir work_dirs/toy
+    bash tools/dist_train.sh configs/apt_vitdet_coco.py 8 --auto-scale-lr
+"""
+import argparse
+
+from mmengine.logging import print_log
+
+from mmapt.engine.preflight import (add_runner_args, build_runner,
+                                    check_checkpoints, check_data,
+                                    load_runner_config, setup_cpu_distributed)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Train a detector or segmentor (mmdet or mmseg config)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='enable automatic mixed precision training')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the learning rate linearly from the config\'s '
+        'auto_scale_lr.base_batch_size to the real total batch size')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from the given checkpoint; without a path, resume from '
+        'the latest checkpoint in the work dir')
+    add_runner_args(parser)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    cfg = load_runner_config(args)
+
+    if args.amp:
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+            print_log('AMP training is already enabled in the config.',
+                      logger='current')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise RuntimeError(
+                f'--auto-scale-lr needs auto_scale_lr.base_batch_size in '
+                f'{args.config}')
+        cfg.auto_scale_lr.enable = True
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    splits = ('train', 'val') if cfg.get('val_cfg') else ('train', )
+    check_data(cfg, args.config, splits)
+    check_checkpoints(cfg, args.config, check_init=not cfg.get('resume'))
+    setup_cpu_distributed(cfg, args.launcher)
+    build_runner(cfg).train()
+
+
+if __name__ == '__main__':
+    main()
