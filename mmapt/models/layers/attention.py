@@ -1,0 +1,248 @@
+"""Block-diagonal attention over packed variable-length sequences.
+
+APT packs the tokens of a whole batch into one (N, heads, head_dim) sequence;
+each token may only attend to the tokens of its own group (an image, or an
+(image, window) pair). ``cu_seqlens`` holds the group offsets, as in
+flash-attention's varlen API.
+
+Backends, picked per call:
+
+* CUDA with fp16/bf16 and torch's own ``torch.nn.attention.varlen``: the
+  flash-attention varlen kernel (no padding at all).
+* Everywhere else: :class:`VarlenPlan`. It never builds an N x N mask. All
+  groups of equal length -> one ``scaled_dot_product_attention`` call on a
+  reshaped *view*, no mask and no copy (APT with nothing merged then costs the
+  same as the plain model). Otherwise groups are sorted by length and cut into
+  buckets of similar length; a bucket is gathered into a padded batch with a
+  key mask (none when its lengths are all equal, no gather when it holds one
+  group). Padded query rows are computed and thrown away, padded keys are
+  masked, so the result equals per-group attention exactly.
+
+A plan depends only on ``cu_seqlens``: APTEVA02 builds it once per forward and
+every block reuses it.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.logging import MMLogger
+from torch import Tensor
+
+try:  # torch >= 2.9 ships a flash-attention varlen entry point (CUDA only).
+    from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
+except ImportError:  # pragma: no cover - depends on the torch build
+    _torch_varlen_attn = None
+
+# Set to False after the first failure of the CUDA kernel (old GPU, build
+# without flash attention): later calls go straight to the padded fallback.
+_cuda_varlen_usable = _torch_varlen_attn is not None
+
+# Bucketing cost model, in "token^2" units of attention work. A group joins
+# the current bucket when padding it to the bucket length costs less than a
+# separate call would (its own L^2 plus a fixed per-call overhead). Measured
+# on this project's CPU: one small SDPA call costs about as much as the
+# attention of a 48-token sequence, and runs of tiny groups batch well.
+_CALL_OVERHEAD_TOKENS = 48
+_MAX_PAD_FACTOR = 1.5
+
+
+class _Bucket:
+    """One SDPA call: ``num_groups`` groups padded to ``length`` tokens."""
+
+    __slots__ = ('start', 'stop', 'length', 'num_groups', 'gather', 'mask',
+                 'valid_rows', 'token_index')
+
+    def __init__(self) -> None:
+        self.start: Optional[int] = None  # contiguous single group [start, stop)
+        self.stop: Optional[int] = None
+        self.length = 0
+        self.num_groups = 0
+        self.gather: Optional[Tensor] = None  # (G_b * L_b,) token indices
+        self.mask: Optional[Tensor] = None  # (G_b, 1, 1, L_b) bool, True = key
+        self.valid_rows: Optional[Tensor] = None  # rows of the padded output
+        self.token_index: Optional[Tensor] = None  # their packed positions
+
+
+class VarlenPlan:
+    """How to run block-diagonal attention for one ``cu_seqlens``.
+
+    Args:
+        cu_seqlens (Tensor): (G + 1,) int offsets of the groups, starting at 0.
+        max_seqlen (int, optional): Longest group; recomputed if None.
+    """
+
+    def __init__(self, cu_seqlens: Tensor,
+                 max_seqlen: Optional[int] = None) -> None:
+        self.cu_seqlens = cu_seqlens
+        self.max_seqlen = max_seqlen
+        self.num_tokens = -1
+        self.uniform_length: Optional[int] = None
+        self.buckets: List[_Bucket] = []
+        self._built = False
+
+    def _build(self) -> None:
+        # Deferred to the first call: the CUDA flash path never needs it, and
+        # it reads cu_seqlens on the host (one sync per plan, not per block).
+        self._built = True
+        offsets: List[int] = self.cu_seqlens.tolist()
+        if len(offsets) < 2 or offsets[0] != 0:
+            raise ValueError('cu_seqlens must start at 0 and hold at least '
+                             f'one group, got {offsets[:8]}')
+        lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
+        if min(lengths) < 0:
+            raise ValueError('cu_seqlens must be non-decreasing')
+        self.num_tokens = offsets[-1]
+        if self.max_seqlen is None:
+            self.max_seqlen = max(lengths)
+        nonempty = [g for g, n in enumerate(lengths) if n > 0]
+        if not nonempty:
+            return
+        first = lengths[nonempty[0]]
+        if len(nonempty) == len(lengths) and all(n == first for n in lengths):
+            self.uniform_length = first
+            return
+        self.buckets = self._make_buckets(offsets, lengths, nonempty,
+                                          self.cu_seqlens.device)
+
+    @staticmethod
+    def _make_buckets(offsets: List[int], lengths: List[int],
+                      groups: List[int], device: torch.device) -> List[_Bucket]:
+        order = sorted(groups, key=lambda g: -lengths[g])
+        members: List[List[int]] = []
+        for g in order:
+            n = lengths[g]
+            if members:
+                top = lengths[members[-1][0]]
+                padded = top * top
+                alone = n * n + _CALL_OVERHEAD_TOKENS * _CALL_OVERHEAD_TOKENS
+                if padded <= alone and top <= _MAX_PAD_FACTOR * n + \
+                        _CALL_OVERHEAD_TOKENS:
+                    members[-1].append(g)
+                    continue
+            members.append([g])
+
+        buckets = []
+        for group_ids in members:
+            bucket = _Bucket()
+            bucket.num_groups = len(group_ids)
+            bucket.length = lengths[group_ids[0]]
+            if len(group_ids) == 1:
+                g = group_ids[0]
+                bucket.start, bucket.stop = offsets[g], offsets[g + 1]
+                buckets.append(bucket)
+                continue
+            starts = torch.tensor([offsets[g] for g in group_ids],
+                                  device=device)
+            lens = torch.tensor([lengths[g] for g in group_ids], device=device)
+            steps = torch.arange(bucket.length, device=device)
+            valid = steps[None, :] < lens[:, None]  # (G_b, L_b)
+            # Padding slots read the group's last token: any real token will
+            # do, its key is masked and its query row dropped.
+            gather = starts[:, None] + torch.minimum(steps[None, :],
+                                                     lens[:, None] - 1)
+            bucket.gather = gather.reshape(-1)
+            if not bool(valid.all()):
+                bucket.mask = valid[:, None, None, :]
+                rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
+                bucket.valid_rows = rows
+                bucket.token_index = bucket.gather.index_select(0, rows)
+            else:
+                bucket.token_index = bucket.gather
+            buckets.append(bucket)
+        return buckets
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention of (N, heads, head_dim) packed q, k, v -> (N, heads, hd)."""
+        if not self._built:
+            self._build()
+        num_tokens, heads, head_dim = q.shape
+        if num_tokens != self.num_tokens:
+            raise ValueError(f'cu_seqlens covers {self.num_tokens} tokens, '
+                             f'got {num_tokens}')
+        if self.uniform_length is not None:
+            # A reshape, not a copy: (G, L, h, d) -> (G, h, L, d) views.
+            length = self.uniform_length
+            groups = num_tokens // length
+            out = F.scaled_dot_product_attention(
+                *(t.reshape(groups, length, heads, head_dim).transpose(1, 2)
+                  for t in (q, k, v)))
+            return out.transpose(1, 2).reshape(num_tokens, heads, head_dim)
+
+        out = q.new_empty(num_tokens, heads, v.shape[-1])
+        for bucket in self.buckets:
+            if bucket.start is not None:
+                sl = slice(bucket.start, bucket.stop)
+                part = F.scaled_dot_product_attention(
+                    *(t[sl].transpose(0, 1)[None] for t in (q, k, v)))
+                out[sl] = part[0].transpose(0, 1)
+                continue
+            shape = (bucket.num_groups, bucket.length, heads, head_dim)
+            padded = [
+                t.index_select(0, bucket.gather).view(shape).transpose(1, 2)
+                for t in (q, k, v)
+            ]
+            part = F.scaled_dot_product_attention(*padded,
+                                                  attn_mask=bucket.mask)
+            part = part.transpose(1, 2).reshape(-1, heads, head_dim)
+            if bucket.valid_rows is not None:
+                part = part.index_select(0, bucket.valid_rows)
+            out.index_copy_(0, bucket.token_index, part)
+        return out
+
+
+def varlen_attention(q: Tensor,
+                     k: Tensor,
+                     v: Tensor,
+                     cu_seqlens: Tensor,
+                     max_seqlen: int,
+                     plan: Optional[VarlenPlan] = None) -> Tensor:
+    """Block-diagonal attention on packed sequences.
+
+    Token ``i`` attends to every token of its own group
+    ``[cu_seqlens[g], cu_seqlens[g + 1])`` and to nothing else; the softmax
+    scale is ``head_dim ** -0.5``.
+
+    Args:
+        q, k, v (Tensor): Packed (N, heads, head_dim) tensors.
+        cu_seqlens (Tensor): (G + 1,) int32 group offsets, starting at 0.
+        max_seqlen (int): Length of the longest group.
+        plan (VarlenPlan, optional): A plan built from the same
+            ``cu_seqlens``; pass it to reuse it across calls (every block of
+            a forward). Built on the fly when None.
+
+    Returns:
+        Tensor: (N, heads, head_dim) attention output.
+    """
+    global _cuda_varlen_usable
+    if (q.is_cuda and _cuda_varlen_usable
+            and q.dtype in (torch.float16, torch.bfloat16)):
+        try:
+            cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+            return _torch_varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen)
+        except RuntimeError as err:  # no flash kernel for this GPU / build
+            _cuda_varlen_usable = False
+            MMLogger.get_current_instance().warning(
+                f'torch varlen attention unavailable ({err}); using the '
+                'padded SDPA fallback')
+    if plan is None:
+        plan = VarlenPlan(cu_seqlens, max_seqlen)
+    return plan(q, k, v)
+
+
+def build_plans(*cu_max: Tuple[Tensor, int]) -> List[VarlenPlan]:
+    """Plans for several (cu_seqlens, max_seqlen) pairs, sharing equal ones.
+
+    Without windows the window groups are the image groups: one plan serves
+    both.
+    """
+    plans: List[VarlenPlan] = []
+    for cu, max_len in cu_max:
+        for done in plans:
+            if done.cu_seqlens is cu or (
+                    done.cu_seqlens.shape == cu.shape
+                    and bool(torch.equal(done.cu_seqlens, cu))):
+                plans.append(done)
+                break
+        else:
+            plans.append(VarlenPlan(cu, max_len))
+    return plans

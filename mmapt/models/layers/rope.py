@@ -1,0 +1,88 @@
+"""EVA-02 2D rotary position embedding at arbitrary token coordinates.
+
+The formula is EVA-02's (numerically identical to timm's
+``RotaryEmbeddingCat`` + ``apply_rot_embed_cat``, NOT mmpretrain's):
+
+* ``head_dim / 2`` channels per axis, frequencies
+  ``1 / 10000 ** (arange(0, d, 2) / d)`` with ``d = head_dim / 2``;
+* a position ``x`` on an axis of a grid of ``grid_len`` cells maps to
+  ``t = x / grid_len * ref_len`` (``ref_len`` = pretraining grid, 16);
+* angles ``t * freq``, rows first then columns, each repeated twice
+  (interleaved), applied as ``x * cos + rot(x) * sin`` with pairs
+  ``(x0, x1) -> (-x1, x0)``.
+
+Here ``x`` may be any float, so APT's large patches are evaluated at their
+centres, and base tokens get exactly the plain model's integer positions.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+def rope_frequencies(head_dim: int, temperature: float = 10000.) -> Tensor:
+    """(head_dim // 4,) float32 frequencies of one axis."""
+    if head_dim % 4:
+        raise ValueError(f'2D RoPE needs head_dim % 4 == 0, got {head_dim}')
+    num_bands = head_dim // 4
+    # Same op order as timm's freq_bands, so tables agree bit for bit.
+    exponent = torch.arange(num_bands, dtype=torch.int64).float() / num_bands
+    return 1. / (temperature**exponent)
+
+
+def rotate_pairs(x: Tensor) -> Tensor:
+    """``[x0, x1, x2, x3, ...] -> [-x1, x0, -x3, x2, ...]`` on the last dim."""
+    return torch.stack([-x[..., 1::2], x[..., ::2]], -1).reshape(x.shape)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` (..., head_dim) by tables broadcastable to it."""
+    return (x * cos + rotate_pairs(x) * sin).to(x.dtype)
+
+
+class RotaryEmbedding2D(nn.Module):
+    """EVA-02 2D RoPE tables for arbitrary (row, col) coordinates.
+
+    Args:
+        head_dim (int): Channels per attention head.
+        ref_grid (int): Pretraining grid side (``224 // 14 = 16`` for
+            EVA-02); positions are rescaled to it.
+        temperature (float): RoPE base. Defaults to 10000.
+    """
+
+    def __init__(self, head_dim: int, ref_grid: int,
+                 temperature: float = 10000.) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.ref_grid = ref_grid
+        self.register_buffer('freqs', rope_frequencies(head_dim, temperature),
+                             persistent=False)
+
+    def forward(self, coords: Tensor,
+                grid_len: Tuple[float, float]) -> Tuple[Tensor, Tensor]:
+        """Tables for N positions.
+
+        Args:
+            coords (Tensor): (N, 2) float (row, col) in cell units.
+            grid_len (tuple): (rows, cols) of the grid the coordinates live
+                on (window side for window attention, image grid otherwise).
+
+        Returns:
+            tuple[Tensor, Tensor]: ``(cos, sin)``, each (N, head_dim) float32.
+        """
+        coords = coords.float()
+        t = torch.stack([
+            coords[:, 0] / grid_len[0] * self.ref_grid,
+            coords[:, 1] / grid_len[1] * self.ref_grid
+        ], dim=1)
+        angles = (t[:, :, None] * self.freqs.to(t.device)).flatten(1)
+        angles = angles.repeat_interleave(2, dim=-1)
+        return angles.cos(), angles.sin()
+
+    def grid(self, height: int, width: int,
+             device: torch.device) -> Tuple[Tensor, Tensor]:
+        """Tables for every cell of a ``height x width`` grid, row-major."""
+        rows = torch.arange(height, device=device).float()
+        cols = torch.arange(width, device=device).float()
+        coords = torch.stack(torch.meshgrid(rows, cols, indexing='ij'), -1)
+        return self(coords.reshape(-1, 2), (height, width))

@@ -1,0 +1,175 @@
+"""APTEVA02: the no-merge invariant, the APT embedding, packing, errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmapt.models import APTEVA02, EVA02
+from mmapt.registry import MODELS
+
+ARCH = dict(embed_dims=64, num_layers=4, num_heads=1, scale_mlp=True)
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+
+
+def _pair(thresholds, **kwargs):
+    """An EVA02 and an APTEVA02 sharing weights."""
+    torch.manual_seed(0)
+    cfg = dict(arch=ARCH, img_size=256, patch_size=16, **kwargs)
+    plain = EVA02(**cfg).eval()
+    apt = APTEVA02(thresholds=thresholds, **cfg).eval()
+    result = apt.load_state_dict(plain.state_dict(), strict=False)
+    return plain, apt, result
+
+
+def _images(batch=2, height=256, width=192, seed=0):
+    """Normalised images with flat regions (merge) and noise (no merge)."""
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(batch, 3, height, width, generator=gen) * 255
+    pixels[0, :, :128, :128] = 200.  # flat: merges into large patches
+    pixels[-1, :, 128:, :] = 30.
+    return (pixels - MEAN) / STD
+
+
+def test_no_merge_equals_plain_eva02():
+    """THE invariant: all thresholds -1 -> same maps as EVA02, every block,
+    window + global blocks, non-square input."""
+    plain, apt, result = _pair((-1, -1), window_size=4,
+                               global_attn_indexes=(1, 3),
+                               out_indices=(0, 1, 2, 3))
+    assert set(result.missing_keys) == {
+        'apt_embed.aggregate.weight', 'apt_embed.aggregate.bias',
+        'apt_embed.zero_linear.weight', 'apt_embed.zero_linear.bias'
+    }
+    assert not result.unexpected_keys
+    x = _images()
+    with torch.no_grad():
+        want = plain(x)
+        got = apt(x)
+    assert len(got) == 4
+    for a, b in zip(got, want):
+        assert a.shape == b.shape == (2, 64, 16, 12)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert apt.token_stats == dict(tokens=[192, 192],
+                                   baseline_tokens=[192, 192],
+                                   keep_ratio=[1.0, 1.0])
+
+
+def test_no_merge_global_attention_four_scales():
+    """Global attention only, patch sizes 16..128, 256 x 128 input."""
+    plain, apt, _ = _pair((-1, -1, -1), out_indices=(1, 3))
+    x = _images(width=128)
+    with torch.no_grad():
+        for a, b in zip(apt(x), plain(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_large_patch_embedding_at_init():
+    """Zero-init linear: a merged token = embed(resized pixels) + pooled pos."""
+    _, apt, _ = _pair((5.0, 5.0), window_size=4, out_indices=(0, ))
+    x = _images()
+    with torch.no_grad():
+        layout = apt.tokenize(x)
+        tokens = apt.embed(x, layout)
+        pos = apt.position_map(layout.grid_size)[0]  # (C, Hc, Wc)
+    large = (layout.scale_index > 0).nonzero().flatten()
+    assert large.numel() > 0 and (layout.scale_index == 2).any()
+    for t in large.tolist()[:20] + large.tolist()[-20:]:
+        b, r, c = (int(v[t]) for v in (layout.image_index, layout.row,
+                                       layout.col))
+        side = int(layout.side[t])
+        pixels = x[b:b + 1, :, r * 16:(r + side) * 16, c * 16:(c + side) * 16]
+        resized = F.interpolate(pixels, size=(16, 16), mode='area')
+        want = apt.patch_embed(resized).flatten() + \
+            pos[:, r:r + side, c:c + side].mean((1, 2))
+        torch.testing.assert_close(tokens[t], want, rtol=1e-5, atol=1e-5)
+    base = (layout.scale_index == 0).nonzero().flatten()[:5]
+    for t in base.tolist():
+        b, r, c = (int(v[t]) for v in (layout.image_index, layout.row,
+                                       layout.col))
+        want = apt.patch_embed(x[b:b + 1, :, r * 16:r * 16 + 16,
+                                 c * 16:c * 16 + 16]).flatten() + pos[:, r, c]
+        torch.testing.assert_close(tokens[t], want, rtol=1e-5, atol=1e-5)
+
+
+def test_apt_layers_receive_gradients():
+    _, apt, _ = _pair((5.0, 5.0), window_size=4, out_indices=(3, ))
+    apt.train()
+    apt(_images())[0].square().mean().backward()
+    conv, linear = apt.apt_embed.aggregate, apt.apt_embed.zero_linear
+    assert conv.weight.grad is not None and conv.bias.grad is not None
+    assert linear.weight.grad is not None
+    assert linear.weight.grad.abs().sum() > 0
+    assert linear.bias.grad.abs().sum() > 0
+    # After one step the conv path is live: its gradient becomes non-zero.
+    with torch.no_grad():
+        linear.weight.add_(torch.randn_like(linear.weight) * 0.01)
+    apt.zero_grad()
+    apt(_images())[0].square().mean().backward()
+    assert conv.weight.grad.abs().sum() > 0
+
+
+def test_merging_packs_images_independently():
+    """With merging, each image's maps equal that image run alone."""
+    _, apt, _ = _pair((5.0, 5.0), window_size=4, global_attn_indexes=(1, ),
+                      out_indices=(1, 3))
+    with torch.no_grad():
+        apt.apt_embed.zero_linear.weight.normal_(std=0.02)
+    x = _images()
+    with torch.no_grad():
+        both = apt(x)
+        stats = apt.token_stats
+        alone = [apt(x[i:i + 1]) for i in range(2)]
+    assert stats['tokens'][0] < 192 and stats['tokens'][1] < 192
+    assert stats['keep_ratio'] == [n / 192 for n in stats['tokens']]
+    for i in range(2):
+        for a, b in zip(both, alone[i]):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=1e-5, atol=1e-5)
+
+
+def test_merged_token_is_repeated_over_its_cells():
+    _, apt, _ = _pair((5.0, 5.0), out_indices=(3, ))
+    x = _images()
+    with torch.no_grad():
+        out = apt(x)[0]
+    # The flat 128 x 128 corner of image 0 is one 64-px token per 4x4 cells.
+    corner = out[0, :, :4, :4].flatten(1)
+    assert torch.allclose(corner, corner[:, :1].expand_as(corner))
+    assert not torch.allclose(out[0, :, 12:, 8:].flatten(1)[:, 0],
+                              out[0, :, 12:, 8:].flatten(1)[:, 1])
+
+
+def test_rope_uses_token_centres():
+    _, apt, _ = _pair((5.0, 5.0), window_size=4, out_indices=(0, ))
+    x = _images()
+    layout = apt.tokenize(x)
+    ctx = apt.packed_context(layout)
+    t = int((layout.scale_index == 2).nonzero()[0])
+    r, c = float(layout.row[t]) + 1.5, float(layout.col[t]) + 1.5
+    cos, sin = apt.rope(torch.tensor([[r, c]]), layout.grid_size)
+    assert torch.equal(ctx.global_rope[0][t], cos[0])
+    wr, wc = r % 4, c % 4
+    cos, _ = apt.rope(torch.tensor([[wr, wc]]), (4, 4))
+    assert torch.equal(ctx.window_rope[0][t], cos[0])
+
+
+def test_registry_and_input_errors():
+    model = MODELS.build(
+        dict(type='APTEVA02', arch=ARCH, img_size=256, window_size=8,
+             thresholds=(2, 2)))
+    assert isinstance(model, APTEVA02)
+    with pytest.raises(ValueError, match='multiple of the largest patch'):
+        APTEVA02(arch=ARCH, img_size=256, window_size=6, thresholds=(2, 2))
+    with pytest.raises(ValueError, match='pad_size_divisor'):
+        model(torch.randn(1, 3, 256, 160))  # 10 cells: not a multiple of 8
+    with pytest.raises(ValueError, match='thresholds'):
+        APTEVA02(arch=ARCH, img_size=256, thresholds=(float('nan'), 1))
+    assert model.get_layer_depth('backbone.apt_embed.zero_linear.weight') \
+        == (0, ARCH['num_layers'] + 2)
+
+
+def test_frozen_stage_zero_freezes_apt_embedding():
+    model = APTEVA02(arch=ARCH, img_size=256, thresholds=(2, ),
+                     frozen_stages=0)
+    model.train()
+    assert not any(p.requires_grad for p in model.apt_embed.parameters())
+    assert all(p.requires_grad for p in model.blocks[0].parameters())

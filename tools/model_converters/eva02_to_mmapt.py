@@ -1,0 +1,66 @@
+"""Convert an official EVA-02 or timm EVA-02 checkpoint to mmapt's EVA02.
+
+Example (EVA-02-B MIM weights for dense prediction at patch 16)::
+
+    python tools/model_converters/eva02_to_mmapt.py \
+        eva02_B_pt_in21k_p14.pt eva02_b_p16_mmapt.pth --patch-size 16
+
+The output holds ``{'state_dict': ..., 'meta': ...}`` with plain (unprefixed)
+keys: use it as ``init_cfg=dict(type='Pretrained', checkpoint=...)`` of the
+backbone, or ``EVA02(...).load_state_dict(ckpt['state_dict'])``.
+"""
+import argparse
+import sys
+
+import torch
+
+from mmapt.utils import ConversionError, convert_eva02_state_dict
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('src', help='official (.pt, weights under "module") '
+                        'or timm (.pth / .bin / .safetensors) checkpoint')
+    parser.add_argument('dst', help='output .pth')
+    parser.add_argument('--patch-size', type=int, default=None,
+                        help='resample the patch kernel (e.g. 14 -> 16)')
+    parser.add_argument('--img-size', type=int, default=None,
+                        help='resample the position table to img-size / '
+                        'patch-size (EVA02 resamples it to its own '
+                        'pretraining grid on load anyway)')
+    parser.add_argument('--kernel-resize', choices=('bicubic', 'pinv'),
+                        default='bicubic',
+                        help='bicubic (EVA-02\'s 14->16 script, default) or '
+                        'FlexiViT pseudo-inverse')
+    return parser.parse_args()
+
+
+def load(path: str) -> dict:
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path)
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        state, dropped = convert_eva02_state_dict(
+            load(args.src), args.patch_size, args.img_size,
+            args.kernel_resize)
+    except ConversionError as err:
+        print(f'error: {args.src}: {err}', file=sys.stderr)
+        return 1
+    for key in dropped:
+        print(f'dropped {key}')
+    torch.save(
+        dict(state_dict=state,
+             meta=dict(source=args.src, patch_size=args.patch_size,
+                       img_size=args.img_size,
+                       kernel_resize=args.kernel_resize)), args.dst)
+    print(f'saved {len(state)} tensors to {args.dst}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
