@@ -64,7 +64,7 @@ def test_no_merge_global_attention_four_scales():
 
 
 def test_large_patch_embedding_at_init():
-    """Zero-init linear: a merged token = embed(resized pixels) + pooled pos."""
+    """Zero-init linear: merged token = embed(resized pixels) + pooled pos."""
     _, apt, _ = _pair((5.0, 5.0), window_size=4, out_indices=(0, ))
     x = _images()
     with torch.no_grad():
@@ -106,6 +106,16 @@ def test_apt_layers_receive_gradients():
     apt.zero_grad()
     apt(_images())[0].square().mean().backward()
     assert conv.weight.grad.abs().sum() > 0
+
+
+def test_apt_layers_get_gradients_without_merging():
+    """No token merged: the APT layers still get (zero) gradients, so DDP
+    needs no find_unused_parameters."""
+    _, apt, _ = _pair((-1, -1), out_indices=(0, ))
+    apt.train()
+    apt(_images())[0].sum().backward()
+    for param in apt.apt_embed.parameters():
+        assert param.grad is not None and not param.grad.any()
 
 
 def test_merging_packs_images_independently():

@@ -1,7 +1,6 @@
 """APT-EVA02: EVA-02 on entropy-chosen multi-scale patches, packed tokens."""
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 

@@ -61,7 +61,11 @@ class APTEmbed(BaseModule):
         tokens = base_flat.index_select(0, _cell_index(layout, height, width))
         for scale in range(1, layout.num_scales):
             index = (layout.scale_index == scale).nonzero(as_tuple=True)[0]
-            if index.numel() == 0:
+            # While training, empty scales still run (on zero tokens) so the
+            # APT layers always get a (zero) gradient: DDP then needs no
+            # find_unused_parameters when a batch merges nothing.
+            if index.numel() == 0 and not (self.training
+                                           and torch.is_grad_enabled()):
                 continue
             value = self._resized_embed(images, layout, index, scale,
                                         patch_embed)
@@ -96,14 +100,14 @@ class APTEmbed(BaseModule):
         cells = (layout.image_index[index][:, None, None] * height +
                  rows[:, :, None]) * width + cols[:, None, :]  # (n, s, s)
         x = base_flat.index_select(0, cells.reshape(-1)).view(
-            index.numel(), side, side, -1)
+            index.numel(), side, side, base_flat.shape[1])
         weight = self.aggregate.weight.flatten(1)  # (D, D*2*2): (c, ky, kx)
         for _ in range(scale):
             num, h, w, dims = x.shape
             x = x.view(num, h // 2, 2, w // 2, 2, dims).permute(
                 0, 1, 3, 5, 2, 4).reshape(num, h // 2, w // 2, dims * 4)
             x = F.linear(x, weight, self.aggregate.bias)
-        return x.reshape(index.numel(), -1)
+        return x.reshape(index.numel(), base_flat.shape[1])
 
 
 def _cell_index(layout, height: int, width: int) -> Tensor:

@@ -53,7 +53,8 @@ class _Bucket:
                  'valid_rows', 'token_index')
 
     def __init__(self) -> None:
-        self.start: Optional[int] = None  # contiguous single group [start, stop)
+        # A bucket of one group is the contiguous slice [start, stop).
+        self.start: Optional[int] = None
         self.stop: Optional[int] = None
         self.length = 0
         self.num_groups = 0
@@ -106,7 +107,8 @@ class VarlenPlan:
 
     @staticmethod
     def _make_buckets(offsets: List[int], lengths: List[int],
-                      groups: List[int], device: torch.device) -> List[_Bucket]:
+                      groups: List[int],
+                      device: torch.device) -> List[_Bucket]:
         order = sorted(groups, key=lambda g: -lengths[g])
         members: List[List[int]] = []
         for g in order:
@@ -152,7 +154,7 @@ class VarlenPlan:
         return buckets
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention of (N, heads, head_dim) packed q, k, v -> (N, heads, hd)."""
+        """Attention of packed (N, heads, head_dim) q, k, v -> same shape."""
         if not self._built:
             self._build()
         num_tokens, heads, head_dim = q.shape

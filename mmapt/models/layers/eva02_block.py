@@ -90,7 +90,8 @@ class EVA02Attention(BaseModule):
         self.proj = nn.Linear(embed_dims, embed_dims)
 
     def _qkv(self, x: Tensor, rope: RopeTables) -> Tuple[Tensor, Tensor]:
-        """(..., L, C) -> rotated q|k (..., L, 2, heads, hd), v (..., L, heads, hd)."""
+        """(..., L, C) -> q|k (..., L, 2, heads, hd) with RoPE, v (..., L,
+        heads, hd)."""
         bias = torch.cat(
             [self.q_bias,
              torch.zeros_like(self.q_bias), self.v_bias])
@@ -260,9 +261,9 @@ class EVA02Block(BaseModule):
         return x + self.drop_path(y, image_index, num_images)
 
 
-def window_partition(x: Tensor,
-                     window_size: int) -> Tuple[Tensor, Optional[Tensor], Tuple[
-                         int, int]]:
+def window_partition(
+        x: Tensor,
+        window_size: int) -> Tuple[Tensor, Optional[Tensor], Tuple[int, int]]:
     """(B, H, W, C) -> (B * nW, ws * ws, C) windows, zero-padded.
 
     Returns:

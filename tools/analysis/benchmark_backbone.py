@@ -1,0 +1,279 @@
+"""Forward latency of APT-EVA02 against the plain EVA-02 backbone.
+
+    python tools/analysis/benchmark_backbone.py data/photos --arch small \
+        --canvas 1536 --patch-sizes 16 32 64 128 --thresholds 2 2 0.3 \
+        --window-size 32 --global-attn-indexes 1 3 5 7 9 11 --repeat 2 --json
+
+One process; both models hold the same (random) weights; for every image and
+repeat the two forwards run back to back, alternating which goes first, so a
+busy machine slows both alike. Images are prepared like the detection test
+pipeline (long side to ``--canvas``, padded with 114 to a square), or
+generated when no folder is given. Reported: tokens and keep ratio per image,
+median forward latency of each model (batch 1, ``torch.no_grad``), APT's own
+overhead (tokenizer, embedding, attention plans + RoPE tables, unpacking),
+and peak memory of one forward of each (CUDA: ``max_memory_allocated``; CPU:
+resident-set rise sampled every 0.5 ms in a fresh child process). With
+``--json`` the last line is one JSON object with ``baseline_ms``, ``apt_ms``
+(sums over the images of the per-image medians), ``speedup`` (their ratio)
+and ``token_ratio`` (plain tokens / APT tokens, summed over the images).
+
+Needs torch, mmengine and mmapt only (no mmcv / mmdet).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from mmapt.models import APTEVA02, EVA02
+from mmapt.tokenizer.prepare import list_images, load_rgb, normalise, to_canvas
+from mmapt.utils.memory import peak_memory_mib
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('image_dir', nargs='?', default=None,
+                        help='folder of JPEG/PNG images (generated if none)')
+    parser.add_argument('--arch', default='small')
+    parser.add_argument('--canvas', type=int, default=1536)
+    parser.add_argument('--patch-sizes', type=int, nargs='+',
+                        default=[16, 32, 64, 128])
+    parser.add_argument('--thresholds', type=float, nargs='+',
+                        default=[2.0, 2.0, 0.3])
+    parser.add_argument('--window-size', type=int, default=32)
+    parser.add_argument('--global-attn-indexes', type=int, nargs='*',
+                        default=[1, 3, 5, 7, 9, 11])
+    parser.add_argument('--out-indices', type=int, nargs='+', default=[-1])
+    parser.add_argument('--repeat', type=int, default=2)
+    parser.add_argument('--num-images', type=int, default=None,
+                        help='use the first N images')
+    parser.add_argument('--num-generated', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--no-memory', action='store_true',
+                        help='skip the peak-memory measurement')
+    parser.add_argument('--json', action='store_true')
+    parser.add_argument('--measure-memory', choices=['plain', 'apt'],
+                        help=argparse.SUPPRESS)  # child-process mode
+    args = parser.parse_args(argv)
+    base = args.patch_sizes[0]
+    expected = [base * 2**i for i in range(len(args.patch_sizes))]
+    if args.patch_sizes != expected:
+        parser.error(f'--patch-sizes must be p * 2**i, e.g. {expected}')
+    if len(args.thresholds) != len(args.patch_sizes) - 1:
+        parser.error(f'{len(args.patch_sizes)} patch sizes need '
+                     f'{len(args.patch_sizes) - 1} thresholds')
+    return args
+
+
+def build_models(args) -> Tuple[EVA02, APTEVA02]:
+    torch.manual_seed(0)
+    cfg = dict(arch=args.arch, img_size=args.canvas,
+               patch_size=args.patch_sizes[0], window_size=args.window_size,
+               global_attn_indexes=tuple(args.global_attn_indexes),
+               out_indices=tuple(args.out_indices))
+    plain = EVA02(**cfg)
+    apt = APTEVA02(thresholds=tuple(args.thresholds), **cfg)
+    missing = apt.load_state_dict(plain.state_dict(), strict=False)
+    assert all(k.startswith('apt_embed.') for k in missing.missing_keys)
+    # A trained-looking zero linear (values do not change the cost).
+    with torch.no_grad():
+        apt.apt_embed.zero_linear.weight.normal_(std=0.02)
+    device = torch.device(args.device)
+    return plain.to(device).eval(), apt.to(device).eval()
+
+
+def generated_images(num: int, canvas: int) -> Dict[str, np.ndarray]:
+    """Photo-like stand-ins: smooth shading, textured objects, flat areas."""
+    rng = np.random.default_rng(0)
+    images = {}
+    for i in range(num):
+        height = int(rng.integers(400, 640))
+        width = int(rng.integers(480, 640))
+        coarse = rng.uniform(0, 255, (4, 5, 3))
+        rows = np.linspace(0, 3, height)[:, None]
+        cols = np.linspace(0, 4, width)[None, :]
+        r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
+        r1, c1 = np.minimum(r0 + 1, 3), np.minimum(c0 + 1, 4)
+        fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+        image = (coarse[r0, c0] * (1 - fr) * (1 - fc) + coarse[r1, c0] * fr *
+                 (1 - fc) + coarse[r0, c1] * (1 - fr) * fc +
+                 coarse[r1, c1] * fr * fc)
+        for _ in range(4):  # textured objects
+            h, w = int(rng.integers(60, 220)), int(rng.integers(60, 220))
+            top = int(rng.integers(0, height - h))
+            left = int(rng.integers(0, width - w))
+            image[top:top + h, left:left + w] += rng.normal(
+                0, 40, (h, w, 3))
+        image[:height // 5] = rng.uniform(0, 255, 3)  # a flat sky band
+        images[f'generated_{i}'] = to_canvas(
+            np.clip(image, 0, 255).astype(np.uint8), canvas)
+    return images
+
+
+def load_images(args) -> Dict[str, np.ndarray]:
+    if args.image_dir is None:
+        return generated_images(args.num_generated, args.canvas)
+    paths = list_images(args.image_dir)[:args.num_images]
+    return {
+        os.path.splitext(os.path.basename(p))[0]: to_canvas(
+            load_rgb(p), args.canvas)
+        for p in paths
+    }
+
+
+def timed(fn: Callable, device: torch.device) -> Tuple[float, object]:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1e3, result
+
+
+def apt_overhead(apt: APTEVA02, x: torch.Tensor,
+                 device: torch.device) -> Dict[str, float]:
+    """Time of APT's own stages (the blocks are timed by the full forward)."""
+    tok_ms, layout = timed(lambda: apt.tokenize(x), device)
+    emb_ms, tokens = timed(lambda: apt.embed(x, layout), device)
+    plain_emb_ms, _ = timed(
+        lambda: apt.patch_embed(x) + apt.position_map(layout.grid_size),
+        device)
+
+    def context():
+        ctx = apt.packed_context(layout)
+        for plan in (ctx.window_plan, ctx.image_plan):  # force host planning
+            if not plan._built:
+                plan._build()
+        return ctx
+
+    ctx_ms, _ = timed(context, device)
+    unpack_ms, _ = timed(
+        lambda: [
+            layout.unpack(tokens).contiguous() for _ in apt.out_indices
+        ], device)
+    return dict(tokenizer_ms=tok_ms, embed_ms=emb_ms,
+                plain_embed_ms=plain_emb_ms, context_ms=ctx_ms,
+                unpack_ms=unpack_ms)
+
+
+def child_memory(argv: Sequence[str], which: str) -> float:
+    """Run this script in a fresh process to measure one model's memory."""
+    cmd = [sys.executable, os.path.abspath(__file__), *argv,
+           '--measure-memory', which]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    plain, apt = build_models(args)
+    images = load_images(args)
+    batches = {
+        name: normalise([img]).to(device)
+        for name, img in images.items()
+    }
+    torch.set_grad_enabled(False)
+
+    if args.measure_memory:  # child: first image, one model, fresh process
+        x = next(iter(batches.values()))
+        model = plain if args.measure_memory == 'plain' else apt
+        print(f'{peak_memory_mib(lambda: model(x), device):.1f}')
+        return
+
+    # Warm-up (allocator, thread pool, kernels) on the first image.
+    first = next(iter(batches.values()))
+    plain(first)
+    apt(first)
+
+    times: Dict[str, Dict[str, List[float]]] = {
+        name: dict(plain=[], apt=[])
+        for name in batches
+    }
+    stats, overhead = {}, {}
+    for rep in range(args.repeat):
+        for name, x in batches.items():
+            order = ('plain', 'apt') if rep % 2 == 0 else ('apt', 'plain')
+            for which in order:
+                model = plain if which == 'plain' else apt
+                ms, _ = timed(lambda: model(x), device)
+                times[name][which].append(ms)
+            stats[name] = dict(apt.token_stats)
+    for name, x in batches.items():
+        overhead[name] = apt_overhead(apt, x, device)
+
+    rows = []
+    for name in batches:
+        base_ms = statistics.median(times[name]['plain'])
+        apt_ms = statistics.median(times[name]['apt'])
+        rows.append(
+            dict(image=name, tokens=stats[name]['tokens'][0],
+                 baseline_tokens=stats[name]['baseline_tokens'][0],
+                 keep_ratio=stats[name]['keep_ratio'][0],
+                 baseline_ms=base_ms, apt_ms=apt_ms,
+                 speedup=base_ms / apt_ms, **overhead[name]))
+
+    memory = {}
+    if not args.no_memory:
+        memory = dict(plain_peak_mib=child_memory(argv, 'plain'),
+                      apt_peak_mib=child_memory(argv, 'apt'))
+
+    total_base = sum(r['baseline_ms'] for r in rows)
+    total_apt = sum(r['apt_ms'] for r in rows)
+    total_tokens = sum(r['tokens'] for r in rows)
+    total_baseline_tokens = sum(r['baseline_tokens'] for r in rows)
+    summary = dict(
+        baseline_ms=round(total_base, 1),
+        apt_ms=round(total_apt, 1),
+        speedup=round(total_base / total_apt, 4),
+        token_ratio=round(total_baseline_tokens / total_tokens, 4),
+        keep_ratio=round(total_tokens / total_baseline_tokens, 4),
+        overhead_ms={
+            key: round(sum(r[key] for r in rows), 1)
+            for key in ('tokenizer_ms', 'embed_ms', 'plain_embed_ms',
+                        'context_ms', 'unpack_ms')
+        },
+        **memory,
+        images=len(rows),
+        arch=args.arch,
+        canvas=args.canvas,
+        thresholds=args.thresholds,
+        window_size=args.window_size,
+        repeat=args.repeat,
+        threads=torch.get_num_threads(),
+        device=str(device))
+
+    print(f'{"image":<22}{"tokens":>8}{"base":>7}{"keep":>7}'
+          f'{"plain ms":>10}{"APT ms":>10}{"speed-up":>9}'
+          f'{"tok ms":>8}{"emb ms":>8}{"ctx ms":>8}{"unp ms":>8}')
+    for r in rows:
+        print(f'{r["image"]:<22}{r["tokens"]:>8}{r["baseline_tokens"]:>7}'
+              f'{r["keep_ratio"]:>7.3f}{r["baseline_ms"]:>10.0f}'
+              f'{r["apt_ms"]:>10.0f}{r["speedup"]:>9.3f}'
+              f'{r["tokenizer_ms"]:>8.0f}{r["embed_ms"]:>8.0f}'
+              f'{r["context_ms"]:>8.0f}{r["unpack_ms"]:>8.0f}')
+    print(f'total: plain {total_base:.0f} ms, APT {total_apt:.0f} ms, '
+          f'speed-up {summary["speedup"]:.3f}, token ratio '
+          f'{summary["token_ratio"]:.3f} (speed-up / token ratio '
+          f'{summary["speedup"] / summary["token_ratio"]:.3f})')
+    if memory:
+        print(f'peak memory of one forward: plain '
+              f'{memory["plain_peak_mib"]:.0f} MiB, APT '
+              f'{memory["apt_peak_mib"]:.0f} MiB')
+    if args.json:
+        print(json.dumps(summary))
+
+
+if __name__ == '__main__':
+    main()
