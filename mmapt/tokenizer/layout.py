@@ -210,7 +210,6 @@ def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
     """
     height, width = grid_size
     batch = keep_masks[0].shape[0]
-    device = keep_masks[0].device
     if window_size is not None:
         if height % window_size or width % window_size:
             raise ValueError(f'grid {height}x{width} is not a multiple of the '

@@ -3,13 +3,13 @@
 Kept free of mmcv/mmdet so the tools also run on a machine with torch only.
 """
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .tokenizer import IMAGENET_MEAN, IMAGENET_STD
+from .tokenizer import IMAGENET_MEAN, IMAGENET_STD, PatchTokenizer
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 # mmdet's Pad value for ViTDet-style square canvases.
@@ -71,3 +71,34 @@ def normalise(images: Sequence[np.ndarray],
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
     std_t = torch.tensor(std).view(1, 3, 1, 1)
     return (batch - mean_t) / std_t
+
+
+def prepare_view(image: np.ndarray,
+                 canvas: Optional[int] = None,
+                 crop: Optional[int] = None,
+                 multiple: int = 1) -> np.ndarray:
+    """The analysis tools' views of a photograph.
+
+    ``canvas``: the detection test view (:func:`to_canvas`); ``crop``: the
+    segmentation view (:func:`to_crop`); neither: the image as it is, padded
+    bottom/right with 114 to a multiple of ``multiple`` (the largest patch).
+    """
+    if canvas:
+        return to_canvas(image, canvas)
+    if crop:
+        return to_crop(image, crop)
+    pad_h, pad_w = -image.shape[0] % multiple, -image.shape[1] % multiple
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)),
+                  constant_values=CANVAS_PAD_VALUE)
+
+
+def tokenizer_and_images(path: str, patch_sizes: Sequence[int],
+                         thresholds: Sequence[float],
+                         num_bins: int) -> Tuple[PatchTokenizer, List[str]]:
+    """Validate a tool's tokenizer settings and list its images.
+
+    Raises ValueError / FileNotFoundError with the message a tool prints.
+    """
+    tokenizer = PatchTokenizer(patch_sizes[0], thresholds, num_bins,
+                               patch_sizes=patch_sizes)
+    return tokenizer, list_images(path)

@@ -22,9 +22,9 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from mmapt.tokenizer import PatchTokenizer, build_layout, select_patches
-from mmapt.tokenizer.prepare import (list_images, load_rgb, normalise,
-                                     to_canvas, to_crop)
+from mmapt.tokenizer import build_layout, select_patches
+from mmapt.tokenizer.prepare import (load_rgb, normalise, prepare_view,
+                                     tokenizer_and_images)
 
 MAX_SAFE_THRESHOLD = 6.0
 
@@ -90,9 +90,8 @@ def main(argv=None) -> int:
         print('error: --target-keep must be in (0, 1]', file=sys.stderr)
         return 2
     try:
-        tokenizer = PatchTokenizer(args.patch_sizes[0], args.reference,
-                                   args.bins, patch_sizes=args.patch_sizes)
-        files = list_images(args.path)
+        tokenizer, files = tokenizer_and_images(
+            args.path, args.patch_sizes, args.reference, args.bins)
     except (ValueError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -103,12 +102,8 @@ def main(argv=None) -> int:
 
     entropies, grid = [], None
     for path in files:
-        image = load_rgb(path)
-        if args.canvas:
-            image = to_canvas(image, args.canvas)
-        elif args.crop:
-            image = to_crop(image, args.crop)
-        batch = normalise([image])
+        batch = normalise([prepare_view(load_rgb(path), args.canvas, args.crop,
+                                        tokenizer.largest_patch)])
         tokenizer.check_input_size(*batch.shape[-2:])
         grid = (batch.shape[-2] // tokenizer.patch_size,
                 batch.shape[-1] // tokenizer.patch_size)

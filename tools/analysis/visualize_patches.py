@@ -14,9 +14,8 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmapt.tokenizer import PatchTokenizer
-from mmapt.tokenizer.prepare import (list_images, load_rgb, normalise,
-                                     to_canvas, to_crop)
+from mmapt.tokenizer.prepare import (load_rgb, normalise, prepare_view,
+                                     tokenizer_and_images)
 
 # One colour per scale, base size first.
 SCALE_COLOURS = [(255, 64, 64), (255, 200, 0), (64, 200, 255), (120, 255, 120),
@@ -42,17 +41,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def prepare(image: np.ndarray, args, largest: int) -> np.ndarray:
-    if args.canvas:
-        return to_canvas(image, args.canvas)
-    if args.crop:
-        return to_crop(image, args.crop)
-    # As-is view: pad bottom/right to a multiple of the largest patch.
-    height, width = image.shape[:2]
-    pad_h, pad_w = -height % largest, -width % largest
-    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=114)
-
-
 def draw_layout(image: np.ndarray, layout, patch_size: int,
                 caption: str) -> Image.Image:
     """The image with every token's square outlined in its scale colour."""
@@ -76,9 +64,8 @@ def draw_layout(image: np.ndarray, layout, patch_size: int,
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        tokenizer = PatchTokenizer(args.patch_sizes[0], args.thresholds,
-                                   args.bins, patch_sizes=args.patch_sizes)
-        files = list_images(args.path)
+        tokenizer, files = tokenizer_and_images(
+            args.path, args.patch_sizes, args.thresholds, args.bins)
     except (ValueError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -86,7 +73,8 @@ def main(argv=None) -> int:
         os.makedirs(args.out, exist_ok=True)
     rows = []
     for path in files:
-        image = prepare(load_rgb(path), args, tokenizer.largest_patch)
+        image = prepare_view(load_rgb(path), args.canvas, args.crop,
+                             tokenizer.largest_patch)
         layout = tokenizer(normalise([image]))
         counts = [int((layout.scale_index == s).sum())
                   for s in range(tokenizer.num_scales)]
