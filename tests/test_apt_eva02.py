@@ -63,6 +63,18 @@ def test_no_merge_global_attention_four_scales():
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
+def test_no_merge_through_the_entropy_tokenizer():
+    """Positive thresholds that nothing passes (noise images): the real
+    tokenizer path, still equal to the plain model."""
+    plain, apt, _ = _pair((1e-6, 1e-6), window_size=4, out_indices=(3, ))
+    gen = torch.Generator().manual_seed(1)
+    x = ((torch.rand(1, 3, 128, 192, generator=gen) * 255) - MEAN) / STD
+    with torch.no_grad():
+        got, want = apt(x)[0], plain(x)[0]
+    assert apt.token_stats['keep_ratio'] == [1.0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def test_large_patch_embedding_at_init():
     """Zero-init linear: merged token = embed(resized pixels) + pooled pos."""
     _, apt, _ = _pair((5.0, 5.0), window_size=4, out_indices=(0, ))
@@ -79,14 +91,14 @@ def test_large_patch_embedding_at_init():
         side = int(layout.side[t])
         pixels = x[b:b + 1, :, r * 16:(r + side) * 16, c * 16:(c + side) * 16]
         resized = F.interpolate(pixels, size=(16, 16), mode='area')
-        want = apt.patch_embed(resized).flatten() + \
+        want = apt.patch_embed.proj(resized).flatten() + \
             pos[:, r:r + side, c:c + side].mean((1, 2))
         torch.testing.assert_close(tokens[t], want, rtol=1e-5, atol=1e-5)
     base = (layout.scale_index == 0).nonzero().flatten()[:5]
     for t in base.tolist():
         b, r, c = (int(v[t]) for v in (layout.image_index, layout.row,
                                        layout.col))
-        want = apt.patch_embed(x[b:b + 1, :, r * 16:r * 16 + 16,
+        want = apt.patch_embed.proj(x[b:b + 1, :, r * 16:r * 16 + 16,
                                  c * 16:c * 16 + 16]).flatten() + pos[:, r, c]
         torch.testing.assert_close(tokens[t], want, rtol=1e-5, atol=1e-5)
 
@@ -155,11 +167,11 @@ def test_rope_uses_token_centres():
     ctx = apt.packed_context(layout)
     t = int((layout.scale_index == 2).nonzero()[0])
     r, c = float(layout.row[t]) + 1.5, float(layout.col[t]) + 1.5
-    cos, sin = apt.rope(torch.tensor([[r, c]]), layout.grid_size)
-    assert torch.equal(ctx.global_rope[0][t], cos[0])
+    table = apt.rope(torch.tensor([[r, c]]), layout.grid_size)
+    assert torch.equal(ctx.global_rope[t], table[0])
     wr, wc = r % 4, c % 4
-    cos, _ = apt.rope(torch.tensor([[wr, wc]]), (4, 4))
-    assert torch.equal(ctx.window_rope[0][t], cos[0])
+    table = apt.rope(torch.tensor([[wr, wc]]), (4, 4))
+    assert torch.equal(ctx.window_rope[t], table[0])
 
 
 def test_registry_and_input_errors():

@@ -80,9 +80,26 @@ def test_rope_matches_timm_tables():
     from timm.layers import RotaryEmbeddingCat
     ref = RotaryEmbeddingCat(64, in_pixels=False, feat_shape=[5, 7],
                              ref_feat_shape=[16, 16])
-    cos, sin = RotaryEmbedding2D(64, 16).grid(5, 7, torch.device('cpu'))
+    table = RotaryEmbedding2D(64, 16).grid(5, 7, torch.device('cpu'))
     want_sin, want_cos = ref.get_embed().chunk(2, -1)
-    assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin)
+    # timm repeats every pair's value twice (interleaved layout).
+    assert torch.equal(table.real.repeat_interleave(2, -1), want_cos)
+    assert torch.equal(table.imag.repeat_interleave(2, -1), want_sin)
+
+
+def test_apply_rope_matches_timm_rotation():
+    from timm.layers import apply_rot_embed_cat
+    from mmapt.models.layers import apply_rope
+    torch.manual_seed(0)
+    table = RotaryEmbedding2D(64, 16).grid(6, 5, torch.device('cpu'))
+    x = torch.randn(2, 3, 30, 64)
+    want = apply_rot_embed_cat(x, torch.cat(
+        [table.imag.repeat_interleave(2, -1),
+         table.real.repeat_interleave(2, -1)], -1))
+    torch.testing.assert_close(apply_rope(x, table), want, rtol=0,
+                               atol=1e-6)
+    half = apply_rope(x.bfloat16(), table)
+    assert half.dtype == torch.bfloat16
 
 
 def test_window_padding_masks_padded_keys():

@@ -1,12 +1,13 @@
 """APT-EVA02: EVA-02 on entropy-chosen multi-scale patches, packed tokens."""
 from typing import List, NamedTuple, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mmapt.registry import MODELS
 from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
-                             PatchTokenizer)
+                             PatchTokenizer, build_layout)
 from ..layers import APTEmbed, VarlenPlan, build_plans
 from .eva02 import EVA02
 
@@ -14,13 +15,14 @@ from .eva02 import EVA02
 class PackedContext(NamedTuple):
     """Everything the blocks need about a layout, computed once a forward.
 
-    ``*_rope`` are per-token (cos, sin) tables; ``*_plan`` attention plans.
+    ``*_rope`` are per-token complex RoPE tables (N, head_dim / 2),
+    ``*_cu``/``*_max`` the groups and ``*_plan`` their attention plans.
     """
-    window_rope: Tuple[Tensor, Tensor]
+    window_rope: Tensor
     window_cu: Tensor
     window_max: int
     window_plan: VarlenPlan
-    global_rope: Tuple[Tensor, Tensor]
+    global_rope: Tensor
     image_cu: Tensor
     image_max: int
     image_plan: VarlenPlan
@@ -84,8 +86,23 @@ class APTEVA02(EVA02):
 
     # ---------------------------------------------------------------- stages
     def tokenize(self, x: Tensor) -> PatchLayout:
-        """Images (B, 3, H, W) -> :class:`PatchLayout` (no gradients)."""
-        return self.tokenizer(x)
+        """Images (B, 3, H, W) -> :class:`PatchLayout` (no gradients).
+
+        When no threshold is positive no patch can merge (entropy is never
+        negative), so the entropy maps are skipped and the plain grid is
+        packed directly: "APT off" then costs no tokenizer time.
+        """
+        tokenizer = self.tokenizer
+        if tokenizer.num_scales > 1 and max(tokenizer.thresholds) > 0:
+            return tokenizer(x)
+        height, width = x.shape[2:]
+        tokenizer.check_input_size(height, width)
+        grid = (height // self.patch_size, width // self.patch_size)
+        masks = [
+            x.new_full((x.shape[0], grid[0] >> i, grid[1] >> i), i == 0,
+                       dtype=torch.bool) for i in range(tokenizer.num_scales)
+        ]
+        return build_layout(masks, grid, tokenizer.window_size)
 
     def embed(self, x: Tensor, layout: PatchLayout) -> Tensor:
         """Packed token embeddings (N, C), absolute position included."""

@@ -128,6 +128,7 @@ class EVA02(BaseModule):
                 drop_path=drop_rates[i],
                 norm_eps=self.norm_eps) for i in range(num_layers)
         ])
+        self._pos_cache: Optional[Tuple[tuple, Tensor]] = None
         self._init_params()
         self._init_extra()
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
@@ -258,15 +259,30 @@ class EVA02(BaseModule):
         return height // self.patch_size, width // self.patch_size
 
     def position_map(self, grid: Tuple[int, int]) -> Tensor:
-        """(1, C, rows, cols) absolute position embedding at ``grid``."""
-        return pos_embed_map(self.pos_embed, self.pos_grid, grid)
+        """(1, C, rows, cols) absolute position embedding at ``grid``.
+
+        Without autograd (inference) the resampled table is cached until the
+        grid or the parameter changes: bicubic resampling to a 96 x 96 grid
+        costs about as much as the patch embedding itself on CPU.
+        """
+        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+            return pos_embed_map(self.pos_embed, self.pos_grid, grid)
+        key = (tuple(grid), self.pos_embed._version, self.pos_embed.device,
+               self.pos_embed.dtype, id(self.pos_embed))
+        if self._pos_cache is None or self._pos_cache[0] != key:
+            with torch.no_grad():
+                self._pos_cache = (key,
+                                   pos_embed_map(self.pos_embed,
+                                                 self.pos_grid, grid))
+        return self._pos_cache[1]
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
         batch = x.shape[0]
         height, width = self.check_input_size(*x.shape[2:])
-        x = self.patch_embed(x) + self.position_map((height, width))
-        x = x.permute(0, 2, 3, 1)  # (B, H, W, C) for the blocks
+        # (B, H, W, C) channels-last tokens for the blocks.
+        x = self.patch_embed(x) + self.position_map(
+            (height, width)).permute(0, 2, 3, 1)
         global_rope = self.rope.grid(height, width, x.device)
         window_rope = self.rope.grid(self.window_size, self.window_size,
                                      x.device) if self.window_size else None

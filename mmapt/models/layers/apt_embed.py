@@ -46,16 +46,17 @@ class APTEmbed(BaseModule):
 
         Args:
             images (Tensor): (B, 3, H, W) normalised images.
-            base (Tensor): (B, D, Hc, Wc) base patch embeddings of the
-                images (the plain model's, before position).
+            base (Tensor): (B, Hc, Wc, D) channels-last base patch
+                embeddings of the images (the plain model's, before
+                position).
             layout (PatchLayout): The token layout.
             patch_embed (PatchEmbed): The pretrained patch embedding.
 
         Returns:
             Tensor: (N, D) packed token embeddings.
         """
-        batch, dims, height, width = base.shape
-        base_flat = base.permute(0, 2, 3, 1).reshape(-1, dims)
+        batch, height, width, dims = base.shape
+        base_flat = base.reshape(-1, dims)
         # Every token starts as the base embedding of its top-left cell: the
         # final value for base tokens, overwritten for merged ones.
         tokens = base_flat.index_select(0, _cell_index(layout, height, width))

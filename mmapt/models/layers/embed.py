@@ -10,6 +10,11 @@ from torch import Tensor, nn
 class PatchEmbed(nn.Module):
     """Non-overlapping patch embedding: one conv, kernel = stride = patch.
 
+    The weights are a ``Conv2d`` (``proj``, checkpoint compatible); the
+    forward runs it as patchify + matrix product, which on CPU is about twice
+    as fast as the strided convolution and yields channels-last tokens
+    directly.
+
     Args:
         patch_size (int): Patch side in pixels.
         embed_dims (int): Output channels.
@@ -23,8 +28,13 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, embed_dims, patch_size, patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, C_in, H, W) -> (B, embed_dims, H / p, W / p)."""
-        return self.proj(x)
+        """(B, C_in, H, W) -> channels-last (B, H / p, W / p, embed_dims)."""
+        batch, chans, height, width = x.shape
+        p = self.patch_size
+        rows, cols = height // p, width // p
+        patches = x.view(batch, chans, rows, p, cols, p).permute(
+            0, 2, 4, 1, 3, 5).reshape(batch * rows * cols, chans * p * p)
+        return self.embed_patches(patches).view(batch, rows, cols, -1)
 
     def embed_patches(self, patches: Tensor) -> Tensor:
         """Embed flattened patches (n, C_in * p * p), channel-major -> (n, D).

@@ -19,8 +19,6 @@ from torch import Tensor, nn
 from .attention import VarlenPlan, varlen_attention
 from .rope import apply_rope
 
-RopeTables = Tuple[Tensor, Tensor]  # (cos, sin), each (L or N, head_dim)
-
 
 class DropPath(nn.Module):
     """Stochastic depth per sample (image), for dense or packed tokens.
@@ -89,7 +87,7 @@ class EVA02Attention(BaseModule):
             if inner_norm else nn.Identity()
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def _qkv(self, x: Tensor, rope: RopeTables) -> Tuple[Tensor, Tensor]:
+    def _qkv(self, x: Tensor, rope: Tensor) -> Tuple[Tensor, Tensor]:
         """(..., L, C) -> q|k (..., L, 2, heads, hd) with RoPE, v (..., L,
         heads, hd)."""
         bias = torch.cat(
@@ -97,21 +95,20 @@ class EVA02Attention(BaseModule):
              torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias)
         qkv = qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
-        # One rotation call for q and k together; tables (L, hd) broadcast
-        # over the leading batch dims and the (q|k, heads) dims.
-        cos, sin = (t[:, None, None] for t in rope)
-        qk = apply_rope(qkv[..., :2, :, :], cos, sin)
+        # One rotation call for q and k together; the (L, hd / 2) table
+        # broadcasts over the leading batch dims and the (q|k, heads) dims.
+        qk = apply_rope(qkv[..., :2, :, :], rope[:, None, None])
         return qk, qkv[..., 2, :, :]
 
     def forward(self,
                 x: Tensor,
-                rope: RopeTables,
+                rope: Tensor,
                 key_mask: Optional[Tensor] = None) -> Tensor:
         """Dense path.
 
         Args:
             x (Tensor): (B, L, C) tokens of B sequences (images or windows).
-            rope (tuple): (cos, sin) tables, (L, head_dim) each.
+            rope (Tensor): (L, head_dim / 2) complex RoPE table.
             key_mask (Tensor, optional): (B, 1, 1, L) bool, False for padded
                 keys.
 
@@ -126,14 +123,14 @@ class EVA02Attention(BaseModule):
         out = out.transpose(1, 2).reshape(batch, length, channels)
         return self.proj(self.norm(out))
 
-    def forward_packed(self, x: Tensor, rope: RopeTables, cu_seqlens: Tensor,
+    def forward_packed(self, x: Tensor, rope: Tensor, cu_seqlens: Tensor,
                        max_seqlen: int,
                        plan: Optional[VarlenPlan] = None) -> Tensor:
         """Packed path: (N, C) tokens, attention within ``cu_seqlens`` groups.
 
         Args:
             x (Tensor): (N, C) packed tokens.
-            rope (tuple): (cos, sin) per-token tables, (N, head_dim) each.
+            rope (Tensor): (N, head_dim / 2) complex per-token RoPE table.
             cu_seqlens (Tensor): (G + 1,) int32 group offsets.
             max_seqlen (int): Longest group.
             plan (VarlenPlan, optional): Precomputed plan for ``cu_seqlens``.
@@ -209,7 +206,7 @@ class EVA02Block(BaseModule):
         self.mlp = SwiGLU(embed_dims, mlp_hidden_dims, scale_mlp, norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, rope: RopeTables) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
         """Dense path on a (B, H, W, C) token map.
 
         Window blocks pad the map to a multiple of the window (like ViTDet),
@@ -218,8 +215,8 @@ class EVA02Block(BaseModule):
 
         Args:
             x (Tensor): (B, H, W, C).
-            rope (tuple): (cos, sin) for the window grid (window blocks) or
-                for the H x W grid (global blocks).
+            rope (Tensor): Complex RoPE table of the window grid (window
+                blocks) or of the H x W grid (global blocks).
         """
         batch, height, width, channels = x.shape
         y = self.norm1(x)
@@ -236,7 +233,7 @@ class EVA02Block(BaseModule):
 
     def forward_packed(self,
                        x: Tensor,
-                       rope: RopeTables,
+                       rope: Tensor,
                        cu_seqlens: Tensor,
                        max_seqlen: int,
                        plan: Optional[VarlenPlan] = None,
@@ -246,7 +243,7 @@ class EVA02Block(BaseModule):
 
         Args:
             x (Tensor): (N, C) packed tokens.
-            rope (tuple): Per-token (cos, sin) tables.
+            rope (Tensor): Per-token complex RoPE table.
             cu_seqlens (Tensor): Attention group offsets (windows or images).
             max_seqlen (int): Longest group.
             plan (VarlenPlan, optional): Precomputed attention plan.

