@@ -98,8 +98,8 @@ def test_large_patch_embedding_at_init():
     for t in base.tolist():
         b, r, c = (int(v[t]) for v in (layout.image_index, layout.row,
                                        layout.col))
-        want = apt.patch_embed.proj(x[b:b + 1, :, r * 16:r * 16 + 16,
-                                 c * 16:c * 16 + 16]).flatten() + pos[:, r, c]
+        pixels = x[b:b + 1, :, r * 16:r * 16 + 16, c * 16:c * 16 + 16]
+        want = apt.patch_embed.proj(pixels).flatten() + pos[:, r, c]
         torch.testing.assert_close(tokens[t], want, rtol=1e-5, atol=1e-5)
 
 
