@@ -195,3 +195,33 @@ def test_frozen_stage_zero_freezes_apt_embedding():
     model.train()
     assert not any(p.requires_grad for p in model.apt_embed.parameters())
     assert all(p.requires_grad for p in model.blocks[0].parameters())
+
+
+def test_benchmark_tool_smoke(monkeypatch, capsys):
+    """tools/analysis/benchmark_backbone.py end to end on a tiny setting."""
+    import importlib.util
+    import json
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, 'tools', 'analysis', 'benchmark_backbone.py')
+    spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(tool, 'EVA02', lambda arch, **kw: EVA02(
+        arch=dict(embed_dims=64, num_layers=2, num_heads=1), **kw))
+    monkeypatch.setattr(tool, 'APTEVA02', lambda arch, **kw: APTEVA02(
+        arch=dict(embed_dims=64, num_layers=2, num_heads=1), **kw))
+    tool.main([
+        '--canvas', '256', '--patch-sizes', '16', '32', '64',
+        '--thresholds', '2', '2', '--window-size', '8',
+        '--global-attn-indexes', '1', '--repeat', '1', '--num-generated',
+        '2', '--no-memory', '--json'
+    ])
+    assert torch.is_grad_enabled()
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['images'] == 2
+    assert result['speedup'] == pytest.approx(
+        result['baseline_ms'] / result['apt_ms'], rel=1e-3)
+    assert 1.0 <= result['token_ratio'] < 4.0
+    assert set(result['overhead_ms']) >= {'tokenizer_ms', 'embed_ms',
+                                          'unpack_ms'}
