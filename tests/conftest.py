@@ -16,6 +16,9 @@ def run_tool(args, cwd=ROOT, check=True, timeout=900, env=None):
     ``check``."""
     full_env = dict(os.environ)
     full_env['PYTHONPATH'] = ROOT + os.pathsep + full_env.get('PYTHONPATH', '')
+    # One thread per process: on a shared 2-core machine OpenMP threads that
+    # wait for each other make CPU training several times slower.
+    full_env.setdefault('OMP_NUM_THREADS', '1')
     full_env.update(env or {})
     args = [osp.join(ROOT, a) if a.endswith(('.py', '.sh')) and
             not osp.isabs(a) and osp.exists(osp.join(ROOT, a)) else a

@@ -15,13 +15,11 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def det_configs():
-    paths = sorted(
-        glob.glob(osp.join(ROOT, 'configs', '*.py')) +
-        glob.glob(osp.join(ROOT, 'configs', 'toy', '*.py')))
-    return [
-        p for p in paths
-        if Config.fromfile(p).get('default_scope') == 'mmdet'
-    ]
+    """The detection configs: configs/*vitdet*.py and configs/toy/*_det.py
+    (each must say default_scope='mmdet'; checked below)."""
+    return sorted(
+        glob.glob(osp.join(ROOT, 'configs', '*vitdet*.py')) +
+        glob.glob(osp.join(ROOT, 'configs', 'toy', '*_det.py')))
 
 
 DET_CONFIGS = det_configs()
@@ -47,15 +45,14 @@ def test_all_detection_configs_are_found():
     'path', DET_CONFIGS, ids=[osp.basename(p) for p in DET_CONFIGS])
 def test_config_builds_model_and_pipelines(path):
     cfg = Config.fromfile(path)
+    assert cfg.default_scope == 'mmdet'
     assert cfg.custom_imports == dict(
         imports=['mmapt'], allow_failed_imports=False)
     assert dict(type='TokenStatsHook') in cfg.custom_hooks
     init_default_scope('mmdet')
     from mmcv.transforms import Compose
     from mmdet.registry import MODELS
-    # The meta device skips allocating (and initialising) EVA-02-L's weights.
-    with torch.device('meta'):
-        model = MODELS.build(cfg.model)
+    model = MODELS.build(cfg.model)
     assert type(model).__name__ == 'CascadeRCNN'
     assert type(model.backbone).__name__ == cfg.model.backbone.type
     assert type(model.neck).__name__ == 'SimpleFPN'
@@ -78,12 +75,16 @@ def test_apt_configs_are_consistent(path):
     multiple = largest if not bb.window_size else bb.window_size * \
         bb.patch_size
     assert bb.window_size % (largest // bb.patch_size) == 0
-    train_size = pre.batch_augments[0].size
-    pads = [t for t in cfg.test_dataloader.dataset.pipeline
-            if t.type == 'Pad']
-    assert pads and tuple(pads[0].size) == tuple(train_size)
-    assert all(s % multiple == 0 for s in train_size)
-    assert pre.pad_size_divisor % largest == 0
+    # Train and test inputs are padded to the canvas: a multiple of the
+    # largest patch and of the window.
+    canvas = pre.batch_augments[0].size
+    assert canvas[0] == canvas[1] == pre.pad_size_divisor
+    assert canvas[0] % multiple == 0
+    resize = [t for t in cfg.test_dataloader.dataset.pipeline
+              if t.type == 'Resize']
+    assert tuple(resize[0].scale) == tuple(canvas)
+    assert not [t for t in cfg.test_dataloader.dataset.pipeline
+                if t.type == 'Pad']
     assert cfg.find_unused_parameters
 
 
@@ -133,10 +134,13 @@ def test_toy_configs_differ_only_in_the_backbone():
 
 
 def tiny_apt_detector_cfg():
-    """configs/apt_vitdet_coco.py with a tiny backbone at 256 x 256 and
-    fewer sampled RoIs (everything else as configured)."""
+    """configs/apt_vitdet_coco.py with a tiny backbone at 256 x 256, 64
+    channels in neck and heads and fewer sampled RoIs; everything else
+    (windows + global blocks, APT thresholds, SimpleFPN with LN, 3 cascade
+    stages of 4conv1fc LN heads, mask head, soft-NMS) as configured."""
     cfg = load('apt_vitdet_coco.py')
-    cfg.merge_from_dict({
+    ch = 32
+    options = {
         'model.backbone.arch': 'tiny',
         'model.backbone.img_size': 256,
         'model.backbone.window_size': 8,
@@ -144,12 +148,24 @@ def tiny_apt_detector_cfg():
         'model.backbone.init_cfg': None,
         'model.neck.backbone_channel': 192,
         'model.neck.in_channels': [48, 96, 192, 192],
+        'model.neck.out_channels': ch,
+        'model.rpn_head.in_channels': ch,
+        'model.rpn_head.feat_channels': ch,
+        'model.roi_head.bbox_roi_extractor.out_channels': ch,
+        'model.roi_head.mask_roi_extractor.out_channels': ch,
+        'model.roi_head.mask_head.in_channels': ch,
+        'model.roi_head.mask_head.conv_out_channels': ch,
         'model.data_preprocessor.batch_augments': None,
+        'model.data_preprocessor.pad_size_divisor': 256,
         'model.train_cfg.rpn_proposal.max_per_img': 200,
         'model.test_cfg.rpn.max_per_img': 100,
-    })
-    for stage in cfg.model.train_cfg.rcnn:
-        stage.sampler.num = 64
+    }
+    for i in range(3):
+        options[f'model.roi_head.bbox_head.{i}.in_channels'] = ch
+        options[f'model.roi_head.bbox_head.{i}.conv_out_channels'] = ch
+        options[f'model.roi_head.bbox_head.{i}.fc_out_channels'] = 256
+        options[f'model.train_cfg.rcnn.{i}.sampler.num'] = 64
+    cfg.merge_from_dict(options)
     return cfg
 
 

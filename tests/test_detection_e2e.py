@@ -61,9 +61,11 @@ def test_toy_coco_is_deterministic_and_valid(tmp_path):
         mask = coco.annToMask(ann).astype(bool)
         x, y, w, h = ann['bbox']
         ys, xs = np.nonzero(mask)
-        # The polygon is the drawn shape: its raster matches box and area.
-        assert abs(xs.min() - x) <= 1 and abs(ys.min() - y) <= 1
-        assert abs(xs.max() + 1 - (x + w)) <= 1
+        # The polygon is the drawn shape: pycocotools' raster of it matches
+        # the box and area of OpenCV's (up to 2 px of rasterisation).
+        assert abs(xs.min() - x) <= 2 and abs(ys.min() - y) <= 2
+        assert abs(xs.max() + 1 - (x + w)) <= 2
+        assert abs(ys.max() + 1 - (y + h)) <= 2
         assert abs(mask.sum() - ann['area']) <= 0.1 * ann['area'] + 20
 
 

@@ -3,7 +3,8 @@
 # 4 classes), 256 x 256 canvas, on CPU in minutes. Same structure as
 # configs/eva02_vitdet_coco.py (windowed + global blocks, SimpleFPN, 3 cascade
 # stages with LN heads, mask head, CocoMetric bbox + segm), scaled down: tiny
-# backbone (192 channels), 64-channel neck and heads, fewer sampled RoIs.
+# backbone (192 channels), 32-channel neck and heads, fewer sampled RoIs and
+# proposals, RoIAlign with 2 x 2 samples per bin.
 #   python tools/misc/make_toy_coco.py data/toy_coco
 #   python tools/train.py configs/toy/toy_eva02_det.py
 _base_ = ['../eva02_vitdet_coco.py']
@@ -16,13 +17,15 @@ metainfo = dict(
     classes=classes,
     palette=[(220, 20, 60), (0, 128, 255), (0, 200, 0), (255, 180, 0)])
 num_classes = len(classes)
-channels = 64
+channels = 32
 norm_cfg = dict(type='LN2d', eps=1e-6, requires_grad=True)
 
 model = dict(
-    data_preprocessor=dict(batch_augments=[
-        dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)
-    ]),
+    data_preprocessor=dict(
+        pad_size_divisor=image_size[0],
+        batch_augments=[
+            dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)
+        ]),
     backbone=dict(
         arch='tiny',
         img_size=image_size[0],
@@ -38,7 +41,9 @@ model = dict(
         out_channels=channels),
     rpn_head=dict(in_channels=channels, feat_channels=channels),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=channels),
+        bbox_roi_extractor=dict(
+            out_channels=channels,
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2)),
         bbox_head=[
             dict(
                 type='Shared4Conv1FCBBoxHead',
@@ -61,14 +66,17 @@ model = dict(
             for stds in ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1],
                          [0.033, 0.033, 0.067, 0.067])
         ],
-        mask_roi_extractor=dict(out_channels=channels),
+        mask_roi_extractor=dict(
+            out_channels=channels,
+            roi_layer=dict(type='RoIAlign', output_size=14,
+                           sampling_ratio=2)),
         mask_head=dict(
             in_channels=channels,
             conv_out_channels=channels,
             num_classes=num_classes)),
     train_cfg=dict(
         rpn=dict(sampler=dict(num=128)),
-        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+        rpn_proposal=dict(nms_pre=500, max_per_img=200),
         rcnn=[
             dict(
                 assigner=dict(
@@ -80,7 +88,7 @@ model = dict(
                     ignore_iof_thr=-1),
                 sampler=dict(
                     type='RandomSampler',
-                    num=128,
+                    num=64,
                     pos_fraction=0.25,
                     neg_pos_ub=-1,
                     add_gt_as_proposals=True),
@@ -91,8 +99,8 @@ model = dict(
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=100), rcnn=dict(max_per_img=50)))
 
-# BGR mean pixel: padding is a constant region, as at 1536.
-pad_val = dict(img=(104, 116, 124), masks=0, seg=255)
+# Padding to the 256 x 256 canvas is done by the data preprocessor, with the
+# mean colour: a constant region, as at 1536.
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
@@ -103,7 +111,6 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='Pad', size=image_size, pad_val=pad_val),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(
         type='PackDetInputs',
@@ -129,7 +136,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
-max_iters = 400
+max_iters = 300
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),

@@ -58,24 +58,27 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                  optim_wrapper_cfg: dict,
                  paramwise_cfg: Optional[dict] = None) -> None:
         paramwise_cfg = dict(paramwise_cfg or {})
-        if 'layer_decay_rate' not in paramwise_cfg:
+        options = dict(paramwise_cfg)
+        if 'layer_decay_rate' not in options:
             raise KeyError(
                 'LayerDecayOptimWrapperConstructor needs '
                 'paramwise_cfg=dict(layer_decay_rate=...), e.g. 0.7 for '
                 'EVA-02-B detection; got paramwise_cfg='
                 f'{paramwise_cfg}')
-        self.layer_decay_rate = float(paramwise_cfg.pop('layer_decay_rate'))
+        self.layer_decay_rate = float(options.pop('layer_decay_rate'))
         if not 0 < self.layer_decay_rate <= 1:
             raise ValueError('layer_decay_rate must be in (0, 1], got '
                              f'{self.layer_decay_rate}')
         self.no_decay_names = tuple(
-            paramwise_cfg.pop('no_decay_names', self.DEFAULT_NO_DECAY_NAMES))
-        unknown = set(paramwise_cfg) - {'custom_keys'}
+            options.pop('no_decay_names', self.DEFAULT_NO_DECAY_NAMES))
+        unknown = set(options) - {'custom_keys'}
         if unknown:
             raise KeyError(
                 'LayerDecayOptimWrapperConstructor: unsupported paramwise_cfg '
                 f'keys {sorted(unknown)}; supported: layer_decay_rate, '
                 'no_decay_names, custom_keys')
+        # The full dict goes to the parent: a non-empty paramwise_cfg is what
+        # makes it call add_params.
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         if self.base_wd is None:
             self.base_wd = 0.0

@@ -1,15 +1,17 @@
 # COCO 2017 instances at 1536 x 1536 with large-scale jitter (ViTDet / EVA-02):
 # train: random flip, resize to 0.1-2.0 x 1536 (keep ratio), random crop
 # 1536, pad 1536 (BatchFixedSizePad in the model's data preprocessor);
-# test: resize the long side to 1536, pad to 1536 x 1536.
-# Padding is the mean colour (0 after normalisation), a constant region that
-# APT covers with its largest patches.
+# test: resize the long side to 1536, pad to 1536 x 1536. The padding is done
+# by the model's data preprocessor (pad_size_divisor=1536 turns every input
+# whose long side is at most 1536 into a 1536 x 1536 canvas, in training and
+# at test) with the mean colour, 0 after normalisation: a constant region
+# that APT covers with its largest patches. (A Pad transform in the pipeline
+# would change img_shape to the padded size, and mmdet would then keep boxes
+# that lie in the padding.)
 dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 image_size = (1536, 1536)
 backend_args = None
-# BGR mean pixel (the images are BGR until the data preprocessor).
-pad_val = dict(img=(104, 116, 124), masks=0, seg=255)
 
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
@@ -32,7 +34,6 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='Pad', size=image_size, pad_val=pad_val),
     # Ground truth is not needed by CocoMetric (it reads ann_file); drop this
     # line to test on images without annotations.
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),

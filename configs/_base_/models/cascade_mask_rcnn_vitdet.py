@@ -4,7 +4,7 @@
 # simple feature pyramid (strides 4-64) with LayerNorm, a 2-conv RPN, three
 # cascade stages of 4conv1fc box heads with LayerNorm and class-agnostic
 # regression, a 4-conv mask head with LayerNorm, soft-NMS at test.
-image_size = (1536, 1536)
+canvas_size = (1536, 1536)  # train inputs are padded to this
 norm_cfg = dict(type='LN2d', eps=1e-6, requires_grad=True)
 # The tokenizer un-normalises with the data preprocessor's mean/std: keep the
 # two equal (model.backbone.mean/std of APT configs).
@@ -19,16 +19,18 @@ model = dict(
         mean=img_mean,
         std=img_std,
         bgr_to_rgb=True,
-        # APT needs sides divisible by its largest patch (128 for 16-128).
-        pad_size_divisor=128,
+        # Every input (long side <= 1536 after the pipeline's resize or crop)
+        # becomes a 1536 x 1536 canvas, at test too; a multiple of APT's
+        # largest patch (128) and of its 512-px windows.
+        pad_size_divisor=canvas_size[0],
         pad_mask=True,
         batch_augments=[
-            dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)
+            dict(type='BatchFixedSizePad', size=canvas_size, pad_mask=True)
         ]),
     backbone=dict(
         type='EVA02',
         arch='base',
-        img_size=image_size[0],
+        img_size=canvas_size[0],
         patch_size=16,
         window_size=32,
         global_attn_indexes=(1, 3, 5, 7, 9, 11),

@@ -2,6 +2,7 @@
 """LayerNorm over the channel axis of an NCHW tensor (ViTDet's ``LN2d``)."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.registry import MODELS
 
 
@@ -35,10 +36,12 @@ class LN2d(nn.Module):
             raise ValueError(
                 f'LN2d expects a (B, {self.num_channels}, H, W) tensor, '
                 f'got shape {tuple(x.shape)}')
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        # The fused layer_norm on a channels-last view: faster (forward and
+        # backward) than composing mean/var, with the same result.
+        x = F.layer_norm(
+            x.permute(0, 2, 3, 1), (self.num_channels, ), self.weight,
+            self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return f'{self.num_channels}, eps={self.eps}'
