@@ -1,5 +1,6 @@
 """EVA-02 checkpoint conversion: timm and official layouts, CLI, refusals."""
 import importlib.util
+import logging
 import os
 import sys
 
@@ -175,3 +176,48 @@ def test_cli_patch_and_img_size(tmp_path, monkeypatch, capsys):
     torch.save({'model': {'fc.weight': torch.zeros(2)}}, src)
     code, out = _run_tool(monkeypatch, capsys, src, dst)
     assert code == 1 and 'expected an EVA-02' in out.err
+
+
+def test_init_cfg_pretrained_loads_converted_checkpoint(tmp_path):
+    """mmengine's Pretrained init: converted official weights load into
+    EVA02 and APTEVA02 (only the APT layers missing), pos table resampled."""
+    from mmengine.logging import MMLogger
+
+    from mmapt.models import APTEVA02
+    src = _model()
+    converted, _ = convert_eva02_state_dict(
+        _to_official(src.state_dict(), False), patch_size=16)
+    path = str(tmp_path / 'converted.pth')
+    torch.save({'state_dict': converted}, path)
+    cfg = dict(arch=ARCH, img_size=128, patch_size=16, pretrain_img_size=224,
+               init_cfg=dict(type='Pretrained', checkpoint=path))
+    plain = EVA02(**cfg)
+    plain.init_weights()
+    # 8 x 8 table resampled to the 16 x 16 pretraining grid on load.
+    assert plain.pos_embed.shape == (1, 256, 64)
+    assert torch.equal(plain.blocks[1].mlp.w12.weight,
+                       src.blocks[1].mlp.w12.weight)
+    apt = APTEVA02(thresholds=(2, 2), **cfg)
+    logger = MMLogger.get_current_instance()
+    messages = []
+
+    class Collect(logging.Handler):
+
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        apt.init_weights()
+    finally:
+        logger.removeHandler(handler)
+    text = '\n'.join(messages)
+    assert 'apt_embed.zero_linear.weight' in text
+    missing_line = [m for m in messages if 'missing keys' in m]
+    assert missing_line and all(
+        'blocks.' not in line and 'pos_embed' not in line
+        for line in missing_line)
+    assert torch.equal(apt.blocks[0].attn.qkv.weight,
+                       plain.blocks[0].attn.qkv.weight)
+    assert not apt.apt_embed.zero_linear.weight.any()
