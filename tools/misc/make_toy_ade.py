@@ -4,8 +4,11 @@ The toy scenes imitate indoor images at a small scale: a wall over a floor
 (each plain, a smooth gradient or noisy) with textured objects in front of
 them and unlabelled clutter. Large plain regions exist on purpose, as they do
 in real indoor scenes (walls, floors, ceilings): those are where APT merges
-patches. Every object class has its own texture and shape, so the task is
-learnable from scratch in a few hundred iterations.
+patches. Object textures carry grain (many grey levels, high entropy, as real
+textures do) and the whole image faint sensor noise, so APT's entropy test
+separates flat surfaces from textured ones as it would on photographs. Every
+object class has its own texture and shape, so the task is learnable from
+scratch in a few hundred iterations.
 
 Layout written under ``OUT_DIR`` (what ``ADE20KDataset`` / ``BaseSegDataset``
 read)::
@@ -26,7 +29,7 @@ Example::
 import argparse
 import os
 import os.path as osp
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -36,6 +39,14 @@ PALETTE = ((120, 120, 120), (80, 50, 50), (255, 6, 51), (255, 9, 92),
            (224, 5, 255), (4, 200, 3))
 WALL, FLOOR, PAINTING, RUG, LAMP, PLANT = range(1, len(CLASSES) + 1)
 IGNORE = 0
+# Colour prior (RGB) of each object class's texture; walls, floors and
+# clutter take random colours.
+BASE_COLORS = {
+    PAINTING: (190, 50, 50),
+    RUG: (50, 70, 180),
+    LAMP: (220, 200, 70),
+    PLANT: (50, 150, 60),
+}
 
 # Sizes of the generated images (before any pipeline resizing).
 DEFAULT_HEIGHT_RANGE = (224, 320)
@@ -65,11 +76,25 @@ def _background(rng: np.random.RandomState, height: int, width: int,
     return image.astype(np.float32)
 
 
-def _texture(rng: np.random.RandomState, height: int, width: int,
-             kind: str) -> np.ndarray:
-    """A (height, width, 3) float32 texture of the given kind."""
+def _texture(rng: np.random.RandomState,
+             height: int,
+             width: int,
+             kind: str,
+             base_color: Optional[Sequence[int]] = None,
+             center: Tuple[float, float] = (0, 0),
+             radius: float = 1) -> np.ndarray:
+    """A (height, width, 3) float32 texture of the given kind.
+
+    ``base_color`` (RGB), jittered, is the texture's first colour: object
+    classes have a colour prior, as many real classes do (plants are green).
+    ``center`` (x, y) and ``radius`` place the ``'glow'`` texture.
+    """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     c1, c2 = _random_color(rng), _random_color(rng)
+    if base_color is not None:
+        c1 = np.clip(
+            np.asarray(base_color, np.float32) + rng.uniform(-35, 35, 3), 0,
+            255)
     while np.abs(c1 - c2).sum() < 150:  # keep the two colours apart
         c2 = _random_color(rng)
     if kind == 'checker':
@@ -82,15 +107,16 @@ def _texture(rng: np.random.RandomState, height: int, width: int,
         mask = (np.sin(2 * np.pi * phase / period) > 0).astype(np.float32)
     elif kind == 'dots':
         spacing = rng.randint(7, 12)
-        radius = spacing * rng.uniform(0.25, 0.4)
+        dot = spacing * rng.uniform(0.25, 0.4)
         dy = (yy % spacing) - spacing / 2
         dx = (xx % spacing) - spacing / 2
-        mask = (dx * dx + dy * dy < radius * radius).astype(np.float32)
+        mask = (dx * dx + dy * dy < dot * dot).astype(np.float32)
     elif kind == 'glow':
-        cy, cx = height / 2, width / 2
+        # bright at ``center`` (x, y), the base colour at ``radius``
+        cx, cy = center
         dist = np.sqrt((yy - cy)**2 + (xx - cx)**2)
-        mask = np.clip(dist / (0.5 * max(height, width)), 0, 1)
-        c1 = np.clip(c1 + 80, 0, 255)  # a bright centre
+        mask = 1 - np.clip(dist / max(radius, 1), 0, 1)
+        c2 = np.clip(c1 + 90, 0, 255)
     elif kind == 'noise':
         return np.clip(
             c1 + rng.normal(0, 40, size=(height, width, 3)), 0,
@@ -98,7 +124,13 @@ def _texture(rng: np.random.RandomState, height: int, width: int,
     else:
         raise ValueError(f'unknown texture {kind!r}')
     mask = mask[..., None]
-    return (c1 * (1 - mask) + c2 * mask).astype(np.float32)
+    texture = c1 * (1 - mask) + c2 * mask
+    if kind != 'glow':
+        # Surface grain: real object textures are rich in grey levels (high
+        # entropy); only smooth surfaces like walls, floors and lamps are not.
+        texture = texture + rng.normal(
+            0, rng.uniform(6, 10), size=(height, width, 1))
+    return texture.astype(np.float32)
 
 
 def _paint(image: np.ndarray, label: np.ndarray, mask: np.ndarray,
@@ -145,8 +177,8 @@ def make_scene(rng: np.random.RandomState, height: int,
         x = rng.randint(0, width - w)
         mask = blank()
         mask[y:y + h, x:x + w] = 1
-        _paint(image, label, mask, _texture(rng, height, width, 'checker'),
-               PAINTING)
+        _paint(image, label, mask, _texture(rng, height, width, 'checker',
+                        BASE_COLORS[PAINTING]), PAINTING)
     # Rugs: striped ellipses on the floor.
     if rng.rand() < 0.7:
         mask = blank()
@@ -156,8 +188,8 @@ def make_scene(rng: np.random.RandomState, height: int,
         axes = (int(width * rng.uniform(0.12, 0.3)),
                 int((height - horizon) * rng.uniform(0.2, 0.45)))
         cv2.ellipse(mask, center, axes, 0, 0, 360, 1, -1)
-        _paint(image, label, mask, _texture(rng, height, width, 'stripes'),
-               RUG)
+        _paint(image, label, mask, _texture(rng, height, width, 'stripes',
+                        BASE_COLORS[RUG]), RUG)
     # Lamps: glowing discs, anywhere.
     for _ in range(rng.randint(0, 3)):
         mask = blank()
@@ -165,8 +197,9 @@ def make_scene(rng: np.random.RandomState, height: int,
         center = (rng.randint(radius, width - radius),
                   rng.randint(radius, height - radius))
         cv2.circle(mask, center, radius, 1, -1)
-        _paint(image, label, mask, _texture(rng, height, width, 'glow'),
-               LAMP)
+        glow = _texture(rng, height, width, 'glow', BASE_COLORS[LAMP],
+                        center, radius)
+        _paint(image, label, mask, glow, LAMP)
     # Plants: dotted triangles standing on the floor line.
     for _ in range(rng.randint(0, 3)):
         mask = blank()
@@ -178,8 +211,8 @@ def make_scene(rng: np.random.RandomState, height: int,
         pts = np.array([[x, bottom], [x + base_w, bottom],
                         [x + base_w // 2, max(bottom - tall, 0)]], np.int32)
         cv2.fillPoly(mask, [pts], 1)
-        _paint(image, label, mask, _texture(rng, height, width, 'dots'),
-               PLANT)
+        _paint(image, label, mask, _texture(rng, height, width, 'dots',
+                        BASE_COLORS[PLANT]), PLANT)
     # Clutter: noisy quadrilaterals labelled 0 (ignored), like ADE20K's
     # unlabelled pixels.
     for _ in range(rng.randint(0, 2)):
@@ -193,6 +226,9 @@ def make_scene(rng: np.random.RandomState, height: int,
         _paint(image, label, mask, _texture(rng, height, width, 'noise'),
                IGNORE)
 
+    # Faint sensor noise everywhere: flat regions stay low-entropy (APT still
+    # merges them) but are not perfectly constant.
+    image += rng.normal(0, 2.0, size=(height, width, 1))
     rgb = np.clip(image, 0, 255).astype(np.uint8)
     return rgb[..., ::-1].copy(), label
 

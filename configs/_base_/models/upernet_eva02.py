@@ -1,12 +1,10 @@
 # EVA-02-B + UperNet (official EVA-02 segmentation recipe): global attention,
 # four taps (out_indices 3, 5, 7, 11) turned into a stride 4/8/16/32 pyramid by
 # ViTPyramidNeck, UPerHead + auxiliary FCNHead, slide inference.
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 # Heads use SyncBN as in every UperNet recipe (2-4 images per GPU). On one
 # process SyncBN behaves as BN; for CPU-only multi-process runs (gloo) set
 # norm_cfg = dict(type='GN', num_groups=32, requires_grad=True).
 norm_cfg = dict(type='SyncBN', requires_grad=True)
-crop_size = (512, 512)
 # EVA-02 was pre-trained with the OpenAI CLIP normalisation (RGB, 0-255).
 eva02_mean = [122.7709383, 116.7460125, 104.09373615]
 eva02_std = [68.5005327, 66.6321579, 70.32316305]
@@ -17,10 +15,10 @@ data_preprocessor = dict(
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,
-    size=crop_size,
+    size=(512, 512),
     # Pad test images to at least one crop: every slide window then has the
     # crop size, a multiple of APT's largest patch.
-    test_cfg=dict(size=crop_size))
+    test_cfg=dict(size=(512, 512)))
 model = dict(
     type='EncoderDecoder',
     data_preprocessor=data_preprocessor,
@@ -28,7 +26,7 @@ model = dict(
     backbone=dict(
         type='EVA02',
         arch='base',
-        img_size=crop_size[0],
+        img_size=512,
         patch_size=16,
         window_size=0,
         global_attn_indexes=(),
@@ -72,4 +70,4 @@ model = dict(
         loss_decode=dict(
             type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
     train_cfg=dict(),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
+    test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))

@@ -17,8 +17,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from mmengine.model import BaseModule
-from mmengine.registry import MODELS
 from torch import Tensor
+
+from mmapt.registry import MODELS
 
 
 def _rescale_exponent(scale: float) -> int:
