@@ -62,12 +62,12 @@ def parse_args():
 def dataset_meta_from_config(cfg: Config, scope: str) -> dict:
     """Classes (and palette) of the config's test set, for a model without
     checkpoint metadata."""
-    from mmengine.registry import DATASETS, init_default_scope
-    init_default_scope(scope)
+    from mmengine.registry import DATASETS
     ds = cfg.test_dataloader.dataset
     while 'dataset' in ds:
         ds = ds.dataset
-    meta = dict(DATASETS.get(ds.type).METAINFO)
+    with DATASETS.switch_scope_and_registry(scope) as registry:
+        meta = dict(registry.get(ds.type).METAINFO)
     meta.update(ds.get('metainfo') or {})
     return meta
 
@@ -158,10 +158,14 @@ def draw_patch_grid(inputs: torch.Tensor, tokenizer,
 
 
 def caption_bar(img: np.ndarray, text: str) -> np.ndarray:
+    """The picture with ``text`` on a white bar above it (shrunk to fit)."""
     bar = np.full((28, img.shape[1], 3), 255, dtype=np.uint8)
-    font_scale = min(0.55, 0.55 * img.shape[1] / (9.5 * max(len(text), 1)))
-    cv2.putText(bar, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX,
-                max(font_scale, 0.3), (0, 0, 0), 1, cv2.LINE_AA)
+    scale = 0.6
+    while scale > 0.25 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX,
+                                           scale, 1)[0][0] > img.shape[1] - 8:
+        scale -= 0.05
+    cv2.putText(bar, text, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([bar, img], axis=0)
 
 

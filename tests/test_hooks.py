@@ -184,3 +184,16 @@ def test_model_without_token_stats_is_skipped(tmp_path, caplog):
 def test_interval_validation():
     with pytest.raises(ValueError, match='interval'):
         TokenStatsHook(interval=0)
+
+
+def test_runner_checkpoint_round_trip(tmp_path):
+    """mmengine checkpoints (message hub, numpy state) load on torch >= 2.6,
+    whose torch.load defaults to weights_only=True (mmapt.engine.checkpoint);
+    mmengine calls torch.load without the argument."""
+    runner = make_runner(tmp_path, ToyModel())
+    runner.train()
+    runner.save_checkpoint(str(tmp_path), 'round_trip.pth')
+    ckpt = runner.load_checkpoint(str(tmp_path / 'round_trip.pth'))
+    assert 'message_hub' in ckpt and 'state_dict' in ckpt
+    runner.resume(str(tmp_path / 'round_trip.pth'))
+    assert runner.iter == 4

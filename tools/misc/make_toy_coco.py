@@ -121,7 +121,7 @@ def make_image(rng: np.random.Generator, min_side: int,
     instances = []
     for _ in range(int(rng.integers(1, 6))):
         for _attempt in range(20):
-            r = rng.uniform(14, min(h, w) * 0.3)
+            r = rng.uniform(22, min(h, w) * 0.33)
             cx = rng.uniform(r, w - r)
             cy = rng.uniform(r, h - r)
             cls_id = int(rng.integers(0, len(CLASSES)))
