@@ -14,8 +14,9 @@ test:
 test-fast:
 	$(PY) -m pytest -q
 
+# Toy data + APT toy training + test, end to end on the CPU.
 toy-det:
-	bash tools/misc/toy_det_quickstart.sh
+	PYTHON=$(abspath $(PY)) bash tools/misc/toy_det_quickstart.sh
 
 toy-seg:
-	bash tools/misc/toy_seg_quickstart.sh
+	PYTHON=$(abspath $(PY)) bash tools/misc/toy_seg_quickstart.sh
