@@ -22,6 +22,8 @@ def test_ln2d_matches_layer_norm_over_channels():
         x.permute(0, 2, 3, 1), (8, ), ln.weight, ln.bias,
         eps=1e-6).permute(0, 3, 1, 2)
     torch.testing.assert_close(ln(x), expected, rtol=1e-5, atol=1e-5)
+    # Contiguous NCHW: mmcv's CPU RoIAlign reads the buffer as NCHW.
+    assert ln(x).is_contiguous()
 
 
 def test_ln2d_from_norm_cfg_and_errors():
@@ -53,6 +55,7 @@ def test_simple_fpn_shapes_norms_and_gradients():
                                               (2, 16, 16, 24),
                                               (2, 16, 8, 12), (2, 16, 4, 6),
                                               (2, 16, 2, 3)]
+    assert all(o.is_contiguous() for o in outs)
     sum(o.sum() for o in outs).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert fpn.fpn1[0].weight.grad.abs().sum() > 0

@@ -37,11 +37,13 @@ class LN2d(nn.Module):
                 f'LN2d expects a (B, {self.num_channels}, H, W) tensor, '
                 f'got shape {tuple(x.shape)}')
         # The fused layer_norm on a channels-last view: faster (forward and
-        # backward) than composing mean/var, with the same result.
+        # backward) than composing mean/var, with the same result. The
+        # output must be contiguous NCHW again: mmcv's CPU ops (RoIAlign)
+        # read the raw buffer as NCHW whatever the strides say.
         x = F.layer_norm(
             x.permute(0, 2, 3, 1), (self.num_channels, ), self.weight,
             self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return x.permute(0, 3, 1, 2).contiguous()
 
     def extra_repr(self) -> str:
         return f'{self.num_channels}, eps={self.eps}'
