@@ -103,6 +103,45 @@ def test_large_patch_embedding_at_init():
         torch.testing.assert_close(tokens[t], want, rtol=1e-5, atol=1e-5)
 
 
+def test_aggregation_is_the_shared_conv_applied_i_times():
+    """Trained-looking APT layers: merged token = resized embed +
+    ZeroLinear(Conv(Conv(...(base cells)))) + pooled pos, Conv a real
+    nn.Conv2d applied to the token's block of base embeddings."""
+    _, apt, _ = _pair((5.0, 5.0), window_size=4, out_indices=(0, ))
+    with torch.no_grad():
+        apt.apt_embed.zero_linear.weight.normal_(std=0.1)
+        apt.apt_embed.zero_linear.bias.normal_(std=0.1)
+        apt.apt_embed.aggregate.bias.normal_(std=0.1)
+    x = _images()
+    flat = (torch.full((3, 1, 1), 90.) - MEAN[0]) / STD[0]
+    x[1, :, 32:64, 96:128] = flat  # one 32-px patch (scale 1)
+    x[1, :, 64:96, 32:64] = flat
+    with torch.no_grad():
+        layout = apt.tokenize(x)
+        tokens = apt.embed(x, layout)
+        base = apt.patch_embed.proj(x)  # (B, C, Hc, Wc) via the real conv
+        pos = apt.position_map(layout.grid_size)[0]
+        for scale in (1, 2):
+            index = (layout.scale_index == scale).nonzero().flatten()
+            assert index.numel() > 0
+            for t in index.tolist()[:6]:
+                b, r, c = (int(v[t]) for v in (layout.image_index,
+                                               layout.row, layout.col))
+                side = 1 << scale
+                cells = base[b:b + 1, :, r:r + side, c:c + side]
+                for _ in range(scale):
+                    cells = apt.apt_embed.aggregate(cells)
+                pixels = x[b:b + 1, :, r * 16:(r + side) * 16,
+                           c * 16:(c + side) * 16]
+                want = apt.patch_embed.proj(
+                    F.interpolate(pixels, size=(16, 16), mode='area'))
+                want = want.flatten() + apt.apt_embed.zero_linear(
+                    cells.flatten()) + pos[:, r:r + side,
+                                           c:c + side].mean((1, 2))
+                torch.testing.assert_close(tokens[t], want, rtol=1e-5,
+                                           atol=1e-5)
+
+
 def test_apt_layers_receive_gradients():
     _, apt, _ = _pair((5.0, 5.0), window_size=4, out_indices=(3, ))
     apt.train()

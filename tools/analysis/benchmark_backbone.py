@@ -9,7 +9,8 @@ repeat the two forwards run back to back, alternating which goes first, so a
 busy machine slows both alike. Images are prepared like the detection test
 pipeline (long side to ``--canvas``, padded with 114 to a square), or
 generated when no folder is given. Reported: tokens and keep ratio per image,
-median forward latency of each model (batch 1, ``torch.no_grad``), APT's own
+median forward latency of each model (batch 1, ``torch.no_grad``; wall
+clock, or ``--clock cpu`` for process CPU time), APT's own
 overhead (tokenizer, embedding, attention plans + RoPE tables, unpacking),
 and peak memory of one forward of each (CUDA: ``max_memory_allocated``; CPU:
 resident-set rise sampled every 0.5 ms in a fresh child process). With
@@ -55,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='use the first N images')
     parser.add_argument('--num-generated', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                        help='wall: elapsed time (default); cpu: CPU time '
+                        'of this process, all threads summed (steadier on a '
+                        'machine shared with other jobs)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the peak-memory measurement')
@@ -128,24 +133,28 @@ def load_images(args) -> Dict[str, np.ndarray]:
     }
 
 
-def timed(fn: Callable, device: torch.device) -> Tuple[float, object]:
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
+
+
+def timed(fn: Callable, device: torch.device,
+          clock: Callable[[], float]) -> Tuple[float, object]:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     result = fn()
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1e3, result
+    return (clock() - start) * 1e3, result
 
 
-def apt_overhead(apt: APTEVA02, x: torch.Tensor,
-                 device: torch.device) -> Dict[str, float]:
+def apt_overhead(apt: APTEVA02, x: torch.Tensor, device: torch.device,
+                 clock: Callable[[], float]) -> Dict[str, float]:
     """Time of APT's own stages (the blocks are timed by the full forward)."""
-    tok_ms, layout = timed(lambda: apt.tokenize(x), device)
-    emb_ms, tokens = timed(lambda: apt.embed(x, layout), device)
+    tok_ms, layout = timed(lambda: apt.tokenize(x), device, clock)
+    emb_ms, tokens = timed(lambda: apt.embed(x, layout), device, clock)
     plain_emb_ms, _ = timed(
         lambda: apt.patch_embed(x) + apt.position_map(layout.grid_size).
-        permute(0, 2, 3, 1), device)
+        permute(0, 2, 3, 1), device, clock)
 
     def context():
         ctx = apt.packed_context(layout)
@@ -154,11 +163,11 @@ def apt_overhead(apt: APTEVA02, x: torch.Tensor,
                 plan._build()
         return ctx
 
-    ctx_ms, _ = timed(context, device)
+    ctx_ms, _ = timed(context, device, clock)
     unpack_ms, _ = timed(
         lambda: [
             layout.unpack(tokens).contiguous() for _ in apt.out_indices
-        ], device)
+        ], device, clock)
     return dict(tokenizer_ms=tok_ms, embed_ms=emb_ms,
                 plain_embed_ms=plain_emb_ms, context_ms=ctx_ms,
                 unpack_ms=unpack_ms)
@@ -180,6 +189,7 @@ def main(argv=None) -> None:
 
 def run(argv: List[str]) -> None:
     args = parse_args(argv)
+    clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -202,7 +212,7 @@ def run(argv: List[str]) -> None:
     plain(first)
     apt(first)
     overhead = {
-        name: apt_overhead(apt, x, device)
+        name: apt_overhead(apt, x, device, clock)
         for name, x in batches.items()
     }
 
@@ -216,7 +226,7 @@ def run(argv: List[str]) -> None:
             order = ('plain', 'apt') if rep % 2 == 0 else ('apt', 'plain')
             for which in order:
                 model = plain if which == 'plain' else apt
-                ms, _ = timed(lambda: model(x), device)
+                ms, _ = timed(lambda: model(x), device, clock)
                 times[name][which].append(ms)
             stats[name] = dict(apt.token_stats)
 
@@ -258,6 +268,7 @@ def run(argv: List[str]) -> None:
         thresholds=args.thresholds,
         window_size=args.window_size,
         repeat=args.repeat,
+        clock=args.clock,
         threads=torch.get_num_threads(),
         device=str(device))
 

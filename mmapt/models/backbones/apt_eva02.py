@@ -2,6 +2,7 @@
 from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -106,10 +107,27 @@ class APTEVA02(EVA02):
 
     def embed(self, x: Tensor, layout: PatchLayout) -> Tensor:
         """Packed token embeddings (N, C), absolute position included."""
-        grid = layout.grid_size
-        base = self.patch_embed(x)
-        tokens = self.apt_embed(x, base, layout, self.patch_embed)
-        return tokens + layout.pool(self.position_map(grid))
+        pos = self.position_tables(layout.grid_size, layout.num_scales)
+        return self.apt_embed(x, self.patch_embed(x), pos, layout,
+                              self.patch_embed)
+
+    def position_tables(self, grid: Tuple[int, int],
+                        num_scales: int) -> List[Tensor]:
+        """Per scale ``i``, the position map average-pooled by ``2**i``
+        (= ``PatchLayout.pool`` for a token of that scale), flattened
+        channels-last ``(rows_i * cols_i, C)``; cached at inference."""
+
+        def compute() -> List[Tensor]:
+            pos = self.position_map(grid)
+            tables = []
+            for scale in range(num_scales):
+                pooled = pos if scale == 0 else F.avg_pool2d(
+                    pos, 1 << scale)
+                tables.append(pooled[0].permute(1, 2, 0).reshape(
+                    -1, self.embed_dims))
+            return tables
+
+        return self._cached_position(f'tables{num_scales}', grid, compute)
 
     def packed_context(self, layout: PatchLayout) -> PackedContext:
         """RoPE tables and attention plans shared by all blocks."""

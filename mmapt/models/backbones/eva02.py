@@ -1,6 +1,6 @@
 """Plain EVA-02 ViT backbone for dense prediction (ViTDet style)."""
 import copy
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -128,7 +128,7 @@ class EVA02(BaseModule):
                 drop_path=drop_rates[i],
                 norm_eps=self.norm_eps) for i in range(num_layers)
         ])
-        self._pos_cache: Optional[Tuple[tuple, Tensor]] = None
+        self._pos_cache: Dict[tuple, Any] = {}
         self._init_params()
         self._init_extra()
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
@@ -259,22 +259,31 @@ class EVA02(BaseModule):
         return height // self.patch_size, width // self.patch_size
 
     def position_map(self, grid: Tuple[int, int]) -> Tensor:
-        """(1, C, rows, cols) absolute position embedding at ``grid``.
+        """(1, C, rows, cols) absolute position embedding at ``grid``."""
+        return self._cached_position(
+            'map', grid,
+            lambda: pos_embed_map(self.pos_embed, self.pos_grid, grid))
 
-        Without autograd (inference) the resampled table is cached until the
-        grid or the parameter changes: bicubic resampling to a 96 x 96 grid
-        costs about as much as the patch embedding itself on CPU.
+    def _cached_position(self, name: str, grid: Tuple[int, int],
+                         compute: Callable[[], Any]) -> Any:
+        """``compute()``, cached while the position table is unchanged.
+
+        Only without autograd (inference, or a frozen table): bicubic
+        resampling to a 96 x 96 grid costs about as much as the patch
+        embedding itself on CPU, and the result only changes with the grid
+        or the parameter (``_version`` counts in-place updates).
         """
         if torch.is_grad_enabled() and self.pos_embed.requires_grad:
-            return pos_embed_map(self.pos_embed, self.pos_grid, grid)
-        key = (tuple(grid), self.pos_embed._version, self.pos_embed.device,
-               self.pos_embed.dtype, id(self.pos_embed))
-        if self._pos_cache is None or self._pos_cache[0] != key:
+            return compute()
+        key = (name, tuple(grid), self.pos_embed._version,
+               self.pos_embed.device, self.pos_embed.dtype,
+               self.pos_embed.data_ptr())
+        if key not in self._pos_cache:
+            if len(self._pos_cache) >= 8:  # a few input sizes at most
+                self._pos_cache.clear()
             with torch.no_grad():
-                self._pos_cache = (key,
-                                   pos_embed_map(self.pos_embed,
-                                                 self.pos_grid, grid))
-        return self._pos_cache[1]
+                self._pos_cache[key] = compute()
+        return self._pos_cache[key]
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""

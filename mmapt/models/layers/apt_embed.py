@@ -3,27 +3,52 @@
 A patch of scale ``i`` (side ``p * 2**i``) is embedded as
 
     E(P) = ZeroLinear(Conv^(i)(base embeddings inside P)) + E(Resize_p(P))
+           + pos(P)
 
-plus its pooled absolute position (added by the backbone). Base patches are
-the plain patch embedding. Everything is computed only for the tokens that
-exist, with index arithmetic, one pass per scale (never per token):
+Base patches are the plain patch embedding plus position. Everything is
+computed only for the tokens that exist, with index arithmetic, one pass per
+scale (never per token), and written once into the packed output:
 
-* ``Resize_p(P)``: the image average-pooled by ``2**i`` (area resize), cut
-  into p x p tiles; only the kept tiles are gathered and embedded (a matrix
-  product with the patch-embedding kernel).
+* ``Resize_p(P)``: area resize (mean over ``2**i x 2**i`` pixel blocks, what
+  average pooling the whole image would give) of only the kept patches'
+  pixels, then the patch-embedding kernel as a matrix product.
 * ``Conv``: one shared ``Conv2d(D, D, 2, stride 2)`` applied ``i`` times to
-  the token's ``2**i x 2**i`` base embeddings, run as a linear layer over
-  2 x 2 neighbourhoods (same weights, cheaper than conv2d on tiny maps).
+  the token's ``2**i x 2**i`` base embeddings. The cells are gathered in
+  Morton (Z) order, so every 2 x 2 neighbourhood of every level is four
+  consecutive rows: each conv level is one linear layer on a reshaped view,
+  with no permute copies.
 * ``ZeroLinear``: ``Linear(D, D)`` initialised to zero, so an untrained APT
   model embeds a large patch exactly as "the patch embedding of its resized
   pixels", and a plain EVA-02 checkpoint keeps working.
+* ``pos(P)``: the mean of the base-grid position table over the patch's
+  cells (the table average-pooled by ``2**i``, what ``PatchLayout.pool``
+  computes), passed in per scale so the backbone can cache it.
 """
+from functools import lru_cache
+from typing import List
+
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .embed import PatchEmbed
+
+
+@lru_cache(maxsize=None)
+def _morton_offsets(side: int) -> Tensor:
+    """(side * side, 2) (dy, dx) of a side x side block in Morton order.
+
+    Bit ``2j + 1`` of the index is bit ``j`` of dy, bit ``2j`` bit ``j`` of
+    dx: children of every 2 x 2 node come as (0,0), (0,1), (1,0), (1,1).
+    """
+    index = torch.arange(side * side)
+    dy = torch.zeros_like(index)
+    dx = torch.zeros_like(index)
+    for bit in range(max(side.bit_length() - 1, 0)):
+        dx |= ((index >> (2 * bit)) & 1) << bit
+        dy |= ((index >> (2 * bit + 1)) & 1) << bit
+    return torch.stack([dy, dx], dim=1)
 
 
 class APTEmbed(BaseModule):
@@ -40,15 +65,16 @@ class APTEmbed(BaseModule):
         nn.init.zeros_(self.zero_linear.weight)
         nn.init.zeros_(self.zero_linear.bias)
 
-    def forward(self, images: Tensor, base: Tensor, layout,
-                patch_embed: PatchEmbed) -> Tensor:
-        """Embed every token of ``layout`` (position not included).
+    def forward(self, images: Tensor, base: Tensor, pos: List[Tensor],
+                layout, patch_embed: PatchEmbed) -> Tensor:
+        """Embed every token of ``layout``, position included.
 
         Args:
             images (Tensor): (B, 3, H, W) normalised images.
-            base (Tensor): (B, Hc, Wc, D) channels-last base patch
-                embeddings of the images (the plain model's, before
-                position).
+            base (Tensor): (B, Hc, Wc, D) channels-last base patch embeddings
+                (the plain model's, before position).
+            pos (list[Tensor]): Per scale ``i``, the position table pooled by
+                ``2**i``, flattened channels-last: ``(Hc/2**i * Wc/2**i, D)``.
             layout (PatchLayout): The token layout.
             patch_embed (PatchEmbed): The pretrained patch embedding.
 
@@ -57,60 +83,62 @@ class APTEmbed(BaseModule):
         """
         batch, height, width, dims = base.shape
         base_flat = base.reshape(-1, dims)
-        # Every token starts as the base embedding of its top-left cell: the
-        # final value for base tokens, overwritten for merged ones.
-        tokens = base_flat.index_select(0, _cell_index(layout, height, width))
-        for scale in range(1, layout.num_scales):
+        tokens = base.new_empty(layout.num_tokens, dims)
+        for scale in range(layout.num_scales):
             index = (layout.scale_index == scale).nonzero(as_tuple=True)[0]
             # While training, empty scales still run (on zero tokens) so the
             # APT layers always get a (zero) gradient: DDP then needs no
             # find_unused_parameters when a batch merges nothing.
-            if index.numel() == 0 and not (self.training
+            if index.numel() == 0 and not (self.training and scale > 0
                                            and torch.is_grad_enabled()):
                 continue
-            value = self._resized_embed(images, layout, index, scale,
-                                        patch_embed)
-            value = value + self.zero_linear(
-                self._aggregate(base_flat, layout, index, scale, height,
-                                width))
-            tokens = tokens.index_copy(0, index, value)
+            image = layout.image_index[index]
+            row, col = layout.row[index], layout.col[index]
+            pos_index = (row >> scale) * (width >> scale) + (col >> scale)
+            if scale == 0:
+                value = base_flat.index_select(
+                    0, (image * height + row) * width + col)
+            else:
+                value = self._resized_embed(images, image, row, col, scale,
+                                            patch_embed)
+                value = value + self.zero_linear(
+                    self._aggregate(base_flat, image, row, col, scale,
+                                    height, width))
+            # Written once per token into a fresh buffer (no full copies).
+            tokens.index_copy_(
+                0, index, value + pos[scale].index_select(0, pos_index))
         return tokens
 
-    def _resized_embed(self, images: Tensor, layout, index: Tensor,
-                       scale: int, patch_embed: PatchEmbed) -> Tensor:
+    @staticmethod
+    def _resized_embed(images: Tensor, image: Tensor, row: Tensor,
+                       col: Tensor, scale: int,
+                       patch_embed: PatchEmbed) -> Tensor:
         """Patch embedding of the kept patches, area-resized to p x p."""
         factor = 1 << scale
         p = patch_embed.patch_size
-        small = F.avg_pool2d(images, factor, factor)
-        batch, chans, sh, sw = small.shape
-        rows, cols = sh // p, sw // p
-        tiles = small.view(batch, chans, rows, p, cols, p).permute(
-            0, 2, 4, 1, 3, 5).reshape(batch * rows * cols, chans * p * p)
-        flat = (layout.image_index[index] * rows +
-                (layout.row[index] >> scale)) * cols + (
-                    layout.col[index] >> scale)
-        return patch_embed.embed_patches(tiles.index_select(0, flat))
+        side = p * factor
+        batch, chans, height, width = images.shape
+        blocks = images.view(batch, chans, height // side, side,
+                             width // side, side)
+        # Advanced indices on dims 0, 2, 4 -> (n, chans, side, side): only
+        # the kept patches' pixels are read.
+        pixels = blocks[image, :, row >> scale, :, col >> scale, :]
+        resized = F.avg_pool2d(pixels, factor)  # (n, chans, p, p)
+        return patch_embed.embed_patches(resized.flatten(1))
 
-    def _aggregate(self, base_flat: Tensor, layout, index: Tensor, scale: int,
-                   height: int, width: int) -> Tensor:
+    def _aggregate(self, base_flat: Tensor, image: Tensor, row: Tensor,
+                   col: Tensor, scale: int, height: int,
+                   width: int) -> Tensor:
         """Shared 2x2 stride-2 conv applied ``scale`` times per token."""
-        side = 1 << scale
-        steps = torch.arange(side, device=index.device)
-        rows = layout.row[index][:, None] + steps  # (n, s)
-        cols = layout.col[index][:, None] + steps
-        cells = (layout.image_index[index][:, None, None] * height +
-                 rows[:, :, None]) * width + cols[:, None, :]  # (n, s, s)
-        x = base_flat.index_select(0, cells.reshape(-1)).view(
-            index.numel(), side, side, base_flat.shape[1])
-        weight = self.aggregate.weight.flatten(1)  # (D, D*2*2): (c, ky, kx)
+        num, dims = image.numel(), base_flat.shape[1]
+        offsets = _morton_offsets(1 << scale).to(image.device)
+        cells = (image[:, None] * height + row[:, None] + offsets[:, 0]) \
+            * width + col[:, None] + offsets[:, 1]  # (n, s * s)
+        x = base_flat.index_select(0, cells.reshape(-1))
+        # Conv weight (out, in, ky, kx) -> (out, ky, kx, in): the order of a
+        # Morton quadruple of channels-last cells.
+        weight = self.aggregate.weight.permute(0, 2, 3, 1).reshape(dims, -1)
         for _ in range(scale):
-            num, h, w, dims = x.shape
-            x = x.view(num, h // 2, 2, w // 2, 2, dims).permute(
-                0, 1, 3, 5, 2, 4).reshape(num, h // 2, w // 2, dims * 4)
-            x = F.linear(x, weight, self.aggregate.bias)
-        return x.reshape(index.numel(), base_flat.shape[1])
-
-
-def _cell_index(layout, height: int, width: int) -> Tensor:
-    """Flat (b, row, col) base-cell index of each token's top-left cell."""
-    return (layout.image_index * height + layout.row) * width + layout.col
+            x = F.linear(
+                x.view(-1, 4 * dims), weight, self.aggregate.bias)
+        return x.view(num, dims)
