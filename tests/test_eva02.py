@@ -194,3 +194,26 @@ def test_gradient_checkpointing_matches():
         model(x)[0].square().mean().backward()
         grads.append(model.blocks[0].attn.qkv.weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_nominal_img_size_only_warns():
+    """img_size is nominal: a size the model would refuse only warns."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    messages = []
+
+    class Collect(logging.Handler):
+
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger = MMLogger.get_current_instance()
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        model = EVA02(arch=TINY, patch_size=14)  # 1024 % 14 != 0
+    finally:
+        logger.removeHandler(handler)
+    assert any('multiple of the patch size 14' in m for m in messages)
+    assert model(torch.randn(1, 3, 56, 42))[0].shape == (1, 64, 4, 3)

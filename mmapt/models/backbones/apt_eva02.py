@@ -79,8 +79,12 @@ class APTEVA02(EVA02):
             patch_size=self.patch_size,
             window_size=self.window_size or None,
             **self._tokenizer_args)
-        self.tokenizer.check_input_size(*self.img_size)
         self.apt_embed = APTEmbed(self.embed_dims)
+
+    def check_input_size(self, height: int, width: int) -> Tuple[int, int]:
+        grid = super().check_input_size(height, width)
+        self.tokenizer.check_input_size(height, width)
+        return grid
 
     def embedding_modules(self) -> List[nn.Module]:
         return [self.apt_embed]

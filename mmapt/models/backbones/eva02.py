@@ -4,6 +4,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
@@ -38,10 +39,11 @@ class EVA02(BaseModule):
             optionally ``mlp_ratio`` (default 4 * 2 / 3), ``scale_mlp``
             (LayerNorm in the SwiGLU, default False) and ``attn_inner_norm``
             (LayerNorm inside attention, default False).
-        img_size (int | tuple): Nominal input size, checked at build time
-            (multiple of ``patch_size``; for APT also of the window / largest
-            patch) so a bad config fails early. ``forward`` accepts any H, W
-            that are multiples of ``patch_size``. Defaults to 1024.
+        img_size (int | tuple): Nominal input size; a warning at build time
+            when inputs of this size would be refused (not a multiple of
+            ``patch_size``, or for APT of the window / largest patch).
+            ``forward`` accepts any H, W that are multiples of
+            ``patch_size``. Defaults to 1024.
         patch_size (int): Patch size in pixels. Defaults to 16.
         window_size (int): Window side in tokens for window attention; 0 =
             global attention in every block. Defaults to 0.
@@ -98,7 +100,6 @@ class EVA02(BaseModule):
         self.num_layers = num_layers
         self.patch_size = patch_size
         self.img_size = _to_2tuple(img_size)
-        self.check_input_size(*self.img_size)
         if window_size < 0:
             raise ValueError(f'window_size must be >= 0, got {window_size}')
         self.window_size = window_size
@@ -131,6 +132,7 @@ class EVA02(BaseModule):
         self._pos_cache: Dict[tuple, Any] = {}
         self._init_params()
         self._init_extra()
+        self._check_img_size()
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
         self.token_stats: Dict[str, list] = dict(
             tokens=[], baseline_tokens=[], keep_ratio=[])
@@ -194,6 +196,14 @@ class EVA02(BaseModule):
 
     def _init_extra(self) -> None:
         """Build subclass modules (called before stages are frozen)."""
+
+    def _check_img_size(self) -> None:
+        """Warn early when the nominal input size would be refused."""
+        try:
+            self.check_input_size(*self.img_size)
+        except ValueError as err:
+            MMLogger.get_current_instance().warning(
+                f'{type(self).__name__}: img_size {self.img_size}: {err}')
 
     def _resize_pos_embed_hook(self, state_dict: dict, prefix: str,
                                *args, **kwargs) -> None:
