@@ -295,3 +295,25 @@ def test_apt_upernet_train_step_and_slide_inference_cpu():
     # two 512 x 512 windows (x = 0 and 171), each tokenised on its own
     assert cfg.model.test_cfg.stride == (341, 341)
     assert model.backbone.token_stats['tokens'][0] < 32 * 32
+
+
+def test_finetune_loads_a_baseline_segmentor_state_dict():
+    """apt_upernet_ade20k_finetune.py starts from a trained baseline
+    segmentor: every weight but the zero-initialised APT aggregation must
+    come from the baseline checkpoint."""
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+    _, apt_cfg = _tiny_apt_model_cfg()
+    base_cfg = copy.deepcopy(apt_cfg)
+    base_cfg.backbone.type = 'EVA02'
+    for key in ('thresholds', 'entropy_bins', 'mean', 'std'):
+        base_cfg.backbone.pop(key)
+    baseline = _build_model(base_cfg)
+    apt = _build_model(apt_cfg)
+    checkpoint = dict(state_dict=baseline.state_dict())
+    _load_checkpoint_to_model(apt, checkpoint, strict=False)
+    apt_state, base_state = apt.state_dict(), baseline.state_dict()
+    missing = sorted(set(apt_state) - set(base_state))
+    assert missing and all(k.startswith('backbone.apt_embed.') for k in missing)
+    assert not set(base_state) - set(apt_state)
+    for key, value in base_state.items():
+        assert torch.equal(apt_state[key], value), key

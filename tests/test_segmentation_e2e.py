@@ -8,34 +8,16 @@ images, with validation at the end.
 import glob
 import importlib.util
 import json
-import os
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_tool
 
 pytest.importorskip('mmseg')
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_APT = osp.join(ROOT, 'configs', 'toy', 'toy_apt_seg.py')
 ITERS = 4
-
-
-def _run(args, cwd=ROOT, check=True, timeout=900):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-               os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run([sys.executable] + args,
-                          cwd=cwd,
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f'{args} failed ({proc.returncode}):\n'
-                             f'{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}')
-    return proc
 
 
 def _data_options(data_root):
@@ -60,7 +42,7 @@ def _load_generator():
 @pytest.fixture(scope='module')
 def toy_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('toy_ade'))
-    _run([
+    run_tool([
         'tools/misc/make_toy_ade.py', root, '--num-train', '8', '--num-val',
         '2'
     ])
@@ -70,7 +52,7 @@ def toy_root(tmp_path_factory):
 @pytest.fixture(scope='module')
 def trained(toy_root, tmp_path_factory):
     work_dir = str(tmp_path_factory.mktemp('train'))
-    proc = _run([
+    proc = run_tool([
         'tools/train.py', TOY_APT, '--work-dir', work_dir, '--cfg-options',
         *_data_options(toy_root), f'train_cfg.max_iters={ITERS}',
         f'train_cfg.val_interval={ITERS}',
@@ -97,7 +79,7 @@ def test_make_toy_ade_layout_and_determinism(toy_root, tmp_path):
     assert labels.max() <= 6 and set(np.unique(labels)) >= {1, 2}
     # same seed -> identical files
     again = str(tmp_path / 'again')
-    _run([
+    run_tool([
         'tools/misc/make_toy_ade.py', again, '--num-train', '2', '--num-val',
         '0'
     ])
@@ -129,7 +111,7 @@ def test_train_tool_writes_checkpoint_metrics_and_tokens(trained):
 def test_test_tool_writes_metrics_and_masks(trained, toy_root, tmp_path):
     work_dir = str(tmp_path / 'test')
     masks = str(tmp_path / 'masks')
-    _run([
+    run_tool([
         'tools/test.py', TOY_APT, trained['checkpoint'], '--work-dir',
         work_dir, '--out', masks, '--cfg-options', *_data_options(toy_root)
     ])
@@ -202,7 +184,7 @@ def test_mmseg_inferencer(trained, tmp_path):
 def test_image_demo_on_a_segmentation_config(trained, tmp_path):
     img = _real_size_image(tmp_path)
     out_file = str(tmp_path / 'demo.png')
-    _run([
+    run_tool([
         'demo/image_demo.py', img, TOY_APT, trained['checkpoint'],
         '--out-file', out_file, '--device', 'cpu'
     ])
@@ -214,7 +196,7 @@ def test_image_demo_on_a_segmentation_config(trained, tmp_path):
 
 def test_missing_data_root_is_a_clear_error(tmp_path):
     config = osp.join(ROOT, 'configs', 'apt_upernet_ade20k.py')
-    proc = _run([osp.join(ROOT, 'tools', 'train.py'), config],
+    proc = run_tool([osp.join(ROOT, 'tools', 'train.py'), config],
                 cwd=str(tmp_path),
                 check=False,
                 timeout=300)

@@ -191,9 +191,9 @@ def make_scene(rng: np.random.RandomState, height: int,
         _paint(image, label, mask, _texture(rng, height, width, 'stripes',
                         BASE_COLORS[RUG]), RUG)
     # Lamps: glowing discs, anywhere.
-    for _ in range(rng.randint(0, 3)):
+    for _ in range(rng.randint(1, 3)):
         mask = blank()
-        radius = int(min(height, width) * rng.uniform(0.06, 0.12))
+        radius = int(min(height, width) * rng.uniform(0.08, 0.15))
         center = (rng.randint(radius, width - radius),
                   rng.randint(radius, height - radius))
         cv2.circle(mask, center, radius, 1, -1)
@@ -201,10 +201,10 @@ def make_scene(rng: np.random.RandomState, height: int,
                         center, radius)
         _paint(image, label, mask, glow, LAMP)
     # Plants: dotted triangles standing on the floor line.
-    for _ in range(rng.randint(0, 3)):
+    for _ in range(rng.randint(1, 3)):
         mask = blank()
-        base_w = int(width * rng.uniform(0.1, 0.2))
-        tall = int(height * rng.uniform(0.25, 0.45))
+        base_w = int(width * rng.uniform(0.14, 0.26))
+        tall = int(height * rng.uniform(0.3, 0.5))
         x = rng.randint(0, width - base_w)
         bottom = min(height - 1, horizon + rng.randint(0, max(
             (height - horizon) // 2, 1)))
