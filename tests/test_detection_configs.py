@@ -15,11 +15,11 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def det_configs():
-    """The detection configs: configs/*vitdet*.py and configs/toy/*_det.py
+    """The detection configs: configs/*vitdet*.py and configs/toy/*_det*.py
     (each must say default_scope='mmdet'; checked below)."""
     return sorted(
         glob.glob(osp.join(ROOT, 'configs', '*vitdet*.py')) +
-        glob.glob(osp.join(ROOT, 'configs', 'toy', '*_det.py')))
+        glob.glob(osp.join(ROOT, 'configs', 'toy', '*_det*.py')))
 
 
 DET_CONFIGS = det_configs()
@@ -37,7 +37,7 @@ def test_all_detection_configs_are_found():
         'apt_vitdet_coco.py', 'eva02_vitdet_coco.py',
         'apt_vitdet_coco_large.py', 'eva02_vitdet_coco_large.py',
         'apt_vitdet_coco_finetune.py', 'toy/toy_apt_det.py',
-        'toy/toy_eva02_det.py'
+        'toy/toy_eva02_det.py', 'toy/toy_apt_det_finetune.py'
     }
 
 
@@ -131,6 +131,14 @@ def test_toy_configs_differ_only_in_the_backbone():
                 'train_dataloader', 'randomness'):
         assert apt[key] == plain[key], key
     assert apt.randomness.seed == plain.randomness.seed
+    # The authors' fine-tune recipe on the toy: 5% of the iterations, lr/10,
+    # from the trained toy baseline.
+    ft = load('toy/toy_apt_det_finetune.py')
+    assert ft.train_cfg.max_iters == 0.05 * plain.train_cfg.max_iters
+    assert ft.optim_wrapper.optimizer.lr == pytest.approx(
+        plain.optim_wrapper.optimizer.lr / 10)
+    assert ft.load_from == 'work_dirs/toy_eva02_det/iter_300.pth'
+    assert plain.train_cfg.max_iters == 300
 
 
 def tiny_apt_detector_cfg():

@@ -198,11 +198,20 @@ def _check_predictions(result):
     return pred
 
 
+def plain_image(path):
+    """A 300 x 200 image: a striped square on a flat background."""
+    import cv2
+    img = np.full((200, 300, 3), (40, 160, 90), dtype=np.uint8)
+    stripes = (np.arange(80)[None, :] // 6 % 2).astype(bool)
+    img[60:140, 120:200][np.broadcast_to(stripes, (80, 80))] = (250, 250, 0)
+    cv2.imwrite(str(path), img)
+    return str(path)
+
+
 @pytest.mark.slow
-def test_det_inferencer_with_toy_checkpoint_and_without(trained):
+def test_det_inferencer_with_toy_checkpoint_and_without(trained, tmp_path):
     from mmdet.apis import DetInferencer, inference_detector, init_detector
-    image = osp.join(trained['cwd'], 'data', 'toy_coco', 'val2017',
-                     '000000.png')
+    image = plain_image(tmp_path / 'plain.png')
     from mmengine.config import Config
     cfg = Config.fromfile(TOY_APT)
     cfg.merge_from_dict(KEEP_ALL)
@@ -217,8 +226,9 @@ def test_det_inferencer_with_toy_checkpoint_and_without(trained):
 
     model = init_detector(TOY_APT, trained['ckpt'], device='cpu')
     result = inference_detector(model, image)
-    assert result.pred_instances.masks.shape[-2:] == result.ori_shape
-    assert model.backbone.token_stats['keep_ratio'][0] < 1
+    assert result.pred_instances.masks.shape[-2:] == (200, 300)
+    # The flat background and the padding merge into large patches.
+    assert model.backbone.token_stats['keep_ratio'][0] < 0.7
 
 
 @pytest.mark.slow
@@ -260,7 +270,10 @@ def test_dist_train_on_two_cpu_processes(toy_coco_cwd, tmp_path):
         env=dict(PYTHON=sys.executable, PORT=str(free_port()),
                  OMP_NUM_THREADS='1'))
     log = proc.stdout + proc.stderr
-    assert 'world_size: 2' in log or "'world_size': 2" in log, log[-3000:]
+    # mmengine's runtime-environment block: 2 processes over gloo.
+    assert 'Distributed launcher: pytorch' in log, log[-3000:]
+    assert 'GPU number: 2' in log
+    assert "'backend': 'gloo'" in log
     assert osp.isfile(osp.join(work_dir, 'iter_4.pth'))
     rows = read_scalars(work_dir)
     val = [r for r in rows if 'coco/bbox_mAP' in r]

@@ -152,7 +152,9 @@ optim_wrapper = dict(
     type='OptimWrapper',
     _delete_=True,
     constructor='LayerDecayOptimWrapperConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.9),
+    # Trained from scratch: no decay across layers (the constructor still
+    # keeps weight decay off norms, biases and position embeddings).
+    paramwise_cfg=dict(layer_decay_rate=1.0),
     optimizer=dict(
         type='AdamW', lr=4e-4, betas=(0.9, 0.999), weight_decay=0.05),
     clip_grad=dict(max_norm=1.0, norm_type=2))

@@ -8,9 +8,15 @@
 #
 # Extra arguments are more key=value config overrides for training, e.g.
 #   bash tools/misc/toy_det_quickstart.sh train_cfg.max_iters=50
+# The authors' recipe (APT fine-tune of the trained baseline, 15 iterations):
+#   CONFIG=configs/toy/toy_eva02_det.py bash tools/misc/toy_det_quickstart.sh
+#   CONFIG=configs/toy/toy_apt_det_finetune.py bash tools/misc/toy_det_quickstart.sh
+# On a machine shared with other jobs, OMP_NUM_THREADS=1 is much faster.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# The project's venv when there is one (make setup), else python on PATH.
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
 PY=${PYTHON:-python}
 CONFIG=${CONFIG:-configs/toy/toy_apt_det.py}
 NAME=$(basename "$CONFIG" .py)
