@@ -317,3 +317,14 @@ def test_finetune_loads_a_baseline_segmentor_state_dict():
     assert not set(base_state) - set(apt_state)
     for key, value in base_state.items():
         assert torch.equal(apt_state[key], value), key
+
+
+def test_apt_refuses_inputs_not_a_multiple_of_the_largest_patch():
+    """A crop or padding that is a multiple of 16 but not of 32 (e.g. a
+    wrongly edited crop_size) fails with the fix in the message."""
+    _, model_cfg = _tiny_apt_model_cfg()
+    model = _build_model(model_cfg).eval()
+    with torch.no_grad():
+        model.backbone(torch.zeros(1, 3, 256, 256))
+        with pytest.raises(ValueError, match='size_divisor=32'):
+            model.backbone(torch.zeros(1, 3, 240, 256))
