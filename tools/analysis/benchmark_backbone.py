@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'of this process, all threads summed (steadier on a '
                         'machine shared with other jobs)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--per-block', metavar='IMAGE',
+                        help='also time every block of both models on this '
+                        'image (file name without extension)')
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the peak-memory measurement')
     parser.add_argument('--json', action='store_true')
@@ -173,6 +176,42 @@ def apt_overhead(apt: APTEVA02, x: torch.Tensor, device: torch.device,
                 unpack_ms=unpack_ms)
 
 
+def per_block_times(plain: EVA02, apt: APTEVA02, x: torch.Tensor,
+                    device: torch.device, clock: Callable[[], float],
+                    repeat: int) -> List[Tuple[str, float, float]]:
+    """Median time of every block of each model (blocks wrapped, not
+    modified: the wrappers are removed afterwards)."""
+    times = {('plain', i): [] for i in range(len(plain.blocks))}
+    times.update({('apt', i): [] for i in range(len(apt.blocks))})
+
+    def wrap(block, method: str, key) -> None:
+        inner = getattr(block, method)
+
+        def timed_call(*args, **kwargs):
+            ms, out = timed(lambda: inner(*args, **kwargs), device, clock)
+            times[key].append(ms)
+            return out
+
+        setattr(block, method, timed_call)
+
+    for i, block in enumerate(plain.blocks):
+        wrap(block, 'forward', ('plain', i))
+    for i, block in enumerate(apt.blocks):
+        wrap(block, 'forward_packed', ('apt', i))
+    try:
+        for _ in range(repeat):
+            plain(x)
+            apt(x)
+    finally:
+        for block in (*plain.blocks, *apt.blocks):
+            block.__dict__.pop('forward', None)
+            block.__dict__.pop('forward_packed', None)
+    return [('window' if block.window_size else 'global',
+             statistics.median(times[('plain', i)]),
+             statistics.median(times[('apt', i)]))
+            for i, block in enumerate(plain.blocks)]
+
+
 def child_memory(argv: Sequence[str], which: str) -> float:
     """Run this script in a fresh process to measure one model's memory."""
     cmd = [sys.executable, os.path.abspath(__file__), *argv,
@@ -241,6 +280,14 @@ def run(argv: List[str]) -> None:
                  baseline_ms=base_ms, apt_ms=apt_ms,
                  speedup=base_ms / apt_ms, **overhead[name]))
 
+    blocks = []
+    if args.per_block:
+        if args.per_block not in batches:
+            raise SystemExit(f'--per-block {args.per_block}: no such image '
+                             f'(have {sorted(batches)})')
+        blocks = per_block_times(plain, apt, batches[args.per_block], device,
+                                 clock, args.repeat)
+
     memory = {}
     if not args.no_memory:
         memory = dict(plain_peak_mib=child_memory(argv, 'plain'),
@@ -285,6 +332,16 @@ def run(argv: List[str]) -> None:
           f'speed-up {summary["speedup"]:.3f}, token ratio '
           f'{summary["token_ratio"]:.3f} (speed-up / token ratio '
           f'{summary["speedup"] / summary["token_ratio"]:.3f})')
+    if blocks:
+        print(f'per block on {args.per_block} (median ms): '
+              f'{"block":>6}{"type":>8}{"plain":>10}{"APT":>10}{"ratio":>8}')
+        for i, (kind, base_ms, apt_ms) in enumerate(blocks):
+            print(f'{"":>32}{i:>6}{kind:>8}{base_ms:>10.0f}{apt_ms:>10.0f}'
+                  f'{base_ms / apt_ms:>8.3f}')
+        summary['per_block'] = [
+            dict(block=i, type=kind, plain_ms=round(b, 1),
+                 apt_ms=round(a, 1)) for i, (kind, b, a) in enumerate(blocks)
+        ]
     if memory:
         print(f'peak memory of one forward: plain '
               f'{memory["plain_peak_mib"]:.0f} MiB, APT '
