@@ -298,8 +298,8 @@ def run(argv: List[str]) -> None:
     total_tokens = sum(r['tokens'] for r in rows)
     total_baseline_tokens = sum(r['baseline_tokens'] for r in rows)
     summary = dict(
-        baseline_ms=round(total_base, 1),
-        apt_ms=round(total_apt, 1),
+        baseline_ms=round(total_base, 3),
+        apt_ms=round(total_apt, 3),
         speedup=round(total_base / total_apt, 4),
         token_ratio=round(total_baseline_tokens / total_tokens, 4),
         keep_ratio=round(total_tokens / total_baseline_tokens, 4),
