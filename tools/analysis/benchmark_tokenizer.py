@@ -11,16 +11,15 @@ sampling thread runs while they allocate).
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
 
 from mmapt.tokenizer import PatchTokenizer, images_to_gray, patch_entropy
+from mmapt.utils.memory import peak_memory_mib
 
 
 def parse_args(argv=None):
@@ -52,32 +51,6 @@ def make_images(args) -> torch.Tensor:
     return images
 
 
-def rss_mib() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
-
-def sampled_peak_rss(call) -> float:
-    """Peak RSS rise (MiB) while ``call`` runs, sampled from another thread."""
-    before = rss_mib()
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
-            time.sleep(0.0005)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
-    try:
-        call()
-    finally:
-        done.set()
-        thread.join()
-    return max(peak[0], rss_mib()) - before
-
-
 def measure_memory(args) -> float:
     """Peak extra MiB of one call, in this (fresh) process."""
     tokenizer = PatchTokenizer(args.patch_sizes[0], args.thresholds, args.bins,
@@ -89,14 +62,7 @@ def measure_memory(args) -> float:
         call = lambda: patch_entropy(gray, args.patch_sizes[1], args.bins)  # noqa
     else:
         call = lambda: tokenizer(images)  # noqa
-    if images.is_cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        call()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    return sampled_peak_rss(call)
+    return peak_memory_mib(call, images.device)
 
 
 def child(args, mode: str) -> float:
