@@ -1,15 +1,19 @@
 # The authors' APT recipe for dense prediction: start from a fully trained
-# baseline detector (eva02_vitdet_coco.py) and fine-tune it with APT for 5%
-# of its iterations (3k of 60k) at one tenth of its learning rate (5e-6).
-# The APT embedding's zero-initialised aggregation makes the starting point
-# equal to "embed the resized patch", so a short schedule suffices.
-#   python tools/train.py configs/eva02_vitdet_coco.py       (first)
-#   bash tools/dist_train.sh configs/apt_vitdet_coco_finetune.py 8 \
-#       --cfg-options load_from=work_dirs/eva02_vitdet_coco/iter_60000.pth
+# baseline detector and fine-tune it with APT for 5% of its iterations (3k of
+# 60k) at one tenth of its learning rate (5e-6). The APT embedding's
+# zero-initialised aggregation makes the starting point equal to "embed the
+# resized patch", so a short schedule suffices.
+# The start is the released EVA-02-B detector, converted (docs/reproduce.md):
+#   python tools/model_converters/eva02_det_to_mmapt.py eva02_B_coco_sys.pth \
+#       checkpoints/eva02_B_coco_sys_mmapt.pth
+#   bash tools/dist_train.sh configs/apt_vitdet_coco_finetune.py 8
+# or your own baseline (python tools/train.py configs/eva02_vitdet_coco.py):
+#   ... --cfg-options load_from=work_dirs/eva02_vitdet_coco/iter_60000.pth
 _base_ = ['./apt_vitdet_coco.py']
 custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
-# All weights come from the trained baseline detector.
-load_from = 'work_dirs/eva02_vitdet_coco/iter_60000.pth'
+# All weights come from the trained baseline detector (apt_embed.* start
+# from their zero-initialised aggregation).
+load_from = 'checkpoints/eva02_B_coco_sys_mmapt.pth'
 model = dict(backbone=dict(init_cfg=None))
 max_iters = 3000
 train_cfg = dict(max_iters=max_iters, val_interval=1000)

@@ -31,9 +31,19 @@ train_pipeline = [
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
     dict(type='PackDetInputs'),
 ]
+# Test images are decoded and resized with Pillow (bilinear), as detectron2's
+# reader and ResizeShortestEdge do for the released models.
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(
+        type='LoadImageFromFile',
+        imdecode_backend='pillow',
+        backend_args=backend_args),
+    dict(
+        type='Resize',
+        scale=image_size,
+        keep_ratio=True,
+        backend='pillow',
+        interpolation='bilinear'),
     # Ground truth is not needed by CocoMetric (it reads ann_file); drop this
     # line to test on images without annotations.
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
@@ -74,6 +84,10 @@ val_evaluator = dict(
     type='CocoMetric',
     ann_file=data_root + 'annotations/instances_val2017.json',
     metric=['bbox', 'segm'],
+    # AP with at most 100 detections per image and class, as detectron2's
+    # evaluator (mmdet's default reports it at 1000, which an uncapped
+    # soft-NMS would inflate).
+    proposal_nums=(1, 10, 100),
     format_only=False,
     backend_args=backend_args)
 test_evaluator = val_evaluator

@@ -3,7 +3,11 @@
 # and global blocks 1, 3, 5, 7, 9, 11 (0-based), one stride-16 output, the
 # simple feature pyramid (strides 4-64) with LayerNorm, a 2-conv RPN, three
 # cascade stages of 4conv1fc box heads with LayerNorm and class-agnostic
-# regression, a 4-conv mask head with LayerNorm, soft-NMS at test.
+# regression, one 4-conv mask head with LayerNorm, soft-NMS at test.
+# The same architecture and test-time rules as the released EVA-02 detectors
+# (detectron2): converted weights load strictly (docs/reproduce.md), and the
+# head follows detectron2 where mmdet differs (D2CascadeRoIHead,
+# D2RoIExtractor; every rule is listed in docs/detection.md).
 canvas_size = (1536, 1536)  # train inputs are padded to this
 norm_cfg = dict(type='LN2d', eps=1e-6, requires_grad=True)
 # The tokenizer un-normalises with the data preprocessor's mean/std: keep the
@@ -36,8 +40,12 @@ model = dict(
         global_attn_indexes=(1, 3, 5, 7, 9, 11),
         out_indices=(-1, ),
         drop_path_rate=0.1,
+        # RoPE's reference grid is the pretraining one (224 / 14 = 16); the
+        # position table is 14 x 14 (224 / 16) like EVA-02's p14to16 weights
+        # and the released detectors, resampled to the input grid.
         pretrain_img_size=224,
         pretrain_patch_size=14,
+        pos_embed_grid=14,
         init_cfg=dict(
             type='Pretrained',
             # Made by tools/model_converters (see docs/detection.md).
@@ -58,7 +66,9 @@ model = dict(
             type='AnchorGenerator',
             scales=[8],
             ratios=[0.5, 1.0, 2.0],
-            strides=[4, 8, 16, 32, 64]),
+            strides=[4, 8, 16, 32, 64],
+            # detectron2: anchor centres on (x * stride, y * stride).
+            center_offset=0.),
         bbox_coder=dict(
             type='DeltaXYWHBBoxCoder',
             target_means=[.0, .0, .0, .0],
@@ -67,11 +77,14 @@ model = dict(
             type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
         loss_bbox=dict(type='SmoothL1Loss', beta=1.0 / 9.0, loss_weight=1.0)),
     roi_head=dict(
-        type='CascadeRoIHead',
+        # Stage-averaged class probabilities, one shared mask head.
+        type='D2CascadeRoIHead',
+        score_average='probs',
+        shared_mask_head=True,
         num_stages=3,
         stage_loss_weights=[1, 0.5, 0.25],
         bbox_roi_extractor=dict(
-            type='SingleRoIExtractor',
+            type='D2RoIExtractor',
             roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
             out_channels=256,
             featmap_strides=[4, 8, 16, 32]),
@@ -94,11 +107,14 @@ model = dict(
                     use_sigmoid=False,
                     loss_weight=1.0),
                 loss_bbox=dict(type='SmoothL1Loss', beta=1.0, loss_weight=1.0))
-            for stds in ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1],
-                         [0.033, 0.033, 0.067, 0.067])
+            # detectron2's Box2BoxTransform weights (10, 10, 5, 5),
+            # (20, 20, 10, 10), (30, 30, 15, 15): stds are their inverses.
+            for stds in ([1 / 10, 1 / 10, 1 / 5, 1 / 5],
+                         [1 / 20, 1 / 20, 1 / 10, 1 / 10],
+                         [1 / 30, 1 / 30, 1 / 15, 1 / 15])
         ],
         mask_roi_extractor=dict(
-            type='SingleRoIExtractor',
+            type='D2RoIExtractor',
             roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
             out_channels=256,
             featmap_strides=[4, 8, 16, 32]),
@@ -129,9 +145,10 @@ model = dict(
             allowed_border=-1,
             pos_weight=-1,
             debug=False),
+        # detectron2: 2000 per level before NMS, 1000 per image after.
         rpn_proposal=dict(
             nms_pre=2000,
-            max_per_img=2000,
+            max_per_img=1000,
             nms=dict(type='nms', iou_threshold=0.7),
             min_bbox_size=0),
         rcnn=[
@@ -154,13 +171,23 @@ model = dict(
                 debug=False) for iou in (0.5, 0.6, 0.7)
         ]),
     test_cfg=dict(
+        # detectron2: 1000 per level, 1000 per image, NMS 0.7, no min size.
         rpn=dict(
             nms_pre=1000,
             max_per_img=1000,
             nms=dict(type='nms', iou_threshold=0.7),
             min_bbox_size=0),
+        # How the released 1536 models were scored: linear soft-NMS per
+        # class (IoU 0.6, scores below 1e-3 dropped), every score > 0 kept,
+        # no per-image cap; the segm AP uses maskness-rescored scores
+        # (mask_scores), the bbox AP the plain ones.
         rcnn=dict(
-            score_thr=0.05,
-            nms=dict(type='soft_nms', iou_threshold=0.5, min_score=0.05),
-            max_per_img=100,
-            mask_thr_binary=0.5)))
+            score_thr=0.0,
+            nms=dict(
+                type='soft_nms',
+                iou_threshold=0.6,
+                min_score=1e-3,
+                method='linear'),
+            max_per_img=-1,
+            mask_thr_binary=0.5,
+            maskness_thr=0.5)))
