@@ -8,6 +8,7 @@ meta device (keys and shapes, strict load, no memory); values and behaviour
 on a small detector (64-d ViT, 32-channel heads) against references written
 from detectron2's rules.
 """
+import copy
 import math
 import os.path as osp
 
@@ -137,7 +138,8 @@ def d2_detector_state(dims=64, depth=2, head_dim=16, window=8, grid=16,
 
 SMALL = {
     'model.backbone.arch':
-    dict(embed_dims=64, num_layers=2, num_heads=4, scale_mlp=True),
+    dict(_delete_=True, embed_dims=64, num_layers=2, num_heads=4,
+         scale_mlp=True),
     'model.backbone.img_size': 256,
     'model.backbone.window_size': 8,
     'model.backbone.global_attn_indexes': (1, ),
@@ -174,7 +176,7 @@ def build_detector(name, device=None, small=True, **options):
     from mmdet.registry import MODELS
     cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
     if small:
-        cfg.merge_from_dict(SMALL)
+        cfg.merge_from_dict(copy.deepcopy(SMALL))
     cfg.merge_from_dict(options)
     init_default_scope('mmdet')
     if device == 'meta':

@@ -125,7 +125,9 @@ class EVA02(BaseModule):
         self.rope = RotaryEmbedding2D(dims // num_heads, pretrain_grid)
 
         hidden = int(dims * self.arch_settings['mlp_ratio'])
-        drop_rates = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        # On the CPU even under a meta-device context (shape-only builds).
+        drop_rates = torch.linspace(
+            0, drop_path_rate, num_layers, device='cpu').tolist()
         self.blocks = nn.ModuleList([
             EVA02Block(
                 dims,
