@@ -777,3 +777,43 @@ def test_converted_apt_without_merging_detects_like_the_baseline(converted):
     assert (got.masks != want.masks).float().mean() < 1e-3
     torch.testing.assert_close(got.mask_scores, want.mask_scores, atol=1e-5,
                                rtol=0)
+
+
+def test_coco_metric_scores_boxes_plainly_and_masks_with_maskness(tmp_path):
+    """One evaluation gives both released numbers: mmdet's CocoMetric ranks
+    boxes by ``scores`` and masks by ``mask_scores`` (with the configs'
+    maxDets of 100)."""
+    import json
+    from mmdet.evaluation import CocoMetric
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[10:30, 10:30] = True
+    ann = dict(
+        images=[dict(id=1, width=64, height=64, file_name='a.png')],
+        categories=[dict(id=1, name='thing')],
+        annotations=[
+            dict(id=1, image_id=1, category_id=1, bbox=[10, 10, 20, 20],
+                 area=400, iscrowd=0,
+                 segmentation=[[10, 10, 30, 10, 30, 30, 10, 30]])
+        ])
+    ann_file = tmp_path / 'ann.json'
+    ann_file.write_text(json.dumps(ann))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'eva02_vitdet_coco.py'))
+    evaluator = dict(cfg.test_evaluator)
+    evaluator.pop('type')
+    evaluator.update(ann_file=str(ann_file), backend_args=None)
+    metric = CocoMetric(**evaluator)
+    metric.dataset_meta = dict(classes=('thing', ))
+    wrong = torch.zeros(64, 64, dtype=torch.bool)
+    wrong[40:60, 40:60] = True
+    pred = InstanceData(
+        bboxes=torch.tensor([[40., 40., 60., 60.], [10., 10., 30., 30.]]),
+        # The wrong box scores higher, the right mask higher.
+        scores=torch.tensor([0.9, 0.5]),
+        mask_scores=torch.tensor([0.1, 0.45]),
+        labels=torch.tensor([0, 0]),
+        masks=torch.stack([wrong, mask]))
+    metric.process({}, [dict(pred_instances=pred, img_id=1,
+                             ori_shape=(64, 64))])
+    results = metric.evaluate(1)
+    assert results['coco/bbox_mAP'] == pytest.approx(0.5, abs=0.01)
+    assert results['coco/segm_mAP'] == pytest.approx(1.0, abs=0.01)
