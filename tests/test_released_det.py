@@ -485,6 +485,19 @@ def test_training_dict_bare_dict_and_ema():
         convert_eva02_det_checkpoint(dict(ema_state=ema))
 
 
+def test_lvis_layout_converts_without_a_config():
+    """LVIS releases: federated-loss weights dropped, the class count read
+    from the shapes, no shipped config claimed."""
+    src = d2_detector_state(seed=8, num_classes=5)
+    for k in range(3):
+        src[f'roi_heads.box_predictor.{k}.fed_loss_cls_weights'] = \
+            torch.ones(5)
+    state, dropped, info = convert_eva02_det_checkpoint(src)
+    assert info.num_classes == 5 and config_for(info) is None
+    assert state['roi_head.bbox_head.0.fc_cls.weight'].shape[0] == 6
+    assert sum('federated' in reason for reason in dropped) == 3
+
+
 def test_three_mask_heads_for_stock_cascade():
     src = d2_detector_state(seed=5)
     state, _, _ = convert_eva02_det_checkpoint(src, mask_heads=3)

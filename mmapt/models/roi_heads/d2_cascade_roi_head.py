@@ -140,7 +140,8 @@ class D2CascadeRoIHead(CascadeRoIHead):
                      rescale: bool = False) -> List[InstanceData]:
         """Masks of the final boxes, optional maskness ``mask_scores``, and
         detectron2's removal of empty boxes."""
-        maskness_thr: Optional[float] = self.test_cfg.get('maskness_thr')
+        maskness_thr: Optional[float] = (self.test_cfg
+                                         or {}).get('maskness_thr')
         mask_rois = bbox2roi([res.bboxes for res in results_list])
         if mask_rois.shape[0] == 0 or (not self.shared_mask_head
                                        and maskness_thr is None):
