@@ -830,3 +830,49 @@ def test_coco_metric_scores_boxes_plainly_and_masks_with_maskness(tmp_path):
     results = metric.evaluate(1)
     assert results['coco/bbox_mAP'] == pytest.approx(0.5, abs=0.01)
     assert results['coco/segm_mAP'] == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize('name', [
+    'eva02_vitdet_coco.py', 'eva02_vitdet_coco_large.py',
+    'apt_vitdet_coco.py', 'apt_vitdet_coco_large.py',
+    'apt_vitdet_coco_finetune.py', 'apt_vitdet_coco_large_finetune.py',
+    'eva02_vitdet_coco_large_o365.py', 'eva02_vitdet_coco_1024.py',
+    'eva02_vitdet_coco_large_1024.py'
+])
+def test_coco_configs_carry_detectron2_rules(name):
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    model = cfg.model
+    roi = model.roi_head
+    assert (roi.type, roi.score_average, roi.shared_mask_head) == (
+        'D2CascadeRoIHead', 'probs', True)
+    assert roi.bbox_roi_extractor.type == roi.mask_roi_extractor.type == \
+        'D2RoIExtractor'
+    for head, weights in zip(roi.bbox_head, STAGE_WEIGHTS):
+        assert head.bbox_coder.target_stds == pytest.approx(
+            [1 / w for w in weights])
+        assert head.reg_class_agnostic
+    assert model.rpn_head.anchor_generator.center_offset == 0
+    rpn = model.test_cfg.rpn
+    assert (rpn.nms_pre, rpn.max_per_img, rpn.nms.iou_threshold,
+            rpn.min_bbox_size) == (1000, 1000, 0.7, 0)
+    assert model.backbone.pos_embed_grid == 14
+    rcnn = model.test_cfg.rcnn
+    if '1024' in name:  # detectron2's defaults
+        assert (rcnn.score_thr, rcnn.nms, rcnn.max_per_img,
+                rcnn.maskness_thr) == (0.05, dict(type='nms',
+                                                  iou_threshold=0.5), 100,
+                                       None)
+    else:  # the released 1536 numbers' overrides
+        assert (rcnn.score_thr, rcnn.max_per_img, rcnn.maskness_thr) == (
+            0.0, -1, 0.5)
+        assert rcnn.nms == dict(type='soft_nms', iou_threshold=0.6,
+                                min_score=1e-3, method='linear')
+    assert tuple(cfg.test_evaluator.proposal_nums) == (1, 10, 100)
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    assert pipeline[0].imdecode_backend == 'pillow'
+    assert pipeline[1].backend == 'pillow'
+    size = 1024 if '1024' in name else 1536
+    assert tuple(pipeline[1].scale) == (size, size)
+    assert model.backbone.img_size == size
+    if 'finetune' in name:
+        assert cfg.load_from.startswith('checkpoints/eva02_')
