@@ -59,6 +59,11 @@ class APTEVA02(EVA02):
             window (or of the largest patch without windows).
     """
 
+    #: Names (relative to the backbone) of the APT-only parameters: new
+    #: layers that the layer-decay constructor gives ``apt_lr_mult`` (default
+    #: the full base learning rate) instead of the embedding's decayed rate.
+    apt_param_prefixes: Tuple[str, ...] = ('apt_embed.', )
+
     def __init__(self,
                  *args,
                  thresholds: Sequence[float] = (2.0, 2.0, 0.3),
