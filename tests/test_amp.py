@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import mmapt.models.layers.eva02_block as eva02_block
-from mmapt.engine.amp import autocast_model, resolve_amp_dtype
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
+from mmapt.utils.precision import resolve_amp_dtype
 
 BF16_REL_TOL = 2e-2
 ARCH = dict(embed_dims=64, num_layers=4, num_heads=2)
@@ -130,6 +130,7 @@ def test_resolve_amp_dtype():
 def test_autocast_model_features_scope():
     """'features': extract_feat in bf16, handed back as fp32; the method is
     restored afterwards."""
+    from mmapt.engine.amp import autocast_model
 
     class Model(torch.nn.Module):
 
@@ -160,3 +161,36 @@ def test_autocast_model_features_scope():
     with pytest.raises(TypeError, match='extract_feat'):
         with autocast_model(torch.nn.Linear(2, 2), 'cpu'):
             pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_apt_cuda_autocast_reaches_flash_varlen(dtype, monkeypatch):
+    """On CUDA the packed attention gets fp16/bf16 q, k, v and so runs
+    torch's flash varlen kernel (when this torch build has it), forward and
+    backward; outputs agree with fp32 (fp16: 11 bits, tighter than bf16)."""
+    import mmapt.models.layers.attention as attention
+    calls = Counter()
+    kernel = attention._torch_varlen_attn
+    if kernel is not None:
+
+        def counted(*args, **kwargs):
+            calls['flash'] += 1
+            return kernel(*args, **kwargs)
+
+        monkeypatch.setattr(attention, '_torch_varlen_attn', counted)
+    model = _apt().cuda().train()
+    x = _images().cuda()
+    ref = [o.detach() for o in model(x)]
+    with torch.autocast('cuda', dtype=dtype):
+        outs = model(x)
+        loss = sum(o.float().pow(2).mean() for o in outs)
+    loss.backward()
+    for out, want in zip(outs, ref):
+        assert torch.isfinite(out).all()
+        assert _rel_err(out, want) < BF16_REL_TOL
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               and p.grad.abs().sum() > 0
+               for p in model.apt_embed.parameters())
+    if kernel is not None and attention._cuda_varlen_usable:
+        assert calls['flash'] == ARCH['num_layers']

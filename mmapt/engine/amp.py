@@ -22,32 +22,9 @@ from mmengine.runner import TestLoop, ValLoop
 from torch.utils.data import DataLoader
 
 from mmapt.registry import LOOPS
+from mmapt.utils.precision import AMP_DTYPES, resolve_amp_dtype
 
-AMP_DTYPES: Dict[str, torch.dtype] = {
-    'fp16': torch.float16,
-    'float16': torch.float16,
-    'bf16': torch.bfloat16,
-    'bfloat16': torch.bfloat16,
-}
 AMP_SCOPES = ('features', 'model')
-
-
-def resolve_amp_dtype(dtype: Union[str, torch.dtype, None],
-                      device_type: str) -> torch.dtype:
-    """``'fp16'``/``'bf16'`` (or a torch dtype) -> torch dtype; None picks
-    fp16 on CUDA and bf16 on CPU (what each device has fast kernels for)."""
-    if dtype is None:
-        return torch.float16 if device_type == 'cuda' else torch.bfloat16
-    if isinstance(dtype, torch.dtype):
-        if dtype not in AMP_DTYPES.values():
-            raise ValueError(f'autocast dtype must be float16 or bfloat16, '
-                             f'got {dtype}')
-        return dtype
-    key = str(dtype).lower()
-    if key not in AMP_DTYPES:
-        raise ValueError(f'unknown autocast dtype {dtype!r}; use one of '
-                         f'{sorted(AMP_DTYPES)}')
-    return AMP_DTYPES[key]
 
 
 def _to_float(value: Any) -> Any:
