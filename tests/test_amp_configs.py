@@ -85,11 +85,15 @@ def test_apt_upernet_bf16_features():
     with torch.no_grad():
         model.backbone.apt_embed.zero_linear.weight.normal_(std=0.02)
     model.data_preprocessor.size = (256, 256)
-    image = torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8)
-    image[:, :128] = 128  # flat half: merges
+    # Two images: the PPM's batch norm needs more than one value at 1 x 1.
+    images = [
+        torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8)
+        for _ in range(2)
+    ]
+    images[0][:, :128] = 128  # flat half: merges
     model.train()
     seen = _record_dtypes(model)
-    data = model.data_preprocessor(_batch([image]), True)
+    data = model.data_preprocessor(_batch(images), True)
     with autocast_model(model, 'cpu', 'bf16'):
         losses = model.loss(data['inputs'], data['data_samples'])
     assert seen == {
