@@ -23,7 +23,6 @@ checkpoint keys stay ``apt_embed.*``.
 """
 from typing import List, Optional, Sequence, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
