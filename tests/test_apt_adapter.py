@@ -8,6 +8,7 @@ from conftest import assert_batch_equals_alone
 
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.apt import APTAdapter, APTBackboneMixin
+from mmapt.models.backbones import count_tokens
 from mmapt.tokenizer import PatchTokenizer, build_layout
 
 ARCH = dict(embed_dims=64, num_layers=4, num_heads=2, scale_mlp=True)
@@ -196,13 +197,17 @@ def test_apt_no_merge_equals_dense_with_cls_token(window):
     plain, apt = _pair((-1, -1), window_size=window,
                        global_attn_indexes=(1, 3), out_indices=(0, 1, 2, 3))
     x = _images()
-    with torch.no_grad():
+    with torch.no_grad(), count_tokens(apt) as apt_counter, \
+            count_tokens(plain) as plain_counter:
         want, got = plain(x), apt(x)
     for a, b in zip(got, want):
         assert a.shape == (2, 64, 16, 12)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     # Token counts leave the class token out.
-    assert apt.token_stats['tokens'] == [192, 192]
+    for counter in (apt_counter, plain_counter):
+        stats = counter.per_image()
+        assert stats['tokens'].tolist() == [192, 192]
+        assert stats['baseline_tokens'].tolist() == [192, 192]
 
 
 def test_prefix_tokens_never_leak_across_images():
