@@ -189,6 +189,12 @@ def test_cls_token_checkpointing_freezing_and_table_resize():
     frozen.load_state_dict(state)
     torch.testing.assert_close(frozen.pos_embed[:, :1], table[:, :1])
     assert frozen.pos_embed.shape == (1, 1 + 16 * 16, 64)
+    # A table without a class row (a plain EVA02 checkpoint): row kept.
+    row = frozen.pos_embed[:, :1].detach().clone()
+    frozen.load_state_dict(dict(state, pos_embed=torch.randn(1, 64, 64)))
+    torch.testing.assert_close(frozen.pos_embed[:, :1], row)
+    with pytest.raises(ValueError, match='num_prefix_tokens'):
+        PatchTokenizer(16, (2, ), num_prefix_tokens=-1)
 
 
 # ------------------------------------------- prefix tokens in APT (packed)
