@@ -1,5 +1,6 @@
 """The APT adapter seam: prefix (class) tokens in the packed layout, the
 dense EVA02 class token, the tokenizer's no-merge shortcut."""
+import copy
 import math
 
 import pytest
@@ -255,3 +256,17 @@ def test_adapter_is_the_only_apt_code_in_the_backbone():
     assert isinstance(model.apt, APTAdapter)
     assert model.tokenizer is model.apt.tokenizer
     assert model.apt_param_prefixes == ('apt_embed.', )
+
+
+def test_deepcopy_keeps_the_adapter_on_its_own_host():
+    """EMA hooks deep-copy the model: the copy's adapter must drive the
+    copy's weights, not the original's."""
+    import copy
+    model = APTEVA02(arch=ARCH, img_size=128, thresholds=(2, 2),
+                     out_indices=(3, )).eval()
+    twin = copy.deepcopy(model)
+    assert twin.apt.host is twin and twin.apt is not model.apt
+    x = _images(height=128, width=128)
+    with torch.no_grad():
+        twin.blocks[3].mlp.w3.bias.add_(1.)
+        assert not torch.allclose(twin(x)[0], model(x)[0])
