@@ -182,8 +182,7 @@ class APTEVA02(EVA02):
             layout.unpack(t).contiguous()
             for t in self.forward_blocks(tokens, layout)
         ]
-        self.token_stats = dict(
-            tokens=layout.tokens_per_image.tolist(),
-            baseline_tokens=[layout.baseline_tokens] * layout.batch_size,
-            keep_ratio=layout.keep_ratio.tolist())
+        self._notify_tokens(
+            layout.tokens_per_image,
+            torch.full_like(layout.tokens_per_image, layout.baseline_tokens))
         return self._order_outputs(outs)
