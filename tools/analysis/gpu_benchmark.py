@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from mmapt.models import APTEVA02, EVA02
+from mmapt.models.backbones import count_tokens
 from mmapt.models.layers import attention
 from mmapt.tokenizer.prepare import (canvas_content_size, list_images,
                                      load_rgb, normalise, sample_photo_paths,
@@ -159,30 +160,6 @@ def build_models(name: str, args,
     return plain.to(device).eval(), apt.to(device).eval()
 
 
-class TokenCounter:
-    """Tokens and plain-model tokens of a backbone's last forward."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.last: Optional[Tuple[int, int]] = None
-
-    def _observe(self, tokens: torch.Tensor, baseline: torch.Tensor) -> None:
-        self.last = (int(tokens.sum()), int(baseline.sum()))
-
-    def count(self, run: Callable[[], object]) -> Tuple[int, int]:
-        """Run once and return (tokens, baseline tokens)."""
-        if hasattr(self.model, 'register_token_observer'):
-            handle = self.model.register_token_observer(self._observe)
-            try:
-                run()
-            finally:
-                handle.remove()
-            return self.last
-        run()  # older backbones keep their counts in ``token_stats``
-        stats = self.model.token_stats
-        return sum(stats['tokens']), sum(stats['baseline_tokens'])
-
-
 # ------------------------------------------------------------------ timing
 def make_timer(device: torch.device) -> Callable[[Callable], float]:
     """A function timing one call in ms (CUDA events, or wall clock)."""
@@ -248,10 +225,14 @@ def bench_arch(name: str, args, views: List[dict],
         for arm in arms:
             for _ in range(args.warmup):
                 call(arm, image)()
-            counter = TokenCounter(apt if arm.startswith('apt') else plain)
-            tokens, baseline = counter.count(call(arm, image))
+            with count_tokens(apt if arm.startswith('apt') else
+                              plain) as counter:
+                call(arm, image)()
+            counts = counter.per_image()
             result[arm]['per_image'][image] = dict(
-                tokens=tokens, baseline_tokens=baseline, times_ms=[])
+                tokens=int(counts['tokens'].sum()),
+                baseline_tokens=int(counts['baseline_tokens'].sum()),
+                times_ms=[])
         if varlen:
             out_varlen = call('apt_square', image)()[0]
             out_padded = call('apt_square_padded', image)()[0]
