@@ -136,7 +136,7 @@ class APTEVA02(EVA02):
     def packed_context(self, layout: PatchLayout) -> PackedContext:
         """RoPE tables and attention plans shared by all blocks."""
         centers = layout.centers()
-        global_rope = self.rope(centers, layout.grid_size)
+        global_rope = self.rope(centers, self.nominal_grid(layout.grid_size))
         if layout.window_size is not None:
             ws = layout.window_size
             local = centers - layout.window_origin().to(centers.dtype)
