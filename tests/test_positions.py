@@ -2,7 +2,7 @@
 token keeps its position when the canvas padding is dropped."""
 import torch
 
-from mmapt.models import EVA02
+from mmapt.models import APTEVA02, EVA02
 
 ARCH = dict(embed_dims=64, num_layers=2, num_heads=1, scale_mlp=True)
 
@@ -51,3 +51,66 @@ def test_nominal_grid_grows_with_larger_inputs():
     assert model.nominal_grid((6, 3)) == (6, 4)
     # Larger than nominal on an axis: the table is resampled to the input.
     assert model.position_map((6, 3)).shape == (1, 64, 6, 3)
+
+
+def _apt_pair(thresholds, **kwargs):
+    torch.manual_seed(0)
+    cfg = dict(arch=ARCH, img_size=256, patch_size=16, **kwargs)
+    plain = EVA02(**cfg).eval()
+    apt = APTEVA02(thresholds=thresholds, **cfg).eval()
+    apt.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        apt.apt_embed.zero_linear.weight.normal_(std=0.02)
+    return plain, apt
+
+
+def _normalised(pixels):
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def _apt_tokens(apt, x):
+    """{(row, col, side): (embedding, global RoPE, window RoPE)}."""
+    with torch.no_grad():
+        layout = apt.tokenize(x)
+        tokens = apt.embed(x, layout)
+        ctx = apt.packed_context(layout)
+    keys = zip(layout.row.tolist(), layout.col.tolist(),
+               layout.side.tolist())
+    return {
+        key: (tokens[i], ctx.image.rope[i], ctx.window.rope[i])
+        for i, key in enumerate(keys)
+    }
+
+
+def test_apt_positions_unchanged_when_padding_is_dropped():
+    # 16 x 16-cell canvas, windows of 8 cells, patches up to 64 px; the
+    # content is the top 128 x 192 px (8 x 12 cells), the rest padding.
+    _, apt = _apt_pair((2, 2), window_size=8, global_attn_indexes=(1, ))
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.full((1, 3, 256, 256), 114.)
+    pixels[:, :, :128, :192] = torch.rand(1, 3, 128, 192, generator=gen) * 255
+    pixels[:, :, :64, :64] = 200.  # a flat corner: merged patches
+    canvas = _normalised(pixels)
+    content = canvas[:, :, :128, :192].contiguous()
+    full, cut = _apt_tokens(apt, canvas), _apt_tokens(apt, content)
+    assert any(side > 1 for _, _, side in cut)  # merged tokens are checked
+    assert len(cut) < len(full)  # the padding's tokens are gone
+    for key, (emb, rope_g, rope_w) in cut.items():
+        ref = full[key]  # the same patch exists on the canvas
+        assert torch.allclose(emb, ref[0], atol=1e-5), key
+        assert torch.allclose(rope_g, ref[1]), key
+        assert torch.allclose(rope_w, ref[2]), key
+
+
+def test_padding_free_no_merge_equals_plain_with_partial_windows():
+    """Inputs a multiple of the largest patch but not of the window: APT's
+    partial (shorter) window groups give what the dense model gives with
+    its padded and masked windows."""
+    plain, apt = _apt_pair((-1, -1), window_size=8, global_attn_indexes=(1, ),
+                           out_indices=(0, 1))
+    x = torch.randn(2, 3, 128, 192)  # 8 x 12 cells: windows 8 x 8 and 8 x 4
+    with torch.no_grad():
+        for a, b in zip(plain(x), apt(x)):
+            assert torch.allclose(a, b, atol=1e-5)
