@@ -44,9 +44,12 @@ def test_quick_cpu_run_writes_json(tmp_path):
     assert report['environment']['torch']
     assert report['settings']['images'][0]['window_view'] == [256, 256]
     assert report['settings']['images'][0]['content'] == [171, 256]
+    assert report['settings']['images'][0]['nopad_view'] == [256, 256]
+    assert report['settings']['images'][1]['nopad_view'] == [128, 256]
     arch = report['archs']['quick']
     # No varlen kernel on CPU: the padded arm is left out and said so.
-    assert set(arch['arms']) == {'plain_square', 'plain_window', 'apt_square'}
+    assert set(arch['arms']) == {'plain_square', 'plain_window', 'apt_square',
+                                 'apt_nopad'}
     assert 'cpu' in arch['attention_path']
     arms = arch['arms']
     # 256 canvas = 16 x 16 cells; the wide image's content (171 px high)
@@ -54,8 +57,10 @@ def test_quick_cpu_run_writes_json(tmp_path):
     # becomes 128 x 256 content = 8 x 16 cells.
     assert arms['plain_square']['tokens'] == 2 * 256
     assert arms['plain_window']['tokens'] == 256 + 128
-    # APT merges the flat sky and the padding, never splits a cell.
+    # APT merges the flat sky and the padding, never splits a cell; without
+    # the padding it has fewer tokens still.
     assert 0 < arms['apt_square']['tokens'] < 2 * 256
+    assert 0 < arms['apt_nopad']['tokens'] < arms['apt_square']['tokens']
     assert arms['apt_square']['keep_ratio'] == round(
         arms['apt_square']['tokens'] / 512, 4)
     for arm in arms.values():

@@ -22,6 +22,8 @@ batch 1, and are timed on these arms:
   window multiple (the fair baseline for a non-square photograph);
 * ``apt_square``: APT (thresholds 2, 2, 0.3) on the square canvas, with
   torch's CUDA varlen attention when available;
+* ``apt_nopad``: APT padding-free: the content padded only to the largest
+  patch (128 px), windows partial at the border;
 * ``apt_square_padded``: the same with the padded SDPA fallback (CUDA with a
   varlen kernel only; its outputs are first compared with ``apt_square``'s).
 
@@ -70,7 +72,9 @@ ARCHS = {
 }
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16,
           'bf16': torch.bfloat16}
-ARMS = ('plain_square', 'plain_window', 'apt_square', 'apt_square_padded')
+ARMS = ('plain_square', 'plain_window', 'apt_square', 'apt_nopad',
+        'apt_square_padded')
+LARGEST_PATCH = 128
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,8 +117,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------ inputs
+def crop_to_multiple(canvas: np.ndarray, height: int, width: int,
+                     multiple: int) -> np.ndarray:
+    """The top-left content of a canvas padded to ``multiple``."""
+    return np.ascontiguousarray(canvas[:-(-height // multiple) * multiple,
+                                       :-(-width // multiple) * multiple])
+
+
 def load_views(args) -> List[dict]:
-    """Per image: name, the square canvas and the window-padded view."""
+    """Per image: name, the square canvas, the window-padded and the
+    padding-free (largest-patch-padded) views."""
     try:
         paths = list_images(args.images) if args.images else \
             sample_photo_paths()
@@ -127,16 +139,16 @@ def load_views(args) -> List[dict]:
         image = load_rgb(path)
         square = to_canvas(image, args.canvas)
         height, width = canvas_content_size(*image.shape[:2], args.canvas)
-        # Content padded only up to the next window multiple (same pixels).
-        crop_h = -(-height // window_px) * window_px
-        crop_w = -(-width // window_px) * window_px
+        # Content padded only up to the next multiple (same pixels).
         views.append(dict(
             name=os.path.splitext(os.path.basename(path))[0],
             size=[int(image.shape[0]), int(image.shape[1])],
             content=[height, width],
             square=normalise([square]),
-            window=normalise([np.ascontiguousarray(
-                square[:crop_h, :crop_w])])))
+            window=normalise([crop_to_multiple(square, height, width,
+                                               window_px)]),
+            nopad=normalise([crop_to_multiple(square, height, width,
+                                              LARGEST_PATCH)])))
     return views
 
 
@@ -201,13 +213,14 @@ def bench_arch(name: str, args, views: List[dict],
     varlen = device.type == 'cuda' and attention.cuda_varlen_enabled() and \
         args.dtype != 'fp32'
     arms = [a for a in ARMS if varlen or a != 'apt_square_padded']
-    inputs = {view['name']: dict(square=view['square'].to(device),
-                                 window=view['window'].to(device))
+    inputs = {view['name']: {key: view[key].to(device)
+                             for key in ('square', 'window', 'nopad')}
               for view in views}
+    view_of = dict(plain_window='window', apt_nopad='nopad')
 
     def call(arm: str, image: str) -> Callable[[], object]:
         model = apt if arm.startswith('apt') else plain
-        x = inputs[image]['window' if arm == 'plain_window' else 'square']
+        x = inputs[image][view_of.get(arm, 'square')]
         padded = arm == 'apt_square_padded'
 
         def run():
@@ -292,11 +305,16 @@ def bench_arch(name: str, args, views: List[dict],
     summary = dict(
         speedup_vs_plain_square=ratio('plain_square', 'apt_square'),
         speedup_vs_plain_window=ratio('plain_window', 'apt_square'),
+        nopad_speedup_vs_plain_window=ratio('plain_window', 'apt_nopad'),
+        nopad_speedup_vs_plain_square=ratio('plain_square', 'apt_nopad'),
         token_ratio=round(result['plain_square']['tokens'] /
                           result['apt_square']['tokens'], 4),
         token_ratio_vs_plain_window=round(
             result['plain_window']['tokens'] /
             result['apt_square']['tokens'], 4),
+        nopad_token_ratio_vs_plain_window=round(
+            result['plain_window']['tokens'] /
+            result['apt_nopad']['tokens'], 4),
         varlen_speedup_vs_padded=ratio('apt_square_padded', 'apt_square'))
     return dict(summary=summary, attention_path=attention_path,
                 varlen_vs_padded=comparison, arms=result)
@@ -339,7 +357,9 @@ def print_summary(report: dict) -> None:
         print(f'APT speed-up vs plain square {s["speedup_vs_plain_square"]}, '
               f'vs plain window-padded {s["speedup_vs_plain_window"]}; '
               f'token ratio {s["token_ratio"]} (vs window-padded '
-              f'{s["token_ratio_vs_plain_window"]})')
+              f'{s["token_ratio_vs_plain_window"]}); padding-free APT vs '
+              f'plain window-padded {s["nopad_speedup_vs_plain_window"]} '
+              f'(token ratio {s["nopad_token_ratio_vs_plain_window"]})')
         if arch['varlen_vs_padded']:
             worst = max(c['rel_l2_diff'] for c in arch['varlen_vs_padded'])
             print(f'varlen vs padded APT: worst relative L2 difference '
@@ -359,7 +379,8 @@ def main(argv=None) -> None:
                       warmup=args.warmup, batch_size=1,
                       images=[dict(name=v['name'], size=v['size'],
                                    content=v['content'],
-                                   window_view=list(v['window'].shape[2:]))
+                                   window_view=list(v['window'].shape[2:]),
+                                   nopad_view=list(v['nopad'].shape[2:]))
                               for v in views]),
         archs={})
     with torch.no_grad():
