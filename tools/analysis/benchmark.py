@@ -43,7 +43,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 
@@ -54,6 +54,7 @@ from mmapt.utils.analysis import (build_model_pair, image_paths,
 from mmapt.utils.timing import StageTimer, module_stage, sync, time_call
 
 DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 # Backbone stages (methods of the backbone, or of its APT adapter).
 APT_STAGES = (('tokenizer', 'tokenize'), ('embedding', 'embed'),
               ('context', 'packed_context'), ('blocks', 'forward_blocks'))
@@ -92,6 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='no per-stage split (no synchronisation at stage '
                         'boundaries on CUDA)')
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--clock', choices=sorted(CLOCKS), default='wall',
+                        help='CPU only: wall clock, or this process\'s CPU '
+                        'time (all threads summed; steadier on a shared '
+                        'machine)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of both configs')
@@ -132,7 +137,7 @@ class Arm:
     """One model + data preprocessor + pipeline, timed image by image."""
 
     def __init__(self, name: str, model, preprocessor, pipeline, device,
-                 dtype, split: bool) -> None:
+                 dtype, split: bool, clock: Callable[[], float]) -> None:
         from mmengine.dataset import Compose
         self.name = name
         self.model = model
@@ -141,16 +146,18 @@ class Arm:
         self.device = device
         self.dtype = dtype
         self.split = split
+        self.clock = clock
         self.records: Dict[str, List[dict]] = {}
         self.tokens: Dict[str, tuple] = {}
         self.peak_mib = 0.
 
     def run(self, path: str, record: bool = True) -> None:
-        start = time.perf_counter()
+        clock = self.clock
+        start = clock()
         data = prepare(self.pipeline, path)
-        pipeline_ms = (time.perf_counter() - start) * 1e3
+        pipeline_ms = (clock() - start) * 1e3
         model = self.model
-        timer = StageTimer(self.device)
+        timer = StageTimer(self.device, clock)
         stages = [module_stage('backbone', model.backbone)]
         if getattr(model, 'neck', None) is not None:
             stages.append(module_stage('neck', model.neck))
@@ -162,17 +169,17 @@ class Arm:
 
         def forward():
             with torch.no_grad():
-                start = time.perf_counter()
+                start = clock()
                 inputs = self.preprocessor(data, False)
                 sync(self.device)
-                pre_ms = (time.perf_counter() - start) * 1e3
+                pre_ms = (clock() - start) * 1e3
                 with autocast:
                     model(**inputs, mode='predict')
                 return pre_ms
 
         split = timer.attach(stages) if self.split else nullcontext()
         with count_tokens(model.backbone) as counter, split:
-            model_ms, pre_ms = time_call(forward, self.device)
+            model_ms, pre_ms = time_call(forward, self.device, clock)
         if self.device.type == 'cuda':
             self.peak_mib = max(
                 self.peak_mib,
@@ -237,8 +244,11 @@ def main(argv=None) -> None:
     apt, baseline = apt.to(device), baseline.to(device)
     dtype = DTYPES[args.dtype]
     split = not args.no_split
+    clock = CLOCKS[args.clock]
+    if device.type == 'cuda' and args.clock != 'wall':
+        raise SystemExit('--clock cpu is for CPU runs (CUDA uses events)')
     arms = [Arm('baseline', baseline, baseline.data_preprocessor,
-                test_pipeline(base_cfg), device, dtype, split)]
+                test_pipeline(base_cfg), device, dtype, split, clock)]
     if args.baseline_pad == 'window':
         window = baseline.backbone.window_size * baseline.backbone.patch_size
         if not window:
@@ -247,15 +257,15 @@ def main(argv=None) -> None:
         arms.append(Arm('baseline_window', baseline,
                         padded_preprocessor(base_cfg, registry, window,
                                             device),
-                        test_pipeline(base_cfg), device, dtype, split))
+                        test_pipeline(base_cfg), device, dtype, split, clock))
     arms.append(Arm('apt', apt, apt.data_preprocessor,
-                    test_pipeline(apt_cfg), device, dtype, split))
+                    test_pipeline(apt_cfg), device, dtype, split, clock))
     if args.padding_free:
         arms.append(Arm('apt_nopad', apt,
                         padded_preprocessor(
                             apt_cfg, registry,
                             apt.backbone.tokenizer.largest_patch, device),
-                        test_pipeline(apt_cfg), device, dtype, split))
+                        test_pipeline(apt_cfg), device, dtype, split, clock))
 
     for arm in arms:
         for _ in range(args.warmup):
@@ -303,6 +313,7 @@ def main(argv=None) -> None:
     summary.update(
         config=args.config, compare=args.compare, images=len(paths),
         repeat=args.repeat, device=str(device), dtype=args.dtype,
+        clock=args.clock,
         threads=torch.get_num_threads(), torch=torch.__version__,
         arms=results)
     print(f'speed-up {summary["speedup"]} (backbone '
