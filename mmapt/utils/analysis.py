@@ -7,6 +7,7 @@ pipeline. mmdet / mmseg / mmcv are imported inside the functions, so
 """
 import copy
 import json
+import logging
 import os
 from typing import List, Optional, Tuple
 
@@ -100,6 +101,7 @@ def build_model_pair(apt_cfg, base_cfg, registry,
     baseline gets APT's weights. The configs' ``init_cfg`` of the backbone
     (pretrained files) is dropped.
     """
+    from mmengine.logging import MMLogger
     from mmengine.runner import load_checkpoint
     torch.manual_seed(seed)
     for cfg in (apt_cfg, base_cfg):
@@ -110,7 +112,14 @@ def build_model_pair(apt_cfg, base_cfg, registry,
         load_checkpoint(apt, checkpoint, map_location='cpu')
         source, target = apt, baseline
     else:
-        baseline.init_weights()
+        # init_weights logs every parameter at INFO: keep tool output short.
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            baseline.init_weights()
+        finally:
+            logger.setLevel(level)
         source, target = baseline, apt
     result = target.load_state_dict(source.state_dict(), strict=False)
     extra = [k for k in result.missing_keys + result.unexpected_keys

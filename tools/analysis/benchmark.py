@@ -124,11 +124,15 @@ def padded_preprocessor(cfg, registry, divisor: int, device):
 
 
 def backbone_stages(backbone) -> list:
-    """Stage entries of :class:`StageTimer` for a backbone."""
+    """Stage entries of :class:`StageTimer` for a backbone: the plain one's
+    patch embedding and the rest (its blocks, mostly); APT's tokenizer,
+    embedding, context, blocks, unpack and the rest (glue)."""
     owner = getattr(backbone, 'apt', None) or backbone
     if not hasattr(owner, 'tokenize'):
-        return [module_stage('embedding', backbone.patch_embed)]
-    return [(name, owner, attr) for name, attr in APT_STAGES] + \
+        return [module_stage('blocks', backbone),
+                module_stage('embedding', backbone.patch_embed)]
+    return [module_stage('backbone_rest', backbone)] + \
+        [(name, owner, attr) for name, attr in APT_STAGES] + \
         [('unpack', PatchLayout, 'unpack')]
 
 
@@ -158,10 +162,9 @@ class Arm:
         pipeline_ms = (clock() - start) * 1e3
         model = self.model
         timer = StageTimer(self.device, clock)
-        stages = [module_stage('backbone', model.backbone)]
+        stages = backbone_stages(model.backbone)
         if getattr(model, 'neck', None) is not None:
             stages.append(module_stage('neck', model.neck))
-        stages += backbone_stages(model.backbone)
         if self.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.device)
         autocast = torch.autocast(self.device.type, dtype=self.dtype) \

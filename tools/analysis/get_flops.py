@@ -101,6 +101,9 @@ def count_model(model, pipeline, paths: List[str]) -> Dict[str, float]:
     """Mean GFLOPs per image of the backbone (attention apart) and the
     whole model."""
     sums = dict(backbone=0., attention=0., model=0.)
+    # FlopCounterMode's module tracker hooks the gradients of module inputs:
+    # parameters passed as inputs (mmdet does) must not require them.
+    model.requires_grad_(False)
     for path in paths:
         data = prepare(pipeline, path)
         counter = AttentionCount()
