@@ -28,6 +28,8 @@ model = dict(
             nms=dict(_delete_=True, type='nms', iou_threshold=0.5),
             max_per_img=100,
             maskness_thr=None)))
+# The bsl numbers used these defaults: --released-scoring changes nothing.
+released_test_cfg = dict(_delete_=True)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -172,11 +172,18 @@ for _k in range(3):
     })
 
 
-def build_detector(name, device=None, small=True, **options):
+def build_detector(name, device=None, small=True, released=True,
+                   **options):
+    """A detector from a config (small: the SMALL architecture; released:
+    with ``tools/test.py --released-scoring``'s test rules)."""
     from mmdet.registry import MODELS
+
+    from mmapt.engine.released import apply_released_test_cfg
     cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
     if small:
         cfg.merge_from_dict(copy.deepcopy(SMALL))
+    if released:
+        apply_released_test_cfg(cfg)
     cfg.merge_from_dict(options)
     init_default_scope('mmdet')
     if device == 'meta':
@@ -858,15 +865,20 @@ def test_coco_configs_carry_detectron2_rules(name):
     assert model.backbone.pos_embed_grid == 14
     rcnn = model.test_cfg.rcnn
     if '1024' in name:  # detectron2's defaults
-        assert (rcnn.score_thr, rcnn.nms, rcnn.max_per_img,
-                rcnn.maskness_thr) == (0.05, dict(type='nms',
-                                                  iou_threshold=0.5), 100,
-                                       None)
-    else:  # the released 1536 numbers' overrides
-        assert (rcnn.score_thr, rcnn.max_per_img, rcnn.maskness_thr) == (
-            0.0, -1, 0.5)
-        assert rcnn.nms == dict(type='soft_nms', iou_threshold=0.6,
-                                min_score=1e-3, method='linear')
+        want = (0.05, dict(type='nms', iou_threshold=0.5), 100, None)
+    else:  # bounded soft-NMS
+        want = (0.05, dict(type='soft_nms', iou_threshold=0.6,
+                           min_score=1e-3, method='linear'), 100, 0.5)
+    assert (rcnn.score_thr, rcnn.nms, rcnn.max_per_img,
+            rcnn.maskness_thr) == want
+    # tools/test.py --released-scoring: the released 1536 numbers' overrides.
+    from mmapt.engine.released import apply_released_test_cfg
+    apply_released_test_cfg(cfg, name)
+    rcnn = cfg.model.test_cfg.rcnn
+    if '1024' not in name:
+        want = (0.0, want[1], -1, 0.5)
+    assert (rcnn.score_thr, rcnn.nms, rcnn.max_per_img,
+            rcnn.maskness_thr) == want
     assert tuple(cfg.test_evaluator.proposal_nums) == (1, 10, 100)
     pipeline = cfg.test_dataloader.dataset.pipeline
     assert pipeline[0].imdecode_backend == 'pillow'
@@ -876,3 +888,16 @@ def test_coco_configs_carry_detectron2_rules(name):
     assert model.backbone.img_size == size
     if 'finetune' in name:
         assert cfg.load_from.startswith('checkpoints/eva02_')
+
+
+def test_released_scoring_needs_a_released_config():
+    from mmapt.engine.released import apply_released_test_cfg
+    cfg = Config(dict(model=dict(test_cfg=dict(rcnn=dict(score_thr=0.3)))))
+    with pytest.raises(ValueError, match='released_test_cfg'):
+        apply_released_test_cfg(cfg, 'x.py')
+
+
+def test_test_tool_has_the_released_scoring_flag():
+    from conftest import run_tool
+    proc = run_tool(['tools/test.py', '--help'])
+    assert '--released-scoring' in proc.stdout

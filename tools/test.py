@@ -26,6 +26,7 @@ from mmengine.logging import print_log
 from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
 from mmapt.engine.preflight import (add_runner_args, build_runner, check_data,
                                     load_runner_config, setup_cpu_distributed)
+from mmapt.engine.released import apply_released_test_cfg
 
 
 def parse_args():
@@ -60,6 +61,13 @@ def parse_args():
         default='features',
         help="what --amp autocasts: 'features' (backbone + neck; default) "
         "or 'model' (heads too)")
+    parser.add_argument(
+        '--released-scoring',
+        action='store_true',
+        help="detection: the test-time overrides EVA-02 reported its "
+        "released 1536 detectors with (the config's released_test_cfg: "
+        'soft-NMS keeping every score above 0, no per-image cap); see '
+        'docs/reproduce.md')
     add_runner_args(parser)
     return parser.parse_args()
 
@@ -137,6 +145,8 @@ def main():
         set_up_output(cfg, args.out)
     if args.amp or args.amp_dtype:
         apply_amp_test_cfg(cfg, args.amp_dtype, args.amp_scope)
+    if args.released_scoring:
+        apply_released_test_cfg(cfg, args.config)
 
     check_data(cfg, args.config, ('test', ))
     setup_cpu_distributed(cfg, args.launcher)

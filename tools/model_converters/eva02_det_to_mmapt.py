@@ -5,7 +5,7 @@ Example (EVA-02-B Cascade Mask R-CNN, COCO, 1536)::
     python tools/model_converters/eva02_det_to_mmapt.py \
         eva02_B_coco_sys.pth checkpoints/eva02_B_coco_sys_mmapt.pth
     python tools/test.py configs/eva02_vitdet_coco.py \
-        checkpoints/eva02_B_coco_sys_mmapt.pth
+        checkpoints/eva02_B_coco_sys_mmapt.pth --released-scoring
 
 The Objects365-derived releases were evaluated with their EMA weights: add
 ``--ema``. The output holds ``{'state_dict': ..., 'meta': ...}`` with the
