@@ -901,3 +901,27 @@ def test_test_tool_has_the_released_scoring_flag():
     from conftest import run_tool
     proc = run_tool(['tools/test.py', '--help'])
     assert '--released-scoring' in proc.stdout
+
+
+def test_test_pipeline_resizes_like_detectron2(tmp_path):
+    """Decode and resize of the COCO test pipeline equal detectron2's
+    reader: PIL decode, long side to 1536, PIL bilinear."""
+    import numpy as np
+    from mmcv.transforms import Compose
+    from PIL import Image
+    init_default_scope('mmdet')
+    import mmdet.datasets  # noqa: F401  (registers the transforms)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'eva02_vitdet_coco.py'))
+    path = str(tmp_path / 'photo.jpg')
+    pixels = np.random.RandomState(0).randint(0, 256, (300, 400, 3))
+    Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+    pipeline = Compose([
+        t for t in cfg.test_pipeline if t['type'] != 'LoadAnnotations'
+    ])
+    out = pipeline(dict(img_path=path, img_id=0))
+    ours = out['inputs'].permute(1, 2, 0).numpy()[:, :, ::-1]  # BGR -> RGB
+    want = np.asarray(
+        Image.open(path).convert('RGB').resize((1536, 1152), Image.BILINEAR))
+    assert ours.shape == want.shape
+    assert np.array_equal(ours, want)
+    assert out['data_samples'].metainfo['scale_factor'] == (3.84, 3.84)
