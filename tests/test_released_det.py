@@ -27,14 +27,24 @@ from mmapt.utils.eva02_det_convert import (  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # detectron2 Box2BoxTransform weights of the three cascade stages.
-STAGE_WEIGHTS = ((10., 10., 5., 5.), (20., 20., 10., 10.), (30., 30., 15., 15.))
+STAGE_WEIGHTS = ((10., 10., 5., 5.), (20., 20., 10., 10.), (30., 30., 15.,
+                                                            15.))
 SCALE_CLAMP = math.log(1000. / 16)
 
 
 # ------------------------------------------------- synthetic checkpoints
-def d2_detector_state(dims=64, depth=2, head_dim=16, window=8, grid=16,
-                      global_blocks=(1, ), num_classes=3, fpn=32, fc=64,
-                      ema=False, device='cpu', seed=0):
+def d2_detector_state(dims=64,
+                      depth=2,
+                      head_dim=16,
+                      window=8,
+                      grid=16,
+                      global_blocks=(1, ),
+                      num_classes=3,
+                      fpn=32,
+                      fc=64,
+                      ema=False,
+                      device='cpu',
+                      seed=0):
     """A detectron2 EVA-02 Cascade Mask R-CNN state dict (``model``, or the
     ``ema_state`` layout with ``ema=True``) with random values."""
     gen = torch.Generator().manual_seed(seed) if device == 'cpu' else None
@@ -131,37 +141,54 @@ def d2_detector_state(dims=64, depth=2, head_dim=16, window=8, grid=16,
         add('pixel_mean', 3, 1, 1)
         add('pixel_std', 3, 1, 1)
         for i in range(5):
-            add(f'proposal_generator.anchor_generator.cell_anchors.{i}', 3,
-                4)
+            add(f'proposal_generator.anchor_generator.cell_anchors.{i}', 3, 4)
     return state
 
 
 SMALL = {
     'model.backbone.arch':
-    dict(_delete_=True, embed_dims=64, num_layers=2, num_heads=4,
+    dict(_delete_=True,
+         embed_dims=64,
+         num_layers=2,
+         num_heads=4,
          scale_mlp=True),
-    'model.backbone.img_size': 256,
-    'model.backbone.window_size': 8,
+    'model.backbone.img_size':
+    256,
+    'model.backbone.window_size':
+    8,
     'model.backbone.global_attn_indexes': (1, ),
-    'model.backbone.drop_path_rate': 0.,
-    'model.backbone.init_cfg': None,
-    'model.data_preprocessor.pad_size_divisor': 256,
-    'model.data_preprocessor.batch_augments': [
-        dict(type='BatchFixedSizePad', size=(256, 256), pad_mask=True)
-    ],
-    'model.neck.backbone_channel': 64,
+    'model.backbone.drop_path_rate':
+    0.,
+    'model.backbone.init_cfg':
+    None,
+    'model.data_preprocessor.pad_size_divisor':
+    256,
+    'model.data_preprocessor.batch_augments':
+    [dict(type='BatchFixedSizePad', size=(256, 256), pad_mask=True)],
+    'model.neck.backbone_channel':
+    64,
     'model.neck.in_channels': [16, 32, 64, 64],
-    'model.neck.out_channels': 32,
-    'model.rpn_head.in_channels': 32,
-    'model.rpn_head.feat_channels': 32,
-    'model.roi_head.bbox_roi_extractor.out_channels': 32,
-    'model.roi_head.mask_roi_extractor.out_channels': 32,
-    'model.roi_head.mask_head.in_channels': 32,
-    'model.roi_head.mask_head.conv_out_channels': 32,
-    'model.roi_head.mask_head.num_classes': 3,
+    'model.neck.out_channels':
+    32,
+    'model.rpn_head.in_channels':
+    32,
+    'model.rpn_head.feat_channels':
+    32,
+    'model.roi_head.bbox_roi_extractor.out_channels':
+    32,
+    'model.roi_head.mask_roi_extractor.out_channels':
+    32,
+    'model.roi_head.mask_head.in_channels':
+    32,
+    'model.roi_head.mask_head.conv_out_channels':
+    32,
+    'model.roi_head.mask_head.num_classes':
+    3,
     # Fewer proposals keep the uncapped soft-NMS and mask pasting small.
-    'model.test_cfg.rpn.nms_pre': 200,
-    'model.test_cfg.rpn.max_per_img': 60,
+    'model.test_cfg.rpn.nms_pre':
+    200,
+    'model.test_cfg.rpn.max_per_img':
+    60,
 }
 for _k in range(3):
     SMALL.update({
@@ -172,8 +199,7 @@ for _k in range(3):
     })
 
 
-def build_detector(name, device=None, small=True, released=True,
-                   **options):
+def build_detector(name, device=None, small=True, released=True, **options):
     """A detector from a config (small: the SMALL architecture; released:
     with ``tools/test.py --released-scoring``'s test rules)."""
     from mmdet.registry import MODELS
@@ -198,8 +224,8 @@ def converted():
     """A small synthetic release, its conversion and the model loaded with
     it (strictly)."""
     src = d2_detector_state()
-    state, dropped, info = convert_eva02_det_checkpoint(dict(
-        model=src, trainer={}, iteration=10))
+    state, dropped, info = convert_eva02_det_checkpoint(
+        dict(model=src, trainer={}, iteration=10))
     model = build_detector('eva02_vitdet_coco.py')
     model.load_state_dict(state, strict=True)
     return src, state, dropped, info, model
@@ -208,24 +234,54 @@ def converted():
 # ------------------------------------------------------------- converter
 @pytest.mark.parametrize('name, layout, use_ema', [
     ('eva02_vitdet_coco.py',
-     dict(dims=768, depth=12, head_dim=64, window=32, grid=96,
-          global_blocks=(1, 3, 5, 7, 9, 11), num_classes=80, fpn=256,
+     dict(dims=768,
+          depth=12,
+          head_dim=64,
+          window=32,
+          grid=96,
+          global_blocks=(1, 3, 5, 7, 9, 11),
+          num_classes=80,
+          fpn=256,
           fc=1024), False),
     ('eva02_vitdet_coco_1024.py',
-     dict(dims=768, depth=12, head_dim=64, window=16, grid=64,
-          global_blocks=(2, 5, 8, 11), num_classes=80, fpn=256,
+     dict(dims=768,
+          depth=12,
+          head_dim=64,
+          window=16,
+          grid=64,
+          global_blocks=(2, 5, 8, 11),
+          num_classes=80,
+          fpn=256,
           fc=1024), False),
     ('eva02_vitdet_coco_large.py',
-     dict(dims=1024, depth=24, head_dim=64, window=32, grid=96,
-          global_blocks=tuple(range(2, 24, 3)), num_classes=80, fpn=256,
+     dict(dims=1024,
+          depth=24,
+          head_dim=64,
+          window=32,
+          grid=96,
+          global_blocks=tuple(range(2, 24, 3)),
+          num_classes=80,
+          fpn=256,
           fc=1024), False),
     ('eva02_vitdet_coco_large_1024.py',
-     dict(dims=1024, depth=24, head_dim=64, window=16, grid=64,
-          global_blocks=(5, 11, 17, 23), num_classes=80, fpn=256,
+     dict(dims=1024,
+          depth=24,
+          head_dim=64,
+          window=16,
+          grid=64,
+          global_blocks=(5, 11, 17, 23),
+          num_classes=80,
+          fpn=256,
           fc=1024), False),
     ('eva02_vitdet_coco_large_o365.py',
-     dict(dims=1024, depth=24, head_dim=64, window=16, grid=96,
-          global_blocks=tuple(range(2, 24, 3)), num_classes=80, fpn=256,
+     dict(dims=1024,
+          depth=24,
+          head_dim=64,
+          window=16,
+          grid=96,
+          global_blocks=tuple(range(2, 24, 3)),
+          num_classes=80,
+          fpn=256,
           fc=1024), True),
 ])
 def test_released_layouts_load_strictly(name, layout, use_ema):
@@ -237,12 +293,14 @@ def test_released_layouts_load_strictly(name, layout, use_ema):
         checkpoint = dict(model={}, ema_state=src, iteration=1)
     else:
         checkpoint = src
-    state, dropped, info = convert_eva02_det_checkpoint(
-        checkpoint, use_ema=use_ema)
+    state, dropped, info = convert_eva02_det_checkpoint(checkpoint,
+                                                        use_ema=use_ema)
     assert config_for(info) == f'configs/{name}'
     model = build_detector(name, device='meta', small=False)
     model.load_state_dict(state, strict=True)
-    apt = build_detector(name, device='meta', small=False,
+    apt = build_detector(name,
+                         device='meta',
+                         small=False,
                          **{'model.backbone.type': 'APTEVA02'})
     result = apt.load_state_dict(state, strict=False)
     assert not result.unexpected_keys
@@ -259,9 +317,16 @@ def test_released_layouts_load_strictly(name, layout, use_ema):
 
 
 def test_b_1536_layout_reads_its_architecture():
-    src = d2_detector_state(
-        device='meta', dims=768, depth=12, head_dim=64, window=32, grid=96,
-        global_blocks=(1, 3, 5, 7, 9, 11), num_classes=80, fpn=256, fc=1024)
+    src = d2_detector_state(device='meta',
+                            dims=768,
+                            depth=12,
+                            head_dim=64,
+                            window=32,
+                            grid=96,
+                            global_blocks=(1, 3, 5, 7, 9, 11),
+                            num_classes=80,
+                            fpn=256,
+                            fc=1024)
     _, _, info = convert_eva02_det_checkpoint(src)
     assert info.global_blocks == (1, 3, 5, 7, 9, 11)
     assert (info.embed_dims, info.num_layers, info.num_classes,
@@ -270,18 +335,20 @@ def test_b_1536_layout_reads_its_architecture():
 
 def test_values_land_where_they_should(converted):
     src, state, _, info, model = converted
-    assert (info.embed_dims, info.num_classes, info.window_size,
-            info.img_size, info.global_blocks) == (64, 3, 8, 256, (1, ))
+    assert (info.embed_dims, info.num_classes, info.window_size, info.img_size,
+            info.global_blocks) == (64, 3, 8, 256, (1, ))
     sd = model.state_dict()
 
     def same(ours, theirs):
         assert torch.equal(sd[ours], theirs), ours
 
     net = 'backbone.net.blocks.1.'
-    same('backbone.blocks.1.attn.qkv.weight', torch.cat([
-        src[net + 'attn.q_proj.weight'], src[net + 'attn.k_proj.weight'],
-        src[net + 'attn.v_proj.weight']
-    ]))
+    same(
+        'backbone.blocks.1.attn.qkv.weight',
+        torch.cat([
+            src[net + 'attn.q_proj.weight'], src[net + 'attn.k_proj.weight'],
+            src[net + 'attn.v_proj.weight']
+        ]))
     same('backbone.blocks.1.attn.q_bias', src[net + 'attn.q_bias'])
     same('backbone.blocks.1.attn.v_bias', src[net + 'attn.v_bias'])
     same('backbone.blocks.1.mlp.w12.weight',
@@ -326,8 +393,8 @@ def _rope_d2(height, width, ref, head_dim):
     fr = (rows[:, None] * freqs).repeat_interleave(2, -1)
     fc = (cols[:, None] * freqs).repeat_interleave(2, -1)
     angles = torch.cat([
-        fr[:, None, :].expand(height, width, dim),
-        fc[None, :, :].expand(height, width, dim)
+        fr[:, None, :].expand(height, width, dim), fc[None, :, :].expand(
+            height, width, dim)
     ], -1).reshape(height * width, head_dim)
     return angles.cos(), angles.sin()
 
@@ -336,14 +403,20 @@ def _vit_d2(src, x, dims=64, depth=2, heads=4, window=8, global_blocks=(1, )):
     """detectron2's EVA-02 ViT forward, written from the released code's
     rules: bicubic 14x14 table, separate q/k/v with q/v biases, RoPE on q/k,
     SwiGLU w3(ffn_ln(silu(w1 x) * w2 x)), windows, no final norm."""
-    net = {k[len('backbone.net.'):]: v for k, v in src.items()
-           if k.startswith('backbone.net.')}
+    net = {
+        k[len('backbone.net.'):]: v
+        for k, v in src.items() if k.startswith('backbone.net.')
+    }
     hd = dims // heads
-    tokens = F.conv2d(x, net['patch_embed.proj.weight'],
-                      net['patch_embed.proj.bias'], stride=16)
+    tokens = F.conv2d(x,
+                      net['patch_embed.proj.weight'],
+                      net['patch_embed.proj.bias'],
+                      stride=16)
     b, _, gh, gw = tokens.shape
     pos = net['pos_embed'][:, 1:].reshape(1, 14, 14, dims).permute(0, 3, 1, 2)
-    pos = F.interpolate(pos, size=(gh, gw), mode='bicubic',
+    pos = F.interpolate(pos,
+                        size=(gh, gw),
+                        mode='bicubic',
                         align_corners=False)
     h = (tokens + pos).permute(0, 2, 3, 1)  # (B, H, W, C)
 
@@ -358,8 +431,9 @@ def _vit_d2(src, x, dims=64, depth=2, heads=4, window=8, global_blocks=(1, )):
                          net[p + 'norm1.bias'], 1e-6)
         side = None if i in global_blocks else window
         if side:  # (B * nW, ws * ws, C)
-            y = y.view(b, gh // side, side, gw // side, side, dims).permute(
-                0, 1, 3, 2, 4, 5).reshape(-1, side * side, dims)
+            y = y.view(b, gh // side, side, gw // side, side,
+                       dims).permute(0, 1, 3, 2, 4,
+                                     5).reshape(-1, side * side, dims)
             cos, sin = _rope_d2(side, side, 16, hd)
         else:
             y = y.reshape(b, gh * gw, dims)
@@ -371,20 +445,22 @@ def _vit_d2(src, x, dims=64, depth=2, heads=4, window=8, global_blocks=(1, )):
                    for t in (q, k, v))
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         attn = (q @ k.transpose(-2, -1) / math.sqrt(hd)).softmax(-1) @ v
-        y = F.linear(attn.transpose(1, 2).flatten(2), net[p + 'attn.proj.weight'],
-                     net[p + 'attn.proj.bias'])
+        y = F.linear(
+            attn.transpose(1, 2).flatten(2), net[p + 'attn.proj.weight'],
+            net[p + 'attn.proj.bias'])
         if side:
-            y = y.view(b, gh // side, gw // side, side, side, dims).permute(
-                0, 1, 3, 2, 4, 5).reshape(b, gh, gw, dims)
+            y = y.view(b, gh // side, gw // side, side, side,
+                       dims).permute(0, 1, 3, 2, 4,
+                                     5).reshape(b, gh, gw, dims)
         else:
             y = y.view(b, gh, gw, dims)
         h = h + y
         y = F.layer_norm(h, (dims, ), net[p + 'norm2.weight'],
                          net[p + 'norm2.bias'], 1e-6)
-        y = F.silu(F.linear(y, net[p + 'mlp.w1.weight'],
-                            net[p + 'mlp.w1.bias'])) * F.linear(
-                                y, net[p + 'mlp.w2.weight'],
-                                net[p + 'mlp.w2.bias'])
+        y = F.silu(
+            F.linear(y, net[p + 'mlp.w1.weight'],
+                     net[p + 'mlp.w1.bias'])) * F.linear(
+                         y, net[p + 'mlp.w2.weight'], net[p + 'mlp.w2.bias'])
         y = F.layer_norm(y, y.shape[-1:], net[p + 'mlp.ffn_ln.weight'],
                          net[p + 'mlp.ffn_ln.bias'], 1e-6)
         h = h + F.linear(y, net[p + 'mlp.w3.weight'], net[p + 'mlp.w3.bias'])
@@ -441,29 +517,34 @@ def test_box_and_mask_heads_equal_detectron2_reference(converted):
             h = feats
             for j in range(1, 5):
                 key = f'roi_heads.box_head.{k}.conv{j}'
-                h = F.relu(_ln2d(F.conv2d(h, src[key + '.weight'], padding=1),
-                                 src, key + '.norm'))
-            h = F.relu(F.linear(h.flatten(1),
-                                src[f'roi_heads.box_head.{k}.fc1.weight'],
-                                src[f'roi_heads.box_head.{k}.fc1.bias']))
+                h = F.relu(
+                    _ln2d(F.conv2d(h, src[key + '.weight'], padding=1), src,
+                          key + '.norm'))
+            h = F.relu(
+                F.linear(h.flatten(1),
+                         src[f'roi_heads.box_head.{k}.fc1.weight'],
+                         src[f'roi_heads.box_head.{k}.fc1.bias']))
             pred = f'roi_heads.box_predictor.{k}.'
             cls, reg = model.roi_head.bbox_head[k](feats)
             torch.testing.assert_close(
-                cls, F.linear(h, src[pred + 'cls_score.weight'],
-                              src[pred + 'cls_score.bias']))
+                cls,
+                F.linear(h, src[pred + 'cls_score.weight'],
+                         src[pred + 'cls_score.bias']))
             torch.testing.assert_close(
-                reg, F.linear(h, src[pred + 'bbox_pred.weight'],
-                              src[pred + 'bbox_pred.bias']))
+                reg,
+                F.linear(h, src[pred + 'bbox_pred.weight'],
+                         src[pred + 'bbox_pred.bias']))
         m = torch.randn(2, 32, 14, 14, generator=gen)
         h = m
         for j in range(1, 5):
             key = f'roi_heads.mask_head.mask_fcn{j}'
-            h = F.relu(_ln2d(F.conv2d(h, src[key + '.weight'], padding=1),
-                             src, key + '.norm'))
-        h = F.relu(F.conv_transpose2d(h, src['roi_heads.mask_head.deconv.'
-                                              'weight'],
-                                      src['roi_heads.mask_head.deconv.bias'],
-                                      2))
+            h = F.relu(
+                _ln2d(F.conv2d(h, src[key + '.weight'], padding=1), src,
+                      key + '.norm'))
+        h = F.relu(
+            F.conv_transpose2d(h, src['roi_heads.mask_head.deconv.'
+                                      'weight'],
+                               src['roi_heads.mask_head.deconv.bias'], 2))
         want = F.conv2d(h, src['roi_heads.mask_head.predictor.weight'],
                         src['roi_heads.mask_head.predictor.bias'])
         torch.testing.assert_close(model.roi_head.mask_head[0](m), want)
@@ -477,8 +558,9 @@ def test_training_dict_bare_dict_and_ema():
         dict(model=src, trainer=dict(), iteration=5, ema_state=ema))
     assert bare.keys() == wrapped.keys()
     assert all(torch.equal(bare[k], wrapped[k]) for k in bare)
-    from_ema, dropped, info = convert_eva02_det_checkpoint(
-        dict(model=src, ema_state=ema), use_ema=True)
+    from_ema, dropped, info = convert_eva02_det_checkpoint(dict(model=src,
+                                                                ema_state=ema),
+                                                           use_ema=True)
     assert from_ema.keys() == bare.keys()
     key = 'roi_head.bbox_head.1.fc_cls.weight'
     assert torch.equal(from_ema[key],
@@ -543,18 +625,22 @@ def test_converter_tool(tmp_path):
     out = tmp_path / 'out.pth'
     proc = run_tool([
         'tools/model_converters/eva02_det_to_mmapt.py',
-        str(path), str(out), '--quiet'
+        str(path),
+        str(out), '--quiet'
     ])
     assert 'saved' in proc.stdout and 'no shipped config' in proc.stdout
     ckpt = torch.load(out, map_location='cpu')
-    assert torch.equal(ckpt['state_dict']['rpn_head.rpn_cls.weight'],
-                       src['proposal_generator.rpn_head.objectness_logits.'
-                           'weight'])
+    assert torch.equal(
+        ckpt['state_dict']['rpn_head.rpn_cls.weight'],
+        src['proposal_generator.rpn_head.objectness_logits.'
+            'weight'])
     assert ckpt['meta']['num_classes'] == 3
     fail = run_tool([
         'tools/model_converters/eva02_det_to_mmapt.py',
-        str(path), str(out), '--ema'
-    ], check=False)
+        str(path),
+        str(out), '--ema'
+    ],
+                    check=False)
     assert fail.returncode == 1 and "no 'ema_state'" in fail.stderr
 
 
@@ -646,24 +732,27 @@ def _random_inputs(seed=0, num=150, size=256):
     proposals = torch.cat([xy, xy + wh], 1)
     proposals[clustered] = proposals[centre[clustered]] + jitter[clustered]
     proposals = proposals.clamp(0, size)
-    meta = dict(img_shape=(size, size), ori_shape=(size, size),
-                scale_factor=(1., 1.), pad_shape=(size, size))
+    meta = dict(img_shape=(size, size),
+                ori_shape=(size, size),
+                scale_factor=(1., 1.),
+                pad_shape=(size, size))
     return feats, proposals, meta
 
 
 def _predict(roi_head, feats, proposals, meta):
     with torch.no_grad():
-        return roi_head.predict_bbox(
-            feats, [meta], [InstanceData(bboxes=proposals)],
-            rcnn_test_cfg=roi_head.test_cfg, rescale=False)[0]
+        return roi_head.predict_bbox(feats, [meta],
+                                     [InstanceData(bboxes=proposals)],
+                                     rcnn_test_cfg=roi_head.test_cfg,
+                                     rescale=False)[0]
 
 
 def test_stage_probabilities_and_soft_nms_equal_detectron2_rules(converted):
     model = converted[-1]
     feats, proposals, meta = _random_inputs()
     with torch.no_grad():
-        want, decayed = _reference_detections(model.roi_head, feats,
-                                              proposals, (256, 256))
+        want, decayed = _reference_detections(model.roi_head, feats, proposals,
+                                              (256, 256))
     got = _predict(model.roi_head, feats, proposals, meta)
     order = sorted(range(len(got)),
                    key=lambda i: (int(got.labels[i]), -float(got.scores[i])))
@@ -713,8 +802,10 @@ def test_maskness_rescores_mask_scores_only(converted):
         above = p[p > 0.5]
         want.append(float(s) * (float(above.mean()) if len(above) else 0.))
     torch.testing.assert_close(out.scores, scores)  # bbox AP: plain scores
-    torch.testing.assert_close(out.mask_scores, torch.tensor(want),
-                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.mask_scores,
+                               torch.tensor(want),
+                               atol=1e-6,
+                               rtol=1e-5)
     assert out.masks.shape == (len(labels), 256, 256)
     assert not torch.allclose(out.mask_scores, out.scores)
 
@@ -731,8 +822,8 @@ def test_shared_mask_head_is_trained_on_the_first_stage_only(converted):
         masks[1, 120:200, 100:220] = True
         from mmdet.structures.mask import BitmapMasks
         sample.gt_instances = InstanceData(
-            bboxes=torch.tensor([[30., 20., 90., 100.], [100., 120., 220.,
-                                                         200.]]),
+            bboxes=torch.tensor([[30., 20., 90., 100.],
+                                 [100., 120., 220., 200.]]),
             labels=torch.tensor([0, 2]),
             masks=BitmapMasks(masks.numpy(), 256, 256))
         losses = model.roi_head.loss(feats, [InstanceData(bboxes=proposals)],
@@ -740,27 +831,32 @@ def test_shared_mask_head_is_trained_on_the_first_stage_only(converted):
     finally:
         model.eval()
     assert 's0.loss_mask' in losses
-    assert not any(k.startswith(('s1.loss_mask', 's2.loss_mask'))
-                   for k in losses)
+    assert not any(
+        k.startswith(('s1.loss_mask', 's2.loss_mask')) for k in losses)
     assert 's2.loss_cls' in losses
 
 
 def test_roi_levels_follow_detectron2():
     from mmapt.models.roi_heads import D2RoIExtractor
-    extractor = D2RoIExtractor(
-        roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
-        out_channels=8, featmap_strides=[4, 8, 16, 32])
-    sides = torch.tensor([4., 50., 111.9, 112., 150., 223.99, 224., 300.,
-                          447.9, 448., 1000.])
+    extractor = D2RoIExtractor(roi_layer=dict(type='RoIAlign',
+                                              output_size=7,
+                                              sampling_ratio=0),
+                               out_channels=8,
+                               featmap_strides=[4, 8, 16, 32])
+    sides = torch.tensor(
+        [4., 50., 111.9, 112., 150., 223.99, 224., 300., 447.9, 448., 1000.])
     rois = torch.zeros(len(sides), 5)
     rois[:, 3] = sides
     rois[:, 4] = sides
-    want = [min(max(math.floor(4 + math.log2(s / 224 + 1e-8)), 2), 5) - 2
-            for s in sides.tolist()]
+    want = [
+        min(max(math.floor(4 + math.log2(s / 224 + 1e-8)), 2), 5) - 2
+        for s in sides.tolist()
+    ]
     assert extractor.map_roi_levels(rois, 4).tolist() == want
     with pytest.raises(ValueError, match='power-of-two'):
         D2RoIExtractor(roi_layer=dict(type='RoIAlign', output_size=7),
-                       out_channels=8, featmap_strides=[4, 8, 32])
+                       out_channels=8,
+                       featmap_strides=[4, 8, 32])
 
 
 # ----------------------------------------- the no-merge invariant, end to end
@@ -773,18 +869,17 @@ def test_converted_apt_without_merging_detects_like_the_baseline(converted):
                          **{'model.backbone.thresholds': (-1., -1., -1.)})
     result = apt.load_state_dict(state, strict=False)
     assert not result.unexpected_keys
-    assert all(k.startswith('backbone.apt_embed.')
-               for k in result.missing_keys)
+    assert all(
+        k.startswith('backbone.apt_embed.') for k in result.missing_keys)
     gen = torch.Generator().manual_seed(4)
     image = (torch.rand(3, 192, 256, generator=gen) * 255).round()
     image[:, :96, :128] = 90.  # flat region: would merge with thresholds
-    data = dict(
-        inputs=[image],
-        data_samples=[
-            DetDataSample(
-                metainfo=dict(img_shape=(192, 256), ori_shape=(192, 256),
-                              scale_factor=(1., 1.)))
-        ])
+    data = dict(inputs=[image],
+                data_samples=[
+                    DetDataSample(metainfo=dict(img_shape=(192, 256),
+                                                ori_shape=(192, 256),
+                                                scale_factor=(1., 1.)))
+                ])
     outs = []
     for model in (baseline, apt):
         with torch.no_grad():
@@ -795,7 +890,9 @@ def test_converted_apt_without_merging_detects_like_the_baseline(converted):
     assert torch.equal(got.labels, want.labels)
     torch.testing.assert_close(got.bboxes, want.bboxes, atol=1e-3, rtol=0)
     assert (got.masks != want.masks).float().mean() < 1e-3
-    torch.testing.assert_close(got.mask_scores, want.mask_scores, atol=1e-5,
+    torch.testing.assert_close(got.mask_scores,
+                               want.mask_scores,
+                               atol=1e-5,
                                rtol=0)
 
 
@@ -807,14 +904,17 @@ def test_coco_metric_scores_boxes_plainly_and_masks_with_maskness(tmp_path):
     from mmdet.evaluation import CocoMetric
     mask = torch.zeros(64, 64, dtype=torch.bool)
     mask[10:30, 10:30] = True
-    ann = dict(
-        images=[dict(id=1, width=64, height=64, file_name='a.png')],
-        categories=[dict(id=1, name='thing')],
-        annotations=[
-            dict(id=1, image_id=1, category_id=1, bbox=[10, 10, 20, 20],
-                 area=400, iscrowd=0,
-                 segmentation=[[10, 10, 30, 10, 30, 30, 10, 30]])
-        ])
+    ann = dict(images=[dict(id=1, width=64, height=64, file_name='a.png')],
+               categories=[dict(id=1, name='thing')],
+               annotations=[
+                   dict(id=1,
+                        image_id=1,
+                        category_id=1,
+                        bbox=[10, 10, 20, 20],
+                        area=400,
+                        iscrowd=0,
+                        segmentation=[[10, 10, 30, 10, 30, 30, 10, 30]])
+               ])
     ann_file = tmp_path / 'ann.json'
     ann_file.write_text(json.dumps(ann))
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'eva02_vitdet_coco.py'))
@@ -832,26 +932,25 @@ def test_coco_metric_scores_boxes_plainly_and_masks_with_maskness(tmp_path):
         mask_scores=torch.tensor([0.1, 0.45]),
         labels=torch.tensor([0, 0]),
         masks=torch.stack([wrong, mask]))
-    metric.process({}, [dict(pred_instances=pred, img_id=1,
-                             ori_shape=(64, 64))])
+    metric.process({},
+                   [dict(pred_instances=pred, img_id=1, ori_shape=(64, 64))])
     results = metric.evaluate(1)
     assert results['coco/bbox_mAP'] == pytest.approx(0.5, abs=0.01)
     assert results['coco/segm_mAP'] == pytest.approx(1.0, abs=0.01)
 
 
 @pytest.mark.parametrize('name', [
-    'eva02_vitdet_coco.py', 'eva02_vitdet_coco_large.py',
-    'apt_vitdet_coco.py', 'apt_vitdet_coco_large.py',
-    'apt_vitdet_coco_finetune.py', 'apt_vitdet_coco_large_finetune.py',
-    'eva02_vitdet_coco_large_o365.py', 'eva02_vitdet_coco_1024.py',
-    'eva02_vitdet_coco_large_1024.py'
+    'eva02_vitdet_coco.py', 'eva02_vitdet_coco_large.py', 'apt_vitdet_coco.py',
+    'apt_vitdet_coco_large.py', 'apt_vitdet_coco_finetune.py',
+    'apt_vitdet_coco_large_finetune.py', 'eva02_vitdet_coco_large_o365.py',
+    'eva02_vitdet_coco_1024.py', 'eva02_vitdet_coco_large_1024.py'
 ])
 def test_coco_configs_carry_detectron2_rules(name):
     cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
     model = cfg.model
     roi = model.roi_head
-    assert (roi.type, roi.score_average, roi.shared_mask_head) == (
-        'D2CascadeRoIHead', 'probs', True)
+    assert (roi.type, roi.score_average,
+            roi.shared_mask_head) == ('D2CascadeRoIHead', 'probs', True)
     assert roi.bbox_roi_extractor.type == roi.mask_roi_extractor.type == \
         'D2RoIExtractor'
     for head, weights in zip(roi.bbox_head, STAGE_WEIGHTS):
@@ -867,8 +966,11 @@ def test_coco_configs_carry_detectron2_rules(name):
     if '1024' in name:  # detectron2's defaults
         want = (0.05, dict(type='nms', iou_threshold=0.5), 100, None)
     else:  # bounded soft-NMS
-        want = (0.05, dict(type='soft_nms', iou_threshold=0.6,
-                           min_score=1e-3, method='linear'), 100, 0.5)
+        want = (0.05,
+                dict(type='soft_nms',
+                     iou_threshold=0.6,
+                     min_score=1e-3,
+                     method='linear'), 100, 0.5)
     assert (rcnn.score_thr, rcnn.nms, rcnn.max_per_img,
             rcnn.maskness_thr) == want
     # tools/test.py --released-scoring: the released 1536 numbers' overrides.
@@ -915,9 +1017,8 @@ def test_test_pipeline_resizes_like_detectron2(tmp_path):
     path = str(tmp_path / 'photo.jpg')
     pixels = np.random.RandomState(0).randint(0, 256, (300, 400, 3))
     Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
-    pipeline = Compose([
-        t for t in cfg.test_pipeline if t['type'] != 'LoadAnnotations'
-    ])
+    pipeline = Compose(
+        [t for t in cfg.test_pipeline if t['type'] != 'LoadAnnotations'])
     out = pipeline(dict(img_path=path, img_id=0))
     ours = out['inputs'].permute(1, 2, 0).numpy()[:, :, ::-1]  # BGR -> RGB
     want = np.asarray(

@@ -12,8 +12,8 @@ configs keep a bounded default and hold the overrides as
 from mmengine.config import Config
 
 
-def apply_released_test_cfg(cfg: Config, config_path: str = 'the config'
-                            ) -> dict:
+def apply_released_test_cfg(cfg: Config,
+                            config_path: str = 'the config') -> dict:
     """Merge ``cfg.released_test_cfg`` into ``cfg.model.test_cfg``.
 
     Args:

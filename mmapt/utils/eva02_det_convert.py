@@ -158,9 +158,8 @@ def select_det_state(checkpoint: dict,
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(value)
         if not isinstance(value, Tensor):
-            raise ConversionError(
-                f'expected {EXPECTED_DET}; {key!r} holds a '
-                f'{type(value).__name__}, not a tensor')
+            raise ConversionError(f'expected {EXPECTED_DET}; {key!r} holds a '
+                                  f'{type(value).__name__}, not a tensor')
         out[re.sub(r'^module\.', '', key)] = value
     return out
 
@@ -207,7 +206,8 @@ def det_key_map(num_stages: int = 3,
     for k in range(num_stages):
         dst = f'roi_head.bbox_head.{k}.'
         for j in range(1, 5):
-            add(_conv_norm(f'roi_heads.box_head.{k}.conv{j}',
+            add(
+                _conv_norm(f'roi_heads.box_head.{k}.conv{j}',
                            f'{dst}shared_convs.{j - 1}'))
         add(_plain(f'roi_heads.box_head.{k}.fc1', dst + 'shared_fcs.0'))
         add(_plain(f'roi_heads.box_predictor.{k}.cls_score', dst + 'fc_cls'))
@@ -216,7 +216,8 @@ def det_key_map(num_stages: int = 3,
     for s in range(mask_heads):
         dst = f'roi_head.mask_head.{s}.'
         for j in range(1, 5):
-            add(_conv_norm(f'roi_heads.mask_head.mask_fcn{j}',
+            add(
+                _conv_norm(f'roi_heads.mask_head.mask_fcn{j}',
                            f'{dst}convs.{j - 1}'))
         add(_plain('roi_heads.mask_head.deconv', dst + 'upsample'))
         add(_plain('roi_heads.mask_head.predictor', dst + 'conv_logits'))
@@ -263,8 +264,8 @@ def convert_eva02_det_checkpoint(
     vit: Dict[str, Tensor] = {}
     rope_shapes: Dict[str, Tuple[int, ...]] = {}
     for key, value in state.items():
-        reason = next((why for pattern, why in _DROPPED
-                       if pattern.match(key)), None)
+        reason = next((why for pattern, why in _DROPPED if pattern.match(key)),
+                      None)
         if reason is not None:
             dropped.append(f'{key} ({reason})')
             if 'rope_' in key:
@@ -302,8 +303,8 @@ def convert_eva02_det_checkpoint(
     return out, dropped, info
 
 
-def _read_info(state: Dict[str, Tensor],
-               rope_shapes: Dict[str, Tuple[int, ...]],
+def _read_info(state: Dict[str, Tensor], rope_shapes: Dict[str, Tuple[int,
+                                                                      ...]],
                block_rope: Dict[int, Tuple[int, ...]]) -> DetModelInfo:
     """Width, depth and classes from the weights; windows and image size
     from the RoPE tables (window blocks hold the window's, global blocks the
@@ -319,7 +320,8 @@ def _read_info(state: Dict[str, Tensor],
                 f'the mask predictor has {value.shape[0]} classes, the box '
                 f'classifier {num_classes} (+ background)')
     num_layers = 1 + max(
-        int(k.split('.')[2]) for k in state if k.startswith('backbone.blocks.'))
+        int(k.split('.')[2])
+        for k in state if k.startswith('backbone.blocks.'))
     window = rope_shapes.get('backbone.net.rope_win.freqs_cos')
     image = rope_shapes.get('backbone.net.rope_glb.freqs_cos')
     window_size = math.isqrt(window[0]) if window else None

@@ -29,14 +29,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('src', help='released detectron2 checkpoint (.pth)')
     parser.add_argument('dst', help='output .pth')
     parser.add_argument(
-        '--ema', action='store_true',
+        '--ema',
+        action='store_true',
         help="convert 'ema_state' instead of 'model' (the O365-derived "
         'releases report their scores with the EMA weights)')
     parser.add_argument(
-        '--mask-heads', type=int, choices=(1, 3), default=1,
+        '--mask-heads',
+        type=int,
+        choices=(1, 3),
+        default=1,
         help='1: one shared mask head (mmapt configs, D2CascadeRoIHead); '
         "3: the mask head copied into every stage of mmdet's CascadeRoIHead")
-    parser.add_argument('--quiet', action='store_true',
+    parser.add_argument('--quiet',
+                        action='store_true',
                         help='do not list the dropped keys')
     return parser.parse_args()
 
@@ -56,14 +61,20 @@ def main() -> int:
     config = config_for(info)
     torch.save(
         dict(state_dict=state,
-             meta=dict(source=args.src, ema=args.ema,
-                       mask_heads=args.mask_heads, config=config,
+             meta=dict(source=args.src,
+                       ema=args.ema,
+                       mask_heads=args.mask_heads,
+                       config=config,
                        **info._asdict())), args.dst)
     print(f'saved {len(state)} tensors to {args.dst} ({len(dropped)} '
           f'source keys dropped)')
     print(f'architecture: {info}')
     if config:
         print(f'loads into {config} (and its APT version)')
+    elif info.window_size is None:
+        print('the file has no RoPE tables, so its window and image size are '
+              'unknown: pick the config by the released file name '
+              '(docs/reproduce.md)')
     else:
         print('no shipped config has this architecture (LVIS, Objects365 '
               'and other class counts need their own config, see '

@@ -212,7 +212,8 @@ class D2RoIExtractor(SingleRoIExtractor):
     def map_roi_levels(self, rois: Tensor, num_levels: int) -> Tensor:
         sizes = torch.sqrt(
             (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
-        levels = torch.floor(self.canonical_level + torch.log2(
-            sizes / self.canonical_box_size + 1e-8))
+        levels = torch.floor(self.canonical_level +
+                             torch.log2(sizes / self.canonical_box_size +
+                                        1e-8))
         levels = levels.clamp(self.min_level, self.min_level + num_levels - 1)
         return (levels - self.min_level).long()
