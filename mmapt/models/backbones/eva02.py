@@ -55,8 +55,13 @@ class EVA02(BaseModule):
             blocks. Defaults to 0.
         pretrain_img_size (int): Pretraining image size. Defaults to 224.
         pretrain_patch_size (int): Pretraining patch size. Defaults to 14.
-            ``pretrain_img_size // pretrain_patch_size`` is both the grid of
-            the stored position table and RoPE's reference grid.
+            ``pretrain_img_size // pretrain_patch_size`` is RoPE's reference
+            grid and, unless ``pos_embed_grid`` is given, the grid of the
+            stored position table.
+        pos_embed_grid (int, optional): Side of the stored position table
+            when it differs from the pre-training grid: the released EVA-02
+            UperNet models keep it at the fine-tune grid (32 at 512, 40 at
+            640) while RoPE keeps the reference grid 16. Defaults to None.
         frozen_stages (int): Freeze the embeddings (stage 0) and the first
             ``frozen_stages`` blocks; -1 freezes nothing. Defaults to -1.
         with_cp (bool): Gradient checkpointing of every block while
@@ -88,6 +93,7 @@ class EVA02(BaseModule):
                  drop_path_rate: float = 0.,
                  pretrain_img_size: int = 224,
                  pretrain_patch_size: int = 14,
+                 pos_embed_grid: Optional[int] = None,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
@@ -110,10 +116,11 @@ class EVA02(BaseModule):
         self.with_cp = with_cp
 
         pretrain_grid = pretrain_img_size // pretrain_patch_size
-        self.pos_grid = (pretrain_grid, pretrain_grid)
+        pos_grid = pos_embed_grid or pretrain_grid
+        self.pos_grid = (pos_grid, pos_grid)
         self.patch_embed = PatchEmbed(patch_size, dims)
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, pretrain_grid * pretrain_grid, dims))
+            torch.zeros(1, pos_grid * pos_grid, dims))
         self.rope = RotaryEmbedding2D(dims // num_heads, pretrain_grid)
 
         hidden = int(dims * self.arch_settings['mlp_ratio'])
