@@ -65,10 +65,12 @@ class EVA02(BaseModule):
             ``pretrain_img_size // pretrain_patch_size`` is RoPE's reference
             grid and, unless ``pos_embed_grid`` is given, the grid of the
             stored position table.
-        pos_embed_grid (int, optional): Side of the stored position table
-            when it differs from the pre-training grid: the released EVA-02
-            UperNet models keep it at the fine-tune grid (32 at 512, 40 at
-            640) while RoPE keeps the reference grid 16. Defaults to None.
+        pos_embed_grid (int, optional): Side of the stored absolute position
+            table when it differs from RoPE's reference grid: the released
+            EVA-02 detectors keep a 14 x 14 table (224 / 16) with RoPE on
+            the 16-grid, and resample the table to the input grid; the
+            released UperNet models keep it at the fine-tune grid (32 at
+            512, 40 at 640). Defaults to None (the pretraining grid).
         use_cls_token (bool): A class token ``cls_token`` (1, 1, C) in the
             sequence and a class row in ``pos_embed`` (1, 1 + grid, C).
             Defaults to False.
@@ -127,14 +129,14 @@ class EVA02(BaseModule):
         self.with_cp = with_cp
 
         pretrain_grid = pretrain_img_size // pretrain_patch_size
-        pos_grid = pos_embed_grid or pretrain_grid
-        self.pos_grid = (pos_grid, pos_grid)
+        table_grid = pos_embed_grid or pretrain_grid
+        self.pos_grid = (table_grid, table_grid)
         self.num_prefix_tokens = int(use_cls_token)
         self.patch_embed = PatchEmbed(patch_size, dims)
         self.cls_token = nn.Parameter(torch.zeros(
             1, 1, dims)) if use_cls_token else None
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.num_prefix_tokens + pos_grid**2, dims))
+            torch.zeros(1, self.num_prefix_tokens + table_grid**2, dims))
         self.rope = RotaryEmbedding2D(dims // num_heads, pretrain_grid)
 
         hidden = int(dims * self.arch_settings['mlp_ratio'])
