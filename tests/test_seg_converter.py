@@ -440,6 +440,37 @@ def test_a_mim_backbone_is_refused_pointing_at_the_other_converter():
         convert_eva02_seg_checkpoint(dict(module=state))
 
 
+def test_mim_weights_with_the_class_token_initialise_the_seg_backbone():
+    """eva02_to_mmapt.py --keep-cls-token: the MIM class token and its
+    position row reach a use_cls_token backbone (the grid is resampled to
+    the fine-tune grid on load); a backbone without a class token loads the
+    same file ignoring both."""
+    from mmapt.models import EVA02
+    from mmapt.models.layers import resize_pos_embed
+    from mmapt.utils import convert_eva02_state_dict
+    mim = {k[len('backbone.'):]: v
+           for k, v in released_state(32, 2, 2, 3, 16, 8).items()
+           if k.startswith('backbone.') and '.fpn' not in k}
+    out, dropped = convert_eva02_state_dict(dict(module=mim),
+                                            keep_cls_token=True)
+    assert 'cls_token' in out and not any('cls' in d for d in dropped)
+    arch = dict(embed_dims=32, num_layers=2, num_heads=2, scale_mlp=True)
+    seg = EVA02(arch=arch, img_size=64, use_cls_token=True, pos_embed_grid=4)
+    seg.load_state_dict(out, strict=True)
+    assert torch.equal(seg.cls_token, mim['cls_token'])
+    assert torch.equal(seg.pos_embed[:, 0], mim['pos_embed'][:, 0])
+    assert torch.allclose(seg.pos_embed[:, 1:],
+                          resize_pos_embed(mim['pos_embed'], (4, 4)))
+    plain = EVA02(arch=arch, img_size=64, pos_embed_grid=3)
+    result = plain.load_state_dict(out, strict=False)
+    assert result.unexpected_keys == ['cls_token']
+    assert not result.missing_keys
+    assert torch.equal(plain.pos_embed, mim['pos_embed'][:, 1:])
+    without = {k: v for k, v in mim.items() if k != 'cls_token'}
+    with pytest.raises(ConversionError, match='cls_token'):
+        convert_eva02_state_dict(without, keep_cls_token=True)
+
+
 def test_other_rope_settings_are_refused():
     """Dropping the stored RoPE tables is only safe when mmapt recomputes
     the same ones: a model trained with another reference grid fails."""
