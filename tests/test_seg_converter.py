@@ -12,6 +12,7 @@ loaded strictly into the shipped configs:
   of the released model written here from its definition (class token
   first, no RoPE on it, position table added as stored, fpn1..fpn4).
 """
+import contextlib
 import copy
 import os.path as osp
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 pytest.importorskip('mmseg')
 
@@ -191,6 +193,43 @@ def _small_cfg(path, dims=64, depth=4, heads=4, grid=4):
 
 
 # ----------------------------------------------- full size, shapes only
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Build modules with their parameters on the ``meta`` device (no
+    memory, no initialisation cost; buffers stay on the CPU), like
+    accelerate's ``init_empty_weights``: a full-size L-640 UperNet has 550M
+    parameters."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(
+                param.to('meta'), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _assert_loads_strictly(model, state, missing_prefix=None):
+    """What ``load_state_dict(strict=True)`` checks: the same keys (up to
+    ``missing_prefix``, left out of ``state``) and the same shapes."""
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state.items()}
+    assert not set(theirs) - set(ours), sorted(set(theirs) - set(ours))[:5]
+    missing = set(ours) - set(theirs)
+    if missing_prefix is None:
+        assert not missing, sorted(missing)[:5]
+    else:
+        assert missing and all(k.startswith(missing_prefix)
+                               for k in missing), sorted(missing)[:5]
+    mismatched = [k for k in theirs if ours[k] != theirs[k]]
+    assert not mismatched, [(k, ours[k], theirs[k]) for k in mismatched[:5]]
+
+
 @pytest.mark.parametrize('path', sorted(RELEASED))
 def test_released_layout_loads_strictly_at_full_size(path):
     """The real B-512 / L-512 / L-640 shapes (meta tensors: no memory)."""
@@ -204,17 +243,11 @@ def test_released_layout_loads_strictly_at_full_size(path):
     for cfg_path in (path, _apt_path(path)):
         model_cfg = copy.deepcopy(_load_cfg(cfg_path).model)
         model_cfg.backbone.init_cfg = None
-        with torch.device('meta'):
+        with _parameters_on_meta():
             model = _build(model_cfg)
-        result = model.load_state_dict(converted, strict=False)
-        assert not result.unexpected_keys, result.unexpected_keys[:5]
-        if cfg_path == path:
-            assert not result.missing_keys
-            model.load_state_dict(converted, strict=True)
-        else:
-            assert result.missing_keys
-            assert all(k.startswith('backbone.apt_embed.')
-                       for k in result.missing_keys), result.missing_keys
+        _assert_loads_strictly(
+            model, converted,
+            None if cfg_path == path else 'backbone.apt_embed.')
 
 
 def test_synthetic_layout_equals_the_released_l512_listing():
