@@ -14,7 +14,9 @@ loaded strictly into the shipped configs:
 """
 import contextlib
 import copy
+import importlib.util
 import os.path as osp
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -519,26 +521,36 @@ def test_position_table_without_class_row_is_refused():
         convert_eva02_seg_checkpoint(state)
 
 
-def test_cli_converts_and_refuses(tmp_path):
-    from conftest import run_tool
+def _run_tool(argv, monkeypatch, capsys):
+    """tools/model_converters/eva02_seg_to_mmapt.py in this process."""
+    path = osp.join(ROOT, 'tools', 'model_converters',
+                    'eva02_seg_to_mmapt.py')
+    spec = importlib.util.spec_from_file_location('eva02_seg_to_mmapt', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(sys, 'argv', ['eva02_seg_to_mmapt.py', *argv])
+    return tool.main(), capsys.readouterr()
+
+
+def test_cli_converts_and_refuses(tmp_path, monkeypatch, capsys):
     src = tmp_path / 'eva02_seg.pth'
     torch.save(mmseg0_file(_small_state()), src)
     dst = tmp_path / 'out.pth'
-    proc = run_tool(['tools/model_converters/eva02_seg_to_mmapt.py',
-                     str(src), str(dst)])
-    assert 'dropped backbone.rope.freqs_cos' in proc.stdout
+    code, out = _run_tool([str(src), str(dst)], monkeypatch, capsys)
+    assert code == 0
+    assert 'dropped backbone.rope.freqs_cos' in out.out
     saved = torch.load(dst, map_location='cpu', weights_only=False)
     assert saved['meta']['architecture']['grid'] == 2
     assert 'neck.levels.0.1.running_var' in saved['state_dict']
-    assert 'no shipped config' in proc.stderr
+    assert 'no shipped config' in out.err
 
     bad = tmp_path / 'bad.pth'
     torch.save({'model': {'backbone.net.blocks.0.norm1.weight':
                           torch.zeros(2)}}, bad)
-    proc = run_tool(['tools/model_converters/eva02_seg_to_mmapt.py',
-                     str(bad), str(tmp_path / 'x.pth')], check=False)
-    assert proc.returncode == 1
-    assert 'released EVA-02 UperNet segmentor' in proc.stderr
+    code, out = _run_tool([str(bad), str(tmp_path / 'x.pth')], monkeypatch,
+                          capsys)
+    assert code == 1
+    assert 'released EVA-02 UperNet segmentor' in out.err
     assert not (tmp_path / 'x.pth').exists()
 
 
