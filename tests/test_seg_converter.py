@@ -15,7 +15,9 @@ loaded strictly into the shipped configs:
 import contextlib
 import copy
 import importlib.util
+import json
 import os.path as osp
+import re
 import sys
 from collections import OrderedDict
 
@@ -562,3 +564,64 @@ def test_config_for_names_the_shipped_configs():
         assert cfg.model.auxiliary_head.channels == aux
         assert cfg.model.backbone.img_size == grid * 16
         assert cfg.model.backbone.use_cls_token is True
+
+
+# ------------------------------------------- the documented commands, e2e
+SMALL_640 = '''_base_ = [{base!r}]
+model = dict(
+    backbone=dict(
+        arch=dict(_delete_=True, embed_dims=64, num_layers=4, num_heads=4,
+                  scale_mlp=True),
+        img_size=64, pos_embed_grid=4, out_indices=(0, 1, 2, 3)),
+    neck=dict(embed_dim=64),
+    decode_head=dict(in_channels=[64, 64, 64, 64], channels=96),
+    auxiliary_head=dict(in_channels=64, channels=96),
+    data_preprocessor=dict(size=(64, 64), test_cfg=dict(size=(64, 64))),
+    test_cfg=dict(crop_size=(64, 64), stride=(43, 43)))
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(256, 64), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+test_dataloader = dict(
+    num_workers=0, persistent_workers=False,
+    dataset=dict(data_root={root!r}, pipeline=test_pipeline))
+'''
+
+
+@pytest.mark.slow
+def test_convert_then_tools_test_on_baseline_and_apt(tmp_path):
+    """docs/reproduce.md steps 1-3 on a small L-640-shaped model and the toy
+    ADE20K-layout set: the converter CLI, then tools/test.py (mmengine's
+    Runner: SyncBN reverted to BN, slide inference, IoUMetric) on the
+    baseline config (nothing missing) and the APT config (only apt_embed
+    missing)."""
+    from conftest import run_tool
+    root = str(tmp_path / 'toy_ade')
+    run_tool(['tools/misc/make_toy_ade.py', root, '--num-train', '1',
+              '--num-val', '2'])
+    src, ckpt = tmp_path / 'released.pth', tmp_path / 'converted.pth'
+    torch.save(mmseg0_file(released_state(64, 4, 4, 4, 96, 96)), src)
+    run_tool(['tools/model_converters/eva02_seg_to_mmapt.py', str(src),
+              str(ckpt)])
+    for name in ('eva02_upernet_ade20k_large_640',
+                 'apt_upernet_ade20k_large_640'):
+        cfg = tmp_path / f'{name}_small.py'
+        cfg.write_text(SMALL_640.format(
+            base=osp.join(ROOT, 'configs', f'{name}.py'), root=root))
+        work_dir = tmp_path / name
+        proc = run_tool(['tools/test.py', str(cfg), str(ckpt), '--work-dir',
+                         str(work_dir)])
+        log = proc.stdout + proc.stderr
+        with open(work_dir / 'test_metrics.json') as f:
+            metrics = json.load(f)
+        assert 0 <= metrics['mIoU'] <= 100
+        missing = re.findall(r'missing keys in source state_dict: (.*)', log)
+        assert 'unexpected key' not in log
+        if name.startswith('eva02'):
+            assert not missing
+        else:
+            assert missing and all(
+                k.strip().startswith('backbone.apt_embed.')
+                for k in missing[0].split(','))
