@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from mmapt.registry import MODELS
 from ..layers import (EVA02Block, ParamCache, PatchEmbed, RotaryEmbedding2D,
                       pos_embed_map, resize_pos_embed)
+from .token_observer import TokenObservable
 
 
 def _to_2tuple(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -26,7 +27,7 @@ def _to_2tuple(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
 
 
 @MODELS.register_module()
-class EVA02(BaseModule):
+class EVA02(BaseModule, TokenObservable):
     """EVA-02 vision transformer for dense prediction.
 
     A ViTDet-style EVA-02: absolute position embedding interpolated from the
@@ -157,8 +158,6 @@ class EVA02(BaseModule):
         self._init_extra()
         self._check_img_size()
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
-        self.token_stats: Dict[str, list] = dict(
-            tokens=[], baseline_tokens=[], keep_ratio=[])
         self._freeze_stages()
 
     # ------------------------------------------------------------------ build
@@ -351,11 +350,11 @@ class EVA02(BaseModule):
                 x, prefix = x
             if i in self.out_indices:
                 outs.append(x.permute(0, 3, 1, 2).contiguous())
-        tokens = height * width
-        self.token_stats = dict(
-            tokens=[tokens] * batch,
-            baseline_tokens=[tokens] * batch,
-            keep_ratio=[1.0] * batch)
+        cells = torch.full((batch, ),
+                           height * width,
+                           dtype=torch.int64,
+                           device=x.device)
+        self._notify_tokens(cells, cells)
         return self._order_outputs(outs)
 
     def _order_outputs(self, outs: List[Tensor]) -> Tuple[Tensor, ...]:
