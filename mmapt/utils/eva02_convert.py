@@ -22,8 +22,9 @@ norm1, norm2, attn.proj                    same
 Dropped (and reported): ``cls_token``, ``mask_token``, ``lm_head``/``head``,
 ``fc_norm``, the final ``norm``, ``rope`` buffers and the class-token row of
 ``pos_embed`` (``keep_cls_token`` keeps the class token and its row, for the
-class-token backbones of the UperNet configs). Anything else unexpected makes the conversion fail, so a
-layer-scale or relative-position checkpoint is never silently mangled.
+class-token backbones of the UperNet configs). Anything else unexpected makes
+the conversion fail, so a layer-scale or relative-position checkpoint is never
+silently mangled.
 """
 import re
 from collections import OrderedDict
