@@ -578,50 +578,105 @@ model = dict(
     auxiliary_head=dict(in_channels=64, channels=96),
     data_preprocessor=dict(size=(64, 64), test_cfg=dict(size=(64, 64))),
     test_cfg=dict(crop_size=(64, 64), stride=(43, 43)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(256, 64), ratio_range=(1.0, 1.5),
+         keep_ratio=True),
+    dict(type='RandomCrop', crop_size=(64, 64)),
+    dict(type='PackSegInputs'),
+]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(256, 64), keep_ratio=True),
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
-test_dataloader = dict(
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root={root!r}, pipeline=train_pipeline))
+val_dataloader = dict(
     num_workers=0, persistent_workers=False,
     dataset=dict(data_root={root!r}, pipeline=test_pipeline))
+test_dataloader = val_dataloader
 '''
 
 
-@pytest.mark.slow
-def test_convert_then_tools_test_on_baseline_and_apt(tmp_path):
-    """docs/reproduce.md steps 1-3 on a small L-640-shaped model and the toy
-    ADE20K-layout set: the converter CLI, then tools/test.py (mmengine's
-    Runner: SyncBN reverted to BN, slide inference, IoUMetric) on the
-    baseline config (nothing missing) and the APT config (only apt_embed
-    missing)."""
+def _small_config(tmp_path, name, root):
+    """A config file: ``configs/NAME.py`` with a small architecture (the
+    L-640 proportions) on the toy data."""
+    path = tmp_path / f'{name}_small.py'
+    path.write_text(SMALL_640.format(
+        base=osp.join(ROOT, 'configs', f'{name}.py'), root=root))
+    return str(path)
+
+
+def _missing_keys(log):
+    found = re.findall(r'missing keys in source state_dict: (.*)', log)
+    return [k.strip() for k in found[0].split(',')] if found else []
+
+
+@pytest.fixture(scope='module')
+def converted_small(tmp_path_factory):
+    """Toy ADE20K-layout data and a small L-640-shaped released checkpoint
+    converted by the CLI (docs/reproduce.md step 1)."""
     from conftest import run_tool
-    root = str(tmp_path / 'toy_ade')
-    run_tool(['tools/misc/make_toy_ade.py', root, '--num-train', '1',
+    tmp = tmp_path_factory.mktemp('released_small')
+    root = str(tmp / 'toy_ade')
+    run_tool(['tools/misc/make_toy_ade.py', root, '--num-train', '4',
               '--num-val', '2'])
-    src, ckpt = tmp_path / 'released.pth', tmp_path / 'converted.pth'
+    src, ckpt = tmp / 'released.pth', tmp / 'converted.pth'
     torch.save(mmseg0_file(released_state(64, 4, 4, 4, 96, 96)), src)
     run_tool(['tools/model_converters/eva02_seg_to_mmapt.py', str(src),
               str(ckpt)])
+    return root, str(ckpt)
+
+
+@pytest.mark.slow
+def test_tools_test_on_the_converted_baseline_and_apt(converted_small,
+                                                      tmp_path):
+    """docs/reproduce.md steps 2-3: tools/test.py (mmengine's Runner: SyncBN
+    reverted to BN, slide inference, IoUMetric) on the baseline config
+    (nothing missing) and the APT config (only apt_embed missing)."""
+    from conftest import run_tool
+    root, ckpt = converted_small
     for name in ('eva02_upernet_ade20k_large_640',
                  'apt_upernet_ade20k_large_640'):
-        cfg = tmp_path / f'{name}_small.py'
-        cfg.write_text(SMALL_640.format(
-            base=osp.join(ROOT, 'configs', f'{name}.py'), root=root))
         work_dir = tmp_path / name
-        proc = run_tool(['tools/test.py', str(cfg), str(ckpt), '--work-dir',
-                         str(work_dir)])
+        proc = run_tool(['tools/test.py', _small_config(tmp_path, name, root),
+                         ckpt, '--work-dir', str(work_dir)])
         log = proc.stdout + proc.stderr
         with open(work_dir / 'test_metrics.json') as f:
             metrics = json.load(f)
         assert 0 <= metrics['mIoU'] <= 100
-        missing = re.findall(r'missing keys in source state_dict: (.*)', log)
         assert 'unexpected key' not in log
+        missing = _missing_keys(log)
         if name.startswith('eva02'):
             assert not missing
         else:
             assert missing and all(
-                k.strip().startswith('backbone.apt_embed.')
-                for k in missing[0].split(','))
+                k.startswith('backbone.apt_embed.') for k in missing)
+
+
+@pytest.mark.slow
+def test_finetune_config_trains_from_the_converted_file(converted_small,
+                                                        tmp_path):
+    """docs/reproduce.md step 4: the L-640 APT fine-tune config starts from
+    the converted file (its load_from) and trains (2 iterations here)."""
+    from conftest import run_tool
+    root, ckpt = converted_small
+    work_dir = tmp_path / 'finetune'
+    proc = run_tool([
+        'tools/train.py',
+        _small_config(tmp_path, 'apt_upernet_ade20k_large_640_finetune',
+                      root), '--work-dir',
+        str(work_dir), '--cfg-options', f'load_from={ckpt}',
+        'train_cfg.max_iters=2', 'train_cfg.val_interval=1000',
+        'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1'
+    ])
+    log = proc.stdout + proc.stderr
+    assert f'Load checkpoint from {ckpt}' in log
+    missing = _missing_keys(log)
+    assert missing and all(k.startswith('backbone.apt_embed.')
+                           for k in missing)
+    assert (work_dir / 'iter_2.pth').exists()
