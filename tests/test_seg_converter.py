@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os.path as osp
 import re
+import shutil
 import sys
 from collections import OrderedDict
 
@@ -665,17 +666,22 @@ def test_finetune_config_trains_from_the_converted_file(converted_small,
     the converted file (its load_from) and trains (2 iterations here)."""
     from conftest import run_tool
     root, ckpt = converted_small
+    # the config's own load_from, relative to the working directory
+    (tmp_path / 'checkpoints').mkdir()
+    shutil.copy(ckpt, tmp_path / 'checkpoints' /
+                'eva02_L_ade_seg_upernet_sz640_mmapt.pth')
+    config = _small_config(tmp_path, 'apt_upernet_ade20k_large_640_finetune',
+                           root)
     work_dir = tmp_path / 'finetune'
     proc = run_tool([
-        'tools/train.py',
-        _small_config(tmp_path, 'apt_upernet_ade20k_large_640_finetune',
-                      root), '--work-dir',
-        str(work_dir), '--cfg-options', f'load_from={ckpt}',
-        'train_cfg.max_iters=2', 'train_cfg.val_interval=1000',
-        'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1'
-    ])
+        'tools/train.py', config, '--work-dir', str(work_dir),
+        '--cfg-options', 'train_cfg.max_iters=2',
+        'train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=2',
+        'default_hooks.logger.interval=1'
+    ], cwd=str(tmp_path))
     log = proc.stdout + proc.stderr
-    assert f'Load checkpoint from {ckpt}' in log
+    assert 'Load checkpoint from checkpoints/' \
+        'eva02_L_ade_seg_upernet_sz640_mmapt.pth' in log
     missing = _missing_keys(log)
     assert missing and all(k.startswith('backbone.apt_embed.')
                            for k in missing)
