@@ -123,12 +123,15 @@ def _reference_forward(model, images, rope_on_cls=False):
     rows, cols = height // 16, width // 16
     grid = model.patch_embed.proj(images).flatten(2).transpose(1, 2)
     pos = model.pos_embed[:, 1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2)
-    pos = torch.nn.functional.interpolate(pos, size=(rows, cols),
-                                          mode='bicubic', align_corners=False)
+    # Positions live on the nominal (img_size) grid, cropped to the input.
+    nominal = model.nominal_grid((rows, cols))
+    pos = torch.nn.functional.interpolate(pos, size=nominal, mode='bicubic',
+                                          align_corners=False)
+    pos = pos[:, :, :rows, :cols]
     grid = grid + pos.flatten(2).transpose(1, 2)
     cls = model.cls_token + model.pos_embed[:, :1]
     x = torch.cat([cls.expand(batch, -1, -1), grid], 1)
-    table = model.rope.grid(rows, cols, x.device)
+    table = model.rope.grid(rows, cols, x.device, nominal)
     outs = []
     for block in model.blocks:
         attn = block.attn

@@ -16,6 +16,8 @@ requested outputs to dense maps. It asks the host only for:
 * ``num_prefix_tokens`` and ``prefix_tokens(batch) -> (B, P, C)`` (class /
   register tokens, their positions included) when it is > 0;
 * ``blocks``: modules with ``window_size`` and ``forward_packed(x, ctx)``;
+* ``nominal_grid(grid)``: the grid positions are defined on (global RoPE
+  is evaluated on it, see ``EVA02.nominal_grid``);
 * ``_notify_tokens(tokens, baseline)`` (``TokenObservable``): called once
   per forward with the token counts.
 
@@ -134,7 +136,7 @@ class APTAdapter:
         for prefix tokens."""
         rope = self.host.rope
         centers = layout.centers()
-        image_rope = rope(centers, layout.grid_size)
+        image_rope = rope(centers, self.host.nominal_grid(layout.grid_size))
         window_rope = image_rope
         if layout.window_size is not None:
             ws = layout.window_size

@@ -305,12 +305,28 @@ class EVA02(BaseModule, TokenObservable):
                 f'size_divisor (mmseg) to a multiple of it')
         return height // self.patch_size, width // self.patch_size
 
+    def nominal_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        """The grid positions are defined on, for an input of ``grid`` cells.
+
+        It is ``img_size / patch_size`` (the training canvas), extended on
+        an axis where the input is larger. Absolute positions and the RoPE
+        of global blocks are evaluated on it and cropped to the input's
+        top-left ``grid`` cells: a content token keeps the position it has
+        on the padded canvas however much bottom/right padding (the side
+        mmdet and mmseg pad) is dropped, instead of the whole input being
+        stretched onto the pretraining grid.
+        """
+        return (max(self.img_size[0] // self.patch_size, grid[0]),
+                max(self.img_size[1] // self.patch_size, grid[1]))
+
     def position_map(self, grid: Tuple[int, int]) -> Tensor:
-        """(1, C, rows, cols) absolute position embedding at ``grid``."""
+        """(1, C, rows, cols) absolute position embedding at ``grid``: the
+        table resampled to :meth:`nominal_grid` and cropped."""
+        nominal = self.nominal_grid(grid)
         return self._cached_position(
             'map', grid, lambda: pos_embed_map(
                 self.pos_embed[:, self.num_prefix_tokens:], self.pos_grid,
-                grid))
+                nominal)[:, :, :grid[0], :grid[1]])
 
     def prefix_tokens(self, batch: int) -> Optional[Tensor]:
         """(B, P, C) class token with its position row; None without."""
@@ -333,7 +349,8 @@ class EVA02(BaseModule, TokenObservable):
         x = self.patch_embed(x) + self.position_map(
             (height, width)).permute(0, 2, 3, 1)
         prefix = self.prefix_tokens(batch)
-        global_rope = self.rope.grid(height, width, x.device)
+        global_rope = self.rope.grid(height, width, x.device,
+                                     self.nominal_grid((height, width)))
         window_rope = self.rope.grid(self.window_size, self.window_size,
                                      x.device) if self.window_size else None
 
