@@ -1,4 +1,10 @@
 from .eva02_convert import (ConversionError, convert_eva02_state_dict,
                             unwrap_state_dict)
+from .eva02_seg_convert import (RELEASED_CONFIGS, SegModelInfo, config_for,
+                                convert_eva02_seg_checkpoint)
 
-__all__ = ['ConversionError', 'convert_eva02_state_dict', 'unwrap_state_dict']
+__all__ = [
+    'ConversionError', 'convert_eva02_state_dict', 'unwrap_state_dict',
+    'RELEASED_CONFIGS', 'SegModelInfo', 'config_for',
+    'convert_eva02_seg_checkpoint'
+]
