@@ -232,63 +232,43 @@ def converted():
 
 
 # ------------------------------------------------------------- converter
-@pytest.mark.parametrize('name, layout, use_ema', [
-    ('eva02_vitdet_coco.py',
-     dict(dims=768,
-          depth=12,
-          head_dim=64,
-          window=32,
-          grid=96,
-          global_blocks=(1, 3, 5, 7, 9, 11),
-          num_classes=80,
-          fpn=256,
-          fc=1024), False),
-    ('eva02_vitdet_coco_1024.py',
-     dict(dims=768,
-          depth=12,
-          head_dim=64,
-          window=16,
-          grid=64,
-          global_blocks=(2, 5, 8, 11),
-          num_classes=80,
-          fpn=256,
-          fc=1024), False),
-    ('eva02_vitdet_coco_large.py',
-     dict(dims=1024,
-          depth=24,
-          head_dim=64,
-          window=32,
-          grid=96,
-          global_blocks=tuple(range(2, 24, 3)),
-          num_classes=80,
-          fpn=256,
-          fc=1024), False),
-    ('eva02_vitdet_coco_large_1024.py',
-     dict(dims=1024,
-          depth=24,
-          head_dim=64,
-          window=16,
-          grid=64,
-          global_blocks=(5, 11, 17, 23),
-          num_classes=80,
-          fpn=256,
-          fc=1024), False),
-    ('eva02_vitdet_coco_large_o365.py',
-     dict(dims=1024,
-          depth=24,
-          head_dim=64,
-          window=16,
-          grid=96,
-          global_blocks=tuple(range(2, 24, 3)),
-          num_classes=80,
-          fpn=256,
-          fc=1024), True),
-])
-def test_released_layouts_load_strictly(name, layout, use_ema):
+def _release(dims, depth, window, grid, global_blocks):
+    """Keyword arguments of d2_detector_state for a released layout."""
+    return dict(dims=dims,
+                depth=depth,
+                head_dim=64,
+                window=window,
+                grid=grid,
+                global_blocks=global_blocks,
+                num_classes=80,
+                fpn=256,
+                fc=1024)
+
+
+# The released COCO layouts (width, depth, window, image grid, global
+# blocks) and the configs they load into.
+RELEASES = {
+    'eva02_vitdet_coco.py':
+    _release(768, 12, 32, 96, (1, 3, 5, 7, 9, 11)),
+    'eva02_vitdet_coco_1024.py':
+    _release(768, 12, 16, 64, (2, 5, 8, 11)),
+    'eva02_vitdet_coco_large.py':
+    _release(1024, 24, 32, 96, tuple(range(2, 24, 3))),
+    'eva02_vitdet_coco_large_1024.py':
+    _release(1024, 24, 16, 64, (5, 11, 17, 23)),
+    'eva02_vitdet_coco_large_o365.py':
+    _release(1024, 24, 16, 96, tuple(range(2, 24, 3))),
+}
+
+
+@pytest.mark.parametrize('name', sorted(RELEASES))
+def test_released_layouts_load_strictly(name):
     """The real B/L layouts (keys and shapes, meta device): strict into the
     baseline config, only apt_embed.* missing from the APT version, and the
-    converter names the config from the shapes."""
-    src = d2_detector_state(device='meta', ema=use_ema, **layout)
+    converter names the config from the shapes. The Objects365 one comes as
+    an EMA state (no per-block RoPE tables, anchors and pixel statistics)."""
+    use_ema = 'o365' in name
+    src = d2_detector_state(device='meta', ema=use_ema, **RELEASES[name])
     if use_ema:
         checkpoint = dict(model={}, ema_state=src, iteration=1)
     else:
@@ -317,16 +297,7 @@ def test_released_layouts_load_strictly(name, layout, use_ema):
 
 
 def test_b_1536_layout_reads_its_architecture():
-    src = d2_detector_state(device='meta',
-                            dims=768,
-                            depth=12,
-                            head_dim=64,
-                            window=32,
-                            grid=96,
-                            global_blocks=(1, 3, 5, 7, 9, 11),
-                            num_classes=80,
-                            fpn=256,
-                            fc=1024)
+    src = d2_detector_state(device='meta', **RELEASES['eva02_vitdet_coco.py'])
     _, _, info = convert_eva02_det_checkpoint(src)
     assert info.global_blocks == (1, 3, 5, 7, 9, 11)
     assert (info.embed_dims, info.num_layers, info.num_classes,

@@ -186,6 +186,11 @@ def det_key_map(num_stages: int = 3,
         for src, dst in mapping.items():
             pairs.setdefault(src, []).append(dst)
 
+    def four_convs(src: str, dst: str) -> None:
+        # detectron2 numbers its head convs from 1, mmdet from 0.
+        for j in range(1, 5):
+            add(_conv_norm(f'{src}{j}', f'{dst}.{j - 1}'))
+
     # SimpleFeaturePyramid: simfp_N is stride 2**N.
     simfp, neck = 'backbone.simfp_', 'neck.'
     add(_plain(simfp + '2.0', neck + 'fpn1.0'))
@@ -205,20 +210,14 @@ def det_key_map(num_stages: int = 3,
     # Cascade box heads: 4 conv + LN, fc1, classifier and regressor.
     for k in range(num_stages):
         dst = f'roi_head.bbox_head.{k}.'
-        for j in range(1, 5):
-            add(
-                _conv_norm(f'roi_heads.box_head.{k}.conv{j}',
-                           f'{dst}shared_convs.{j - 1}'))
+        four_convs(f'roi_heads.box_head.{k}.conv', dst + 'shared_convs')
         add(_plain(f'roi_heads.box_head.{k}.fc1', dst + 'shared_fcs.0'))
         add(_plain(f'roi_heads.box_predictor.{k}.cls_score', dst + 'fc_cls'))
         add(_plain(f'roi_heads.box_predictor.{k}.bbox_pred', dst + 'fc_reg'))
     # One mask head, written into each of ``mask_heads`` slots.
     for s in range(mask_heads):
         dst = f'roi_head.mask_head.{s}.'
-        for j in range(1, 5):
-            add(
-                _conv_norm(f'roi_heads.mask_head.mask_fcn{j}',
-                           f'{dst}convs.{j - 1}'))
+        four_convs('roi_heads.mask_head.mask_fcn', dst + 'convs')
         add(_plain('roi_heads.mask_head.deconv', dst + 'upsample'))
         add(_plain('roi_heads.mask_head.predictor', dst + 'conv_logits'))
     return pairs
