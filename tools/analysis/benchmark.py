@@ -106,6 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of both configs')
+    parser.add_argument('--out', help='also write the JSON summary here, '
+                        'updated after every image of the first repeat')
     parser.add_argument('--json', action='store_true',
                         help='print one JSON object as the last line')
     args = parser.parse_args(argv)
@@ -307,11 +309,34 @@ def main(argv=None) -> None:
                       f'{os.path.basename(path):<24}{tokens:>7} tokens '
                       f'{entry["model_ms"]:>10.0f} ms', file=sys.stderr,
                       flush=True)
+            if args.out and rep == 0:  # a partial run still leaves numbers
+                done = paths.index(path) + 1
+                _, partial = summarize(arms, args, device, done)
+                with open(args.out, 'w') as f:
+                    json.dump(dict(partial, partial=done < len(paths)), f,
+                              indent=1)
 
+    results, summary = summarize(arms, args, device, len(paths))
+    report_table(results, args)
+    print(f'speed-up {summary["speedup"]} (backbone '
+          f'{summary["backbone_speedup"]}), token ratio '
+          f'{summary["token_ratio"]}' +
+          (f'; vs window-padded baseline {summary["speedup_vs_window"]} '
+           f'(token ratio {summary["token_ratio_vs_window"]})'
+           if 'speedup_vs_window' in summary else ''))
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(summary, f, indent=1)
+    if args.json:
+        print(json.dumps(summary))
+
+
+def summarize(arms: List[Arm], args, device, num_images: int):
+    """Per-arm results and the summary over the images run so far."""
     square_tokens = sum(t for _, t in arms[0].tokens.values())
     results = {arm.name: arm.summary(square_tokens) for arm in arms}
-    report_table(results, args)
     base, aptr = results['baseline'], results['apt']
+    split = not args.no_split
     summary = dict(
         baseline_img_s=base['img_s'],
         apt_img_s=aptr['img_s'],
@@ -349,19 +374,12 @@ def main(argv=None) -> None:
                 nopad_token_ratio_vs_window=round(
                     win['tokens'] / nopad['tokens'], 4))
     summary.update(
-        config=args.config, compare=args.compare, images=len(paths),
+        config=args.config, compare=args.compare, images=num_images,
         repeat=args.repeat, device=str(device), dtype=args.dtype,
         clock=args.clock,
         threads=torch.get_num_threads(), torch=torch.__version__,
         arms=results)
-    print(f'speed-up {summary["speedup"]} (backbone '
-          f'{summary["backbone_speedup"]}), token ratio '
-          f'{summary["token_ratio"]}' +
-          (f'; vs window-padded baseline {summary["speedup_vs_window"]} '
-           f'(token ratio {summary["token_ratio_vs_window"]})'
-           if 'speedup_vs_window' in summary else ''))
-    if args.json:
-        print(json.dumps(summary))
+    return results, summary
 
 
 def report_table(results: Dict[str, dict], args) -> None:
