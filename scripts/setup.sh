@@ -72,19 +72,6 @@ else
   fi
 fi
 
-# A CUDA compiler matching torch's CUDA (major.minor): CUDA_HOME, nvcc on the
-# PATH, /usr/local/cuda, or the nvidia-cuda-nvcc wheels installed into .venv.
-find_cuda_home() {
-  local nvcc version
-  for nvcc in "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" "$(command -v nvcc || true)" \
-      /usr/local/cuda/bin/nvcc "$("$PY" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu'"${cuda_version%%.*}"'", "bin", "nvcc"))' 2>/dev/null || true)"; do
-    [ -n "$nvcc" ] && [ -x "$nvcc" ] || continue
-    version=$("$nvcc" --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
-    if [ "$version" = "$cuda_version" ]; then dirname "$(dirname "$(readlink -f "$nvcc")")"; return 0; fi
-  done
-  return 1
-}
-
 mmcv_ok() {
   "$PY" - "$mode" <<'PYMMCV' >/dev/null 2>&1
 import sys
@@ -102,14 +89,16 @@ if ! mmcv_ok; then
     "${PIP[@]}" "setuptools<70" wheel ninja
     if [ "$mode" = cuda ]; then
       [ "$cuda_version" != none ] || { echo "FORCE_CUDA=1 needs a CUDA build of torch; $torch_tag is CPU-only" >&2; exit 1; }
-      if ! CUDA_HOME=$(find_cuda_home); then
+      # nvcc of torch's CUDA version: CUDA_HOME, /usr/local/cuda, the PATH,
+      # or NVIDIA's nvcc wheels in .venv (installed here when none is found).
+      if ! CUDA_HOME=$(bash scripts/build_mmcv.sh --print-cuda-home "$PY"); then
         case "$cuda_version" in
           1[3-9].*)
             echo "no nvcc $cuda_version found: installing NVIDIA's nvcc $cuda_version wheels into $VENV"
             "${PIP[@]}" "nvidia-cuda-nvcc==$cuda_version.*" "nvidia-cuda-crt==$cuda_version.*" \
               "nvidia-nvvm==$cuda_version.*" "nvidia-cuda-cccl==$cuda_version.*" \
               "nvidia-cuda-runtime==$cuda_version.*"
-            CUDA_HOME=$(find_cuda_home) || { echo "nvcc $cuda_version still not found after installing the nvidia-cuda-nvcc wheels" >&2; exit 1; } ;;
+            CUDA_HOME=$(bash scripts/build_mmcv.sh --print-cuda-home "$PY") || { echo "nvcc $cuda_version still not found after installing the nvidia-cuda-nvcc wheels" >&2; exit 1; } ;;
           *)
             echo "mmcv's CUDA ops need nvcc $cuda_version (torch $torch_tag) and none was found:" \
                  "install the CUDA $cuda_version toolkit and rerun with CUDA_HOME=/path/to/cuda-$cuda_version" >&2
