@@ -1,5 +1,5 @@
 # Baseline: plain EVA-02-B + UperNet on ADE20K, 512 x 512, 60k iterations at
-# batch 32 (8 GPUs x 4). Official EVA-02 recipe (apt-reference.md, section 6).
+# batch 32 (8 GPUs x 4). Official EVA-02 recipe (docs/method.md, section 6).
 _base_ = [
     './_base_/models/upernet_eva02.py',
     './_base_/datasets/ade20k_512.py',

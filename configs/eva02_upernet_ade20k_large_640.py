@@ -1,5 +1,5 @@
 # Baseline: plain EVA-02-L + UperNet on ADE20K, 640 x 640 crops, slide
-# stride 426. Published mIoU 60.1 (apt-reference.md).
+# stride 426. Published mIoU 60.1 (docs/method.md).
 _base_ = [
     './_base_/models/upernet_eva02.py',
     './_base_/datasets/ade20k_640.py',
