@@ -25,7 +25,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
-                                     tokenizer_from_config)
+                                     side_by_side, tokenizer_from_config)
 
 
 def parse_args():
@@ -87,18 +87,6 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str,
     return model
 
 
-def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    height = max(left.shape[0], right.shape[0], 256)
-
-    def fit(img):
-        w = max(1, round(img.shape[1] * height / img.shape[0]))
-        return cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA
-                          if img.shape[0] > height else cv2.INTER_NEAREST)
-
-    gap = np.full((height, 8, 3), 255, dtype=np.uint8)
-    return np.concatenate([fit(left), gap, fit(right)], axis=1)
-
-
 def draw_prediction(model, image: np.ndarray, result, scope: str,
                     score_thr: float, opacity: float) -> Tuple[np.ndarray,
                                                                str]:
@@ -157,7 +145,7 @@ def main():
 
     pred_img, pred_caption = draw_prediction(model, image, result, scope,
                                              args.score_thr, args.opacity)
-    grid_img, grid_caption = draw_patch_grid(captured['inputs'][:1],
+    grid_img, grid_caption, _ = draw_patch_grid(captured['inputs'][:1],
                                              tokenizer_from_config(cfg))
     picture = side_by_side(
         caption_bar(pred_img, pred_caption),

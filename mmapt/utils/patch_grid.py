@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mmengine.config import Config
 
 from mmapt.registry import MODELS
-from mmapt.tokenizer import PatchTokenizer
+from mmapt.tokenizer import PatchLayout, PatchTokenizer
 
 # One colour per patch scale (RGB): 16, 32, 64, 128, 256 px.
 SCALE_COLORS = [(235, 235, 235), (0, 220, 0), (0, 140, 255), (255, 0, 200),
@@ -51,12 +51,14 @@ def tokenizer_from_config(cfg: Config) -> PatchTokenizer:
         std=pre.get('std', (58.395, 57.12, 57.375)))
 
 
-def draw_patch_grid(inputs: torch.Tensor, tokenizer,
-                    min_side: int = 512) -> Tuple[np.ndarray, str]:
+def draw_patch_grid(inputs: torch.Tensor, tokenizer: PatchTokenizer,
+                    min_side: int = 512
+                    ) -> Tuple[np.ndarray, str, PatchLayout]:
     """Tokenize one normalised image (1, 3, H, W) and draw its patches.
 
     Returns:
-        tuple: the RGB picture and a caption with the token counts.
+        tuple: the RGB picture, a caption with the token counts and the
+        layout.
     """
     multiple = tokenizer.largest_patch
     h, w = inputs.shape[-2:]
@@ -93,7 +95,7 @@ def draw_patch_grid(inputs: torch.Tensor, tokenizer,
                          for sz, n in zip(tokenizer.patch_sizes, counts))
     caption = (f'{tokens} tokens / {baseline} ({tokens / baseline:.0%}); '
                f'{per_scale}')
-    return canvas, caption
+    return canvas, caption, layout
 
 
 def caption_bar(img: np.ndarray, text: str) -> np.ndarray:
@@ -106,3 +108,15 @@ def caption_bar(img: np.ndarray, text: str) -> np.ndarray:
     cv2.putText(bar, text, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, scale,
                 (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([bar, img], axis=0)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    height = max(left.shape[0], right.shape[0], 256)
+
+    def fit(img):
+        w = max(1, round(img.shape[1] * height / img.shape[0]))
+        return cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA
+                          if img.shape[0] > height else cv2.INTER_NEAREST)
+
+    gap = np.full((height, 8, 3), 255, dtype=np.uint8)
+    return np.concatenate([fit(left), gap, fit(right)], axis=1)
