@@ -119,8 +119,10 @@ if ! mmcv_ok; then
 fi
 
 echo "[3/4] OpenMMLab, timm and test dependencies"
-# Installing mmcv's own dependencies here also restores a current setuptools.
-"${PIP[@]}" -r requirements.txt addict yapf "setuptools>=70" "mmcv==$MMCV_VERSION"
+# Installing mmcv's own dependencies here also restores a current setuptools;
+# < 81 keeps pkg_resources, which mim and mmengine's package lookups import.
+"${PIP[@]}" -r requirements.txt addict yapf "setuptools>=70,<81" "mmcv==$MMCV_VERSION"
+"${PIP[@]}" --no-deps -r requirements/mim.txt
 
 echo "[4/4] mmapt (editable)"
 "${PIP[@]}" --no-deps --no-build-isolation -e .
