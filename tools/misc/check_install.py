@@ -12,6 +12,7 @@
     python tools/misc/check_install.py [--device cpu|cuda] [--config CONFIG]
 """
 import argparse
+import importlib.util
 import os.path as osp
 import sys
 import time
@@ -36,27 +37,40 @@ def parse_args():
     return parser.parse_args()
 
 
-def report_versions() -> str:
+def mmcv_has_cuda_ops() -> bool:
+    """Whether mmcv's compiled extension holds the CUDA kernels, read from
+    the binary: mmcv's ``get_compiling_cuda_version()`` crashed (segfault)
+    in a CUDA build against torch 2.11 (docs/install.md)."""
+    spec = importlib.util.find_spec('mmcv._ext')
+    if spec is None:
+        raise SystemExit('mmcv has no compiled ops (mmcv-lite?): install '
+                         'mmcv 2.1.0 with ops, e.g. with make setup')
+    with open(spec.origin, 'rb') as f:
+        return b'NMSCUDAKernelLauncher' in f.read()
+
+
+def report_versions() -> bool:
     import mmcv
     import mmdet
     import mmengine
     import timm
-    from mmcv.ops import get_compiler_version, get_compiling_cuda_version
 
     import mmapt
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), '
-          f'GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}')
-    print(f'mmcv {mmcv.__version__} (ops compiled with CUDA '
-          f'{get_compiling_cuda_version()}, {get_compiler_version()}), '
-          f'mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, '
-          f'timm {timm.__version__}, mmapt {mmapt.__version__}')
-    return get_compiling_cuda_version()
+          f'GPU: {gpu or "none"}')
+    cuda_ops = mmcv_has_cuda_ops()
+    print(f'mmcv {mmcv.__version__} ({"CUDA and CPU" if cuda_ops else "CPU"}'
+          f' ops), mmengine {mmengine.__version__}, mmdet '
+          f'{mmdet.__version__}, timm {timm.__version__}, mmapt '
+          f'{mmapt.__version__}')
+    return cuda_ops
 
 
-def check_cuda_ops(mmcv_cuda: str) -> None:
+def check_cuda_ops(mmcv_cuda_ops: bool) -> None:
     """NMS and RoIAlign on GPU tensors against the CPU kernels."""
     from mmcv.ops import RoIAlign, nms
-    if mmcv_cuda == 'not available':
+    if not mmcv_cuda_ops:
         raise SystemExit(
             'mmcv was built without its CUDA ops, so mmdet cannot run on '
             'this GPU. Rebuild it: rm -rf .venv && make setup (on this GPU '
@@ -104,9 +118,9 @@ def main():
         raise SystemExit('--device cuda: torch sees no GPU '
                          f'(torch {torch.__version__}, CUDA '
                          f'{torch.version.cuda})')
-    mmcv_cuda = report_versions()
+    mmcv_cuda_ops = report_versions()
     if device == 'cuda':
-        check_cuda_ops(mmcv_cuda)
+        check_cuda_ops(mmcv_cuda_ops)
     run_detector(args.config, device)
     print('installation OK')
     return 0
