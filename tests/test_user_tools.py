@@ -39,8 +39,9 @@ def test_slurm_train_builds_the_srun_command(fake_srun):
                      '--ntasks-per-node=8', '--quotatype=auto', '-x', 'n1'):
         assert expected in args
     script = args.index(osp.join(ROOT, 'tools', 'train.py'))
+    # (run_tool makes the paths of repository files absolute)
     assert args[script + 1:script + 7] == [
-        'configs/apt_vitdet_coco.py', '--work-dir', 'work_dirs/x', '--amp',
+        osp.join(ROOT, 'configs/apt_vitdet_coco.py'), '--work-dir', 'work_dirs/x', '--amp',
         '--launcher', 'slurm'
     ]
     assert f'PYTHONPATH={ROOT}' in proc.stdout
@@ -56,7 +57,7 @@ def test_slurm_test_passes_checkpoint_and_options(fake_srun):
     assert '--gres=gpu:4' in args and '--ntasks=4' in args
     script = args.index(osp.join(ROOT, 'tools', 'test.py'))
     assert args[script + 1:script + 6] == [
-        'configs/apt_upernet_ade20k.py', 'ckpt.pth', '--tta', '--launcher',
+        osp.join(ROOT, 'configs/apt_upernet_ade20k.py'), 'ckpt.pth', '--tta', '--launcher',
         'slurm'
     ]
     usage = run_tool(['tools/slurm_test.sh', 'part', 'job', 'cfg.py'],
@@ -103,6 +104,7 @@ def test_browse_dataset_draws_the_lsj_canvas_of_toy_coco(toy_coco_cwd):
     assert 'mean tokens kept' in proc.stdout
 
 
+@pytest.mark.slow
 def test_browse_dataset_segmentation_and_thresholds(toy_ade_cwd):
     out = toy_ade_cwd / 'browse'
     proc = run_tool([
@@ -142,6 +144,7 @@ def random_seg_checkpoint(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_test_py_tta_merges_augmented_predictions(toy_ade_cwd,
                                                   random_seg_checkpoint):
     config = toy_ade_cwd / 'toy_apt_seg_tta.py'
@@ -175,6 +178,7 @@ def test_test_py_tta_needs_a_tta_config(toy_coco_cwd, tmp_path):
     assert 'defines no tta_model / tta_pipeline' in proc.stderr
 
 
+@pytest.mark.slow
 def test_check_install_on_cpu():
     proc = run_tool(['tools/misc/check_install.py', '--device', 'cpu'])
     assert 'mmcv 2.1.0' in proc.stdout

@@ -16,12 +16,14 @@ Examples:
         --split val --output-dir outputs/browse_toy
 """
 import argparse
+import copy
 import os
 import os.path as osp
 import statistics
 
 import cv2
 import numpy as np
+import torch.nn.functional as F
 from mmengine.config import Config, DictAction
 
 from mmapt.engine.preflight import check_data
@@ -78,6 +80,28 @@ def build_parts(cfg: Config, split: str):
     return dataset, preprocessor, visualizer
 
 
+def to_drawable(sample, image_shape) -> None:
+    """Box and mask structures -> the tensors and arrays mmdet's visualizer
+    draws; a segmentation map loaded at the original size (mmseg's test
+    pipelines) -> the size of the image drawn."""
+    if 'gt_sem_seg' in sample:
+        seg = sample.gt_sem_seg.data
+        if tuple(seg.shape[-2:]) != tuple(image_shape):
+            from mmengine.structures import PixelData
+            sample.gt_sem_seg = PixelData(data=F.interpolate(
+                seg[None].float(), size=tuple(image_shape),
+                mode='nearest')[0].to(seg.dtype))
+    if 'gt_instances' not in sample:
+        return
+    from mmdet.structures.bbox import BaseBoxes
+    from mmdet.structures.mask import BitmapMasks, PolygonMasks
+    instances = sample.gt_instances
+    if isinstance(instances.get('bboxes'), BaseBoxes):
+        instances.bboxes = instances.bboxes.tensor
+    if isinstance(instances.get('masks'), (BitmapMasks, PolygonMasks)):
+        instances.masks = instances.masks.to_ndarray().astype(bool)
+
+
 def main():
     args = parse_args()
     cfg = Config.fromfile(args.config)
@@ -102,13 +126,14 @@ def main():
         # The tensor the backbone gets: normalised and padded (training
         # padding when browsing the training split).
         batch = preprocessor(
-            dict(inputs=[item['inputs']], data_samples=[sample]),
+            dict(inputs=[item['inputs']], data_samples=[copy.deepcopy(sample)]),
             training=args.split == 'train')
         grid, grid_caption, layout = draw_patch_grid(batch['inputs'][:1],
                                                      tokenizer)
         keep_ratios.append(float(layout.keep_ratio[0]))
 
         image = item['inputs'].permute(1, 2, 0).numpy()[..., ::-1]  # RGB
+        to_drawable(sample, image.shape[:2])
         visualizer.add_datasample(
             'gt',
             np.ascontiguousarray(image),
