@@ -69,7 +69,10 @@ def installed(tmp_path_factory):
         str(site), wheel
     ],
          cwd=tmp)
-    env = dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS='1')
+    # The installed copy first: its mmapt (with .mim) shadows any other.
+    path = os.pathsep.join(
+        p for p in (str(site), os.environ.get('PYTHONPATH')) if p)
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS='1')
     work = tmp / 'work'  # no data here: the tools must say so
     work.mkdir()
     return dict(wheel=wheel, site=str(site), env=env, cwd=str(work))
@@ -105,6 +108,7 @@ def _mim(installed, *args, check=False):
                 check=check)
 
 
+@pytest.mark.slow
 def test_mim_train_runs_the_packaged_tool_on_the_packaged_config(installed):
     proc = _mim(installed, 'train', 'mmapt', TOY_CONFIG, '--work-dir', 'w')
     out = proc.stdout + proc.stderr
