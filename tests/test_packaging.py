@@ -75,7 +75,8 @@ def installed(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS='1')
     work = tmp / 'work'  # no data here: the tools must say so
     work.mkdir()
-    return dict(wheel=wheel, site=str(site), env=env, cwd=str(work))
+    return dict(
+        wheel=wheel, site=str(site), env=env, cwd=str(work), src=str(src))
 
 
 def test_wheel_carries_configs_tools_and_model_index(installed):
@@ -96,6 +97,21 @@ def test_wheel_carries_configs_tools_and_model_index(installed):
     assert not any('__pycache__' in n for n in names)
     assert any(r.startswith('mmdet') for r in requires)
     assert not any(r.split()[0].startswith('torch') for r in requires)
+
+
+def test_existing_environment_needs_nothing_but_mmapt(installed):
+    """`pip install` into this OpenMMLab environment (torch, mmcv, mmdet,
+    mmseg already there) resolves offline and installs mmapt alone: no
+    requirement is missing and torch is left as it is."""
+    import json
+    proc = _run([
+        sys.executable, '-m', 'pip', 'install', '--dry-run', '--no-index',
+        '--no-build-isolation', '--quiet', '--report', '-', installed['src']
+    ],
+                cwd=installed['cwd'])
+    report = json.loads(proc.stdout)
+    names = [item['metadata']['name'] for item in report['install']]
+    assert names == ['mmapt']
 
 
 def _mim(installed, *args, check=False):
