@@ -2,8 +2,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_batch_equals_alone
 
 from mmapt.models import APTEVA02, EVA02
+from mmapt.models.backbones import count_tokens
 from mmapt.registry import MODELS
 
 ARCH = dict(embed_dims=64, num_layers=4, num_heads=1, scale_mlp=True)
@@ -42,16 +44,17 @@ def test_no_merge_equals_plain_eva02():
     }
     assert not result.unexpected_keys
     x = _images()
-    with torch.no_grad():
+    with torch.no_grad(), count_tokens(apt) as counter:
         want = plain(x)
         got = apt(x)
     assert len(got) == 4
     for a, b in zip(got, want):
         assert a.shape == b.shape == (2, 64, 16, 12)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    assert apt.token_stats == dict(tokens=[192, 192],
-                                   baseline_tokens=[192, 192],
-                                   keep_ratio=[1.0, 1.0])
+    stats = counter.per_image()
+    assert stats['tokens'].tolist() == [192, 192]
+    assert stats['baseline_tokens'].tolist() == [192, 192]
+    assert stats['keep_ratio'].tolist() == [1.0, 1.0]
 
 
 def test_no_merge_global_attention_four_scales():
@@ -69,9 +72,9 @@ def test_no_merge_through_the_entropy_tokenizer():
     plain, apt, _ = _pair((1e-6, 1e-6), window_size=4, out_indices=(3, ))
     gen = torch.Generator().manual_seed(1)
     x = ((torch.rand(1, 3, 128, 192, generator=gen) * 255) - MEAN) / STD
-    with torch.no_grad():
+    with torch.no_grad(), count_tokens(apt) as counter:
         got, want = apt(x)[0], plain(x)[0]
-    assert apt.token_stats['keep_ratio'] == [1.0]
+    assert counter.per_image()['keep_ratio'].tolist() == [1.0]
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
@@ -177,14 +180,13 @@ def test_merging_packs_images_independently():
         apt.apt_embed.zero_linear.weight.normal_(std=0.02)
     x = _images()
     with torch.no_grad():
-        both = apt(x)
-        stats = apt.token_stats
-        alone = [apt(x[i:i + 1]) for i in range(2)]
-    assert stats['tokens'][0] < 192 and stats['tokens'][1] < 192
-    assert stats['keep_ratio'] == [n / 192 for n in stats['tokens']]
-    for i in range(2):
-        for a, b in zip(both, alone[i]):
-            torch.testing.assert_close(a[i:i + 1], b, rtol=1e-5, atol=1e-5)
+        with count_tokens(apt) as counter:
+            apt(x)
+    stats = counter.per_image()
+    tokens = stats['tokens'].tolist()
+    assert tokens[0] < 192 and tokens[1] < 192
+    assert stats['keep_ratio'].tolist() == [n / 192 for n in tokens]
+    assert_batch_equals_alone(apt, x)
 
 
 def test_merged_token_is_repeated_over_its_cells():
@@ -206,11 +208,14 @@ def test_rope_uses_token_centres():
     ctx = apt.packed_context(layout)
     t = int((layout.scale_index == 2).nonzero()[0])
     r, c = float(layout.row[t]) + 1.5, float(layout.col[t]) + 1.5
-    table = apt.rope(torch.tensor([[r, c]]), layout.grid_size)
-    assert torch.equal(ctx.global_rope[t], table[0])
+    # Global positions live on the nominal grid (img_size 256: 16 x 16
+    # cells), not on this 16 x 12 input.
+    table = apt.rope(torch.tensor([[r, c]]), (16, 16))
+    assert apt.nominal_grid(layout.grid_size) == (16, 16)
+    assert torch.equal(ctx.image.rope[t], table[0])
     wr, wc = r % 4, c % 4
     table = apt.rope(torch.tensor([[wr, wc]]), (4, 4))
-    assert torch.equal(ctx.window_rope[t], table[0])
+    assert torch.equal(ctx.window.rope[t], table[0])
 
 
 def test_registry_and_input_errors():

@@ -25,7 +25,7 @@ scale (never per token), and written once into the packed output:
   computes), passed in per scale so the backbone can cache it.
 """
 from functools import lru_cache
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,8 @@ class APTEmbed(BaseModule):
         nn.init.zeros_(self.zero_linear.weight)
         nn.init.zeros_(self.zero_linear.bias)
 
-    def forward(self, images: Tensor, base: Tensor, pos: List[Tensor],
+    def forward(self, images: Tensor, base: Tensor,
+                pos: Optional[List[Tensor]],
                 layout, patch_embed: PatchEmbed) -> Tensor:
         """Embed every token of ``layout``, position included.
 
@@ -73,17 +74,26 @@ class APTEmbed(BaseModule):
             images (Tensor): (B, 3, H, W) normalised images.
             base (Tensor): (B, Hc, Wc, D) channels-last base patch embeddings
                 (the plain model's, before position).
-            pos (list[Tensor]): Per scale ``i``, the position table pooled by
-                ``2**i``, flattened channels-last: ``(Hc/2**i * Wc/2**i, D)``.
+            pos (list[Tensor], optional): Per scale ``i``, the position table
+                pooled by ``2**i``, flattened channels-last:
+                ``(Hc/2**i * Wc/2**i, D)``; None for models without absolute
+                positions.
             layout (PatchLayout): The token layout.
             patch_embed (PatchEmbed): The pretrained patch embedding.
 
         Returns:
-            Tensor: (N, D) packed token embeddings.
+            Tensor: (N, D) embeddings of the layout's content tokens, in
+            packed order (prefix tokens are the caller's).
         """
         batch, height, width, dims = base.shape
         base_flat = base.reshape(-1, dims)
-        tokens = base.new_empty(layout.num_tokens, dims)
+        # The dtype of "embedding + position" by torch's promotion rules:
+        # under autocast the embeddings are fp16/bf16 and the position table
+        # fp32, so tokens start fp32, exactly as in the dense EVA02 (whose
+        # blocks then keep the residual stream in that dtype).
+        dtype = base.dtype if pos is None else torch.promote_types(
+            base.dtype, pos[0].dtype)
+        tokens = base.new_empty(layout.num_tokens, dims, dtype=dtype)
         for scale in range(layout.num_scales):
             index = (layout.scale_index == scale).nonzero(as_tuple=True)[0]
             # While training, empty scales still run (on zero tokens) so the
@@ -94,7 +104,6 @@ class APTEmbed(BaseModule):
                 continue
             image = layout.image_index[index]
             row, col = layout.row[index], layout.col[index]
-            pos_index = (row >> scale) * (width >> scale) + (col >> scale)
             if scale == 0:
                 value = base_flat.index_select(
                     0, (image * height + row) * width + col)
@@ -104,9 +113,13 @@ class APTEmbed(BaseModule):
                 value = value + self.zero_linear(
                     self._aggregate(base_flat, image, row, col, scale,
                                     height, width))
+            if pos is not None:
+                pos_index = (row >> scale) * (width >> scale) + (col >> scale)
+                value = value + pos[scale].index_select(0, pos_index)
             # Written once per token into a fresh buffer (no full copies).
-            tokens.index_copy_(
-                0, index, value + pos[scale].index_select(0, pos_index))
+            # The cast is a no-op unless autocast made the large-patch
+            # branch another dtype than the base embedding.
+            tokens.index_copy_(0, index, value.to(dtype))
         return tokens
 
     @staticmethod
