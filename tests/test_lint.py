@@ -9,6 +9,7 @@ import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow  # yapf reads every file: about a minute on 2 cores
 def test_make_lint_passes():
     missing = [
         m for m in ('flake8', 'isort', 'yapf')
