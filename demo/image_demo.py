@@ -22,8 +22,9 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
+from mmapt.engine.preflight import add_cfg_options
 from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
                                      side_by_side, tokenizer_from_config)
 
@@ -49,11 +50,7 @@ def parse_args():
         '--score-thr', type=float, default=0.3, help='detection score floor')
     parser.add_argument(
         '--opacity', type=float, default=0.5, help='segmentation overlay')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, key=value')
+    add_cfg_options(parser)
     return parser.parse_args()
 
 

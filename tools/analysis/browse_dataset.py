@@ -24,9 +24,9 @@ import statistics
 import cv2
 import numpy as np
 import torch.nn.functional as F
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
-from mmapt.engine.preflight import check_data
+from mmapt.engine.preflight import add_cfg_options, check_data
 from mmapt.tokenizer import PatchTokenizer
 from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
                                     side_by_side, tokenizer_from_config)
@@ -52,11 +52,7 @@ def parse_args():
         nargs='+',
         help='entropy thresholds to draw instead of the backbone\'s (also '
         'for a plain EVA-02 config); patch sizes 16 * 2**i')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, xxx=yyy format')
+    add_cfg_options(parser)
     return parser.parse_args()
 
 

@@ -8,7 +8,9 @@ Examples:
 """
 import argparse
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
+
+from mmapt.engine.preflight import add_cfg_options
 
 
 def parse_args():
@@ -16,11 +18,7 @@ def parse_args():
     parser.add_argument('config', help='config file path')
     parser.add_argument(
         '--save-path', help='also write the merged config to this .py file')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, xxx=yyy format')
+    add_cfg_options(parser)
     return parser.parse_args()
 
 
