@@ -1,4 +1,5 @@
 from .apt_eva02 import APTEVA02
 from .eva02 import EVA02
+from .vit import ViT
 
-__all__ = ['EVA02', 'APTEVA02']
+__all__ = ['EVA02', 'APTEVA02', 'ViT']

@@ -76,7 +76,13 @@ class EVA02(BaseModule):
         'large': dict(embed_dims=1024, num_layers=24, num_heads=16,
                       scale_mlp=True),
     }
+    # Settings an ``arch`` dict may leave out.
+    arch_defaults: Dict[str, Any] = dict(
+        mlp_ratio=4 * 2 / 3, scale_mlp=False, attn_inner_norm=False)
     norm_eps = 1e-6
+    # Antialiased bicubic resampling of the position table (timm's
+    # ``resample_abs_pos_embed``); EVA-02's detection code does without.
+    pos_antialias = False
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
@@ -114,21 +120,8 @@ class EVA02(BaseModule):
         self.patch_embed = PatchEmbed(patch_size, dims)
         self.pos_embed = nn.Parameter(
             torch.zeros(1, pretrain_grid * pretrain_grid, dims))
-        self.rope = RotaryEmbedding2D(dims // num_heads, pretrain_grid)
-
-        hidden = int(dims * self.arch_settings['mlp_ratio'])
-        drop_rates = torch.linspace(0, drop_path_rate, num_layers).tolist()
-        self.blocks = nn.ModuleList([
-            EVA02Block(
-                dims,
-                num_heads,
-                hidden,
-                window_size=self._block_window(i),
-                scale_mlp=self.arch_settings['scale_mlp'],
-                attn_inner_norm=self.arch_settings['attn_inner_norm'],
-                drop_path=drop_rates[i],
-                norm_eps=self.norm_eps) for i in range(num_layers)
-        ])
+        self._build_layers(
+            torch.linspace(0, drop_path_rate, num_layers).tolist())
         self._pos_cache: Dict[tuple, Any] = {}
         self._init_params()
         self._init_extra()
@@ -139,6 +132,27 @@ class EVA02(BaseModule):
         self._freeze_stages()
 
     # ------------------------------------------------------------------ build
+    def _build_layers(self, drop_rates: List[float]) -> None:
+        """RoPE and the blocks (``drop_rates``: stochastic depth per block).
+
+        Other block families (:class:`ViT`) override this.
+        """
+        dims = self.embed_dims
+        num_heads = self.arch_settings['num_heads']
+        self.rope = RotaryEmbedding2D(dims // num_heads, self.pos_grid[0])
+        hidden = int(dims * self.arch_settings['mlp_ratio'])
+        self.blocks = nn.ModuleList([
+            EVA02Block(
+                dims,
+                num_heads,
+                hidden,
+                window_size=self._block_window(i),
+                scale_mlp=self.arch_settings['scale_mlp'],
+                attn_inner_norm=self.arch_settings['attn_inner_norm'],
+                drop_path=drop_rates[i],
+                norm_eps=self.norm_eps) for i in range(self.num_layers)
+        ])
+
     def _parse_arch(self, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
             if arch.lower() not in self.arch_zoo:
@@ -154,9 +168,8 @@ class EVA02(BaseModule):
             settings = copy.deepcopy(arch)
         else:
             raise TypeError(f'arch must be a str or dict, got {type(arch)}')
-        settings.setdefault('mlp_ratio', 4 * 2 / 3)
-        settings.setdefault('scale_mlp', False)
-        settings.setdefault('attn_inner_norm', False)
+        for key, value in self.arch_defaults.items():
+            settings.setdefault(key, value)
         # Fused or separate qkv only changes checkpoint keys (the converter
         # handles it); accepted for configs written against timm names.
         settings.pop('qkv_fused', None)
@@ -211,8 +224,8 @@ class EVA02(BaseModule):
         name = prefix + 'pos_embed'
         if name in state_dict and \
                 state_dict[name].shape != self.pos_embed.shape:
-            state_dict[name] = resize_pos_embed(state_dict[name],
-                                                self.pos_grid)
+            state_dict[name] = resize_pos_embed(
+                state_dict[name], self.pos_grid, antialias=self.pos_antialias)
 
     # --------------------------------------------------------------- training
     def _freeze_stages(self) -> None:
@@ -252,7 +265,8 @@ class EVA02(BaseModule):
         if prefix and param_name.startswith(prefix):
             param_name = param_name[len(prefix):]
         if param_name.startswith(('patch_embed', 'pos_embed', 'apt_embed',
-                                  'cls_token', 'mask_token')):
+                                  'cls_token', 'register_tokens',
+                                  'mask_token')):
             return 0, num_total
         if param_name.startswith('blocks.'):
             return int(param_name.split('.')[1]) + 1, num_total
@@ -272,7 +286,8 @@ class EVA02(BaseModule):
         """(1, C, rows, cols) absolute position embedding at ``grid``."""
         return self._cached_position(
             'map', grid,
-            lambda: pos_embed_map(self.pos_embed, self.pos_grid, grid))
+            lambda: pos_embed_map(self.pos_embed, self.pos_grid, grid,
+                                  self.pos_antialias))
 
     def _cached_position(self, name: str, grid: Tuple[int, int],
                          compute: Callable[[], Any]) -> Any:

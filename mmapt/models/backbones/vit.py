@@ -1,0 +1,197 @@
+"""Plain DINOv2-style ViT backbone for dense prediction (ViTDet style)."""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model.weight_init import trunc_normal_
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from mmapt.registry import MODELS
+from ..layers import ViTBlock
+from .eva02 import EVA02
+
+
+@MODELS.register_module()
+class ViT(EVA02):
+    """DINOv2-style vision transformer for dense prediction.
+
+    The architecture of timm's ``vit_*_patch14_dinov2`` and
+    ``vit_*_patch14_reg4_dinov2`` and of the official DINOv2 models: fused
+    ``qkv`` with bias, GELU MLP, LayerScale, a class token, optional register
+    tokens, and an absolute position table stored at the pretraining grid
+    (DINOv2: 37 x 37 = 518 px / 14) and resampled to each input's grid as
+    timm does (bicubic, antialiased). No RoPE. Optionally ViTDet windows
+    with global blocks; feature maps are taken after the requested blocks
+    (no final norm), prefix tokens dropped.
+
+    The class token's position-table row is folded into ``cls_token`` (what
+    timm does for the register models): ``pos_embed`` covers the patch grid
+    only, and register tokens get no position, so the converted weights give
+    timm's outputs exactly for every DINOv2 layout
+    (``tools/model_converters/vit_to_mmapt.py``).
+
+    Prefix tokens (class, then registers) attend to the whole image in
+    global blocks; in window blocks they attend among themselves and the
+    patch tokens within their window (see :class:`ViTBlock`).
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'``, ``'base'``, ``'large'``
+            or a dict with ``embed_dims``, ``num_layers``, ``num_heads`` and
+            optionally ``mlp_ratio`` (default 4).
+        img_size (int | tuple): Nominal input size; a warning at build time
+            when inputs of this size would be refused (not a multiple of
+            ``patch_size``, or for APT of the window / largest patch).
+            ``forward`` accepts any H, W that are multiples of
+            ``patch_size``. Defaults to 518.
+        patch_size (int): Patch size in pixels. Defaults to 14.
+        window_size (int): Window side in tokens for window attention; 0 =
+            global attention in every block. Defaults to 0.
+        global_attn_indexes (Sequence[int]): Blocks with global attention
+            when ``window_size > 0``. Defaults to ().
+        out_indices (Sequence[int] | int): Blocks whose outputs are returned;
+            negative values count from the end. Defaults to (-1, ).
+        drop_path_rate (float): Stochastic depth, linearly increasing over the
+            blocks. Defaults to 0.
+        pretrain_img_size (int): Pretraining image size. Defaults to 518.
+        pretrain_patch_size (int): Pretraining patch size. Defaults to 14.
+            ``pretrain_img_size // pretrain_patch_size`` is the grid of the
+            stored position table.
+        use_cls_token (bool): Prepend a class token. Defaults to True.
+        num_register_tokens (int): Register tokens after the class token
+            (DINOv2 ``reg4``: 4). Defaults to 0.
+        layer_scale (bool): LayerScale after attention and MLP (DINOv2: on).
+            Defaults to True.
+        layer_scale_init (float): Initial LayerScale value without a
+            checkpoint. Defaults to 1e-5.
+        frozen_stages (int): Freeze the embeddings (stage 0) and the first
+            ``frozen_stages`` blocks; -1 freezes nothing. Defaults to -1.
+        with_cp (bool): Gradient checkpointing of every block while
+            training. Defaults to False.
+        init_cfg (dict | list[dict], optional): mmengine init config, e.g.
+            ``dict(type='Pretrained', checkpoint=...)`` for a converted
+            checkpoint (``tools/model_converters/vit_to_mmapt.py``).
+    """
+
+    arch_zoo: Dict[str, dict] = {
+        'tiny': dict(embed_dims=192, num_layers=12, num_heads=3),
+        'small': dict(embed_dims=384, num_layers=12, num_heads=6),
+        'base': dict(embed_dims=768, num_layers=12, num_heads=12),
+        'large': dict(embed_dims=1024, num_layers=24, num_heads=16),
+    }
+    arch_defaults = dict(mlp_ratio=4.)
+    pos_antialias = True
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'base',
+                 img_size: Union[int, Sequence[int]] = 518,
+                 patch_size: int = 14,
+                 window_size: int = 0,
+                 global_attn_indexes: Sequence[int] = (),
+                 out_indices: Union[int, Sequence[int]] = (-1, ),
+                 drop_path_rate: float = 0.,
+                 pretrain_img_size: int = 518,
+                 pretrain_patch_size: int = 14,
+                 use_cls_token: bool = True,
+                 num_register_tokens: int = 0,
+                 layer_scale: bool = True,
+                 layer_scale_init: float = 1e-5,
+                 frozen_stages: int = -1,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+        if num_register_tokens < 0:
+            raise ValueError('num_register_tokens must be >= 0, got '
+                             f'{num_register_tokens}')
+        self.use_cls_token = use_cls_token
+        self.num_register_tokens = num_register_tokens
+        self.num_prefix_tokens = int(use_cls_token) + num_register_tokens
+        self.layer_scale_init = layer_scale_init if layer_scale else None
+        super().__init__(
+            arch=arch,
+            img_size=img_size,
+            patch_size=patch_size,
+            window_size=window_size,
+            global_attn_indexes=global_attn_indexes,
+            out_indices=out_indices,
+            drop_path_rate=drop_path_rate,
+            pretrain_img_size=pretrain_img_size,
+            pretrain_patch_size=pretrain_patch_size,
+            frozen_stages=frozen_stages,
+            with_cp=with_cp,
+            init_cfg=init_cfg)
+
+    # ------------------------------------------------------------------ build
+    def _build_layers(self, drop_rates: List[float]) -> None:
+        """Prefix tokens and :class:`ViTBlock` blocks; no RoPE."""
+        dims = self.embed_dims
+        self.rope = None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dims)) \
+            if self.use_cls_token else None
+        self.register_tokens = nn.Parameter(
+            torch.zeros(1, self.num_register_tokens, dims)) \
+            if self.num_register_tokens else None
+        hidden = int(dims * self.arch_settings['mlp_ratio'])
+        self.blocks = nn.ModuleList([
+            ViTBlock(
+                dims,
+                self.arch_settings['num_heads'],
+                hidden,
+                window_size=self._block_window(i),
+                layer_scale_init=self.layer_scale_init,
+                drop_path=drop_rates[i],
+                norm_eps=self.norm_eps) for i in range(self.num_layers)
+        ])
+
+    def _init_params(self) -> None:
+        """timm's ViT initialisation (used when no checkpoint is given)."""
+        trunc_normal_(self.pos_embed, std=.02)
+        for token in (self.cls_token, self.register_tokens):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def _freeze_stages(self) -> None:
+        super()._freeze_stages()
+        if self.frozen_stages >= 0:
+            for token in (self.cls_token, self.register_tokens):
+                if token is not None:
+                    token.requires_grad = False
+
+    # ---------------------------------------------------------------- forward
+    def prefix_tokens(self) -> Optional[Tensor]:
+        """(1, P, C) class then register tokens, or None without any."""
+        tokens = [t for t in (self.cls_token, self.register_tokens)
+                  if t is not None]
+        return torch.cat(tokens, dim=1) if tokens else None
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
+        batch = x.shape[0]
+        grid = self.check_input_size(*x.shape[2:])
+        x = self.patch_embed(x) + self.position_map(grid).permute(0, 2, 3, 1)
+        x = x.flatten(1, 2)
+        prefix = self.prefix_tokens()
+        if prefix is not None:
+            x = torch.cat([prefix.expand(batch, -1, -1), x], dim=1)
+
+        num_prefix = self.num_prefix_tokens
+        outs = []
+        for i, block in enumerate(self.blocks):
+            if self.with_cp and self.training and x.requires_grad:
+                x = checkpoint(block, x, grid, num_prefix,
+                               use_reentrant=False)
+            else:
+                x = block(x, grid, num_prefix)
+            if i in self.out_indices:
+                outs.append(x[:, num_prefix:].transpose(1, 2).reshape(
+                    batch, self.embed_dims, *grid))
+        tokens = grid[0] * grid[1]
+        self.token_stats = dict(
+            tokens=[tokens] * batch,
+            baseline_tokens=[tokens] * batch,
+            keep_ratio=[1.0] * batch)
+        return self._order_outputs(outs)
