@@ -207,10 +207,10 @@ def test_rope_uses_token_centres():
     t = int((layout.scale_index == 2).nonzero()[0])
     r, c = float(layout.row[t]) + 1.5, float(layout.col[t]) + 1.5
     table = apt.rope(torch.tensor([[r, c]]), layout.grid_size)
-    assert torch.equal(ctx.global_rope[t], table[0])
+    assert torch.equal(ctx.image.rope[t], table[0])
     wr, wc = r % 4, c % 4
     table = apt.rope(torch.tensor([[wr, wc]]), (4, 4))
-    assert torch.equal(ctx.window_rope[t], table[0])
+    assert torch.equal(ctx.window.rope[t], table[0])
 
 
 def test_registry_and_input_errors():

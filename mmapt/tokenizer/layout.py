@@ -5,7 +5,7 @@ The layout is computed once per forward (no gradients) and shared by the
 embedding, every attention block and the unpacking at the outputs.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,14 @@ class PatchLayout:
     of one image and those of one window are contiguous slices of the packed
     sequence. Without windows, each image is one group.
 
+    Prefix tokens (class / register tokens, ``num_prefix_tokens`` per image)
+    open every image's slice: the packed sequence is ``[prefix 0, content 0,
+    prefix 1, content 1, ...]``. Image groups include them; window groups
+    give each image's prefix tokens a group of their own, placed before that
+    image's windows. The per-token attributes below describe the *content*
+    tokens only (``num_tokens`` of them); ``content_index`` says where each
+    sits in the packed sequence of ``num_packed`` tokens.
+
     Attributes:
         batch_size (int): Number of images.
         grid_size (tuple[int, int]): Base grid (Hc, Wc) in cells.
@@ -37,13 +45,21 @@ class PatchLayout:
         image_index, scale_index, row, col, side, window_index (Tensor): Per
             token (N,) long tensors; ``row``/``col`` are the top-left cell and
             ``window_index`` the global window group id.
-        cu_seqlens_image (Tensor): (B + 1,) int32 offsets of the images.
+        cu_seqlens_image (Tensor): (B + 1,) int32 offsets of the images
+            in the packed sequence (prefix tokens included).
         max_seqlen_image (int): Longest image sequence.
-        cu_seqlens_window (Tensor): (G + 1,) int32 offsets of the windows.
+        cu_seqlens_window (Tensor): (G + 1,) int32 offsets of the windows
+            (and of each image's prefix group when there are prefix tokens).
         max_seqlen_window (int): Longest window sequence.
         cell_to_token (Tensor): (B, Hc, Wc) packed index of the token
             covering each cell.
-        tokens_per_image (Tensor): (B,) long.
+        tokens_per_image (Tensor): (B,) long content tokens per image (prefix
+            tokens not counted).
+        num_prefix_tokens (int): Prefix tokens per image. Defaults to 0.
+        content_index (Tensor): (N,) packed position of each content token.
+        prefix_index (Tensor): (B * P,) packed positions of the prefix
+            tokens, image-major (empty without prefix tokens).
+        packed_image_index (Tensor): (N + B * P,) image of every packed token.
     """
 
     batch_size: int
@@ -62,10 +78,20 @@ class PatchLayout:
     max_seqlen_window: int
     cell_to_token: Tensor
     tokens_per_image: Tensor
+    num_prefix_tokens: int
+    content_index: Tensor
+    prefix_index: Tensor
+    packed_image_index: Tensor
 
     @property
     def num_tokens(self) -> int:
+        """Content tokens of the batch (prefix tokens not counted)."""
         return int(self.image_index.numel())
+
+    @property
+    def num_packed(self) -> int:
+        """Length of the packed sequence: content plus prefix tokens."""
+        return self.num_tokens + self.batch_size * self.num_prefix_tokens
 
     @property
     def baseline_tokens(self) -> int:
@@ -97,9 +123,10 @@ class PatchLayout:
         return torch.stack([self.row // ws * ws, self.col // ws * ws], dim=1)
 
     def unpack(self, tokens: Tensor) -> Tensor:
-        """Packed tokens (N, C) -> dense map (B, C, Hc, Wc).
+        """Packed tokens (``num_packed``, C) -> dense map (B, C, Hc, Wc).
 
-        Each token is repeated over all the cells it covers.
+        Each token is repeated over all the cells it covers; prefix tokens
+        cover no cell and are left out.
         """
         self._check_tokens(tokens)
         height, width = self.grid_size
@@ -108,7 +135,7 @@ class PatchLayout:
             0, 3, 1, 2)
 
     def pool(self, dense: Tensor) -> Tensor:
-        """Dense map (B or 1, C, Hc, Wc) -> packed tokens (N, C).
+        """Dense map (B or 1, C, Hc, Wc) -> content tokens (N, C).
 
         Each token takes the mean of the cells it covers: the map is average
         pooled once per scale and every token reads its patch's value. A map
@@ -139,9 +166,9 @@ class PatchLayout:
         return out
 
     def _check_tokens(self, tokens: Tensor) -> None:
-        if tokens.dim() != 2 or tokens.shape[0] != self.num_tokens:
+        if tokens.dim() != 2 or tokens.shape[0] != self.num_packed:
             raise ValueError(f'expected packed tokens of shape '
-                             f'({self.num_tokens}, C), got {tuple(tokens.shape)}')
+                             f'({self.num_packed}, C), got {tuple(tokens.shape)}')
 
 
 def select_patches(entropies: Sequence[Tensor], thresholds: Sequence[float],
@@ -195,7 +222,8 @@ def _upsample2(mask: Tensor) -> Tensor:
 
 
 def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
-                 window_size: Optional[int] = None) -> PatchLayout:
+                 window_size: Optional[int] = None,
+                 num_prefix_tokens: int = 0) -> PatchLayout:
     """Pack the selected patches of every scale into one ordered sequence.
 
     Args:
@@ -204,12 +232,17 @@ def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
         grid_size (tuple[int, int]): The base grid (Hc, Wc).
         window_size (int, optional): Window side in cells. Must divide the
             grid and be a multiple of the largest patch side in cells.
+        num_prefix_tokens (int): Class / register tokens opening each image's
+            slice of the packed sequence. Defaults to 0.
 
     Returns:
         PatchLayout: The packed layout.
     """
     height, width = grid_size
     batch = keep_masks[0].shape[0]
+    if num_prefix_tokens < 0:
+        raise ValueError(f'num_prefix_tokens must be >= 0, got '
+                         f'{num_prefix_tokens}')
     if window_size is not None:
         if height % window_size or width % window_size:
             raise ValueError(f'grid {height}x{width} is not a multiple of the '
@@ -251,6 +284,13 @@ def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
                                        minlength=batch * win_rows * win_cols)
 
     cell_to_token = _cell_to_token(keep_masks, order, grid_size)
+    prefix = _prefix_positions(image_index, tokens_per_image,
+                               tokens_per_window, num_prefix_tokens)
+    if num_prefix_tokens:
+        cell_to_token = prefix['content_index'][cell_to_token]
+        # Without windows the window groups are the image groups.
+        tokens_per_window = prefix['tokens_per_window'] \
+            if window_size is not None else tokens_per_image + num_prefix_tokens
     return PatchLayout(
         batch_size=batch,
         grid_size=(height, width),
@@ -262,13 +302,48 @@ def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
         col=col,
         side=side,
         window_index=window_index,
-        cu_seqlens_image=_cu_seqlens(tokens_per_image),
-        max_seqlen_image=int(tokens_per_image.max()),
+        cu_seqlens_image=_cu_seqlens(tokens_per_image + num_prefix_tokens),
+        max_seqlen_image=int(tokens_per_image.max()) + num_prefix_tokens,
         cu_seqlens_window=_cu_seqlens(tokens_per_window),
         max_seqlen_window=int(tokens_per_window.max()),
         cell_to_token=cell_to_token,
         tokens_per_image=tokens_per_image,
+        num_prefix_tokens=num_prefix_tokens,
+        content_index=prefix['content_index'],
+        prefix_index=prefix['prefix_index'],
+        packed_image_index=prefix['packed_image_index'],
     )
+
+
+def _prefix_positions(image_index: Tensor, tokens_per_image: Tensor,
+                      tokens_per_window: Tensor,
+                      num_prefix: int) -> Dict[str, Tensor]:
+    """Where content and prefix tokens sit once each image's slice starts
+    with ``num_prefix`` prefix tokens, and the window groups with a prefix
+    group per image (without prefix tokens: the content order as is)."""
+    device = image_index.device
+    if not num_prefix:
+        return dict(
+            content_index=torch.arange(image_index.numel(), device=device),
+            prefix_index=image_index.new_empty(0),
+            packed_image_index=image_index)
+    batch = tokens_per_image.numel()
+    # Image b's content is preceded by the (b + 1) * P prefix tokens of
+    # images 0..b.
+    content_index = torch.arange(image_index.numel(), device=device) + \
+        (image_index + 1) * num_prefix
+    starts = _cu_seqlens(tokens_per_image + num_prefix)[:-1].long()
+    prefix_index = (starts[:, None] + torch.arange(
+        num_prefix, device=device)).reshape(-1)
+    images = torch.arange(batch, device=device)
+    packed_image_index = torch.repeat_interleave(
+        images, tokens_per_image + num_prefix)
+    windows = tokens_per_window.view(batch, -1)
+    tokens_per_window = torch.cat(
+        [windows.new_full((batch, 1), num_prefix), windows], 1).reshape(-1)
+    return dict(content_index=content_index, prefix_index=prefix_index,
+                packed_image_index=packed_image_index,
+                tokens_per_window=tokens_per_window)
 
 
 def _cell_to_token(keep_masks: Sequence[Tensor], order: Tensor,

@@ -80,6 +80,9 @@ class PatchTokenizer:
             attention. Must be a multiple of the largest patch in cells.
         patch_sizes (Sequence[int], optional): Explicit patch sizes, checked
             against ``patch_size`` and ``thresholds``.
+        num_prefix_tokens (int): Class / register tokens the backbone puts
+            first in each image's packed slice (``PatchLayout``). Defaults
+            to 0.
     """
 
     def __init__(self,
@@ -89,14 +92,19 @@ class PatchTokenizer:
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
                  window_size: Optional[int] = None,
-                 patch_sizes: Optional[Sequence[int]] = None) -> None:
+                 patch_sizes: Optional[Sequence[int]] = None,
+                 num_prefix_tokens: int = 0) -> None:
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f'patch_size must be a positive int, got '
                              f'{patch_size!r}')
         if not isinstance(num_bins, int) or num_bins < 1:
             raise ValueError(f'num_bins must be a positive int, got '
                              f'{num_bins!r}')
+        if not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+            raise ValueError(f'num_prefix_tokens must be an int >= 0, got '
+                             f'{num_prefix_tokens!r}')
         self.patch_size = patch_size
+        self.num_prefix_tokens = num_prefix_tokens
         self.thresholds = check_thresholds(thresholds, patch_sizes, patch_size)
         self.num_bins = num_bins
         self.mean = tuple(float(m) for m in mean)
@@ -122,6 +130,12 @@ class PatchTokenizer:
     @property
     def largest_patch(self) -> int:
         return self.patch_sizes[-1]
+
+    @property
+    def can_merge(self) -> bool:
+        """False when no threshold is positive: entropy is never negative, so
+        no patch can merge and the entropy maps need not be computed."""
+        return self.num_scales > 1 and max(self.thresholds) > 0
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise a ValueError naming the fix when H or W does not fit."""
@@ -157,13 +171,17 @@ class PatchTokenizer:
         height, width = images.shape[-2:]
         self.check_input_size(height, width)
         grid = (height // self.patch_size, width // self.patch_size)
-        if self.num_scales == 1:
-            masks = [torch.ones(images.shape[0], *grid, dtype=torch.bool,
-                                device=images.device)]
-        else:
+        if self.can_merge:
             masks = select_patches(self.entropy_maps(images), self.thresholds,
                                    grid)
-        return build_layout(masks, grid, self.window_size)
+        else:  # "APT off" costs no tokenizer time: the plain grid.
+            masks = [
+                images.new_full((images.shape[0], grid[0] >> i, grid[1] >> i),
+                                i == 0, dtype=torch.bool)
+                for i in range(self.num_scales)
+            ]
+        return build_layout(masks, grid, self.window_size,
+                            self.num_prefix_tokens)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(patch_sizes={self.patch_sizes}, '

@@ -6,16 +6,18 @@ over unchanged. The top-level differences:
 =====================================  ====================================
 timm / official DINOv2                 mmapt ``ViT``
 =====================================  ====================================
-cls_token (+ pos_embed[:, 0])          cls_token (class position folded in)
-pos_embed (1, 1 + N, C) or (1, N, C)   pos_embed (1, N, C), patch grid only
+cls_token                              cls_token
+pos_embed (1, 1 + N, C)                pos_embed (1, 1 + N, C), class row
+pos_embed (1, N, C), timm reg4         zero class row prepended
 reg_token (timm) / register_tokens     register_tokens
 blocks.<chunk>.<i>.* (chunked hub)     blocks.<i>.*
 mask_token, norm, head, fc_norm        dropped (not used for dense maps)
 =====================================  ====================================
 
 The official hub models keep the class row in ``pos_embed`` and add it to
-the class token; timm's register models fold it into ``cls_token`` already.
-Both give ``cls_token + pos_row`` at the class token, so folding is exact.
+the class token, as ``ViT`` does; timm's register models fold it into
+``cls_token`` already, so a zero row gives the same class token.
+
 Any other key (an EVA-02 SwiGLU, DINOv2-g's ``mlp.w12``, a relative position
 bias) makes the conversion fail with the expected layout named.
 """
@@ -23,6 +25,7 @@ import re
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
+import torch
 from torch import Tensor
 
 from .eva02_convert import ConversionError, unwrap_state_dict
@@ -111,17 +114,18 @@ def convert_vit_state_dict(
 
     pos = out['pos_embed']
     length = pos.shape[1]
-    if _is_square(length - 1) and not _is_square(length):
-        # Class row: add it to the class token, as the model itself does.
-        if 'cls_token' in out:
-            out['cls_token'] = out['cls_token'] + pos[:, :1]
-            dropped.append('pos_embed[:, 0] (folded into cls_token)')
-        else:
-            dropped.append('pos_embed[:, 0] (class row, no class token)')
-        out['pos_embed'] = pos[:, 1:]
-    elif not _is_square(length):
+    has_row = _is_square(length - 1) and not _is_square(length)
+    if not has_row and not _is_square(length):
         raise ConversionError(f'pos_embed has {length} rows: neither a '
                               'square grid nor a grid plus a class row')
+    if 'cls_token' in out and not has_row:
+        # timm's register models fold the class row into cls_token: a zero
+        # row gives the same class token.
+        out['pos_embed'] = torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos],
+                                     dim=1)
+    elif 'cls_token' not in out and has_row:
+        out['pos_embed'] = pos[:, 1:]
+        dropped.append('pos_embed[:, 0] (class row, no class token)')
     return out, dropped
 
 
@@ -137,7 +141,8 @@ def vit_arch_hint(state: Dict[str, Tensor]) -> str:
         f'dict(embed_dims={dims}, num_layers={num_layers}, num_heads=...)')
     regs = state['register_tokens'].shape[1] \
         if 'register_tokens' in state else 0
-    side = int(round(state['pos_embed'].shape[1]**0.5))
+    side = int(round((state['pos_embed'].shape[1] -
+                      int('cls_token' in state))**0.5))
     patch = state['patch_embed.proj.weight'].shape[-1]
     return (f"dict(type='ViT', arch={arch}, patch_size={patch}, "
             f"pretrain_img_size={side * patch}, "

@@ -161,7 +161,7 @@ def apt_overhead(apt: APTEVA02, x: torch.Tensor, device: torch.device,
 
     def context():
         ctx = apt.packed_context(layout)
-        for plan in (ctx.window_plan, ctx.image_plan):  # force host planning
+        for plan in (ctx.window.plan, ctx.image.plan):  # force host planning
             if not plan._built:
                 plan._build()
         return ctx

@@ -1,5 +1,6 @@
 """Plain EVA-02 ViT backbone for dense prediction (ViTDet style)."""
 import copy
+import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from mmapt.registry import MODELS
-from ..layers import (EVA02Block, PatchEmbed, RotaryEmbedding2D,
+from ..layers import (EVA02Block, ParamCache, PatchEmbed, RotaryEmbedding2D,
                       pos_embed_map, resize_pos_embed)
 
 
@@ -32,6 +33,12 @@ class EVA02(BaseModule):
     pretraining grid, 2D RoPE (EVA-02 formula) in every block, window
     attention in all blocks but ``global_attn_indexes``, SwiGLU MLPs, and
     feature maps taken after the requested blocks (no final norm).
+
+    With ``use_cls_token`` (the released EVA-02 UperNet models) a class
+    token, plus the class row of the position table, is put first in each
+    image's sequence; it gets no RoPE, attends with the whole image in
+    global blocks (and with itself only in window blocks) and is dropped from
+    the outputs.
 
     Args:
         arch (str | dict): ``'tiny'``, ``'small'``, ``'base'``, ``'large'``
@@ -57,6 +64,9 @@ class EVA02(BaseModule):
         pretrain_patch_size (int): Pretraining patch size. Defaults to 14.
             ``pretrain_img_size // pretrain_patch_size`` is both the grid of
             the stored position table and RoPE's reference grid.
+        use_cls_token (bool): A class token ``cls_token`` (1, 1, C) in the
+            sequence and a class row in ``pos_embed`` (1, 1 + grid, C).
+            Defaults to False.
         frozen_stages (int): Freeze the embeddings (stage 0) and the first
             ``frozen_stages`` blocks; -1 freezes nothing. Defaults to -1.
         with_cp (bool): Gradient checkpointing of every block while
@@ -94,6 +104,7 @@ class EVA02(BaseModule):
                  drop_path_rate: float = 0.,
                  pretrain_img_size: int = 224,
                  pretrain_patch_size: int = 14,
+                 use_cls_token: bool = False,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
@@ -117,12 +128,15 @@ class EVA02(BaseModule):
 
         pretrain_grid = pretrain_img_size // pretrain_patch_size
         self.pos_grid = (pretrain_grid, pretrain_grid)
+        self.num_prefix_tokens = int(use_cls_token)
         self.patch_embed = PatchEmbed(patch_size, dims)
+        self.cls_token = nn.Parameter(torch.zeros(
+            1, 1, dims)) if use_cls_token else None
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, pretrain_grid * pretrain_grid, dims))
+            torch.zeros(1, self.num_prefix_tokens + pretrain_grid**2, dims))
         self._build_layers(
             torch.linspace(0, drop_path_rate, num_layers).tolist())
-        self._pos_cache: Dict[tuple, Any] = {}
+        self._pos_cache = ParamCache()
         self._init_params()
         self._init_extra()
         self._check_img_size()
@@ -196,6 +210,8 @@ class EVA02(BaseModule):
     def _init_params(self) -> None:
         """timm's EVA-02 initialisation (used when no checkpoint is given)."""
         trunc_normal_(self.pos_embed, std=.02)
+        if self.cls_token is not None:
+            trunc_normal_(self.cls_token, std=.02)
         for module in self.blocks.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=.02)
@@ -220,12 +236,24 @@ class EVA02(BaseModule):
 
     def _resize_pos_embed_hook(self, state_dict: dict, prefix: str,
                                *args, **kwargs) -> None:
-        """Resample an incoming position table of another grid to ours."""
+        """Resample an incoming position table of another grid to ours.
+
+        An incoming class row is kept when this model has a class token
+        (dropped otherwise); a table without one keeps this model's row.
+        """
         name = prefix + 'pos_embed'
-        if name in state_dict and \
-                state_dict[name].shape != self.pos_embed.shape:
-            state_dict[name] = resize_pos_embed(
-                state_dict[name], self.pos_grid, antialias=self.pos_antialias)
+        if name not in state_dict or \
+                state_dict[name].shape == self.pos_embed.shape:
+            return
+        table = state_dict[name]
+        grid = resize_pos_embed(table, self.pos_grid,
+                                antialias=self.pos_antialias)
+        if self.cls_token is not None:
+            has_row = math.isqrt(table.shape[1])**2 != table.shape[1]
+            row = table[:, :1] if has_row else \
+                self.pos_embed.detach()[:, :1].to(table.dtype)
+            grid = torch.cat([row, grid], dim=1)
+        state_dict[name] = grid
 
     # --------------------------------------------------------------- training
     def _freeze_stages(self) -> None:
@@ -234,6 +262,8 @@ class EVA02(BaseModule):
         frozen = [self.patch_embed, *self.embedding_modules()]
         frozen += list(self.blocks[:self.frozen_stages])
         self.pos_embed.requires_grad = False
+        if self.cls_token is not None:
+            self.cls_token.requires_grad = False
         for module in frozen:
             module.eval()
             for param in module.parameters():
@@ -285,30 +315,27 @@ class EVA02(BaseModule):
     def position_map(self, grid: Tuple[int, int]) -> Tensor:
         """(1, C, rows, cols) absolute position embedding at ``grid``."""
         return self._cached_position(
-            'map', grid,
-            lambda: pos_embed_map(self.pos_embed, self.pos_grid, grid,
-                                  self.pos_antialias))
+            'map', grid, lambda: pos_embed_map(
+                self.pos_embed[:, self.num_class_rows:], self.pos_grid, grid,
+                self.pos_antialias))
+
+    @property
+    def num_class_rows(self) -> int:
+        """Rows of ``pos_embed`` before the grid: 1 with a class token."""
+        return int(self.cls_token is not None)
+
+    def prefix_tokens(self, batch: int) -> Optional[Tensor]:
+        """(B, P, C) class token with its position row; None without."""
+        if self.cls_token is None:
+            return None
+        return (self.cls_token + self.pos_embed[:, :1]).expand(batch, -1, -1)
 
     def _cached_position(self, name: str, grid: Tuple[int, int],
                          compute: Callable[[], Any]) -> Any:
-        """``compute()``, cached while the position table is unchanged.
-
-        Only without autograd (inference, or a frozen table): bicubic
-        resampling to a 96 x 96 grid costs about as much as the patch
-        embedding itself on CPU, and the result only changes with the grid
-        or the parameter (``_version`` counts in-place updates).
-        """
-        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
-            return compute()
-        key = (name, tuple(grid), self.pos_embed._version,
-               self.pos_embed.device, self.pos_embed.dtype,
-               self.pos_embed.data_ptr())
-        if key not in self._pos_cache:
-            if len(self._pos_cache) >= 8:  # a few input sizes at most
-                self._pos_cache.clear()
-            with torch.no_grad():
-                self._pos_cache[key] = compute()
-        return self._pos_cache[key]
+        """``compute()``, cached while the position table is unchanged (at
+        inference: bicubic resampling costs about a patch embedding)."""
+        return self._pos_cache.get(self.pos_embed, (name, tuple(grid)),
+                                   compute)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
@@ -317,17 +344,22 @@ class EVA02(BaseModule):
         # (B, H, W, C) channels-last tokens for the blocks.
         x = self.patch_embed(x) + self.position_map(
             (height, width)).permute(0, 2, 3, 1)
+        prefix = self.prefix_tokens(batch)
         global_rope = self.rope.grid(height, width, x.device)
         window_rope = self.rope.grid(self.window_size, self.window_size,
                                      x.device) if self.window_size else None
 
         outs = []
         for i, block in enumerate(self.blocks):
-            rope = window_rope if block.window_size else global_rope
+            args = (x, window_rope if block.window_size else global_rope)
+            if prefix is not None:
+                args += (prefix, )
             if self.with_cp and self.training and x.requires_grad:
-                x = checkpoint(block, x, rope, use_reentrant=False)
+                x = checkpoint(block, *args, use_reentrant=False)
             else:
-                x = block(x, rope)
+                x = block(*args)
+            if prefix is not None:
+                x, prefix = x
             if i in self.out_indices:
                 outs.append(x.permute(0, 3, 1, 2).contiguous())
         tokens = height * width

@@ -25,11 +25,12 @@ class ViT(EVA02):
     with global blocks; feature maps are taken after the requested blocks
     (no final norm), prefix tokens dropped.
 
-    The class token's position-table row is folded into ``cls_token`` (what
-    timm does for the register models): ``pos_embed`` covers the patch grid
-    only, and register tokens get no position, so the converted weights give
-    timm's outputs exactly for every DINOv2 layout
-    (``tools/model_converters/vit_to_mmapt.py``).
+    Like the official DINOv2 models (and :class:`EVA02` with a class
+    token), ``pos_embed`` holds a class row, added to ``cls_token``; register
+    tokens get no position. The ViT machinery (arch table, positions,
+    freezing, layer depth, input checks) is :class:`EVA02`'s; this class
+    swaps the blocks and adds the register tokens. Converted weights
+    (``tools/model_converters/vit_to_mmapt.py``) give timm's outputs.
 
     Prefix tokens (class, then registers) attend to the whole image in
     global blocks; in window blocks they attend among themselves and the
@@ -102,9 +103,7 @@ class ViT(EVA02):
         if num_register_tokens < 0:
             raise ValueError('num_register_tokens must be >= 0, got '
                              f'{num_register_tokens}')
-        self.use_cls_token = use_cls_token
         self.num_register_tokens = num_register_tokens
-        self.num_prefix_tokens = int(use_cls_token) + num_register_tokens
         self.layer_scale_init = layer_scale_init if layer_scale else None
         super().__init__(
             arch=arch,
@@ -116,20 +115,24 @@ class ViT(EVA02):
             drop_path_rate=drop_path_rate,
             pretrain_img_size=pretrain_img_size,
             pretrain_patch_size=pretrain_patch_size,
+            use_cls_token=use_cls_token,
             frozen_stages=frozen_stages,
             with_cp=with_cp,
             init_cfg=init_cfg)
 
     # ------------------------------------------------------------------ build
     def _build_layers(self, drop_rates: List[float]) -> None:
-        """Prefix tokens and :class:`ViTBlock` blocks; no RoPE."""
+        """Register tokens and :class:`ViTBlock` blocks; no RoPE.
+
+        The class token and its position row are :class:`EVA02`'s.
+        """
         dims = self.embed_dims
         self.rope = None
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dims)) \
-            if self.use_cls_token else None
         self.register_tokens = nn.Parameter(
             torch.zeros(1, self.num_register_tokens, dims)) \
             if self.num_register_tokens else None
+        # Read by the APT adapter (built next, in _init_extra).
+        self.num_prefix_tokens += self.num_register_tokens
         hidden = int(dims * self.arch_settings['mlp_ratio'])
         self.blocks = nn.ModuleList([
             ViTBlock(
@@ -156,17 +159,18 @@ class ViT(EVA02):
 
     def _freeze_stages(self) -> None:
         super()._freeze_stages()
-        if self.frozen_stages >= 0:
-            for token in (self.cls_token, self.register_tokens):
-                if token is not None:
-                    token.requires_grad = False
+        if self.frozen_stages >= 0 and self.register_tokens is not None:
+            self.register_tokens.requires_grad = False
 
     # ---------------------------------------------------------------- forward
-    def prefix_tokens(self) -> Optional[Tensor]:
-        """(1, P, C) class then register tokens, or None without any."""
-        tokens = [t for t in (self.cls_token, self.register_tokens)
-                  if t is not None]
-        return torch.cat(tokens, dim=1) if tokens else None
+    def prefix_tokens(self, batch: int) -> Optional[Tensor]:
+        """(B, P, C): the class token with its position row, then the
+        register tokens (no position); None without any."""
+        cls = super().prefix_tokens(batch)
+        if self.register_tokens is None:
+            return cls
+        registers = self.register_tokens.expand(batch, -1, -1)
+        return registers if cls is None else torch.cat([cls, registers], 1)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
@@ -174,9 +178,9 @@ class ViT(EVA02):
         grid = self.check_input_size(*x.shape[2:])
         x = self.patch_embed(x) + self.position_map(grid).permute(0, 2, 3, 1)
         x = x.flatten(1, 2)
-        prefix = self.prefix_tokens()
+        prefix = self.prefix_tokens(batch)
         if prefix is not None:
-            x = torch.cat([prefix.expand(batch, -1, -1), x], dim=1)
+            x = torch.cat([prefix, x], dim=1)
 
         num_prefix = self.num_prefix_tokens
         outs = []

@@ -25,7 +25,7 @@ scale (never per token), and written once into the packed output:
   computes), passed in per scale so the backbone can cache it.
 """
 from functools import lru_cache
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,8 @@ class APTEmbed(BaseModule):
         nn.init.zeros_(self.zero_linear.weight)
         nn.init.zeros_(self.zero_linear.bias)
 
-    def forward(self, images: Tensor, base: Tensor, pos: List[Tensor],
+    def forward(self, images: Tensor, base: Tensor,
+                pos: Optional[List[Tensor]],
                 layout, patch_embed: PatchEmbed) -> Tensor:
         """Embed every token of ``layout``, position included.
 
@@ -73,13 +74,16 @@ class APTEmbed(BaseModule):
             images (Tensor): (B, 3, H, W) normalised images.
             base (Tensor): (B, Hc, Wc, D) channels-last base patch embeddings
                 (the plain model's, before position).
-            pos (list[Tensor]): Per scale ``i``, the position table pooled by
-                ``2**i``, flattened channels-last: ``(Hc/2**i * Wc/2**i, D)``.
+            pos (list[Tensor], optional): Per scale ``i``, the position table
+                pooled by ``2**i``, flattened channels-last:
+                ``(Hc/2**i * Wc/2**i, D)``; None for models without absolute
+                positions.
             layout (PatchLayout): The token layout.
             patch_embed (PatchEmbed): The pretrained patch embedding.
 
         Returns:
-            Tensor: (N, D) packed token embeddings.
+            Tensor: (N, D) embeddings of the layout's content tokens, in
+            packed order (prefix tokens are the caller's).
         """
         batch, height, width, dims = base.shape
         base_flat = base.reshape(-1, dims)
@@ -94,7 +98,6 @@ class APTEmbed(BaseModule):
                 continue
             image = layout.image_index[index]
             row, col = layout.row[index], layout.col[index]
-            pos_index = (row >> scale) * (width >> scale) + (col >> scale)
             if scale == 0:
                 value = base_flat.index_select(
                     0, (image * height + row) * width + col)
@@ -104,9 +107,11 @@ class APTEmbed(BaseModule):
                 value = value + self.zero_linear(
                     self._aggregate(base_flat, image, row, col, scale,
                                     height, width))
+            if pos is not None:
+                pos_index = (row >> scale) * (width >> scale) + (col >> scale)
+                value = value + pos[scale].index_select(0, pos_index)
             # Written once per token into a fresh buffer (no full copies).
-            tokens.index_copy_(
-                0, index, value + pos[scale].index_select(0, pos_index))
+            tokens.index_copy_(0, index, value)
         return tokens
 
     @staticmethod

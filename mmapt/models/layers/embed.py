@@ -1,6 +1,6 @@
 """Patch embedding and absolute position table helpers."""
 import math
-from typing import Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -151,3 +151,35 @@ def resize_patch_kernel(weight: Tensor, new_size: int,
     else:
         raise ValueError(f"mode must be 'bicubic' or 'pinv', got {mode!r}")
     return out.to(weight.dtype)
+
+
+class ParamCache:
+    """Values derived from one parameter, cached while it is unchanged.
+
+    Only without autograd (inference, or a frozen parameter): e.g. bicubic
+    resampling of a position table to a 96 x 96 grid costs about as much as
+    the patch embedding itself on CPU, and the result only changes with the
+    grid or the parameter (``_version`` counts in-place updates).
+
+    Args:
+        max_entries (int): Entries kept (a few input sizes); the cache is
+            emptied when full. Defaults to 8.
+    """
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._store: Dict[tuple, Any] = {}
+
+    def get(self, param: Tensor, key: Hashable,
+            compute: Callable[[], Any]) -> Any:
+        """``compute()``, from the cache when ``param`` and ``key`` match."""
+        if torch.is_grad_enabled() and param.requires_grad:
+            return compute()
+        full_key = (key, param._version, param.device, param.dtype,
+                    param.data_ptr())
+        if full_key not in self._store:
+            if len(self._store) >= self.max_entries:
+                self._store.clear()
+            with torch.no_grad():
+                self._store[full_key] = compute()
+        return self._store[full_key]

@@ -9,15 +9,17 @@ Both paths run the same modules in the same order; only the token layout and
 the attention call differ. With every APT token base-sized the packed path
 therefore reproduces the dense path to float rounding.
 """
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .attention import VarlenPlan, varlen_attention
 from .rope import apply_rope
+
+if TYPE_CHECKING:  # the apt package imports these layers
+    from ..apt.context import AttentionGroups, PackedContext
 
 
 class DropPath(nn.Module):
@@ -123,25 +125,21 @@ class EVA02Attention(BaseModule):
         out = out.transpose(1, 2).reshape(batch, length, channels)
         return self.proj(self.norm(out))
 
-    def forward_packed(self, x: Tensor, rope: Tensor, cu_seqlens: Tensor,
-                       max_seqlen: int,
-                       plan: Optional[VarlenPlan] = None) -> Tensor:
-        """Packed path: (N, C) tokens, attention within ``cu_seqlens`` groups.
+    def forward_packed(self, x: Tensor, groups: 'AttentionGroups') -> Tensor:
+        """Packed path: (N, C) tokens, attention within ``groups``.
 
         Args:
             x (Tensor): (N, C) packed tokens.
-            rope (Tensor): (N, head_dim / 2) complex per-token RoPE table.
-            cu_seqlens (Tensor): (G + 1,) int32 group offsets.
-            max_seqlen (int): Longest group.
-            plan (VarlenPlan, optional): Precomputed plan for ``cu_seqlens``.
+            groups (AttentionGroups): The attention groups (window or image)
+                with their plan and per-token complex RoPE table.
 
         Returns:
             Tensor: (N, C).
         """
         num_tokens, channels = x.shape
-        qk, v = self._qkv(x, rope)
+        qk, v = self._qkv(x, groups.rope)
         q, k = qk.unbind(1)  # (N, heads, hd)
-        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, plan=plan)
+        out = groups.attend(q, k, v)
         return self.proj(self.norm(out.reshape(num_tokens, channels)))
 
 
@@ -206,56 +204,83 @@ class EVA02Block(BaseModule):
         self.mlp = SwiGLU(embed_dims, mlp_hidden_dims, scale_mlp, norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
-        """Dense path on a (B, H, W, C) token map.
+    def forward(
+        self,
+        x: Tensor,
+        rope: Tensor,
+        prefix: Optional[Tensor] = None
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Dense path on a (B, H, W, C) token map, and optional prefix tokens.
 
         Window blocks pad the map to a multiple of the window (like ViTDet),
         attend within windows with window-relative RoPE and mask the padded
-        keys; global blocks attend over the whole image.
+        keys; global blocks attend over the whole image. Prefix tokens
+        (class token) get no RoPE; they attend with the whole image in global
+        blocks and among themselves in window blocks.
 
         Args:
             x (Tensor): (B, H, W, C).
             rope (Tensor): Complex RoPE table of the window grid (window
                 blocks) or of the H x W grid (global blocks).
+            prefix (Tensor, optional): (B, P, C) prefix tokens.
+
+        Returns:
+            Tensor | tuple[Tensor, Tensor]: The new map, and the new prefix
+            tokens when ``prefix`` is given.
         """
         batch, height, width, channels = x.shape
-        y = self.norm1(x)
+        num_prefix = 0 if prefix is None else prefix.shape[1]
+        seq = x.reshape(batch, height * width, channels)
+        if num_prefix:
+            seq = torch.cat([prefix, seq], dim=1)
+        y = self.norm1(seq)
         if self.window_size > 0:
-            y, key_mask, padded = window_partition(y, self.window_size)
-            y = self.attn(y, rope, key_mask)
-            y = window_unpartition(y, self.window_size, padded,
-                                   (height, width))
+            grid = self._window_attention(
+                y[:, num_prefix:].view(batch, height, width, channels), rope)
+            grid = grid.reshape(batch, height * width, channels)
+            if num_prefix:  # the prefix tokens: a group of their own
+                y = torch.cat([
+                    self.attn(y[:, :num_prefix],
+                              _identity_rope(rope, num_prefix)), grid
+                ], dim=1)
+            else:
+                y = grid
         else:
-            y = self.attn(y.reshape(batch, height * width, channels), rope)
-            y = y.view(batch, height, width, channels)
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+            if num_prefix:
+                rope = torch.cat([_identity_rope(rope, num_prefix), rope])
+            y = self.attn(y, rope)
+        seq = seq + self.drop_path(y)
+        seq = seq + self.drop_path(self.mlp(self.norm2(seq)))
+        out = seq[:, num_prefix:].reshape(batch, height, width, channels)
+        return out if prefix is None else (out, seq[:, :num_prefix])
 
-    def forward_packed(self,
-                       x: Tensor,
-                       rope: Tensor,
-                       cu_seqlens: Tensor,
-                       max_seqlen: int,
-                       plan: Optional[VarlenPlan] = None,
-                       image_index: Optional[Tensor] = None,
-                       num_images: int = 0) -> Tensor:
+    def _window_attention(self, y: Tensor, rope: Tensor) -> Tensor:
+        """Attention within windows of a normalised (B, H, W, C) map."""
+        height, width = y.shape[1:3]
+        y, key_mask, padded = window_partition(y, self.window_size)
+        y = self.attn(y, rope, key_mask)
+        return window_unpartition(y, self.window_size, padded,
+                                  (height, width))
+
+    def forward_packed(self, x: Tensor, ctx: 'PackedContext') -> Tensor:
         """Packed path on (N, C) tokens; norms and MLP see no padding.
 
         Args:
             x (Tensor): (N, C) packed tokens.
-            rope (Tensor): Per-token complex RoPE table.
-            cu_seqlens (Tensor): Attention group offsets (windows or images).
-            max_seqlen (int): Longest group.
-            plan (VarlenPlan, optional): Precomputed attention plan.
-            image_index (Tensor, optional): (N,) image of each token, for
-                per-image stochastic depth.
-            num_images (int): Batch size.
+            ctx (PackedContext): The batch's groups, attention plans, RoPE
+                tables and per-token image index (for per-image stochastic
+                depth), shared by all blocks.
         """
-        y = self.attn.forward_packed(self.norm1(x), rope, cu_seqlens,
-                                     max_seqlen, plan)
-        x = x + self.drop_path(y, image_index, num_images)
+        groups = ctx.groups(self.window_size)
+        y = self.attn.forward_packed(self.norm1(x), groups)
+        x = x + self.drop_path(y, ctx.image_index, ctx.num_images)
         y = self.mlp(self.norm2(x))
-        return x + self.drop_path(y, image_index, num_images)
+        return x + self.drop_path(y, ctx.image_index, ctx.num_images)
+
+
+def _identity_rope(rope: Tensor, rows: int) -> Tensor:
+    """``rows`` RoPE rows that rotate nothing (1 + 0i), for prefix tokens."""
+    return rope.new_ones(rows, rope.shape[-1])
 
 
 def window_partition(

@@ -15,15 +15,17 @@ themselves only: every attention group is then a contiguous slice of the
 packed APT sequence (prefix tokens first), and the rule is the same dense
 and packed.
 """
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .attention import VarlenPlan, varlen_attention
 from .eva02_block import DropPath, window_partition, window_unpartition
+
+if TYPE_CHECKING:  # the apt package imports these layers
+    from ..apt.context import AttentionGroups, PackedContext
 
 
 class LayerScale(nn.Module):
@@ -75,21 +77,18 @@ class ViTAttention(BaseModule):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self.proj(out.transpose(1, 2).reshape(batch, length, channels))
 
-    def forward_packed(self, x: Tensor, cu_seqlens: Tensor, max_seqlen: int,
-                       plan: Optional[VarlenPlan] = None) -> Tensor:
-        """Packed path: (N, C) tokens, attention within ``cu_seqlens`` groups.
+    def forward_packed(self, x: Tensor, groups: 'AttentionGroups') -> Tensor:
+        """Packed path: (N, C) tokens, attention within ``groups``.
 
         Args:
             x (Tensor): (N, C) packed tokens.
-            cu_seqlens (Tensor): (G + 1,) int32 group offsets.
-            max_seqlen (int): Longest group.
-            plan (VarlenPlan, optional): Precomputed plan for ``cu_seqlens``.
+            groups (AttentionGroups): The attention groups (window or image)
+                with their plan (no RoPE here).
         """
         num_tokens, channels = x.shape
         q, k, v = self.qkv(x).view(num_tokens, 3, self.num_heads,
                                    self.head_dim).unbind(1)
-        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, plan=plan)
-        return self.proj(out.reshape(num_tokens, channels))
+        return self.proj(groups.attend(q, k, v).reshape(num_tokens, channels))
 
 
 class ViTMlp(BaseModule):
@@ -178,26 +177,16 @@ class ViTBlock(BaseModule):
             return patches
         return torch.cat([self.attn(y[:, :num_prefix]), patches], dim=1)
 
-    def forward_packed(self,
-                       x: Tensor,
-                       cu_seqlens: Tensor,
-                       max_seqlen: int,
-                       plan: Optional[VarlenPlan] = None,
-                       image_index: Optional[Tensor] = None,
-                       num_images: int = 0) -> Tensor:
+    def forward_packed(self, x: Tensor, ctx: 'PackedContext') -> Tensor:
         """Packed path on (N, C) tokens; norms and MLP see no padding.
 
         Args:
-            x (Tensor): (N, C) packed tokens.
-            cu_seqlens (Tensor): Attention group offsets (windows or images).
-            max_seqlen (int): Longest group.
-            plan (VarlenPlan, optional): Precomputed attention plan.
-            image_index (Tensor, optional): (N,) image of each token, for
-                per-image stochastic depth.
-            num_images (int): Batch size.
+            x (Tensor): (N, C) packed tokens, each image's prefix first.
+            ctx (PackedContext): The batch's attention groups and plans and
+                the per-token image index (per-image stochastic depth).
         """
-        y = self.attn.forward_packed(self.norm1(x), cu_seqlens, max_seqlen,
-                                     plan)
-        x = x + self.drop_path(self.ls1(y), image_index, num_images)
+        y = self.attn.forward_packed(self.norm1(x),
+                                     ctx.groups(self.window_size))
+        x = x + self.drop_path(self.ls1(y), ctx.image_index, ctx.num_images)
         y = self.ls2(self.mlp(self.norm2(x)))
-        return x + self.drop_path(y, image_index, num_images)
+        return x + self.drop_path(y, ctx.image_index, ctx.num_images)

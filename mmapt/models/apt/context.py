@@ -1,0 +1,63 @@
+"""PackedContext: what every block needs about a packed batch, built once."""
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import Tensor
+
+from mmapt.tokenizer import PatchLayout
+from ..layers.attention import VarlenPlan, varlen_attention
+
+
+@dataclass
+class AttentionGroups:
+    """One grouping of the packed tokens for attention (windows or images).
+
+    Attributes:
+        cu_seqlens (Tensor): (G + 1,) int32 group offsets.
+        max_seqlen (int): Longest group.
+        plan (VarlenPlan): The attention plan of ``cu_seqlens``, shared by all
+            blocks that use this grouping.
+        rope (Tensor, optional): (N_packed, head_dim / 2) complex per-token
+            RoPE table for this grouping (identity rows for prefix tokens);
+            None for models without RoPE.
+    """
+
+    cu_seqlens: Tensor
+    max_seqlen: int
+    plan: VarlenPlan
+    rope: Optional[Tensor] = None
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention within the groups of packed (N, heads, head_dim) q, k,
+        v (RoPE, if any, already applied)."""
+        return varlen_attention(q, k, v, self.cu_seqlens, self.max_seqlen,
+                                plan=self.plan)
+
+
+@dataclass
+class PackedContext:
+    """Passed whole to ``block.forward_packed(x, ctx)``.
+
+    Attributes:
+        layout (PatchLayout): The token layout of the batch.
+        window (AttentionGroups): Groups of window blocks: (image, window)
+            pairs, plus one group of prefix tokens per image. Equal to
+            ``image`` when the model has no windows.
+        image (AttentionGroups): Groups of global blocks: whole images,
+            prefix tokens included.
+        image_index (Tensor): (N_packed,) image of every packed token, for
+            per-image stochastic depth.
+        num_images (int): Batch size.
+        num_prefix_tokens (int): Prefix tokens at the start of each image.
+    """
+
+    layout: PatchLayout
+    window: AttentionGroups
+    image: AttentionGroups
+    image_index: Tensor
+    num_images: int
+    num_prefix_tokens: int = 0
+
+    def groups(self, window_size: int) -> AttentionGroups:
+        """The grouping of a block with this ``window_size`` (0 = global)."""
+        return self.window if window_size else self.image
