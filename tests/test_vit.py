@@ -193,7 +193,7 @@ def test_positions_and_size_checks():
                 pretrain_img_size=70)
     # timm resamples with antialiasing, a different kernel from plain
     # bicubic even when upsampling.
-    pos = model.pos_embed.reshape(1, 5, 5, 32).permute(0, 3, 1, 2)
+    pos = model.pos_embed[:, 1:].reshape(1, 5, 5, 32).permute(0, 3, 1, 2)
     want = F.interpolate(pos, size=(9, 7), mode='bicubic', antialias=True,
                          align_corners=False)
     torch.testing.assert_close(model.position_map((9, 7)), want)
@@ -201,10 +201,11 @@ def test_positions_and_size_checks():
         model(torch.zeros(1, 3, 70, 71))
     with pytest.raises(ValueError, match='num_register_tokens'):
         ViT(arch='small', num_register_tokens=-1)
-    # A table of another grid is resampled on load.
+    # A table of another grid is resampled on load, class row kept.
     state = dict(model.state_dict())
-    state['pos_embed'] = torch.randn(1, 16, 32)
+    state['pos_embed'] = torch.randn(1, 17, 32)
     model.load_state_dict(state)
+    torch.testing.assert_close(model.pos_embed[:, 0], state['pos_embed'][:, 0])
 
 
 def test_layer_depth_freezing_and_checkpointing():
