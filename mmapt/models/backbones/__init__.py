@@ -1,5 +1,6 @@
 from .apt_eva02 import APTEVA02
+from .apt_vit import APTViT
 from .eva02 import EVA02
 from .vit import ViT
 
-__all__ = ['EVA02', 'APTEVA02', 'ViT']
+__all__ = ['EVA02', 'APTEVA02', 'ViT', 'APTViT']
