@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from mmapt.models import APTEVA02, EVA02
+from mmapt.models.backbones import count_tokens
 from mmapt.registry import MODELS
 
 ARCH = dict(embed_dims=64, num_layers=4, num_heads=1, scale_mlp=True)
@@ -42,16 +43,17 @@ def test_no_merge_equals_plain_eva02():
     }
     assert not result.unexpected_keys
     x = _images()
-    with torch.no_grad():
+    with torch.no_grad(), count_tokens(apt) as counter:
         want = plain(x)
         got = apt(x)
     assert len(got) == 4
     for a, b in zip(got, want):
         assert a.shape == b.shape == (2, 64, 16, 12)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    assert apt.token_stats == dict(tokens=[192, 192],
-                                   baseline_tokens=[192, 192],
-                                   keep_ratio=[1.0, 1.0])
+    stats = counter.per_image()
+    assert stats['tokens'].tolist() == [192, 192]
+    assert stats['baseline_tokens'].tolist() == [192, 192]
+    assert stats['keep_ratio'].tolist() == [1.0, 1.0]
 
 
 def test_no_merge_global_attention_four_scales():
@@ -69,9 +71,9 @@ def test_no_merge_through_the_entropy_tokenizer():
     plain, apt, _ = _pair((1e-6, 1e-6), window_size=4, out_indices=(3, ))
     gen = torch.Generator().manual_seed(1)
     x = ((torch.rand(1, 3, 128, 192, generator=gen) * 255) - MEAN) / STD
-    with torch.no_grad():
+    with torch.no_grad(), count_tokens(apt) as counter:
         got, want = apt(x)[0], plain(x)[0]
-    assert apt.token_stats['keep_ratio'] == [1.0]
+    assert counter.per_image()['keep_ratio'].tolist() == [1.0]
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
@@ -177,11 +179,13 @@ def test_merging_packs_images_independently():
         apt.apt_embed.zero_linear.weight.normal_(std=0.02)
     x = _images()
     with torch.no_grad():
-        both = apt(x)
-        stats = apt.token_stats
+        with count_tokens(apt) as counter:
+            both = apt(x)
         alone = [apt(x[i:i + 1]) for i in range(2)]
-    assert stats['tokens'][0] < 192 and stats['tokens'][1] < 192
-    assert stats['keep_ratio'] == [n / 192 for n in stats['tokens']]
+    stats = counter.per_image()
+    tokens = stats['tokens'].tolist()
+    assert tokens[0] < 192 and tokens[1] < 192
+    assert stats['keep_ratio'].tolist() == [n / 192 for n in tokens]
     for i in range(2):
         for a, b in zip(both, alone[i]):
             torch.testing.assert_close(a[i:i + 1], b, rtol=1e-5, atol=1e-5)

@@ -3,6 +3,7 @@ batches, merging."""
 import torch
 
 from mmapt.models import APTViT, ViT
+from mmapt.models.backbones import count_tokens
 from mmapt.registry import MODELS
 
 ARCH = dict(embed_dims=48, num_layers=4, num_heads=2)
@@ -45,14 +46,15 @@ def test_no_merge_equals_plain_vit():
     assert apt.tokenizer.patch_sizes == (14, 28, 56, 112)
     assert apt.num_prefix_tokens == 3
     x = _images()
-    with torch.no_grad():
+    with torch.no_grad(), count_tokens(apt) as counter:
         want = plain(x)
         got = apt(x)
     assert len(got) == 4
     for a, b in zip(got, want):
         assert a.shape == b.shape == (2, 48, 16, 24)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    assert apt.token_stats['tokens'] == [384, 384]
+    # Prefix tokens are not counted.
+    assert counter.per_image()['tokens'].tolist() == [384, 384]
 
 
 def test_no_merge_global_attention_without_class_token():
@@ -71,8 +73,9 @@ def test_batch_equals_images_alone_when_merging():
     with torch.no_grad():
         apt.apt_embed.zero_linear.weight.normal_(0, 0.05)  # not identity
         x = _images()
-        both = apt(x)
-        tokens = apt.token_stats['tokens']
+        with count_tokens(apt) as counter:
+            both = apt(x)
+        tokens = counter.per_image()['tokens'].tolist()
         alone = [apt(x[i:i + 1]) for i in range(2)]
     assert tokens[0] != tokens[1] and max(tokens) < 384
     for k in range(2):

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_tool
 
+from mmapt.models.backbones import count_tokens
+
 pytest.importorskip('mmdet')
 
 TOY_APT = osp.join(ROOT, 'configs', 'toy', 'toy_apt_det.py')
@@ -225,10 +227,11 @@ def test_det_inferencer_with_toy_checkpoint_and_without(trained, tmp_path):
     _check_predictions(random_init(image, no_save_vis=True))
 
     model = init_detector(TOY_APT, trained['ckpt'], device='cpu')
-    result = inference_detector(model, image)
+    with count_tokens(model.backbone) as counter:
+        result = inference_detector(model, image)
     assert result.pred_instances.masks.shape[-2:] == (200, 300)
     # The flat background and the padding merge into large patches.
-    assert model.backbone.token_stats['keep_ratio'][0] < 0.7
+    assert counter.per_image()['keep_ratio'][0] < 0.7
 
 
 @pytest.mark.slow

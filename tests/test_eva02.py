@@ -137,11 +137,16 @@ def test_outputs_registry_and_stats():
         dict(type='EVA02', arch=TINY, img_size=64, patch_size=16,
              window_size=2, global_attn_indexes=(1, ), out_indices=(-1, 0)))
     x = torch.randn(2, 3, 48, 80)
+    seen = []
+    handle = model.register_token_observer(
+        lambda tokens, baseline: seen.append((tokens, baseline)))
     outs = model(x)
     assert [o.shape for o in outs] == [(2, 64, 3, 5)] * 2
-    assert model.token_stats == dict(tokens=[15, 15],
-                                     baseline_tokens=[15, 15],
-                                     keep_ratio=[1.0, 1.0])
+    handle.remove()
+    model(x)
+    assert len(seen) == 1  # once per forward, none after remove()
+    for counts in seen[0]:
+        assert counts.dtype == torch.int64 and counts.tolist() == [15, 15]
     with pytest.raises(ValueError, match='multiple of the patch size 16'):
         model(torch.randn(1, 3, 50, 64))
     with pytest.raises(ValueError, match='arch'):

@@ -14,9 +14,10 @@ from torch.utils.data import Dataset
 
 import mmapt.engine  # noqa: F401
 from mmapt.engine import TokenStatsHook
+from mmapt.models.backbones import TokenObservable
 
 
-class FakeBackbone(nn.Module):
+class FakeBackbone(nn.Module, TokenObservable):
     """Keeps ``round(keep * 16)`` of 16 tokens, keep in [0.25, 1]."""
 
     def __init__(self):
@@ -25,11 +26,8 @@ class FakeBackbone(nn.Module):
 
     def forward(self, x):
         keep = x[:, 0].clamp(0.25, 1.0)
-        tokens = [round(float(k) * 16) for k in keep]
-        self.token_stats = dict(
-            tokens=tokens,
-            baseline_tokens=[16] * len(tokens),
-            keep_ratio=[t / 16 for t in tokens])
+        tokens = (keep * 16).round().long()
+        self._notify_tokens(tokens, torch.full_like(tokens, 16))
         return self.proj(x)
 
 
@@ -132,22 +130,23 @@ def test_train_val_test_statistics(tmp_path):
         8.5 / 16)
 
 
-def test_epoch_mean_weights_every_image(tmp_path):
+class FakeRunner:
+    iter = 0
+
+    def __init__(self, name, model):
+        self.message_hub = MessageHub.get_instance(name)
+        self.model = model
+
+
+def test_epoch_mean_weights_every_image():
     """Uneven batches: the epoch mean is over images, not batches."""
     hook = TokenStatsHook()
-
-    class FakeRunner:
-        message_hub = MessageHub.get_instance('token_stats_epoch_test')
-        model = nn.Module()
-
-    runner = FakeRunner()
-    runner.model.backbone = nn.Module()
+    model = ToyModel()
+    runner = FakeRunner('token_stats_epoch_test', model)
     hook.before_test_epoch(runner)
-    for tokens in ([4, 4, 4], [16]):
-        runner.model.backbone.token_stats = dict(
-            tokens=tokens,
-            baseline_tokens=[16] * len(tokens),
-            keep_ratio=[t / 16 for t in tokens])
+    for keeps in ([0.25, 0.25, 0.25], [1.0]):
+        hook.before_test_iter(runner, 0)
+        model.backbone(torch.tensor([[k, 1.0] for k in keeps]))
         hook.after_test_iter(runner, 0)
     assert runner.message_hub.get_scalar('test/tokens').current() == 16
     hook.after_test_epoch(runner)
@@ -156,22 +155,48 @@ def test_epoch_mean_weights_every_image(tmp_path):
         'test/keep_ratio').current() == pytest.approx(7 / 16)
 
 
-def test_unwraps_model_wrappers():
+def test_calls_of_an_iteration_are_summed_per_image():
+    """Slide inference calls the backbone once per crop: every crop counts,
+    and the keep ratio is per image over all its crops."""
     hook = TokenStatsHook()
+    model = ToyModel()
+    runner = FakeRunner('token_stats_slide_test', model)
+    hook.before_test_epoch(runner)
+    hook.before_test_iter(runner, 0)
+    # Two images, three crops each: image 0 keeps 4, 8, 16 tokens, image 1
+    # always 16.
+    for keep in (0.25, 0.5, 1.0):
+        model.backbone(torch.tensor([[keep, 1.0], [1.0, 1.0]]))
+    hook.after_test_iter(runner, 0)
+    hub = runner.message_hub
+    assert hub.get_scalar('test/backbone_calls').current() == 3
+    assert hub.get_scalar('test/tokens').current() == (28 + 48) / 2
+    assert hub.get_scalar('test/baseline_tokens').current() == 48
+    assert hub.get_scalar('test/keep_ratio').current() == pytest.approx(
+        (28 / 48 + 1) / 2)
+    # The next iteration starts from zero.
+    hook.before_test_iter(runner, 1)
+    model.backbone(torch.tensor([[0.5, 1.0]]))
+    hook.after_test_iter(runner, 1)
+    assert hub.get_scalar('test/tokens').current() == 8
+    hook.after_test_epoch(runner)
+    assert hub.get_scalar('test/tokens').current() == pytest.approx(
+        (28 + 48 + 8) / 3)
 
-    class FakeRunner:
-        message_hub = MessageHub.get_instance('token_stats_unwrap_test')
 
-    inner = nn.Module()
-    inner.backbone = nn.Module()
-    inner.backbone.token_stats = dict(
-        tokens=[8], baseline_tokens=[16], keep_ratio=[0.5])
+def test_unwraps_model_wrappers_and_removes_observer():
+    hook = TokenStatsHook()
+    inner = ToyModel()
     wrapper = nn.Module()
     wrapper.module = inner
-    runner = FakeRunner()
-    runner.model = wrapper
-    hook._record(runner, 'train')
+    runner = FakeRunner('token_stats_unwrap_test', wrapper)
+    hook.before_run(runner)
+    hook.before_train_iter(runner, 0)
+    inner.backbone(torch.tensor([[0.5, 1.0]]))
+    hook.after_train_iter(runner, 0)
     assert runner.message_hub.get_scalar('train/keep_ratio').current() == 0.5
+    hook.after_run(runner)
+    assert not inner.backbone._token_observers
 
 
 def test_model_without_token_stats_is_skipped(tmp_path, caplog):

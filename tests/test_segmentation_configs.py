@@ -21,6 +21,7 @@ from mmengine.registry import init_default_scope  # noqa: E402
 
 import mmapt  # noqa: E402,F401
 import mmapt.models.necks.vit_pyramid  # noqa: E402,F401
+from mmapt.models.backbones import count_tokens  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(ROOT, 'configs')
@@ -276,11 +277,12 @@ def test_apt_upernet_train_step_and_slide_inference_cpu():
     images[1][:, :128] = 128
     model.train()
     head_weight = model.decode_head.conv_seg.weight.detach().clone()
-    losses = model.train_step(_batch(images), optim_wrapper)
+    with count_tokens(model.backbone) as counter:
+        losses = model.train_step(_batch(images), optim_wrapper)
     assert {'decode.loss_ce', 'aux.loss_ce'} <= set(losses)
     assert all(torch.isfinite(v).all() for v in losses.values())
     assert not torch.equal(head_weight, model.decode_head.conv_seg.weight)
-    stats = model.backbone.token_stats
+    stats = counter.per_image()
     assert stats['tokens'][0] == stats['baseline_tokens'][0] == 16 * 16
     assert stats['tokens'][1] < stats['baseline_tokens'][1]
 
@@ -288,13 +290,17 @@ def test_apt_upernet_train_step_and_slide_inference_cpu():
     model.eval()
     image = torch.randint(0, 256, (3, 512, 683), dtype=torch.uint8)
     image[:, :, :300] = 200
-    with torch.no_grad():
+    with torch.no_grad(), count_tokens(model.backbone) as counter:
         results = model.test_step(_batch([image], with_gt=False))
     assert results[0].pred_sem_seg.data.shape == (1, 512, 683)
     assert results[0].seg_logits.data.shape == (150, 512, 683)
     # two 512 x 512 windows (x = 0 and 171), each tokenised on its own
     assert cfg.model.test_cfg.stride == (341, 341)
-    assert model.backbone.token_stats['tokens'][0] < 32 * 32
+    # the tokens of both windows are counted, summed for the image
+    stats = counter.per_image()
+    assert stats['calls'] == 2
+    assert stats['baseline_tokens'].tolist() == [2 * 32 * 32]
+    assert stats['tokens'][0] < 2 * 32 * 32
 
 
 def test_finetune_loads_a_baseline_segmentor_state_dict():

@@ -254,10 +254,17 @@ def test_window_not_multiple_of_largest_patch_raises():
         PatchTokenizer(16, (2, 2, 0.3), window_size=12)
 
 
-def test_grid_not_multiple_of_window_raises():
-    tok = PatchTokenizer(16, (2, 2, 0.3), window_size=16)  # 256 px windows
-    with pytest.raises(ValueError, match='multiple of 256'):
-        tok(torch.zeros(1, 3, 256, 384))
+def test_partial_windows_at_the_border():
+    """Inputs that are a multiple of the largest patch but not of the window
+    get shorter (partial) window groups at the bottom/right border."""
+    tok = PatchTokenizer(16, (-1, -1, -1), window_size=16)  # no merging
+    layout = tok(torch.zeros(1, 3, 256, 384))  # 16 x 24 cells
+    counts = layout.cu_seqlens_window.diff().tolist()
+    assert counts == [256, 128]  # one full window, one 16 x 8 half window
+    # Every token lies in the window its group says.
+    ws = 16
+    window = layout.row // ws * 2 + layout.col // ws
+    assert torch.equal(window, layout.window_index)
 
 
 def test_keep_ratio_and_stats():

@@ -190,13 +190,20 @@ def test_windows_global_blocks_and_prefix_isolation():
 
 def test_positions_and_size_checks():
     model = ViT(arch=dict(embed_dims=32, num_layers=1, num_heads=2),
-                pretrain_img_size=70)
+                img_size=126, pretrain_img_size=70)
     # timm resamples with antialiasing, a different kernel from plain
     # bicubic even when upsampling.
     pos = model.pos_embed[:, 1:].reshape(1, 5, 5, 32).permute(0, 3, 1, 2)
     want = F.interpolate(pos, size=(9, 7), mode='bicubic', antialias=True,
                          align_corners=False)
     torch.testing.assert_close(model.position_map((9, 7)), want)
+    # 'nominal': resampled to img_size / patch_size (9 x 9), then cropped.
+    model.position_grid = 'nominal'
+    want = F.interpolate(pos, size=(9, 9), mode='bicubic', antialias=True,
+                         align_corners=False)[:, :, :, :7]
+    torch.testing.assert_close(model.position_map((9, 7)), want)
+    with pytest.raises(ValueError, match='position_grid'):
+        ViT(arch='small', position_grid='canvas')
     with pytest.raises(ValueError, match='multiple of the patch size 14'):
         model(torch.zeros(1, 3, 70, 71))
     with pytest.raises(ValueError, match='num_register_tokens'):

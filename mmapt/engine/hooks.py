@@ -1,40 +1,47 @@
 # Copyright (c) mmapt contributors. All rights reserved.
 """Logging of APT token statistics during training, validation and test."""
-from typing import Dict, List, Optional, Sequence
+import logging
+from typing import Dict, List, Optional
 
 import torch
+import torch.nn as nn
 from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from torch.utils.hooks import RemovableHandle
+
+from mmapt.models.backbones.token_observer import (TokenCounter,
+                                                  is_token_observable)
 
 STAT_KEYS = ('tokens', 'baseline_tokens', 'keep_ratio')
-
-
-def _mean(values: Sequence) -> float:
-    vals = [float(v) for v in values]
-    return sum(vals) / len(vals)
 
 
 @HOOKS.register_module()
 class TokenStatsHook(Hook):
     """Log how many tokens the backbone kept.
 
-    After every forward the backbone of an mmapt model exposes
-    ``backbone.token_stats = dict(tokens=[...], baseline_tokens=[...],
-    keep_ratio=[...])`` (one entry per image). This hook writes the batch
-    means to the runner's message hub as ``{mode}/tokens``,
-    ``{mode}/baseline_tokens`` and ``{mode}/keep_ratio`` (``mode`` is train,
-    val or test), so they appear in the text log, in the json log and in
-    every visualiser backend (TensorBoard, ...) next to the losses and
-    metrics. At the end of a val or test epoch the same keys are overwritten
-    with the means over all images of the epoch (summed over all ranks in
+    The hook registers an observer on the model's backbone
+    (``backbone.register_token_observer``, see
+    :class:`mmapt.models.backbones.TokenObservable`); the backbone reports
+    the tokens and baseline tokens of every image after every forward. The
+    calls of one iteration are summed per image, so slide inference (one
+    backbone call per crop) counts the tokens of all crops of an image, and
+    its keep ratio is ``sum(tokens) / sum(baseline tokens)`` over the crops.
+
+    Per iteration the batch means go to the runner's message hub as
+    ``{mode}/tokens``, ``{mode}/baseline_tokens``, ``{mode}/keep_ratio`` and
+    ``{mode}/backbone_calls`` (calls per iteration, e.g. the number of slide
+    crops; ``mode`` is train, val or test), so they appear in the text log,
+    the json log and every visualiser backend next to the losses and metrics.
+    At the end of a val or test epoch the first three are overwritten with
+    the means over all images of the epoch (summed over all ranks in
     distributed runs), which is what the epoch summary line and the metrics
     json show.
 
-    Models without ``backbone.token_stats`` (any other detector or segmentor)
-    are skipped with a single warning.
+    Models whose backbone has no ``register_token_observer`` (any other
+    detector or segmentor) are skipped with a single warning.
 
     Args:
         interval (int): Record training statistics every ``interval``
@@ -50,41 +57,62 @@ class TokenStatsHook(Hook):
         self.interval = interval
         self._warned = False
         self._epoch_sums: Dict[str, List[float]] = {}
+        self._handle: Optional[RemovableHandle] = None
+        self._observed: Optional[nn.Module] = None
+        self._counter = TokenCounter()
 
     # ------------------------------------------------------------ helpers
-    def _get_stats(self, runner) -> Optional[Dict[str, list]]:
+    @staticmethod
+    def _backbone(runner) -> Optional[nn.Module]:
         model = runner.model
         if is_model_wrapper(model) or hasattr(model, 'module'):
             model = model.module
-        backbone = getattr(model, 'backbone', None)
-        stats = getattr(backbone, 'token_stats', None)
-        if not stats or not all(stats.get(k) is not None and len(stats[k])
-                                for k in STAT_KEYS):
+        return getattr(model, 'backbone', None)
+
+    def _observe(self, runner) -> bool:
+        """Register the observer on the runner's backbone (once)."""
+        backbone = self._backbone(runner)
+        if backbone is not None and backbone is self._observed:
+            return True
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle, self._observed = None, None
+        if not is_token_observable(backbone):
             if not self._warned:
                 print_log(
-                    'TokenStatsHook: the model has no backbone.token_stats '
-                    f'(backbone: {type(backbone).__name__}); no token '
-                    'statistics will be logged.',
+                    'TokenStatsHook: the backbone '
+                    f'({type(backbone).__name__}) has no '
+                    'register_token_observer; no token statistics will be '
+                    'logged.',
                     logger='current',
-                    level=30)
+                    level=logging.WARNING)
                 self._warned = True
-            return None
-        return stats
+            return False
+        self._handle = backbone.register_token_observer(self._counter)
+        self._observed = backbone
+        return True
+
+    def _start_iter(self, runner) -> None:
+        self._counter.reset()
+        self._observe(runner)
 
     def _record(self, runner, mode: str) -> None:
-        stats = self._get_stats(runner)
+        stats = self._counter.per_image()
+        self._counter.reset()
         if stats is None:
             return
         for key in STAT_KEYS:
             runner.message_hub.update_scalar(f'{mode}/{key}',
-                                             _mean(stats[key]))
+                                             stats[key].mean().item())
+        runner.message_hub.update_scalar(f'{mode}/backbone_calls',
+                                         stats['calls'].item())
         if mode != 'train':
             if not self._epoch_sums:
                 self._reset()
             sums = self._epoch_sums
             for key in STAT_KEYS:
-                sums[key][0] += sum(float(v) for v in stats[key])
-            sums['count'][0] += len(stats['tokens'])
+                sums[key][0] += stats[key].sum().item()
+            sums['count'][0] += stats['tokens'].numel()
 
     def _reset(self) -> None:
         self._epoch_sums = {k: [0.0] for k in (*STAT_KEYS, 'count')}
@@ -104,6 +132,26 @@ class TokenStatsHook(Hook):
         self._epoch_sums = {}
 
     # -------------------------------------------------------------- hooks
+    def before_run(self, runner) -> None:
+        self._observe(runner)
+
+    def after_run(self, runner) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle, self._observed = None, None
+
+    def before_train_iter(self, runner, batch_idx: int,
+                          data_batch=None) -> None:
+        self._start_iter(runner)
+
+    def before_val_iter(self, runner, batch_idx: int,
+                        data_batch=None) -> None:
+        self._start_iter(runner)
+
+    def before_test_iter(self, runner, batch_idx: int,
+                         data_batch=None) -> None:
+        self._start_iter(runner)
+
     def after_train_iter(self,
                          runner,
                          batch_idx: int,

@@ -230,8 +230,9 @@ def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
         keep_masks (Sequence[Tensor]): Per scale ``i``, a (B, Hc / 2**i,
             Wc / 2**i) bool mask of the patches that are tokens.
         grid_size (tuple[int, int]): The base grid (Hc, Wc).
-        window_size (int, optional): Window side in cells. Must divide the
-            grid and be a multiple of the largest patch side in cells.
+        window_size (int, optional): Window side in cells, a multiple of
+            the largest patch side in cells; windows at the bottom/right
+            border may be partial.
         num_prefix_tokens (int): Class / register tokens opening each image's
             slice of the packed sequence. Defaults to 0.
 
@@ -244,10 +245,9 @@ def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
         raise ValueError(f'num_prefix_tokens must be >= 0, got '
                          f'{num_prefix_tokens}')
     if window_size is not None:
-        if height % window_size or width % window_size:
-            raise ValueError(f'grid {height}x{width} is not a multiple of the '
-                             f'window size {window_size}')
-        win_rows, win_cols = height // window_size, width // window_size
+        # Windows at the bottom/right border may be partial (padding-free
+        # inputs): their groups are simply shorter.
+        win_rows, win_cols = -(-height // window_size), -(-width // window_size)
     else:
         win_rows = win_cols = 1
 

@@ -11,9 +11,28 @@ from PIL import Image
 
 from .tokenizer import IMAGENET_MEAN, IMAGENET_STD, PatchTokenizer
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.npy')
 # mmdet's Pad value for ViTDet-style square canvases.
 CANVAS_PAD_VALUE = 114
+# The real photographs scikit-image ships (no synthetic or microscopy
+# images), RGB and gray: what the analysis tools are measured on.
+SAMPLE_PHOTOS = ('astronaut.png', 'camera.png', 'chelsea.png', 'coffee.png',
+                 'rocket.jpg', 'motorcycle_left.png', 'hubble_deep_field.jpg',
+                 'moon.png')
+
+
+def sample_photo_paths() -> List[str]:
+    """Paths of :data:`SAMPLE_PHOTOS` inside the installed scikit-image."""
+    try:
+        import skimage
+    except ImportError as err:
+        raise FileNotFoundError(
+            'the sample photographs come with scikit-image, which is not '
+            'installed: pass a folder of images instead (write one on a '
+            'machine with scikit-image: python tools/misc/sample_photos.py '
+            'DIR)') from err
+    source = os.path.join(os.path.dirname(skimage.__file__), 'data')
+    return [os.path.join(source, name) for name in SAMPLE_PHOTOS]
 
 
 def list_images(path: str) -> List[str]:
@@ -24,7 +43,8 @@ def list_images(path: str) -> List[str]:
             if name.lower().endswith(IMAGE_EXTENSIONS)
         ]
         if not files:
-            raise FileNotFoundError(f'no JPEG/PNG images in folder {path}')
+            raise FileNotFoundError(
+                f'no images ({", ".join(IMAGE_EXTENSIONS)}) in folder {path}')
         return files
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} is neither an image nor a folder')
@@ -32,18 +52,35 @@ def list_images(path: str) -> List[str]:
 
 
 def load_rgb(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; gray and RGBA files are converted."""
+    """(H, W, 3) uint8 RGB; gray and RGBA files are converted.
+
+    ``.npy`` files hold an (H, W), (H, W, 3) or (H, W, 4) uint8 array (RGB).
+    """
+    if path.lower().endswith('.npy'):
+        array = np.load(path)
+        if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
+                array.ndim == 3 and array.shape[2] not in (3, 4)):
+            raise ValueError(f'{path}: expected an (H, W[, 3 or 4]) uint8 '
+                             f'array, got {array.dtype} {array.shape}')
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        return np.ascontiguousarray(array[..., :3])
     with Image.open(path) as image:
         return np.asarray(image.convert('RGB'))
+
+
+def canvas_content_size(height: int, width: int,
+                        canvas: int) -> Tuple[int, int]:
+    """Size of an image's content on the :func:`to_canvas` canvas."""
+    scale = canvas / max(height, width)
+    return (max(1, min(canvas, round(height * scale))),
+            max(1, min(canvas, round(width * scale))))
 
 
 def to_canvas(image: np.ndarray, canvas: int) -> np.ndarray:
     """Detection test pipeline: long side to ``canvas`` keeping the aspect
     ratio (bilinear), then pad bottom/right with 114 to canvas x canvas."""
-    height, width = image.shape[:2]
-    scale = canvas / max(height, width)
-    new_h = max(1, min(canvas, round(height * scale)))
-    new_w = max(1, min(canvas, round(width * scale)))
+    new_h, new_w = canvas_content_size(*image.shape[:2], canvas)
     resized = np.asarray(
         Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     out = np.full((canvas, canvas, 3), CANVAS_PAD_VALUE, dtype=np.uint8)

@@ -138,19 +138,20 @@ class PatchTokenizer:
         return self.num_scales > 1 and max(self.thresholds) > 0
 
     def check_input_size(self, height: int, width: int) -> None:
-        """Raise a ValueError naming the fix when H or W does not fit."""
+        """Raise a ValueError naming the fix when H or W does not fit.
+
+        Inputs must be a multiple of the largest patch; with windows they
+        need not be a multiple of the window (windows at the bottom/right
+        border are partial: padding-free inputs).
+        """
         multiple = self.largest_patch
-        if self.window_size is not None:
-            multiple = self.window_size * self.patch_size
         if height % multiple or width % multiple:
-            what = (f'the window ({self.window_size} cells x '
-                    f'{self.patch_size} px)' if self.window_size is not None
-                    else f'the largest patch ({self.largest_patch} px)')
             raise ValueError(
                 f'image size {height}x{width} must be a multiple of {multiple}, '
-                f'{what}. Pad the inputs: set pad_size_divisor={multiple} in '
-                f'the mmdet DetDataPreprocessor, or size_divisor={multiple} '
-                f'(or size=(H, W) multiples of it) in the mmseg '
+                f'the largest patch ({self.largest_patch} px). Pad the inputs: '
+                f'set pad_size_divisor={multiple} in the mmdet '
+                f'DetDataPreprocessor, or size_divisor={multiple} (or '
+                f'size=(H, W) multiples of it) in the mmseg '
                 f'SegDataPreProcessor.')
 
     @torch.no_grad()

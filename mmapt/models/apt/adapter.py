@@ -16,7 +16,10 @@ requested outputs to dense maps. It asks the host only for:
 * ``num_prefix_tokens`` and ``prefix_tokens(batch) -> (B, P, C)`` (class /
   register tokens, their positions included) when it is > 0;
 * ``blocks``: modules with ``window_size`` and ``forward_packed(x, ctx)``;
-* ``token_stats``: set after each forward (the token counts).
+* ``nominal_grid(grid)``: the grid positions are defined on (global RoPE
+  is evaluated on it, see ``EVA02.nominal_grid``);
+* ``_notify_tokens(tokens, baseline)`` (``TokenObservable``): called once
+  per forward with the token counts.
 
 The adapter registers the APT layers on the host as ``host.apt_embed`` so
 checkpoint keys stay ``apt_embed.*``.
@@ -133,7 +136,7 @@ class APTAdapter:
         for prefix tokens."""
         rope = self.host.rope
         centers = layout.centers()
-        image_rope = rope(centers, layout.grid_size)
+        image_rope = rope(centers, self.host.nominal_grid(layout.grid_size))
         window_rope = image_rope
         if layout.window_size is not None:
             ws = layout.window_size
@@ -170,10 +173,9 @@ class APTAdapter:
     def report_tokens(self, layout: PatchLayout) -> None:
         """Publish the per-image token counts of this forward (prefix tokens
         not counted) on the host."""
-        self.host.token_stats = dict(
-            tokens=layout.tokens_per_image.tolist(),
-            baseline_tokens=[layout.baseline_tokens] * layout.batch_size,
-            keep_ratio=layout.keep_ratio.tolist())
+        tokens = layout.tokens_per_image
+        self.host._notify_tokens(
+            tokens, torch.full_like(tokens, layout.baseline_tokens))
 
     def __call__(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""

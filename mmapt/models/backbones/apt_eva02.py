@@ -32,5 +32,8 @@ class APTEVA02(APTBackboneMixin, EVA02):
         std (Sequence[float]): RGB std, likewise.
         **kwargs: :class:`EVA02` arguments. ``window_size`` must be a multiple
             of the largest patch in cells, and inputs a multiple of the
-            window (or of the largest patch without windows).
+            largest patch. Inputs need not fill whole windows: windows at
+            the bottom/right border are then partial (padding-free
+            inference, e.g. ``pad_size_divisor=128`` without the square
+            canvas), and positions stay those of the ``img_size`` canvas.
     """

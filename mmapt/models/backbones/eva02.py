@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from mmapt.registry import MODELS
 from ..layers import (EVA02Block, ParamCache, PatchEmbed, RotaryEmbedding2D,
                       pos_embed_map, resize_pos_embed)
+from .token_observer import TokenObservable
 
 
 def _to_2tuple(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -26,7 +27,7 @@ def _to_2tuple(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
 
 
 @MODELS.register_module()
-class EVA02(BaseModule):
+class EVA02(BaseModule, TokenObservable):
     """EVA-02 vision transformer for dense prediction.
 
     A ViTDet-style EVA-02: absolute position embedding interpolated from the
@@ -141,8 +142,6 @@ class EVA02(BaseModule):
         self._init_extra()
         self._check_img_size()
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
-        self.token_stats: Dict[str, list] = dict(
-            tokens=[], baseline_tokens=[], keep_ratio=[])
         self._freeze_stages()
 
     # ------------------------------------------------------------------ build
@@ -312,12 +311,28 @@ class EVA02(BaseModule):
                 f'size_divisor (mmseg) to a multiple of it')
         return height // self.patch_size, width // self.patch_size
 
+    def nominal_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        """The grid positions are defined on, for an input of ``grid`` cells.
+
+        It is ``img_size / patch_size`` (the training canvas), extended on
+        an axis where the input is larger. Absolute positions and the RoPE
+        of global blocks are evaluated on it and cropped to the input's
+        top-left ``grid`` cells: a content token keeps the position it has
+        on the padded canvas however much bottom/right padding (the side
+        mmdet and mmseg pad) is dropped, instead of the whole input being
+        stretched onto the pretraining grid.
+        """
+        return (max(self.img_size[0] // self.patch_size, grid[0]),
+                max(self.img_size[1] // self.patch_size, grid[1]))
+
     def position_map(self, grid: Tuple[int, int]) -> Tensor:
-        """(1, C, rows, cols) absolute position embedding at ``grid``."""
+        """(1, C, rows, cols) absolute position embedding at ``grid``: the
+        table resampled to :meth:`nominal_grid` and cropped."""
+        nominal = self.nominal_grid(grid)
         return self._cached_position(
             'map', grid, lambda: pos_embed_map(
-                self.pos_embed[:, self.num_class_rows:], self.pos_grid, grid,
-                self.pos_antialias))
+                self.pos_embed[:, self.num_class_rows:], self.pos_grid,
+                nominal, self.pos_antialias)[:, :, :grid[0], :grid[1]])
 
     @property
     def num_class_rows(self) -> int:
@@ -345,7 +360,8 @@ class EVA02(BaseModule):
         x = self.patch_embed(x) + self.position_map(
             (height, width)).permute(0, 2, 3, 1)
         prefix = self.prefix_tokens(batch)
-        global_rope = self.rope.grid(height, width, x.device)
+        global_rope = self.rope.grid(height, width, x.device,
+                                     self.nominal_grid((height, width)))
         window_rope = self.rope.grid(self.window_size, self.window_size,
                                      x.device) if self.window_size else None
 
@@ -362,11 +378,11 @@ class EVA02(BaseModule):
                 x, prefix = x
             if i in self.out_indices:
                 outs.append(x.permute(0, 3, 1, 2).contiguous())
-        tokens = height * width
-        self.token_stats = dict(
-            tokens=[tokens] * batch,
-            baseline_tokens=[tokens] * batch,
-            keep_ratio=[1.0] * batch)
+        cells = torch.full((batch, ),
+                           height * width,
+                           dtype=torch.int64,
+                           device=x.device)
+        self._notify_tokens(cells, cells)
         return self._order_outputs(outs)
 
     def _order_outputs(self, outs: List[Tensor]) -> Tuple[Tensor, ...]:

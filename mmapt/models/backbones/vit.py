@@ -65,6 +65,12 @@ class ViT(EVA02):
             Defaults to True.
         layer_scale_init (float): Initial LayerScale value without a
             checkpoint. Defaults to 1e-5.
+        position_grid (str): ``'input'``: the position table is resampled
+            to each input's grid, as timm and DINOv2 do (the default, what
+            the timm parity holds for). ``'nominal'``: resampled to the
+            nominal grid ``img_size / patch_size`` and cropped, like
+            :class:`EVA02` (content keeps its canvas position when padding
+            is dropped). The two agree for inputs of ``img_size``.
         frozen_stages (int): Freeze the embeddings (stage 0) and the first
             ``frozen_stages`` blocks; -1 freezes nothing. Defaults to -1.
         with_cp (bool): Gradient checkpointing of every block while
@@ -72,6 +78,7 @@ class ViT(EVA02):
         init_cfg (dict | list[dict], optional): mmengine init config, e.g.
             ``dict(type='Pretrained', checkpoint=...)`` for a converted
             checkpoint (``tools/model_converters/vit_to_mmapt.py``).
+        **kwargs: Further :class:`EVA02` arguments.
     """
 
     arch_zoo: Dict[str, dict] = {
@@ -97,9 +104,15 @@ class ViT(EVA02):
                  num_register_tokens: int = 0,
                  layer_scale: bool = True,
                  layer_scale_init: float = 1e-5,
+                 position_grid: str = 'input',
                  frozen_stages: int = -1,
                  with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+                 init_cfg: Optional[Union[dict, List[dict]]] = None,
+                 **kwargs) -> None:
+        if position_grid not in ('input', 'nominal'):
+            raise ValueError("position_grid must be 'input' or 'nominal', "
+                             f'got {position_grid!r}')
+        self.position_grid = position_grid
         if num_register_tokens < 0:
             raise ValueError('num_register_tokens must be >= 0, got '
                              f'{num_register_tokens}')
@@ -118,7 +131,8 @@ class ViT(EVA02):
             use_cls_token=use_cls_token,
             frozen_stages=frozen_stages,
             with_cp=with_cp,
-            init_cfg=init_cfg)
+            init_cfg=init_cfg,
+            **kwargs)
 
     # ------------------------------------------------------------------ build
     def _build_layers(self, drop_rates: List[float]) -> None:
@@ -163,6 +177,13 @@ class ViT(EVA02):
             self.register_tokens.requires_grad = False
 
     # ---------------------------------------------------------------- forward
+    def nominal_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
+        """The input's own grid (timm, DINOv2), or with
+        ``position_grid='nominal'`` :meth:`EVA02.nominal_grid`."""
+        if self.position_grid == 'input':
+            return tuple(grid)  # type: ignore[return-value]
+        return super().nominal_grid(grid)
+
     def prefix_tokens(self, batch: int) -> Optional[Tensor]:
         """(B, P, C): the class token with its position row, then the
         register tokens (no position); None without any."""
@@ -193,9 +214,7 @@ class ViT(EVA02):
             if i in self.out_indices:
                 outs.append(x[:, num_prefix:].transpose(1, 2).reshape(
                     batch, self.embed_dims, *grid))
-        tokens = grid[0] * grid[1]
-        self.token_stats = dict(
-            tokens=[tokens] * batch,
-            baseline_tokens=[tokens] * batch,
-            keep_ratio=[1.0] * batch)
+        cells = torch.full((batch, ), grid[0] * grid[1], dtype=torch.int64,
+                           device=x.device)
+        self._notify_tokens(cells, cells)  # prefix tokens not counted
         return self._order_outputs(outs)

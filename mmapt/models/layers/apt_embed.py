@@ -87,7 +87,13 @@ class APTEmbed(BaseModule):
         """
         batch, height, width, dims = base.shape
         base_flat = base.reshape(-1, dims)
-        tokens = base.new_empty(layout.num_tokens, dims)
+        # The dtype of "embedding + position" by torch's promotion rules:
+        # under autocast the embeddings are fp16/bf16 and the position table
+        # fp32, so tokens start fp32, exactly as in the dense EVA02 (whose
+        # blocks then keep the residual stream in that dtype).
+        dtype = base.dtype if pos is None else torch.promote_types(
+            base.dtype, pos[0].dtype)
+        tokens = base.new_empty(layout.num_tokens, dims, dtype=dtype)
         for scale in range(layout.num_scales):
             index = (layout.scale_index == scale).nonzero(as_tuple=True)[0]
             # While training, empty scales still run (on zero tokens) so the
@@ -111,7 +117,9 @@ class APTEmbed(BaseModule):
                 pos_index = (row >> scale) * (width >> scale) + (col >> scale)
                 value = value + pos[scale].index_select(0, pos_index)
             # Written once per token into a fresh buffer (no full copies).
-            tokens.index_copy_(0, index, value)
+            # The cast is a no-op unless autocast made the large-patch
+            # branch another dtype than the base embedding.
+            tokens.index_copy_(0, index, value.to(dtype))
         return tokens
 
     @staticmethod

@@ -21,7 +21,8 @@ Backends, picked per call:
 A plan depends only on ``cu_seqlens``: APTEVA02 builds it once per forward and
 every block reuses it.
 """
-from typing import List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -249,3 +250,20 @@ def build_plans(*cu_max: Tuple[Tensor, int]) -> List[VarlenPlan]:
         else:
             plans.append(VarlenPlan(cu, max_len))
     return plans
+
+
+def cuda_varlen_enabled() -> bool:
+    """Whether CUDA fp16/bf16 attention takes torch's varlen kernel (it is
+    importable and has not failed on this machine)."""
+    return _cuda_varlen_usable
+
+
+@contextmanager
+def padded_attention() -> Iterator[None]:
+    """Force the padded SDPA fallback on CUDA too (to compare or time it)."""
+    global _cuda_varlen_usable
+    saved, _cuda_varlen_usable = _cuda_varlen_usable, False
+    try:
+        yield
+    finally:
+        _cuda_varlen_usable = saved

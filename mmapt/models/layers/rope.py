@@ -20,7 +20,7 @@ real and imaginary parts are exactly timm's ``x0 cos - x1 sin`` and
 ``x1 cos + x0 sin`` (same values, bit for bit on this CPU), in one pass
 instead of five (4x faster on a 9216-token map).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -71,8 +71,9 @@ class RotaryEmbedding2D(nn.Module):
 
         Args:
             coords (Tensor): (N, 2) float (row, col) in cell units.
-            grid_len (tuple): (rows, cols) of the grid the coordinates live
-                on (window side for window attention, image grid otherwise).
+            grid_len (tuple): (rows, cols) of the grid the positions are
+                defined on (window side for window attention; for global
+                attention the nominal grid, see ``EVA02.nominal_grid``).
 
         Returns:
             Tensor: (N, head_dim / 2) complex64 ``cos + i sin`` for the
@@ -86,9 +87,17 @@ class RotaryEmbedding2D(nn.Module):
         angles = (t[:, :, None] * self.freqs.to(t.device)).flatten(1)
         return torch.complex(angles.cos(), angles.sin())
 
-    def grid(self, height: int, width: int, device: torch.device) -> Tensor:
-        """Tables for every cell of a ``height x width`` grid, row-major."""
+    def grid(self,
+             height: int,
+             width: int,
+             device: torch.device,
+             grid_len: Optional[Tuple[float, float]] = None) -> Tensor:
+        """Tables for every cell of a ``height x width`` grid, row-major.
+
+        ``grid_len`` is the grid the positions are defined on (default: this
+        grid); a larger one gives the top-left crop of its tables.
+        """
         rows = torch.arange(height, device=device).float()
         cols = torch.arange(width, device=device).float()
         coords = torch.stack(torch.meshgrid(rows, cols, indexing='ij'), -1)
-        return self(coords.reshape(-1, 2), (height, width))
+        return self(coords.reshape(-1, 2), grid_len or (height, width))

@@ -1,0 +1,151 @@
+# Copyright (c) mmapt contributors. All rights reserved.
+"""An explicit channel for the token counts of every backbone call.
+
+A backbone used to overwrite a ``token_stats`` attribute on each forward, and
+a hook read whatever the last call left there: slide inference (one call per
+crop) then reported only the last crop. Instead, a backbone announces the
+counts of every call to registered observers, and each observer decides how
+to combine them (``TokenStatsHook`` sums the calls of an iteration per
+image).
+"""
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+
+#: ``fn(tokens, baseline_tokens)``; both int64, shape (B,), one entry per
+#: image of the backbone call.
+TokenObserver = Callable[[Tensor, Tensor], None]
+
+
+class TokenObservable:
+    """Mixin for backbones that report their token counts per call.
+
+    A backbone calls :meth:`_notify_tokens` exactly once per forward with
+    the number of tokens each image ran through the blocks and the number a
+    plain ViT would have run (the base grid cells); prefix tokens (class,
+    registers) are counted in neither. Plain backbones pass the grid cells
+    for both.
+
+    Example:
+        >>> calls = []
+        >>> handle = backbone.register_token_observer(
+        ...     lambda tokens, baseline: calls.append((tokens, baseline)))
+        >>> backbone(images)            # calls == [(tensor([..]), ...)]
+        >>> handle.remove()
+    """
+
+    def _token_observer_dict(self) -> Dict[int, TokenObserver]:
+        # Created lazily so the mixin needs no __init__ of its own (and
+        # object.__setattr__ keeps nn.Module from treating it as state).
+        observers = self.__dict__.get('_token_observers')
+        if observers is None:
+            observers = OrderedDict()
+            object.__setattr__(self, '_token_observers', observers)
+        return observers
+
+    def register_token_observer(self, fn: TokenObserver) -> RemovableHandle:
+        """Call ``fn(tokens, baseline_tokens)`` after every forward.
+
+        Args:
+            fn (Callable): Receives two int64 tensors of shape (B,) on the
+                device of the input: tokens per image and baseline tokens
+                per image (without prefix tokens).
+
+        Returns:
+            torch.utils.hooks.RemovableHandle: ``handle.remove()``
+            unregisters ``fn``.
+        """
+        if not callable(fn):
+            raise TypeError(f'token observer must be callable, got {fn!r}')
+        observers = self._token_observer_dict()
+        handle = RemovableHandle(observers)
+        observers[handle.id] = fn
+        return handle
+
+    def _notify_tokens(self, tokens: Tensor, baseline_tokens: Tensor) -> None:
+        """Hand this call's per-image counts to every observer.
+
+        Args:
+            tokens (Tensor): int64 (B,), tokens per image (no prefix tokens).
+            baseline_tokens (Tensor): int64 (B,), grid cells per image.
+        """
+        observers = self.__dict__.get('_token_observers')
+        if not observers:
+            return
+        if tokens.shape != baseline_tokens.shape or tokens.dim() != 1:
+            raise ValueError(
+                'token counts must be two (B,) tensors, got shapes '
+                f'{tuple(tokens.shape)} and {tuple(baseline_tokens.shape)}')
+        # Counts are bookkeeping, never part of the graph.
+        tokens = tokens.detach().to(torch.int64)
+        baseline_tokens = baseline_tokens.detach().to(torch.int64)
+        for fn in list(observers.values()):
+            fn(tokens, baseline_tokens)
+
+
+def is_token_observable(module: object) -> bool:
+    """Whether ``module`` reports token counts (has the observer API)."""
+    return callable(getattr(module, 'register_token_observer', None))
+
+
+class TokenCounter:
+    """A token observer that sums the calls it saw, per image.
+
+    Calls over the same images (slide-inference crops of one batch) are
+    summed image by image; calls with different batch sizes are taken as
+    different images and concatenated.
+    """
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[Tensor, Tensor]] = []
+
+    def __call__(self, tokens: Tensor, baseline_tokens: Tensor) -> None:
+        self.calls.append((tokens, baseline_tokens))
+
+    def reset(self) -> None:
+        self.calls = []
+
+    def per_image(self) -> Optional[Dict[str, Tensor]]:
+        """Per image (float64, CPU): ``tokens`` and ``baseline_tokens``
+        summed over the calls, ``keep_ratio`` = their ratio; ``calls``
+        the number of calls. None before the first call."""
+        if not self.calls:
+            return None
+        tokens = [t.cpu() for t, _ in self.calls]
+        baseline = [b.cpu() for _, b in self.calls]
+        if len({t.numel() for t in tokens}) == 1:
+            tokens = torch.stack(tokens).sum(0)
+            baseline = torch.stack(baseline).sum(0)
+        else:
+            tokens, baseline = torch.cat(tokens), torch.cat(baseline)
+        tokens, baseline = tokens.double(), baseline.double()
+        return dict(
+            tokens=tokens,
+            baseline_tokens=baseline,
+            keep_ratio=tokens / baseline.clamp(min=1),
+            calls=torch.tensor(float(len(self.calls))))
+
+
+@contextmanager
+def count_tokens(backbone: TokenObservable) -> Iterator[TokenCounter]:
+    """Count the tokens of every ``backbone`` call inside the block.
+
+    Example:
+        >>> with count_tokens(model.backbone) as counter:
+        ...     model.test_step(data)
+        >>> counter.per_image()['keep_ratio']
+    """
+    if not is_token_observable(backbone):
+        raise TypeError(f'{type(backbone).__name__} does not report token '
+                        'counts (no register_token_observer); use an mmapt '
+                        'backbone such as EVA02 or APTEVA02')
+    counter = TokenCounter()
+    handle = backbone.register_token_observer(counter)
+    try:
+        yield counter
+    finally:
+        handle.remove()

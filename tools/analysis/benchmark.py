@@ -1,0 +1,396 @@
+"""End-to-end inference speed of an APT model against its plain baseline.
+
+    python tools/analysis/benchmark.py configs/apt_vitdet_coco.py \
+        --compare configs/eva02_vitdet_coco.py --images data/photos \
+        --num-images 5 --repeat 1 --device cpu --baseline-pad window --json
+
+Both models are built from their configs (mmdet or mmseg; the config's
+``default_scope`` says which). Without a checkpoint the baseline keeps its
+random initialisation and the APT model gets the same weights (its own
+``apt_embed`` layers random too, ZeroLinear included, so merged tokens cost
+what they cost after fine-tuning); with one, both load it. Every image goes
+through each model's own test pipeline (annotation loading dropped) and
+data preprocessor, then ``model(..., mode='predict')``: what ``tools/test.py``
+runs per image, slide inference included.
+
+Arms, interleaved (every repeat runs every image through every arm, the
+first arm rotating), batch 1:
+
+* ``baseline``: the ``--compare`` config as it is (ViTDet: the square
+  canvas);
+* ``baseline_window`` (``--baseline-pad window``, detection): the same
+  model and weights, its data preprocessor padding only to the next window
+  multiple instead of the square canvas;
+* ``apt``: the APT config.
+
+Per arm: images/s (images / sum over images of the median model time,
+model time = data preprocessor + forward), median latency, the split into
+data pipeline / preprocess / backbone (APT: tokenizer, embedding, context =
+attention plans + RoPE tables, blocks, unpack) / neck / heads, tokens and
+keep ratio (the backbone's token observer; slide crops summed per image),
+peak memory (CUDA ``max_memory_allocated``; not measured on CPU). The stage
+split synchronises at stage boundaries on CUDA (``--no-split`` times
+without it). ``--json``: the last line is one JSON object.
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from typing import Dict, List, Optional
+
+import torch
+
+from mmapt.models.backbones import count_tokens
+from mmapt.tokenizer import PatchLayout
+from mmapt.tokenizer.prepare import list_images
+from mmapt.utils.timing import StageTimer, module_stage, sync, time_call
+
+DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+# Backbone stages (methods of the backbone, or of its APT adapter).
+APT_STAGES = (('tokenizer', 'tokenize'), ('embedding', 'embed'),
+              ('context', 'packed_context'), ('blocks', 'forward_blocks'))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='APT config')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint (optional)')
+    parser.add_argument('--compare', required=True,
+                        help='baseline config (the plain model)')
+    parser.add_argument('--images', required=True,
+                        help='folder of images, one image, or a COCO-style '
+                        'annotation JSON (its images[].file_name, relative '
+                        'to --img-prefix)')
+    parser.add_argument('--img-prefix', default=None,
+                        help='folder of the JSON\'s images (default: the '
+                        'JSON\'s folder)')
+    parser.add_argument('--num-images', type=int, default=5)
+    parser.add_argument('--repeat', type=int, default=2,
+                        help='timed runs per image and arm')
+    parser.add_argument('--warmup', type=int, default=1,
+                        help='untimed runs per arm, on the first image')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32',
+                        help='autocast dtype (fp32: none)')
+    parser.add_argument('--baseline-pad', choices=['config', 'window'],
+                        default='config',
+                        help='window: also time the baseline padded only to '
+                        'the next window multiple (detection)')
+    parser.add_argument('--no-split', action='store_true',
+                        help='no per-stage split (no synchronisation at stage '
+                        'boundaries on CUDA)')
+    parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of both configs')
+    parser.add_argument('--json', action='store_true',
+                        help='print one JSON object as the last line')
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.num_images < 1:
+        parser.error('--repeat and --num-images must be >= 1')
+    return args
+
+
+# ------------------------------------------------------------------ configs
+def load_config(path: str, options: Optional[dict]):
+    from mmengine.config import Config
+    from mmengine.utils import import_modules_from_strings
+    cfg = Config.fromfile(path)
+    if options:
+        cfg.merge_from_dict(options)
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    return cfg
+
+
+def model_registry(scope: str):
+    if scope == 'mmdet':
+        import mmdet.models  # noqa: F401  (registration)
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+    elif scope == 'mmseg':
+        import mmseg.models  # noqa: F401
+        from mmseg.registry import MODELS
+        from mmseg.utils import register_all_modules
+    else:
+        raise SystemExit(f'default_scope {scope!r}: this tool benchmarks '
+                         'mmdet or mmseg configs')
+    register_all_modules(init_default_scope=True)
+    return MODELS
+
+
+def test_pipeline(cfg) -> list:
+    """The config's test pipeline without annotation loading."""
+    pipeline = cfg.get('test_pipeline') or \
+        cfg.test_dataloader.dataset.pipeline
+    return [
+        copy.deepcopy(t) for t in pipeline
+        if not t['type'].startswith('LoadAnnotations') and
+        t['type'] != 'LoadSegAnnotations'
+    ]
+
+
+def image_paths(args) -> List[str]:
+    if args.images.endswith('.json'):
+        with open(args.images) as f:
+            entries = json.load(f)['images']
+        prefix = args.img_prefix or os.path.dirname(args.images)
+        paths = [os.path.join(prefix, e['file_name']) for e in entries]
+    else:
+        paths = list_images(args.images)
+    missing = [p for p in paths[:args.num_images] if not os.path.isfile(p)]
+    if missing:
+        raise SystemExit(f'images not found: {missing[:3]} (set '
+                         '--img-prefix to the folder of the JSON\'s images)')
+    return paths[:args.num_images]
+
+
+# ------------------------------------------------------------------ models
+def build_models(apt_cfg, base_cfg, args, registry, device):
+    """APT and baseline models holding the same weights."""
+    from mmengine.runner import load_checkpoint
+    torch.manual_seed(args.seed)
+    # No init_cfg: the configs point at pretrained files that the benchmark
+    # does not need (random weights cost the same).
+    for cfg in (apt_cfg, base_cfg):
+        cfg.model.backbone.pop('init_cfg', None)
+    baseline = registry.build(base_cfg.model)
+    apt = registry.build(apt_cfg.model)
+    if args.checkpoint:
+        load_checkpoint(apt, args.checkpoint, map_location='cpu')
+        source, target = apt, baseline
+    else:
+        baseline.init_weights()
+        source, target = baseline, apt
+    result = target.load_state_dict(source.state_dict(), strict=False)
+    extra = [k for k in result.missing_keys + result.unexpected_keys
+             if '.apt_embed.' not in k]
+    if extra:
+        raise SystemExit('the two configs do not describe the same model '
+                         f'apart from APT: {extra[:5]}')
+    if not args.checkpoint:
+        with torch.no_grad():  # a fine-tuned ZeroLinear is not zero
+            for name, param in apt.named_parameters():
+                if 'apt_embed.zero_linear.weight' in name:
+                    param.normal_(std=0.02)
+    return apt.to(device).eval(), baseline.to(device).eval()
+
+
+def window_preprocessor(base_cfg, registry, device):
+    """The baseline's data preprocessor padding to the window multiple."""
+    backbone = base_cfg.model.backbone
+    window = backbone.get('window_size', 0) * backbone.get('patch_size', 16)
+    if not window:
+        raise SystemExit('--baseline-pad window: the baseline backbone has '
+                         'no windows (window_size 0)')
+    cfg = copy.deepcopy(base_cfg.model.data_preprocessor)
+    if 'pad_size_divisor' not in cfg:
+        raise SystemExit('--baseline-pad window needs a detection data '
+                         'preprocessor (pad_size_divisor); segmentation '
+                         'slide crops are not padded to a canvas')
+    cfg.pad_size_divisor = window
+    cfg.batch_augments = None
+    return registry.build(cfg).to(device), window
+
+
+def backbone_stages(backbone) -> list:
+    """Stage entries of :class:`StageTimer` for a backbone."""
+    owner = getattr(backbone, 'apt', None) or backbone
+    if not hasattr(owner, 'tokenize'):
+        return [module_stage('embedding', backbone.patch_embed)]
+    return [(name, owner, attr) for name, attr in APT_STAGES] + \
+        [('unpack', PatchLayout, 'unpack')]
+
+
+# ------------------------------------------------------------------ running
+class Arm:
+    """One model + data preprocessor + pipeline, timed image by image."""
+
+    def __init__(self, name: str, model, preprocessor, pipeline, device,
+                 dtype, split: bool) -> None:
+        from mmengine.dataset import Compose
+        self.name = name
+        self.model = model
+        self.preprocessor = preprocessor
+        self.pipeline = Compose(pipeline)
+        self.device = device
+        self.dtype = dtype
+        self.split = split
+        self.records: Dict[str, List[dict]] = {}
+        self.tokens: Dict[str, tuple] = {}
+        self.peak_mib = 0.
+
+    def run(self, path: str, record: bool = True) -> None:
+        from mmengine.dataset import pseudo_collate
+        start = time.perf_counter()
+        data = pseudo_collate([self.pipeline(dict(img_path=path, img_id=0))])
+        pipeline_ms = (time.perf_counter() - start) * 1e3
+        model = self.model
+        timer = StageTimer(self.device)
+        stages = [module_stage('backbone', model.backbone)]
+        if getattr(model, 'neck', None) is not None:
+            stages.append(module_stage('neck', model.neck))
+        stages += backbone_stages(model.backbone)
+        if self.device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(self.device)
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) \
+            if self.dtype is not None else nullcontext()
+
+        def forward():
+            with torch.no_grad():
+                start = time.perf_counter()
+                inputs = self.preprocessor(data, False)
+                sync(self.device)
+                pre_ms = (time.perf_counter() - start) * 1e3
+                with autocast:
+                    model(**inputs, mode='predict')
+                return pre_ms
+
+        split = timer.attach(stages) if self.split else nullcontext()
+        with count_tokens(model.backbone) as counter, split:
+            model_ms, pre_ms = time_call(forward, self.device)
+        if self.device.type == 'cuda':
+            self.peak_mib = max(
+                self.peak_mib,
+                torch.cuda.max_memory_allocated(self.device) / 2**20)
+        counts = counter.per_image()
+        self.tokens[path] = (int(counts['tokens'].sum()),
+                             int(counts['baseline_tokens'].sum()))
+        if not record:
+            return
+        stages_ms = timer.reset()
+        entry = dict(pipeline_ms=pipeline_ms, model_ms=model_ms)
+        if self.split:
+            # Stage times are exclusive: the backbone stage holds what its
+            # APT sub-stages (or the plain patch embedding) leave.
+            backbone = sum(v for k, v in stages_ms.items() if k != 'neck')
+            entry.update(preprocess_ms=pre_ms,
+                         backbone_ms=backbone,
+                         heads_ms=model_ms - pre_ms - backbone -
+                         stages_ms.get('neck', 0.),
+                         **{f'{k}_ms': v for k, v in stages_ms.items()})
+        self.records.setdefault(path, []).append(entry)
+
+    def summary(self, square_tokens: int) -> dict:
+        keys = sorted({k for entries in self.records.values()
+                       for e in entries for k in e})
+        per_image = {
+            path: {k: statistics.median(e[k] for e in entries)
+                   for k in keys}
+            for path, entries in self.records.items()
+        }
+        total = {k: sum(m[k] for m in per_image.values()) for k in keys}
+        tokens = sum(t for t, _ in self.tokens.values())
+        images = len(per_image)
+        return dict(
+            img_s=round(images / total['model_ms'] * 1e3, 4),
+            median_ms=round(statistics.median(
+                m['model_ms'] for m in per_image.values()), 2),
+            total_ms={k: round(v, 2) for k, v in total.items()},
+            tokens=tokens,
+            keep_ratio=round(tokens / square_tokens, 4),
+            peak_mib=round(self.peak_mib, 1) if self.peak_mib else None,
+            per_image={
+                os.path.basename(p): dict(
+                    tokens=self.tokens[p][0],
+                    model_ms=round(m['model_ms'], 2),
+                    times_ms=[round(e['model_ms'], 2)
+                              for e in self.records[p]])
+                for p, m in per_image.items()
+            })
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    apt_cfg = load_config(args.config, args.cfg_options)
+    base_cfg = load_config(args.compare, args.cfg_options)
+    scope = apt_cfg.get('default_scope')
+    if base_cfg.get('default_scope') != scope:
+        raise SystemExit(f'{args.config} ({scope}) and {args.compare} '
+                         f'({base_cfg.get("default_scope")}) are not the '
+                         'same task')
+    registry = model_registry(scope)
+    paths = image_paths(args)
+    apt, baseline = build_models(apt_cfg, base_cfg, args, registry, device)
+    dtype = DTYPES[args.dtype]
+    split = not args.no_split
+    arms = [Arm('baseline', baseline, baseline.data_preprocessor,
+                test_pipeline(base_cfg), device, dtype, split)]
+    if args.baseline_pad == 'window':
+        pre, window = window_preprocessor(base_cfg, registry, device)
+        arms.append(Arm('baseline_window', baseline, pre,
+                        test_pipeline(base_cfg), device, dtype, split))
+    arms.append(Arm('apt', apt, apt.data_preprocessor,
+                    test_pipeline(apt_cfg), device, dtype, split))
+
+    for arm in arms:
+        for _ in range(args.warmup):
+            arm.run(paths[0], record=False)
+    for rep in range(args.repeat):
+        order = arms[rep % len(arms):] + arms[:rep % len(arms)]
+        for path in paths:
+            for arm in order:
+                arm.run(path)
+
+    square_tokens = sum(t for _, t in arms[0].tokens.values())
+    results = {arm.name: arm.summary(square_tokens) for arm in arms}
+    report_table(results, args)
+    base, aptr = results['baseline'], results['apt']
+    summary = dict(
+        baseline_img_s=base['img_s'],
+        apt_img_s=aptr['img_s'],
+        speedup=round(base['total_ms']['model_ms'] /
+                      aptr['total_ms']['model_ms'], 4),
+        backbone_speedup=(round(base['total_ms']['backbone_ms'] /
+                                aptr['total_ms']['backbone_ms'], 4)
+                          if split else None),
+        token_ratio=round(base['tokens'] / aptr['tokens'], 4),
+        keep_ratio=aptr['keep_ratio'])
+    if 'baseline_window' in results:
+        win = results['baseline_window']
+        summary.update(
+            baseline_window_img_s=win['img_s'],
+            speedup_vs_window=round(win['total_ms']['model_ms'] /
+                                    aptr['total_ms']['model_ms'], 4),
+            token_ratio_vs_window=round(win['tokens'] / aptr['tokens'], 4))
+    summary.update(
+        config=args.config, compare=args.compare, images=len(paths),
+        repeat=args.repeat, device=str(device), dtype=args.dtype,
+        threads=torch.get_num_threads(), torch=torch.__version__,
+        arms=results)
+    print(f'speed-up {summary["speedup"]} (backbone '
+          f'{summary["backbone_speedup"]}), token ratio '
+          f'{summary["token_ratio"]}' +
+          (f'; vs window-padded baseline {summary["speedup_vs_window"]} '
+           f'(token ratio {summary["token_ratio_vs_window"]})'
+           if 'speedup_vs_window' in summary else ''))
+    if args.json:
+        print(json.dumps(summary))
+
+
+def report_table(results: Dict[str, dict], args) -> None:
+    stages = ['pipeline', 'preprocess', 'backbone', 'tokenizer', 'embedding',
+              'context', 'blocks', 'unpack', 'neck', 'heads']
+    print(f'{len(next(iter(results.values()))["per_image"])} images x '
+          f'{args.repeat} repeats, {args.device} {args.dtype}; sums over the '
+          'images of per-image medians (ms)')
+    print(f'{"arm":<17}{"img/s":>9}{"median":>9}{"tokens":>9}{"keep":>7}' +
+          ''.join(f'{s[:9]:>10}' for s in stages))
+    for name, r in results.items():
+        cells = ''.join(
+            f'{r["total_ms"].get(s + "_ms", float("nan")):>10.0f}'
+            for s in stages)
+        print(f'{name:<17}{r["img_s"]:>9.3f}{r["median_ms"]:>9.0f}'
+              f'{r["tokens"]:>9}{r["keep_ratio"]:>7.3f}{cells}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
