@@ -12,7 +12,10 @@ custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 load_from = 'work_dirs/eva02_upernet_ade20k/iter_60000.pth'
 # The whole segmentor comes from `load_from`; no separate backbone init.
 model = dict(backbone=dict(init_cfg=None))
-optim_wrapper = dict(optimizer=dict(lr=6e-6))
+# The APT-only layers (apt_embed.*, zero-initialised) get the full 6e-6, not
+# layer decay's 0.85**13 x 6e-6 (as in the official APT code).
+optim_wrapper = dict(
+    optimizer=dict(lr=6e-6), paramwise_cfg=dict(apt_lr_mult=1.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=75),
     dict(

@@ -15,6 +15,5 @@ model = dict(
         # un-normalises the images to score entropy on 0-255 grey levels.
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375]))
-# The number of merged tokens varies per batch: some APT parameters can go
-# without gradient on a rank.
-find_unused_parameters = True
+# No find_unused_parameters: the APT layers get a gradient (zero when the
+# batch merges nothing) on every rank in every iteration.

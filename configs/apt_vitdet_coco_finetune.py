@@ -19,5 +19,9 @@ param_scheduler = [
         type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
         end=100),
 ]
-optim_wrapper = dict(optimizer=dict(lr=5e-6))
+# The APT-only layers (apt_embed.*, zero-initialised, not in the baseline)
+# get the full 5e-6, not layer decay's 0.7**13 x 5e-6 = 4.8e-8 of the patch
+# embedding they sit next to (as in the official APT code).
+optim_wrapper = dict(
+    optimizer=dict(lr=5e-6), paramwise_cfg=dict(apt_lr_mult=1.0))
 default_hooks = dict(checkpoint=dict(interval=1000))

@@ -182,3 +182,62 @@ def test_mmseg_encoder_decoder_from_seg_schedule():
         BASE_LR)
     assert found['backbone.blocks.0.norm1.weight']['lr'] == pytest.approx(
         BASE_LR * 0.8**2)
+
+
+def small_apt():
+    from mmapt.models import APTEVA02
+    return APTEVA02(
+        arch=dict(embed_dims=32, num_layers=3, num_heads=2), img_size=64,
+        thresholds=(2.0, ))
+
+
+@pytest.mark.parametrize('apt_lr_mult', [None, 0.5])
+def test_apt_layers_get_their_own_rule(apt_lr_mult, caplog):
+    """apt_embed.* are new layers: base_lr * apt_lr_mult (default 1), not
+    the decayed rate of the embedding (depth 0) they sit beside."""
+    model = Detector(small_apt())
+    assert model.backbone.apt_param_prefixes == ('apt_embed.', )
+    paramwise = {} if apt_lr_mult is None else dict(apt_lr_mult=apt_lr_mult)
+    found = groups_by_param(build(model, **paramwise))
+    mult = 1.0 if apt_lr_mult is None else apt_lr_mult
+    apt_names = [n for n in found if n.startswith('backbone.apt_embed.')]
+    assert len(apt_names) == 4
+    for name in apt_names:
+        assert found[name]['lr'] == pytest.approx(BASE_LR * mult), name
+        assert found[name]['group_name'].startswith('apt_')
+    # Weight decay rules unchanged: none on biases.
+    assert found['backbone.apt_embed.zero_linear.bias']['weight_decay'] == 0
+    assert found['backbone.apt_embed.zero_linear.weight'][
+        'weight_decay'] == WD
+    # The pretrained embedding keeps its decayed rate.
+    assert found['backbone.patch_embed.proj.weight']['lr'] == pytest.approx(
+        BASE_LR * RATE**4)
+    # The runner logs the first group's lr: still the neck's full rate.
+    assert build(model).optimizer.param_groups[0]['group_name'].startswith(
+        'layer_top')
+
+
+def test_groups_are_logged():
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    # The constructor logs to the current (latest) MMLogger.
+    logger = MMLogger.get_instance('test_layer_decay_log', log_level='INFO')
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        build(Detector(small_apt()), apt_lr_mult=1.0)
+    finally:
+        logger.removeHandler(handler)
+    text = '\n'.join(records)
+    assert 'apt_lr_mult=1.0' in text
+    assert 'apt_decay: lr=1.000e-03' in text
+    assert 'layer_0_decay: lr=6.250e-05' in text
+
+
+def test_apt_lr_mult_is_validated():
+    with pytest.raises(ValueError, match='apt_lr_mult'):
+        build(Detector(small_apt()), apt_lr_mult=-1)

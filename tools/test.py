@@ -5,8 +5,14 @@ Besides mmengine's logs, the metrics (plus the token statistics of
 ``TokenStatsHook`` and the mean time per test iteration) are written to
 ``WORK_DIR/test_metrics.json``.
 
+Mixed precision: ``--amp`` runs backbone + neck under autocast (fp16 on
+CUDA, bf16 on CPU; ``--amp-dtype`` picks), the heads in fp32
+(``--amp-scope model`` autocasts the heads too). The same through the config:
+``test_cfg = dict(type='AmpTestLoop', dtype='bf16')``.
+
 Examples:
     python tools/test.py configs/toy/toy_apt_det.py work_dirs/toy/iter_400.pth
+    bash tools/dist_test.sh configs/apt_vitdet_coco.py ckpt.pth 8 --amp
     bash tools/dist_test.sh configs/apt_vitdet_coco.py ckpt.pth 8 --out r.pkl
 """
 import argparse
@@ -17,6 +23,7 @@ from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
+from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
 from mmapt.engine.preflight import (add_runner_args, build_runner, check_data,
                                     load_runner_config, setup_cpu_distributed)
 
@@ -38,6 +45,21 @@ def parse_args():
         'painted images are saved')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='mixed-precision test: backbone and neck under autocast (fp16 '
+        'on CUDA, bf16 on CPU unless --amp-dtype), heads in fp32')
+    parser.add_argument(
+        '--amp-dtype',
+        choices=['fp16', 'bf16'],
+        help='autocast dtype for --amp (implies --amp)')
+    parser.add_argument(
+        '--amp-scope',
+        choices=list(AMP_SCOPES),
+        default='features',
+        help="what --amp autocasts: 'features' (backbone + neck; default) "
+        "or 'model' (heads too)")
     add_runner_args(parser)
     return parser.parse_args()
 
@@ -88,6 +110,11 @@ def collect_metrics(runner, metrics: dict) -> dict:
     for key in ('tokens', 'baseline_tokens', 'keep_ratio'):
         if f'test/{key}' in hub.log_scalars:
             result[key] = float(hub.get_scalar(f'test/{key}').current())
+    # e.g. 'cuda float16 features' (AmpTestLoop), else full precision
+    loop = runner.test_loop
+    result['precision'] = getattr(loop, 'amp_used', None) or (
+        'float16 model (TestLoop fp16)' if getattr(loop, 'fp16', False) else
+        'fp32')
     if 'test/time' in hub.log_scalars:
         times = hub.get_scalar('test/time').data[0]
         times = times[1:] if len(times) > 1 else times
@@ -108,6 +135,8 @@ def main():
         set_up_visualization(cfg, args)
     if args.out is not None:
         set_up_output(cfg, args.out)
+    if args.amp or args.amp_dtype:
+        apply_amp_test_cfg(cfg, args.amp_dtype, args.amp_scope)
 
     check_data(cfg, args.config, ('test', ))
     setup_cpu_distributed(cfg, args.launcher)

@@ -11,4 +11,3 @@ model = dict(
         entropy_bins=512,
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375]))
-find_unused_parameters = True

@@ -20,6 +20,9 @@ train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5),
 ]
-optim_wrapper = dict(optimizer=dict(lr=4e-5))
+# APT-only layers at the full rate (the toy baseline uses no layer decay
+# anyway; kept explicit like configs/apt_vitdet_coco_finetune.py).
+optim_wrapper = dict(
+    optimizer=dict(lr=4e-5), paramwise_cfg=dict(apt_lr_mult=1.0))
 default_hooks = dict(
     logger=dict(interval=5), checkpoint=dict(interval=max_iters))

@@ -21,6 +21,15 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     full learning rate. No class names are inspected, so any backbone with
     ``get_layer_depth`` works, in mmdet and mmseg alike.
 
+    APT-only parameters are new layers, not pretrained ones: a backbone lists
+    their name prefixes (relative to the backbone) in the class attribute
+    ``apt_param_prefixes`` (``('apt_embed.',)`` for APT backbones), and they
+    get ``base_lr * apt_lr_mult`` with no layer decay. Layer decay would put
+    them at depth 0 (they belong to the embedding) and scale a fine-tune's
+    rate by ``0.7 ** 13`` (base) or ``0.8 ** 25`` (large), so that the
+    zero-initialised layers would hardly move; the official APT code also
+    gives them the full rate.
+
     Weight decay is ``base_wd`` except for 1-D parameters (norm weights,
     biases, layer scales), parameters whose name ends in ``.bias``, and
     parameters whose last name component is listed in ``no_decay_names``
@@ -32,19 +41,24 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     - ``no_decay_names`` (Sequence[str], optional): parameter name
       components without weight decay. Defaults to
       ``('pos_embed', 'cls_token', 'mask_token', 'absolute_pos_embed')``.
+    - ``apt_lr_mult`` (float, optional): learning-rate multiplier of the
+      APT-only parameters (``backbone.apt_param_prefixes``), replacing their
+      layer scale. Defaults to 1.0 (the full base learning rate).
     - ``custom_keys`` (dict, optional): ``{substring: dict(lr_mult=...,
       decay_mult=...)}`` applied on top of the layer scale, the longest
       matching key first (same matching as mmengine's default constructor).
 
     Every parameter group carries ``lr_scale`` and ``group_name`` (e.g.
-    ``layer_3_decay``) for inspection.
+    ``layer_3_decay``, ``apt_decay``) for inspection; the groups are logged
+    (name, learning rate, weight decay, number of parameters) when the
+    optimizer is built.
 
     Example:
         >>> optim_wrapper = dict(
         ...     type='OptimWrapper',
         ...     constructor='LayerDecayOptimWrapperConstructor',
         ...     optimizer=dict(type='AdamW', lr=5e-5, weight_decay=0.1),
-        ...     paramwise_cfg=dict(layer_decay_rate=0.7))
+        ...     paramwise_cfg=dict(layer_decay_rate=0.7, apt_lr_mult=1.0))
 
     Args:
         optim_wrapper_cfg (dict): The optimizer wrapper config.
@@ -71,12 +85,16 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                              f'{self.layer_decay_rate}')
         self.no_decay_names = tuple(
             options.pop('no_decay_names', self.DEFAULT_NO_DECAY_NAMES))
+        self.apt_lr_mult = float(options.pop('apt_lr_mult', 1.0))
+        if self.apt_lr_mult < 0:
+            raise ValueError('apt_lr_mult must be >= 0, got '
+                             f'{self.apt_lr_mult}')
         unknown = set(options) - {'custom_keys'}
         if unknown:
             raise KeyError(
                 'LayerDecayOptimWrapperConstructor: unsupported paramwise_cfg '
                 f'keys {sorted(unknown)}; supported: layer_decay_rate, '
-                'no_decay_names, custom_keys')
+                'apt_lr_mult, no_decay_names, custom_keys')
         # The full dict goes to the parent: a non-empty paramwise_cfg is what
         # makes it call add_params.
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
@@ -126,12 +144,16 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         """
         backbone = self._find_backbone(module)
         bb_prefix = 'backbone.'
+        apt_prefixes = tuple(
+            bb_prefix + p for p in getattr(backbone, 'apt_param_prefixes', ()))
         groups: Dict[str, dict] = {}
         num_layers = None
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            if name.startswith(bb_prefix):
+            if apt_prefixes and name.startswith(apt_prefixes):
+                layer_id = 'apt'  # new layers: apt_lr_mult, no layer decay
+            elif name.startswith(bb_prefix):
                 layer_id, num_layers_i = backbone.get_layer_depth(
                     name, prefix=bb_prefix)
                 if num_layers is None:
@@ -148,8 +170,12 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 layer_id = None  # outside the backbone: full learning rate
             no_decay = self._no_decay(name, param)
             lr_mult, decay_mult, key = self._custom_mults(name)
-            group_name = (f'layer_{layer_id if layer_id is not None else "top"}'
-                          f'_{"no_decay" if no_decay else "decay"}')
+            if layer_id == 'apt':
+                group_name = 'apt'
+            else:
+                group_name = 'layer_' + ('top' if layer_id is None else
+                                         str(layer_id))
+            group_name += '_no_decay' if no_decay else '_decay'
             if key is not None:
                 group_name += f'_{key}'
             if group_name not in groups:
@@ -163,27 +189,40 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     _lr_mult=lr_mult)
             groups[group_name]['params'].append(param)
             groups[group_name]['param_names'].append(name)
-        if num_layers is None:
+        if not any(g['layer_id'] is not None for g in groups.values()):
             raise ValueError('LayerDecayOptimWrapperConstructor: the backbone '
                              'has no trainable parameters named "backbone.*"')
         for group in groups.values():
-            layer_id = group.pop('layer_id')
-            depth = num_layers - 1 if layer_id is None else layer_id
-            scale = self.layer_decay_rate**(num_layers - 1 - depth)
+            layer_id = group['layer_id']
+            if layer_id is None:
+                scale = 1.0  # depth num_layers - 1
+            elif layer_id == 'apt':
+                scale = self.apt_lr_mult
+            else:
+                scale = self.layer_decay_rate**(num_layers - 1 - layer_id)
             group['lr_scale'] = scale
             group['lr'] = self.base_lr * scale * group.pop('_lr_mult')
-        # Full-lr groups first: the runner logs the lr of the first group.
-        ordered = sorted(groups.values(), key=lambda g: -g['lr_scale'])
+        # Groups outside the backbone first (full lr): the runner logs the
+        # lr of the first group. Then by decreasing scale.
+        ordered = sorted(
+            groups.values(),
+            key=lambda g: (g['layer_id'] is not None, -g['lr_scale']))
+        for group in ordered:
+            del group['layer_id']
         params.extend(ordered)
-        self._log_groups(ordered, num_layers)
+        self._log_groups(ordered, num_layers or 0)
 
     def _log_groups(self, groups: Sequence[dict], num_layers: int) -> None:
         logger = MMLogger.get_current_instance()
         logger.info(
             f'LayerDecayOptimWrapperConstructor: {len(groups)} parameter '
             f'groups, num_layers={num_layers}, '
-            f'layer_decay_rate={self.layer_decay_rate}')
+            f'layer_decay_rate={self.layer_decay_rate}, '
+            f'apt_lr_mult={self.apt_lr_mult}')
         for group in groups:
-            logger.debug(f'{group["group_name"]}: lr={group["lr"]:.3e} '
-                         f'weight_decay={group["weight_decay"]} '
-                         f'params={group["param_names"]}')
+            logger.info(f'  {group["group_name"]}: lr={group["lr"]:.3e} '
+                        f'(x{group["lr_scale"]:.4g}) '
+                        f'weight_decay={group["weight_decay"]} '
+                        f'{len(group["params"])} params')
+            logger.debug(f'  {group["group_name"]} params: '
+                         f'{group["param_names"]}')

@@ -1,0 +1,30 @@
+# Copyright (c) mmapt contributors. All rights reserved.
+"""Autocast dtype names (torch only, shared by the engine and the tools)."""
+from typing import Dict, Optional, Union
+
+import torch
+
+AMP_DTYPES: Dict[str, torch.dtype] = {
+    'fp16': torch.float16,
+    'float16': torch.float16,
+    'bf16': torch.bfloat16,
+    'bfloat16': torch.bfloat16,
+}
+
+
+def resolve_amp_dtype(dtype: Optional[Union[str, torch.dtype]],
+                      device_type: str) -> torch.dtype:
+    """``'fp16'``/``'bf16'`` (or a torch dtype) -> torch dtype; None picks
+    fp16 on CUDA and bf16 on CPU (what each device has fast kernels for)."""
+    if dtype is None:
+        return torch.float16 if device_type == 'cuda' else torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        if dtype not in AMP_DTYPES.values():
+            raise ValueError(f'autocast dtype must be float16 or bfloat16, '
+                             f'got {dtype}')
+        return dtype
+    key = str(dtype).lower()
+    if key not in AMP_DTYPES:
+        raise ValueError(f'unknown autocast dtype {dtype!r}; use one of '
+                         f'{sorted(AMP_DTYPES)}')
+    return AMP_DTYPES[key]
