@@ -250,10 +250,10 @@ def test_benchmark_tool_smoke(monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    monkeypatch.setattr(tool, 'EVA02', lambda arch, **kw: EVA02(
-        arch=dict(embed_dims=64, num_layers=2, num_heads=1), **kw))
-    monkeypatch.setattr(tool, 'APTEVA02', lambda arch, **kw: APTEVA02(
-        arch=dict(embed_dims=64, num_layers=2, num_heads=1), **kw))
+    tiny = dict(embed_dims=64, num_layers=2, num_heads=1)
+    monkeypatch.setitem(tool.BACKBONES['eva02'], 'classes', (
+        lambda arch, **kw: EVA02(arch=tiny, **kw),
+        lambda arch, **kw: APTEVA02(arch=tiny, **kw)))
     tool.main([
         '--canvas', '256', '--patch-sizes', '16', '32', '64',
         '--thresholds', '2', '2', '--window-size', '8',

@@ -92,3 +92,32 @@ def test_registry_and_refusals():
     assert apt.get_layer_depth('backbone.apt_embed.aggregate.weight')[0] == 0
     with pytest.raises(ValueError, match='multiple'):
         apt(torch.zeros(1, 3, 14 * 12, 14 * 16))
+
+
+def test_benchmark_tool_vit_smoke(monkeypatch, capsys):
+    """benchmark_backbone.py --backbone vit: the family's defaults (patch
+    sizes 14..112, 16-cell windows) on a small canvas and tiny model."""
+    import importlib.util
+    import json
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, 'tools', 'analysis', 'benchmark_backbone.py')
+    spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    built = []
+
+    def tiny(cls):
+        def build(arch, **kwargs):
+            built.append(kwargs)
+            return cls(arch=ARCH, pretrain_img_size=112, **kwargs)
+        return build
+
+    monkeypatch.setitem(tool.BACKBONES['vit'], 'classes',
+                        (tiny(ViT), tiny(APTViT)))
+    tool.main(['--backbone', 'vit', '--canvas', '448', '--repeat', '1',
+               '--num-generated', '1', '--no-memory', '--json'])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['backbone'] == 'vit' and result['window_size'] == 16
+    assert built[0]['patch_size'] == 14 and built[0]['num_register_tokens']
+    assert 1.0 < result['token_ratio'] < 64.0
