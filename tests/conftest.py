@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -32,6 +33,18 @@ def run_tool(args, cwd=ROOT, check=True, timeout=900, env=None):
         raise AssertionError(f'{cmd} failed ({proc.returncode}):\n'
                              f'{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}')
     return proc
+
+
+def assert_batch_equals_alone(backbone, images, rtol=1e-5, atol=1e-5):
+    """Each image's maps from a batch equal that image run alone: nothing
+    leaks across the images packed together."""
+    with torch.no_grad():
+        both = backbone(images)
+        for i in range(images.shape[0]):
+            alone = backbone(images[i:i + 1])
+            for a, b in zip(both, alone):
+                torch.testing.assert_close(a[i:i + 1], b, rtol=rtol,
+                                           atol=atol)
 
 
 @pytest.fixture(scope='session')

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 import torch
 
-import mmapt.models.layers.eva02_block as eva02_block
+import mmapt.models.apt.context as packed_context
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
 from mmapt.utils.precision import resolve_amp_dtype
@@ -50,13 +50,13 @@ def _apt():
 def attention_dtypes(monkeypatch):
     """Dtypes of q, k, v reaching the packed attention, per call."""
     seen = Counter()
-    original = eva02_block.varlen_attention
+    original = packed_context.varlen_attention
 
     def spy(q, k, v, *args, **kwargs):
         seen[(q.dtype, k.dtype, v.dtype)] += 1
         return original(q, k, v, *args, **kwargs)
 
-    monkeypatch.setattr(eva02_block, 'varlen_attention', spy)
+    monkeypatch.setattr(packed_context, 'varlen_attention', spy)
     return seen
 
 

@@ -289,8 +289,8 @@ def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
     if num_prefix_tokens:
         cell_to_token = prefix['content_index'][cell_to_token]
         # Without windows the window groups are the image groups.
-        tokens_per_window = prefix['tokens_per_window'] \
-            if window_size is not None else tokens_per_image + num_prefix_tokens
+        tokens_per_window = tokens_per_image + num_prefix_tokens \
+            if window_size is None else prefix['tokens_per_window']
     return PatchLayout(
         batch_size=batch,
         grid_size=(height, width),

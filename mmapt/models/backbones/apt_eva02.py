@@ -22,18 +22,12 @@ class APTEVA02(APTBackboneMixin, EVA02):
     the output equals :class:`EVA02`'s.
 
     Args:
-        thresholds (Sequence[float]): Entropy threshold per scale above the
-            base one, smallest first; patch sizes are
-            ``patch_size * 2**i`` for ``i = 0..len(thresholds)``. -1 disables
-            a scale. Defaults to the paper's detection setting (2, 2, 0.3).
-        entropy_bins (int): Histogram bins of the entropy. Defaults to 512.
-        mean (Sequence[float]): RGB mean the data preprocessor normalised
-            with (undone to measure entropy on 0-255 gray levels).
-        std (Sequence[float]): RGB std, likewise.
-        **kwargs: :class:`EVA02` arguments. ``window_size`` must be a multiple
-            of the largest patch in cells, and inputs a multiple of the
-            largest patch. Inputs need not fill whole windows: windows at
-            the bottom/right border are then partial (padding-free
-            inference, e.g. ``pad_size_divisor=128`` without the square
-            canvas), and positions stay those of the ``img_size`` canvas.
+        **kwargs: :class:`~mmapt.models.apt.APTBackboneMixin` arguments
+            (``thresholds``, ``entropy_bins``, ``mean``, ``std``) and
+            :class:`EVA02` arguments. ``window_size`` must be a multiple of
+            the largest patch in cells, and inputs a multiple of the largest
+            patch. Inputs need not fill whole windows: windows at the
+            bottom/right border are then partial (padding-free inference,
+            e.g. ``pad_size_divisor=128`` without the square canvas), and
+            positions stay those of the ``img_size`` canvas.
     """
