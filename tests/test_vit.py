@@ -3,7 +3,7 @@ utilities."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_tool
+from conftest import assert_batch_equals_alone, run_tool
 
 from mmapt.models import ViT
 from mmapt.models.layers import ViTBlock
@@ -178,14 +178,7 @@ def test_windows_global_blocks_and_prefix_isolation():
                 img_size=112, pretrain_img_size=56, window_size=4,
                 global_attn_indexes=(1, ), num_register_tokens=2,
                 out_indices=(0, 1, 2)).eval()
-    x = torch.randn(2, 3, 112, 84)
-    with torch.no_grad():
-        both = model(x)
-        alone = [model(x[i:i + 1]) for i in range(2)]
-    for k in range(3):
-        torch.testing.assert_close(
-            both[k], torch.cat([alone[0][k], alone[1][k]]), rtol=0,
-            atol=1e-5)
+    assert_batch_equals_alone(model, torch.randn(2, 3, 112, 84))
 
 
 def test_positions_and_size_checks():

@@ -28,7 +28,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from .eva02_convert import ConversionError, unwrap_state_dict
+from .eva02_convert import (ConversionError, split_block_keys,
+                            unwrap_state_dict)
 
 EXPECTED = ("a DINOv2 ViT state dict (timm 'vit_*_patch14_dinov2' / "
             "'vit_*_patch14_reg4_dinov2', or the official "
@@ -75,15 +76,13 @@ def convert_vit_state_dict(
 
     out: 'OrderedDict[str, Tensor]' = OrderedDict()
     dropped: List[str] = []
-    blocks: Dict[int, Dict[str, Tensor]] = {}
     unknown: List[str] = []
-    for key, value in state.items():
-        # The hub's chunked layout ('blocks.<chunk>.<i>.') numbers blocks
-        # globally inside each chunk: the chunk index is just dropped.
-        match = re.match(r'^blocks\.(?:\d+\.)?(\d+)\.(\D.*)$', key)
-        if match:
-            blocks.setdefault(int(match.group(1)), {})[match.group(2)] = value
-        elif key in _KEPT_TOP:
+    # The hub's chunked layout ('blocks.<chunk>.<i>.') numbers blocks
+    # globally inside each chunk: the chunk index is just dropped.
+    blocks, top = split_block_keys(state,
+                                   r'^blocks\.(?:\d+\.)?(\d+)\.(\D.*)$')
+    for key, value in top.items():
+        if key in _KEPT_TOP:
             out[key] = value
         elif key in ('reg_token', 'register_tokens'):
             out['register_tokens'] = value
@@ -94,9 +93,6 @@ def convert_vit_state_dict(
 
     if not blocks:
         raise ConversionError(f'expected {EXPECTED}; no blocks.<i>. keys')
-    if sorted(blocks) != list(range(len(blocks))):
-        raise ConversionError(f'block indices are not contiguous: '
-                              f'{sorted(blocks)}')
     layer_scale = _LAYER_SCALE_KEYS[0] in blocks[0]
     wanted = _BLOCK_KEYS + (_LAYER_SCALE_KEYS if layer_scale else [])
     for index in sorted(blocks):
