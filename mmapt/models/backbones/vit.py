@@ -40,24 +40,15 @@ class ViT(EVA02):
         arch (str | dict): ``'tiny'``, ``'small'``, ``'base'``, ``'large'``
             or a dict with ``embed_dims``, ``num_layers``, ``num_heads`` and
             optionally ``mlp_ratio`` (default 4).
-        img_size (int | tuple): Nominal input size; a warning at build time
-            when inputs of this size would be refused (not a multiple of
-            ``patch_size``, or for APT of the window / largest patch).
-            ``forward`` accepts any H, W that are multiples of
-            ``patch_size``. Defaults to 518.
+        img_size, window_size, global_attn_indexes, out_indices,
+            drop_path_rate, frozen_stages, with_cp: As in :class:`EVA02`;
+            ``img_size`` defaults to 518 here, ``frozen_stages`` also
+            freezes the class and register tokens with stage 0.
         patch_size (int): Patch size in pixels. Defaults to 14.
-        window_size (int): Window side in tokens for window attention; 0 =
-            global attention in every block. Defaults to 0.
-        global_attn_indexes (Sequence[int]): Blocks with global attention
-            when ``window_size > 0``. Defaults to ().
-        out_indices (Sequence[int] | int): Blocks whose outputs are returned;
-            negative values count from the end. Defaults to (-1, ).
-        drop_path_rate (float): Stochastic depth, linearly increasing over the
-            blocks. Defaults to 0.
         pretrain_img_size (int): Pretraining image size. Defaults to 518.
         pretrain_patch_size (int): Pretraining patch size. Defaults to 14.
             ``pretrain_img_size // pretrain_patch_size`` is the grid of the
-            stored position table.
+            stored position table (37 for DINOv2).
         use_cls_token (bool): Prepend a class token. Defaults to True.
         num_register_tokens (int): Register tokens after the class token
             (DINOv2 ``reg4``: 4). Defaults to 0.
@@ -71,13 +62,9 @@ class ViT(EVA02):
             nominal grid ``img_size / patch_size`` and cropped, like
             :class:`EVA02` (content keeps its canvas position when padding
             is dropped). The two agree for inputs of ``img_size``.
-        frozen_stages (int): Freeze the embeddings (stage 0) and the first
-            ``frozen_stages`` blocks; -1 freezes nothing. Defaults to -1.
-        with_cp (bool): Gradient checkpointing of every block while
-            training. Defaults to False.
-        init_cfg (dict | list[dict], optional): mmengine init config, e.g.
-            ``dict(type='Pretrained', checkpoint=...)`` for a converted
-            checkpoint (``tools/model_converters/vit_to_mmapt.py``).
+        init_cfg (dict | list[dict], optional): e.g.
+            ``dict(type='Pretrained', checkpoint=...)`` with a file written
+            by ``tools/model_converters/vit_to_mmapt.py``.
         **kwargs: Further :class:`EVA02` arguments.
     """
 
