@@ -236,3 +236,26 @@ def test_layer_depth_freezing_and_checkpointing():
         m(x)[0].square().sum().backward()
         grads.append(m.cls_token.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_layer_decay_groups():
+    """Prefix tokens and LayerScale: no weight decay; layer ids as EVA02."""
+    from mmengine.optim import build_optim_wrapper
+
+    import mmapt.engine  # noqa: F401  (the constructor)
+    model = torch.nn.Module()
+    model.backbone = ViT(arch=dict(embed_dims=32, num_layers=2, num_heads=2),
+                         pretrain_img_size=56, num_register_tokens=2)
+    wrapper = build_optim_wrapper(
+        model,
+        dict(type='OptimWrapper',
+             constructor='LayerDecayOptimWrapperConstructor',
+             optimizer=dict(type='AdamW', lr=1.0, weight_decay=0.1),
+             paramwise_cfg=dict(layer_decay_rate=0.5)))
+    groups = {name: g for g in wrapper.optimizer.param_groups
+              for name in g['param_names']}
+    for name in ('cls_token', 'register_tokens', 'pos_embed',
+                 'blocks.0.ls1.gamma'):
+        assert groups[f'backbone.{name}']['weight_decay'] == 0, name
+    assert groups['backbone.blocks.1.attn.qkv.weight']['weight_decay'] > 0
+    assert groups['backbone.register_tokens']['lr'] == pytest.approx(0.125)
