@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_batch_equals_alone
+from conftest import assert_batch_equals_alone, flat_and_noise_images
 
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
@@ -25,11 +25,7 @@ def _pair(thresholds, **kwargs):
 
 def _images(batch=2, height=256, width=192, seed=0):
     """Normalised images with flat regions (merge) and noise (no merge)."""
-    gen = torch.Generator().manual_seed(seed)
-    pixels = torch.rand(batch, 3, height, width, generator=gen) * 255
-    pixels[0, :, :128, :128] = 200.  # flat: merges into large patches
-    pixels[-1, :, 128:, :] = 30.
-    return (pixels - MEAN) / STD
+    return flat_and_noise_images(batch, height, width, (128, 128), seed)
 
 
 def test_no_merge_equals_plain_eva02():

@@ -1,15 +1,13 @@
 """APTViT: the no-merge invariant against ViT, prefix tokens in packed
 batches, merging."""
 import torch
-from conftest import assert_batch_equals_alone
+from conftest import assert_batch_equals_alone, flat_and_noise_images
 
 from mmapt.models import APTViT, ViT
 from mmapt.models.backbones import count_tokens
 from mmapt.registry import MODELS
 
 ARCH = dict(embed_dims=48, num_layers=4, num_heads=2)
-MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
 
 
 def _pair(thresholds, **kwargs):
@@ -26,13 +24,9 @@ def _pair(thresholds, **kwargs):
     return plain, apt, result
 
 
-def _images(batch=2, height=224, width=336, seed=0):
+def _images(batch=2, height=224, width=336):
     """Normalised images with flat regions (merge) and noise (no merge)."""
-    gen = torch.Generator().manual_seed(seed)
-    pixels = torch.rand(batch, 3, height, width, generator=gen) * 255
-    pixels[0, :, :112, :224] = 200.  # flat: merges into large patches
-    pixels[-1, :, 112:, :] = 30.
-    return (pixels - MEAN) / STD
+    return flat_and_noise_images(batch, height, width, (112, 224))
 
 
 def test_no_merge_equals_plain_vit():
