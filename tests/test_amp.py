@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mmapt.models.apt.context as packed_context
+from mmapt.engine.amp import autocast_model
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
 from mmapt.utils.precision import resolve_amp_dtype
@@ -194,3 +195,80 @@ def test_apt_cuda_autocast_reaches_flash_varlen(dtype, monkeypatch):
                for p in model.apt_embed.parameters())
     if kernel is not None and attention._cuda_varlen_usable:
         assert calls['flash'] == ARCH['num_layers']
+
+
+def test_amp_test_loop_in_a_runner(tmp_path):
+    """test_cfg=dict(type='AmpTestLoop', ...) through mmengine's Runner:
+    'features' autocasts extract_feat only, 'model' all of test_step."""
+    from mmengine.evaluator import BaseMetric
+    from mmengine.model import BaseModel
+    from mmengine.registry import METRICS
+    from mmengine.runner import Runner
+    from torch.utils.data import Dataset
+
+    import mmapt.engine  # noqa: F401  (registers the loops)
+
+    class Data(Dataset):
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return dict(inputs=torch.full((4, ), float(i)))
+
+    class Model(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Linear(4, 4)
+            self.head = torch.nn.Linear(4, 1)
+
+        def extract_feat(self, x):
+            y = self.backbone(x)
+            self.inner = y.dtype
+            return y
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            x = torch.stack(inputs) if isinstance(inputs, list) else inputs
+            feat = self.extract_feat(x)
+            out = self.head(feat)
+            return [dict(inner=self.inner, feat=feat.dtype,
+                         out=out.dtype)] * len(x)
+
+    @METRICS.register_module(force=True)
+    class DtypeMetric(BaseMetric):
+
+        def process(self, data_batch, data_samples):
+            self.results.extend(data_samples)
+
+        def compute_metrics(self, results):
+            return {
+                key: ' '.join(sorted({str(r[key])[6:] for r in results}))
+                for key in ('inner', 'feat', 'out')
+            }
+
+    def run(test_cfg, name):
+        runner = Runner(
+            model=Model(),
+            work_dir=str(tmp_path / name),
+            test_dataloader=dict(
+                dataset=Data(),
+                sampler=dict(type='DefaultSampler', shuffle=False),
+                batch_size=2,
+                num_workers=0),
+            test_cfg=test_cfg,
+            test_evaluator=dict(type='DtypeMetric'),
+            experiment_name=f'amp_loop_{name}',
+            default_scope='mmengine')
+        return runner.test(), runner.test_loop
+
+    metrics, loop = run(dict(type='AmpTestLoop', dtype='bf16'), 'features')
+    # backbone in bf16, handed to the head as fp32, head in fp32
+    assert metrics == dict(inner='bfloat16', feat='float32', out='float32')
+    assert loop.amp_used == 'cpu bfloat16 features'
+    metrics, loop = run(dict(type='AmpTestLoop', scope='model'), 'model')
+    assert metrics == dict(inner='bfloat16', feat='bfloat16', out='bfloat16')
+    metrics, _ = run(dict(type='TestLoop'), 'fp32')
+    assert metrics == dict(inner='float32', feat='float32', out='float32')
+    with pytest.raises(ValueError, match='scope'):
+        run(dict(type='AmpTestLoop', scope='heads'), 'bad')

@@ -1,5 +1,6 @@
 """The APT adapter seam: prefix (class) tokens in the packed layout, the
 dense EVA02 class token, the tokenizer's no-merge shortcut."""
+import copy
 import math
 
 import pytest
@@ -122,12 +123,15 @@ def _reference_forward(model, images, rope_on_cls=False):
     rows, cols = height // 16, width // 16
     grid = model.patch_embed.proj(images).flatten(2).transpose(1, 2)
     pos = model.pos_embed[:, 1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2)
-    pos = torch.nn.functional.interpolate(pos, size=(rows, cols),
-                                          mode='bicubic', align_corners=False)
+    # Positions live on the nominal (img_size) grid, cropped to the input.
+    nominal = model.nominal_grid((rows, cols))
+    pos = torch.nn.functional.interpolate(pos, size=nominal, mode='bicubic',
+                                          align_corners=False)
+    pos = pos[:, :, :rows, :cols]
     grid = grid + pos.flatten(2).transpose(1, 2)
     cls = model.cls_token + model.pos_embed[:, :1]
     x = torch.cat([cls.expand(batch, -1, -1), grid], 1)
-    table = model.rope.grid(rows, cols, x.device)
+    table = model.rope.grid(rows, cols, x.device, nominal)
     outs = []
     for block in model.blocks:
         attn = block.attn
@@ -189,6 +193,12 @@ def test_cls_token_checkpointing_freezing_and_table_resize():
     frozen.load_state_dict(state)
     torch.testing.assert_close(frozen.pos_embed[:, :1], table[:, :1])
     assert frozen.pos_embed.shape == (1, 1 + 16 * 16, 64)
+    # A table without a class row (a plain EVA02 checkpoint): row kept.
+    row = frozen.pos_embed[:, :1].detach().clone()
+    frozen.load_state_dict(dict(state, pos_embed=torch.randn(1, 64, 64)))
+    torch.testing.assert_close(frozen.pos_embed[:, :1], row)
+    with pytest.raises(ValueError, match='num_prefix_tokens'):
+        PatchTokenizer(16, (2, ), num_prefix_tokens=-1)
 
 
 # ------------------------------------------- prefix tokens in APT (packed)
@@ -249,3 +259,17 @@ def test_adapter_is_the_only_apt_code_in_the_backbone():
     assert isinstance(model.apt, APTAdapter)
     assert model.tokenizer is model.apt.tokenizer
     assert model.apt_param_prefixes == ('apt_embed.', )
+
+
+def test_deepcopy_keeps_the_adapter_on_its_own_host():
+    """EMA hooks deep-copy the model: the copy's adapter must drive the
+    copy's weights, not the original's."""
+    import copy
+    model = APTEVA02(arch=ARCH, img_size=128, thresholds=(2, 2),
+                     out_indices=(3, )).eval()
+    twin = copy.deepcopy(model)
+    assert twin.apt.host is twin and twin.apt is not model.apt
+    x = _images(height=128, width=128)
+    with torch.no_grad():
+        twin.blocks[3].mlp.w3.bias.add_(1.)
+        assert not torch.allclose(twin(x)[0], model(x)[0])

@@ -204,7 +204,10 @@ def test_rope_uses_token_centres():
     ctx = apt.packed_context(layout)
     t = int((layout.scale_index == 2).nonzero()[0])
     r, c = float(layout.row[t]) + 1.5, float(layout.col[t]) + 1.5
-    table = apt.rope(torch.tensor([[r, c]]), layout.grid_size)
+    # Global positions live on the nominal grid (img_size 256: 16 x 16
+    # cells), not on this 16 x 12 input.
+    table = apt.rope(torch.tensor([[r, c]]), (16, 16))
+    assert apt.nominal_grid(layout.grid_size) == (16, 16)
     assert torch.equal(ctx.image.rope[t], table[0])
     wr, wc = r % 4, c % 4
     table = apt.rope(torch.tensor([[wr, wc]]), (4, 4))

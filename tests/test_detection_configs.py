@@ -145,12 +145,13 @@ def test_toy_configs_differ_only_in_the_backbone():
     assert plain.train_cfg.max_iters == 300
 
 
-def tiny_apt_detector_cfg():
-    """configs/apt_vitdet_coco.py with a tiny backbone at 256 x 256, 64
-    channels in neck and heads and fewer sampled RoIs; everything else
-    (windows + global blocks, APT thresholds, SimpleFPN with LN, 3 cascade
-    stages of 4conv1fc LN heads, mask head, soft-NMS) as configured."""
-    cfg = load('apt_vitdet_coco.py')
+def tiny_apt_detector_cfg(name='apt_vitdet_coco.py'):
+    """configs/apt_vitdet_coco.py (or ``name``) with a tiny backbone at 256 x
+    256, 64 channels in neck and heads and fewer sampled RoIs; everything
+    else (windows + global blocks, APT thresholds, SimpleFPN with LN, 3
+    cascade stages of 4conv1fc LN heads, mask head, soft-NMS, optimizer) as
+    configured."""
+    cfg = load(name)
     ch = 32
     options = {
         'model.backbone.arch': 'tiny',
@@ -181,13 +182,18 @@ def tiny_apt_detector_cfg():
     return cfg
 
 
-def synthetic_batch():
-    """One 256 x 256 image: a textured square on a flat background."""
+def synthetic_batch(background='flat'):
+    """One 256 x 256 image: a textured square on a flat background (APT
+    merges the background) or, with ``background='noise'``, on noise (APT
+    merges nothing)."""
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
     g = torch.Generator().manual_seed(0)
     img = torch.full((3, 256, 256), 90, dtype=torch.uint8)
+    if background == 'noise':
+        img = torch.randint(0, 256, (3, 256, 256), generator=g,
+                            dtype=torch.uint8)
     img[:, 64:160, 80:176] = torch.randint(0, 256, (3, 96, 96), generator=g,
                                            dtype=torch.uint8)
     masks = torch.zeros(1, 256, 256, dtype=torch.uint8)
@@ -237,3 +243,36 @@ def test_apt_detector_tiny_train_step_and_predict():
     assert pred.bboxes.shape[1] == 4
     assert len(pred.scores) == len(pred.labels) == len(pred.bboxes)
     assert pred.masks.shape[-2:] == (256, 256)
+
+
+def _optim_from_config(name):
+    """The model and optimizer of a config (tiny arch), AMP wrapper swapped
+    for the plain one (no CUDA here)."""
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS
+    from mmengine.optim import build_optim_wrapper
+    cfg = tiny_apt_detector_cfg(name)
+    model = MODELS.build(cfg.model)
+    optim_cfg = dict(cfg.optim_wrapper, type='OptimWrapper')
+    optim_cfg.pop('loss_scale', None)
+    return cfg, model, build_optim_wrapper(model, optim_cfg)
+
+
+def test_finetune_gives_apt_layers_the_full_rate():
+    """apt_vitdet_coco_finetune.py: the zero-initialised APT layers learn at
+    least as fast as the last block (layer decay would give them
+    0.7**13 = 1% of it, as the patch embedding beside them)."""
+    cfg, model, optim = _optim_from_config('apt_vitdet_coco_finetune.py')
+    assert cfg.optim_wrapper.paramwise_cfg.apt_lr_mult == 1.0
+    lr = {}
+    for group in optim.optimizer.param_groups:
+        for name in group['param_names']:
+            lr[name] = group['lr']
+    last = max(lr[n] for n in lr if n.startswith('backbone.blocks.11.'))
+    apt = {n: v for n, v in lr.items() if n.startswith('backbone.apt_embed.')}
+    assert len(apt) == 4
+    assert all(v >= last for v in apt.values())
+    assert all(v == pytest.approx(5e-6) for v in apt.values())
+    # The pretrained embedding keeps layer decay.
+    assert lr['backbone.patch_embed.proj.weight'] == pytest.approx(
+        5e-6 * 0.7**13)

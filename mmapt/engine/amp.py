@@ -110,7 +110,13 @@ def _model_device_type(model: nn.Module) -> str:
 class _AutocastLoopMixin:
     """Runs the loop's model calls in mixed precision (see module doc)."""
 
-    def _init_autocast(self, dtype: Optional[str], scope: str) -> None:
+    def __init__(self,
+                 runner,
+                 dataloader: Union[DataLoader, Dict],
+                 evaluator: Union[Dict, List, Any],
+                 dtype: Optional[str] = None,
+                 scope: str = 'features') -> None:
+        super().__init__(runner, dataloader, evaluator, fp16=False)
         if scope not in AMP_SCOPES:
             raise ValueError(f'{type(self).__name__}: scope must be one of '
                              f'{AMP_SCOPES}, got {scope!r}')
@@ -118,12 +124,17 @@ class _AutocastLoopMixin:
             resolve_amp_dtype(dtype, 'cuda')  # fail at build, not at run
         self.amp_dtype = dtype
         self.amp_scope = scope
+        self.amp_used: Optional[str] = None
+
+    def run(self) -> dict:
+        with self._autocast_context():
+            return super().run()
 
     def _autocast_context(self):
         model = self.runner.model
         device_type = _model_device_type(model)
         dtype = resolve_amp_dtype(self.amp_dtype, device_type)
-        #: what ran, for reports: e.g. 'cpu bfloat16 features'
+        # What ran, for reports: e.g. 'cpu bfloat16 features'.
         self.amp_used = f'{device_type} {str(dtype)[6:]} {self.amp_scope}'
         if self.amp_scope == 'model':
             # Shadow test_step/val_step only: hooks and the evaluator stay
@@ -151,37 +162,11 @@ class AmpTestLoop(_AutocastLoopMixin, TestLoop):
             ``'features'``.
     """
 
-    def __init__(self,
-                 runner,
-                 dataloader: Union[DataLoader, Dict],
-                 evaluator: Union[Dict, List, Any],
-                 dtype: Optional[str] = None,
-                 scope: str = 'features') -> None:
-        super().__init__(runner, dataloader, evaluator, fp16=False)
-        self._init_autocast(dtype, scope)
-
-    def run(self) -> dict:
-        with self._autocast_context():
-            return super().run()
-
 
 @LOOPS.register_module()
 class AmpValLoop(_AutocastLoopMixin, ValLoop):
     """mmengine's ``ValLoop`` in mixed precision; arguments as
     :class:`AmpTestLoop` (``val_cfg = dict(type='AmpValLoop', ...)``)."""
-
-    def __init__(self,
-                 runner,
-                 dataloader: Union[DataLoader, Dict],
-                 evaluator: Union[Dict, List, Any],
-                 dtype: Optional[str] = None,
-                 scope: str = 'features') -> None:
-        super().__init__(runner, dataloader, evaluator, fp16=False)
-        self._init_autocast(dtype, scope)
-
-    def run(self) -> dict:
-        with self._autocast_context():
-            return super().run()
 
 
 def apply_amp_test_cfg(cfg, dtype: Optional[str], scope: str) -> None:

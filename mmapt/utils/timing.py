@@ -18,8 +18,11 @@ def sync(device: torch.device) -> None:
 
 
 def time_call(fn: Callable[[], object],
-              device: torch.device) -> Tuple[float, object]:
-    """``(milliseconds, result)`` of one call; CUDA events on a GPU."""
+              device: torch.device,
+              clock: Callable[[], float] = time.perf_counter
+              ) -> Tuple[float, object]:
+    """``(milliseconds, result)`` of one call: CUDA events on a GPU, else
+    ``clock`` (wall clock, or ``time.process_time`` for CPU time)."""
     if device.type == 'cuda':
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -29,9 +32,9 @@ def time_call(fn: Callable[[], object],
         end.record()
         torch.cuda.synchronize(device)
         return start.elapsed_time(end), result
-    start = time.perf_counter()
+    start = clock()
     result = fn()
-    return (time.perf_counter() - start) * 1e3, result
+    return (clock() - start) * 1e3, result
 
 
 class StageTimer:
@@ -45,10 +48,14 @@ class StageTimer:
     Args:
         device (torch.device): Device the stages run on (synchronized at
             every stage boundary on CUDA).
+        clock (Callable): Seconds; wall clock by default.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self,
+                 device: torch.device,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.device = device
+        self.clock = clock
         self.totals: Dict[str, float] = {}
         self._stack: List[List[float]] = []  # [start, time of children]
 
@@ -59,14 +66,14 @@ class StageTimer:
 
     def _run(self, name: str, fn: Callable, *args, **kwargs):
         sync(self.device)
-        frame = [time.perf_counter(), 0.]
+        frame = [self.clock(), 0.]
         self._stack.append(frame)
         try:
             return fn(*args, **kwargs)
         finally:
             sync(self.device)
             self._stack.pop()
-            elapsed = time.perf_counter() - frame[0]
+            elapsed = self.clock() - frame[0]
             if self._stack:
                 self._stack[-1][1] += elapsed
             self.totals[name] = self.totals.get(name, 0.) + \

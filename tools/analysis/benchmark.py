@@ -21,7 +21,10 @@ first arm rotating), batch 1:
 * ``baseline_window`` (``--baseline-pad window``, detection): the same
   model and weights, its data preprocessor padding only to the next window
   multiple instead of the square canvas;
-* ``apt``: the APT config.
+* ``apt``: the APT config;
+* ``apt_nopad`` (``--padding-free``, detection): APT padded only to its
+  largest patch (128 px), windows partial at the border, positions those of
+  the canvas.
 
 Per arm: images/s (images / sum over images of the median model time,
 model time = data preprocessor + forward), median latency, the split into
@@ -40,16 +43,18 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 
 from mmapt.models.backbones import count_tokens
 from mmapt.tokenizer import PatchLayout
-from mmapt.tokenizer.prepare import list_images
+from mmapt.utils.analysis import (build_model_pair, image_paths,
+                                  load_config_pair, prepare, test_pipeline)
 from mmapt.utils.timing import StageTimer, module_stage, sync, time_call
 
 DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 # Backbone stages (methods of the backbone, or of its APT adapter).
 APT_STAGES = (('tokenizer', 'tokenize'), ('embedding', 'embed'),
               ('context', 'packed_context'), ('blocks', 'forward_blocks'))
@@ -81,10 +86,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default='config',
                         help='window: also time the baseline padded only to '
                         'the next window multiple (detection)')
+    parser.add_argument('--padding-free', action='store_true',
+                        help='also time APT padded only to its largest '
+                        'patch (windows partial at the border; detection)')
     parser.add_argument('--no-split', action='store_true',
                         help='no per-stage split (no synchronisation at stage '
                         'boundaries on CUDA)')
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--clock', choices=sorted(CLOCKS), default='wall',
+                        help='CPU only: wall clock, or this process\'s CPU '
+                        'time (all threads summed; steadier on a shared '
+                        'machine)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of both configs')
@@ -96,114 +108,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------ configs
-def load_config(path: str, options: Optional[dict]):
-    from mmengine.config import Config
-    from mmengine.utils import import_modules_from_strings
-    cfg = Config.fromfile(path)
-    if options:
-        cfg.merge_from_dict(options)
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
-    return cfg
-
-
-def model_registry(scope: str):
-    if scope == 'mmdet':
-        import mmdet.models  # noqa: F401  (registration)
-        from mmdet.registry import MODELS
-        from mmdet.utils import register_all_modules
-    elif scope == 'mmseg':
-        import mmseg.models  # noqa: F401
-        from mmseg.registry import MODELS
-        from mmseg.utils import register_all_modules
-    else:
-        raise SystemExit(f'default_scope {scope!r}: this tool benchmarks '
-                         'mmdet or mmseg configs')
-    register_all_modules(init_default_scope=True)
-    return MODELS
-
-
-def test_pipeline(cfg) -> list:
-    """The config's test pipeline without annotation loading."""
-    pipeline = cfg.get('test_pipeline') or \
-        cfg.test_dataloader.dataset.pipeline
-    return [
-        copy.deepcopy(t) for t in pipeline
-        if not t['type'].startswith('LoadAnnotations') and
-        t['type'] != 'LoadSegAnnotations'
-    ]
-
-
-def image_paths(args) -> List[str]:
-    if args.images.endswith('.json'):
-        with open(args.images) as f:
-            entries = json.load(f)['images']
-        prefix = args.img_prefix or os.path.dirname(args.images)
-        paths = [os.path.join(prefix, e['file_name']) for e in entries]
-    else:
-        paths = list_images(args.images)
-    missing = [p for p in paths[:args.num_images] if not os.path.isfile(p)]
-    if missing:
-        raise SystemExit(f'images not found: {missing[:3]} (set '
-                         '--img-prefix to the folder of the JSON\'s images)')
-    return paths[:args.num_images]
-
-
 # ------------------------------------------------------------------ models
-def build_models(apt_cfg, base_cfg, args, registry, device):
-    """APT and baseline models holding the same weights."""
-    from mmengine.runner import load_checkpoint
-    torch.manual_seed(args.seed)
-    # No init_cfg: the configs point at pretrained files that the benchmark
-    # does not need (random weights cost the same).
-    for cfg in (apt_cfg, base_cfg):
-        cfg.model.backbone.pop('init_cfg', None)
-    baseline = registry.build(base_cfg.model)
-    apt = registry.build(apt_cfg.model)
-    if args.checkpoint:
-        load_checkpoint(apt, args.checkpoint, map_location='cpu')
-        source, target = apt, baseline
-    else:
-        baseline.init_weights()
-        source, target = baseline, apt
-    result = target.load_state_dict(source.state_dict(), strict=False)
-    extra = [k for k in result.missing_keys + result.unexpected_keys
-             if '.apt_embed.' not in k]
-    if extra:
-        raise SystemExit('the two configs do not describe the same model '
-                         f'apart from APT: {extra[:5]}')
-    if not args.checkpoint:
-        with torch.no_grad():  # a fine-tuned ZeroLinear is not zero
-            for name, param in apt.named_parameters():
-                if 'apt_embed.zero_linear.weight' in name:
-                    param.normal_(std=0.02)
-    return apt.to(device).eval(), baseline.to(device).eval()
-
-
-def window_preprocessor(base_cfg, registry, device):
-    """The baseline's data preprocessor padding to the window multiple."""
-    backbone = base_cfg.model.backbone
-    window = backbone.get('window_size', 0) * backbone.get('patch_size', 16)
-    if not window:
-        raise SystemExit('--baseline-pad window: the baseline backbone has '
-                         'no windows (window_size 0)')
-    cfg = copy.deepcopy(base_cfg.model.data_preprocessor)
-    if 'pad_size_divisor' not in cfg:
-        raise SystemExit('--baseline-pad window needs a detection data '
-                         'preprocessor (pad_size_divisor); segmentation '
-                         'slide crops are not padded to a canvas')
-    cfg.pad_size_divisor = window
-    cfg.batch_augments = None
-    return registry.build(cfg).to(device), window
+def padded_preprocessor(cfg, registry, divisor: int, device):
+    """A detection data preprocessor padding only to ``divisor`` (no
+    square canvas)."""
+    pre = copy.deepcopy(cfg.model.data_preprocessor)
+    if 'pad_size_divisor' not in pre:
+        raise SystemExit('--baseline-pad window / --padding-free need a '
+                         'detection data preprocessor (pad_size_divisor); '
+                         'segmentation slide crops are not padded to a '
+                         'canvas')
+    pre.pad_size_divisor = divisor
+    pre.batch_augments = None
+    return registry.build(pre).to(device)
 
 
 def backbone_stages(backbone) -> list:
-    """Stage entries of :class:`StageTimer` for a backbone."""
+    """Stage entries of :class:`StageTimer` for a backbone: the plain one's
+    patch embedding and the rest (its blocks, mostly); APT's tokenizer,
+    embedding, context, blocks, unpack and the rest (glue)."""
     owner = getattr(backbone, 'apt', None) or backbone
     if not hasattr(owner, 'tokenize'):
-        return [module_stage('embedding', backbone.patch_embed)]
-    return [(name, owner, attr) for name, attr in APT_STAGES] + \
+        return [module_stage('blocks', backbone),
+                module_stage('embedding', backbone.patch_embed)]
+    return [module_stage('backbone_rest', backbone)] + \
+        [(name, owner, attr) for name, attr in APT_STAGES] + \
         [('unpack', PatchLayout, 'unpack')]
 
 
@@ -212,7 +141,7 @@ class Arm:
     """One model + data preprocessor + pipeline, timed image by image."""
 
     def __init__(self, name: str, model, preprocessor, pipeline, device,
-                 dtype, split: bool) -> None:
+                 dtype, split: bool, clock: Callable[[], float]) -> None:
         from mmengine.dataset import Compose
         self.name = name
         self.model = model
@@ -221,21 +150,21 @@ class Arm:
         self.device = device
         self.dtype = dtype
         self.split = split
+        self.clock = clock
         self.records: Dict[str, List[dict]] = {}
         self.tokens: Dict[str, tuple] = {}
         self.peak_mib = 0.
 
     def run(self, path: str, record: bool = True) -> None:
-        from mmengine.dataset import pseudo_collate
-        start = time.perf_counter()
-        data = pseudo_collate([self.pipeline(dict(img_path=path, img_id=0))])
-        pipeline_ms = (time.perf_counter() - start) * 1e3
+        clock = self.clock
+        start = clock()
+        data = prepare(self.pipeline, path)
+        pipeline_ms = (clock() - start) * 1e3
         model = self.model
-        timer = StageTimer(self.device)
-        stages = [module_stage('backbone', model.backbone)]
+        timer = StageTimer(self.device, clock)
+        stages = backbone_stages(model.backbone)
         if getattr(model, 'neck', None) is not None:
             stages.append(module_stage('neck', model.neck))
-        stages += backbone_stages(model.backbone)
         if self.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.device)
         autocast = torch.autocast(self.device.type, dtype=self.dtype) \
@@ -243,17 +172,17 @@ class Arm:
 
         def forward():
             with torch.no_grad():
-                start = time.perf_counter()
+                start = clock()
                 inputs = self.preprocessor(data, False)
                 sync(self.device)
-                pre_ms = (time.perf_counter() - start) * 1e3
+                pre_ms = (clock() - start) * 1e3
                 with autocast:
                     model(**inputs, mode='predict')
                 return pre_ms
 
         split = timer.attach(stages) if self.split else nullcontext()
         with count_tokens(model.backbone) as counter, split:
-            model_ms, pre_ms = time_call(forward, self.device)
+            model_ms, pre_ms = time_call(forward, self.device, clock)
         if self.device.type == 'cuda':
             self.peak_mib = max(
                 self.peak_mib,
@@ -310,26 +239,36 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    apt_cfg = load_config(args.config, args.cfg_options)
-    base_cfg = load_config(args.compare, args.cfg_options)
-    scope = apt_cfg.get('default_scope')
-    if base_cfg.get('default_scope') != scope:
-        raise SystemExit(f'{args.config} ({scope}) and {args.compare} '
-                         f'({base_cfg.get("default_scope")}) are not the '
-                         'same task')
-    registry = model_registry(scope)
-    paths = image_paths(args)
-    apt, baseline = build_models(apt_cfg, base_cfg, args, registry, device)
+    apt_cfg, base_cfg, registry = load_config_pair(
+        args.config, args.compare, args.cfg_options)
+    paths = image_paths(args.images, args.num_images, args.img_prefix)
+    apt, baseline = build_model_pair(apt_cfg, base_cfg, registry,
+                                     args.checkpoint, args.seed)
+    apt, baseline = apt.to(device), baseline.to(device)
     dtype = DTYPES[args.dtype]
     split = not args.no_split
+    clock = CLOCKS[args.clock]
+    if device.type == 'cuda' and args.clock != 'wall':
+        raise SystemExit('--clock cpu is for CPU runs (CUDA uses events)')
     arms = [Arm('baseline', baseline, baseline.data_preprocessor,
-                test_pipeline(base_cfg), device, dtype, split)]
+                test_pipeline(base_cfg), device, dtype, split, clock)]
     if args.baseline_pad == 'window':
-        pre, window = window_preprocessor(base_cfg, registry, device)
-        arms.append(Arm('baseline_window', baseline, pre,
-                        test_pipeline(base_cfg), device, dtype, split))
+        window = baseline.backbone.window_size * baseline.backbone.patch_size
+        if not window:
+            raise SystemExit('--baseline-pad window: the baseline backbone '
+                             'has no windows (window_size 0)')
+        arms.append(Arm('baseline_window', baseline,
+                        padded_preprocessor(base_cfg, registry, window,
+                                            device),
+                        test_pipeline(base_cfg), device, dtype, split, clock))
     arms.append(Arm('apt', apt, apt.data_preprocessor,
-                    test_pipeline(apt_cfg), device, dtype, split))
+                    test_pipeline(apt_cfg), device, dtype, split, clock))
+    if args.padding_free:
+        arms.append(Arm('apt_nopad', apt,
+                        padded_preprocessor(
+                            apt_cfg, registry,
+                            apt.backbone.tokenizer.largest_patch, device),
+                        test_pipeline(apt_cfg), device, dtype, split, clock))
 
     for arm in arms:
         for _ in range(args.warmup):
@@ -361,9 +300,23 @@ def main(argv=None) -> None:
             speedup_vs_window=round(win['total_ms']['model_ms'] /
                                     aptr['total_ms']['model_ms'], 4),
             token_ratio_vs_window=round(win['tokens'] / aptr['tokens'], 4))
+    if 'apt_nopad' in results:
+        nopad = results['apt_nopad']
+        summary.update(
+            apt_nopad_img_s=nopad['img_s'],
+            nopad_speedup=round(base['total_ms']['model_ms'] /
+                                nopad['total_ms']['model_ms'], 4))
+        if 'baseline_window' in results:
+            summary.update(
+                nopad_speedup_vs_window=round(
+                    win['total_ms']['model_ms'] /
+                    nopad['total_ms']['model_ms'], 4),
+                nopad_token_ratio_vs_window=round(
+                    win['tokens'] / nopad['tokens'], 4))
     summary.update(
         config=args.config, compare=args.compare, images=len(paths),
         repeat=args.repeat, device=str(device), dtype=args.dtype,
+        clock=args.clock,
         threads=torch.get_num_threads(), torch=torch.__version__,
         arms=results)
     print(f'speed-up {summary["speedup"]} (backbone '

@@ -58,6 +58,7 @@ from mmapt.tokenizer.prepare import (canvas_content_size, list_images,
                                      load_rgb, normalise, sample_photo_paths,
                                      to_canvas)
 from mmapt.utils.memory import peak_memory_mib
+from mmapt.utils.timing import time_call
 
 # Backbone settings of configs/eva02_vitdet_coco{,_large}.py.
 ARCHS = {
@@ -173,30 +174,6 @@ def build_models(name: str, args,
 
 
 # ------------------------------------------------------------------ timing
-def make_timer(device: torch.device) -> Callable[[Callable], float]:
-    """A function timing one call in ms (CUDA events, or wall clock)."""
-    if device.type == 'cuda':
-
-        def cuda_time(fn: Callable) -> float:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            return start.elapsed_time(end)
-
-        return cuda_time
-
-    def wall_time(fn: Callable) -> float:
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1e3
-
-    return wall_time
-
-
 def compare_outputs(a: torch.Tensor, b: torch.Tensor) -> dict:
     a, b = a.float(), b.float()
     diff = (a - b).abs()
@@ -230,7 +207,6 @@ def bench_arch(name: str, args, views: List[dict],
 
         return run
 
-    timer = make_timer(device)
     result: Dict[str, dict] = {arm: dict(per_image={}) for arm in arms}
     # Warm-up, token counts and the varlen/padded comparison (untimed).
     comparison = []
@@ -268,7 +244,7 @@ def bench_arch(name: str, args, views: List[dict],
         order = arms[rep % len(arms):] + arms[:rep % len(arms)]
         for image in inputs:
             for arm in order:
-                ms = timer(call(arm, image))
+                ms, _ = time_call(call(arm, image), device)
                 result[arm]['per_image'][image]['times_ms'].append(ms)
 
     for arm in arms:

@@ -1,0 +1,169 @@
+"""FLOPs of an APT model and its plain baseline on real images.
+
+    python tools/analysis/get_flops.py configs/apt_vitdet_coco.py \
+        --compare configs/eva02_vitdet_coco.py --images data/photos \
+        --num-images 5 --json
+
+Both models are built from their configs with the same weights and every
+image runs through each config's test pipeline and data preprocessor, then
+``model(..., mode='predict')`` once under ``torch.utils.flop_counter``.
+
+How it counts (FLOPs = 2 x multiply-adds; mmengine's and fvcore's "flops"
+are multiply-adds, half these numbers):
+
+* Matrix products and convolutions (linear layers, patch embeddings, the
+  APT embedding's conv aggregation and ZeroLinear, neck, heads): torch's
+  ``FlopCounterMode`` (``2 m n k`` per product), on the ops that actually
+  ran, so the data-dependent parts (proposals, detections, slide crops) are
+  those of these images.
+* Attention (``softmax(q k^T) v``): no counter sees packed attention, and
+  the CPU fallback computes padded buckets that the CUDA varlen kernel
+  does not, so it is counted analytically from the groups that were
+  attended: ``4 * heads * head_dim * sum_g L_g**2`` per call, ``L_g`` the
+  token count of group ``g`` (an image for global blocks, an (image,
+  window) pair for window blocks; partial windows count their own length).
+  The dense baseline attends over whole windows (padded ones included, as
+  it computes them) and whole images. The counter's own SDPA / batched
+  matrix products inside the backbone are dropped in favour of this count.
+* Not counted: norms, softmax, RoPE, activations, gathers, the entropy
+  tokenizer (histograms, no multiply-adds): on CPU they are a few percent of
+  the time, not FLOPs.
+
+Reported per model: backbone and whole-model GFLOPs per image (mean over the
+images), the backbone's attention share, and the APT / baseline ratios.
+"""
+import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+from typing import Dict, Iterator, List
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mmapt.models.apt.context import AttentionGroups
+from mmapt.models.layers.eva02_block import EVA02Attention
+from mmapt.utils.analysis import (build_model_pair, image_paths,
+                                  load_config_pair, prepare, test_pipeline)
+
+# Ops of the backbone that the analytic attention count replaces.
+_ATTENTION_OPS = ('bmm', 'baddbmm', 'scaled_dot_product')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='APT config')
+    parser.add_argument('--compare', required=True, help='baseline config')
+    parser.add_argument('--images', required=True,
+                        help='folder of images, one image, or a COCO-style '
+                        'annotation JSON')
+    parser.add_argument('--img-prefix', default=None)
+    parser.add_argument('--num-images', type=int, default=5)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--json', action='store_true',
+                        help='print one JSON object as the last line')
+    return parser.parse_args(argv)
+
+
+class AttentionCount:
+    """Analytic attention FLOPs of every dense or packed attention call."""
+
+    def __init__(self) -> None:
+        self.flops = 0
+
+    @contextmanager
+    def attach(self) -> Iterator['AttentionCount']:
+        dense, packed = EVA02Attention.forward, AttentionGroups.attend
+
+        def dense_forward(attn, x, *args, **kwargs):
+            batch, length, channels = x.shape  # whole windows / images
+            self.flops += 4 * batch * length * length * channels
+            return dense(attn, x, *args, **kwargs)
+
+        def packed_attend(groups, q, k, v):
+            lengths = groups.cu_seqlens.diff().to(torch.int64)
+            heads, head_dim = q.shape[1], q.shape[2]
+            self.flops += 4 * heads * head_dim * int((lengths**2).sum())
+            return packed(groups, q, k, v)
+
+        EVA02Attention.forward = dense_forward
+        AttentionGroups.attend = packed_attend
+        try:
+            yield self
+        finally:
+            EVA02Attention.forward = dense
+            AttentionGroups.attend = packed
+
+
+def count_model(model, pipeline, paths: List[str]) -> Dict[str, float]:
+    """Mean GFLOPs per image of the backbone (attention apart) and the
+    whole model."""
+    sums = dict(backbone=0., attention=0., model=0.)
+    # FlopCounterMode's module tracker hooks the gradients of module inputs:
+    # parameters passed as inputs (mmdet does) must not require them.
+    model.requires_grad_(False)
+    for path in paths:
+        data = prepare(pipeline, path)
+        counter = AttentionCount()
+        with torch.no_grad(), counter.attach(), \
+                FlopCounterMode(display=False) as mode:
+            inputs = model.data_preprocessor(data, False)
+            model(**inputs, mode='predict')
+        per_module = mode.get_flop_counts()
+        backbone_keys = [k for k in per_module
+                         if k.split('.')[-1] == 'backbone']
+        if len(backbone_keys) != 1:
+            raise RuntimeError('cannot find the backbone among the counted '
+                               f'modules {list(per_module)[:8]}')
+        backbone_ops = per_module[backbone_keys[0]]
+        dropped = sum(n for op, n in backbone_ops.items()
+                      if any(a in str(op) for a in _ATTENTION_OPS))
+        backbone = sum(backbone_ops.values()) - dropped + counter.flops
+        sums['backbone'] += backbone
+        sums['attention'] += counter.flops
+        sums['model'] += mode.get_total_flops() - dropped + counter.flops
+    return {k: v / len(paths) / 1e9 for k, v in sums.items()}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    apt_cfg, base_cfg, registry = load_config_pair(args.config, args.compare,
+                                                   args.cfg_options)
+    paths = image_paths(args.images, args.num_images, args.img_prefix)
+    apt, baseline = build_model_pair(apt_cfg, base_cfg, registry)
+    from mmengine.dataset import Compose
+    results = {
+        'baseline': count_model(baseline, Compose(test_pipeline(base_cfg)),
+                                paths),
+        'apt': count_model(apt, Compose(test_pipeline(apt_cfg)), paths),
+    }
+    print(f'GFLOPs per image (mean of {len(paths)} images; FLOPs = 2 x '
+          'multiply-adds)')
+    print(f'{"model":<10}{"backbone":>10}{"attention":>11}{"whole":>10}')
+    for name, r in results.items():
+        print(f'{name:<10}{r["backbone"]:>10.1f}{r["attention"]:>11.1f}'
+              f'{r["model"]:>10.1f}')
+    summary = dict(
+        baseline_backbone_gflops=round(results['baseline']['backbone'], 2),
+        apt_backbone_gflops=round(results['apt']['backbone'], 2),
+        baseline_gflops=round(results['baseline']['model'], 2),
+        apt_gflops=round(results['apt']['model'], 2),
+        backbone_flops_ratio=round(results['baseline']['backbone'] /
+                                   results['apt']['backbone'], 4),
+        flops_ratio=round(results['baseline']['model'] /
+                          results['apt']['model'], 4),
+        attention_gflops=dict(
+            baseline=round(results['baseline']['attention'], 2),
+            apt=round(results['apt']['attention'], 2)),
+        images=[os.path.basename(p) for p in paths],
+        config=args.config, compare=args.compare)
+    print(f'baseline / APT FLOPs: backbone {summary["backbone_flops_ratio"]}'
+          f', whole model {summary["flops_ratio"]}')
+    if args.json:
+        print(json.dumps(summary))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
