@@ -152,22 +152,29 @@ def _scalars(work_dir):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('name', ['toy/toy_apt_dinov2_det.py',
-                                  'toy/toy_dinov2_det.py'])
-def test_toy_detection_trains(name, toy_coco_cwd, tmp_path):
-    work_dir = str(tmp_path / 'work')
+def _train(name, work_dir, *options, cwd=ROOT):
+    """Three iterations of a toy config through tools/train.py; the logged
+    scalars."""
     run_tool([
         'tools/train.py',
         osp.join(ROOT, 'configs', name), '--work-dir', work_dir,
         '--cfg-options', *FAST_LOADERS, 'train_cfg.max_iters=3',
-        'train_cfg.val_interval=100', 'default_hooks.logger.interval=1',
+        'default_hooks.logger.interval=1',
         'default_hooks.checkpoint.interval=3',
-        'train_dataloader.batch_size=2'
-    ], cwd=toy_coco_cwd)
-    rows = [r for r in _scalars(work_dir) if 'loss' in r]
-    assert len(rows) == 3 and all(r['loss'] > 0 for r in rows)
+        'train_dataloader.batch_size=2', *options
+    ], cwd=cwd)
     assert osp.isfile(osp.join(work_dir, 'iter_3.pth'))
+    return _scalars(work_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['toy/toy_apt_dinov2_det.py',
+                                  'toy/toy_dinov2_det.py'])
+def test_toy_detection_trains(name, toy_coco_cwd, tmp_path):
+    rows = _train(name, str(tmp_path / 'work'), 'train_cfg.val_interval=100',
+                  cwd=toy_coco_cwd)
+    rows = [r for r in rows if 'loss' in r]
+    assert len(rows) == 3 and all(r['loss'] > 0 for r in rows)
     if 'apt' in name:  # the toy canvas padding merges into large patches
         assert all(r['tokens'] < r['baseline_tokens'] for r in rows)
 
@@ -184,18 +191,9 @@ def toy_ade(tmp_path_factory):
 @pytest.mark.parametrize('name', ['toy/toy_apt_dinov2_seg.py',
                                   'toy/toy_dinov2_seg.py'])
 def test_toy_segmentation_trains(name, toy_ade, tmp_path):
-    work_dir = str(tmp_path / 'work')
-    run_tool([
-        'tools/train.py',
-        osp.join(ROOT, 'configs', name), '--work-dir', work_dir,
-        '--cfg-options', *FAST_LOADERS,
-        *[f'{loader}.dataset.data_root={toy_ade}'
-          for loader in ('train_dataloader', 'val_dataloader',
-                         'test_dataloader')], 'train_cfg.max_iters=3',
-        'train_cfg.val_interval=3', 'default_hooks.logger.interval=1',
-        'default_hooks.checkpoint.interval=3',
-        'train_dataloader.batch_size=2'
-    ])
-    rows = _scalars(work_dir)
+    rows = _train(name, str(tmp_path / 'work'), 'train_cfg.val_interval=3',
+                  *[f'{loader}.dataset.data_root={toy_ade}'
+                    for loader in ('train_dataloader', 'val_dataloader',
+                                   'test_dataloader')])
     assert len([r for r in rows if 'loss' in r]) == 3
     assert any('mIoU' in r for r in rows)  # slide inference ran
