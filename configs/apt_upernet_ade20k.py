@@ -17,6 +17,6 @@ model = dict(
         entropy_bins=512,
         # Must equal the data preprocessor's: the tokenizer un-normalises the
         # images to score patch entropy on 0-255 grey levels.
-        mean=[122.7709383, 116.7460125, 104.09373615],
-        std=[68.5005327, 66.6321579, 70.32316305]))
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375]))
 custom_hooks = [dict(type='TokenStatsHook')]

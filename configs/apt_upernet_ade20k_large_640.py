@@ -7,6 +7,6 @@ model = dict(
         type='APTEVA02',
         thresholds=(5.75, ),
         entropy_bins=512,
-        mean=[122.7709383, 116.7460125, 104.09373615],
-        std=[68.5005327, 66.6321579, 70.32316305]))
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375]))
 custom_hooks = [dict(type='TokenStatsHook')]

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import mmapt.models.apt.context as packed_context
-from mmapt.engine.amp import autocast_model
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
 from mmapt.utils.precision import resolve_amp_dtype

@@ -35,6 +35,10 @@ SEG_CONFIGS = ADE_CONFIGS + TOY_CONFIGS
 APT_CONFIGS = [p for p in SEG_CONFIGS if 'apt_' in osp.basename(p)]
 ADE_ROOT = 'data/ade/ADEChallengeData2016'
 IMPORTS = dict(imports=['mmapt'], allow_failed_imports=False)
+# The released EVA-02 segmentors were fine-tuned with ImageNet statistics;
+# the toy configs (from scratch) keep EVA-02's CLIP ones.
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
 CLIP_MEAN = [122.7709383, 116.7460125, 104.09373615]
 CLIP_STD = [68.5005327, 66.6321579, 70.32316305]
 
@@ -56,7 +60,9 @@ def test_all_expected_configs_exist():
         'apt_upernet_ade20k_large_512.py',
         'eva02_upernet_ade20k_large_512.py',
         'apt_upernet_ade20k_large_640.py',
-        'eva02_upernet_ade20k_large_640.py', 'apt_upernet_ade20k_finetune.py'
+        'eva02_upernet_ade20k_large_640.py', 'apt_upernet_ade20k_finetune.py',
+        'apt_upernet_ade20k_large_512_finetune.py',
+        'apt_upernet_ade20k_large_640_finetune.py'
     }
 
 
@@ -69,11 +75,17 @@ def test_config_basics(path):
     assert cfg.model.neck.type == 'ViTPyramidNeck'
     assert cfg.model.decode_head.type == 'UPerHead'
     assert cfg.model.auxiliary_head.type == 'FCNHead'
-    # the neck norm must not be a BN variant (breaks on CPU / batch 1)
-    assert 'BN' not in cfg.model.neck.norm_cfg['type']
-    # the preprocessor normalises like the backbone's pre-training
-    assert cfg.model.data_preprocessor.mean == CLIP_MEAN
-    assert cfg.model.data_preprocessor.std == CLIP_STD
+    if path in ADE_CONFIGS:
+        # the released models: SyncBN in the x4 level, ImageNet statistics
+        assert cfg.model.neck.norm_cfg['type'] == 'SyncBN'
+        assert cfg.model.data_preprocessor.mean == IMAGENET_MEAN
+        assert cfg.model.data_preprocessor.std == IMAGENET_STD
+        assert cfg.model.backbone.use_cls_token is True
+    else:
+        # the toy trains from scratch with gloo DDP too: no BN variant
+        assert 'BN' not in cfg.model.neck.norm_cfg['type']
+        assert cfg.model.data_preprocessor.mean == CLIP_MEAN
+        assert cfg.model.data_preprocessor.std == CLIP_STD
     assert cfg.model.test_cfg.mode == 'slide'
     assert cfg.val_evaluator.type == 'IoUMetric'
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -104,6 +116,7 @@ def test_config_builds_model_and_pipelines_without_data(path, tmp_path):
         model_cfg.decode_head.in_channels = [192] * 4
         model_cfg.decode_head.channels = 32
         model_cfg.auxiliary_head.in_channels = 192
+        model_cfg.auxiliary_head.channels = 16
     model = _build_model(model_cfg)
     assert type(model.backbone).__name__ == cfg.model.backbone.type
     assert len(model.neck.levels) == len(cfg.model.backbone.out_indices)
@@ -168,17 +181,25 @@ def test_apt_config_is_its_baseline_plus_apt(apt, baseline):
     assert _strip_apt(cfg_apt.to_dict()) == _strip_apt(cfg_base.to_dict())
 
 
-@pytest.mark.parametrize('path, arch, lr, decay, iters, total_batch, taps', [
-    ('configs/eva02_upernet_ade20k.py', 'base', 6e-5, 0.85, 60000, 32,
-     (3, 5, 7, 11)),
-    ('configs/eva02_upernet_ade20k_large_512.py', 'large', 4e-5, 0.9, 80000,
-     16, (7, 11, 15, 23)),
-    ('configs/eva02_upernet_ade20k_large_640.py', 'large', 4e-5, 0.9, 80000,
-     16, (7, 11, 15, 23)),
-])
-def test_recipe_numbers(path, arch, lr, decay, iters, total_batch, taps):
+@pytest.mark.parametrize(
+    'path, arch, lr, decay, iters, total_batch, taps, heads', [
+        ('configs/eva02_upernet_ade20k.py', 'base', 6e-5, 0.85, 60000, 32,
+         (3, 5, 7, 11), (768, 256)),
+        ('configs/eva02_upernet_ade20k_large_512.py', 'large', 4e-5, 0.9,
+         80000, 16, (7, 11, 15, 23), (1024, 256)),
+        ('configs/eva02_upernet_ade20k_large_640.py', 'large', 4e-5, 0.9,
+         80000, 16, (7, 11, 15, 23), (1536, 1536)),
+    ])
+def test_recipe_numbers(path, arch, lr, decay, iters, total_batch, taps,
+                        heads):
     cfg = _load(path)
     backbone = cfg.model.backbone
+    # the released models' widths, class token and position grid
+    assert (cfg.model.decode_head.channels,
+            cfg.model.auxiliary_head.channels) == heads
+    assert backbone.use_cls_token is True
+    assert backbone.pos_embed_grid * 16 == backbone.img_size
+    assert backbone.pretrain_img_size // backbone.pretrain_patch_size == 16
     assert backbone.arch == arch
     assert tuple(backbone.out_indices) == taps
     assert backbone.window_size == 0 and tuple(
@@ -217,16 +238,29 @@ def test_recipe_numbers(path, arch, lr, decay, iters, total_batch, taps):
     assert test_resize.scale == (4 * crop, crop)
 
 
-def test_finetune_is_five_percent_at_a_tenth_of_the_lr():
-    base = _load('configs/apt_upernet_ade20k.py')
-    ft = _load('configs/apt_upernet_ade20k_finetune.py')
+@pytest.mark.parametrize('name, released', [
+    ('apt_upernet_ade20k', 'eva02_B_ade_seg_upernet_sz512'),
+    ('apt_upernet_ade20k_large_512', 'eva02_L_ade_seg_upernet_sz512'),
+    ('apt_upernet_ade20k_large_640', 'eva02_L_ade_seg_upernet_sz640'),
+])
+def test_finetune_is_five_percent_at_a_tenth_of_the_lr(name, released):
+    base = _load(f'configs/{name}.py')
+    ft = _load(f'configs/{name}_finetune.py')
     assert ft.model.backbone.type == 'APTEVA02'
     assert ft.train_cfg.max_iters == base.train_cfg.max_iters * 5 // 100
     assert ft.optim_wrapper.optimizer.lr == pytest.approx(
         base.optim_wrapper.optimizer.lr / 10)
+    assert ft.param_scheduler[0].end == \
+        base.param_scheduler[0].end * 5 // 100
     assert ft.param_scheduler[-1].end == ft.train_cfg.max_iters
-    assert ft.load_from.startswith('work_dirs/eva02_upernet_ade20k/')
+    # the converted released model (docs/reproduce.md)
+    assert ft.load_from == f'checkpoints/{released}_mmapt.pth'
     assert ft.model.backbone.init_cfg is None
+    ft_dict, base_dict = ft.to_dict(), base.to_dict()
+    for key in ('load_from', 'optim_wrapper', 'param_scheduler',
+                'train_cfg', 'default_hooks', 'model'):
+        ft_dict.pop(key, None), base_dict.pop(key, None)
+    assert ft_dict == base_dict
 
 
 # --------------------------------------------------------------- running

@@ -21,8 +21,10 @@ norm1, norm2, attn.proj                    same
 
 Dropped (and reported): ``cls_token``, ``mask_token``, ``lm_head``/``head``,
 ``fc_norm``, the final ``norm``, ``rope`` buffers and the class-token row of
-``pos_embed``. Anything else unexpected makes the conversion fail, so a
-layer-scale or relative-position checkpoint is never silently mangled.
+``pos_embed`` (``keep_cls_token`` keeps the class token and its row, for the
+class-token backbones of the UperNet configs). Anything else unexpected makes
+the conversion fail, so a layer-scale or relative-position checkpoint is never
+silently mangled.
 """
 import re
 from collections import OrderedDict
@@ -107,7 +109,8 @@ def convert_eva02_state_dict(
         checkpoint: dict,
         patch_size: Optional[int] = None,
         img_size: Optional[int] = None,
-        kernel_resize: str = 'bicubic'
+        kernel_resize: str = 'bicubic',
+        keep_cls_token: bool = False
 ) -> Tuple['OrderedDict[str, Tensor]', List[str]]:
     """Map an official or timm EVA-02 state dict to mmapt's ``EVA02`` names.
 
@@ -120,6 +123,11 @@ def convert_eva02_state_dict(
         kernel_resize (str): ``'bicubic'`` (EVA-02's own 14->16 script) or
             ``'pinv'`` (FlexiViT pseudo-inverse), see
             :func:`mmapt.models.layers.resize_patch_kernel`.
+        keep_cls_token (bool): Keep ``cls_token`` and the class row of
+            ``pos_embed`` (first, before the resampled grid) for backbones
+            with ``use_cls_token=True`` (EVA-02's UperNet recipe). Backbones
+            without a class token ignore both when loading. Defaults to
+            False.
 
     Returns:
         tuple: The converted ``OrderedDict`` and the list of dropped keys
@@ -140,7 +148,7 @@ def convert_eva02_state_dict(
     blocks, top = split_block_keys(state)
     for key, value in top.items():
         if key in ('patch_embed.proj.weight', 'patch_embed.proj.bias',
-                   'pos_embed'):
+                   'pos_embed') or (keep_cls_token and key == 'cls_token'):
             out[key] = value
         elif _DROPPED_TOP.match(key):
             dropped.append(f'{key} (not used by the dense backbone)')
@@ -158,14 +166,23 @@ def convert_eva02_state_dict(
             f'expected {EXPECTED}; these keys have no mmapt equivalent: '
             f'{unknown[:10]}{" ..." if len(unknown) > 10 else ""}')
 
+    if keep_cls_token and 'cls_token' not in out:
+        raise ConversionError('keep_cls_token: this checkpoint has no '
+                              "'cls_token'")
     if 'pos_embed' in out:
         pos = out['pos_embed']
         grid = _square_side(pos.shape[1])
-        if grid * grid != pos.shape[1]:
+        has_row = grid * grid != pos.shape[1]
+        if has_row and not keep_cls_token:
             dropped.append('pos_embed[:, 0] (class-token position)')
         new_patch = patch_size or out['patch_embed.proj.weight'].shape[-1]
         new_grid = img_size // new_patch if img_size else grid
         out['pos_embed'] = resize_pos_embed(pos, (new_grid, new_grid))
+        if keep_cls_token:
+            if not has_row:
+                raise ConversionError(
+                    'keep_cls_token: pos_embed has no class-token row')
+            out['pos_embed'] = torch.cat([pos[:, :1], out['pos_embed']], 1)
     if patch_size:
         out['patch_embed.proj.weight'] = resize_patch_kernel(
             out['patch_embed.proj.weight'], patch_size, kernel_resize)

@@ -32,6 +32,10 @@ def parse_args() -> argparse.Namespace:
                         default='bicubic',
                         help='bicubic (EVA-02\'s 14->16 script, default) or '
                         'FlexiViT pseudo-inverse')
+    parser.add_argument('--keep-cls-token', action='store_true',
+                        help='keep cls_token and the class row of pos_embed '
+                        '(for use_cls_token=True backbones: the UperNet '
+                        'configs); backbones without one ignore them')
     return parser.parse_args()
 
 
@@ -47,7 +51,7 @@ def main() -> int:
     try:
         state, dropped = convert_eva02_state_dict(
             load(args.src), args.patch_size, args.img_size,
-            args.kernel_resize)
+            args.kernel_resize, args.keep_cls_token)
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1
@@ -57,7 +61,8 @@ def main() -> int:
         dict(state_dict=state,
              meta=dict(source=args.src, patch_size=args.patch_size,
                        img_size=args.img_size,
-                       kernel_resize=args.kernel_resize)), args.dst)
+                       kernel_resize=args.kernel_resize,
+                       keep_cls_token=args.keep_cls_token)), args.dst)
     print(f'saved {len(state)} tensors to {args.dst}')
     return 0
 

@@ -1,17 +1,24 @@
-# EVA-02-B + UperNet (official EVA-02 segmentation recipe): global attention,
-# four taps (out_indices 3, 5, 7, 11) turned into a stride 4/8/16/32 pyramid by
-# ViTPyramidNeck, UPerHead + auxiliary FCNHead, slide inference.
-# Heads use SyncBN as in every UperNet recipe (2-4 images per GPU). On one
-# process SyncBN behaves as BN; for CPU-only multi-process runs (gloo) set
-# norm_cfg = dict(type='GN', num_groups=32, requires_grad=True).
+# EVA-02-B + UperNet, the architecture of the released EVA-02 ADE20K
+# segmentors (eva02_B_ade_seg_upernet_sz512.pth; converter:
+# tools/model_converters/eva02_seg_to_mmapt.py, see docs/reproduce.md):
+# global attention with a class token, four taps (out_indices 3, 5, 7, 11)
+# turned into a stride 4/8/16/32 pyramid by ViTPyramidNeck (x4: ConvT, BN,
+# GELU, ConvT; x2: ConvT; x1; max-pool), UPerHead + auxiliary FCNHead, slide
+# inference.
+# Neck and heads use SyncBN like the released models (same keys and running
+# statistics). One process (CPU or GPU): mmengine reverts SyncBN to BN. For
+# CPU-only multi-process runs (gloo) set norm_cfg = dict(type='BN',
+# requires_grad=True) in the neck and both heads: same keys, per-process
+# statistics.
 norm_cfg = dict(type='SyncBN', requires_grad=True)
-# EVA-02 was pre-trained with the OpenAI CLIP normalisation (RGB, 0-255).
-eva02_mean = [122.7709383, 116.7460125, 104.09373615]
-eva02_std = [68.5005327, 66.6321579, 70.32316305]
+# The released segmentors were fine-tuned with ImageNet statistics (RGB,
+# 0-255), not the CLIP ones of EVA-02's pre-training.
+imagenet_mean = [123.675, 116.28, 103.53]
+imagenet_std = [58.395, 57.12, 57.375]
 data_preprocessor = dict(
     type='SegDataPreProcessor',
-    mean=eva02_mean,
-    std=eva02_std,
+    mean=imagenet_mean,
+    std=imagenet_std,
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,
@@ -32,8 +39,15 @@ model = dict(
         global_attn_indexes=(),
         out_indices=(3, 5, 7, 11),
         drop_path_rate=0.15,
+        # Class token first in the sequence (no RoPE on it), dropped before
+        # the neck; its position row heads the table.
+        use_cls_token=True,
+        # RoPE keeps the pre-training reference grid (224 / 14 = 16) ...
         pretrain_img_size=224,
         pretrain_patch_size=14,
+        # ... while the position table is stored at the fine-tune grid
+        # (512 / 16), added without resampling at that size.
+        pos_embed_grid=32,
         # Weights made by the EVA-02 checkpoint converter (p14 -> p16), see
         # docs/segmentation.md; init_cfg=None trains from scratch.
         init_cfg=dict(
@@ -43,7 +57,8 @@ model = dict(
         type='ViTPyramidNeck',
         embed_dim=768,
         rescales=(4, 2, 1, 0.5),
-        norm_cfg=dict(type='LN2d', eps=1e-6)),
+        norm_cfg=norm_cfg,
+        act_cfg=dict(type='GELU')),
     decode_head=dict(
         type='UPerHead',
         in_channels=[768, 768, 768, 768],

@@ -63,8 +63,15 @@ class EVA02(BaseModule, TokenObservable):
             blocks. Defaults to 0.
         pretrain_img_size (int): Pretraining image size. Defaults to 224.
         pretrain_patch_size (int): Pretraining patch size. Defaults to 14.
-            ``pretrain_img_size // pretrain_patch_size`` is both the grid of
-            the stored position table and RoPE's reference grid.
+            ``pretrain_img_size // pretrain_patch_size`` is RoPE's reference
+            grid and, unless ``pos_embed_grid`` is given, the grid of the
+            stored position table.
+        pos_embed_grid (int, optional): Side of the stored absolute position
+            table when it differs from RoPE's reference grid: the released
+            EVA-02 detectors keep a 14 x 14 table (224 / 16) with RoPE on
+            the 16-grid, and resample the table to the input grid; the
+            released UperNet models keep it at the fine-tune grid (32 at
+            512, 40 at 640). Defaults to None (the pretraining grid).
         use_cls_token (bool): A class token ``cls_token`` (1, 1, C) in the
             sequence and a class row in ``pos_embed`` (1, 1 + grid, C).
             Defaults to False.
@@ -105,6 +112,7 @@ class EVA02(BaseModule, TokenObservable):
                  drop_path_rate: float = 0.,
                  pretrain_img_size: int = 224,
                  pretrain_patch_size: int = 14,
+                 pos_embed_grid: Optional[int] = None,
                  use_cls_token: bool = False,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
@@ -128,13 +136,15 @@ class EVA02(BaseModule, TokenObservable):
         self.with_cp = with_cp
 
         pretrain_grid = pretrain_img_size // pretrain_patch_size
-        self.pos_grid = (pretrain_grid, pretrain_grid)
+        table_grid = pos_embed_grid or pretrain_grid
+        self.pos_grid = (table_grid, table_grid)
         self.num_prefix_tokens = int(use_cls_token)
         self.patch_embed = PatchEmbed(patch_size, dims)
         self.cls_token = nn.Parameter(torch.zeros(
             1, 1, dims)) if use_cls_token else None
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.num_prefix_tokens + pretrain_grid**2, dims))
+            torch.zeros(1, self.num_prefix_tokens + table_grid**2, dims))
+        self.rope_grid = pretrain_grid  # RoPE's reference grid
         self._build_layers(
             torch.linspace(0, drop_path_rate, num_layers).tolist())
         self._pos_cache = ParamCache()
@@ -152,7 +162,7 @@ class EVA02(BaseModule, TokenObservable):
         """
         dims = self.embed_dims
         num_heads = self.arch_settings['num_heads']
-        self.rope = RotaryEmbedding2D(dims // num_heads, self.pos_grid[0])
+        self.rope = RotaryEmbedding2D(dims // num_heads, self.rope_grid)
         hidden = int(dims * self.arch_settings['mlp_ratio'])
         self.blocks = nn.ModuleList([
             EVA02Block(

@@ -1,0 +1,60 @@
+"""Convert a released EVA-02 UperNet ADE20K segmentor to an mmapt checkpoint.
+
+Example (EVA-02-L, 512 crops, 59.8 mIoU as released)::
+
+    python tools/model_converters/eva02_seg_to_mmapt.py \
+        eva02_L_ade_seg_upernet_sz512.pth \
+        checkpoints/eva02_L_ade_seg_upernet_sz512_mmapt.pth
+
+The output is ``{'state_dict': ..., 'meta': ...}`` with the whole segmentor
+(``backbone``, ``neck``, ``decode_head``, ``auxiliary_head``). It loads
+strictly into the config the tool names (``eva02_upernet_ade20k*.py``) and,
+with only ``backbone.apt_embed.*`` missing, into its APT version: pass it to
+``tools/test.py CONFIG CHECKPOINT`` or as ``load_from``. See
+docs/reproduce.md.
+"""
+import argparse
+import sys
+
+import torch
+
+from mmapt.utils import (ConversionError, config_for,
+                         convert_eva02_seg_checkpoint)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('src', help='released checkpoint, e.g. '
+                        'eva02_B_ade_seg_upernet_sz512.pth (mmseg 0.x)')
+    parser.add_argument('dst', help='output .pth')
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        state, dropped, info = convert_eva02_seg_checkpoint(
+            torch.load(args.src, map_location='cpu', weights_only=False))
+    except ConversionError as err:
+        print(f'error: {args.src}: {err}', file=sys.stderr)
+        return 1
+    for key in dropped:
+        print(f'dropped {key}')
+    config = config_for(info)
+    torch.save(
+        dict(state_dict=state,
+             meta=dict(source=args.src, config=config,
+                       architecture=info._asdict())), args.dst)
+    print(f'saved {len(state)} tensors to {args.dst}')
+    print(f'architecture: {info._asdict()}')
+    if config:
+        print(f'loads into {config} (and its APT version)')
+    else:
+        print('warning: no shipped config has this architecture; adapt '
+              'embed_dims/num_layers, pos_embed_grid, decode/aux channels '
+              'of configs/eva02_upernet_ade20k*.py', file=sys.stderr)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
