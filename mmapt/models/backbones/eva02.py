@@ -121,7 +121,6 @@ class EVA02(BaseModule, TokenObservable):
         self.arch_settings = self._parse_arch(arch)
         dims = self.arch_settings['embed_dims']
         num_layers = self.arch_settings['num_layers']
-        num_heads = self.arch_settings['num_heads']
         self.embed_dims = dims
         self.num_layers = num_layers
         self.patch_size = patch_size
