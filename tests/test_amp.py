@@ -271,3 +271,29 @@ def test_amp_test_loop_in_a_runner(tmp_path):
     assert metrics == dict(inner='float32', feat='float32', out='float32')
     with pytest.raises(ValueError, match='scope'):
         run(dict(type='AmpTestLoop', scope='heads'), 'bad')
+
+
+def test_check_amp_tool_cpu(capsys):
+    """tools/analysis/check_amp.py end to end on a tiny CPU setting."""
+    import importlib.util
+    import json
+    import os.path as osp
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
+                    'analysis', 'check_amp.py')
+    spec = importlib.util.spec_from_file_location('check_amp', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    status = tool.main([
+        '--device', 'cpu', '--arch', 'tiny', '--canvas', '128',
+        '--window-size', '8', '--global-attn-indexes', '11', '--dtypes',
+        'bf16', '--repeat', '1', '--json'
+    ])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status == 0
+    assert 0 < result['keep_ratio'] < 1
+    cases = {(c['model'], c['precision']): c for c in result['cases']}
+    assert set(cases) == {('plain', 'fp32'), ('plain', 'bf16'),
+                          ('apt', 'fp32'), ('apt', 'bf16')}
+    assert cases[('apt', 'bf16')]['rel_err'] < BF16_REL_TOL
+    assert cases[('apt', 'bf16')]['apt_grads_nonzero']
+    assert cases[('apt', 'bf16')]['flash_varlen_calls'] == 0  # CPU

@@ -192,6 +192,24 @@ def test_test_tool_writes_coco_metrics_and_predictions(trained, tmp_path):
         preds[0]['pred_instances'])
 
 
+@pytest.mark.slow
+def test_test_tool_amp_bf16_on_cpu(trained, tmp_path):
+    """--amp-dtype bf16 on CPU: backbone + neck in bf16, heads (mmcv NMS,
+    RoIAlign: no CPU bf16 kernels) in fp32; same tokens as fp32."""
+    work_dir = str(tmp_path / 'test_amp')
+    run_tool([
+        'tools/test.py', TOY_APT, trained['ckpt'], '--work-dir', work_dir,
+        '--amp-dtype', 'bf16', '--cfg-options', *FAST_OPTIONS
+    ],
+             cwd=trained['cwd'])
+    with open(osp.join(work_dir, 'test_metrics.json')) as f:
+        metrics = json.load(f)
+    assert metrics['precision'] == 'cpu bfloat16 features'
+    assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0
+    assert metrics['baseline_tokens'] == 256
+    assert 0 < metrics['keep_ratio'] < 1
+
+
 def _check_predictions(result):
     pred = result['predictions'][0]
     assert {'bboxes', 'scores', 'labels', 'masks'} <= set(pred)

@@ -51,6 +51,7 @@ from mmapt.models.backbones import count_tokens
 from mmapt.tokenizer import PatchLayout
 from mmapt.utils.analysis import (build_model_pair, image_paths,
                                   load_config_pair, prepare, test_pipeline)
+from mmapt.utils.flops import count_flops
 from mmapt.utils.timing import StageTimer, module_stage, sync, time_call
 
 DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -89,6 +90,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--padding-free', action='store_true',
                         help='also time APT padded only to its largest '
                         'patch (windows partial at the border; detection)')
+    parser.add_argument('--flops', action='store_true',
+                        help='also count FLOPs (mmapt.utils.flops) in the '
+                        'first timed run of every image and arm; its '
+                        'per-op bookkeeping adds well under 1%% to a CPU '
+                        'forward at 1536, more on a GPU')
     parser.add_argument('--no-split', action='store_true',
                         help='no per-stage split (no synchronisation at stage '
                         'boundaries on CUDA)')
@@ -100,6 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of both configs')
+    parser.add_argument('--out', help='also write the JSON summary here, '
+                        'updated after every image of the first repeat')
     parser.add_argument('--json', action='store_true',
                         help='print one JSON object as the last line')
     args = parser.parse_args(argv)
@@ -141,7 +149,8 @@ class Arm:
     """One model + data preprocessor + pipeline, timed image by image."""
 
     def __init__(self, name: str, model, preprocessor, pipeline, device,
-                 dtype, split: bool, clock: Callable[[], float]) -> None:
+                 dtype, split: bool, clock: Callable[[], float],
+                 flops: bool = False) -> None:
         from mmengine.dataset import Compose
         self.name = name
         self.model = model
@@ -151,6 +160,8 @@ class Arm:
         self.dtype = dtype
         self.split = split
         self.clock = clock
+        self.count_flops = flops
+        self.flops: Dict[str, Dict[str, float]] = {}
         self.records: Dict[str, List[dict]] = {}
         self.tokens: Dict[str, tuple] = {}
         self.peak_mib = 0.
@@ -181,8 +192,14 @@ class Arm:
                 return pre_ms
 
         split = timer.attach(stages) if self.split else nullcontext()
-        with count_tokens(model.backbone) as counter, split:
+        flops = count_flops(model) if (
+            record and self.count_flops and path not in self.flops) \
+            else nullcontext()
+        with count_tokens(model.backbone) as counter, split, \
+                flops as flop_counts:
             model_ms, pre_ms = time_call(forward, self.device, clock)
+        if flop_counts is not None:
+            self.flops[path] = flop_counts
         if self.device.type == 'cuda':
             self.peak_mib = max(
                 self.peak_mib,
@@ -216,7 +233,12 @@ class Arm:
         total = {k: sum(m[k] for m in per_image.values()) for k in keys}
         tokens = sum(t for t, _ in self.tokens.values())
         images = len(per_image)
+        gflops = {
+            key: round(sum(f[key] for f in self.flops.values()) / 1e9, 2)
+            for key in ('backbone', 'attention', 'model')
+        } if self.flops else None
         return dict(
+            gflops=gflops,
             img_s=round(images / total['model_ms'] * 1e3, 4),
             median_ms=round(statistics.median(
                 m['model_ms'] for m in per_image.values()), 2),
@@ -250,25 +272,29 @@ def main(argv=None) -> None:
     clock = CLOCKS[args.clock]
     if device.type == 'cuda' and args.clock != 'wall':
         raise SystemExit('--clock cpu is for CPU runs (CUDA uses events)')
-    arms = [Arm('baseline', baseline, baseline.data_preprocessor,
-                test_pipeline(base_cfg), device, dtype, split, clock)]
+
+    def make_arm(name: str, model, preprocessor, cfg) -> Arm:
+        return Arm(name, model, preprocessor, test_pipeline(cfg), device,
+                   dtype, split, clock, args.flops)
+
+    arms = [make_arm('baseline', baseline, baseline.data_preprocessor,
+                     base_cfg)]
     if args.baseline_pad == 'window':
         window = baseline.backbone.window_size * baseline.backbone.patch_size
         if not window:
             raise SystemExit('--baseline-pad window: the baseline backbone '
                              'has no windows (window_size 0)')
-        arms.append(Arm('baseline_window', baseline,
-                        padded_preprocessor(base_cfg, registry, window,
-                                            device),
-                        test_pipeline(base_cfg), device, dtype, split, clock))
-    arms.append(Arm('apt', apt, apt.data_preprocessor,
-                    test_pipeline(apt_cfg), device, dtype, split, clock))
+        arms.append(make_arm(
+            'baseline_window', baseline,
+            padded_preprocessor(base_cfg, registry, window, device),
+            base_cfg))
+    arms.append(make_arm('apt', apt, apt.data_preprocessor, apt_cfg))
     if args.padding_free:
-        arms.append(Arm('apt_nopad', apt,
-                        padded_preprocessor(
-                            apt_cfg, registry,
-                            apt.backbone.tokenizer.largest_patch, device),
-                        test_pipeline(apt_cfg), device, dtype, split, clock))
+        largest = apt.backbone.tokenizer.largest_patch
+        arms.append(make_arm(
+            'apt_nopad', apt,
+            padded_preprocessor(apt_cfg, registry, largest, device),
+            apt_cfg))
 
     for arm in arms:
         for _ in range(args.warmup):
@@ -278,11 +304,39 @@ def main(argv=None) -> None:
         for path in paths:
             for arm in order:
                 arm.run(path)
+                entry, tokens = arm.records[path][-1], arm.tokens[path][0]
+                print(f'[{rep + 1}/{args.repeat}] {arm.name:<16}'
+                      f'{os.path.basename(path):<24}{tokens:>7} tokens '
+                      f'{entry["model_ms"]:>10.0f} ms', file=sys.stderr,
+                      flush=True)
+            if args.out and rep == 0:  # a partial run still leaves numbers
+                done = paths.index(path) + 1
+                _, partial = summarize(arms, args, device, done)
+                with open(args.out, 'w') as f:
+                    json.dump(dict(partial, partial=done < len(paths)), f,
+                              indent=1)
 
+    results, summary = summarize(arms, args, device, len(paths))
+    report_table(results, args)
+    print(f'speed-up {summary["speedup"]} (backbone '
+          f'{summary["backbone_speedup"]}), token ratio '
+          f'{summary["token_ratio"]}' +
+          (f'; vs window-padded baseline {summary["speedup_vs_window"]} '
+           f'(token ratio {summary["token_ratio_vs_window"]})'
+           if 'speedup_vs_window' in summary else ''))
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(summary, f, indent=1)
+    if args.json:
+        print(json.dumps(summary))
+
+
+def summarize(arms: List[Arm], args, device, num_images: int):
+    """Per-arm results and the summary over the images run so far."""
     square_tokens = sum(t for _, t in arms[0].tokens.values())
     results = {arm.name: arm.summary(square_tokens) for arm in arms}
-    report_table(results, args)
     base, aptr = results['baseline'], results['apt']
+    split = not args.no_split
     summary = dict(
         baseline_img_s=base['img_s'],
         apt_img_s=aptr['img_s'],
@@ -293,6 +347,12 @@ def main(argv=None) -> None:
                           if split else None),
         token_ratio=round(base['tokens'] / aptr['tokens'], 4),
         keep_ratio=aptr['keep_ratio'])
+    if base['gflops'] and aptr['gflops']:
+        summary.update(
+            flops_ratio=round(base['gflops']['model'] /
+                              aptr['gflops']['model'], 4),
+            backbone_flops_ratio=round(base['gflops']['backbone'] /
+                                       aptr['gflops']['backbone'], 4))
     if 'baseline_window' in results:
         win = results['baseline_window']
         summary.update(
@@ -314,19 +374,12 @@ def main(argv=None) -> None:
                 nopad_token_ratio_vs_window=round(
                     win['tokens'] / nopad['tokens'], 4))
     summary.update(
-        config=args.config, compare=args.compare, images=len(paths),
+        config=args.config, compare=args.compare, images=num_images,
         repeat=args.repeat, device=str(device), dtype=args.dtype,
         clock=args.clock,
         threads=torch.get_num_threads(), torch=torch.__version__,
         arms=results)
-    print(f'speed-up {summary["speedup"]} (backbone '
-          f'{summary["backbone_speedup"]}), token ratio '
-          f'{summary["token_ratio"]}' +
-          (f'; vs window-padded baseline {summary["speedup_vs_window"]} '
-           f'(token ratio {summary["token_ratio_vs_window"]})'
-           if 'speedup_vs_window' in summary else ''))
-    if args.json:
-        print(json.dumps(summary))
+    return results, summary
 
 
 def report_table(results: Dict[str, dict], args) -> None:

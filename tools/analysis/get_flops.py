@@ -36,20 +36,13 @@ import argparse
 import json
 import os
 import sys
-from contextlib import contextmanager
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from mmapt.models.apt.context import AttentionGroups
-from mmapt.models.layers.eva02_block import EVA02Attention
 from mmapt.utils.analysis import (build_model_pair, image_paths,
                                   load_config_pair, prepare, test_pipeline)
-
-# Ops of the backbone that the analytic attention count replaces.
-_ATTENTION_OPS = ('bmm', 'baddbmm', 'scaled_dot_product')
-
+from mmapt.utils.flops import count_flops
 
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
@@ -67,63 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class AttentionCount:
-    """Analytic attention FLOPs of every dense or packed attention call."""
-
-    def __init__(self) -> None:
-        self.flops = 0
-
-    @contextmanager
-    def attach(self) -> Iterator['AttentionCount']:
-        dense, packed = EVA02Attention.forward, AttentionGroups.attend
-
-        def dense_forward(attn, x, *args, **kwargs):
-            batch, length, channels = x.shape  # whole windows / images
-            self.flops += 4 * batch * length * length * channels
-            return dense(attn, x, *args, **kwargs)
-
-        def packed_attend(groups, q, k, v):
-            lengths = groups.cu_seqlens.diff().to(torch.int64)
-            heads, head_dim = q.shape[1], q.shape[2]
-            self.flops += 4 * heads * head_dim * int((lengths**2).sum())
-            return packed(groups, q, k, v)
-
-        EVA02Attention.forward = dense_forward
-        AttentionGroups.attend = packed_attend
-        try:
-            yield self
-        finally:
-            EVA02Attention.forward = dense
-            AttentionGroups.attend = packed
-
-
 def count_model(model, pipeline, paths: List[str]) -> Dict[str, float]:
-    """Mean GFLOPs per image of the backbone (attention apart) and the
-    whole model."""
+    """Mean GFLOPs per image of the backbone, its attention and the whole
+    model."""
     sums = dict(backbone=0., attention=0., model=0.)
-    # FlopCounterMode's module tracker hooks the gradients of module inputs:
-    # parameters passed as inputs (mmdet does) must not require them.
-    model.requires_grad_(False)
     for path in paths:
         data = prepare(pipeline, path)
-        counter = AttentionCount()
-        with torch.no_grad(), counter.attach(), \
-                FlopCounterMode(display=False) as mode:
-            inputs = model.data_preprocessor(data, False)
-            model(**inputs, mode='predict')
-        per_module = mode.get_flop_counts()
-        backbone_keys = [k for k in per_module
-                         if k.split('.')[-1] == 'backbone']
-        if len(backbone_keys) != 1:
-            raise RuntimeError('cannot find the backbone among the counted '
-                               f'modules {list(per_module)[:8]}')
-        backbone_ops = per_module[backbone_keys[0]]
-        dropped = sum(n for op, n in backbone_ops.items()
-                      if any(a in str(op) for a in _ATTENTION_OPS))
-        backbone = sum(backbone_ops.values()) - dropped + counter.flops
-        sums['backbone'] += backbone
-        sums['attention'] += counter.flops
-        sums['model'] += mode.get_total_flops() - dropped + counter.flops
+        with torch.no_grad(), count_flops(model) as flops:
+            model(**model.data_preprocessor(data, False), mode='predict')
+        for key in sums:
+            sums[key] += flops[key]
     return {k: v / len(paths) / 1e9 for k, v in sums.items()}
 
 
