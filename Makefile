@@ -1,7 +1,7 @@
 # The two commands of the README: `make setup` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast toy-det toy-seg
+.PHONY: setup test test-fast lint format toy-det toy-seg
 
 setup:
 	./scripts/setup.sh
@@ -13,6 +13,18 @@ test:
 # The default pytest run: everything but the tests marked slow.
 test-fast:
 	$(PY) -m pytest -q
+
+# Style checks only (flake8, isort, yapf; settings in setup.cfg), as in CI.
+LINT_PATHS := mmapt tools tests configs demo scripts setup.py
+lint:
+	$(PY) -m flake8 $(LINT_PATHS)
+	$(PY) -m isort --check-only --diff $(LINT_PATHS)
+	$(PY) -m yapf --diff --recursive $(LINT_PATHS)
+
+# Rewrite the files in place with isort and yapf (flake8 findings stay manual).
+format:
+	$(PY) -m isort $(LINT_PATHS)
+	$(PY) -m yapf --in-place --recursive $(LINT_PATHS)
 
 # Toy data + APT toy training + test, end to end on the CPU.
 toy-det:

@@ -1,6 +1,6 @@
 # Baseline: plain EVA-02-L + ViTDet Cascade Mask R-CNN on COCO at 1536:
 # 24 blocks, global blocks 2, 5, ..., 23 (0-based), drop path 0.4, layer
-# decay 0.8 (apt-reference.md, section 6). Backbone weights:
+# decay 0.8 (docs/method.md, section 6). Backbone weights:
 # checkpoints/eva02_L_pt_m38m_p16_mmapt.pth (docs/detection.md).
 _base_ = ['./eva02_vitdet_coco.py']
 custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)

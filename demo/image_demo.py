@@ -22,12 +22,11 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
-# One colour per patch scale (RGB): 16, 32, 64, 128, 256 px.
-SCALE_COLORS = [(235, 235, 235), (0, 220, 0), (0, 140, 255), (255, 0, 200),
-                (255, 200, 0)]
+from mmapt.engine.preflight import add_cfg_options
+from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
+                                     side_by_side, tokenizer_from_config)
 
 
 def parse_args():
@@ -51,11 +50,7 @@ def parse_args():
         '--score-thr', type=float, default=0.3, help='detection score floor')
     parser.add_argument(
         '--opacity', type=float, default=0.5, help='segmentation overlay')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, key=value')
+    add_cfg_options(parser)
     return parser.parse_args()
 
 
@@ -87,98 +82,6 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str,
     if checkpoint is None or not getattr(model, 'dataset_meta', None):
         model.dataset_meta = dataset_meta_from_config(cfg, scope)
     return model
-
-
-def make_tokenizer(model, cfg: Config):
-    """A PatchTokenizer with the backbone's settings (windows ignored: they
-    change the token order, not the patches)."""
-    from mmapt.tokenizer import PatchTokenizer
-    bb_cfg = cfg.model.backbone
-    backbone = model.backbone
-    tok = getattr(backbone, 'tokenizer', None)
-    if isinstance(tok, PatchTokenizer):
-        return PatchTokenizer(
-            patch_size=tok.patch_size,
-            thresholds=tok.thresholds,
-            num_bins=tok.num_bins,
-            mean=tok.mean,
-            std=tok.std)
-    # Plain backbone: every patch is a base patch.
-    pre = cfg.model.get('data_preprocessor', {})
-    return PatchTokenizer(
-        patch_size=bb_cfg.get('patch_size', 16),
-        thresholds=(),
-        mean=pre.get('mean', (123.675, 116.28, 103.53)),
-        std=pre.get('std', (58.395, 57.12, 57.375)))
-
-
-def draw_patch_grid(inputs: torch.Tensor, tokenizer,
-                    min_side: int = 512) -> Tuple[np.ndarray, str]:
-    """Tokenize one normalised image (1, 3, H, W) and draw its patches.
-
-    Returns:
-        tuple: the RGB picture and a caption with the token counts.
-    """
-    multiple = tokenizer.largest_patch
-    h, w = inputs.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph or pw:  # zero = the mean colour, as the data preprocessors pad
-        inputs = F.pad(inputs, (0, pw, 0, ph))
-    layout = tokenizer(inputs.float().cpu())
-    mean = torch.tensor(tokenizer.mean).view(3, 1, 1)
-    std = torch.tensor(tokenizer.std).view(3, 1, 1)
-    canvas = (inputs[0].float().cpu() * std + mean).clamp(0, 255)
-    canvas = canvas.permute(1, 2, 0).byte().numpy()
-    scale = max(1, min_side // max(canvas.shape[:2]))
-    canvas = np.ascontiguousarray(
-        cv2.resize(
-            canvas, None, fx=scale, fy=scale,
-            interpolation=cv2.INTER_NEAREST))
-    p = tokenizer.patch_size * scale
-    rows = layout.row.tolist()
-    cols = layout.col.tolist()
-    sides = layout.side.tolist()
-    scales = layout.scale_index.tolist()
-    # Base patches first, so larger ones are drawn on top.
-    for r, c, s, k in sorted(zip(rows, cols, sides, scales),
-                             key=lambda t: t[3]):
-        color = SCALE_COLORS[min(k, len(SCALE_COLORS) - 1)]
-        cv2.rectangle(canvas, (c * p, r * p),
-                      (c * p + s * p - 1, r * p + s * p - 1), color,
-                      1 if k == 0 else 2)
-    tokens = int(layout.num_tokens)
-    baseline = layout.grid_size[0] * layout.grid_size[1]
-    counts = np.bincount(np.asarray(scales, dtype=np.int64),
-                         minlength=tokenizer.num_scales)
-    per_scale = ' '.join(f'{sz}px:{n}'
-                         for sz, n in zip(tokenizer.patch_sizes, counts))
-    caption = (f'{tokens} tokens / {baseline} ({tokens / baseline:.0%}); '
-               f'{per_scale}')
-    return canvas, caption
-
-
-def caption_bar(img: np.ndarray, text: str) -> np.ndarray:
-    """The picture with ``text`` on a white bar above it (shrunk to fit)."""
-    bar = np.full((28, img.shape[1], 3), 255, dtype=np.uint8)
-    scale = 0.6
-    while scale > 0.25 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX,
-                                           scale, 1)[0][0] > img.shape[1] - 8:
-        scale -= 0.05
-    cv2.putText(bar, text, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([bar, img], axis=0)
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    height = max(left.shape[0], right.shape[0], 256)
-
-    def fit(img):
-        w = max(1, round(img.shape[1] * height / img.shape[0]))
-        return cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA
-                          if img.shape[0] > height else cv2.INTER_NEAREST)
-
-    gap = np.full((height, 8, 3), 255, dtype=np.uint8)
-    return np.concatenate([fit(left), gap, fit(right)], axis=1)
 
 
 def draw_prediction(model, image: np.ndarray, result, scope: str,
@@ -239,8 +142,8 @@ def main():
 
     pred_img, pred_caption = draw_prediction(model, image, result, scope,
                                              args.score_thr, args.opacity)
-    grid_img, grid_caption = draw_patch_grid(captured['inputs'][:1],
-                                             make_tokenizer(model, cfg))
+    grid_img, grid_caption, _ = draw_patch_grid(captured['inputs'][:1],
+                                             tokenizer_from_config(cfg))
     picture = side_by_side(
         caption_bar(pred_img, pred_caption),
         caption_bar(grid_img, 'patches: ' + grid_caption))

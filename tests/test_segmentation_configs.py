@@ -2,7 +2,7 @@
 
 Every mmseg config of the project loads and builds its model and pipelines
 with no data set and no checkpoint present; the recipe numbers of
-apt-reference.md (section 6) are checked where a typo would silently change a
+docs/method.md (section 6) are checked where a typo would silently change a
 result; the APT configs equal their baselines except for the backbone; and
 the model of ``configs/apt_upernet_ade20k.py`` (tiny arch) does one training
 step and one slide-inference prediction on CPU.

@@ -46,6 +46,11 @@ def parse_args():
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument(
+        '--tta',
+        action='store_true',
+        help='test-time augmentation (segmentation configs that define '
+        'tta_model and tta_pipeline: multi-scale + flip)')
+    parser.add_argument(
         '--amp',
         action='store_true',
         help='mixed-precision test: backbone and neck under autocast (fp16 '
@@ -101,6 +106,20 @@ def set_up_output(cfg: Config, out: str) -> None:
                          '(expected mmdet or mmseg)')
 
 
+def set_up_tta(cfg: Config, config_path: str) -> None:
+    """Wrap the model in the config's ``tta_model`` and test with its
+    ``tta_pipeline`` (mmseg's SegTTAModel merges the augmented logits)."""
+    missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
+    if missing:
+        raise ValueError(
+            f'--tta: {config_path} defines no {" / ".join(missing)}; the '
+            'ADE20K configs inherit both from configs/_base_/ (a toy or '
+            'detection config has none)')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
 def collect_metrics(runner, metrics: dict) -> dict:
     """The evaluator's metrics plus token statistics and the mean time per
     test iteration (first iteration excluded: it includes warm-up)."""
@@ -137,6 +156,8 @@ def main():
         set_up_output(cfg, args.out)
     if args.amp or args.amp_dtype:
         apply_amp_test_cfg(cfg, args.amp_dtype, args.amp_scope)
+    if args.tta:
+        set_up_tta(cfg, args.config)
 
     check_data(cfg, args.config, ('test', ))
     setup_cpu_distributed(cfg, args.launcher)

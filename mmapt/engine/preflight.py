@@ -185,18 +185,24 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     return True
 
 
-def add_runner_args(parser) -> None:
-    """Add the arguments shared by tools/train.py and tools/test.py:
-    ``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local_rank``."""
+def add_cfg_options(parser) -> None:
+    """Add ``--cfg-options key=value ...`` (mmengine's ``DictAction``), as
+    every tool that reads a config takes it."""
     from mmengine.config import DictAction
-    parser.add_argument(
-        '--work-dir', help='the directory for logs, checkpoints, metrics')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
         help='override settings of the config, key=value (e.g. '
         'train_cfg.max_iters=100 model.backbone.arch=tiny)')
+
+
+def add_runner_args(parser) -> None:
+    """Add the arguments shared by tools/train.py and tools/test.py:
+    ``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local_rank``."""
+    parser.add_argument(
+        '--work-dir', help='the directory for logs, checkpoints, metrics')
+    add_cfg_options(parser)
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],

@@ -1,5 +1,5 @@
 # ViTDet Cascade Mask R-CNN on a plain EVA-02-B backbone (EVA-02 detection
-# recipe, apt-reference.md section 6): window attention with 32-token windows
+# recipe, docs/method.md section 6): window attention with 32-token windows
 # and global blocks 1, 3, 5, 7, 9, 11 (0-based), one stride-16 output, the
 # simple feature pyramid (strides 4-64) with LayerNorm, a 2-conv RPN, three
 # cascade stages of 4conv1fc box heads with LayerNorm and class-agnostic

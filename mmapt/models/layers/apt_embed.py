@@ -1,4 +1,4 @@
-"""APT embedding of multi-scale patches (apt-reference section 2).
+"""APT embedding of multi-scale patches (docs/method.md section 2).
 
 A patch of scale ``i`` (side ``p * 2**i``) is embedded as
 
