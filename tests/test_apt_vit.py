@@ -13,8 +13,13 @@ ARCH = dict(embed_dims=48, num_layers=4, num_heads=2)
 def _pair(thresholds, **kwargs):
     """A ViT and an APTViT sharing (randomised) weights."""
     torch.manual_seed(0)
-    cfg = dict(arch=ARCH, img_size=224, patch_size=14, pretrain_img_size=112,
-               num_register_tokens=2, **kwargs)
+    cfg = dict(
+        arch=ARCH,
+        img_size=224,
+        patch_size=14,
+        pretrain_img_size=112,
+        num_register_tokens=2,
+        **kwargs)
     plain = ViT(**cfg).eval()
     with torch.no_grad():
         for p in plain.parameters():
@@ -33,7 +38,8 @@ def test_no_merge_equals_plain_vit():
     """All thresholds -1 -> the ViT's maps at every block: windows of 8
     cells (a multiple of the 112 px patch) and global blocks, class and
     register tokens, non-square input."""
-    plain, apt, result = _pair((-1, -1, -1), window_size=8,
+    plain, apt, result = _pair((-1, -1, -1),
+                               window_size=8,
                                global_attn_indexes=(1, 3),
                                out_indices=(0, 1, 2, 3))
     assert all(k.startswith('apt_embed.') for k in result.missing_keys)
@@ -63,8 +69,10 @@ def test_batch_equals_images_alone_when_merging():
     """Prefix tokens never leak across images: with merging (different
     token counts per image), windows and global blocks, a batch of two
     equals the two images run alone."""
-    _, apt, _ = _pair((2.0, 2.0, 0.3), window_size=8,
-                      global_attn_indexes=(1, ), out_indices=(1, 3))
+    _, apt, _ = _pair((2.0, 2.0, 0.3),
+                      window_size=8,
+                      global_attn_indexes=(1, ),
+                      out_indices=(1, 3))
     x = _images()
     with torch.no_grad(), count_tokens(apt) as counter:
         apt.apt_embed.zero_linear.weight.normal_(0, 0.05)  # not identity
@@ -77,8 +85,13 @@ def test_batch_equals_images_alone_when_merging():
 def test_registry_and_refusals():
     import pytest
     apt = MODELS.build(
-        dict(type='APTViT', arch=ARCH, img_size=224, window_size=8,
-             num_register_tokens=4, thresholds=(-1, -1, -1)))
+        dict(
+            type='APTViT',
+            arch=ARCH,
+            img_size=224,
+            window_size=8,
+            num_register_tokens=4,
+            thresholds=(-1, -1, -1)))
     assert apt.get_layer_depth('backbone.apt_embed.aggregate.weight')[0] == 0
     with pytest.raises(ValueError, match='multiple'):
         apt(torch.zeros(1, 3, 14 * 12, 14 * 16))
@@ -98,15 +111,19 @@ def test_benchmark_tool_vit_smoke(monkeypatch, capsys):
     built = []
 
     def tiny(cls):
+
         def build(arch, **kwargs):
             built.append(kwargs)
             return cls(arch=ARCH, pretrain_img_size=112, **kwargs)
+
         return build
 
     monkeypatch.setitem(tool.BACKBONES['vit'], 'classes',
                         (tiny(ViT), tiny(APTViT)))
-    tool.main(['--backbone', 'vit', '--canvas', '448', '--repeat', '1',
-               '--num-generated', '1', '--no-memory', '--json'])
+    tool.main([
+        '--backbone', 'vit', '--canvas', '448', '--repeat', '1',
+        '--num-generated', '1', '--no-memory', '--json'
+    ])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result['backbone'] == 'vit' and result['window_size'] == 16
     assert built[0]['patch_size'] == 14 and built[0]['num_register_tokens']

@@ -43,8 +43,8 @@ def _largest_patch(backbone):
 def test_sizes_statistics_and_backbone(name):
     cfg = _load(name)
     bb, pre = cfg.model.backbone, cfg.model.data_preprocessor
-    assert cfg.custom_imports == dict(imports=['mmapt'],
-                                      allow_failed_imports=False)
+    assert cfg.custom_imports == dict(
+        imports=['mmapt'], allow_failed_imports=False)
     assert bb.type == ('APTViT' if 'apt_' in name else 'ViT')
     assert (bb.patch_size, bb.pretrain_patch_size) == (14, 14)
     assert bb.use_cls_token and bb.num_register_tokens == 4
@@ -72,8 +72,10 @@ def test_sizes_statistics_and_backbone(name):
     else:
         assert cfg.default_scope == 'mmseg'
         sizes = [pre.size, pre.test_cfg['size'], cfg.model.test_cfg.crop_size]
-        sizes += [t.crop_size for t in cfg.train_dataloader.dataset.pipeline
-                  if t.type == 'RandomCrop']
+        sizes += [
+            t.crop_size for t in cfg.train_dataloader.dataset.pipeline
+            if t.type == 'RandomCrop'
+        ]
         for size in sizes:
             assert all(s % largest == 0 and s % 14 == 0 for s in size), size
         assert bb.img_size == sizes[0][0]
@@ -157,22 +159,26 @@ def _train(name, work_dir, *options, cwd=ROOT):
     scalars."""
     run_tool([
         'tools/train.py',
-        osp.join(ROOT, 'configs', name), '--work-dir', work_dir,
-        '--cfg-options', *FAST_LOADERS, 'train_cfg.max_iters=3',
-        'default_hooks.logger.interval=1',
-        'default_hooks.checkpoint.interval=3',
-        'train_dataloader.batch_size=2', *options
-    ], cwd=cwd)
+        osp.join(ROOT, 'configs',
+                 name), '--work-dir', work_dir, '--cfg-options', *FAST_LOADERS,
+        'train_cfg.max_iters=3', 'default_hooks.logger.interval=1',
+        'default_hooks.checkpoint.interval=3', 'train_dataloader.batch_size=2',
+        *options
+    ],
+             cwd=cwd)
     assert osp.isfile(osp.join(work_dir, 'iter_3.pth'))
     return _scalars(work_dir)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['toy/toy_apt_dinov2_det.py',
-                                  'toy/toy_dinov2_det.py'])
+@pytest.mark.parametrize(
+    'name', ['toy/toy_apt_dinov2_det.py', 'toy/toy_dinov2_det.py'])
 def test_toy_detection_trains(name, toy_coco_cwd, tmp_path):
-    rows = _train(name, str(tmp_path / 'work'), 'train_cfg.val_interval=100',
-                  cwd=toy_coco_cwd)
+    rows = _train(
+        name,
+        str(tmp_path / 'work'),
+        'train_cfg.val_interval=100',
+        cwd=toy_coco_cwd)
     rows = [r for r in rows if 'loss' in r]
     assert len(rows) == 3 and all(r['loss'] > 0 for r in rows)
     if 'apt' in name:  # the toy canvas padding merges into large patches
@@ -182,18 +188,22 @@ def test_toy_detection_trains(name, toy_coco_cwd, tmp_path):
 @pytest.fixture(scope='module')
 def toy_ade(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('toy_ade'))
-    run_tool(['tools/misc/make_toy_ade.py', root, '--num-train', '4',
-              '--num-val', '1'])
+    run_tool([
+        'tools/misc/make_toy_ade.py', root, '--num-train', '4', '--num-val',
+        '1'
+    ])
     return root
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['toy/toy_apt_dinov2_seg.py',
-                                  'toy/toy_dinov2_seg.py'])
+@pytest.mark.parametrize(
+    'name', ['toy/toy_apt_dinov2_seg.py', 'toy/toy_dinov2_seg.py'])
 def test_toy_segmentation_trains(name, toy_ade, tmp_path):
-    rows = _train(name, str(tmp_path / 'work'), 'train_cfg.val_interval=3',
-                  *[f'{loader}.dataset.data_root={toy_ade}'
-                    for loader in ('train_dataloader', 'val_dataloader',
-                                   'test_dataloader')])
+    rows = _train(
+        name, str(tmp_path / 'work'), 'train_cfg.val_interval=3', *[
+            f'{loader}.dataset.data_root={toy_ade}'
+            for loader in ('train_dataloader', 'val_dataloader',
+                           'test_dataloader')
+        ])
     assert len([r for r in rows if 'loss' in r]) == 3
     assert any('mIoU' in r for r in rows)  # slide inference ran

@@ -1,6 +1,6 @@
 """mmapt models: EVA02, ViT and their APT backbones, layers, necks."""
 from . import necks  # noqa: F401  (registration)
-from .backbones import APTEVA02, APTViT, EVA02, ViT
+from .backbones import APTEVA02, EVA02, APTViT, ViT
 from .layers import VarlenPlan, varlen_attention
 
 __all__ = [

@@ -28,8 +28,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from .eva02_convert import (ConversionError, split_block_keys,
-                            unwrap_state_dict)
+from .eva02_convert import ConversionError, split_block_keys, unwrap_state_dict
 
 EXPECTED = ("a DINOv2 ViT state dict (timm 'vit_*_patch14_dinov2' / "
             "'vit_*_patch14_reg4_dinov2', or the official "
@@ -40,8 +39,8 @@ EXPECTED = ("a DINOv2 ViT state dict (timm 'vit_*_patch14_dinov2' / "
             "'ls1.gamma'/'ls2.gamma'")
 
 _BLOCK_KEYS = [
-    f'{name}.{suffix}' for name in ('norm1', 'attn.qkv', 'attn.proj',
-                                    'norm2', 'mlp.fc1', 'mlp.fc2')
+    f'{name}.{suffix}' for name in ('norm1', 'attn.qkv', 'attn.proj', 'norm2',
+                                    'mlp.fc1', 'mlp.fc2')
     for suffix in ('weight', 'bias')
 ]
 _LAYER_SCALE_KEYS = ['ls1.gamma', 'ls2.gamma']
@@ -79,8 +78,7 @@ def convert_vit_state_dict(
     unknown: List[str] = []
     # The hub's chunked layout ('blocks.<chunk>.<i>.') numbers blocks
     # globally inside each chunk: the chunk index is just dropped.
-    blocks, top = split_block_keys(state,
-                                   r'^blocks\.(?:\d+\.)?(\d+)\.(\D.*)$')
+    blocks, top = split_block_keys(state, r'^blocks\.(?:\d+\.)?(\d+)\.(\D.*)$')
     for key, value in top.items():
         if key in _KEPT_TOP:
             out[key] = value
@@ -128,17 +126,22 @@ def convert_vit_state_dict(
 def vit_arch_hint(state: Dict[str, Tensor]) -> str:
     """``ViT`` arguments matching a converted state dict, for the user."""
     dims = state['patch_embed.proj.weight'].shape[0]
-    num_layers = len({k.split('.')[1] for k in state
-                      if k.startswith('blocks.')})
-    names = {(192, 12): 'tiny', (384, 12): 'small', (768, 12): 'base',
-             (1024, 24): 'large'}
+    num_layers = len(
+        {k.split('.')[1]
+         for k in state if k.startswith('blocks.')})
+    names = {
+        (192, 12): 'tiny',
+        (384, 12): 'small',
+        (768, 12): 'base',
+        (1024, 24): 'large'
+    }
     name = names.get((dims, num_layers))
     arch = repr(name) if name else (
         f'dict(embed_dims={dims}, num_layers={num_layers}, num_heads=...)')
     regs = state['register_tokens'].shape[1] \
         if 'register_tokens' in state else 0
-    side = int(round((state['pos_embed'].shape[1] -
-                      int('cls_token' in state))**0.5))
+    side = int(
+        round((state['pos_embed'].shape[1] - int('cls_token' in state))**0.5))
     patch = state['patch_embed.proj.weight'].shape[-1]
     return (f"dict(type='ViT', arch={arch}, patch_size={patch}, "
             f"pretrain_img_size={side * patch}, "

@@ -17,8 +17,7 @@ import sys
 
 import torch
 
-from mmapt.utils import (ConversionError, convert_vit_state_dict,
-                         vit_arch_hint)
+from mmapt.utils import ConversionError, convert_vit_state_dict, vit_arch_hint
 
 
 def main() -> int:
@@ -30,8 +29,8 @@ def main() -> int:
         from safetensors.torch import load_file
         checkpoint = load_file(args.src)
     else:
-        checkpoint = torch.load(args.src, map_location='cpu',
-                                weights_only=False)
+        checkpoint = torch.load(
+            args.src, map_location='cpu', weights_only=False)
     try:
         state, dropped = convert_vit_state_dict(checkpoint)
     except ConversionError as err:
@@ -40,8 +39,9 @@ def main() -> int:
     for key in dropped:
         print(f'dropped {key}')
     hint = vit_arch_hint(state)
-    torch.save(dict(state_dict=state, meta=dict(source=args.src,
-                                                backbone=hint)), args.dst)
+    torch.save(
+        dict(state_dict=state, meta=dict(source=args.src, backbone=hint)),
+        args.dst)
     print(f'saved {len(state)} tensors to {args.dst}\nbackbone: {hint}')
     return 0
 

@@ -194,14 +194,15 @@ class ViT(EVA02):
         outs = []
         for i, block in enumerate(self.blocks):
             if self.with_cp and self.training and x.requires_grad:
-                x = checkpoint(block, x, grid, num_prefix,
-                               use_reentrant=False)
+                x = checkpoint(block, x, grid, num_prefix, use_reentrant=False)
             else:
                 x = block(x, grid, num_prefix)
             if i in self.out_indices:
                 outs.append(x[:, num_prefix:].transpose(1, 2).reshape(
                     batch, self.embed_dims, *grid))
-        cells = torch.full((batch, ), grid[0] * grid[1], dtype=torch.int64,
+        cells = torch.full((batch, ),
+                           grid[0] * grid[1],
+                           dtype=torch.int64,
                            device=x.device)
         self._notify_tokens(cells, cells)  # prefix tokens not counted
         return self._order_outputs(outs)

@@ -71,8 +71,7 @@ class ViTAttention(BaseModule):
                 keys.
         """
         batch, length, channels = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.num_heads,
-                               self.head_dim)
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, hd)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self.proj(out.transpose(1, 2).reshape(batch, length, channels))
@@ -145,7 +144,9 @@ class ViTBlock(BaseModule):
             self.ls2 = LayerScale(embed_dims, layer_scale_init)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, grid: Tuple[int, int],
+    def forward(self,
+                x: Tensor,
+                grid: Tuple[int, int],
                 num_prefix: int = 0) -> Tensor:
         """Dense path on (B, P + H * W, C): P prefix tokens, then the grid.
 
@@ -168,8 +169,7 @@ class ViTBlock(BaseModule):
         themselves."""
         batch, _, channels = y.shape
         patches = y[:, num_prefix:].reshape(batch, grid[0], grid[1], channels)
-        windows, key_mask, padded = window_partition(patches,
-                                                     self.window_size)
+        windows, key_mask, padded = window_partition(patches, self.window_size)
         patches = window_unpartition(
             self.attn(windows, key_mask), self.window_size, padded, grid)
         patches = patches.reshape(batch, grid[0] * grid[1], channels)
@@ -185,8 +185,8 @@ class ViTBlock(BaseModule):
             ctx (PackedContext): The batch's attention groups and plans and
                 the per-token image index (per-image stochastic depth).
         """
-        y = self.attn.forward_packed(self.norm1(x),
-                                     ctx.groups(self.window_size))
+        y = self.attn.forward_packed(
+            self.norm1(x), ctx.groups(self.window_size))
         x = x + self.drop_path(self.ls1(y), ctx.image_index, ctx.num_images)
         y = self.ls2(self.mlp(self.norm2(x)))
         return x + self.drop_path(y, ctx.image_index, ctx.num_images)
