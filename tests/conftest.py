@@ -35,6 +35,20 @@ def run_tool(args, cwd=ROOT, check=True, timeout=900, env=None):
     return proc
 
 
+def flat_and_noise_images(batch, height, width, flat, seed=0):
+    """Images normalised with the ImageNet statistics: uniform noise (no
+    patch merges) with flat regions (merge into large patches): image 0's
+    top-left ``flat = (rows, cols)`` box and the last image's rows from
+    ``rows`` down."""
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(batch, 3, height, width, generator=gen) * 255
+    pixels[0, :, :flat[0], :flat[1]] = 200.
+    pixels[-1, :, flat[0]:, :] = 30.
+    return (pixels - mean) / std
+
+
 def assert_batch_equals_alone(backbone, images, rtol=1e-5, atol=1e-5):
     """Each image's maps from a batch equal that image run alone: nothing
     leaks across the images packed together."""

@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_batch_equals_alone
+from conftest import assert_batch_equals_alone, flat_and_noise_images
 
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
@@ -25,11 +25,7 @@ def _pair(thresholds, **kwargs):
 
 def _images(batch=2, height=256, width=192, seed=0):
     """Normalised images with flat regions (merge) and noise (no merge)."""
-    gen = torch.Generator().manual_seed(seed)
-    pixels = torch.rand(batch, 3, height, width, generator=gen) * 255
-    pixels[0, :, :128, :128] = 200.  # flat: merges into large patches
-    pixels[-1, :, 128:, :] = 30.
-    return (pixels - MEAN) / STD
+    return flat_and_noise_images(batch, height, width, (128, 128), seed)
 
 
 def test_no_merge_equals_plain_eva02():
@@ -251,10 +247,10 @@ def test_benchmark_tool_smoke(monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    monkeypatch.setattr(tool, 'EVA02', lambda arch, **kw: EVA02(
-        arch=dict(embed_dims=64, num_layers=2, num_heads=1), **kw))
-    monkeypatch.setattr(tool, 'APTEVA02', lambda arch, **kw: APTEVA02(
-        arch=dict(embed_dims=64, num_layers=2, num_heads=1), **kw))
+    tiny = dict(embed_dims=64, num_layers=2, num_heads=1)
+    monkeypatch.setitem(tool.BACKBONES['eva02'], 'classes', (
+        lambda arch, **kw: EVA02(arch=tiny, **kw),
+        lambda arch, **kw: APTEVA02(arch=tiny, **kw)))
     tool.main([
         '--canvas', '256', '--patch-sizes', '16', '32', '64',
         '--thresholds', '2', '2', '--window-size', '8',

@@ -26,7 +26,7 @@ def det_configs():
 
 DET_CONFIGS = det_configs()
 APT_CONFIGS = [p for p in DET_CONFIGS
-               if Config.fromfile(p).model.backbone.type == 'APTEVA02']
+               if Config.fromfile(p).model.backbone.type.startswith('APT')]
 
 
 def load(name):

@@ -40,7 +40,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     - ``layer_decay_rate`` (float, required): decay per layer, e.g. 0.7.
     - ``no_decay_names`` (Sequence[str], optional): parameter name
       components without weight decay. Defaults to
-      ``('pos_embed', 'cls_token', 'mask_token', 'absolute_pos_embed')``.
+      ``('pos_embed', 'cls_token', 'mask_token', 'absolute_pos_embed',
+      'register_tokens')``.
     - ``apt_lr_mult`` (float, optional): learning-rate multiplier of the
       APT-only parameters (``backbone.apt_param_prefixes``), replacing their
       layer scale. Defaults to 1.0 (the full base learning rate).
@@ -66,7 +67,7 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """
 
     DEFAULT_NO_DECAY_NAMES = ('pos_embed', 'cls_token', 'mask_token',
-                              'absolute_pos_embed')
+                              'absolute_pos_embed', 'register_tokens')
 
     def __init__(self,
                  optim_wrapper_cfg: dict,

@@ -74,6 +74,37 @@ def unwrap_state_dict(checkpoint: dict) -> Dict[str, Tensor]:
     return state
 
 
+def split_block_keys(
+    state: Dict[str, Tensor],
+    pattern: str = r'^blocks\.(\d+)\.(.+)$'
+) -> Tuple[Dict[int, Dict[str, Tensor]], Dict[str, Tensor]]:
+    """Group ``blocks.<i>.<rest>`` keys per block; the other keys apart.
+
+    Args:
+        state (dict): A flat state dict.
+        pattern (str): Regex whose groups are the block index and the key
+            inside the block.
+
+    Returns:
+        tuple: ``{i: {rest: tensor}}`` and the remaining ``{key: tensor}``.
+
+    Raises:
+        ConversionError: The block indices are not 0, 1, ..., n - 1.
+    """
+    blocks: Dict[int, Dict[str, Tensor]] = {}
+    top: Dict[str, Tensor] = {}
+    for key, value in state.items():
+        match = re.match(pattern, key)
+        if match:
+            blocks.setdefault(int(match.group(1)), {})[match.group(2)] = value
+        else:
+            top[key] = value
+    if sorted(blocks) != list(range(len(blocks))):
+        raise ConversionError(f'block indices are not contiguous: '
+                              f'{sorted(blocks)}')
+    return blocks, top
+
+
 def convert_eva02_state_dict(
         checkpoint: dict,
         patch_size: Optional[int] = None,
@@ -113,14 +144,11 @@ def convert_eva02_state_dict(
 
     out: 'OrderedDict[str, Tensor]' = OrderedDict()
     dropped: List[str] = []
-    blocks: Dict[int, Dict[str, Tensor]] = {}
     unknown: List[str] = []
-    for key, value in state.items():
-        match = re.match(r'^blocks\.(\d+)\.(.+)$', key)
-        if match:
-            blocks.setdefault(int(match.group(1)), {})[match.group(2)] = value
-        elif key in ('patch_embed.proj.weight', 'patch_embed.proj.bias',
-                     'pos_embed') or (keep_cls_token and key == 'cls_token'):
+    blocks, top = split_block_keys(state)
+    for key, value in top.items():
+        if key in ('patch_embed.proj.weight', 'patch_embed.proj.bias',
+                   'pos_embed') or (keep_cls_token and key == 'cls_token'):
             out[key] = value
         elif _DROPPED_TOP.match(key):
             dropped.append(f'{key} (not used by the dense backbone)')
@@ -137,9 +165,6 @@ def convert_eva02_state_dict(
         raise ConversionError(
             f'expected {EXPECTED}; these keys have no mmapt equivalent: '
             f'{unknown[:10]}{" ..." if len(unknown) > 10 else ""}')
-    if sorted(blocks) != list(range(len(blocks))):
-        raise ConversionError(f'block indices are not contiguous: '
-                              f'{sorted(blocks)}')
 
     if keep_cls_token and 'cls_token' not in out:
         raise ConversionError('keep_cls_token: this checkpoint has no '

@@ -1,8 +1,13 @@
-"""Forward latency of APT-EVA02 against the plain EVA-02 backbone.
+"""Forward latency of an APT backbone against its plain backbone.
 
     python tools/analysis/benchmark_backbone.py data/photos --arch small \
         --canvas 1536 --patch-sizes 16 32 64 128 --thresholds 2 2 0.3 \
         --window-size 32 --global-attn-indexes 1 3 5 7 9 11 --repeat 2 --json
+
+``--backbone eva02`` (default) compares APTEVA02 with EVA02; ``--backbone
+vit`` compares APTViT with the DINOv2-style ViT (class + ``--registers``
+register tokens), with the family's own defaults: canvas 1568, patch sizes
+14 / 28 / 56 / 112, windows of 16 cells.
 
 One process; both models hold the same (random) weights; for every image and
 repeat the two forwards run back to back, alternating which goes first, so a
@@ -32,7 +37,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from mmapt.models import APTEVA02, EVA02
+from mmapt.models import APTEVA02, APTViT, EVA02, ViT
 from mmapt.models.backbones import count_tokens
 from mmapt.tokenizer.prepare import list_images, load_rgb, normalise, to_canvas
 from mmapt.utils.memory import peak_memory_mib
@@ -42,13 +47,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('image_dir', nargs='?', default=None,
                         help='folder of JPEG/PNG images (generated if none)')
+    parser.add_argument('--backbone', choices=sorted(BACKBONES),
+                        default='eva02',
+                        help='eva02: EVA02 vs APTEVA02; vit: the DINOv2-style '
+                        'ViT vs APTViT')
     parser.add_argument('--arch', default='small')
-    parser.add_argument('--canvas', type=int, default=1536)
-    parser.add_argument('--patch-sizes', type=int, nargs='+',
-                        default=[16, 32, 64, 128])
+    parser.add_argument('--canvas', type=int, default=None,
+                        help='eva02: 1536, vit: 1568 (= 14 x 112)')
+    parser.add_argument('--patch-sizes', type=int, nargs='+', default=None,
+                        help='eva02: 16 32 64 128, vit: 14 28 56 112')
     parser.add_argument('--thresholds', type=float, nargs='+',
                         default=[2.0, 2.0, 0.3])
-    parser.add_argument('--window-size', type=int, default=32)
+    parser.add_argument('--window-size', type=int, default=None,
+                        help='eva02: 32, vit: 16 (cells)')
+    parser.add_argument('--registers', type=int, default=4,
+                        help='vit: register tokens (after the class token)')
     parser.add_argument('--global-attn-indexes', type=int, nargs='*',
                         default=[1, 3, 5, 7, 9, 11])
     parser.add_argument('--out-indices', type=int, nargs='+', default=[-1])
@@ -71,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--measure-memory', choices=['plain', 'apt'],
                         help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
+    for key, value in BACKBONES[args.backbone]['defaults'].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     base = args.patch_sizes[0]
     expected = [base * 2**i for i in range(len(args.patch_sizes))]
     if args.patch_sizes != expected:
@@ -81,14 +97,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def build_models(args) -> Tuple[EVA02, APTEVA02]:
+# Plain and APT class of each family, and its argument defaults.
+BACKBONES = {
+    'eva02':
+    dict(
+        classes=(EVA02, APTEVA02),
+        defaults=dict(canvas=1536, patch_sizes=[16, 32, 64, 128],
+                      window_size=32)),
+    'vit':
+    dict(
+        classes=(ViT, APTViT),
+        defaults=dict(canvas=1568, patch_sizes=[14, 28, 56, 112],
+                      window_size=16)),
+}
+
+
+def build_models(args) -> Tuple[EVA02, EVA02]:
     torch.manual_seed(0)
     cfg = dict(arch=args.arch, img_size=args.canvas,
                patch_size=args.patch_sizes[0], window_size=args.window_size,
                global_attn_indexes=tuple(args.global_attn_indexes),
                out_indices=tuple(args.out_indices))
-    plain = EVA02(**cfg)
-    apt = APTEVA02(thresholds=tuple(args.thresholds), **cfg)
+    if args.backbone == 'vit':
+        cfg.update(num_register_tokens=args.registers, layer_scale=True)
+    plain_cls, apt_cls = BACKBONES[args.backbone]['classes']
+    plain = plain_cls(**cfg)
+    apt = apt_cls(thresholds=tuple(args.thresholds), **cfg)
     missing = apt.load_state_dict(plain.state_dict(), strict=False)
     assert all(k.startswith('apt_embed.') for k in missing.missing_keys)
     # A trained-looking zero linear (values do not change the cost).
@@ -151,7 +185,7 @@ def timed(fn: Callable, device: torch.device,
     return (clock() - start) * 1e3, result
 
 
-def apt_overhead(apt: APTEVA02, x: torch.Tensor, device: torch.device,
+def apt_overhead(apt: EVA02, x: torch.Tensor, device: torch.device,
                  clock: Callable[[], float]) -> Dict[str, float]:
     """Time of APT's own stages (the blocks are timed by the full forward)."""
     tok_ms, layout = timed(lambda: apt.tokenize(x), device, clock)
@@ -177,7 +211,7 @@ def apt_overhead(apt: APTEVA02, x: torch.Tensor, device: torch.device,
                 unpack_ms=unpack_ms)
 
 
-def per_block_times(plain: EVA02, apt: APTEVA02, x: torch.Tensor,
+def per_block_times(plain: EVA02, apt: EVA02, x: torch.Tensor,
                     device: torch.device, clock: Callable[[], float],
                     repeat: int) -> List[Tuple[str, float, float]]:
     """Median time of every block of each model (blocks wrapped, not
@@ -314,6 +348,7 @@ def run(argv: List[str]) -> None:
         },
         **memory,
         images=len(rows),
+        backbone=args.backbone,
         arch=args.arch,
         canvas=args.canvas,
         thresholds=args.thresholds,

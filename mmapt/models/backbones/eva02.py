@@ -94,7 +94,13 @@ class EVA02(BaseModule, TokenObservable):
         'large': dict(embed_dims=1024, num_layers=24, num_heads=16,
                       scale_mlp=True),
     }
+    # Settings an ``arch`` dict may leave out.
+    arch_defaults: Dict[str, Any] = dict(
+        mlp_ratio=4 * 2 / 3, scale_mlp=False, attn_inner_norm=False)
     norm_eps = 1e-6
+    # Antialiased bicubic resampling of the position table (timm's
+    # ``resample_abs_pos_embed``); EVA-02's detection code does without.
+    pos_antialias = False
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
@@ -115,7 +121,6 @@ class EVA02(BaseModule, TokenObservable):
         self.arch_settings = self._parse_arch(arch)
         dims = self.arch_settings['embed_dims']
         num_layers = self.arch_settings['num_layers']
-        num_heads = self.arch_settings['num_heads']
         self.embed_dims = dims
         self.num_layers = num_layers
         self.patch_size = patch_size
@@ -138,12 +143,28 @@ class EVA02(BaseModule, TokenObservable):
             1, 1, dims)) if use_cls_token else None
         self.pos_embed = nn.Parameter(
             torch.zeros(1, self.num_prefix_tokens + table_grid**2, dims))
-        self.rope = RotaryEmbedding2D(dims // num_heads, pretrain_grid)
-
-        hidden = int(dims * self.arch_settings['mlp_ratio'])
+        self.rope_grid = pretrain_grid  # RoPE's reference grid
         # On the CPU even under a meta-device context (shape-only builds).
-        drop_rates = torch.linspace(
-            0, drop_path_rate, num_layers, device='cpu').tolist()
+        self._build_layers(
+            torch.linspace(0, drop_path_rate, num_layers,
+                           device='cpu').tolist())
+        self._pos_cache = ParamCache()
+        self._init_params()
+        self._init_extra()
+        self._check_img_size()
+        self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ build
+    def _build_layers(self, drop_rates: List[float]) -> None:
+        """RoPE and the blocks (``drop_rates``: stochastic depth per block).
+
+        Other block families (:class:`ViT`) override this.
+        """
+        dims = self.embed_dims
+        num_heads = self.arch_settings['num_heads']
+        self.rope = RotaryEmbedding2D(dims // num_heads, self.rope_grid)
+        hidden = int(dims * self.arch_settings['mlp_ratio'])
         self.blocks = nn.ModuleList([
             EVA02Block(
                 dims,
@@ -153,16 +174,9 @@ class EVA02(BaseModule, TokenObservable):
                 scale_mlp=self.arch_settings['scale_mlp'],
                 attn_inner_norm=self.arch_settings['attn_inner_norm'],
                 drop_path=drop_rates[i],
-                norm_eps=self.norm_eps) for i in range(num_layers)
+                norm_eps=self.norm_eps) for i in range(self.num_layers)
         ])
-        self._pos_cache = ParamCache()
-        self._init_params()
-        self._init_extra()
-        self._check_img_size()
-        self._register_load_state_dict_pre_hook(self._resize_pos_embed_hook)
-        self._freeze_stages()
 
-    # ------------------------------------------------------------------ build
     def _parse_arch(self, arch: Union[str, dict]) -> dict:
         if isinstance(arch, str):
             if arch.lower() not in self.arch_zoo:
@@ -178,9 +192,8 @@ class EVA02(BaseModule, TokenObservable):
             settings = copy.deepcopy(arch)
         else:
             raise TypeError(f'arch must be a str or dict, got {type(arch)}')
-        settings.setdefault('mlp_ratio', 4 * 2 / 3)
-        settings.setdefault('scale_mlp', False)
-        settings.setdefault('attn_inner_norm', False)
+        for key, value in self.arch_defaults.items():
+            settings.setdefault(key, value)
         # Fused or separate qkv only changes checkpoint keys (the converter
         # handles it); accepted for configs written against timm names.
         settings.pop('qkv_fused', None)
@@ -243,8 +256,9 @@ class EVA02(BaseModule, TokenObservable):
                 state_dict[name].shape == self.pos_embed.shape:
             return
         table = state_dict[name]
-        grid = resize_pos_embed(table, self.pos_grid)
-        if self.num_prefix_tokens:
+        grid = resize_pos_embed(table, self.pos_grid,
+                                antialias=self.pos_antialias)
+        if self.cls_token is not None:
             has_row = math.isqrt(table.shape[1])**2 != table.shape[1]
             row = table[:, :1] if has_row else \
                 self.pos_embed.detach()[:, :1].to(table.dtype)
@@ -291,7 +305,8 @@ class EVA02(BaseModule, TokenObservable):
         if prefix and param_name.startswith(prefix):
             param_name = param_name[len(prefix):]
         if param_name.startswith(('patch_embed', 'pos_embed', 'apt_embed',
-                                  'cls_token', 'mask_token')):
+                                  'cls_token', 'register_tokens',
+                                  'mask_token')):
             return 0, num_total
         if param_name.startswith('blocks.'):
             return int(param_name.split('.')[1]) + 1, num_total
@@ -327,12 +342,17 @@ class EVA02(BaseModule, TokenObservable):
         nominal = self.nominal_grid(grid)
         return self._cached_position(
             'map', grid, lambda: pos_embed_map(
-                self.pos_embed[:, self.num_prefix_tokens:], self.pos_grid,
-                nominal)[:, :, :grid[0], :grid[1]])
+                self.pos_embed[:, self.num_class_rows:], self.pos_grid,
+                nominal, self.pos_antialias)[:, :, :grid[0], :grid[1]])
+
+    @property
+    def num_class_rows(self) -> int:
+        """Rows of ``pos_embed`` before the grid: 1 with a class token."""
+        return int(self.cls_token is not None)
 
     def prefix_tokens(self, batch: int) -> Optional[Tensor]:
         """(B, P, C) class token with its position row; None without."""
-        if not self.num_prefix_tokens:
+        if self.cls_token is None:
             return None
         return (self.cls_token + self.pos_embed[:, :1]).expand(batch, -1, -1)
 

@@ -48,7 +48,8 @@ class PatchEmbed(nn.Module):
 
 def resize_pos_embed(pos_embed: Tensor,
                      new_grid: Tuple[int, int],
-                     old_grid: Optional[Tuple[int, int]] = None) -> Tensor:
+                     old_grid: Optional[Tuple[int, int]] = None,
+                     antialias: bool = False) -> Tensor:
     """Bicubically resample a (1, L, C) position table to a new grid.
 
     A leading class-token entry (``L = h * w + 1``) is dropped. Uses
@@ -60,6 +61,8 @@ def resize_pos_embed(pos_embed: Tensor,
         new_grid (tuple[int, int]): Target (rows, cols).
         old_grid (tuple[int, int], optional): Source grid; inferred as a
             square when None.
+        antialias (bool): Antialiased bicubic (timm's resampling, a
+            different kernel from plain bicubic even when upsampling).
 
     Returns:
         Tensor: (1, rows * cols, C).
@@ -86,22 +89,26 @@ def resize_pos_embed(pos_embed: Tensor,
     grid = pos_embed.reshape(1, old_grid[0], old_grid[1], -1).permute(
         0, 3, 1, 2)
     grid = F.interpolate(grid.float(), size=tuple(new_grid), mode='bicubic',
-                         align_corners=False).to(pos_embed.dtype)
+                         align_corners=False,
+                         antialias=antialias).to(pos_embed.dtype)
     return grid.flatten(2).transpose(1, 2)
 
 
-def pos_embed_map(pos_embed: Tensor, pos_grid: Tuple[int, int],
-                  grid: Tuple[int, int]) -> Tensor:
+def pos_embed_map(pos_embed: Tensor,
+                  pos_grid: Tuple[int, int],
+                  grid: Tuple[int, int],
+                  antialias: bool = False) -> Tensor:
     """(1, G*G, C) table at ``pos_grid`` -> (1, C, rows, cols) map at ``grid``.
 
-    Differentiable with respect to the table.
+    Differentiable with respect to the table; ``antialias`` as in
+    :func:`resize_pos_embed`.
     """
     table = pos_embed.reshape(1, pos_grid[0], pos_grid[1], -1).permute(
         0, 3, 1, 2)
     if tuple(grid) == tuple(pos_grid):
         return table
     return F.interpolate(table, size=tuple(grid), mode='bicubic',
-                         align_corners=False)
+                         align_corners=False, antialias=antialias)
 
 
 def resize_patch_kernel(weight: Tensor, new_size: int,

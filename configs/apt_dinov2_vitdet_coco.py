@@ -1,0 +1,17 @@
+# APT-DINOv2-B + ViTDet Cascade Mask R-CNN on COCO at 1568: the baseline of
+# dinov2_vitdet_coco.py with adaptive patches 14/28/56/112 and the paper's
+# detection thresholds (2, 2, 0.3). The 16-cell windows are a multiple of the
+# largest patch (8 cells) and the 1568 canvas a multiple of the window.
+#   bash tools/dist_train.sh configs/apt_dinov2_vitdet_coco.py 8 \
+#       --auto-scale-lr
+_base_ = ['./dinov2_vitdet_coco.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='APTViT',
+        thresholds=(2.0, 2.0, 0.3),
+        entropy_bins=512,
+        # Must equal the data preprocessor's mean/std: the tokenizer
+        # un-normalises the images to score entropy on 0-255 grey levels.
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375]))

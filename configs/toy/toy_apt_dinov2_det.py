@@ -1,0 +1,13 @@
+# Toy APT for the DINOv2 family: configs/toy/toy_dinov2_det.py with adaptive
+# patches 14/28/56/112 and the paper's detection thresholds (2, 2, 0.3).
+#   python tools/misc/make_toy_coco.py data/toy_coco
+#   python tools/train.py configs/toy/toy_apt_dinov2_det.py
+_base_ = ['./toy_dinov2_det.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='APTViT',
+        thresholds=(2.0, 2.0, 0.3),
+        entropy_bins=512,
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375]))

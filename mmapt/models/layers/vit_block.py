@@ -1,0 +1,192 @@
+"""Plain ViT block (DINOv2 / timm ``VisionTransformer`` style).
+
+Pre-norm block with fused, biased ``qkv``, a GELU MLP and optional
+LayerScale: ``x + ls1(attn(norm1(x)))``, ``x + ls2(mlp(norm2(x)))``.
+Parameter names are timm's and DINOv2's (``attn.qkv``, ``attn.proj``,
+``ls1.gamma``, ``mlp.fc1``, ``mlp.fc2``), so both checkpoints load with
+hardly any renaming (``mmapt.utils.vit_convert``).
+
+Dense sequences may start with ``num_prefix`` prefix tokens (class and
+register tokens) followed by an ``H x W`` grid of patch tokens. In global
+blocks every token attends to every token of its image. In window blocks
+the patch tokens attend within their window (padded to a multiple of the
+window with masked keys, like ViTDet) and the prefix tokens attend among
+themselves only: every attention group is then a contiguous slice of the
+packed APT sequence (prefix tokens first), and the rule is the same dense
+and packed.
+"""
+from typing import TYPE_CHECKING, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from .eva02_block import DropPath, window_partition, window_unpartition
+
+if TYPE_CHECKING:  # the apt package imports these layers
+    from ..apt.context import AttentionGroups, PackedContext
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnt scale ``x * gamma`` (CaiT / DINOv2).
+
+    Args:
+        embed_dims (int): Channels.
+        init_value (float): Initial value of every ``gamma`` entry.
+    """
+
+    def __init__(self, embed_dims: int, init_value: float = 1e-5) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((embed_dims, ), init_value))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class ViTAttention(BaseModule):
+    """Multi-head self-attention with a fused, biased qkv projection.
+
+    Args:
+        embed_dims (int): Channels.
+        num_heads (int): Heads; the softmax scale is ``head_dim ** -0.5``.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int) -> None:
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
+                             f'num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.head_dim = embed_dims // num_heads
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+        """Dense path: (B, L, C) sequences -> (B, L, C).
+
+        Args:
+            x (Tensor): B sequences (images or windows) of L tokens.
+            key_mask (Tensor, optional): (B, 1, 1, L) bool, False for padded
+                keys.
+        """
+        batch, length, channels = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        return self.proj(out.transpose(1, 2).reshape(batch, length, channels))
+
+    def forward_packed(self, x: Tensor, groups: 'AttentionGroups') -> Tensor:
+        """Packed path: (N, C) tokens, attention within ``groups``.
+
+        Args:
+            x (Tensor): (N, C) packed tokens.
+            groups (AttentionGroups): The attention groups (window or image)
+                with their plan (no RoPE here).
+        """
+        num_tokens, channels = x.shape
+        q, k, v = self.qkv(x).view(num_tokens, 3, self.num_heads,
+                                   self.head_dim).unbind(1)
+        return self.proj(groups.attend(q, k, v).reshape(num_tokens, channels))
+
+
+class ViTMlp(BaseModule):
+    """``fc2(gelu(fc1(x)))`` (exact GELU, as timm and DINOv2).
+
+    Args:
+        embed_dims (int): Input and output channels.
+        hidden_dims (int): Hidden channels.
+    """
+
+    def __init__(self, embed_dims: int, hidden_dims: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dims, hidden_dims)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dims, embed_dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ViTBlock(BaseModule):
+    """Pre-norm ViT block with optional LayerScale, dense or packed.
+
+    Args:
+        embed_dims (int): Channels.
+        num_heads (int): Attention heads.
+        mlp_hidden_dims (int): MLP hidden channels.
+        window_size (int): Window side in tokens for the dense path; 0 means
+            global attention.
+        layer_scale_init (float, optional): Initial LayerScale value; None
+            builds no LayerScale (no ``ls1``/``ls2`` weights).
+        drop_path (float): Stochastic depth rate.
+        norm_eps (float): LayerNorm epsilon.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 mlp_hidden_dims: int,
+                 window_size: int = 0,
+                 layer_scale_init: Optional[float] = 1e-5,
+                 drop_path: float = 0.,
+                 norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(embed_dims, eps=norm_eps)
+        self.attn = ViTAttention(embed_dims, num_heads)
+        self.norm2 = nn.LayerNorm(embed_dims, eps=norm_eps)
+        self.mlp = ViTMlp(embed_dims, mlp_hidden_dims)
+        if layer_scale_init is None:
+            self.ls1, self.ls2 = nn.Identity(), nn.Identity()
+        else:
+            self.ls1 = LayerScale(embed_dims, layer_scale_init)
+            self.ls2 = LayerScale(embed_dims, layer_scale_init)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self,
+                x: Tensor,
+                grid: Tuple[int, int],
+                num_prefix: int = 0) -> Tensor:
+        """Dense path on (B, P + H * W, C): P prefix tokens, then the grid.
+
+        Args:
+            x (Tensor): Tokens, prefix first, patch tokens row-major.
+            grid (tuple[int, int]): (H, W) of the patch tokens.
+            num_prefix (int): P.
+        """
+        y = self.norm1(x)
+        if self.window_size > 0:
+            y = self._window_attention(y, grid, num_prefix)
+        else:
+            y = self.attn(y)
+        x = x + self.drop_path(self.ls1(y))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+    def _window_attention(self, y: Tensor, grid: Tuple[int, int],
+                          num_prefix: int) -> Tensor:
+        """Patch tokens attend within windows, prefix tokens among
+        themselves."""
+        batch, _, channels = y.shape
+        patches = y[:, num_prefix:].reshape(batch, grid[0], grid[1], channels)
+        windows, key_mask, padded = window_partition(patches, self.window_size)
+        patches = window_unpartition(
+            self.attn(windows, key_mask), self.window_size, padded, grid)
+        patches = patches.reshape(batch, grid[0] * grid[1], channels)
+        if not num_prefix:
+            return patches
+        return torch.cat([self.attn(y[:, :num_prefix]), patches], dim=1)
+
+    def forward_packed(self, x: Tensor, ctx: 'PackedContext') -> Tensor:
+        """Packed path on (N, C) tokens; norms and MLP see no padding.
+
+        Args:
+            x (Tensor): (N, C) packed tokens, each image's prefix first.
+            ctx (PackedContext): The batch's attention groups and plans and
+                the per-token image index (per-image stochastic depth).
+        """
+        y = self.attn.forward_packed(
+            self.norm1(x), ctx.groups(self.window_size))
+        x = x + self.drop_path(self.ls1(y), ctx.image_index, ctx.num_images)
+        y = self.ls2(self.mlp(self.norm2(x)))
+        return x + self.drop_path(y, ctx.image_index, ctx.num_images)
