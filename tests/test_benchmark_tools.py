@@ -94,6 +94,7 @@ def test_window_pad_refused_for_segmentation(images):
     assert 'window' in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow  # ~40 s on the shared 2-core machine
 def test_flops_counts_attention_by_groups(images):
     tool = load_tool('get_flops.py')
     from mmengine.dataset import Compose

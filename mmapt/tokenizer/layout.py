@@ -247,7 +247,8 @@ def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
     if window_size is not None:
         # Windows at the bottom/right border may be partial (padding-free
         # inputs): their groups are simply shorter.
-        win_rows, win_cols = -(-height // window_size), -(-width // window_size)
+        win_rows = -(-height // window_size)
+        win_cols = -(-width // window_size)
     else:
         win_rows = win_cols = 1
 

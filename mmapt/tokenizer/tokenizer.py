@@ -147,10 +147,10 @@ class PatchTokenizer:
         multiple = self.largest_patch
         if height % multiple or width % multiple:
             raise ValueError(
-                f'image size {height}x{width} must be a multiple of {multiple}, '
-                f'the largest patch ({self.largest_patch} px). Pad the inputs: '
-                f'set pad_size_divisor={multiple} in the mmdet '
-                f'DetDataPreprocessor, or size_divisor={multiple} (or '
+                f'image size {height}x{width} must be a multiple of '
+                f'{multiple}, the largest patch ({self.largest_patch} px). '
+                f'Pad the inputs: set pad_size_divisor={multiple} in the '
+                f'mmdet DetDataPreprocessor, or size_divisor={multiple} (or '
                 f'size=(H, W) multiples of it) in the mmseg '
                 f'SegDataPreProcessor.')
 

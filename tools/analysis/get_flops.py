@@ -44,6 +44,7 @@ from mmapt.utils.analysis import (build_model_pair, image_paths,
                                   load_config_pair, prepare, test_pipeline)
 from mmapt.utils.flops import count_flops
 
+
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])

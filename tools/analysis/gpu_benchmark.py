@@ -254,7 +254,6 @@ def bench_arch(name: str, args, views: List[dict],
             entry['times_ms'] = [round(t, 3) for t in entry['times_ms']]
         total_ms = sum(e['median_ms'] for e in per_image.values())
         tokens = sum(e['tokens'] for e in per_image.values())
-        baseline = sum(e['baseline_tokens'] for e in per_image.values())
         # Peak memory of one forward on the first image (weights excluded).
         first = next(iter(inputs))
         result[arm].update(
@@ -269,9 +268,6 @@ def bench_arch(name: str, args, views: List[dict],
             peak_mib=round(peak_memory_mib(call(arm, first), device), 1))
         result[arm]['keep_ratio'] = round(
             tokens / result[arm]['square_tokens'], 4)
-    del plain, apt
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
 
     def ratio(num: str, den: str) -> Optional[float]:
         if num not in result or den not in result:
@@ -362,6 +358,8 @@ def main(argv=None) -> None:
     with torch.no_grad():
         for name in args.archs:
             report['archs'][name] = bench_arch(name, args, views, device)
+            if device.type == 'cuda':  # the models are gone: free memory
+                torch.cuda.empty_cache()
             # Written after every architecture: a partial run still counts.
             report['seconds'] = round(time.perf_counter() - start, 1)
             with open(args.out, 'w') as f:
