@@ -16,9 +16,8 @@ import os.path as osp
 import shutil
 import sys
 import warnings
-from typing import List
-
 from setuptools import find_packages, setup
+from typing import List
 
 ROOT = osp.dirname(osp.abspath(__file__))
 # What `mim train/test/run mmapt ...` looks for in mmapt/.mim/.

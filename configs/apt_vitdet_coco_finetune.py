@@ -20,8 +20,7 @@ train_cfg = dict(max_iters=max_iters, val_interval=1000)
 # Short warm-up, then a constant lr of 5e-6.
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-        end=100),
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
 ]
 # The APT-only layers (apt_embed.*, zero-initialised, not in the baseline)
 # get the full 5e-6, not layer decay's 0.7**13 x 5e-6 = 4.8e-8 of the patch

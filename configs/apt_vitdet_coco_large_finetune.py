@@ -12,8 +12,7 @@ max_iters = 3000
 train_cfg = dict(max_iters=max_iters, val_interval=1000)
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-        end=100),
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
 ]
 optim_wrapper = dict(optimizer=dict(lr=5e-6))
 default_hooks = dict(checkpoint=dict(interval=1000))

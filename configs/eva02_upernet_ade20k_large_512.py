@@ -17,8 +17,7 @@ model = dict(
         # The recipe gives no drop path for EVA-02-L UperNet; the base
         # model's 0.15 is kept.
         drop_path_rate=0.15,
-        init_cfg=dict(
-            checkpoint='checkpoints/eva02_L_pt_m38m_p16_mmapt.pth')),
+        init_cfg=dict(checkpoint='checkpoints/eva02_L_pt_m38m_p16_mmapt.pth')),
     neck=dict(embed_dim=1024),
     decode_head=dict(in_channels=[1024, 1024, 1024, 1024], channels=1024),
     auxiliary_head=dict(in_channels=1024))

@@ -19,8 +19,7 @@ model = dict(
         pos_embed_grid=40,
         out_indices=(7, 11, 15, 23),
         drop_path_rate=0.15,
-        init_cfg=dict(
-            checkpoint='checkpoints/eva02_L_pt_m38m_p16_mmapt.pth')),
+        init_cfg=dict(checkpoint='checkpoints/eva02_L_pt_m38m_p16_mmapt.pth')),
     neck=dict(embed_dim=1024),
     decode_head=dict(in_channels=[1024, 1024, 1024, 1024], channels=1536),
     auxiliary_head=dict(in_channels=1024, channels=1536),

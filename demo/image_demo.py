@@ -25,8 +25,8 @@ import torch
 from mmengine.config import Config
 
 from mmapt.engine.preflight import add_cfg_options
-from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
-                                     side_by_side, tokenizer_from_config)
+from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid, side_by_side,
+                                    tokenizer_from_config)
 
 
 def parse_args():
@@ -85,8 +85,8 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str,
 
 
 def draw_prediction(model, image: np.ndarray, result, scope: str,
-                    score_thr: float, opacity: float) -> Tuple[np.ndarray,
-                                                               str]:
+                    score_thr: float,
+                    opacity: float) -> Tuple[np.ndarray, str]:
     if scope == 'mmdet':
         from mmdet.visualization import DetLocalVisualizer
         vis = DetLocalVisualizer.get_instance(
@@ -143,7 +143,7 @@ def main():
     pred_img, pred_caption = draw_prediction(model, image, result, scope,
                                              args.score_thr, args.opacity)
     grid_img, grid_caption, _ = draw_patch_grid(captured['inputs'][:1],
-                                             tokenizer_from_config(cfg))
+                                                tokenizer_from_config(cfg))
     picture = side_by_side(
         caption_bar(pred_img, pred_caption),
         caption_bar(grid_img, 'patches: ' + grid_caption))

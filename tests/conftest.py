@@ -21,13 +21,18 @@ def run_tool(args, cwd=ROOT, check=True, timeout=900, env=None):
     # wait for each other make CPU training several times slower.
     full_env.setdefault('OMP_NUM_THREADS', '1')
     full_env.update(env or {})
-    args = [osp.join(ROOT, a) if a.endswith(('.py', '.sh')) and
-            not osp.isabs(a) and osp.exists(osp.join(ROOT, a)) else a
-            for a in args]
+    args = [
+        osp.join(ROOT, a) if a.endswith(('.py', '.sh')) and not osp.isabs(a)
+        and osp.exists(osp.join(ROOT, a)) else a for a in args
+    ]
     cmd = args if args[0].endswith('.sh') or args[0] == 'bash' else \
         [sys.executable] + args
     proc = subprocess.run(
-        cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
+        cmd,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f'{cmd} failed ({proc.returncode}):\n'
@@ -57,8 +62,7 @@ def assert_batch_equals_alone(backbone, images, rtol=1e-5, atol=1e-5):
         for i in range(images.shape[0]):
             alone = backbone(images[i:i + 1])
             for a, b in zip(both, alone):
-                torch.testing.assert_close(a[i:i + 1], b, rtol=rtol,
-                                           atol=atol)
+                torch.testing.assert_close(a[i:i + 1], b, rtol=rtol, atol=atol)
 
 
 @pytest.fixture(scope='session')

@@ -38,8 +38,12 @@ def _images(batch=2, size=128):
 def _apt():
     torch.manual_seed(0)
     model = APTEVA02(
-        arch=ARCH, img_size=128, window_size=4, global_attn_indexes=(1, 3),
-        out_indices=(1, 3), thresholds=(2.0, 2.0))
+        arch=ARCH,
+        img_size=128,
+        window_size=4,
+        global_attn_indexes=(1, 3),
+        out_indices=(1, 3),
+        thresholds=(2.0, 2.0))
     # Trained-like APT layers (zero init would hide the aggregation branch).
     with torch.no_grad():
         model.apt_embed.zero_linear.weight.normal_(std=0.05)
@@ -91,8 +95,8 @@ def test_apt_bf16_autocast_matches_fp32(training, attention_dtypes):
     if training:
         loss.backward()
         grads = {n: p.grad for n, p in model.apt_embed.named_parameters()}
-        assert all(g is not None and torch.isfinite(g).all()
-                   for g in grads.values())
+        assert all(
+            g is not None and torch.isfinite(g).all() for g in grads.values())
         assert all(g.abs().sum() > 0 for g in grads.values())
         assert _rel_err(grads['zero_linear.weight'], ref_grad) < 5e-2
 
@@ -100,8 +104,12 @@ def test_apt_bf16_autocast_matches_fp32(training, attention_dtypes):
 def test_dense_eva02_bf16_autocast_and_dtype_parity_with_apt():
     """Dense and packed paths produce the same dtypes under autocast."""
     torch.manual_seed(0)
-    plain = EVA02(arch=ARCH, img_size=128, window_size=4,
-                  global_attn_indexes=(1, 3), out_indices=(1, 3))
+    plain = EVA02(
+        arch=ARCH,
+        img_size=128,
+        window_size=4,
+        global_attn_indexes=(1, 3),
+        out_indices=(1, 3))
     apt = _apt()
     x = _images()
     ref = plain(x)
@@ -189,9 +197,9 @@ def test_apt_cuda_autocast_reaches_flash_varlen(dtype, monkeypatch):
     for out, want in zip(outs, ref):
         assert torch.isfinite(out).all()
         assert _rel_err(out, want) < BF16_REL_TOL
-    assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               and p.grad.abs().sum() > 0
-               for p in model.apt_embed.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        and p.grad.abs().sum() > 0 for p in model.apt_embed.parameters())
     if kernel is not None and attention._cuda_varlen_usable:
         assert calls['flash'] == ARCH['num_layers']
 
@@ -231,8 +239,8 @@ def test_amp_test_loop_in_a_runner(tmp_path):
             x = torch.stack(inputs) if isinstance(inputs, list) else inputs
             feat = self.extract_feat(x)
             out = self.head(feat)
-            return [dict(inner=self.inner, feat=feat.dtype,
-                         out=out.dtype)] * len(x)
+            return [dict(inner=self.inner, feat=feat.dtype, out=out.dtype)
+                    ] * len(x)
 
     @METRICS.register_module(force=True)
     class DtypeMetric(BaseMetric):
@@ -242,7 +250,8 @@ def test_amp_test_loop_in_a_runner(tmp_path):
 
         def compute_metrics(self, results):
             return {
-                key: ' '.join(sorted({str(r[key])[6:] for r in results}))
+                key: ' '.join(sorted({str(r[key])[6:]
+                                      for r in results}))
                 for key in ('inner', 'feat', 'out')
             }
 
@@ -278,8 +287,9 @@ def test_check_amp_tool_cpu(capsys):
     import importlib.util
     import json
     import os.path as osp
-    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
-                    'analysis', 'check_amp.py')
+    path = osp.join(
+        osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'analysis',
+        'check_amp.py')
     spec = importlib.util.spec_from_file_location('check_amp', path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

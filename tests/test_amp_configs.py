@@ -38,12 +38,12 @@ def _record_dtypes(model):
 def _check_backward(model, loss):
     loss.backward()
     apt = list(model.backbone.apt_embed.parameters())
-    assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               for p in apt)
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in apt)
     assert any(p.grad.abs().sum() > 0 for p in apt)
     neck = [p for p in model.neck.parameters() if p.requires_grad]
-    assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               for p in neck)
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in neck)
 
 
 def test_apt_vitdet_bf16_features():

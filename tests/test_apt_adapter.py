@@ -37,14 +37,15 @@ def _randomize(model, seed=0, std=0.02):
 def _pair(thresholds, **kwargs):
     """A class-token EVA02 and APTEVA02 sharing (random) weights."""
     torch.manual_seed(0)
-    cfg = dict(arch=ARCH, img_size=256, patch_size=16, use_cls_token=True,
-               **kwargs)
+    cfg = dict(
+        arch=ARCH, img_size=256, patch_size=16, use_cls_token=True, **kwargs)
     plain = _randomize(EVA02(**cfg)).eval()
     apt = APTEVA02(thresholds=thresholds, **cfg).eval()
     result = apt.load_state_dict(plain.state_dict(), strict=False)
     assert set(result.missing_keys) == {
-        f'apt_embed.{n}' for n in ('aggregate.weight', 'aggregate.bias',
-                                   'zero_linear.weight', 'zero_linear.bias')
+        f'apt_embed.{n}'
+        for n in ('aggregate.weight', 'aggregate.bias', 'zero_linear.weight',
+                  'zero_linear.bias')
     }
     return plain, apt
 
@@ -92,8 +93,8 @@ def test_tokenizer_shortcut_skips_entropy(monkeypatch):
                              'can merge')
 
     for thresholds in ((-1, -1), (0, -1), (0., 0.)):
-        tok = PatchTokenizer(16, thresholds, window_size=4,
-                             num_prefix_tokens=1)
+        tok = PatchTokenizer(
+            16, thresholds, window_size=4, num_prefix_tokens=1)
         monkeypatch.setattr(tok, 'entropy_maps', refuse)
         layout = tok(x)
         assert layout.all_base and layout.num_scales == 3
@@ -125,8 +126,8 @@ def _reference_forward(model, images, rope_on_cls=False):
     pos = model.pos_embed[:, 1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2)
     # Positions live on the nominal (img_size) grid, cropped to the input.
     nominal = model.nominal_grid((rows, cols))
-    pos = torch.nn.functional.interpolate(pos, size=nominal, mode='bicubic',
-                                          align_corners=False)
+    pos = torch.nn.functional.interpolate(
+        pos, size=nominal, mode='bicubic', align_corners=False)
     pos = pos[:, :, :rows, :cols]
     grid = grid + pos.flatten(2).transpose(1, 2)
     cls = model.cls_token + model.pos_embed[:, :1]
@@ -136,8 +137,9 @@ def _reference_forward(model, images, rope_on_cls=False):
     for block in model.blocks:
         attn = block.attn
         y = block.norm1(x)
-        bias = torch.cat([attn.q_bias, torch.zeros_like(attn.q_bias),
-                          attn.v_bias])
+        bias = torch.cat(
+            [attn.q_bias,
+             torch.zeros_like(attn.q_bias), attn.v_bias])
         qkv = (y @ attn.qkv.weight.T + bias).reshape(batch, -1, 3,
                                                      attn.num_heads, 32)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, heads, 1 + L, 32)
@@ -157,8 +159,13 @@ def _reference_forward(model, images, rope_on_cls=False):
 def test_cls_token_eva02_matches_reference():
     torch.manual_seed(0)
     model = _randomize(
-        EVA02(arch=ARCH, img_size=256, patch_size=16, use_cls_token=True,
-              out_indices=(0, 1, 2, 3)), std=0.1).eval()
+        EVA02(
+            arch=ARCH,
+            img_size=256,
+            patch_size=16,
+            use_cls_token=True,
+            out_indices=(0, 1, 2, 3)),
+        std=0.1).eval()
     assert model.cls_token.shape == (1, 1, 64)
     assert model.pos_embed.shape == (1, 1 + 16 * 16, 64)
     x = _images(width=128)
@@ -178,14 +185,21 @@ def test_cls_token_eva02_matches_reference():
 
 
 def test_cls_token_checkpointing_freezing_and_table_resize():
-    model = EVA02(arch=ARCH, img_size=128, patch_size=16, use_cls_token=True,
-                  window_size=4, global_attn_indexes=(1, ), with_cp=True,
-                  drop_path_rate=0.2, out_indices=(3, ))
+    model = EVA02(
+        arch=ARCH,
+        img_size=128,
+        patch_size=16,
+        use_cls_token=True,
+        window_size=4,
+        global_attn_indexes=(1, ),
+        with_cp=True,
+        drop_path_rate=0.2,
+        out_indices=(3, ))
     model.train()
     model(_images(height=128, width=128))[0].square().mean().backward()
     assert model.cls_token.grad is not None and model.cls_token.grad.any()
-    frozen = EVA02(arch=ARCH, img_size=128, use_cls_token=True,
-                   frozen_stages=1)
+    frozen = EVA02(
+        arch=ARCH, img_size=128, use_cls_token=True, frozen_stages=1)
     assert not frozen.cls_token.requires_grad
     # A (1, 1 + 8 * 8, C) table with its class row: resized grid, row kept.
     table = torch.randn(1, 1 + 64, 64)
@@ -204,8 +218,10 @@ def test_cls_token_checkpointing_freezing_and_table_resize():
 # ------------------------------------------- prefix tokens in APT (packed)
 @pytest.mark.parametrize('window', [0, 4])
 def test_apt_no_merge_equals_dense_with_cls_token(window):
-    plain, apt = _pair((-1, -1), window_size=window,
-                       global_attn_indexes=(1, 3), out_indices=(0, 1, 2, 3))
+    plain, apt = _pair((-1, -1),
+                       window_size=window,
+                       global_attn_indexes=(1, 3),
+                       out_indices=(0, 1, 2, 3))
     x = _images()
     with torch.no_grad(), count_tokens(apt) as apt_counter, \
             count_tokens(plain) as plain_counter:
@@ -223,7 +239,9 @@ def test_apt_no_merge_equals_dense_with_cls_token(window):
 def test_prefix_tokens_never_leak_across_images():
     """Merging, windows and global blocks, a class token: each image of a
     batch of two equals that image run alone."""
-    _, apt = _pair((5.0, 5.0), window_size=4, global_attn_indexes=(1, ),
+    _, apt = _pair((5.0, 5.0),
+                   window_size=4,
+                   global_attn_indexes=(1, ),
                    out_indices=(1, 3))
     with torch.no_grad():
         apt.apt_embed.zero_linear.weight.normal_(std=0.02)
@@ -264,9 +282,8 @@ def test_adapter_is_the_only_apt_code_in_the_backbone():
 def test_deepcopy_keeps_the_adapter_on_its_own_host():
     """EMA hooks deep-copy the model: the copy's adapter must drive the
     copy's weights, not the original's."""
-    import copy
-    model = APTEVA02(arch=ARCH, img_size=128, thresholds=(2, 2),
-                     out_indices=(3, )).eval()
+    model = APTEVA02(
+        arch=ARCH, img_size=128, thresholds=(2, 2), out_indices=(3, )).eval()
     twin = copy.deepcopy(model)
     assert twin.apt.host is twin and twin.apt is not model.apt
     x = _images(height=128, width=128)

@@ -31,7 +31,8 @@ def _images(batch=2, height=256, width=192, seed=0):
 def test_no_merge_equals_plain_eva02():
     """THE invariant: all thresholds -1 -> same maps as EVA02, every block,
     window + global blocks, non-square input."""
-    plain, apt, result = _pair((-1, -1), window_size=4,
+    plain, apt, result = _pair((-1, -1),
+                               window_size=4,
                                global_attn_indexes=(1, 3),
                                out_indices=(0, 1, 2, 3))
     assert set(result.missing_keys) == {
@@ -85,8 +86,8 @@ def test_large_patch_embedding_at_init():
     large = (layout.scale_index > 0).nonzero().flatten()
     assert large.numel() > 0 and (layout.scale_index == 2).any()
     for t in large.tolist()[:20] + large.tolist()[-20:]:
-        b, r, c = (int(v[t]) for v in (layout.image_index, layout.row,
-                                       layout.col))
+        b, r, c = (
+            int(v[t]) for v in (layout.image_index, layout.row, layout.col))
         side = int(layout.side[t])
         pixels = x[b:b + 1, :, r * 16:(r + side) * 16, c * 16:(c + side) * 16]
         resized = F.interpolate(pixels, size=(16, 16), mode='area')
@@ -95,8 +96,8 @@ def test_large_patch_embedding_at_init():
         torch.testing.assert_close(tokens[t], want, rtol=1e-5, atol=1e-5)
     base = (layout.scale_index == 0).nonzero().flatten()[:5]
     for t in base.tolist():
-        b, r, c = (int(v[t]) for v in (layout.image_index, layout.row,
-                                       layout.col))
+        b, r, c = (
+            int(v[t]) for v in (layout.image_index, layout.row, layout.col))
         pixels = x[b:b + 1, :, r * 16:r * 16 + 16, c * 16:c * 16 + 16]
         want = apt.patch_embed.proj(pixels).flatten() + pos[:, r, c]
         torch.testing.assert_close(tokens[t], want, rtol=1e-5, atol=1e-5)
@@ -124,8 +125,9 @@ def test_aggregation_is_the_shared_conv_applied_i_times():
             index = (layout.scale_index == scale).nonzero().flatten()
             assert index.numel() > 0
             for t in index.tolist()[:6]:
-                b, r, c = (int(v[t]) for v in (layout.image_index,
-                                               layout.row, layout.col))
+                b, r, c = (
+                    int(v[t])
+                    for v in (layout.image_index, layout.row, layout.col))
                 side = 1 << scale
                 cells = base[b:b + 1, :, r:r + side, c:c + side]
                 for _ in range(scale):
@@ -135,10 +137,10 @@ def test_aggregation_is_the_shared_conv_applied_i_times():
                 want = apt.patch_embed.proj(
                     F.interpolate(pixels, size=(16, 16), mode='area'))
                 want = want.flatten() + apt.apt_embed.zero_linear(
-                    cells.flatten()) + pos[:, r:r + side,
-                                           c:c + side].mean((1, 2))
-                torch.testing.assert_close(tokens[t], want, rtol=1e-5,
-                                           atol=1e-5)
+                    cells.flatten()) + pos[:, r:r + side, c:c + side].mean(
+                        (1, 2))
+                torch.testing.assert_close(
+                    tokens[t], want, rtol=1e-5, atol=1e-5)
 
 
 def test_apt_layers_receive_gradients():
@@ -170,7 +172,9 @@ def test_apt_layers_get_gradients_without_merging():
 
 def test_merging_packs_images_independently():
     """With merging, each image's maps equal that image run alone."""
-    _, apt, _ = _pair((5.0, 5.0), window_size=4, global_attn_indexes=(1, ),
+    _, apt, _ = _pair((5.0, 5.0),
+                      window_size=4,
+                      global_attn_indexes=(1, ),
                       out_indices=(1, 3))
     with torch.no_grad():
         apt.apt_embed.zero_linear.weight.normal_(std=0.02)
@@ -216,8 +220,12 @@ def test_rope_uses_token_centres():
 
 def test_registry_and_input_errors():
     model = MODELS.build(
-        dict(type='APTEVA02', arch=ARCH, img_size=256, window_size=8,
-             thresholds=(2, 2)))
+        dict(
+            type='APTEVA02',
+            arch=ARCH,
+            img_size=256,
+            window_size=8,
+            thresholds=(2, 2)))
     assert isinstance(model, APTEVA02)
     with pytest.raises(ValueError, match='multiple of the largest patch'):
         APTEVA02(arch=ARCH, img_size=256, window_size=6, thresholds=(2, 2))
@@ -230,8 +238,8 @@ def test_registry_and_input_errors():
 
 
 def test_frozen_stage_zero_freezes_apt_embedding():
-    model = APTEVA02(arch=ARCH, img_size=256, thresholds=(2, ),
-                     frozen_stages=0)
+    model = APTEVA02(
+        arch=ARCH, img_size=256, thresholds=(2, ), frozen_stages=0)
     model.train()
     assert not any(p.requires_grad for p in model.apt_embed.parameters())
     assert all(p.requires_grad for p in model.blocks[0].parameters())
@@ -248,14 +256,13 @@ def test_benchmark_tool_smoke(monkeypatch, capsys):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     tiny = dict(embed_dims=64, num_layers=2, num_heads=1)
-    monkeypatch.setitem(tool.BACKBONES['eva02'], 'classes', (
-        lambda arch, **kw: EVA02(arch=tiny, **kw),
-        lambda arch, **kw: APTEVA02(arch=tiny, **kw)))
+    monkeypatch.setitem(tool.BACKBONES['eva02'], 'classes',
+                        (lambda arch, **kw: EVA02(arch=tiny, **kw),
+                         lambda arch, **kw: APTEVA02(arch=tiny, **kw)))
     tool.main([
-        '--canvas', '256', '--patch-sizes', '16', '32', '64',
-        '--thresholds', '2', '2', '--window-size', '8',
-        '--global-attn-indexes', '1', '--repeat', '1', '--num-generated',
-        '2', '--no-memory', '--json'
+        '--canvas', '256', '--patch-sizes', '16', '32', '64', '--thresholds',
+        '2', '2', '--window-size', '8', '--global-attn-indexes', '1',
+        '--repeat', '1', '--num-generated', '2', '--no-memory', '--json'
     ])
     assert torch.is_grad_enabled()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -263,5 +270,5 @@ def test_benchmark_tool_smoke(monkeypatch, capsys):
     assert result['speedup'] == pytest.approx(
         result['baseline_ms'] / result['apt_ms'], rel=1e-3)
     assert 1.0 <= result['token_ratio'] < 4.0
-    assert set(result['overhead_ms']) >= {'tokenizer_ms', 'embed_ms',
-                                          'unpack_ms'}
+    assert set(
+        result['overhead_ms']) >= {'tokenizer_ms', 'embed_ms', 'unpack_ms'}

@@ -41,10 +41,13 @@ def last_json(proc):
 
 
 def test_detection_benchmark_arms_and_json(images):
-    proc = run_tool(['tools/analysis/benchmark.py', TOY_DET[0], '--compare',
-                     TOY_DET[1], '--images', str(images), '--num-images', '2',
-                     '--repeat', '2', '--warmup', '0', '--baseline-pad',
-                     'window', '--padding-free', '--json'], timeout=600)
+    proc = run_tool([
+        'tools/analysis/benchmark.py', TOY_DET[0], '--compare', TOY_DET[1],
+        '--images',
+        str(images), '--num-images', '2', '--repeat', '2', '--warmup', '0',
+        '--baseline-pad', 'window', '--padding-free', '--json'
+    ],
+                    timeout=600)
     out = last_json(proc)
     for key in ('baseline_img_s', 'apt_img_s', 'speedup', 'backbone_speedup',
                 'token_ratio', 'speedup_vs_window', 'nopad_speedup_vs_window'):
@@ -64,8 +67,9 @@ def test_detection_benchmark_arms_and_json(images):
         assert total['model_ms'] > 0 and total['backbone_ms'] > 0
         assert total['heads_ms'] > 0 and total['neck_ms'] > 0
         # The split adds up: preprocess + backbone + neck + heads = model.
-        parts = (total['preprocess_ms'] + total['backbone_ms'] +
-                 total['neck_ms'] + total['heads_ms'])
+        parts = (
+            total['preprocess_ms'] + total['backbone_ms'] + total['neck_ms'] +
+            total['heads_ms'])
         assert parts == pytest.approx(total['model_ms'], rel=1e-3)
         assert all(len(v['times_ms']) == 2 for v in arm['per_image'].values())
     apt = arms['apt']['total_ms']
@@ -75,9 +79,13 @@ def test_detection_benchmark_arms_and_json(images):
 
 
 def test_segmentation_slide_benchmark_counts_every_crop(images):
-    proc = run_tool(['tools/analysis/benchmark.py', TOY_SEG[0], '--compare',
-                     TOY_SEG[1], '--images', str(images), '--num-images', '1',
-                     '--repeat', '1', '--warmup', '0', '--json'], timeout=600)
+    proc = run_tool([
+        'tools/analysis/benchmark.py', TOY_SEG[0], '--compare', TOY_SEG[1],
+        '--images',
+        str(images), '--num-images', '1', '--repeat', '1', '--warmup', '0',
+        '--json'
+    ],
+                    timeout=600)
     out = last_json(proc)
     # img0 (160 x 240) resized to short side 256 -> 256 x 384: two 256-px
     # crops at stride 171, 256 tokens each (16-px patches).
@@ -87,9 +95,12 @@ def test_segmentation_slide_benchmark_counts_every_crop(images):
 
 
 def test_window_pad_refused_for_segmentation(images):
-    proc = run_tool(['tools/analysis/benchmark.py', TOY_SEG[0], '--compare',
-                     TOY_SEG[1], '--images', str(images), '--baseline-pad',
-                     'window'], check=False)
+    proc = run_tool([
+        'tools/analysis/benchmark.py', TOY_SEG[0], '--compare', TOY_SEG[1],
+        '--images',
+        str(images), '--baseline-pad', 'window'
+    ],
+                    check=False)
     assert proc.returncode != 0
     assert 'window' in proc.stderr + proc.stdout
 
@@ -117,9 +128,12 @@ def test_flops_counts_attention_by_groups(images):
     assert nomerge['backbone'] == pytest.approx(plain['backbone'], rel=1e-6)
     assert plain['model'] > plain['backbone'] > plain['attention']
 
-    proc = run_tool(['tools/analysis/get_flops.py', TOY_DET[0], '--compare',
-                     TOY_DET[1], '--images', str(images), '--num-images', '2',
-                     '--json'], timeout=600)
+    proc = run_tool([
+        'tools/analysis/get_flops.py', TOY_DET[0], '--compare', TOY_DET[1],
+        '--images',
+        str(images), '--num-images', '2', '--json'
+    ],
+                    timeout=600)
     out = last_json(proc)
     assert out['backbone_flops_ratio'] > 1.1  # merged tokens cost less
     assert out['apt_backbone_gflops'] < out['baseline_backbone_gflops']

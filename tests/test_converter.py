@@ -13,14 +13,22 @@ from mmapt.models.layers import resize_patch_kernel
 from mmapt.utils import ConversionError, convert_eva02_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCH = dict(embed_dims=64, num_layers=2, num_heads=1, scale_mlp=True,
-            attn_inner_norm=True)
+ARCH = dict(
+    embed_dims=64,
+    num_layers=2,
+    num_heads=1,
+    scale_mlp=True,
+    attn_inner_norm=True)
 
 
 def _model(**kwargs):
     torch.manual_seed(0)
-    model = EVA02(arch=ARCH, img_size=112, patch_size=14,
-                  pretrain_img_size=112, **kwargs)
+    model = EVA02(
+        arch=ARCH,
+        img_size=112,
+        patch_size=14,
+        pretrain_img_size=112,
+        **kwargs)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -38,8 +46,7 @@ def _to_official(state, fused):
         'norm.bias': torch.zeros(64),
         'rope.freqs_cos': torch.zeros(64, 64),
         # The official table has a class-token row first.
-        'pos_embed': torch.cat([torch.randn(1, 1, 64), state['pos_embed']],
-                               1),
+        'pos_embed': torch.cat([torch.randn(1, 1, 64), state['pos_embed']], 1),
         'patch_embed.proj.weight': state['patch_embed.proj.weight'],
         'patch_embed.proj.bias': state['patch_embed.proj.bias'],
     }
@@ -72,8 +79,11 @@ def _to_official(state, fused):
             blk['mlp.w12.bias'] = src['mlp.w12.bias']
         else:
             q, k, v = src['attn.qkv.weight'].chunk(3)
-            blk.update({'attn.q_proj.weight': q, 'attn.k_proj.weight': k,
-                        'attn.v_proj.weight': v})
+            blk.update({
+                'attn.q_proj.weight': q,
+                'attn.k_proj.weight': k,
+                'attn.v_proj.weight': v
+            })
             for suffix in ('weight', 'bias'):
                 w1, w2 = src[f'mlp.w12.{suffix}'].chunk(2)
                 blk[f'mlp.w1.{suffix}'] = w1
@@ -94,17 +104,26 @@ def test_official_round_trip(fused):
     for key in ('cls_token', 'mask_token', 'lm_head.weight', 'rope.freqs_cos',
                 'blocks.0.attn.rope.freqs_cos', 'pos_embed[:, 0]'):
         assert key in reasons
-    EVA02(arch=ARCH, img_size=112, patch_size=14,
-          pretrain_img_size=112).load_state_dict(converted)
+    EVA02(
+        arch=ARCH, img_size=112, patch_size=14,
+        pretrain_img_size=112).load_state_dict(converted)
 
 
 def test_timm_round_trip():
     timm = pytest.importorskip('timm')
     from timm.models.eva import Eva
-    ref = Eva(img_size=112, patch_size=14, embed_dim=64, depth=2,
-              num_heads=1, qkv_fused=True, mlp_ratio=4 * 2 / 3,
-              swiglu_mlp=True, use_rot_pos_emb=True, ref_feat_shape=(8, 8),
-              num_classes=5)
+    ref = Eva(
+        img_size=112,
+        patch_size=14,
+        embed_dim=64,
+        depth=2,
+        num_heads=1,
+        qkv_fused=True,
+        mlp_ratio=4 * 2 / 3,
+        swiglu_mlp=True,
+        use_rot_pos_emb=True,
+        ref_feat_shape=(8, 8),
+        num_classes=5)
     assert timm.__version__
     converted, dropped = convert_eva02_state_dict(
         {'state_dict': ref.state_dict()})
@@ -114,8 +133,11 @@ def test_timm_round_trip():
     assert torch.equal(converted['pos_embed'], ref.pos_embed[:, 1:])
     assert torch.equal(converted['blocks.1.mlp.w12.weight'],
                        ref.blocks[1].mlp.fc1.weight)
-    model = EVA02(arch=dict(embed_dims=64, num_layers=2, num_heads=1),
-                  img_size=112, patch_size=14, pretrain_img_size=112)
+    model = EVA02(
+        arch=dict(embed_dims=64, num_layers=2, num_heads=1),
+        img_size=112,
+        patch_size=14,
+        pretrain_img_size=112)
     model.load_state_dict(converted)
 
 
@@ -139,8 +161,8 @@ def test_pinv_kernel_resize_preserves_responses():
     kernel = torch.randn(4, 3, 14, 14)
     new = resize_patch_kernel(kernel, 16, mode='pinv')
     patch = torch.randn(2, 3, 14, 14)
-    big = F.interpolate(patch, size=(16, 16), mode='bicubic',
-                        align_corners=False)
+    big = F.interpolate(
+        patch, size=(16, 16), mode='bicubic', align_corners=False)
     want = torch.einsum('bchw,ochw->bo', patch, kernel)
     got = torch.einsum('bchw,ochw->bo', big, new)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
@@ -168,8 +190,12 @@ def test_cli_patch_and_img_size(tmp_path, monkeypatch, capsys):
     state = torch.load(dst, map_location='cpu')['state_dict']
     assert state['patch_embed.proj.weight'].shape[-1] == 16
     assert state['pos_embed'].shape == (1, 256, 64)  # 16 x 16 grid
-    model = EVA02(arch=ARCH, img_size=256, patch_size=16,
-                  pretrain_img_size=256, pretrain_patch_size=16)
+    model = EVA02(
+        arch=ARCH,
+        img_size=256,
+        patch_size=16,
+        pretrain_img_size=256,
+        pretrain_patch_size=16)
     model.load_state_dict(state)
     assert model(torch.randn(1, 3, 64, 48))[0].shape == (1, 64, 4, 3)
 
@@ -189,8 +215,12 @@ def test_init_cfg_pretrained_loads_converted_checkpoint(tmp_path):
         _to_official(src.state_dict(), False), patch_size=16)
     path = str(tmp_path / 'converted.pth')
     torch.save({'state_dict': converted}, path)
-    cfg = dict(arch=ARCH, img_size=128, patch_size=16, pretrain_img_size=224,
-               init_cfg=dict(type='Pretrained', checkpoint=path))
+    cfg = dict(
+        arch=ARCH,
+        img_size=128,
+        patch_size=16,
+        pretrain_img_size=224,
+        init_cfg=dict(type='Pretrained', checkpoint=path))
     plain = EVA02(**cfg)
     plain.init_weights()
     # 8 x 8 table resampled to the 16 x 16 pretraining grid on load.

@@ -47,8 +47,8 @@ def _worker(rank, world_size, port, out_dir):
     try:
         init_default_scope('mmdet')
         from mmdet.registry import MODELS
-        cfg = Config.fromfile(osp.join(ROOT, 'configs', 'toy',
-                                       'toy_apt_det.py'))
+        cfg = Config.fromfile(
+            osp.join(ROOT, 'configs', 'toy', 'toy_apt_det.py'))
         torch.manual_seed(0)
         model = MODELS.build(cfg.model)
         model.init_weights()
@@ -76,8 +76,7 @@ def _worker(rank, world_size, port, out_dir):
             keep=keep,
             losses=losses,
             apt_moved=bool((apt_after - apt_before).abs().max() > 0),
-            replicas_equal=all(torch.equal(g, gathered[0])
-                               for g in gathered))
+            replicas_equal=all(torch.equal(g, gathered[0]) for g in gathered))
     finally:
         dist.destroy_process_group()
     with open(osp.join(out_dir, f'rank{rank}.json'), 'w') as f:
@@ -86,10 +85,11 @@ def _worker(rank, world_size, port, out_dir):
 
 @pytest.mark.slow
 def test_ddp_without_find_unused_parameters(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
-             join=True)
-    ranks = [json.loads((tmp_path / f'rank{r}.json').read_text())
-             for r in range(2)]
+    mp.spawn(
+        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [
+        json.loads((tmp_path / f'rank{r}.json').read_text()) for r in range(2)
+    ]
     assert not any(r['find_unused_parameters'] for r in ranks)
     # Rank 0 merged patches, rank 1 none, in every iteration.
     assert all(k[0] < 0.8 for k in ranks[0]['keep'])

@@ -25,8 +25,10 @@ def det_configs():
 
 
 DET_CONFIGS = det_configs()
-APT_CONFIGS = [p for p in DET_CONFIGS
-               if Config.fromfile(p).model.backbone.type.startswith('APT')]
+APT_CONFIGS = [
+    p for p in DET_CONFIGS
+    if Config.fromfile(p).model.backbone.type.startswith('APT')
+]
 
 
 def load(name):
@@ -82,11 +84,13 @@ def test_apt_configs_are_consistent(path):
     canvas = pre.batch_augments[0].size
     assert canvas[0] == canvas[1] == pre.pad_size_divisor
     assert canvas[0] % multiple == 0
-    resize = [t for t in cfg.test_dataloader.dataset.pipeline
-              if t.type == 'Resize']
+    resize = [
+        t for t in cfg.test_dataloader.dataset.pipeline if t.type == 'Resize'
+    ]
     assert tuple(resize[0].scale) == tuple(canvas)
-    assert not [t for t in cfg.test_dataloader.dataset.pipeline
-                if t.type == 'Pad']
+    assert not [
+        t for t in cfg.test_dataloader.dataset.pipeline if t.type == 'Pad'
+    ]
     # APT layers always get a gradient (tests/test_ddp_apt.py): DDP needs
     # no find_unused_parameters, which would slow every iteration.
     assert not cfg.get('find_unused_parameters', False)
@@ -192,10 +196,10 @@ def synthetic_batch(background='flat'):
     g = torch.Generator().manual_seed(0)
     img = torch.full((3, 256, 256), 90, dtype=torch.uint8)
     if background == 'noise':
-        img = torch.randint(0, 256, (3, 256, 256), generator=g,
-                            dtype=torch.uint8)
-    img[:, 64:160, 80:176] = torch.randint(0, 256, (3, 96, 96), generator=g,
-                                           dtype=torch.uint8)
+        img = torch.randint(
+            0, 256, (3, 256, 256), generator=g, dtype=torch.uint8)
+    img[:, 64:160, 80:176] = torch.randint(
+        0, 256, (3, 96, 96), generator=g, dtype=torch.uint8)
     masks = torch.zeros(1, 256, 256, dtype=torch.uint8)
     masks[0, 64:160, 80:176] = 1
     sample = DetDataSample(
@@ -274,5 +278,5 @@ def test_finetune_gives_apt_layers_the_full_rate():
     assert all(v >= last for v in apt.values())
     assert all(v == pytest.approx(5e-6) for v in apt.values())
     # The pretrained embedding keeps layer decay.
-    assert lr['backbone.patch_embed.proj.weight'] == pytest.approx(
-        5e-6 * 0.7**13)
+    assert lr['backbone.patch_embed.proj.weight'] == pytest.approx(5e-6 *
+                                                                   0.7**13)

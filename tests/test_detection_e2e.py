@@ -60,10 +60,9 @@ def test_toy_coco_is_deterministic_and_valid(tmp_path):
     assert a == b
     assert (tmp_path / 'a' / 'val2017' / '000005.png').read_bytes() == \
         (tmp_path / 'b' / 'val2017' / '000005.png').read_bytes()
-    coco = COCO(str(tmp_path / 'a' / 'annotations' /
-                    'instances_val2017.json'))
-    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(
-        gen.CLASSES)
+    coco = COCO(str(tmp_path / 'a' / 'annotations' / 'instances_val2017.json'))
+    assert [c['name']
+            for c in coco.loadCats(coco.getCatIds())] == list(gen.CLASSES)
     anns = coco.loadAnns(coco.getAnnIds())
     assert len(anns) >= 6
     for ann in anns:
@@ -116,7 +115,8 @@ def test_missing_backbone_checkpoint_names_the_converter(tmp_path):
         (coco / name).mkdir()
         (coco / 'annotations' / f'instances_{name}.json').write_text('{}')
     proc = run_tool(
-        ['tools/train.py', osp.join(ROOT, 'configs', 'apt_vitdet_coco.py')],
+        ['tools/train.py',
+         osp.join(ROOT, 'configs', 'apt_vitdet_coco.py')],
         cwd=tmp_path,
         check=False)
     assert proc.returncode != 0
@@ -188,8 +188,8 @@ def test_test_tool_writes_coco_metrics_and_predictions(trained, tmp_path):
     with open(out, 'rb') as f:
         preds = pickle.load(f)
     assert len(preds) == 8
-    assert {'bboxes', 'scores', 'labels', 'masks'} <= set(
-        preds[0]['pred_instances'])
+    assert {'bboxes', 'scores', 'labels',
+            'masks'} <= set(preds[0]['pred_instances'])
 
 
 @pytest.mark.slow
@@ -277,19 +277,19 @@ def free_port():
 def test_dist_train_on_two_cpu_processes(toy_coco_cwd, tmp_path):
     import sys
     work_dir = str(tmp_path / 'dist')
-    proc = run_tool(
-        [
-            'bash',
-            osp.join(ROOT, 'tools', 'dist_train.sh'), TOY_APT, '2',
-            '--work-dir', work_dir, '--cfg-options', *FAST_OPTIONS,
-            'train_cfg.max_iters=4', 'train_cfg.val_interval=4',
-            'default_hooks.checkpoint.interval=4',
-            'default_hooks.logger.interval=1',
-            'train_dataloader.batch_size=1', 'val_dataloader.batch_size=1'
-        ],
-        cwd=toy_coco_cwd,
-        env=dict(PYTHON=sys.executable, PORT=str(free_port()),
-                 OMP_NUM_THREADS='1'))
+    proc = run_tool([
+        'bash',
+        osp.join(ROOT, 'tools', 'dist_train.sh'), TOY_APT, '2', '--work-dir',
+        work_dir, '--cfg-options', *FAST_OPTIONS, 'train_cfg.max_iters=4',
+        'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=4',
+        'default_hooks.logger.interval=1', 'train_dataloader.batch_size=1',
+        'val_dataloader.batch_size=1'
+    ],
+                    cwd=toy_coco_cwd,
+                    env=dict(
+                        PYTHON=sys.executable,
+                        PORT=str(free_port()),
+                        OMP_NUM_THREADS='1'))
     log = proc.stdout + proc.stderr
     # mmengine's runtime-environment block: 2 processes over gloo.
     assert 'Distributed launcher: pytorch' in log, log[-3000:]

@@ -23,7 +23,10 @@ def _randomize(model, seed=0):
 
 def _timm_intermediate(model, x, index):
     return model.forward_intermediates(
-        x, indices=[index], norm=False, output_fmt='NCHW',
+        x,
+        indices=[index],
+        norm=False,
+        output_fmt='NCHW',
         intermediates_only=True)[0]
 
 
@@ -33,8 +36,12 @@ def test_timm_parity_tiny():
         'eva02_tiny_patch14_224', pretrained=False, class_token=False).eval()
     _randomize(ref)
     state, _ = convert_eva02_state_dict(ref.state_dict())
-    model = EVA02(arch='tiny', img_size=224, patch_size=14, window_size=0,
-                  out_indices=(11, )).eval()
+    model = EVA02(
+        arch='tiny',
+        img_size=224,
+        patch_size=14,
+        window_size=0,
+        out_indices=(11, )).eval()
     model.load_state_dict(state)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
@@ -52,21 +59,39 @@ def test_timm_parity_base_style():
     """
     from timm.models.eva import Eva
     torch.manual_seed(0)
-    ref = Eva(img_size=112, patch_size=14, embed_dim=128, depth=2,
-              num_heads=2, qkv_fused=False, mlp_ratio=4 * 2 / 3,
-              swiglu_mlp=True, scale_mlp=True, scale_attn_inner=True,
-              use_rot_pos_emb=True, ref_feat_shape=(8, 8),
-              class_token=False, num_classes=0).eval()
+    ref = Eva(
+        img_size=112,
+        patch_size=14,
+        embed_dim=128,
+        depth=2,
+        num_heads=2,
+        qkv_fused=False,
+        mlp_ratio=4 * 2 / 3,
+        swiglu_mlp=True,
+        scale_mlp=True,
+        scale_attn_inner=True,
+        use_rot_pos_emb=True,
+        ref_feat_shape=(8, 8),
+        class_token=False,
+        num_classes=0).eval()
     _randomize(ref)
     assert 'blocks.0.attn.q_proj.weight' in ref.state_dict()
     assert 'blocks.0.mlp.fc1_g.weight' in ref.state_dict()
     state, _ = convert_eva02_state_dict(ref.state_dict())
     assert 'blocks.0.attn.norm.weight' in state
     assert 'blocks.0.mlp.norm.weight' in state
-    arch = dict(embed_dims=128, num_layers=2, num_heads=2, scale_mlp=True,
-                attn_inner_norm=True)
-    model = EVA02(arch=arch, img_size=112, patch_size=14,
-                  pretrain_img_size=112, out_indices=(0, 1)).eval()
+    arch = dict(
+        embed_dims=128,
+        num_layers=2,
+        num_heads=2,
+        scale_mlp=True,
+        attn_inner_norm=True)
+    model = EVA02(
+        arch=arch,
+        img_size=112,
+        patch_size=14,
+        pretrain_img_size=112,
+        out_indices=(0, 1)).eval()
     model.load_state_dict(state)
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
@@ -78,8 +103,8 @@ def test_timm_parity_base_style():
 
 def test_rope_matches_timm_tables():
     from timm.layers import RotaryEmbeddingCat
-    ref = RotaryEmbeddingCat(64, in_pixels=False, feat_shape=[5, 7],
-                             ref_feat_shape=[16, 16])
+    ref = RotaryEmbeddingCat(
+        64, in_pixels=False, feat_shape=[5, 7], ref_feat_shape=[16, 16])
     table = RotaryEmbedding2D(64, 16).grid(5, 7, torch.device('cpu'))
     want_sin, want_cos = ref.get_embed().chunk(2, -1)
     # timm repeats every pair's value twice (interleaved layout).
@@ -89,15 +114,18 @@ def test_rope_matches_timm_tables():
 
 def test_apply_rope_matches_timm_rotation():
     from timm.layers import apply_rot_embed_cat
+
     from mmapt.models.layers import apply_rope
     torch.manual_seed(0)
     table = RotaryEmbedding2D(64, 16).grid(6, 5, torch.device('cpu'))
     x = torch.randn(2, 3, 30, 64)
-    want = apply_rot_embed_cat(x, torch.cat(
-        [table.imag.repeat_interleave(2, -1),
-         table.real.repeat_interleave(2, -1)], -1))
-    torch.testing.assert_close(apply_rope(x, table), want, rtol=0,
-                               atol=1e-6)
+    want = apply_rot_embed_cat(
+        x,
+        torch.cat([
+            table.imag.repeat_interleave(2, -1),
+            table.real.repeat_interleave(2, -1)
+        ], -1))
+    torch.testing.assert_close(apply_rope(x, table), want, rtol=0, atol=1e-6)
     half = apply_rope(x.bfloat16(), table)
     assert half.dtype == torch.bfloat16
 
@@ -109,8 +137,12 @@ def test_window_padding_masks_padded_keys():
     tokens alone (window-relative RoPE on the full window grid).
     """
     torch.manual_seed(0)
-    model = EVA02(arch=TINY, img_size=64, patch_size=16, window_size=3,
-                  out_indices=(0, )).eval()
+    model = EVA02(
+        arch=TINY,
+        img_size=64,
+        patch_size=16,
+        window_size=3,
+        out_indices=(0, )).eval()
     block, rope = model.blocks[0], model.rope
     x = torch.randn(1, 5, 4, 64)
     with torch.no_grad():
@@ -119,23 +151,32 @@ def test_window_padding_masks_padded_keys():
             for c0 in (0, 3):
                 win = x[:, r0:r0 + 3, c0:c0 + 3]
                 h, w = win.shape[1:3]
-                rows, cols = torch.meshgrid(torch.arange(h).float(),
-                                            torch.arange(w).float(),
-                                            indexing='ij')
+                rows, cols = torch.meshgrid(
+                    torch.arange(h).float(),
+                    torch.arange(w).float(),
+                    indexing='ij')
                 coords = torch.stack([rows, cols], -1).reshape(-1, 2)
                 tables = rope(coords, (3, 3))
                 y = block.norm1(win.reshape(1, h * w, 64))
                 y = win.reshape(1, h * w, 64) + block.attn(y, tables)
                 y = y + block.mlp(block.norm2(y))
                 torch.testing.assert_close(
-                    dense[:, r0:r0 + 3, c0:c0 + 3].reshape(1, h * w, 64), y,
-                    rtol=1e-5, atol=1e-5)
+                    dense[:, r0:r0 + 3, c0:c0 + 3].reshape(1, h * w, 64),
+                    y,
+                    rtol=1e-5,
+                    atol=1e-5)
 
 
 def test_outputs_registry_and_stats():
     model = MODELS.build(
-        dict(type='EVA02', arch=TINY, img_size=64, patch_size=16,
-             window_size=2, global_attn_indexes=(1, ), out_indices=(-1, 0)))
+        dict(
+            type='EVA02',
+            arch=TINY,
+            img_size=64,
+            patch_size=16,
+            window_size=2,
+            global_attn_indexes=(1, ),
+            out_indices=(-1, 0)))
     x = torch.randn(2, 3, 48, 80)
     seen = []
     handle = model.register_token_observer(
@@ -173,12 +214,13 @@ def test_layer_depth_and_frozen_stages():
 
 
 def test_pos_embed_resized_on_load():
-    src = EVA02(arch=TINY, img_size=64, pretrain_img_size=64,
-                pretrain_patch_size=16)  # 4 x 4 table
+    src = EVA02(
+        arch=TINY, img_size=64, pretrain_img_size=64,
+        pretrain_patch_size=16)  # 4 x 4 table
     dst = EVA02(arch=TINY, img_size=64)  # 16 x 16 table
     state = src.state_dict()
-    state['pos_embed'] = torch.cat(
-        [torch.zeros(1, 1, 64), state['pos_embed']], 1)  # with a cls row
+    state['pos_embed'] = torch.cat([torch.zeros(1, 1, 64), state['pos_embed']],
+                                   1)  # with a cls row
     dst.load_state_dict(state)
     assert dst.pos_embed.shape == (1, 256, 64)
     # A constant table stays constant under bicubic resampling.

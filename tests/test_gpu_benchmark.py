@@ -19,8 +19,11 @@ def test_backbones_import_without_openmmlab_packages():
             'from mmapt.tokenizer import prepare\n'
             'from mmapt.utils import analysis, memory, timing\n'
             'print(b.APTEVA02.__name__, b.EVA02.__name__)\n')
-    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, '-c', code],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ['APTEVA02', 'EVA02']
 
@@ -34,12 +37,16 @@ def test_quick_cpu_run_writes_json(tmp_path):
     wide = np.full((200, 300, 3), 90, np.uint8)
     wide[100:] = rng.integers(0, 255, (100, 300, 3), dtype=np.uint8)
     np.save(images / 'a_wide.npy', wide)
-    Image.fromarray(rng.integers(0, 255, (64, 128, 3), dtype=np.uint8)).save(
-        images / 'b_noise.png')
+    Image.fromarray(rng.integers(0, 255, (64, 128, 3),
+                                 dtype=np.uint8)).save(images / 'b_noise.png')
     out = tmp_path / 'gpu.json'
-    proc = run_tool(['tools/analysis/gpu_benchmark.py', '--device', 'cpu',
-                     '--quick', '--dtype', 'bf16', '--images', str(images),
-                     '--out', str(out)], timeout=600)
+    proc = run_tool([
+        'tools/analysis/gpu_benchmark.py', '--device', 'cpu', '--quick',
+        '--dtype', 'bf16', '--images',
+        str(images), '--out',
+        str(out)
+    ],
+                    timeout=600)
     report = json.loads(out.read_text())
     assert report['environment']['torch']
     assert report['settings']['images'][0]['window_view'] == [256, 256]
@@ -48,8 +55,9 @@ def test_quick_cpu_run_writes_json(tmp_path):
     assert report['settings']['images'][1]['nopad_view'] == [128, 256]
     arch = report['archs']['quick']
     # No varlen kernel on CPU: the padded arm is left out and said so.
-    assert set(arch['arms']) == {'plain_square', 'plain_window', 'apt_square',
-                                 'apt_nopad'}
+    assert set(arch['arms']) == {
+        'plain_square', 'plain_window', 'apt_square', 'apt_nopad'
+    }
     assert 'cpu' in arch['attention_path']
     arms = arch['arms']
     # 256 canvas = 16 x 16 cells; the wide image's content (171 px high)

@@ -8,7 +8,7 @@ import torch.nn as nn
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
-from mmengine.registry import METRICS, MODELS
+from mmengine.registry import METRICS
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
@@ -110,8 +110,8 @@ def test_train_val_test_statistics(tmp_path):
     hub = runner.message_hub
     # Last train batch: images 4-7, 13 of 16 tokens.
     assert hub.get_scalar('train/tokens').current() == pytest.approx(13)
-    assert hub.get_scalar('train/keep_ratio').current() == pytest.approx(
-        13 / 16)
+    assert hub.get_scalar('train/keep_ratio').current() == pytest.approx(13 /
+                                                                         16)
     assert hub.get_scalar('train/baseline_tokens').current() == 16
     # The val epoch summary: mean over all 8 images, not the last batch.
     assert hub.get_scalar('val/tokens').current() == pytest.approx(8.5)
@@ -126,8 +126,8 @@ def test_train_val_test_statistics(tmp_path):
     metrics = runner.test()
     assert metrics['count'] == 8
     assert hub.get_scalar('test/tokens').current() == pytest.approx(8.5)
-    assert hub.get_scalar('test/keep_ratio').current() == pytest.approx(
-        8.5 / 16)
+    assert hub.get_scalar('test/keep_ratio').current() == pytest.approx(8.5 /
+                                                                        16)
 
 
 class FakeRunner:

@@ -104,8 +104,9 @@ def test_eva02_layer_scales_and_weight_decay(wrap):
     # Weight decay: none on 1-D parameters (norms, biases), nor pos_embed.
     for name, group in found.items():
         param = dict(model.named_parameters())[name]
-        no_decay = (param.ndim == 1 or name.endswith('.bias')
-                    or name.endswith('pos_embed'))
+        no_decay = (
+            param.ndim == 1 or name.endswith('.bias')
+            or name.endswith('pos_embed'))
         assert group['weight_decay'] == (0.0 if no_decay else WD), name
     assert found['backbone.pos_embed']['weight_decay'] == 0.0
     assert found['neck.1.weight']['weight_decay'] == 0.0
@@ -129,8 +130,8 @@ def test_any_backbone_with_get_layer_depth_and_frozen_params():
 def test_custom_keys_multiply_the_layer_scale():
     model = Detector(small_eva02())
     found = groups_by_param(
-        build(model, custom_keys={'neck.0': dict(lr_mult=0.1,
-                                                 decay_mult=0.0)}))
+        build(
+            model, custom_keys={'neck.0': dict(lr_mult=0.1, decay_mult=0.0)}))
     assert found['neck.0.weight']['lr'] == pytest.approx(BASE_LR * 0.1)
     assert found['neck.0.weight']['weight_decay'] == 0.0
 
@@ -178,8 +179,7 @@ def test_mmseg_encoder_decoder_from_seg_schedule():
                 num_classes=3,
                 norm_cfg=dict(type='LN2d', eps=1e-6))))
     found = groups_by_param(build(model, layer_decay_rate=0.8))
-    assert found['decode_head.conv_seg.weight']['lr'] == pytest.approx(
-        BASE_LR)
+    assert found['decode_head.conv_seg.weight']['lr'] == pytest.approx(BASE_LR)
     assert found['backbone.blocks.0.norm1.weight']['lr'] == pytest.approx(
         BASE_LR * 0.8**2)
 
@@ -187,7 +187,8 @@ def test_mmseg_encoder_decoder_from_seg_schedule():
 def small_apt():
     from mmapt.models import APTEVA02
     return APTEVA02(
-        arch=dict(embed_dims=32, num_layers=3, num_heads=2), img_size=64,
+        arch=dict(embed_dims=32, num_layers=3, num_heads=2),
+        img_size=64,
         thresholds=(2.0, ))
 
 
@@ -207,8 +208,7 @@ def test_apt_layers_get_their_own_rule(apt_lr_mult, caplog):
         assert found[name]['group_name'].startswith('apt_')
     # Weight decay rules unchanged: none on biases.
     assert found['backbone.apt_embed.zero_linear.bias']['weight_decay'] == 0
-    assert found['backbone.apt_embed.zero_linear.weight'][
-        'weight_decay'] == WD
+    assert found['backbone.apt_embed.zero_linear.weight']['weight_decay'] == WD
     # The pretrained embedding keeps its decayed rate.
     assert found['backbone.patch_embed.proj.weight']['lr'] == pytest.approx(
         BASE_LR * RATE**4)

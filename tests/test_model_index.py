@@ -38,10 +38,10 @@ INDEXED = [m['Config'] for m in MODELS]
 def test_every_config_is_in_the_index():
     configs = {
         osp.relpath(p, ROOT)
-        for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'),
-                           recursive=True)
-        if not osp.relpath(p, osp.join(ROOT, 'configs')).startswith((
-            '_base_', 'toy'))
+        for p in glob.glob(
+            osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+        if not osp.relpath(p, osp.join(ROOT, 'configs')).startswith(('_base_',
+                                                                     'toy'))
     }
     assert configs, 'no config found'
     missing = sorted(configs - set(INDEXED))
@@ -75,8 +75,8 @@ def test_mim_model_index_parser_reads_the_index():
     """The model-index package (what `mim search` uses) accepts the files."""
     modelindex = pytest.importorskip('modelindex')
     index = modelindex.load(osp.join(ROOT, 'model-index.yml'))
-    assert sorted(m.name for m in index.models) == sorted(
-        m['Name'] for m in MODELS)
+    assert sorted(m.name for m in index.models) == sorted(m['Name']
+                                                          for m in MODELS)
     assert sorted(m.config for m in index.models) == sorted(INDEXED)
 
 

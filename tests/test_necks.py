@@ -51,8 +51,7 @@ def test_simple_fpn_shapes_norms_and_gradients():
     assert fpn.fpn_convs[0].conv.bias is None
     x = torch.randn(2, 32, 8, 12, requires_grad=True)
     outs = fpn((x, ))
-    assert [tuple(o.shape) for o in outs] == [(2, 16, 32, 48),
-                                              (2, 16, 16, 24),
+    assert [tuple(o.shape) for o in outs] == [(2, 16, 32, 48), (2, 16, 16, 24),
                                               (2, 16, 8, 12), (2, 16, 4, 6),
                                               (2, 16, 2, 3)]
     assert all(o.is_contiguous() for o in outs)

@@ -58,9 +58,11 @@ def installed(tmp_path_factory):
                                       'build', '*.egg-info'))
     _run([
         sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-index',
-        '--no-build-isolation', str(src), '-w',
+        '--no-build-isolation',
+        str(src), '-w',
         str(tmp / 'dist')
-    ], cwd=tmp)
+    ],
+         cwd=tmp)
     wheel = glob.glob(str(tmp / 'dist' / 'mmapt-*.whl'))[0]
     site = tmp / 'site'
     _run([

@@ -11,9 +11,8 @@ def _block_inputs(model, x):
     """(tokens, rope) entering every block of a dense EVA02 forward."""
     seen = []
     handles = [
-        block.register_forward_pre_hook(
-            lambda mod, args: seen.append((args[0], args[1])))
-        for block in model.blocks
+        block.register_forward_pre_hook(lambda mod, args: seen.append(
+            (args[0], args[1]))) for block in model.blocks
     ]
     try:
         with torch.no_grad():
@@ -27,8 +26,12 @@ def _block_inputs(model, x):
 def test_plain_positions_are_cropped_not_stretched():
     torch.manual_seed(0)
     # Nominal grid 8 x 8 (128 px / 16); block 0 global, block 1 window 4.
-    model = EVA02(arch=ARCH, img_size=128, patch_size=16, window_size=4,
-                  global_attn_indexes=(0, )).eval()
+    model = EVA02(
+        arch=ARCH,
+        img_size=128,
+        patch_size=16,
+        window_size=4,
+        global_attn_indexes=(0, )).eval()
     canvas = torch.randn(1, 3, 128, 128)
     content = canvas[:, :, :80, :112].contiguous()  # 5 x 7 cells kept
     full = _block_inputs(model, canvas)
@@ -76,8 +79,7 @@ def _apt_tokens(apt, x):
         layout = apt.tokenize(x)
         tokens = apt.embed(x, layout)
         ctx = apt.packed_context(layout)
-    keys = zip(layout.row.tolist(), layout.col.tolist(),
-               layout.side.tolist())
+    keys = zip(layout.row.tolist(), layout.col.tolist(), layout.side.tolist())
     return {
         key: (tokens[i], ctx.image.rope[i], ctx.window.rope[i])
         for i, key in enumerate(keys)
@@ -108,7 +110,9 @@ def test_padding_free_no_merge_equals_plain_with_partial_windows():
     """Inputs a multiple of the largest patch but not of the window: APT's
     partial (shorter) window groups give what the dense model gives with
     its padded and masked windows."""
-    plain, apt = _apt_pair((-1, -1), window_size=8, global_attn_indexes=(1, ),
+    plain, apt = _apt_pair((-1, -1),
+                           window_size=8,
+                           global_attn_indexes=(1, ),
                            out_indices=(0, 1))
     x = torch.randn(2, 3, 128, 192)  # 8 x 12 cells: windows 8 x 8 and 8 x 4
     with torch.no_grad():

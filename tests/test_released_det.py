@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 pytest.importorskip('mmdet')
-from mmengine.config import Config  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
-from mmengine.structures import InstanceData  # noqa: E402
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.structures import InstanceData
 
-from mmapt.utils import ConversionError  # noqa: E402
-from mmapt.utils.eva02_det_convert import (  # noqa: E402
-    config_for, convert_eva02_det_checkpoint)
+from mmapt.utils import ConversionError
+from mmapt.utils.eva02_det_convert import (config_for,
+                                           convert_eva02_det_checkpoint)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # detectron2 Box2BoxTransform weights of the three cascade stages.
@@ -147,11 +147,12 @@ def d2_detector_state(dims=64,
 
 SMALL = {
     'model.backbone.arch':
-    dict(_delete_=True,
-         embed_dims=64,
-         num_layers=2,
-         num_heads=4,
-         scale_mlp=True),
+    dict(
+        _delete_=True,
+        embed_dims=64,
+        num_layers=2,
+        num_heads=4,
+        scale_mlp=True),
     'model.backbone.img_size':
     256,
     'model.backbone.window_size':
@@ -234,15 +235,16 @@ def converted():
 # ------------------------------------------------------------- converter
 def _release(dims, depth, window, grid, global_blocks):
     """Keyword arguments of d2_detector_state for a released layout."""
-    return dict(dims=dims,
-                depth=depth,
-                head_dim=64,
-                window=window,
-                grid=grid,
-                global_blocks=global_blocks,
-                num_classes=80,
-                fpn=256,
-                fc=1024)
+    return dict(
+        dims=dims,
+        depth=depth,
+        head_dim=64,
+        window=window,
+        grid=grid,
+        global_blocks=global_blocks,
+        num_classes=80,
+        fpn=256,
+        fc=1024)
 
 
 # The released COCO layouts (width, depth, window, image grid, global
@@ -273,15 +275,16 @@ def test_released_layouts_load_strictly(name):
         checkpoint = dict(model={}, ema_state=src, iteration=1)
     else:
         checkpoint = src
-    state, dropped, info = convert_eva02_det_checkpoint(checkpoint,
-                                                        use_ema=use_ema)
+    state, dropped, info = convert_eva02_det_checkpoint(
+        checkpoint, use_ema=use_ema)
     assert config_for(info) == f'configs/{name}'
     model = build_detector(name, device='meta', small=False)
     model.load_state_dict(state, strict=True)
-    apt = build_detector(name,
-                         device='meta',
-                         small=False,
-                         **{'model.backbone.type': 'APTEVA02'})
+    apt = build_detector(
+        name,
+        device='meta',
+        small=False,
+        **{'model.backbone.type': 'APTEVA02'})
     result = apt.load_state_dict(state, strict=False)
     assert not result.unexpected_keys
     assert result.missing_keys and all(
@@ -379,16 +382,15 @@ def _vit_d2(src, x, dims=64, depth=2, heads=4, window=8, global_blocks=(1, )):
         for k, v in src.items() if k.startswith('backbone.net.')
     }
     hd = dims // heads
-    tokens = F.conv2d(x,
-                      net['patch_embed.proj.weight'],
-                      net['patch_embed.proj.bias'],
-                      stride=16)
+    tokens = F.conv2d(
+        x,
+        net['patch_embed.proj.weight'],
+        net['patch_embed.proj.bias'],
+        stride=16)
     b, _, gh, gw = tokens.shape
     pos = net['pos_embed'][:, 1:].reshape(1, 14, 14, dims).permute(0, 3, 1, 2)
-    pos = F.interpolate(pos,
-                        size=(gh, gw),
-                        mode='bicubic',
-                        align_corners=False)
+    pos = F.interpolate(
+        pos, size=(gh, gw), mode='bicubic', align_corners=False)
     h = (tokens + pos).permute(0, 2, 3, 1)  # (B, H, W, C)
 
     def rotate(t, cos, sin):
@@ -412,8 +414,8 @@ def _vit_d2(src, x, dims=64, depth=2, heads=4, window=8, global_blocks=(1, )):
         q = F.linear(y, net[p + 'attn.q_proj.weight'], net[p + 'attn.q_bias'])
         k = F.linear(y, net[p + 'attn.k_proj.weight'])
         v = F.linear(y, net[p + 'attn.v_proj.weight'], net[p + 'attn.v_bias'])
-        q, k, v = (t.unflatten(-1, (heads, hd)).transpose(1, 2)
-                   for t in (q, k, v))
+        q, k, v = (
+            t.unflatten(-1, (heads, hd)).transpose(1, 2) for t in (q, k, v))
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         attn = (q @ k.transpose(-2, -1) / math.sqrt(hd)).softmax(-1) @ v
         y = F.linear(
@@ -439,8 +441,9 @@ def _vit_d2(src, x, dims=64, depth=2, heads=4, window=8, global_blocks=(1, )):
 
 
 def _ln2d(x, src, key):
-    out = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2],
-                       src[key + '.weight'], src[key + '.bias'], 1e-6)
+    out = F.layer_norm(
+        x.permute(0, 2, 3, 1), x.shape[1:2], src[key + '.weight'],
+        src[key + '.bias'], 1e-6)
     return out.permute(0, 3, 1, 2)
 
 
@@ -489,12 +492,13 @@ def test_box_and_mask_heads_equal_detectron2_reference(converted):
             for j in range(1, 5):
                 key = f'roi_heads.box_head.{k}.conv{j}'
                 h = F.relu(
-                    _ln2d(F.conv2d(h, src[key + '.weight'], padding=1), src,
-                          key + '.norm'))
+                    _ln2d(
+                        F.conv2d(h, src[key + '.weight'], padding=1), src,
+                        key + '.norm'))
             h = F.relu(
-                F.linear(h.flatten(1),
-                         src[f'roi_heads.box_head.{k}.fc1.weight'],
-                         src[f'roi_heads.box_head.{k}.fc1.bias']))
+                F.linear(
+                    h.flatten(1), src[f'roi_heads.box_head.{k}.fc1.weight'],
+                    src[f'roi_heads.box_head.{k}.fc1.bias']))
             pred = f'roi_heads.box_predictor.{k}.'
             cls, reg = model.roi_head.bbox_head[k](feats)
             torch.testing.assert_close(
@@ -510,8 +514,9 @@ def test_box_and_mask_heads_equal_detectron2_reference(converted):
         for j in range(1, 5):
             key = f'roi_heads.mask_head.mask_fcn{j}'
             h = F.relu(
-                _ln2d(F.conv2d(h, src[key + '.weight'], padding=1), src,
-                      key + '.norm'))
+                _ln2d(
+                    F.conv2d(h, src[key + '.weight'], padding=1), src,
+                    key + '.norm'))
         h = F.relu(
             F.conv_transpose2d(h, src['roi_heads.mask_head.deconv.'
                                       'weight'],
@@ -529,9 +534,8 @@ def test_training_dict_bare_dict_and_ema():
         dict(model=src, trainer=dict(), iteration=5, ema_state=ema))
     assert bare.keys() == wrapped.keys()
     assert all(torch.equal(bare[k], wrapped[k]) for k in bare)
-    from_ema, dropped, info = convert_eva02_det_checkpoint(dict(model=src,
-                                                                ema_state=ema),
-                                                           use_ema=True)
+    from_ema, dropped, info = convert_eva02_det_checkpoint(
+        dict(model=src, ema_state=ema), use_ema=True)
     assert from_ema.keys() == bare.keys()
     key = 'roi_head.bbox_head.1.fc_cls.weight'
     assert torch.equal(from_ema[key],
@@ -703,19 +707,20 @@ def _random_inputs(seed=0, num=150, size=256):
     proposals = torch.cat([xy, xy + wh], 1)
     proposals[clustered] = proposals[centre[clustered]] + jitter[clustered]
     proposals = proposals.clamp(0, size)
-    meta = dict(img_shape=(size, size),
-                ori_shape=(size, size),
-                scale_factor=(1., 1.),
-                pad_shape=(size, size))
+    meta = dict(
+        img_shape=(size, size),
+        ori_shape=(size, size),
+        scale_factor=(1., 1.),
+        pad_shape=(size, size))
     return feats, proposals, meta
 
 
 def _predict(roi_head, feats, proposals, meta):
     with torch.no_grad():
-        return roi_head.predict_bbox(feats, [meta],
-                                     [InstanceData(bboxes=proposals)],
-                                     rcnn_test_cfg=roi_head.test_cfg,
-                                     rescale=False)[0]
+        return roi_head.predict_bbox(
+            feats, [meta], [InstanceData(bboxes=proposals)],
+            rcnn_test_cfg=roi_head.test_cfg,
+            rescale=False)[0]
 
 
 def test_stage_probabilities_and_soft_nms_equal_detectron2_rules(converted):
@@ -725,8 +730,9 @@ def test_stage_probabilities_and_soft_nms_equal_detectron2_rules(converted):
         want, decayed = _reference_detections(model.roi_head, feats, proposals,
                                               (256, 256))
     got = _predict(model.roi_head, feats, proposals, meta)
-    order = sorted(range(len(got)),
-                   key=lambda i: (int(got.labels[i]), -float(got.scores[i])))
+    order = sorted(
+        range(len(got)),
+        key=lambda i: (int(got.labels[i]), -float(got.scores[i])))
     # No per-image cap: more than 100 detections survive.
     assert len(want) > 100
     assert len(got) == len(want)
@@ -762,8 +768,8 @@ def test_maskness_rescores_mask_scores_only(converted):
     boxes, labels = dets.bboxes.clone(), dets.labels.clone()
     scores = dets.scores.clone()
     with torch.no_grad():
-        out = model.roi_head.predict_mask(feats, [meta], [dets],
-                                          rescale=False)[0]
+        out = model.roi_head.predict_mask(
+            feats, [meta], [dets], rescale=False)[0]
         rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], 1)
         logits = model.roi_head.mask_head[0](
             model.roi_head.mask_roi_extractor[0](feats[:4], rois))
@@ -773,10 +779,8 @@ def test_maskness_rescores_mask_scores_only(converted):
         above = p[p > 0.5]
         want.append(float(s) * (float(above.mean()) if len(above) else 0.))
     torch.testing.assert_close(out.scores, scores)  # bbox AP: plain scores
-    torch.testing.assert_close(out.mask_scores,
-                               torch.tensor(want),
-                               atol=1e-6,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        out.mask_scores, torch.tensor(want), atol=1e-6, rtol=1e-5)
     assert out.masks.shape == (len(labels), 256, 256)
     assert not torch.allclose(out.mask_scores, out.scores)
 
@@ -809,11 +813,10 @@ def test_shared_mask_head_is_trained_on_the_first_stage_only(converted):
 
 def test_roi_levels_follow_detectron2():
     from mmapt.models.roi_heads import D2RoIExtractor
-    extractor = D2RoIExtractor(roi_layer=dict(type='RoIAlign',
-                                              output_size=7,
-                                              sampling_ratio=0),
-                               out_channels=8,
-                               featmap_strides=[4, 8, 16, 32])
+    extractor = D2RoIExtractor(
+        roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+        out_channels=8,
+        featmap_strides=[4, 8, 16, 32])
     sides = torch.tensor(
         [4., 50., 111.9, 112., 150., 223.99, 224., 300., 447.9, 448., 1000.])
     rois = torch.zeros(len(sides), 5)
@@ -825,9 +828,10 @@ def test_roi_levels_follow_detectron2():
     ]
     assert extractor.map_roi_levels(rois, 4).tolist() == want
     with pytest.raises(ValueError, match='power-of-two'):
-        D2RoIExtractor(roi_layer=dict(type='RoIAlign', output_size=7),
-                       out_channels=8,
-                       featmap_strides=[4, 8, 32])
+        D2RoIExtractor(
+            roi_layer=dict(type='RoIAlign', output_size=7),
+            out_channels=8,
+            featmap_strides=[4, 8, 32])
 
 
 # ----------------------------------------- the no-merge invariant, end to end
@@ -845,12 +849,15 @@ def test_converted_apt_without_merging_detects_like_the_baseline(converted):
     gen = torch.Generator().manual_seed(4)
     image = (torch.rand(3, 192, 256, generator=gen) * 255).round()
     image[:, :96, :128] = 90.  # flat region: would merge with thresholds
-    data = dict(inputs=[image],
-                data_samples=[
-                    DetDataSample(metainfo=dict(img_shape=(192, 256),
-                                                ori_shape=(192, 256),
-                                                scale_factor=(1., 1.)))
-                ])
+    data = dict(
+        inputs=[image],
+        data_samples=[
+            DetDataSample(
+                metainfo=dict(
+                    img_shape=(192, 256),
+                    ori_shape=(192, 256),
+                    scale_factor=(1., 1.)))
+        ])
     outs = []
     for model in (baseline, apt):
         with torch.no_grad():
@@ -861,10 +868,8 @@ def test_converted_apt_without_merging_detects_like_the_baseline(converted):
     assert torch.equal(got.labels, want.labels)
     torch.testing.assert_close(got.bboxes, want.bboxes, atol=1e-3, rtol=0)
     assert (got.masks != want.masks).float().mean() < 1e-3
-    torch.testing.assert_close(got.mask_scores,
-                               want.mask_scores,
-                               atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(
+        got.mask_scores, want.mask_scores, atol=1e-5, rtol=0)
 
 
 def test_coco_metric_scores_boxes_plainly_and_masks_with_maskness(tmp_path):
@@ -872,20 +877,23 @@ def test_coco_metric_scores_boxes_plainly_and_masks_with_maskness(tmp_path):
     boxes by ``scores`` and masks by ``mask_scores`` (with the configs'
     maxDets of 100)."""
     import json
+
     from mmdet.evaluation import CocoMetric
     mask = torch.zeros(64, 64, dtype=torch.bool)
     mask[10:30, 10:30] = True
-    ann = dict(images=[dict(id=1, width=64, height=64, file_name='a.png')],
-               categories=[dict(id=1, name='thing')],
-               annotations=[
-                   dict(id=1,
-                        image_id=1,
-                        category_id=1,
-                        bbox=[10, 10, 20, 20],
-                        area=400,
-                        iscrowd=0,
-                        segmentation=[[10, 10, 30, 10, 30, 30, 10, 30]])
-               ])
+    ann = dict(
+        images=[dict(id=1, width=64, height=64, file_name='a.png')],
+        categories=[dict(id=1, name='thing')],
+        annotations=[
+            dict(
+                id=1,
+                image_id=1,
+                category_id=1,
+                bbox=[10, 10, 20, 20],
+                area=400,
+                iscrowd=0,
+                segmentation=[[10, 10, 30, 10, 30, 30, 10, 30]])
+        ])
     ann_file = tmp_path / 'ann.json'
     ann_file.write_text(json.dumps(ann))
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'eva02_vitdet_coco.py'))
@@ -938,10 +946,11 @@ def test_coco_configs_carry_detectron2_rules(name):
         want = (0.05, dict(type='nms', iou_threshold=0.5), 100, None)
     else:  # bounded soft-NMS
         want = (0.05,
-                dict(type='soft_nms',
-                     iou_threshold=0.6,
-                     min_score=1e-3,
-                     method='linear'), 100, 0.5)
+                dict(
+                    type='soft_nms',
+                    iou_threshold=0.6,
+                    min_score=1e-3,
+                    method='linear'), 100, 0.5)
     assert (rcnn.score_thr, rcnn.nms, rcnn.max_per_img,
             rcnn.maskness_thr) == want
     # tools/test.py --released-scoring: the released 1536 numbers' overrides.

@@ -29,11 +29,11 @@ from torch import nn
 
 pytest.importorskip('mmseg')
 
-from mmengine.config import Config  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
 
-import mmapt  # noqa: E402,F401
-from mmapt.utils import (ConversionError, config_for,  # noqa: E402
+import mmapt  # noqa: F401
+from mmapt.utils import (ConversionError, config_for,
                          convert_eva02_seg_checkpoint)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -45,10 +45,9 @@ BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var',
 # config -> (embed dims, depth, heads, grid, UPerHead channels, aux channels)
 RELEASED = {
     'configs/eva02_upernet_ade20k.py': (768, 12, 12, 32, 768, 256),
-    'configs/eva02_upernet_ade20k_large_512.py': (1024, 24, 16, 32, 1024,
-                                                  256),
-    'configs/eva02_upernet_ade20k_large_640.py': (1024, 24, 16, 40, 1536,
-                                                  1536),
+    'configs/eva02_upernet_ade20k_large_512.py': (1024, 24, 16, 32, 1024, 256),
+    'configs/eva02_upernet_ade20k_large_640.py':
+    (1024, 24, 16, 40, 1536, 1536),
 }
 
 
@@ -66,14 +65,21 @@ def eva02_rope(grid: int, head_dim: int, pt_grid: int = 16):
     t = torch.arange(grid).float() / grid * pt_grid
     axis = torch.einsum('i,f->if', t, freqs).repeat_interleave(2, -1)
     both = torch.cat([
-        axis[:, None, :].expand(grid, grid, dim),
-        axis[None, :, :].expand(grid, grid, dim)
+        axis[:, None, :].expand(grid, grid, dim), axis[None, :, :].expand(
+            grid, grid, dim)
     ], -1)
     return both.cos().reshape(-1, head_dim), both.sin().reshape(-1, head_dim)
 
 
-def released_state(dims, depth, heads, grid, channels, aux, device='cpu',
-                   seed=0, pt_grid=16):
+def released_state(dims,
+                   depth,
+                   heads,
+                   grid,
+                   channels,
+                   aux,
+                   device='cpu',
+                   seed=0,
+                   pt_grid=16):
     """A state dict with the keys and shapes of a released segmentor."""
     gen = torch.Generator().manual_seed(seed)
     meta = device == 'meta'
@@ -85,9 +91,12 @@ def released_state(dims, depth, heads, grid, channels, aux, device='cpu',
 
     def bn(prefix, n):
         return {
-            f'{prefix}.weight': rand(n, offset=1.),
-            f'{prefix}.bias': rand(n),
-            f'{prefix}.running_mean': rand(n),
+            f'{prefix}.weight':
+            rand(n, offset=1.),
+            f'{prefix}.bias':
+            rand(n),
+            f'{prefix}.running_mean':
+            rand(n),
             f'{prefix}.running_var':
             rand(n, scale=0.1, offset=1.).abs() if not meta else rand(n),
             f'{prefix}.num_batches_tracked':
@@ -157,8 +166,10 @@ def released_state(dims, depth, heads, grid, channels, aux, device='cpu',
 def mmseg0_file(state):
     """The dict mmseg 0.x's (EVA's apex) runner saves."""
     return dict(
-        meta=dict(mmseg_version='0.29.1+8288dd0', iter=80000,
-                  CLASSES=tuple(str(i) for i in range(NUM_CLASSES))),
+        meta=dict(
+            mmseg_version='0.29.1+8288dd0',
+            iter=80000,
+            CLASSES=tuple(str(i) for i in range(NUM_CLASSES))),
         state_dict=state,
         optimizer=dict(state={}, param_groups=[]),
         amp=dict(loss_scaler0=dict(loss_scale=65536.0)))
@@ -185,10 +196,14 @@ def _small_cfg(path, dims=64, depth=4, heads=4, grid=4):
     aux = model.auxiliary_head.channels * dims // full_dims
     size = (grid * 16, grid * 16)
     model.backbone.update(
-        arch=dict(embed_dims=dims, num_layers=depth, num_heads=heads,
-                  scale_mlp=True),
-        img_size=size[0], pos_embed_grid=grid, out_indices=(0, 1, 2, 3),
-        drop_path_rate=0., init_cfg=None)
+        arch=dict(
+            embed_dims=dims, num_layers=depth, num_heads=heads,
+            scale_mlp=True),
+        img_size=size[0],
+        pos_embed_grid=grid,
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.,
+        init_cfg=None)
     model.neck.embed_dim = dims
     model.decode_head.update(in_channels=[dims] * 4, channels=channels)
     model.auxiliary_head.update(in_channels=dims, channels=aux)
@@ -240,8 +255,7 @@ def test_released_layout_loads_strictly_at_full_size(path):
     """The real B-512 / L-512 / L-640 shapes (meta tensors: no memory)."""
     dims, depth, heads, grid, c, aux = RELEASED[path]
     state = released_state(dims, depth, heads, grid, c, aux, device='meta')
-    converted, dropped, info = convert_eva02_seg_checkpoint(
-        mmseg0_file(state))
+    converted, dropped, info = convert_eva02_seg_checkpoint(mmseg0_file(state))
     assert config_for(info) == path
     assert len(dropped) == 2 + 2 * depth  # RoPE tables only
     assert all('rope.freqs_' in d for d in dropped)
@@ -264,11 +278,13 @@ def test_synthetic_layout_equals_the_released_l512_listing():
             if line.startswith('#'):
                 continue
             key, shape = line.split(' ', 1)
-            listed[key] = tuple(int(s) for s in shape.strip(' ()\n').split(
-                ',') if s.strip())
+            listed[key] = tuple(
+                int(s) for s in shape.strip(' ()\n').split(',') if s.strip())
     state = released_state(1024, 24, 16, 32, 1024, 256, device='meta')
-    ours = {k: tuple(v.shape) for k, v in state.items()
-            if k.startswith('backbone.')}
+    ours = {
+        k: tuple(v.shape)
+        for k, v in state.items() if k.startswith('backbone.')
+    }
     assert len(listed) == 521
     assert ours == listed
 
@@ -278,8 +294,8 @@ def _convert_small(path, seed=0):
     model_cfg, arch = _small_cfg(path)
     state = released_state(*arch, seed=seed)
     converted, _, info = convert_eva02_seg_checkpoint(mmseg0_file(state))
-    assert (info.embed_dims, info.num_layers, info.grid) == arch[:2] + (
-        arch[3], )
+    assert (info.embed_dims, info.num_layers,
+            info.grid) == arch[:2] + (arch[3], )
     model = _build(model_cfg)
     model.load_state_dict(converted, strict=True)
     return model.eval(), state, arch
@@ -293,8 +309,7 @@ def test_values_land_where_they_should(path):
     assert torch.equal(ours[b + 'cls_token'], src[b + 'cls_token'])
     # the class row stays first in the table, the grid is not resampled
     assert torch.equal(ours[b + 'pos_embed'], src[b + 'pos_embed'])
-    assert torch.equal(ours[b + 'pos_embed'][:, 0],
-                       src[b + 'pos_embed'][:, 0])
+    assert torch.equal(ours[b + 'pos_embed'][:, 0], src[b + 'pos_embed'][:, 0])
     for i in range(depth):
         p = f'{b}blocks.{i}.'
         q, k, v = ours[p + 'attn.qkv.weight'].split(dims)
@@ -312,16 +327,17 @@ def test_values_land_where_they_should(path):
             assert torch.equal(ours[p + f'mlp.w3.{suffix}'],
                                src[p + f'mlp.w3.{suffix}'])
     for src_name, our_name in (('fpn1.0', 'levels.0.0'),
-                               ('fpn1.3', 'levels.0.3'),
-                               ('fpn2.0', 'levels.1.0')):
+                               ('fpn1.3', 'levels.0.3'), ('fpn2.0',
+                                                          'levels.1.0')):
         for suffix in ('weight', 'bias'):
             assert torch.equal(ours[f'neck.{our_name}.{suffix}'],
                                src[f'{b}{src_name}.{suffix}'])
     for suffix in BN_KEYS:
         assert torch.equal(ours[f'neck.levels.0.1.{suffix}'],
                            src[f'{b}fpn1.1.{suffix}'])
-    heads = [k for k in src if k.startswith(('decode_head.',
-                                             'auxiliary_head.'))]
+    heads = [
+        k for k in src if k.startswith(('decode_head.', 'auxiliary_head.'))
+    ]
     assert len(heads) == 2 + 4 * 6 + 6 + 3 * 12 + 6 + 6 + 2
     for key in heads:
         assert torch.equal(ours[key], src[key]), key
@@ -337,31 +353,36 @@ def reference_features(src, img, heads, out_indices):
     cls token concatenated first, the stored table added as is, RoPE on
     every token but the class token, global attention, SwiGLU with its
     LayerNorm, class token dropped before the pyramid."""
+
     def p(key):
         return src['backbone.' + key]
 
-    x = F.conv2d(img, p('patch_embed.proj.weight'),
-                 p('patch_embed.proj.bias'), stride=16)
+    x = F.conv2d(
+        img,
+        p('patch_embed.proj.weight'),
+        p('patch_embed.proj.bias'),
+        stride=16)
     batch, dims, rows, cols = x.shape
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([p('cls_token').expand(batch, -1, -1), x], 1)
     x = x + p('pos_embed')
     head_dim = dims // heads
     cos, sin = eva02_rope(rows, head_dim)
-    depth = 1 + max(int(k.split('.')[2]) for k in src
-                    if k.startswith('backbone.blocks.'))
+    depth = 1 + max(
+        int(k.split('.')[2]) for k in src if k.startswith('backbone.blocks.'))
     feats = []
     for i in range(depth):
+
         def w(key):
             return p(f'blocks.{i}.{key}')
 
-        h = F.layer_norm(x, (dims, ), w('norm1.weight'), w('norm1.bias'),
-                         1e-6)
+        h = F.layer_norm(x, (dims, ), w('norm1.weight'), w('norm1.bias'), 1e-6)
         q = F.linear(h, w('attn.q_proj.weight'), w('attn.q_bias'))
         k = F.linear(h, w('attn.k_proj.weight'))
         v = F.linear(h, w('attn.v_proj.weight'), w('attn.v_bias'))
-        q, k, v = (t.reshape(batch, -1, heads, head_dim).transpose(1, 2)
-                   for t in (q, k, v))
+        q, k, v = (
+            t.reshape(batch, -1, heads, head_dim).transpose(1, 2)
+            for t in (q, k, v))
         q = torch.cat(
             [q[:, :, :1], q[:, :, 1:] * cos + _rotate_half(q[:, :, 1:]) * sin],
             2)
@@ -371,29 +392,31 @@ def reference_features(src, img, heads, out_indices):
         attn = ((q * head_dim**-0.5) @ k.transpose(-2, -1)).softmax(-1)
         out = (attn @ v).transpose(1, 2).reshape(batch, -1, dims)
         x = x + F.linear(out, w('attn.proj.weight'), w('attn.proj.bias'))
-        h = F.layer_norm(x, (dims, ), w('norm2.weight'), w('norm2.bias'),
-                         1e-6)
+        h = F.layer_norm(x, (dims, ), w('norm2.weight'), w('norm2.bias'), 1e-6)
         hidden = F.silu(F.linear(h, w('mlp.w1.weight'), w('mlp.w1.bias'))) \
             * F.linear(h, w('mlp.w2.weight'), w('mlp.w2.bias'))
-        hidden = F.layer_norm(hidden, hidden.shape[-1:],
-                              w('mlp.ffn_ln.weight'), w('mlp.ffn_ln.bias'),
-                              1e-6)
+        hidden = F.layer_norm(hidden,
+                              hidden.shape[-1:], w('mlp.ffn_ln.weight'),
+                              w('mlp.ffn_ln.bias'), 1e-6)
         x = x + F.linear(hidden, w('mlp.w3.weight'), w('mlp.w3.bias'))
         if i in out_indices:
-            feats.append(x[:, 1:].transpose(1, 2).reshape(
-                batch, dims, rows, cols))
+            feats.append(x[:, 1:].transpose(1,
+                                            2).reshape(batch, dims, rows,
+                                                       cols))
 
     def convt(t, name):
-        return F.conv_transpose2d(t, p(f'{name}.weight'), p(f'{name}.bias'),
-                                  stride=2)
+        return F.conv_transpose2d(
+            t, p(f'{name}.weight'), p(f'{name}.bias'), stride=2)
 
     up4 = convt(feats[0], 'fpn1.0')
-    up4 = F.batch_norm(up4, p('fpn1.1.running_mean'),
-                       p('fpn1.1.running_var'), p('fpn1.1.weight'),
-                       p('fpn1.1.bias'), False, 0., 1e-5)
+    up4 = F.batch_norm(up4, p('fpn1.1.running_mean'), p('fpn1.1.running_var'),
+                       p('fpn1.1.weight'), p('fpn1.1.bias'), False, 0., 1e-5)
     up4 = convt(F.gelu(up4), 'fpn1.3')
-    return [up4, convt(feats[1], 'fpn2.0'), feats[2],
-            F.max_pool2d(feats[3], 2)]
+    return [
+        up4,
+        convt(feats[1], 'fpn2.0'), feats[2],
+        F.max_pool2d(feats[3], 2)
+    ]
 
 
 @pytest.mark.parametrize('path', sorted(RELEASED))
@@ -406,8 +429,8 @@ def test_converted_segmentor_equals_the_released_forward(path):
         ref = reference_features(src, img, heads, (0, 1, 2, 3))
     assert [tuple(o.shape) for o in ours] == [tuple(r.shape) for r in ref]
     for level, (a, b) in enumerate(zip(ours, ref)):
-        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (
-            level, (a - b).abs().max())
+        assert torch.allclose(
+            a, b, atol=1e-4, rtol=1e-4), (level, (a - b).abs().max())
 
 
 @pytest.mark.parametrize('path', sorted(RELEASED))
@@ -427,16 +450,16 @@ def test_converted_segmentor_predicts_and_apt_without_merging_agrees(path):
         k.startswith('backbone.apt_embed.') for k in result.missing_keys)
 
     image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
-    sample = SegDataSample(metainfo=dict(img_shape=(64, 96),
-                                         ori_shape=(64, 96)))
+    sample = SegDataSample(
+        metainfo=dict(img_shape=(64, 96), ori_shape=(64, 96)))
     batch = dict(inputs=[image], data_samples=[sample])
     with torch.no_grad():
         base_out = model.test_step(copy.deepcopy(batch))[0]
         apt_out = apt.test_step(copy.deepcopy(batch))[0]
     assert base_out.seg_logits.data.shape == (NUM_CLASSES, 64, 96)
     assert torch.isfinite(base_out.seg_logits.data).all()
-    assert torch.allclose(base_out.seg_logits.data, apt_out.seg_logits.data,
-                          atol=1e-4)
+    assert torch.allclose(
+        base_out.seg_logits.data, apt_out.seg_logits.data, atol=1e-4)
 
 
 # ------------------------------------------------------------ refusals
@@ -447,8 +470,10 @@ def _small_state(**kwargs):
 def test_bare_state_dict_and_module_prefix_are_accepted():
     state = _small_state()
     a, _, info = convert_eva02_seg_checkpoint(state)
-    b, _, _ = convert_eva02_seg_checkpoint(
-        {'module.' + k: v for k, v in state.items()})
+    b, _, _ = convert_eva02_seg_checkpoint({
+        'module.' + k: v
+        for k, v in state.items()
+    })
     c, _, _ = convert_eva02_seg_checkpoint(mmseg0_file(state))
     assert list(a) == list(b) == list(c)
     assert info.img_size == 32 and config_for(info) is None
@@ -472,8 +497,11 @@ def test_unknown_keys_are_refused_naming_the_layout(extra, match):
 
 
 def test_a_mim_backbone_is_refused_pointing_at_the_other_converter():
-    state = {k[len('backbone.'):]: v for k, v in _small_state().items()
-             if k.startswith('backbone.') and '.fpn' not in k}
+    state = {
+        k[len('backbone.'):]: v
+        for k, v in _small_state().items()
+        if k.startswith('backbone.') and '.fpn' not in k
+    }
     with pytest.raises(ConversionError, match='eva02_to_mmapt.py'):
         convert_eva02_seg_checkpoint(dict(module=state))
 
@@ -486,11 +514,13 @@ def test_mim_weights_with_the_class_token_initialise_the_seg_backbone():
     from mmapt.models import EVA02
     from mmapt.models.layers import resize_pos_embed
     from mmapt.utils import convert_eva02_state_dict
-    mim = {k[len('backbone.'):]: v
-           for k, v in released_state(32, 2, 2, 3, 16, 8).items()
-           if k.startswith('backbone.') and '.fpn' not in k}
-    out, dropped = convert_eva02_state_dict(dict(module=mim),
-                                            keep_cls_token=True)
+    mim = {
+        k[len('backbone.'):]: v
+        for k, v in released_state(32, 2, 2, 3, 16, 8).items()
+        if k.startswith('backbone.') and '.fpn' not in k
+    }
+    out, dropped = convert_eva02_state_dict(
+        dict(module=mim), keep_cls_token=True)
     assert 'cls_token' in out and not any('cls' in d for d in dropped)
     arch = dict(embed_dims=32, num_layers=2, num_heads=2, scale_mlp=True)
     seg = EVA02(arch=arch, img_size=64, use_cls_token=True, pos_embed_grid=4)
@@ -526,8 +556,7 @@ def test_position_table_without_class_row_is_refused():
 
 def _run_tool(argv, monkeypatch, capsys):
     """tools/model_converters/eva02_seg_to_mmapt.py in this process."""
-    path = osp.join(ROOT, 'tools', 'model_converters',
-                    'eva02_seg_to_mmapt.py')
+    path = osp.join(ROOT, 'tools', 'model_converters', 'eva02_seg_to_mmapt.py')
     spec = importlib.util.spec_from_file_location('eva02_seg_to_mmapt', path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
@@ -548,8 +577,10 @@ def test_cli_converts_and_refuses(tmp_path, monkeypatch, capsys):
     assert 'no shipped config' in out.err
 
     bad = tmp_path / 'bad.pth'
-    torch.save({'model': {'backbone.net.blocks.0.norm1.weight':
-                          torch.zeros(2)}}, bad)
+    torch.save(
+        {'model': {
+            'backbone.net.blocks.0.norm1.weight': torch.zeros(2)
+        }}, bad)
     code, out = _run_tool([str(bad), str(tmp_path / 'x.pth')], monkeypatch,
                           capsys)
     assert code == 1
@@ -607,8 +638,9 @@ def _small_config(tmp_path, name, root):
     """A config file: ``configs/NAME.py`` with a small architecture (the
     L-640 proportions) on the toy data."""
     path = tmp_path / f'{name}_small.py'
-    path.write_text(SMALL_640.format(
-        base=osp.join(ROOT, 'configs', f'{name}.py'), root=root))
+    path.write_text(
+        SMALL_640.format(
+            base=osp.join(ROOT, 'configs', f'{name}.py'), root=root))
     return str(path)
 
 
@@ -624,12 +656,16 @@ def converted_small(tmp_path_factory):
     from conftest import run_tool
     tmp = tmp_path_factory.mktemp('released_small')
     root = str(tmp / 'toy_ade')
-    run_tool(['tools/misc/make_toy_ade.py', root, '--num-train', '4',
-              '--num-val', '2'])
+    run_tool([
+        'tools/misc/make_toy_ade.py', root, '--num-train', '4', '--num-val',
+        '2'
+    ])
     src, ckpt = tmp / 'released.pth', tmp / 'converted.pth'
     torch.save(mmseg0_file(released_state(64, 4, 4, 4, 96, 96)), src)
-    run_tool(['tools/model_converters/eva02_seg_to_mmapt.py', str(src),
-              str(ckpt)])
+    run_tool(
+        ['tools/model_converters/eva02_seg_to_mmapt.py',
+         str(src),
+         str(ckpt)])
     return root, str(ckpt)
 
 
@@ -644,8 +680,11 @@ def test_tools_test_on_the_converted_baseline_and_apt(converted_small,
     for name in ('eva02_upernet_ade20k_large_640',
                  'apt_upernet_ade20k_large_640'):
         work_dir = tmp_path / name
-        proc = run_tool(['tools/test.py', _small_config(tmp_path, name, root),
-                         ckpt, '--work-dir', str(work_dir)])
+        proc = run_tool([
+            'tools/test.py',
+            _small_config(tmp_path, name, root), ckpt, '--work-dir',
+            str(work_dir)
+        ])
         log = proc.stdout + proc.stderr
         with open(work_dir / 'test_metrics.json') as f:
             metrics = json.load(f)
@@ -660,29 +699,31 @@ def test_tools_test_on_the_converted_baseline_and_apt(converted_small,
 
 
 @pytest.mark.slow
-def test_finetune_config_trains_from_the_converted_file(converted_small,
-                                                        tmp_path):
+def test_finetune_config_trains_from_the_converted_file(
+        converted_small, tmp_path):
     """docs/reproduce.md step 4: the L-640 APT fine-tune config starts from
     the converted file (its load_from) and trains (2 iterations here)."""
     from conftest import run_tool
     root, ckpt = converted_small
     # the config's own load_from, relative to the working directory
     (tmp_path / 'checkpoints').mkdir()
-    shutil.copy(ckpt, tmp_path / 'checkpoints' /
-                'eva02_L_ade_seg_upernet_sz640_mmapt.pth')
+    shutil.copy(
+        ckpt,
+        tmp_path / 'checkpoints' / 'eva02_L_ade_seg_upernet_sz640_mmapt.pth')
     config = _small_config(tmp_path, 'apt_upernet_ade20k_large_640_finetune',
                            root)
     work_dir = tmp_path / 'finetune'
     proc = run_tool([
-        'tools/train.py', config, '--work-dir', str(work_dir),
-        '--cfg-options', 'train_cfg.max_iters=2',
+        'tools/train.py', config, '--work-dir',
+        str(work_dir), '--cfg-options', 'train_cfg.max_iters=2',
         'train_cfg.val_interval=1000', 'default_hooks.checkpoint.interval=2',
         'default_hooks.logger.interval=1'
-    ], cwd=str(tmp_path))
+    ],
+                    cwd=str(tmp_path))
     log = proc.stdout + proc.stderr
     assert 'Load checkpoint from checkpoints/' \
         'eva02_L_ade_seg_upernet_sz640_mmapt.pth' in log
     missing = _missing_keys(log)
-    assert missing and all(k.startswith('backbone.apt_embed.')
-                           for k in missing)
+    assert missing and all(
+        k.startswith('backbone.apt_embed.') for k in missing)
     assert (work_dir / 'iter_2.pth').exists()

@@ -4,9 +4,10 @@ import torch
 
 pytest.importorskip('mmcv')
 
+from mmengine.registry import MODELS  # noqa: E402
+
 import mmapt.models.necks.ln2d  # noqa: E402,F401  (registers LN2d)
 from mmapt.models.necks.vit_pyramid import ViTPyramidNeck  # noqa: E402
-from mmengine.registry import MODELS  # noqa: E402
 
 
 def _inputs(n=4, batch=2, dim=32, h=6, w=10):
@@ -16,8 +17,7 @@ def _inputs(n=4, batch=2, dim=32, h=6, w=10):
 def test_default_pyramid_shapes_and_registry():
     neck = MODELS.build(dict(type='ViTPyramidNeck', embed_dim=32))
     outs = neck(_inputs())
-    assert [tuple(o.shape) for o in outs] == [(2, 32, 24, 40),
-                                              (2, 32, 12, 20),
+    assert [tuple(o.shape) for o in outs] == [(2, 32, 24, 40), (2, 32, 12, 20),
                                               (2, 32, 6, 10), (2, 32, 3, 5)]
 
 
@@ -28,14 +28,15 @@ def test_default_norm_is_ln2d_not_batchnorm():
     assert not any('BatchNorm' in k for k in kinds)
     # one sample of batch 1 works (a BN in train mode would fail on 1x1)
     neck.train()
-    outs = neck([torch.randn(1, 16, 1, 1) for _ in range(3)] +
-                [torch.randn(1, 16, 2, 2)])
+    outs = neck([torch.randn(1, 16, 1, 1)
+                 for _ in range(3)] + [torch.randn(1, 16, 2, 2)])
     assert outs[0].shape[-2:] == (4, 4)
 
 
 def test_stride4_level_is_two_deconvs_with_norm_between():
     neck = ViTPyramidNeck(
-        embed_dim=8, norm_cfg=dict(type='GN', num_groups=4),
+        embed_dim=8,
+        norm_cfg=dict(type='GN', num_groups=4),
         act_cfg=dict(type='ReLU'))
     level = neck.levels[0]
     names = [type(m).__name__ for m in level]

@@ -57,10 +57,9 @@ def test_all_expected_configs_exist():
     names = {osp.basename(p) for p in ADE_CONFIGS}
     assert names == {
         'apt_upernet_ade20k.py', 'eva02_upernet_ade20k.py',
-        'apt_upernet_ade20k_large_512.py',
-        'eva02_upernet_ade20k_large_512.py',
-        'apt_upernet_ade20k_large_640.py',
-        'eva02_upernet_ade20k_large_640.py', 'apt_upernet_ade20k_finetune.py',
+        'apt_upernet_ade20k_large_512.py', 'eva02_upernet_ade20k_large_512.py',
+        'apt_upernet_ade20k_large_640.py', 'eva02_upernet_ade20k_large_640.py',
+        'apt_upernet_ade20k_finetune.py',
         'apt_upernet_ade20k_large_512_finetune.py',
         'apt_upernet_ade20k_large_640_finetune.py'
     }
@@ -257,8 +256,8 @@ def test_finetune_is_five_percent_at_a_tenth_of_the_lr(name, released):
     assert ft.load_from == f'checkpoints/{released}_mmapt.pth'
     assert ft.model.backbone.init_cfg is None
     ft_dict, base_dict = ft.to_dict(), base.to_dict()
-    for key in ('load_from', 'optim_wrapper', 'param_scheduler',
-                'train_cfg', 'default_hooks', 'model'):
+    for key in ('load_from', 'optim_wrapper', 'param_scheduler', 'train_cfg',
+                'default_hooks', 'model'):
         ft_dict.pop(key, None), base_dict.pop(key, None)
     assert ft_dict == base_dict
 
@@ -355,7 +354,8 @@ def test_finetune_loads_a_baseline_segmentor_state_dict():
     _load_checkpoint_to_model(apt, checkpoint, strict=False)
     apt_state, base_state = apt.state_dict(), baseline.state_dict()
     missing = sorted(set(apt_state) - set(base_state))
-    assert missing and all(k.startswith('backbone.apt_embed.') for k in missing)
+    assert missing and all(
+        k.startswith('backbone.apt_embed.') for k in missing)
     assert not set(base_state) - set(apt_state)
     for key, value in base_state.items():
         assert torch.equal(apt_state[key], value), key

@@ -61,8 +61,10 @@ def trained(toy_root, tmp_path_factory):
         f'default_hooks.checkpoint.interval={ITERS}',
         'default_hooks.logger.interval=1', 'train_dataloader.batch_size=2'
     ])
-    return dict(work_dir=work_dir, log=proc.stdout + proc.stderr,
-                checkpoint=osp.join(work_dir, f'iter_{ITERS}.pth'))
+    return dict(
+        work_dir=work_dir,
+        log=proc.stdout + proc.stderr,
+        checkpoint=osp.join(work_dir, f'iter_{ITERS}.pth'))
 
 
 def test_make_toy_ade_layout_and_determinism(toy_root, tmp_path):
@@ -87,8 +89,8 @@ def test_make_toy_ade_layout_and_determinism(toy_root, tmp_path):
     ])
     for name in ('images/training/toy_000001.jpg',
                  'annotations/training/toy_000001.png'):
-        with open(osp.join(toy_root, name), 'rb') as f1, open(
-                osp.join(again, name), 'rb') as f2:
+        with open(osp.join(toy_root, name),
+                  'rb') as f1, open(osp.join(again, name), 'rb') as f2:
             assert f1.read() == f2.read()
 
 
@@ -125,9 +127,8 @@ def test_test_tool_writes_metrics_and_masks(trained, toy_root, tmp_path):
     assert metrics['tokens'] <= metrics['baseline_tokens']
     assert metrics['time_per_iter'] > 0
     written = sorted(glob.glob(osp.join(masks, '*.png')))
-    assert [osp.basename(p) for p in written] == [
-        'toy_000000.png', 'toy_000001.png'
-    ]
+    assert [osp.basename(p)
+            for p in written] == ['toy_000000.png', 'toy_000001.png']
 
 
 def _real_size_image(tmp_path):
@@ -200,9 +201,9 @@ def test_image_demo_on_a_segmentation_config(trained, tmp_path):
 def test_missing_data_root_is_a_clear_error(tmp_path):
     config = osp.join(ROOT, 'configs', 'apt_upernet_ade20k.py')
     proc = run_tool([osp.join(ROOT, 'tools', 'train.py'), config],
-                cwd=str(tmp_path),
-                check=False,
-                timeout=300)
+                    cwd=str(tmp_path),
+                    check=False,
+                    timeout=300)
     assert proc.returncode != 0
     err = proc.stderr
     assert 'FileNotFoundError' in err

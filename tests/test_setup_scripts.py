@@ -45,8 +45,7 @@ def test_cuda_home_of_torchs_cuda_version_is_taken(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == home
 
 
-@pytest.mark.parametrize('release, headers', [('9.9', True),
-                                              (None, False)])
+@pytest.mark.parametrize('release, headers', [('9.9', True), (None, False)])
 def test_wrong_version_or_no_headers_is_skipped(tmp_path, release, headers):
     home = fake_toolkit(tmp_path / 'cuda', release or torch.version.cuda,
                         headers)

@@ -22,8 +22,8 @@ def test_mmcv_ops_run_on_cpu():
 def _packaged_config(package: str, relative: str):
     from mmengine.config import Config
     module = __import__(package)
-    path = os.path.join(os.path.dirname(module.__file__), '.mim', 'configs',
-                        relative)
+    path = os.path.join(
+        os.path.dirname(module.__file__), '.mim', 'configs', relative)
     return Config.fromfile(path)
 
 
@@ -44,7 +44,8 @@ def test_mmseg_packaged_model_forward():
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     register_all_modules()
-    cfg = _packaged_config('mmseg', 'fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py')
+    cfg = _packaged_config('mmseg',
+                           'fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py')
     cfg.model.backbone.init_cfg = None
     cfg.model.pretrained = None
     # SyncBN needs a process group; plain BN runs anywhere.
@@ -58,8 +59,9 @@ def test_mmseg_packaged_model_forward():
 
 
 def test_import_mmapt_registers_modules():
-    import mmapt
     from mmengine.registry import MODELS
+
+    import mmapt
     assert mmapt.__version__
     for name in ('EVA02', 'APTEVA02'):
         if MODELS.get(name) is None:

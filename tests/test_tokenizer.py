@@ -49,7 +49,7 @@ def test_entropy_matches_numpy_histogram(bins, patch):
 def test_entropy_both_histogram_paths_agree():
     """bincount (few pairs) and sort (many pairs) give the same entropy."""
     gray = torch.rand(1, 32, 32) * 255
-    dense = patch_entropy(gray, 16, 64)   # 4 patches x 64 bins <= 1024 px
+    dense = patch_entropy(gray, 16, 64)  # 4 patches x 64 bins <= 1024 px
     sparse = patch_entropy(gray, 4, 512)  # 64 patches x 512 bins > 1024 px
     ref_dense = reference_entropy(gray[0].numpy(), 16, 64)
     ref_sparse = reference_entropy(gray[0].numpy(), 4, 512)
@@ -164,12 +164,11 @@ def test_window_order_matches_brute_force(seed):
         sl = slice(cu[i], cu[i + 1])
         b, wr, wc = key
         assert bool((layout.image_index[sl] == b).all())
-        assert bool((layout.window_index[sl] ==
-                     b * (height // window) * win_cols + wr * win_cols +
-                     wc).all())
+        assert bool((layout.window_index[sl] == b *
+                     (height // window) * win_cols + wr * win_cols + wc).all())
         cells = list(zip(layout.row[sl].tolist(), layout.col[sl].tolist()))
-        assert cells == sorted(cells, key=lambda rc: (rc[0] % window,
-                                                      rc[1] % window))
+        assert cells == sorted(
+            cells, key=lambda rc: (rc[0] % window, rc[1] % window))
     per_image = [0] + np.cumsum(layout.tokens_per_image.tolist()).tolist()
     assert layout.cu_seqlens_image.tolist() == per_image
     assert layout.max_seqlen_image == max(layout.tokens_per_image.tolist())
@@ -187,14 +186,14 @@ def test_pool_unpack_identities_and_gradients(seed):
     expected = (layout.side**2).float().unsqueeze(1).expand(-1, 5)
     torch.testing.assert_close(tokens.grad, expected)
 
-    grid = torch.randn(layout.batch_size, 5, *layout.grid_size,
-                       requires_grad=True)
+    grid = torch.randn(
+        layout.batch_size, 5, *layout.grid_size, requires_grad=True)
     pooled = layout.pool(grid)
     pooled.sum().backward()
     # Each cell contributes 1 / area of its token.
     area = (layout.side**2).float()[layout.cell_to_token]
-    torch.testing.assert_close(grid.grad, (1 / area).unsqueeze(1).expand_as(
-        grid))
+    torch.testing.assert_close(grid.grad,
+                               (1 / area).unsqueeze(1).expand_as(grid))
 
 
 def test_pool_shared_map_and_mean():
@@ -243,14 +242,17 @@ def test_bad_patch_sizes_raise():
 
 def test_image_size_not_divisible_names_the_fix():
     tok = PatchTokenizer(16, (2, 2, 0.3))
-    with pytest.raises(ValueError, match='multiple of 128.*pad_size_divisor=128'
-                       '.*size_divisor=128'):
+    with pytest.raises(
+            ValueError,
+            match='multiple of 128.*pad_size_divisor=128'
+            '.*size_divisor=128'):
         tok(torch.zeros(1, 3, 256, 200))
 
 
 def test_window_not_multiple_of_largest_patch_raises():
-    with pytest.raises(ValueError, match='multiple of the largest patch, 8 '
-                       'cells'):
+    with pytest.raises(
+            ValueError, match='multiple of the largest patch, 8 '
+            'cells'):
         PatchTokenizer(16, (2, 2, 0.3), window_size=12)
 
 

@@ -41,8 +41,8 @@ def test_slurm_train_builds_the_srun_command(fake_srun):
     script = args.index(osp.join(ROOT, 'tools', 'train.py'))
     # (run_tool makes the paths of repository files absolute)
     assert args[script + 1:script + 7] == [
-        osp.join(ROOT, 'configs/apt_vitdet_coco.py'), '--work-dir', 'work_dirs/x', '--amp',
-        '--launcher', 'slurm'
+        osp.join(ROOT, 'configs/apt_vitdet_coco.py'), '--work-dir',
+        'work_dirs/x', '--amp', '--launcher', 'slurm'
     ]
     assert f'PYTHONPATH={ROOT}' in proc.stdout
 
@@ -57,8 +57,8 @@ def test_slurm_test_passes_checkpoint_and_options(fake_srun):
     assert '--gres=gpu:4' in args and '--ntasks=4' in args
     script = args.index(osp.join(ROOT, 'tools', 'test.py'))
     assert args[script + 1:script + 6] == [
-        osp.join(ROOT, 'configs/apt_upernet_ade20k.py'), 'ckpt.pth', '--tta', '--launcher',
-        'slurm'
+        osp.join(ROOT, 'configs/apt_upernet_ade20k.py'), 'ckpt.pth', '--tta',
+        '--launcher', 'slurm'
     ]
     usage = run_tool(['tools/slurm_test.sh', 'part', 'job', 'cfg.py'],
                      check=False)
@@ -171,7 +171,8 @@ def test_test_py_tta_merges_augmented_predictions(toy_ade_cwd,
 def test_test_py_tta_needs_a_tta_config(toy_coco_cwd, tmp_path):
     ckpt = tmp_path / 'empty.pth'
     ckpt.write_bytes(b'')
-    proc = run_tool(['tools/test.py', TOY_APT_DET, str(ckpt), '--tta'],
+    proc = run_tool(['tools/test.py', TOY_APT_DET,
+                     str(ckpt), '--tta'],
                     cwd=str(toy_coco_cwd),
                     check=False)
     assert proc.returncode != 0

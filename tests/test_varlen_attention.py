@@ -20,8 +20,8 @@ def _reference(q, k, v, lengths):
         start += n
         if n == 0:
             continue
-        o = F.scaled_dot_product_attention(
-            *(t[sl].transpose(0, 1)[None] for t in (q, k, v)))
+        o = F.scaled_dot_product_attention(*(t[sl].transpose(0, 1)[None]
+                                             for t in (q, k, v)))
         outs.append(o[0].transpose(0, 1))
     return torch.cat(outs)
 
@@ -29,18 +29,25 @@ def _reference(q, k, v, lengths):
 def _inputs(total, heads=2, dim=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [
-        torch.randn(total, heads, dim, generator=gen, dtype=torch.float64,
-                    requires_grad=True) for _ in range(3)
+        torch.randn(
+            total,
+            heads,
+            dim,
+            generator=gen,
+            dtype=torch.float64,
+            requires_grad=True) for _ in range(3)
     ]
 
 
-@pytest.mark.parametrize('lengths', [
-    [1, 300, 7, 7, 150, 2, 64, 1, 33, 299, 5],  # ragged, 1..300
-    [17, 17, 17, 17],  # uniform: one reshaped call, no mask
-    [40, 0, 40, 3],  # an empty group
-    [250],  # a single group
-    [3, 4, 3, 4, 3, 4, 5, 6, 2, 1],  # many tiny groups: padded buckets
-])
+@pytest.mark.parametrize(
+    'lengths',
+    [
+        [1, 300, 7, 7, 150, 2, 64, 1, 33, 299, 5],  # ragged, 1..300
+        [17, 17, 17, 17],  # uniform: one reshaped call, no mask
+        [40, 0, 40, 3],  # an empty group
+        [250],  # a single group
+        [3, 4, 3, 4, 3, 4, 5, 6, 2, 1],  # many tiny groups: padded buckets
+    ])
 def test_forward_and_backward_match_per_sequence(lengths):
     q, k, v = _inputs(sum(lengths))
     cu = _cu(lengths)

@@ -101,9 +101,8 @@ def set_up_output(cfg: Config, out: str) -> None:
             raise ValueError('--out must be a .pkl file for detection')
         evaluator = cfg.test_evaluator
         evaluators = list(evaluator) if isinstance(evaluator,
-                                                   (list, tuple)) else [
-                                                       evaluator
-                                                   ]
+                                                   (list,
+                                                    tuple)) else [evaluator]
         evaluators.append(dict(type='DumpDetResults', out_file_path=out))
         cfg.test_evaluator = evaluators
     elif scope == 'mmseg':
@@ -131,17 +130,19 @@ def set_up_tta(cfg: Config, config_path: str) -> None:
 def collect_metrics(runner, metrics: dict) -> dict:
     """The evaluator's metrics plus token statistics and the mean time per
     test iteration (first iteration excluded: it includes warm-up)."""
-    result = {k: (float(v) if isinstance(v, (int, float)) else v)
-              for k, v in metrics.items()}
+    result = {
+        k: (float(v) if isinstance(v, (int, float)) else v)
+        for k, v in metrics.items()
+    }
     hub = runner.message_hub
     for key in ('tokens', 'baseline_tokens', 'keep_ratio'):
         if f'test/{key}' in hub.log_scalars:
             result[key] = float(hub.get_scalar(f'test/{key}').current())
     # e.g. 'cuda float16 features' (AmpTestLoop), else full precision
     loop = runner.test_loop
-    result['precision'] = getattr(loop, 'amp_used', None) or (
-        'float16 model (TestLoop fp16)' if getattr(loop, 'fp16', False) else
-        'fp32')
+    result['precision'] = getattr(
+        loop, 'amp_used', None) or ('float16 model (TestLoop fp16)' if getattr(
+            loop, 'fp16', False) else 'fp32')
     if 'test/time' in hub.log_scalars:
         times = hub.get_scalar('test/time').data[0]
         times = times[1:] if len(times) > 1 else times
@@ -153,8 +154,8 @@ def collect_metrics(runner, metrics: dict) -> dict:
 def main():
     args = parse_args()
     cfg = load_runner_config(args)
-    if not osp.isfile(args.checkpoint) and not args.checkpoint.startswith(
-            ('http://', 'https://')):
+    is_url = args.checkpoint.startswith(('http://', 'https://'))
+    if not osp.isfile(args.checkpoint) and not is_url:
         raise FileNotFoundError(f'checkpoint {args.checkpoint} not found')
     # A full checkpoint is loaded: the backbone's pretraining init is not.
     cfg.load_from = args.checkpoint

@@ -49,8 +49,9 @@ def main():
 
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
-            print_log('AMP training is already enabled in the config.',
-                      logger='current')
+            print_log(
+                'AMP training is already enabled in the config.',
+                logger='current')
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'

@@ -4,7 +4,8 @@
 # schedule of configs/apt_vitdet_coco_finetune.py.
 #   bash tools/misc/toy_det_quickstart.sh                       (baseline:
 #   CONFIG=configs/toy/toy_eva02_det.py bash tools/misc/toy_det_quickstart.sh)
-#   CONFIG=configs/toy/toy_apt_det_finetune.py bash tools/misc/toy_det_quickstart.sh
+#   CONFIG=configs/toy/toy_apt_det_finetune.py \
+#       bash tools/misc/toy_det_quickstart.sh
 #
 # Thresholds (1, 1, 0.3) instead of the paper's detection (2, 2, 0.3): on the
 # toy set, the trained baseline evaluated with APT and no fine-tuning keeps

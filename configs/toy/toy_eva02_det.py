@@ -77,8 +77,7 @@ model = dict(
         mask_roi_extractor=dict(
             type='SingleRoIExtractor',
             out_channels=channels,
-            roi_layer=dict(type='RoIAlign', output_size=14,
-                           sampling_ratio=2)),
+            roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=2)),
         mask_head=dict(
             in_channels=channels,
             conv_out_channels=channels,

@@ -97,8 +97,8 @@ def autocast_model(model: nn.Module,
                          f'{scope!r}')
     dtype = resolve_amp_dtype(dtype, device_type)
     if scope == 'features':
-        return _autocast_method(model, 'extract_feat', device_type, dtype,
-                                to_float=True)
+        return _autocast_method(
+            model, 'extract_feat', device_type, dtype, to_float=True)
     return torch.autocast(device_type, dtype=dtype)
 
 

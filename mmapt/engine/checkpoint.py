@@ -20,7 +20,8 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 @CheckpointLoader.register_scheme(prefixes='', force=True)
 def load_from_local(filename: str, map_location=None) -> dict:
-    """Load a local checkpoint file (mmengine's loader, ``weights_only=False``).
+    """Load a local checkpoint file (mmengine's loader,
+    ``weights_only=False``).
 
     Args:
         filename (str): Path of the checkpoint (``~`` is expanded).

@@ -13,7 +13,7 @@ from mmengine.registry import HOOKS
 from torch.utils.hooks import RemovableHandle
 
 from mmapt.models.backbones.token_observer import (TokenCounter,
-                                                  is_token_observable)
+                                                   is_token_observable)
 
 STAT_KEYS = ('tokens', 'baseline_tokens', 'keep_ratio')
 
@@ -140,15 +140,18 @@ class TokenStatsHook(Hook):
             self._handle.remove()
             self._handle, self._observed = None, None
 
-    def before_train_iter(self, runner, batch_idx: int,
+    def before_train_iter(self,
+                          runner,
+                          batch_idx: int,
                           data_batch=None) -> None:
         self._start_iter(runner)
 
-    def before_val_iter(self, runner, batch_idx: int,
-                        data_batch=None) -> None:
+    def before_val_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         self._start_iter(runner)
 
-    def before_test_iter(self, runner, batch_idx: int,
+    def before_test_iter(self,
+                         runner,
+                         batch_idx: int,
                          data_batch=None) -> None:
         self._start_iter(runner)
 

@@ -116,13 +116,14 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         return backbone
 
     def _custom_mults(self, name: str) -> Tuple[float, float, Optional[str]]:
-        custom_keys: Dict[str, dict] = self.paramwise_cfg.get(
-            'custom_keys', {})
+        custom_keys: Dict[str,
+                          dict] = self.paramwise_cfg.get('custom_keys', {})
         for key in sorted(sorted(custom_keys), key=len, reverse=True):
             if key in name:
                 cfg = custom_keys[key]
-                return (float(cfg.get('lr_mult', 1.0)),
-                        float(cfg.get('decay_mult', 1.0)), key)
+                return (float(cfg.get('lr_mult',
+                                      1.0)), float(cfg.get('decay_mult',
+                                                           1.0)), key)
         return 1.0, 1.0, None
 
     def _no_decay(self, name: str, param: nn.Parameter) -> bool:

@@ -97,8 +97,7 @@ def missing_data_paths(cfg: Config, splits: Tuple[str, ...]) -> List[str]:
     return missing
 
 
-def check_data(cfg: Config, config_path: str, splits: Tuple[str,
-                                                            ...]) -> None:
+def check_data(cfg: Config, config_path: str, splits: Tuple[str, ...]) -> None:
     """Raise ``FileNotFoundError`` naming the config, the missing paths, the
     expected layout and the toy-data command when a data set is missing."""
     missing = missing_data_paths(cfg, splits)
@@ -128,8 +127,7 @@ def _local_missing(path: Optional[str]) -> bool:
         not osp.isfile(path)
 
 
-def check_checkpoints(cfg: Config, config_path: str,
-                      check_init: bool) -> None:
+def check_checkpoints(cfg: Config, config_path: str, check_init: bool) -> None:
     """Raise ``FileNotFoundError`` when ``load_from`` or (with
     ``check_init``) a ``Pretrained`` init checkpoint of the backbone is a
     local file that does not exist."""
@@ -226,9 +224,8 @@ def load_runner_config(args) -> Config:
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join(
-            './work_dirs',
-            osp.splitext(osp.basename(args.config))[0])
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
     return cfg
 
 

@@ -39,8 +39,9 @@ def images_to_gray(images: Tensor, mean: Sequence[float],
     # only new buffer is one (B, H, W) float map.
     gray = images[:, 0].float() * (GRAY_WEIGHTS[0] * std[0])
     for channel in (1, 2):
-        gray.add_(images[:, channel].float(),
-                  alpha=GRAY_WEIGHTS[channel] * std[channel])
+        gray.add_(
+            images[:, channel].float(),
+            alpha=GRAY_WEIGHTS[channel] * std[channel])
     gray.add_(sum(w * m for w, m in zip(GRAY_WEIGHTS, mean)))
     return gray.clamp_(0.0, 255.0)
 
@@ -56,7 +57,8 @@ def intensity_bins(gray: Tensor, num_bins: int) -> Tensor:
     return bins.clamp_(0, num_bins - 1)
 
 
-def patch_entropy(gray: Tensor, patch_size: int,
+def patch_entropy(gray: Tensor,
+                  patch_size: int,
                   num_bins: int = 512) -> Tensor:
     """Shannon entropy (bits) of the intensity histogram of every patch.
 
@@ -75,13 +77,16 @@ def patch_entropy(gray: Tensor, patch_size: int,
         float32, in [0, log2(min(num_bins, patch_size**2))].
     """
     if gray.dim() != 3:
-        raise ValueError(f'gray must have shape (B, H, W), got {tuple(gray.shape)}')
+        raise ValueError(
+            f'gray must have shape (B, H, W), got {tuple(gray.shape)}')
     if num_bins < 1:
-        raise ValueError(f'num_bins must be a positive integer, got {num_bins}')
+        raise ValueError(
+            f'num_bins must be a positive integer, got {num_bins}')
     batch, height, width = gray.shape
     if height % patch_size or width % patch_size:
-        raise ValueError(f'image size {height}x{width} is not divisible by the '
-                         f'patch size {patch_size}')
+        raise ValueError(
+            f'image size {height}x{width} is not divisible by the '
+            f'patch size {patch_size}')
     rows, cols = height // patch_size, width // patch_size
     num_patches = batch * rows * cols
     area = patch_size * patch_size
@@ -94,12 +99,13 @@ def patch_entropy(gray: Tensor, patch_size: int,
         raise ValueError(f'{num_patches} patches x {num_bins} bins overflow '
                          'the int32 histogram keys; use fewer bins or images')
     patch_ids = torch.arange(
-        num_patches, dtype=torch.int32, device=gray.device).view(
-            batch, rows, 1, cols, 1)
+        num_patches, dtype=torch.int32,
+        device=gray.device).view(batch, rows, 1, cols, 1)
     keys = bins.add_(patch_ids * num_bins).reshape(-1)
 
     if num_patches * num_bins <= keys.numel():
-        # Few (patch, bin) pairs: a dense histogram is no larger than the image.
+        # Few (patch, bin) pairs: a dense histogram is no larger than the
+        # image.
         counts = torch.bincount(keys, minlength=num_patches * num_bins)
         del keys
         patch_of_count = None

@@ -111,14 +111,15 @@ class PatchLayout:
     def centers(self) -> Tensor:
         """(N, 2) float (row, col) token centres in cell units."""
         half = (self.side.float() - 1) / 2
-        return torch.stack([self.row.float() + half, self.col.float() + half],
+        return torch.stack([self.row.float() + half,
+                            self.col.float() + half],
                            dim=1)
 
     def window_origin(self) -> Tensor:
         """(N, 2) long top-left cell of each token's window (0 without)."""
         if self.window_size is None:
-            return torch.zeros(self.num_tokens, 2, dtype=torch.long,
-                               device=self.row.device)
+            return torch.zeros(
+                self.num_tokens, 2, dtype=torch.long, device=self.row.device)
         ws = self.window_size
         return torch.stack([self.row // ws * ws, self.col // ws * ws], dim=1)
 
@@ -131,8 +132,8 @@ class PatchLayout:
         self._check_tokens(tokens)
         height, width = self.grid_size
         dense = tokens.index_select(0, self.cell_to_token.reshape(-1))
-        return dense.view(self.batch_size, height, width, -1).permute(
-            0, 3, 1, 2)
+        return dense.view(self.batch_size, height, width,
+                          -1).permute(0, 3, 1, 2)
 
     def pool(self, dense: Tensor) -> Tensor:
         """Dense map (B or 1, C, Hc, Wc) -> content tokens (N, C).
@@ -159,16 +160,19 @@ class PatchLayout:
                 dense, factor, factor)
             rows_s, cols_s = height >> scale, width >> scale
             images = 0 if shared else self.image_index[index]
-            flat_index = (images * rows_s + (self.row[index] >> scale)) * cols_s \
-                + (self.col[index] >> scale)
+            row_in_scale = self.row[index] >> scale
+            col_in_scale = self.col[index] >> scale
+            flat_index = (images * rows_s + row_in_scale) * cols_s \
+                + col_in_scale
             flat = pooled.permute(0, 2, 3, 1).reshape(-1, dense.shape[1])
             out = out.index_copy(0, index, flat.index_select(0, flat_index))
         return out
 
     def _check_tokens(self, tokens: Tensor) -> None:
         if tokens.dim() != 2 or tokens.shape[0] != self.num_packed:
-            raise ValueError(f'expected packed tokens of shape '
-                             f'({self.num_packed}, C), got {tuple(tokens.shape)}')
+            raise ValueError(
+                f'expected packed tokens of shape '
+                f'({self.num_packed}, C), got {tuple(tokens.shape)}')
 
 
 def select_patches(entropies: Sequence[Tensor], thresholds: Sequence[float],
@@ -221,7 +225,8 @@ def _upsample2(mask: Tensor) -> Tensor:
     return mask.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
 
 
-def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
+def build_layout(keep_masks: Sequence[Tensor],
+                 grid_size: Tuple[int, int],
                  window_size: Optional[int] = None,
                  num_prefix_tokens: int = 0) -> PatchLayout:
     """Pack the selected patches of every scale into one ordered sequence.
@@ -281,8 +286,8 @@ def build_layout(keep_masks: Sequence[Tensor], grid_size: Tuple[int, int],
     side = 1 << scale_index
 
     tokens_per_image = torch.bincount(image_index, minlength=batch)
-    tokens_per_window = torch.bincount(window_index,
-                                       minlength=batch * win_rows * win_cols)
+    tokens_per_window = torch.bincount(
+        window_index, minlength=batch * win_rows * win_cols)
 
     cell_to_token = _cell_to_token(keep_masks, order, grid_size)
     prefix = _prefix_positions(image_index, tokens_per_image,
@@ -334,17 +339,19 @@ def _prefix_positions(image_index: Tensor, tokens_per_image: Tensor,
     content_index = torch.arange(image_index.numel(), device=device) + \
         (image_index + 1) * num_prefix
     starts = _cu_seqlens(tokens_per_image + num_prefix)[:-1].long()
-    prefix_index = (starts[:, None] + torch.arange(
-        num_prefix, device=device)).reshape(-1)
+    prefix_index = (starts[:, None] +
+                    torch.arange(num_prefix, device=device)).reshape(-1)
     images = torch.arange(batch, device=device)
-    packed_image_index = torch.repeat_interleave(
-        images, tokens_per_image + num_prefix)
+    packed_image_index = torch.repeat_interleave(images,
+                                                 tokens_per_image + num_prefix)
     windows = tokens_per_window.view(batch, -1)
     tokens_per_window = torch.cat(
         [windows.new_full((batch, 1), num_prefix), windows], 1).reshape(-1)
-    return dict(content_index=content_index, prefix_index=prefix_index,
-                packed_image_index=packed_image_index,
-                tokens_per_window=tokens_per_window)
+    return dict(
+        content_index=content_index,
+        prefix_index=prefix_index,
+        packed_image_index=packed_image_index,
+        tokens_per_window=tokens_per_window)
 
 
 def _cell_to_token(keep_masks: Sequence[Tensor], order: Tensor,
@@ -354,8 +361,8 @@ def _cell_to_token(keep_masks: Sequence[Tensor], order: Tensor,
     packed_position = torch.empty_like(order)
     packed_position[order] = torch.arange(order.numel(), device=order.device)
     batch = keep_masks[0].shape[0]
-    cell_to_token = torch.zeros(batch, *grid_size, dtype=torch.long,
-                                device=order.device)
+    cell_to_token = torch.zeros(
+        batch, *grid_size, dtype=torch.long, device=order.device)
     start = 0
     for scale, mask in enumerate(keep_masks):
         count = int(mask.sum())

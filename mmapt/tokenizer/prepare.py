@@ -125,8 +125,9 @@ def prepare_view(image: np.ndarray,
     if crop:
         return to_crop(image, crop)
     pad_h, pad_w = -image.shape[0] % multiple, -image.shape[1] % multiple
-    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)),
-                  constant_values=CANVAS_PAD_VALUE)
+    return np.pad(
+        image, ((0, pad_h), (0, pad_w), (0, 0)),
+        constant_values=CANVAS_PAD_VALUE)
 
 
 def tokenizer_and_images(path: str, patch_sizes: Sequence[int],
@@ -136,6 +137,6 @@ def tokenizer_and_images(path: str, patch_sizes: Sequence[int],
 
     Raises ValueError / FileNotFoundError with the message a tool prints.
     """
-    tokenizer = PatchTokenizer(patch_sizes[0], thresholds, num_bins,
-                               patch_sizes=patch_sizes)
+    tokenizer = PatchTokenizer(
+        patch_sizes[0], thresholds, num_bins, patch_sizes=patch_sizes)
     return tokenizer, list_images(path)

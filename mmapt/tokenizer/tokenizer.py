@@ -1,4 +1,5 @@
-"""PatchTokenizer: images -> PatchLayout (entropy maps + quadtree selection)."""
+"""PatchTokenizer: images -> PatchLayout (entropy maps + quadtree
+selection)."""
 import math
 import numbers
 from typing import Optional, Sequence, Tuple
@@ -33,8 +34,8 @@ def check_thresholds(thresholds: Sequence[float],
     expected_form = ('one number per patch scale above the base, e.g. '
                      '(2, 2, 0.3) for patch sizes 16/32/64/128; -1 disables '
                      'a scale')
-    if isinstance(thresholds, (str, bytes)) or not isinstance(
-            thresholds, Sequence):
+    if isinstance(thresholds,
+                  (str, bytes)) or not isinstance(thresholds, Sequence):
         raise ValueError(f'thresholds must be a sequence: {expected_form}; '
                          f'got {thresholds!r}')
     values = []
@@ -113,12 +114,14 @@ class PatchTokenizer:
         largest_cells = 2**(self.num_scales - 1)
         if window_size is not None and window_size != 0:
             if window_size < 0 or window_size % largest_cells:
+                suggested = max(largest_cells,
+                                window_size // largest_cells * largest_cells)
                 raise ValueError(
                     f'window_size {window_size} (in {patch_size}-px cells) '
                     f'must be a multiple of the largest patch, '
                     f'{largest_cells} cells ({self.largest_patch} px), so no '
                     f'patch straddles two windows; e.g. window_size='
-                    f'{max(largest_cells, window_size // largest_cells * largest_cells)}')
+                    f'{suggested}')
             self.window_size: Optional[int] = window_size
         else:
             self.window_size = None
@@ -173,12 +176,13 @@ class PatchTokenizer:
         self.check_input_size(height, width)
         grid = (height // self.patch_size, width // self.patch_size)
         if self.can_merge:
-            masks = select_patches(self.entropy_maps(images), self.thresholds,
-                                   grid)
+            masks = select_patches(
+                self.entropy_maps(images), self.thresholds, grid)
         else:  # "APT off" costs no tokenizer time: the plain grid.
             masks = [
                 images.new_full((images.shape[0], grid[0] >> i, grid[1] >> i),
-                                i == 0, dtype=torch.bool)
+                                i == 0,
+                                dtype=torch.bool)
                 for i in range(self.num_scales)
             ]
         return build_layout(masks, grid, self.window_size,

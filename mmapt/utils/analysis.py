@@ -30,7 +30,8 @@ def load_config(path: str, options: Optional[dict] = None):
     return cfg
 
 
-def load_config_pair(apt_path: str, base_path: str,
+def load_config_pair(apt_path: str,
+                     base_path: str,
                      options: Optional[dict] = None):
     """Both configs and the model registry of their (common) scope."""
     apt_cfg = load_config(apt_path, options)
@@ -64,12 +65,13 @@ def test_pipeline(cfg) -> list:
         cfg.test_dataloader.dataset.pipeline
     return [
         copy.deepcopy(t) for t in pipeline
-        if not t['type'].startswith('LoadAnnotations') and
-        t['type'] != 'LoadSegAnnotations'
+        if not t['type'].startswith('LoadAnnotations')
+        and t['type'] != 'LoadSegAnnotations'
     ]
 
 
-def image_paths(images: str, num: Optional[int] = None,
+def image_paths(images: str,
+                num: Optional[int] = None,
                 img_prefix: Optional[str] = None) -> List[str]:
     """A folder or file of images, or a COCO-style annotation JSON (its
     ``images[].file_name`` under ``img_prefix``, default the JSON's
@@ -89,7 +91,9 @@ def image_paths(images: str, num: Optional[int] = None,
     return paths
 
 
-def build_model_pair(apt_cfg, base_cfg, registry,
+def build_model_pair(apt_cfg,
+                     base_cfg,
+                     registry,
                      checkpoint: Optional[str] = None,
                      seed: int = 0) -> Tuple[nn.Module, nn.Module]:
     """``(apt, baseline)`` in eval mode, holding the same weights.
@@ -122,8 +126,10 @@ def build_model_pair(apt_cfg, base_cfg, registry,
             logger.setLevel(level)
         source, target = baseline, apt
     result = target.load_state_dict(source.state_dict(), strict=False)
-    extra = [k for k in result.missing_keys + result.unexpected_keys
-             if '.apt_embed.' not in k]
+    extra = [
+        k for k in result.missing_keys + result.unexpected_keys
+        if '.apt_embed.' not in k
+    ]
     if extra:
         raise SystemExit('the two configs do not describe the same model '
                          f'apart from APT: {extra[:5]}')

@@ -106,11 +106,11 @@ def split_block_keys(
 
 
 def convert_eva02_state_dict(
-        checkpoint: dict,
-        patch_size: Optional[int] = None,
-        img_size: Optional[int] = None,
-        kernel_resize: str = 'bicubic',
-        keep_cls_token: bool = False
+    checkpoint: dict,
+    patch_size: Optional[int] = None,
+    img_size: Optional[int] = None,
+    kernel_resize: str = 'bicubic',
+    keep_cls_token: bool = False
 ) -> Tuple['OrderedDict[str, Tensor]', List[str]]:
     """Map an official or timm EVA-02 state dict to mmapt's ``EVA02`` names.
 
@@ -195,8 +195,8 @@ def _square_side(length: int) -> int:
 
 
 def _convert_block(
-    block: Dict[str, Tensor]
-) -> Tuple[Dict[str, Tensor], List[str], List[str]]:
+    block: Dict[str,
+                Tensor]) -> Tuple[Dict[str, Tensor], List[str], List[str]]:
     """One block's keys -> (converted, dropped, unknown)."""
     src = dict(block)
     out: Dict[str, Tensor] = {}
@@ -247,10 +247,9 @@ def _convert_block(
         elif f'mlp.fc1.{suffix}' in src:
             out[f'mlp.w12.{suffix}'] = take(f'mlp.fc1.{suffix}')
         elif f'mlp.w1.{suffix}' in src:
-            out[f'mlp.w12.{suffix}'] = torch.cat([
-                take(f'mlp.w1.{suffix}'),
-                _require(src, f'mlp.w2.{suffix}')
-            ])
+            out[f'mlp.w12.{suffix}'] = torch.cat(
+                [take(f'mlp.w1.{suffix}'),
+                 _require(src, f'mlp.w2.{suffix}')])
         elif f'mlp.fc1_g.{suffix}' in src:
             out[f'mlp.w12.{suffix}'] = torch.cat([
                 take(f'mlp.fc1_g.{suffix}'),

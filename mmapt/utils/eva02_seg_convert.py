@@ -75,7 +75,8 @@ class SegModelInfo(NamedTuple):
 
 # The released models and the configs they load into (shapes -> config).
 RELEASED_CONFIGS = {
-    SegModelInfo(768, 12, 32, 768, 256): 'configs/eva02_upernet_ade20k.py',
+    SegModelInfo(768, 12, 32, 768, 256):
+    'configs/eva02_upernet_ade20k.py',
     SegModelInfo(1024, 24, 32, 1024, 256):
     'configs/eva02_upernet_ade20k_large_512.py',
     SegModelInfo(1024, 24, 40, 1536, 1536):
@@ -167,15 +168,19 @@ def convert_eva02_seg_checkpoint(
         except ConversionError as err:
             raise ConversionError(f'{prefix}*: {err}') from None
         out.update((prefix + k, v) for k, v in converted.items())
-        dropped += [f'{prefix}{k} (RoPE table, recomputed by mmapt)'
-                    for k in block_dropped]
+        dropped += [
+            f'{prefix}{k} (RoPE table, recomputed by mmapt)'
+            for k in block_dropped
+        ]
         unknown += [prefix + k for k in block_unknown]
     if unknown:
         raise ConversionError(
             f'expected {EXPECTED_SEG}; these keys have no mmapt equivalent: '
             f'{unknown[:10]}{" ..." if len(unknown) > 10 else ""}')
-    missing = [f'neck.levels.0.{i}.weight' for i in ('0', '1', '3')
-               if f'neck.levels.0.{i}.weight' not in out]
+    missing = [
+        f'neck.levels.0.{i}.weight' for i in ('0', '1', '3')
+        if f'neck.levels.0.{i}.weight' not in out
+    ]
     if missing or 'neck.levels.1.0.weight' not in out:
         raise ConversionError(f'expected {EXPECTED_SEG}; the pyramid '
                               "'backbone.fpn1.{0,1,3}' / 'backbone.fpn2.0' "
@@ -216,12 +221,13 @@ def _read_info(state: Dict[str, Tensor], num_layers: int) -> SegModelInfo:
         aux_channels=state['auxiliary_head.conv_seg.weight'].shape[1])
 
 
-def eva02_rope_table(grid: int, head_dim: int,
+def eva02_rope_table(grid: int,
+                     head_dim: int,
                      ref_grid: int = ROPE_REF_GRID) -> Tuple[Tensor, Tensor]:
     """EVA-02's flattened ``(grid*grid, head_dim)`` cos and sin tables, as
     mmapt computes them (interleaved pairs, row frequencies first)."""
-    table = RotaryEmbedding2D(head_dim, ref_grid).grid(
-        grid, grid, torch.device('cpu'))
+    table = RotaryEmbedding2D(head_dim, ref_grid).grid(grid, grid,
+                                                       torch.device('cpu'))
     return (table.real.repeat_interleave(2, -1),
             table.imag.repeat_interleave(2, -1))
 

@@ -79,8 +79,8 @@ def count_flops(model: nn.Module) -> Iterator[Dict[str, float]]:
         raise RuntimeError('cannot find the backbone among the counted '
                            f'modules {list(per_module)[:8]}')
     ops = per_module[keys[0]]
-    dropped = sum(n for op, n in ops.items()
-                  if any(a in str(op) for a in _ATTENTION_OPS))
+    dropped = sum(n for op, n in ops.items() if any(
+        a in str(op) for a in _ATTENTION_OPS))
     result.update(
         backbone=sum(ops.values()) - dropped + attention.flops,
         attention=attention.flops,

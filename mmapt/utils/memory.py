@@ -13,8 +13,9 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
 
-def peak_memory_mib(call: Callable[[], object],
-                    device: torch.device = torch.device('cpu')) -> float:
+def peak_memory_mib(
+    call: Callable[[], object], device: torch.device = torch.device('cpu')
+) -> float:
     """Peak extra memory (MiB) while ``call`` runs.
 
     CUDA: ``max_memory_allocated`` above what was allocated before. CPU: the

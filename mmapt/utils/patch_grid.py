@@ -51,9 +51,10 @@ def tokenizer_from_config(cfg: Config) -> PatchTokenizer:
         std=pre.get('std', (58.395, 57.12, 57.375)))
 
 
-def draw_patch_grid(inputs: torch.Tensor, tokenizer: PatchTokenizer,
-                    min_side: int = 512
-                    ) -> Tuple[np.ndarray, str, PatchLayout]:
+def draw_patch_grid(
+        inputs: torch.Tensor,
+        tokenizer: PatchTokenizer,
+        min_side: int = 512) -> Tuple[np.ndarray, str, PatchLayout]:
     """Tokenize one normalised image (1, 3, H, W) and draw its patches.
 
     Returns:
@@ -73,24 +74,23 @@ def draw_patch_grid(inputs: torch.Tensor, tokenizer: PatchTokenizer,
     scale = max(1, min_side // max(canvas.shape[:2]))
     canvas = np.ascontiguousarray(
         cv2.resize(
-            canvas, None, fx=scale, fy=scale,
-            interpolation=cv2.INTER_NEAREST))
+            canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
     p = tokenizer.patch_size * scale
     rows = layout.row.tolist()
     cols = layout.col.tolist()
     sides = layout.side.tolist()
     scales = layout.scale_index.tolist()
     # Base patches first, so larger ones are drawn on top.
-    for r, c, s, k in sorted(zip(rows, cols, sides, scales),
-                             key=lambda t: t[3]):
+    for r, c, s, k in sorted(
+            zip(rows, cols, sides, scales), key=lambda t: t[3]):
         color = SCALE_COLORS[min(k, len(SCALE_COLORS) - 1)]
         cv2.rectangle(canvas, (c * p, r * p),
                       (c * p + s * p - 1, r * p + s * p - 1), color,
                       1 if k == 0 else 2)
     tokens = int(layout.num_tokens)
     baseline = layout.grid_size[0] * layout.grid_size[1]
-    counts = np.bincount(np.asarray(scales, dtype=np.int64),
-                         minlength=tokenizer.num_scales)
+    counts = np.bincount(
+        np.asarray(scales, dtype=np.int64), minlength=tokenizer.num_scales)
     per_scale = ' '.join(f'{sz}px:{n}'
                          for sz, n in zip(tokenizer.patch_sizes, counts))
     caption = (f'{tokens} tokens / {baseline} ({tokens / baseline:.0%}); '
@@ -105,8 +105,8 @@ def caption_bar(img: np.ndarray, text: str) -> np.ndarray:
     while scale > 0.25 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX,
                                            scale, 1)[0][0] > img.shape[1] - 8:
         scale -= 0.05
-    cv2.putText(bar, text, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(bar, text, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+                1, cv2.LINE_AA)
     return np.concatenate([bar, img], axis=0)
 
 
@@ -115,8 +115,10 @@ def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
     def fit(img):
         w = max(1, round(img.shape[1] * height / img.shape[0]))
-        return cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA
-                          if img.shape[0] > height else cv2.INTER_NEAREST)
+        return cv2.resize(
+            img, (w, height),
+            interpolation=cv2.INTER_AREA
+            if img.shape[0] > height else cv2.INTER_NEAREST)
 
     gap = np.full((height, 8, 3), 255, dtype=np.uint8)
     return np.concatenate([fit(left), gap, fit(right)], axis=1)

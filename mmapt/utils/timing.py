@@ -17,10 +17,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object],
-              device: torch.device,
-              clock: Callable[[], float] = time.perf_counter
-              ) -> Tuple[float, object]:
+def time_call(
+        fn: Callable[[], object],
+        device: torch.device,
+        clock: Callable[[],
+                        float] = time.perf_counter) -> Tuple[float, object]:
     """``(milliseconds, result)`` of one call: CUDA events on a GPU, else
     ``clock`` (wall clock, or ``time.process_time`` for CPU time)."""
     if device.type == 'cuda':
@@ -80,8 +81,9 @@ class StageTimer:
                 (elapsed - frame[1]) * 1e3
 
     @contextmanager
-    def attach(self, stages: Sequence[Tuple[str, object, str]]
-               ) -> Iterator['StageTimer']:
+    def attach(
+            self, stages: Sequence[Tuple[str, object,
+                                         str]]) -> Iterator['StageTimer']:
         """Time ``getattr(owner, attr)`` as stage ``name`` for each
         ``(name, owner, attr)``; owners may be modules (``'forward'``),
         objects or classes. Missing attributes are skipped."""
@@ -100,6 +102,7 @@ class StageTimer:
 
                 def wrapper(*args, _name=name, _fn=inner, **kwargs):
                     return self._run(_name, _fn, *args, **kwargs)
+
             setattr(owner, attr, wrapper)
             restore.append((owner, attr, original))
         try:

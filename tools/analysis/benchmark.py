@@ -66,50 +66,78 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='APT config')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint (optional)')
-    parser.add_argument('--compare', required=True,
-                        help='baseline config (the plain model)')
-    parser.add_argument('--images', required=True,
-                        help='folder of images, one image, or a COCO-style '
-                        'annotation JSON (its images[].file_name, relative '
-                        'to --img-prefix)')
-    parser.add_argument('--img-prefix', default=None,
-                        help='folder of the JSON\'s images (default: the '
-                        'JSON\'s folder)')
+    parser.add_argument(
+        '--compare', required=True, help='baseline config (the plain model)')
+    parser.add_argument(
+        '--images',
+        required=True,
+        help='folder of images, one image, or a COCO-style '
+        'annotation JSON (its images[].file_name, relative '
+        'to --img-prefix)')
+    parser.add_argument(
+        '--img-prefix',
+        default=None,
+        help='folder of the JSON\'s images (default: the '
+        'JSON\'s folder)')
     parser.add_argument('--num-images', type=int, default=5)
-    parser.add_argument('--repeat', type=int, default=2,
-                        help='timed runs per image and arm')
-    parser.add_argument('--warmup', type=int, default=1,
-                        help='untimed runs per arm, on the first image')
+    parser.add_argument(
+        '--repeat', type=int, default=2, help='timed runs per image and arm')
+    parser.add_argument(
+        '--warmup',
+        type=int,
+        default=1,
+        help='untimed runs per arm, on the first image')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32',
-                        help='autocast dtype (fp32: none)')
-    parser.add_argument('--baseline-pad', choices=['config', 'window'],
-                        default='config',
-                        help='window: also time the baseline padded only to '
-                        'the next window multiple (detection)')
-    parser.add_argument('--padding-free', action='store_true',
-                        help='also time APT padded only to its largest '
-                        'patch (windows partial at the border; detection)')
-    parser.add_argument('--flops', action='store_true',
-                        help='also count FLOPs (mmapt.utils.flops) in the '
-                        'first timed run of every image and arm; its '
-                        'per-op bookkeeping adds well under 1%% to a CPU '
-                        'forward at 1536, more on a GPU')
-    parser.add_argument('--no-split', action='store_true',
-                        help='no per-stage split (no synchronisation at stage '
-                        'boundaries on CUDA)')
+    parser.add_argument(
+        '--dtype',
+        choices=sorted(DTYPES),
+        default='fp32',
+        help='autocast dtype (fp32: none)')
+    parser.add_argument(
+        '--baseline-pad',
+        choices=['config', 'window'],
+        default='config',
+        help='window: also time the baseline padded only to '
+        'the next window multiple (detection)')
+    parser.add_argument(
+        '--padding-free',
+        action='store_true',
+        help='also time APT padded only to its largest '
+        'patch (windows partial at the border; detection)')
+    parser.add_argument(
+        '--flops',
+        action='store_true',
+        help='also count FLOPs (mmapt.utils.flops) in the '
+        'first timed run of every image and arm; its '
+        'per-op bookkeeping adds well under 1%% to a CPU '
+        'forward at 1536, more on a GPU')
+    parser.add_argument(
+        '--no-split',
+        action='store_true',
+        help='no per-stage split (no synchronisation at stage '
+        'boundaries on CUDA)')
     parser.add_argument('--threads', type=int, default=None)
-    parser.add_argument('--clock', choices=sorted(CLOCKS), default='wall',
-                        help='CPU only: wall clock, or this process\'s CPU '
-                        'time (all threads summed; steadier on a shared '
-                        'machine)')
+    parser.add_argument(
+        '--clock',
+        choices=sorted(CLOCKS),
+        default='wall',
+        help='CPU only: wall clock, or this process\'s CPU '
+        'time (all threads summed; steadier on a shared '
+        'machine)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of both configs')
-    parser.add_argument('--out', help='also write the JSON summary here, '
-                        'updated after every image of the first repeat')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object as the last line')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of both configs')
+    parser.add_argument(
+        '--out',
+        help='also write the JSON summary here, '
+        'updated after every image of the first repeat')
+    parser.add_argument(
+        '--json',
+        action='store_true',
+        help='print one JSON object as the last line')
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.num_images < 1:
         parser.error('--repeat and --num-images must be >= 1')
@@ -137,8 +165,10 @@ def backbone_stages(backbone) -> list:
     embedding, context, blocks, unpack and the rest (glue)."""
     owner = getattr(backbone, 'apt', None) or backbone
     if not hasattr(owner, 'tokenize'):
-        return [module_stage('blocks', backbone),
-                module_stage('embedding', backbone.patch_embed)]
+        return [
+            module_stage('blocks', backbone),
+            module_stage('embedding', backbone.patch_embed)
+        ]
     return [module_stage('backbone_rest', backbone)] + \
         [(name, owner, attr) for name, attr in APT_STAGES] + \
         [('unpack', PatchLayout, 'unpack')]
@@ -148,8 +178,15 @@ def backbone_stages(backbone) -> list:
 class Arm:
     """One model + data preprocessor + pipeline, timed image by image."""
 
-    def __init__(self, name: str, model, preprocessor, pipeline, device,
-                 dtype, split: bool, clock: Callable[[], float],
+    def __init__(self,
+                 name: str,
+                 model,
+                 preprocessor,
+                 pipeline,
+                 device,
+                 dtype,
+                 split: bool,
+                 clock: Callable[[], float],
                  flops: bool = False) -> None:
         from mmengine.dataset import Compose
         self.name = name
@@ -215,19 +252,29 @@ class Arm:
             # Stage times are exclusive: the backbone stage holds what its
             # APT sub-stages (or the plain patch embedding) leave.
             backbone = sum(v for k, v in stages_ms.items() if k != 'neck')
-            entry.update(preprocess_ms=pre_ms,
-                         backbone_ms=backbone,
-                         heads_ms=model_ms - pre_ms - backbone -
-                         stages_ms.get('neck', 0.),
-                         **{f'{k}_ms': v for k, v in stages_ms.items()})
+            entry.update(
+                preprocess_ms=pre_ms,
+                backbone_ms=backbone,
+                heads_ms=model_ms - pre_ms - backbone -
+                stages_ms.get('neck', 0.),
+                **{
+                    f'{k}_ms': v
+                    for k, v in stages_ms.items()
+                })
         self.records.setdefault(path, []).append(entry)
 
     def summary(self, square_tokens: int) -> dict:
-        keys = sorted({k for entries in self.records.values()
-                       for e in entries for k in e})
+        keys = sorted({
+            k
+            for entries in self.records.values()
+            for e in entries
+            for k in e
+        })
         per_image = {
-            path: {k: statistics.median(e[k] for e in entries)
-                   for k in keys}
+            path: {
+                k: statistics.median(e[k] for e in entries)
+                for k in keys
+            }
             for path, entries in self.records.items()
         }
         total = {k: sum(m[k] for m in per_image.values()) for k in keys}
@@ -240,18 +287,24 @@ class Arm:
         return dict(
             gflops=gflops,
             img_s=round(images / total['model_ms'] * 1e3, 4),
-            median_ms=round(statistics.median(
-                m['model_ms'] for m in per_image.values()), 2),
-            total_ms={k: round(v, 2) for k, v in total.items()},
+            median_ms=round(
+                statistics.median(m['model_ms'] for m in per_image.values()),
+                2),
+            total_ms={
+                k: round(v, 2)
+                for k, v in total.items()
+            },
             tokens=tokens,
             keep_ratio=round(tokens / square_tokens, 4),
             peak_mib=round(self.peak_mib, 1) if self.peak_mib else None,
             per_image={
-                os.path.basename(p): dict(
+                os.path.basename(p):
+                dict(
                     tokens=self.tokens[p][0],
                     model_ms=round(m['model_ms'], 2),
-                    times_ms=[round(e['model_ms'], 2)
-                              for e in self.records[p]])
+                    times_ms=[
+                        round(e['model_ms'], 2) for e in self.records[p]
+                    ])
                 for p, m in per_image.items()
             })
 
@@ -261,8 +314,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    apt_cfg, base_cfg, registry = load_config_pair(
-        args.config, args.compare, args.cfg_options)
+    apt_cfg, base_cfg, registry = load_config_pair(args.config, args.compare,
+                                                   args.cfg_options)
     paths = image_paths(args.images, args.num_images, args.img_prefix)
     apt, baseline = build_model_pair(apt_cfg, base_cfg, registry,
                                      args.checkpoint, args.seed)
@@ -277,24 +330,25 @@ def main(argv=None) -> None:
         return Arm(name, model, preprocessor, test_pipeline(cfg), device,
                    dtype, split, clock, args.flops)
 
-    arms = [make_arm('baseline', baseline, baseline.data_preprocessor,
-                     base_cfg)]
+    arms = [
+        make_arm('baseline', baseline, baseline.data_preprocessor, base_cfg)
+    ]
     if args.baseline_pad == 'window':
         window = baseline.backbone.window_size * baseline.backbone.patch_size
         if not window:
             raise SystemExit('--baseline-pad window: the baseline backbone '
                              'has no windows (window_size 0)')
-        arms.append(make_arm(
-            'baseline_window', baseline,
-            padded_preprocessor(base_cfg, registry, window, device),
-            base_cfg))
+        arms.append(
+            make_arm('baseline_window', baseline,
+                     padded_preprocessor(base_cfg, registry, window, device),
+                     base_cfg))
     arms.append(make_arm('apt', apt, apt.data_preprocessor, apt_cfg))
     if args.padding_free:
         largest = apt.backbone.tokenizer.largest_patch
-        arms.append(make_arm(
-            'apt_nopad', apt,
-            padded_preprocessor(apt_cfg, registry, largest, device),
-            apt_cfg))
+        arms.append(
+            make_arm('apt_nopad', apt,
+                     padded_preprocessor(apt_cfg, registry, largest, device),
+                     apt_cfg))
 
     for arm in arms:
         for _ in range(args.warmup):
@@ -305,16 +359,18 @@ def main(argv=None) -> None:
             for arm in order:
                 arm.run(path)
                 entry, tokens = arm.records[path][-1], arm.tokens[path][0]
-                print(f'[{rep + 1}/{args.repeat}] {arm.name:<16}'
-                      f'{os.path.basename(path):<24}{tokens:>7} tokens '
-                      f'{entry["model_ms"]:>10.0f} ms', file=sys.stderr,
-                      flush=True)
+                print(
+                    f'[{rep + 1}/{args.repeat}] {arm.name:<16}'
+                    f'{os.path.basename(path):<24}{tokens:>7} tokens '
+                    f'{entry["model_ms"]:>10.0f} ms',
+                    file=sys.stderr,
+                    flush=True)
             if args.out and rep == 0:  # a partial run still leaves numbers
                 done = paths.index(path) + 1
                 _, partial = summarize(arms, args, device, done)
                 with open(args.out, 'w') as f:
-                    json.dump(dict(partial, partial=done < len(paths)), f,
-                              indent=1)
+                    json.dump(
+                        dict(partial, partial=done < len(paths)), f, indent=1)
 
     results, summary = summarize(arms, args, device, len(paths))
     report_table(results, args)
@@ -340,32 +396,33 @@ def summarize(arms: List[Arm], args, device, num_images: int):
     summary = dict(
         baseline_img_s=base['img_s'],
         apt_img_s=aptr['img_s'],
-        speedup=round(base['total_ms']['model_ms'] /
-                      aptr['total_ms']['model_ms'], 4),
-        backbone_speedup=(round(base['total_ms']['backbone_ms'] /
-                                aptr['total_ms']['backbone_ms'], 4)
-                          if split else None),
+        speedup=round(
+            base['total_ms']['model_ms'] / aptr['total_ms']['model_ms'], 4),
+        backbone_speedup=(round(
+            base['total_ms']['backbone_ms'] /
+            aptr['total_ms']['backbone_ms'], 4) if split else None),
         token_ratio=round(base['tokens'] / aptr['tokens'], 4),
         keep_ratio=aptr['keep_ratio'])
     if base['gflops'] and aptr['gflops']:
         summary.update(
-            flops_ratio=round(base['gflops']['model'] /
-                              aptr['gflops']['model'], 4),
-            backbone_flops_ratio=round(base['gflops']['backbone'] /
-                                       aptr['gflops']['backbone'], 4))
+            flops_ratio=round(
+                base['gflops']['model'] / aptr['gflops']['model'], 4),
+            backbone_flops_ratio=round(
+                base['gflops']['backbone'] / aptr['gflops']['backbone'], 4))
     if 'baseline_window' in results:
         win = results['baseline_window']
         summary.update(
             baseline_window_img_s=win['img_s'],
-            speedup_vs_window=round(win['total_ms']['model_ms'] /
-                                    aptr['total_ms']['model_ms'], 4),
+            speedup_vs_window=round(
+                win['total_ms']['model_ms'] / aptr['total_ms']['model_ms'], 4),
             token_ratio_vs_window=round(win['tokens'] / aptr['tokens'], 4))
     if 'apt_nopad' in results:
         nopad = results['apt_nopad']
         summary.update(
             apt_nopad_img_s=nopad['img_s'],
-            nopad_speedup=round(base['total_ms']['model_ms'] /
-                                nopad['total_ms']['model_ms'], 4))
+            nopad_speedup=round(
+                base['total_ms']['model_ms'] / nopad['total_ms']['model_ms'],
+                4))
         if 'baseline_window' in results:
             summary.update(
                 nopad_speedup_vs_window=round(
@@ -374,26 +431,32 @@ def summarize(arms: List[Arm], args, device, num_images: int):
                 nopad_token_ratio_vs_window=round(
                     win['tokens'] / nopad['tokens'], 4))
     summary.update(
-        config=args.config, compare=args.compare, images=num_images,
-        repeat=args.repeat, device=str(device), dtype=args.dtype,
+        config=args.config,
+        compare=args.compare,
+        images=num_images,
+        repeat=args.repeat,
+        device=str(device),
+        dtype=args.dtype,
         clock=args.clock,
-        threads=torch.get_num_threads(), torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
         arms=results)
     return results, summary
 
 
 def report_table(results: Dict[str, dict], args) -> None:
-    stages = ['pipeline', 'preprocess', 'backbone', 'tokenizer', 'embedding',
-              'context', 'blocks', 'unpack', 'neck', 'heads']
+    stages = [
+        'pipeline', 'preprocess', 'backbone', 'tokenizer', 'embedding',
+        'context', 'blocks', 'unpack', 'neck', 'heads'
+    ]
     print(f'{len(next(iter(results.values()))["per_image"])} images x '
           f'{args.repeat} repeats, {args.device} {args.dtype}; sums over the '
           'images of per-image medians (ms)')
     print(f'{"arm":<17}{"img/s":>9}{"median":>9}{"tokens":>9}{"keep":>7}' +
           ''.join(f'{s[:9]:>10}' for s in stages))
     for name, r in results.items():
-        cells = ''.join(
-            f'{r["total_ms"].get(s + "_ms", float("nan")):>10.0f}'
-            for s in stages)
+        cells = ''.join(f'{r["total_ms"].get(s + "_ms", float("nan")):>10.0f}'
+                        for s in stages)
         print(f'{name:<17}{r["img_s"]:>9.3f}{r["median_ms"]:>9.0f}'
               f'{r["tokens"]:>9}{r["keep_ratio"]:>7.3f}{cells}')
 

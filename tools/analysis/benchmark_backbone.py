@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from mmapt.models import APTEVA02, APTViT, EVA02, ViT
+from mmapt.models import APTEVA02, EVA02, APTViT, ViT
 from mmapt.models.backbones import count_tokens
 from mmapt.tokenizer.prepare import list_images, load_rgb, normalise, to_canvas
 from mmapt.utils.memory import peak_memory_mib
@@ -45,44 +45,73 @@ from mmapt.utils.memory import peak_memory_mib
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('image_dir', nargs='?', default=None,
-                        help='folder of JPEG/PNG images (generated if none)')
-    parser.add_argument('--backbone', choices=sorted(BACKBONES),
-                        default='eva02',
-                        help='eva02: EVA02 vs APTEVA02; vit: the DINOv2-style '
-                        'ViT vs APTViT')
+    parser.add_argument(
+        'image_dir',
+        nargs='?',
+        default=None,
+        help='folder of JPEG/PNG images (generated if none)')
+    parser.add_argument(
+        '--backbone',
+        choices=sorted(BACKBONES),
+        default='eva02',
+        help='eva02: EVA02 vs APTEVA02; vit: the DINOv2-style '
+        'ViT vs APTViT')
     parser.add_argument('--arch', default='small')
-    parser.add_argument('--canvas', type=int, default=None,
-                        help='eva02: 1536, vit: 1568 (= 14 x 112)')
-    parser.add_argument('--patch-sizes', type=int, nargs='+', default=None,
-                        help='eva02: 16 32 64 128, vit: 14 28 56 112')
-    parser.add_argument('--thresholds', type=float, nargs='+',
-                        default=[2.0, 2.0, 0.3])
-    parser.add_argument('--window-size', type=int, default=None,
-                        help='eva02: 32, vit: 16 (cells)')
-    parser.add_argument('--registers', type=int, default=4,
-                        help='vit: register tokens (after the class token)')
-    parser.add_argument('--global-attn-indexes', type=int, nargs='*',
-                        default=[1, 3, 5, 7, 9, 11])
+    parser.add_argument(
+        '--canvas',
+        type=int,
+        default=None,
+        help='eva02: 1536, vit: 1568 (= 14 x 112)')
+    parser.add_argument(
+        '--patch-sizes',
+        type=int,
+        nargs='+',
+        default=None,
+        help='eva02: 16 32 64 128, vit: 14 28 56 112')
+    parser.add_argument(
+        '--thresholds', type=float, nargs='+', default=[2.0, 2.0, 0.3])
+    parser.add_argument(
+        '--window-size',
+        type=int,
+        default=None,
+        help='eva02: 32, vit: 16 (cells)')
+    parser.add_argument(
+        '--registers',
+        type=int,
+        default=4,
+        help='vit: register tokens (after the class token)')
+    parser.add_argument(
+        '--global-attn-indexes',
+        type=int,
+        nargs='*',
+        default=[1, 3, 5, 7, 9, 11])
     parser.add_argument('--out-indices', type=int, nargs='+', default=[-1])
     parser.add_argument('--repeat', type=int, default=2)
-    parser.add_argument('--num-images', type=int, default=None,
-                        help='use the first N images')
+    parser.add_argument(
+        '--num-images', type=int, default=None, help='use the first N images')
     parser.add_argument('--num-generated', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None)
-    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
-                        help='wall: elapsed time (default); cpu: CPU time '
-                        'of this process, all threads summed (steadier on a '
-                        'machine shared with other jobs)')
+    parser.add_argument(
+        '--clock',
+        choices=('wall', 'cpu'),
+        default='wall',
+        help='wall: elapsed time (default); cpu: CPU time '
+        'of this process, all threads summed (steadier on a '
+        'machine shared with other jobs)')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--per-block', metavar='IMAGE',
-                        help='also time every block of both models on this '
-                        'image (file name without extension)')
-    parser.add_argument('--no-memory', action='store_true',
-                        help='skip the peak-memory measurement')
+    parser.add_argument(
+        '--per-block',
+        metavar='IMAGE',
+        help='also time every block of both models on this '
+        'image (file name without extension)')
+    parser.add_argument(
+        '--no-memory',
+        action='store_true',
+        help='skip the peak-memory measurement')
     parser.add_argument('--json', action='store_true')
-    parser.add_argument('--measure-memory', choices=['plain', 'apt'],
-                        help=argparse.SUPPRESS)  # child-process mode
+    parser.add_argument(
+        '--measure-memory', choices=['plain', 'apt'],
+        help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
     for key, value in BACKBONES[args.backbone]['defaults'].items():
         if getattr(args, key) is None:
@@ -102,22 +131,25 @@ BACKBONES = {
     'eva02':
     dict(
         classes=(EVA02, APTEVA02),
-        defaults=dict(canvas=1536, patch_sizes=[16, 32, 64, 128],
-                      window_size=32)),
+        defaults=dict(
+            canvas=1536, patch_sizes=[16, 32, 64, 128], window_size=32)),
     'vit':
     dict(
         classes=(ViT, APTViT),
-        defaults=dict(canvas=1568, patch_sizes=[14, 28, 56, 112],
-                      window_size=16)),
+        defaults=dict(
+            canvas=1568, patch_sizes=[14, 28, 56, 112], window_size=16)),
 }
 
 
 def build_models(args) -> Tuple[EVA02, EVA02]:
     torch.manual_seed(0)
-    cfg = dict(arch=args.arch, img_size=args.canvas,
-               patch_size=args.patch_sizes[0], window_size=args.window_size,
-               global_attn_indexes=tuple(args.global_attn_indexes),
-               out_indices=tuple(args.out_indices))
+    cfg = dict(
+        arch=args.arch,
+        img_size=args.canvas,
+        patch_size=args.patch_sizes[0],
+        window_size=args.window_size,
+        global_attn_indexes=tuple(args.global_attn_indexes),
+        out_indices=tuple(args.out_indices))
     if args.backbone == 'vit':
         cfg.update(num_register_tokens=args.registers, layer_scale=True)
     plain_cls, apt_cls = BACKBONES[args.backbone]['classes']
@@ -145,15 +177,15 @@ def generated_images(num: int, canvas: int) -> Dict[str, np.ndarray]:
         r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
         r1, c1 = np.minimum(r0 + 1, 3), np.minimum(c0 + 1, 4)
         fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
-        image = (coarse[r0, c0] * (1 - fr) * (1 - fc) + coarse[r1, c0] * fr *
-                 (1 - fc) + coarse[r0, c1] * (1 - fr) * fc +
-                 coarse[r1, c1] * fr * fc)
+        image = (
+            coarse[r0, c0] * (1 - fr) * (1 - fc) + coarse[r1, c0] * fr *
+            (1 - fc) + coarse[r0, c1] * (1 - fr) * fc +
+            coarse[r1, c1] * fr * fc)
         for _ in range(4):  # textured objects
             h, w = int(rng.integers(60, 220)), int(rng.integers(60, 220))
             top = int(rng.integers(0, height - h))
             left = int(rng.integers(0, width - w))
-            image[top:top + h, left:left + w] += rng.normal(
-                0, 40, (h, w, 3))
+            image[top:top + h, left:left + w] += rng.normal(0, 40, (h, w, 3))
         image[:height // 5] = rng.uniform(0, 255, 3)  # a flat sky band
         images[f'generated_{i}'] = to_canvas(
             np.clip(image, 0, 255).astype(np.uint8), canvas)
@@ -165,8 +197,8 @@ def load_images(args) -> Dict[str, np.ndarray]:
         return generated_images(args.num_generated, args.canvas)
     paths = list_images(args.image_dir)[:args.num_images]
     return {
-        os.path.splitext(os.path.basename(p))[0]: to_canvas(
-            load_rgb(p), args.canvas)
+        os.path.splitext(os.path.basename(p))[0]:
+        to_canvas(load_rgb(p), args.canvas)
         for p in paths
     }
 
@@ -203,12 +235,14 @@ def apt_overhead(apt: EVA02, x: torch.Tensor, device: torch.device,
 
     ctx_ms, _ = timed(context, device, clock)
     unpack_ms, _ = timed(
-        lambda: [
-            layout.unpack(tokens).contiguous() for _ in apt.out_indices
-        ], device, clock)
-    return dict(tokenizer_ms=tok_ms, embed_ms=emb_ms,
-                plain_embed_ms=plain_emb_ms, context_ms=ctx_ms,
-                unpack_ms=unpack_ms)
+        lambda: [layout.unpack(tokens).contiguous() for _ in apt.out_indices],
+        device, clock)
+    return dict(
+        tokenizer_ms=tok_ms,
+        embed_ms=emb_ms,
+        plain_embed_ms=plain_emb_ms,
+        context_ms=ctx_ms,
+        unpack_ms=unpack_ms)
 
 
 def per_block_times(plain: EVA02, apt: EVA02, x: torch.Tensor,
@@ -249,8 +283,10 @@ def per_block_times(plain: EVA02, apt: EVA02, x: torch.Tensor,
 
 def child_memory(argv: Sequence[str], which: str) -> float:
     """Run this script in a fresh process to measure one model's memory."""
-    cmd = [sys.executable, os.path.abspath(__file__), *argv,
-           '--measure-memory', which]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__), *argv, '--measure-memory', which
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -312,11 +348,15 @@ def run(argv: List[str]) -> None:
         base_ms = statistics.median(times[name]['plain'])
         apt_ms = statistics.median(times[name]['apt'])
         rows.append(
-            dict(image=name, tokens=int(stats[name]['tokens'][0]),
-                 baseline_tokens=int(stats[name]['baseline_tokens'][0]),
-                 keep_ratio=float(stats[name]['keep_ratio'][0]),
-                 baseline_ms=base_ms, apt_ms=apt_ms,
-                 speedup=base_ms / apt_ms, **overhead[name]))
+            dict(
+                image=name,
+                tokens=int(stats[name]['tokens'][0]),
+                baseline_tokens=int(stats[name]['baseline_tokens'][0]),
+                keep_ratio=float(stats[name]['keep_ratio'][0]),
+                baseline_ms=base_ms,
+                apt_ms=apt_ms,
+                speedup=base_ms / apt_ms,
+                **overhead[name]))
 
     blocks = []
     if args.per_block:
@@ -328,8 +368,9 @@ def run(argv: List[str]) -> None:
 
     memory = {}
     if not args.no_memory:
-        memory = dict(plain_peak_mib=child_memory(argv, 'plain'),
-                      apt_peak_mib=child_memory(argv, 'apt'))
+        memory = dict(
+            plain_peak_mib=child_memory(argv, 'plain'),
+            apt_peak_mib=child_memory(argv, 'apt'))
 
     total_base = sum(r['baseline_ms'] for r in rows)
     total_apt = sum(r['apt_ms'] for r in rows)
@@ -378,8 +419,8 @@ def run(argv: List[str]) -> None:
             print(f'{"":>32}{i:>6}{kind:>8}{base_ms:>10.0f}{apt_ms:>10.0f}'
                   f'{base_ms / apt_ms:>8.3f}')
         summary['per_block'] = [
-            dict(block=i, type=kind, plain_ms=round(b, 1),
-                 apt_ms=round(a, 1)) for i, (kind, b, a) in enumerate(blocks)
+            dict(block=i, type=kind, plain_ms=round(b, 1), apt_ms=round(a, 1))
+            for i, (kind, b, a) in enumerate(blocks)
         ]
     if memory:
         print(f'peak memory of one forward: plain '

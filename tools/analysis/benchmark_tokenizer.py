@@ -26,25 +26,26 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--size', type=int, default=1536)
-    parser.add_argument('--patch-sizes', type=int, nargs='+',
-                        default=[16, 32, 64, 128])
-    parser.add_argument('--thresholds', type=float, nargs='*',
-                        default=[2.0, 2.0, 0.3])
+    parser.add_argument(
+        '--patch-sizes', type=int, nargs='+', default=[16, 32, 64, 128])
+    parser.add_argument(
+        '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
     parser.add_argument('--bins', type=int, default=512)
     parser.add_argument('--window-size', type=int, default=None)
     parser.add_argument('--repeat', type=int, default=5)
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--measure', choices=['time', 'memory-entropy',
-                                              'memory-tokenizer'],
-                        help=argparse.SUPPRESS)  # child-process mode
+    parser.add_argument(
+        '--measure',
+        choices=['time', 'memory-entropy', 'memory-tokenizer'],
+        help=argparse.SUPPRESS)  # child-process mode
     return parser.parse_args(argv)
 
 
 def make_images(args) -> torch.Tensor:
     gen = torch.Generator(device=args.device).manual_seed(0)
     # Filled in place: no temporary raises the peak before the measurement.
-    images = torch.empty(args.batch, 3, args.size, args.size,
-                         device=args.device)
+    images = torch.empty(
+        args.batch, 3, args.size, args.size, device=args.device)
     images.normal_(generator=gen)
     # Half of each image plain, so every scale takes part.
     images[:, :, :args.size // 2] = 0.3
@@ -53,24 +54,33 @@ def make_images(args) -> torch.Tensor:
 
 def measure_memory(args) -> float:
     """Peak extra MiB of one call, in this (fresh) process."""
-    tokenizer = PatchTokenizer(args.patch_sizes[0], args.thresholds, args.bins,
-                               window_size=args.window_size,
-                               patch_sizes=args.patch_sizes)
+    tokenizer = PatchTokenizer(
+        args.patch_sizes[0],
+        args.thresholds,
+        args.bins,
+        window_size=args.window_size,
+        patch_sizes=args.patch_sizes)
     images = make_images(args)
     if args.measure == 'memory-entropy':
         gray = images_to_gray(images[:1], tokenizer.mean, tokenizer.std)
-        call = lambda: patch_entropy(gray, args.patch_sizes[1], args.bins)  # noqa
+
+        def call():
+            return patch_entropy(gray, args.patch_sizes[1], args.bins)
+
     else:
         call = lambda: tokenizer(images)  # noqa
     return peak_memory_mib(call, images.device)
 
 
 def child(args, mode: str) -> float:
-    cmd = [sys.executable, __file__, '--measure', mode, '--batch',
-           str(args.batch), '--size', str(args.size), '--bins', str(args.bins),
-           '--device', args.device, '--patch-sizes',
-           *map(str, args.patch_sizes), '--thresholds',
-           *map(str, args.thresholds)]
+    cmd = [
+        sys.executable, __file__, '--measure', mode, '--batch',
+        str(args.batch), '--size',
+        str(args.size), '--bins',
+        str(args.bins), '--device', args.device, '--patch-sizes',
+        *map(str, args.patch_sizes), '--thresholds',
+        *map(str, args.thresholds)
+    ]
     if args.window_size:
         cmd += ['--window-size', str(args.window_size)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -82,9 +92,12 @@ def main(argv=None) -> None:
     if args.measure:
         print(measure_memory(args))
         return
-    tokenizer = PatchTokenizer(args.patch_sizes[0], args.thresholds, args.bins,
-                               window_size=args.window_size,
-                               patch_sizes=args.patch_sizes)
+    tokenizer = PatchTokenizer(
+        args.patch_sizes[0],
+        args.thresholds,
+        args.bins,
+        window_size=args.window_size,
+        patch_sizes=args.patch_sizes)
     images = make_images(args)
     tokenizer(images)  # warm-up
     times = []
@@ -97,8 +110,11 @@ def main(argv=None) -> None:
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1000)
     result = dict(
-        batch=args.batch, size=args.size, device=args.device,
-        threads=torch.get_num_threads(), tokenizer=repr(tokenizer),
+        batch=args.batch,
+        size=args.size,
+        device=args.device,
+        threads=torch.get_num_threads(),
+        tokenizer=repr(tokenizer),
         median_ms=round(statistics.median(times), 1),
         tokens=layout.num_tokens,
         entropy_one_image_peak_mib=round(child(args, 'memory-entropy'), 1),

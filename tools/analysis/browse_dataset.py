@@ -28,8 +28,8 @@ from mmengine.config import Config
 
 from mmapt.engine.preflight import add_cfg_options, check_data
 from mmapt.tokenizer import PatchTokenizer
-from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
-                                    side_by_side, tokenizer_from_config)
+from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid, side_by_side,
+                                    tokenizer_from_config)
 
 
 def parse_args():
@@ -84,9 +84,10 @@ def to_drawable(sample, image_shape) -> None:
         seg = sample.gt_sem_seg.data
         if tuple(seg.shape[-2:]) != tuple(image_shape):
             from mmengine.structures import PixelData
-            sample.gt_sem_seg = PixelData(data=F.interpolate(
-                seg[None].float(), size=tuple(image_shape),
-                mode='nearest')[0].to(seg.dtype))
+            sample.gt_sem_seg = PixelData(
+                data=F.interpolate(
+                    seg[None].float(), size=tuple(image_shape), mode='nearest')
+                [0].to(seg.dtype))
     if 'gt_instances' not in sample:
         return
     from mmdet.structures.bbox import BaseBoxes
@@ -122,7 +123,8 @@ def main():
         # The tensor the backbone gets: normalised and padded (training
         # padding when browsing the training split).
         batch = preprocessor(
-            dict(inputs=[item['inputs']], data_samples=[copy.deepcopy(sample)]),
+            dict(
+                inputs=[item['inputs']], data_samples=[copy.deepcopy(sample)]),
             training=args.split == 'train')
         grid, grid_caption, layout = draw_patch_grid(batch['inputs'][:1],
                                                      tokenizer)

@@ -33,15 +33,23 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('path', help='an image file or a folder of images')
     view = parser.add_mutually_exclusive_group()
-    view.add_argument('--canvas', type=int, help='detection view (pad to N x N)')
-    view.add_argument('--crop', type=int, help='segmentation view (crop N x N)')
-    parser.add_argument('--patch-sizes', type=int, nargs='+',
-                        default=[16, 32, 64, 128])
-    parser.add_argument('--reference', type=float, nargs='+',
-                        default=[2.0, 2.0, 0.3],
-                        help='threshold vector whose shape is kept')
-    parser.add_argument('--target-keep', type=float, required=True,
-                        help='wanted mean keep ratio, in (0, 1]')
+    view.add_argument(
+        '--canvas', type=int, help='detection view (pad to N x N)')
+    view.add_argument(
+        '--crop', type=int, help='segmentation view (crop N x N)')
+    parser.add_argument(
+        '--patch-sizes', type=int, nargs='+', default=[16, 32, 64, 128])
+    parser.add_argument(
+        '--reference',
+        type=float,
+        nargs='+',
+        default=[2.0, 2.0, 0.3],
+        help='threshold vector whose shape is kept')
+    parser.add_argument(
+        '--target-keep',
+        type=float,
+        required=True,
+        help='wanted mean keep ratio, in (0, 1]')
     parser.add_argument('--bins', type=int, default=512)
     parser.add_argument('--json', action='store_true')
     return parser.parse_args(argv)
@@ -58,13 +66,17 @@ def keep_ratios(entropies: Sequence[List[torch.Tensor]], thresholds,
     return ratios
 
 
-def calibrate(entropies, reference: Sequence[float], grid, target: float,
+def calibrate(entropies,
+              reference: Sequence[float],
+              grid,
+              target: float,
               steps: int = 40):
     """Largest-keep scale factor s with mean keep(s * reference) <= target.
 
     More merging can only lower the token count, so the mean keep ratio is
     non-increasing in s and a bisection finds the boundary.
     """
+
     def mean_keep(scale: float) -> float:
         return statistics.mean(
             keep_ratios(entropies, [scale * t for t in reference], grid))
@@ -90,20 +102,24 @@ def main(argv=None) -> int:
         print('error: --target-keep must be in (0, 1]', file=sys.stderr)
         return 2
     try:
-        tokenizer, files = tokenizer_and_images(
-            args.path, args.patch_sizes, args.reference, args.bins)
+        tokenizer, files = tokenizer_and_images(args.path, args.patch_sizes,
+                                                args.reference, args.bins)
     except (ValueError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     if any(t <= 0 for t in args.reference):
-        print('error: --reference thresholds must be positive to be scaled',
-              file=sys.stderr)
+        print(
+            'error: --reference thresholds must be positive to be scaled',
+            file=sys.stderr)
         return 2
 
     entropies, grid = [], None
     for path in files:
-        batch = normalise([prepare_view(load_rgb(path), args.canvas, args.crop,
-                                        tokenizer.largest_patch)])
+        batch = normalise([
+            prepare_view(
+                load_rgb(path), args.canvas, args.crop,
+                tokenizer.largest_patch)
+        ])
         tokenizer.check_input_size(*batch.shape[-2:])
         grid = (batch.shape[-2] // tokenizer.patch_size,
                 batch.shape[-1] // tokenizer.patch_size)
@@ -117,14 +133,19 @@ def main(argv=None) -> int:
     quantiles = {}
     for i, size in enumerate(tokenizer.patch_sizes[1:]):
         values = torch.cat([maps[i].flatten() for maps in entropies]).numpy()
-        quantiles[size] = [round(float(q), 3) for q in np.quantile(
-            values, [0.1, 0.25, 0.5, 0.75, 0.9])]
-    result = dict(images=len(files), patch_sizes=list(tokenizer.patch_sizes),
-                  reference=list(args.reference),
-                  reference_keep=round(reference_keep, 4),
-                  target_keep=args.target_keep, thresholds=thresholds,
-                  achieved_keep=round(achieved, 4),
-                  entropy_quantiles_10_25_50_75_90=quantiles)
+        quantiles[size] = [
+            round(float(q), 3)
+            for q in np.quantile(values, [0.1, 0.25, 0.5, 0.75, 0.9])
+        ]
+    result = dict(
+        images=len(files),
+        patch_sizes=list(tokenizer.patch_sizes),
+        reference=list(args.reference),
+        reference_keep=round(reference_keep, 4),
+        target_keep=args.target_keep,
+        thresholds=thresholds,
+        achieved_keep=round(achieved, 4),
+        entropy_quantiles_10_25_50_75_90=quantiles)
     if args.json:
         print(json.dumps(result))
     else:
@@ -136,9 +157,11 @@ def main(argv=None) -> int:
         for size, q in quantiles.items():
             print(f'  {size:>4}px entropy quantiles 10/25/50/75/90%: {q}')
     if max(thresholds) > MAX_SAFE_THRESHOLD:
-        print(f'warning: a threshold above {MAX_SAFE_THRESHOLD} bits; the '
-              'paper saw accuracy fall sharply there, fine-tuning did not '
-              'recover it', file=sys.stderr)
+        print(
+            f'warning: a threshold above {MAX_SAFE_THRESHOLD} bits; the '
+            'paper saw accuracy fall sharply there, fine-tuning did not '
+            'recover it',
+            file=sys.stderr)
     return 0
 
 

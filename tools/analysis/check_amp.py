@@ -41,15 +41,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--canvas', type=int, default=1024)
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--window-size', type=int, default=16)
-    parser.add_argument('--global-attn-indexes', type=int, nargs='*',
-                        default=[2, 5, 8, 11])
-    parser.add_argument('--thresholds', type=float, nargs='+',
-                        default=[2.0, 2.0, 0.3])
-    parser.add_argument('--dtypes', nargs='+', default=['fp16', 'bf16'],
-                        choices=['fp16', 'bf16'])
+    parser.add_argument(
+        '--global-attn-indexes', type=int, nargs='*', default=[2, 5, 8, 11])
+    parser.add_argument(
+        '--thresholds', type=float, nargs='+', default=[2.0, 2.0, 0.3])
+    parser.add_argument(
+        '--dtypes',
+        nargs='+',
+        default=['fp16', 'bf16'],
+        choices=['fp16', 'bf16'])
     parser.add_argument('--repeat', type=int, default=5)
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object as the last line')
+    parser.add_argument(
+        '--json',
+        action='store_true',
+        help='print one JSON object as the last line')
     return parser.parse_args(argv)
 
 
@@ -61,10 +66,12 @@ def make_images(batch: int, size: int, device: torch.device) -> torch.Tensor:
         batch, 3, size, size).clone()
     for b in range(batch):
         for _ in range(4):
-            h, w = (int(v) for v in torch.randint(size // 8, size // 3, (2, ),
-                                                   generator=g))
-            top, left = (int(v) for v in torch.randint(0, size - max(h, w),
-                                                       (2, ), generator=g))
+            h, w = (
+                int(v) for v in torch.randint(
+                    size // 8, size // 3, (2, ), generator=g))
+            top, left = (
+                int(v) for v in torch.randint(
+                    0, size - max(h, w), (2, ), generator=g))
             x[b, :, top:top + h, left:left + w] += torch.randn(
                 3, h, w, generator=g)
         x[b, :, :size // 5] = 0.3  # flat band
@@ -73,10 +80,12 @@ def make_images(batch: int, size: int, device: torch.device) -> torch.Tensor:
 
 def build(args, device: torch.device):
     torch.manual_seed(0)
-    cfg = dict(arch=args.arch, img_size=args.canvas,
-               window_size=args.window_size,
-               global_attn_indexes=tuple(args.global_attn_indexes),
-               out_indices=(-1, ))
+    cfg = dict(
+        arch=args.arch,
+        img_size=args.canvas,
+        window_size=args.window_size,
+        global_attn_indexes=tuple(args.global_attn_indexes),
+        out_indices=(-1, ))
     plain = EVA02(**cfg)
     apt = APTEVA02(thresholds=tuple(args.thresholds), **cfg)
     apt.load_state_dict(plain.state_dict(), strict=False)
@@ -113,8 +122,8 @@ def sync(device: torch.device) -> None:
 
 def run_case(model, x, device, dtype, repeat, ref=None) -> Dict:
     enabled = dtype is not None
-    cast = dict(device_type=device.type, dtype=dtype or torch.float32,
-                enabled=enabled)
+    cast = dict(
+        device_type=device.type, dtype=dtype or torch.float32, enabled=enabled)
     model.eval()
     times = []
     with torch.no_grad(), KernelCounter() as kernel:
@@ -161,8 +170,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     with torch.no_grad(), count_tokens(models['apt']) as counter:
         models['apt'].eval()(x)
     keep = counter.per_image()['keep_ratio'].mean().item()
+    gpu_name = torch.cuda.get_device_name(
+        device) if device.type == 'cuda' else ''
     print(f'device {device} '
-          f'{torch.cuda.get_device_name(device) if device.type == "cuda" else ""}'
+          f'{gpu_name}'
           f' torch {torch.__version__}; APT keep ratio {keep:.3f}')
     results = dict(keep_ratio=keep, cases=[])
     bad = False

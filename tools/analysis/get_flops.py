@@ -50,14 +50,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='APT config')
     parser.add_argument('--compare', required=True, help='baseline config')
-    parser.add_argument('--images', required=True,
-                        help='folder of images, one image, or a COCO-style '
-                        'annotation JSON')
+    parser.add_argument(
+        '--images',
+        required=True,
+        help='folder of images, one image, or a COCO-style '
+        'annotation JSON')
     parser.add_argument('--img-prefix', default=None)
     parser.add_argument('--num-images', type=int, default=5)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object as the last line')
+    parser.add_argument(
+        '--json',
+        action='store_true',
+        help='print one JSON object as the last line')
     return parser.parse_args(argv)
 
 
@@ -97,15 +101,16 @@ def main(argv=None) -> None:
         apt_backbone_gflops=round(results['apt']['backbone'], 2),
         baseline_gflops=round(results['baseline']['model'], 2),
         apt_gflops=round(results['apt']['model'], 2),
-        backbone_flops_ratio=round(results['baseline']['backbone'] /
-                                   results['apt']['backbone'], 4),
-        flops_ratio=round(results['baseline']['model'] /
-                          results['apt']['model'], 4),
+        backbone_flops_ratio=round(
+            results['baseline']['backbone'] / results['apt']['backbone'], 4),
+        flops_ratio=round(
+            results['baseline']['model'] / results['apt']['model'], 4),
         attention_gflops=dict(
             baseline=round(results['baseline']['attention'], 2),
             apt=round(results['apt']['attention'], 2)),
         images=[os.path.basename(p) for p in paths],
-        config=args.config, compare=args.compare)
+        config=args.config,
+        compare=args.compare)
     print(f'baseline / APT FLOPs: backbone {summary["backbone_flops_ratio"]}'
           f', whole model {summary["flops_ratio"]}')
     if args.json:

@@ -62,17 +62,21 @@ from mmapt.utils.timing import time_call
 
 # Backbone settings of configs/eva02_vitdet_coco{,_large}.py.
 ARCHS = {
-    'base': dict(arch='base', window_size=32,
-                 global_attn_indexes=(1, 3, 5, 7, 9, 11)),
-    'large': dict(arch='large', window_size=32,
-                  global_attn_indexes=(2, 5, 8, 11, 14, 17, 20, 23)),
+    'base':
+    dict(arch='base', window_size=32, global_attn_indexes=(1, 3, 5, 7, 9, 11)),
+    'large':
+    dict(
+        arch='large',
+        window_size=32,
+        global_attn_indexes=(2, 5, 8, 11, 14, 17, 20, 23)),
     # --quick: 4 blocks of 64 channels, 128-px windows on a 256 canvas.
-    'quick': dict(arch=dict(embed_dims=64, num_layers=4, num_heads=2,
-                            scale_mlp=True),
-                  window_size=8, global_attn_indexes=(1, 3)),
+    'quick':
+    dict(
+        arch=dict(embed_dims=64, num_layers=4, num_heads=2, scale_mlp=True),
+        window_size=8,
+        global_attn_indexes=(1, 3)),
 }
-DTYPES = {'fp32': torch.float32, 'fp16': torch.float16,
-          'bf16': torch.bfloat16}
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 ARMS = ('plain_square', 'plain_window', 'apt_square', 'apt_nopad',
         'apt_square_padded')
 LARGEST_PATCH = 128
@@ -80,26 +84,42 @@ LARGEST_PATCH = 128
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--images', help='folder of images (.jpg/.png/.npy); '
-                        'default: the scikit-image sample photographs')
+    parser.add_argument(
+        '--images',
+        help='folder of images (.jpg/.png/.npy); '
+        'default: the scikit-image sample photographs')
     parser.add_argument('--out', required=True, help='JSON file to write')
     parser.add_argument('--device', default='cuda')
-    parser.add_argument('--dtype', choices=sorted(DTYPES), default='bf16',
-                        help='autocast dtype (fp32: no autocast)')
-    parser.add_argument('--archs', nargs='+', default=['base', 'large'],
-                        choices=['base', 'large'])
+    parser.add_argument(
+        '--dtype',
+        choices=sorted(DTYPES),
+        default='bf16',
+        help='autocast dtype (fp32: no autocast)')
+    parser.add_argument(
+        '--archs',
+        nargs='+',
+        default=['base', 'large'],
+        choices=['base', 'large'])
     parser.add_argument('--canvas', type=int, default=1536)
-    parser.add_argument('--thresholds', type=float, nargs='+',
-                        default=[2.0, 2.0, 0.3])
-    parser.add_argument('--repeat', type=int, default=10,
-                        help='timed forwards per image and arm')
-    parser.add_argument('--warmup', type=int, default=2,
-                        help='untimed forwards per image and arm')
-    parser.add_argument('--num-images', type=int, default=None,
-                        help='use the first N images')
-    parser.add_argument('--quick', action='store_true',
-                        help='tiny 4-block model on a 256 canvas, 2 repeats '
-                        '(a smoke test of the script, e.g. on CPU)')
+    parser.add_argument(
+        '--thresholds', type=float, nargs='+', default=[2.0, 2.0, 0.3])
+    parser.add_argument(
+        '--repeat',
+        type=int,
+        default=10,
+        help='timed forwards per image and arm')
+    parser.add_argument(
+        '--warmup',
+        type=int,
+        default=2,
+        help='untimed forwards per image and arm')
+    parser.add_argument(
+        '--num-images', type=int, default=None, help='use the first N images')
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='tiny 4-block model on a 256 canvas, 2 repeats '
+        '(a smoke test of the script, e.g. on CPU)')
     args = parser.parse_args(argv)
     if args.quick:
         args.archs = ['quick']
@@ -121,8 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def crop_to_multiple(canvas: np.ndarray, height: int, width: int,
                      multiple: int) -> np.ndarray:
     """The top-left content of a canvas padded to ``multiple``."""
-    return np.ascontiguousarray(canvas[:-(-height // multiple) * multiple,
-                                       :-(-width // multiple) * multiple])
+    return np.ascontiguousarray(
+        canvas[:-(-height // multiple) * multiple, :-(-width // multiple) *
+               multiple])
 
 
 def load_views(args) -> List[dict]:
@@ -141,15 +162,17 @@ def load_views(args) -> List[dict]:
         square = to_canvas(image, args.canvas)
         height, width = canvas_content_size(*image.shape[:2], args.canvas)
         # Content padded only up to the next multiple (same pixels).
-        views.append(dict(
-            name=os.path.splitext(os.path.basename(path))[0],
-            size=[int(image.shape[0]), int(image.shape[1])],
-            content=[height, width],
-            square=normalise([square]),
-            window=normalise([crop_to_multiple(square, height, width,
-                                               window_px)]),
-            nopad=normalise([crop_to_multiple(square, height, width,
-                                              LARGEST_PATCH)])))
+        views.append(
+            dict(
+                name=os.path.splitext(os.path.basename(path))[0],
+                size=[int(image.shape[0]),
+                      int(image.shape[1])],
+                content=[height, width],
+                square=normalise([square]),
+                window=normalise(
+                    [crop_to_multiple(square, height, width, window_px)]),
+                nopad=normalise(
+                    [crop_to_multiple(square, height, width, LARGEST_PATCH)])))
     return views
 
 
@@ -158,13 +181,14 @@ def build_models(name: str, args,
                  device: torch.device) -> Tuple[EVA02, APTEVA02]:
     """Plain and APT backbones with the same random weights."""
     torch.manual_seed(0)
-    cfg = dict(img_size=args.canvas, patch_size=16, out_indices=(-1, ),
-               **ARCHS[name])
+    cfg = dict(
+        img_size=args.canvas, patch_size=16, out_indices=(-1, ), **ARCHS[name])
     plain = EVA02(**cfg)
     apt = APTEVA02(thresholds=tuple(args.thresholds), **cfg)
     result = apt.load_state_dict(plain.state_dict(), strict=False)
-    unexpected = [k for k in result.missing_keys
-                  if not k.startswith('apt_embed.')]
+    unexpected = [
+        k for k in result.missing_keys if not k.startswith('apt_embed.')
+    ]
     if unexpected or result.unexpected_keys:
         raise RuntimeError(f'weights differ: {unexpected} '
                            f'{result.unexpected_keys}')
@@ -177,22 +201,28 @@ def build_models(name: str, args,
 def compare_outputs(a: torch.Tensor, b: torch.Tensor) -> dict:
     a, b = a.float(), b.float()
     diff = (a - b).abs()
-    return dict(max_abs_diff=float(diff.max()),
-                rel_l2_diff=float((a - b).norm() / b.norm().clamp_min(1e-12)),
-                max_abs_value=float(b.abs().max()))
+    return dict(
+        max_abs_diff=float(diff.max()),
+        rel_l2_diff=float((a - b).norm() / b.norm().clamp_min(1e-12)),
+        max_abs_value=float(b.abs().max()))
 
 
 def bench_arch(name: str, args, views: List[dict],
                device: torch.device) -> dict:
     plain, apt = build_models(name, args, device)
-    autocast = (torch.autocast(device.type, dtype=DTYPES[args.dtype])
-                if args.dtype != 'fp32' else nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=DTYPES[args.dtype])
+        if args.dtype != 'fp32' else nullcontext())
     varlen = device.type == 'cuda' and attention.cuda_varlen_enabled() and \
         args.dtype != 'fp32'
     arms = [a for a in ARMS if varlen or a != 'apt_square_padded']
-    inputs = {view['name']: {key: view[key].to(device)
-                             for key in ('square', 'window', 'nopad')}
-              for view in views}
+    inputs = {
+        view['name']: {
+            key: view[key].to(device)
+            for key in ('square', 'window', 'nopad')
+        }
+        for view in views
+    }
     view_of = dict(plain_window='window', apt_nopad='nopad')
 
     def call(arm: str, image: str) -> Callable[[], object]:
@@ -201,8 +231,8 @@ def bench_arch(name: str, args, views: List[dict],
         padded = arm == 'apt_square_padded'
 
         def run():
-            with autocast, (attention.padded_attention() if padded
-                            else nullcontext()):
+            with autocast, (attention.padded_attention()
+                            if padded else nullcontext()):
                 return model(x)
 
         return run
@@ -214,8 +244,8 @@ def bench_arch(name: str, args, views: List[dict],
         for arm in arms:
             for _ in range(args.warmup):
                 call(arm, image)()
-            with count_tokens(apt if arm.startswith('apt') else
-                              plain) as counter:
+            with count_tokens(
+                    apt if arm.startswith('apt') else plain) as counter:
                 call(arm, image)()
             counts = counter.per_image()
             result[arm]['per_image'][image] = dict(
@@ -225,8 +255,8 @@ def bench_arch(name: str, args, views: List[dict],
         if varlen:
             out_varlen = call('apt_square', image)()[0]
             out_padded = call('apt_square_padded', image)()[0]
-            comparison.append(dict(image=image,
-                                   **compare_outputs(out_varlen, out_padded)))
+            comparison.append(
+                dict(image=image, **compare_outputs(out_varlen, out_padded)))
     attention_path = 'cpu padded SDPA (no varlen kernel off CUDA)'
     if device.type == 'cuda':
         if attention.cuda_varlen_enabled() and args.dtype != 'fp32':
@@ -259,12 +289,13 @@ def bench_arch(name: str, args, views: List[dict],
         result[arm].update(
             total_ms=round(total_ms, 3),
             img_s=round(len(per_image) / total_ms * 1e3, 3),
-            median_ms=round(statistics.median(
-                e['median_ms'] for e in per_image.values()), 3),
+            median_ms=round(
+                statistics.median(e['median_ms'] for e in per_image.values()),
+                3),
             tokens=tokens,
-            square_tokens=sum(e['baseline_tokens']
-                              for e in result['plain_square']
-                              ['per_image'].values()),
+            square_tokens=sum(
+                e['baseline_tokens']
+                for e in result['plain_square']['per_image'].values()),
             peak_mib=round(peak_memory_mib(call(arm, first), device), 1))
         result[arm]['keep_ratio'] = round(
             tokens / result[arm]['square_tokens'], 4)
@@ -279,34 +310,44 @@ def bench_arch(name: str, args, views: List[dict],
         speedup_vs_plain_window=ratio('plain_window', 'apt_square'),
         nopad_speedup_vs_plain_window=ratio('plain_window', 'apt_nopad'),
         nopad_speedup_vs_plain_square=ratio('plain_square', 'apt_nopad'),
-        token_ratio=round(result['plain_square']['tokens'] /
-                          result['apt_square']['tokens'], 4),
+        token_ratio=round(
+            result['plain_square']['tokens'] / result['apt_square']['tokens'],
+            4),
         token_ratio_vs_plain_window=round(
-            result['plain_window']['tokens'] /
-            result['apt_square']['tokens'], 4),
+            result['plain_window']['tokens'] / result['apt_square']['tokens'],
+            4),
         nopad_token_ratio_vs_plain_window=round(
-            result['plain_window']['tokens'] /
-            result['apt_nopad']['tokens'], 4),
+            result['plain_window']['tokens'] / result['apt_nopad']['tokens'],
+            4),
         varlen_speedup_vs_padded=ratio('apt_square_padded', 'apt_square'))
-    return dict(summary=summary, attention_path=attention_path,
-                varlen_vs_padded=comparison, arms=result)
+    return dict(
+        summary=summary,
+        attention_path=attention_path,
+        varlen_vs_padded=comparison,
+        arms=result)
 
 
 # ------------------------------------------------------------------ report
 def environment(device: torch.device) -> dict:
-    env = dict(python=platform.python_version(), torch=torch.__version__,
-               device=str(device), cpu_threads=torch.get_num_threads(),
-               varlen_kernel_importable=attention._torch_varlen_attn
-               is not None)
+    env = dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        device=str(device),
+        cpu_threads=torch.get_num_threads(),
+        varlen_kernel_importable=attention._torch_varlen_attn is not None)
     if device.type == 'cuda':
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gib=round(
-            props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        env.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda)
     try:
-        env['git_commit'] = subprocess.run(
-            ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-            timeout=10).stdout.strip() or None
+        env['git_commit'] = subprocess.run(['git', 'rev-parse', 'HEAD'],
+                                           capture_output=True,
+                                           text=True,
+                                           cwd=os.path.dirname(
+                                               os.path.abspath(__file__)),
+                                           timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         env['git_commit'] = None
     return env
@@ -314,9 +355,9 @@ def environment(device: torch.device) -> dict:
 
 def print_summary(report: dict) -> None:
     env = report['environment']
-    print(f'torch {env["torch"]}, device {env["device"]}'
-          + (f' ({env["gpu"]}, CUDA {env["cuda"]})' if 'gpu' in env else '')
-          + f', dtype {report["settings"]["dtype"]}')
+    print(f'torch {env["torch"]}, device {env["device"]}' +
+          (f' ({env["gpu"]}, CUDA {env["cuda"]})' if 'gpu' in env else '') +
+          f', dtype {report["settings"]["dtype"]}')
     for name, arch in report['archs'].items():
         print(f'\nEVA-02 {name}: attention path: {arch["attention_path"]}')
         print(f'{"arm":<20}{"img/s":>9}{"median ms":>11}{"tokens":>9}'
@@ -346,14 +387,21 @@ def main(argv=None) -> None:
     views = load_views(args)
     report = dict(
         environment=environment(device),
-        settings=dict(canvas=args.canvas, dtype=args.dtype,
-                      thresholds=args.thresholds, repeat=args.repeat,
-                      warmup=args.warmup, batch_size=1,
-                      images=[dict(name=v['name'], size=v['size'],
-                                   content=v['content'],
-                                   window_view=list(v['window'].shape[2:]),
-                                   nopad_view=list(v['nopad'].shape[2:]))
-                              for v in views]),
+        settings=dict(
+            canvas=args.canvas,
+            dtype=args.dtype,
+            thresholds=args.thresholds,
+            repeat=args.repeat,
+            warmup=args.warmup,
+            batch_size=1,
+            images=[
+                dict(
+                    name=v['name'],
+                    size=v['size'],
+                    content=v['content'],
+                    window_view=list(v['window'].shape[2:]),
+                    nopad_view=list(v['nopad'].shape[2:])) for v in views
+            ]),
         archs={})
     with torch.no_grad():
         for name in args.archs:

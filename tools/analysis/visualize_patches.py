@@ -26,18 +26,24 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('path', help='an image file or a folder of images')
     view = parser.add_mutually_exclusive_group()
-    view.add_argument('--canvas', type=int,
-                      help='detection view: long side to N, pad to N x N')
-    view.add_argument('--crop', type=int,
-                      help='segmentation view: short side to N, centre crop')
-    parser.add_argument('--patch-sizes', type=int, nargs='+',
-                        default=[16, 32, 64, 128])
-    parser.add_argument('--thresholds', type=float, nargs='*',
-                        default=[2.0, 2.0, 0.3])
+    view.add_argument(
+        '--canvas',
+        type=int,
+        help='detection view: long side to N, pad to N x N')
+    view.add_argument(
+        '--crop',
+        type=int,
+        help='segmentation view: short side to N, centre crop')
+    parser.add_argument(
+        '--patch-sizes', type=int, nargs='+', default=[16, 32, 64, 128])
+    parser.add_argument(
+        '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
     parser.add_argument('--bins', type=int, default=512)
     parser.add_argument('--out', help='folder for the annotated PNGs')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object per image instead of a table')
+    parser.add_argument(
+        '--json',
+        action='store_true',
+        help='print one JSON object per image instead of a table')
     return parser.parse_args(argv)
 
 
@@ -64,8 +70,8 @@ def draw_layout(image: np.ndarray, layout, patch_size: int,
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        tokenizer, files = tokenizer_and_images(
-            args.path, args.patch_sizes, args.thresholds, args.bins)
+        tokenizer, files = tokenizer_and_images(args.path, args.patch_sizes,
+                                                args.thresholds, args.bins)
     except (ValueError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -73,20 +79,25 @@ def main(argv=None) -> int:
         os.makedirs(args.out, exist_ok=True)
     rows = []
     for path in files:
-        image = prepare_view(load_rgb(path), args.canvas, args.crop,
-                             tokenizer.largest_patch)
+        image = prepare_view(
+            load_rgb(path), args.canvas, args.crop, tokenizer.largest_patch)
         layout = tokenizer(normalise([image]))
-        counts = [int((layout.scale_index == s).sum())
-                  for s in range(tokenizer.num_scales)]
-        row = dict(image=path, tokens=layout.num_tokens,
-                   baseline_tokens=layout.baseline_tokens,
-                   keep_ratio=round(float(layout.keep_ratio[0]), 4))
+        counts = [
+            int((layout.scale_index == s).sum())
+            for s in range(tokenizer.num_scales)
+        ]
+        row = dict(
+            image=path,
+            tokens=layout.num_tokens,
+            baseline_tokens=layout.baseline_tokens,
+            keep_ratio=round(float(layout.keep_ratio[0]), 4))
         rows.append(row)
         if args.out:
-            caption = (f'{row["tokens"]}/{row["baseline_tokens"]} tokens '
-                       f'(keep {row["keep_ratio"]:.1%}); per patch size: ' +
-                       ', '.join(f'{p}px {n}' for p, n in zip(
-                           tokenizer.patch_sizes, counts)))
+            caption = (
+                f'{row["tokens"]}/{row["baseline_tokens"]} tokens '
+                f'(keep {row["keep_ratio"]:.1%}); per patch size: ' +
+                ', '.join(f'{p}px {n}'
+                          for p, n in zip(tokenizer.patch_sizes, counts)))
             name = os.path.splitext(os.path.basename(path))[0] + '_patches.png'
             draw_layout(image, layout, tokenizer.patch_size,
                         caption).save(os.path.join(args.out, name))

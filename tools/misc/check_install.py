@@ -77,8 +77,7 @@ def check_cuda_ops(mmcv_cuda_ops: bool) -> None:
             'host it builds the CUDA ops; docs/install.md)')
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(300, 2, generator=gen) * 200
-    boxes = torch.cat([xy, xy + torch.rand(300, 2, generator=gen) * 60 + 1],
-                      1)
+    boxes = torch.cat([xy, xy + torch.rand(300, 2, generator=gen) * 60 + 1], 1)
     scores = torch.rand(300, generator=gen)
     _, keep_cpu = nms(boxes, scores, 0.5)
     _, keep_gpu = nms(boxes.cuda(), scores.cuda(), 0.5)

@@ -118,9 +118,8 @@ def _texture(rng: np.random.RandomState,
         mask = 1 - np.clip(dist / max(radius, 1), 0, 1)
         c2 = np.clip(c1 + 90, 0, 255)
     elif kind == 'noise':
-        return np.clip(
-            c1 + rng.normal(0, 40, size=(height, width, 3)), 0,
-            255).astype(np.float32)
+        return np.clip(c1 + rng.normal(0, 40, size=(height, width, 3)), 0,
+                       255).astype(np.float32)
     else:
         raise ValueError(f'unknown texture {kind!r}')
     mask = mask[..., None]
@@ -177,19 +176,19 @@ def make_scene(rng: np.random.RandomState, height: int,
         x = rng.randint(0, width - w)
         mask = blank()
         mask[y:y + h, x:x + w] = 1
-        _paint(image, label, mask, _texture(rng, height, width, 'checker',
-                        BASE_COLORS[PAINTING]), PAINTING)
+        _paint(image, label, mask,
+               _texture(rng, height, width, 'checker', BASE_COLORS[PAINTING]),
+               PAINTING)
     # Rugs: striped ellipses on the floor.
     if rng.rand() < 0.7:
         mask = blank()
         center = (int(rng.uniform(0.2, 0.8) * width),
-                  int(rng.uniform(horizon + 0.3 * (height - horizon),
-                                  height)))
+                  int(rng.uniform(horizon + 0.3 * (height - horizon), height)))
         axes = (int(width * rng.uniform(0.12, 0.3)),
                 int((height - horizon) * rng.uniform(0.2, 0.45)))
         cv2.ellipse(mask, center, axes, 0, 0, 360, 1, -1)
-        _paint(image, label, mask, _texture(rng, height, width, 'stripes',
-                        BASE_COLORS[RUG]), RUG)
+        _paint(image, label, mask,
+               _texture(rng, height, width, 'stripes', BASE_COLORS[RUG]), RUG)
     # Lamps: glowing discs, anywhere.
     for _ in range(rng.randint(1, 3)):
         mask = blank()
@@ -197,8 +196,8 @@ def make_scene(rng: np.random.RandomState, height: int,
         center = (rng.randint(radius, width - radius),
                   rng.randint(radius, height - radius))
         cv2.circle(mask, center, radius, 1, -1)
-        glow = _texture(rng, height, width, 'glow', BASE_COLORS[LAMP],
-                        center, radius)
+        glow = _texture(rng, height, width, 'glow', BASE_COLORS[LAMP], center,
+                        radius)
         _paint(image, label, mask, glow, LAMP)
     # Plants: dotted triangles standing on the floor line.
     for _ in range(rng.randint(1, 3)):
@@ -206,13 +205,14 @@ def make_scene(rng: np.random.RandomState, height: int,
         base_w = int(width * rng.uniform(0.14, 0.26))
         tall = int(height * rng.uniform(0.3, 0.5))
         x = rng.randint(0, width - base_w)
-        bottom = min(height - 1, horizon + rng.randint(0, max(
-            (height - horizon) // 2, 1)))
-        pts = np.array([[x, bottom], [x + base_w, bottom],
-                        [x + base_w // 2, max(bottom - tall, 0)]], np.int32)
+        bottom = min(height - 1,
+                     horizon + rng.randint(0, max((height - horizon) // 2, 1)))
+        pts = np.array(
+            [[x, bottom], [x + base_w, bottom],
+             [x + base_w // 2, max(bottom - tall, 0)]], np.int32)
         cv2.fillPoly(mask, [pts], 1)
-        _paint(image, label, mask, _texture(rng, height, width, 'dots',
-                        BASE_COLORS[PLANT]), PLANT)
+        _paint(image, label, mask,
+               _texture(rng, height, width, 'dots', BASE_COLORS[PLANT]), PLANT)
     # Clutter: noisy quadrilaterals labelled 0 (ignored), like ADE20K's
     # unlabelled pixels.
     for _ in range(rng.randint(0, 2)):
@@ -234,9 +234,10 @@ def make_scene(rng: np.random.RandomState, height: int,
 
 
 def write_split(out_dir: str, split: str, num_images: int, seed: int,
-                height_range: Tuple[int, int], width_range: Tuple[int,
-                                                                  int]) -> None:
-    """Write ``num_images`` scenes of one split (``training``/``validation``)."""
+                height_range: Tuple[int, int],
+                width_range: Tuple[int, int]) -> None:
+    """Write ``num_images`` scenes of one split (``training`` or
+    ``validation``)."""
     img_dir = osp.join(out_dir, 'images', split)
     ann_dir = osp.join(out_dir, 'annotations', split)
     os.makedirs(img_dir, exist_ok=True)

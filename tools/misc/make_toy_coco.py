@@ -146,11 +146,15 @@ def make_image(rng: np.random.Generator, min_side: int,
             poly = shape_polygon(rng, CLASSES[cls_id], cx, cy, r)
             mask = np.zeros((h, w), dtype=np.uint8)
             # 4 fractional bits: the polygon is drawn where it is annotated.
-            cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1,
-                         lineType=cv2.LINE_8, shift=4)
+            cv2.fillPoly(
+                mask, [np.round(poly * 16).astype(np.int32)],
+                1,
+                lineType=cv2.LINE_8,
+                shift=4)
             mask = mask.astype(bool)
-            grown = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5)),
-                               iterations=1).astype(bool)
+            grown = cv2.dilate(
+                mask.astype(np.uint8), np.ones((5, 5)),
+                iterations=1).astype(bool)
             if mask.sum() < 64 or (grown & occupied).any():
                 continue
             occupied |= grown

@@ -20,8 +20,10 @@ from mmapt.tokenizer.prepare import load_rgb, sample_photo_paths
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('out_dir')
-    parser.add_argument('--npy', action='store_true',
-                        help='write .npy arrays instead of the image files')
+    parser.add_argument(
+        '--npy',
+        action='store_true',
+        help='write .npy arrays instead of the image files')
     args = parser.parse_args()
     paths = sample_photo_paths()
     os.makedirs(args.out_dir, exist_ok=True)

@@ -40,9 +40,8 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help='1: one shared mask head (mmapt configs, D2CascadeRoIHead); '
         "3: the mask head copied into every stage of mmdet's CascadeRoIHead")
-    parser.add_argument('--quiet',
-                        action='store_true',
-                        help='do not list the dropped keys')
+    parser.add_argument(
+        '--quiet', action='store_true', help='do not list the dropped keys')
     return parser.parse_args()
 
 
@@ -60,12 +59,14 @@ def main() -> int:
             print(f'dropped {key}')
     config = config_for(info)
     torch.save(
-        dict(state_dict=state,
-             meta=dict(source=args.src,
-                       ema=args.ema,
-                       mask_heads=args.mask_heads,
-                       config=config,
-                       **info._asdict())), args.dst)
+        dict(
+            state_dict=state,
+            meta=dict(
+                source=args.src,
+                ema=args.ema,
+                mask_heads=args.mask_heads,
+                config=config,
+                **info._asdict())), args.dst)
     print(f'saved {len(state)} tensors to {args.dst} ({len(dropped)} '
           f'source keys dropped)')
     print(f'architecture: {info}')

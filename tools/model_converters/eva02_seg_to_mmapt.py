@@ -24,8 +24,10 @@ from mmapt.utils import (ConversionError, config_for,
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('src', help='released checkpoint, e.g. '
-                        'eva02_B_ade_seg_upernet_sz512.pth (mmseg 0.x)')
+    parser.add_argument(
+        'src',
+        help='released checkpoint, e.g. '
+        'eva02_B_ade_seg_upernet_sz512.pth (mmseg 0.x)')
     parser.add_argument('dst', help='output .pth')
     return parser.parse_args()
 
@@ -42,17 +44,21 @@ def main() -> int:
         print(f'dropped {key}')
     config = config_for(info)
     torch.save(
-        dict(state_dict=state,
-             meta=dict(source=args.src, config=config,
-                       architecture=info._asdict())), args.dst)
+        dict(
+            state_dict=state,
+            meta=dict(
+                source=args.src, config=config, architecture=info._asdict())),
+        args.dst)
     print(f'saved {len(state)} tensors to {args.dst}')
     print(f'architecture: {info._asdict()}')
     if config:
         print(f'loads into {config} (and its APT version)')
     else:
-        print('warning: no shipped config has this architecture; adapt '
-              'embed_dims/num_layers, pos_embed_grid, decode/aux channels '
-              'of configs/eva02_upernet_ade20k*.py', file=sys.stderr)
+        print(
+            'warning: no shipped config has this architecture; adapt '
+            'embed_dims/num_layers, pos_embed_grid, decode/aux channels '
+            'of configs/eva02_upernet_ade20k*.py',
+            file=sys.stderr)
     return 0
 
 

@@ -19,23 +19,35 @@ from mmapt.utils import ConversionError, convert_eva02_state_dict
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('src', help='official (.pt, weights under "module") '
-                        'or timm (.pth / .bin / .safetensors) checkpoint')
+    parser.add_argument(
+        'src',
+        help='official (.pt, weights under "module") '
+        'or timm (.pth / .bin / .safetensors) checkpoint')
     parser.add_argument('dst', help='output .pth')
-    parser.add_argument('--patch-size', type=int, default=None,
-                        help='resample the patch kernel (e.g. 14 -> 16)')
-    parser.add_argument('--img-size', type=int, default=None,
-                        help='resample the position table to img-size / '
-                        'patch-size (EVA02 resamples it to its own '
-                        'pretraining grid on load anyway)')
-    parser.add_argument('--kernel-resize', choices=('bicubic', 'pinv'),
-                        default='bicubic',
-                        help='bicubic (EVA-02\'s 14->16 script, default) or '
-                        'FlexiViT pseudo-inverse')
-    parser.add_argument('--keep-cls-token', action='store_true',
-                        help='keep cls_token and the class row of pos_embed '
-                        '(for use_cls_token=True backbones: the UperNet '
-                        'configs); backbones without one ignore them')
+    parser.add_argument(
+        '--patch-size',
+        type=int,
+        default=None,
+        help='resample the patch kernel (e.g. 14 -> 16)')
+    parser.add_argument(
+        '--img-size',
+        type=int,
+        default=None,
+        help='resample the position table to img-size / '
+        'patch-size (EVA02 resamples it to its own '
+        'pretraining grid on load anyway)')
+    parser.add_argument(
+        '--kernel-resize',
+        choices=('bicubic', 'pinv'),
+        default='bicubic',
+        help='bicubic (EVA-02\'s 14->16 script, default) or '
+        'FlexiViT pseudo-inverse')
+    parser.add_argument(
+        '--keep-cls-token',
+        action='store_true',
+        help='keep cls_token and the class row of pos_embed '
+        '(for use_cls_token=True backbones: the UperNet '
+        'configs); backbones without one ignore them')
     return parser.parse_args()
 
 
@@ -50,19 +62,22 @@ def main() -> int:
     args = parse_args()
     try:
         state, dropped = convert_eva02_state_dict(
-            load(args.src), args.patch_size, args.img_size,
-            args.kernel_resize, args.keep_cls_token)
+            load(args.src), args.patch_size, args.img_size, args.kernel_resize,
+            args.keep_cls_token)
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1
     for key in dropped:
         print(f'dropped {key}')
     torch.save(
-        dict(state_dict=state,
-             meta=dict(source=args.src, patch_size=args.patch_size,
-                       img_size=args.img_size,
-                       kernel_resize=args.kernel_resize,
-                       keep_cls_token=args.keep_cls_token)), args.dst)
+        dict(
+            state_dict=state,
+            meta=dict(
+                source=args.src,
+                patch_size=args.patch_size,
+                img_size=args.img_size,
+                kernel_resize=args.kernel_resize,
+                keep_cls_token=args.keep_cls_token)), args.dst)
     print(f'saved {len(state)} tensors to {args.dst}')
     return 0
 

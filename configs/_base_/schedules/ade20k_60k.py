@@ -8,8 +8,7 @@ optim_wrapper = dict(
     paramwise_cfg=dict(layer_decay_rate=0.85))
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-        end=1500),
+        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(
         type='PolyLR',
         power=1.0,

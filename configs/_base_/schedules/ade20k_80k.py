@@ -5,8 +5,7 @@ optim_wrapper = dict(
     optimizer=dict(lr=4e-5), paramwise_cfg=dict(layer_decay_rate=0.9))
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-        end=1500),
+        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(
         type='PolyLR',
         power=1.0,

@@ -88,8 +88,9 @@ class APTAdapter:
 
         def compute() -> List[Tensor]:
             pos = host.position_map(grid)
-            return [(pos if scale == 0 else F.avg_pool2d(pos, 1 << scale))
-                    [0].permute(1, 2, 0).reshape(-1, host.embed_dims)
+            return [(pos if scale == 0 else F.avg_pool2d(
+                pos, 1 << scale))[0].permute(1, 2,
+                                             0).reshape(-1, host.embed_dims)
                     for scale in range(num_scales)]
 
         return self._tables.get(host.pos_embed, (tuple(grid), num_scales),
@@ -143,8 +144,9 @@ class APTAdapter:
             local = centers - layout.window_origin().to(centers.dtype)
             window_rope = rope(local, (ws, ws))
         if layout.num_prefix_tokens:
-            image_rope, window_rope = (self._with_prefix_rows(t, layout)
-                                       for t in (image_rope, window_rope))
+            image_rope, window_rope = (
+                self._with_prefix_rows(t, layout)
+                for t in (image_rope, window_rope))
         return image_rope, window_rope
 
     @staticmethod

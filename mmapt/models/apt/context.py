@@ -30,8 +30,8 @@ class AttentionGroups:
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention within the groups of packed (N, heads, head_dim) q, k,
         v (RoPE, if any, already applied)."""
-        return varlen_attention(q, k, v, self.cu_seqlens, self.max_seqlen,
-                                plan=self.plan)
+        return varlen_attention(
+            q, k, v, self.cu_seqlens, self.max_seqlen, plan=self.plan)
 
 
 @dataclass

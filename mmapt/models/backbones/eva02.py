@@ -85,14 +85,14 @@ class EVA02(BaseModule, TokenObservable):
     """
 
     arch_zoo: Dict[str, dict] = {
-        'tiny': dict(embed_dims=192, num_layers=12, num_heads=3,
-                     scale_mlp=False),
-        'small': dict(embed_dims=384, num_layers=12, num_heads=6,
-                      scale_mlp=False),
-        'base': dict(embed_dims=768, num_layers=12, num_heads=12,
-                     scale_mlp=True),
-        'large': dict(embed_dims=1024, num_layers=24, num_heads=16,
-                      scale_mlp=True),
+        'tiny':
+        dict(embed_dims=192, num_layers=12, num_heads=3, scale_mlp=False),
+        'small':
+        dict(embed_dims=384, num_layers=12, num_heads=6, scale_mlp=False),
+        'base':
+        dict(embed_dims=768, num_layers=12, num_heads=12, scale_mlp=True),
+        'large':
+        dict(embed_dims=1024, num_layers=24, num_heads=16, scale_mlp=True),
     }
     # Settings an ``arch`` dict may leave out.
     arch_defaults: Dict[str, Any] = dict(
@@ -128,8 +128,8 @@ class EVA02(BaseModule, TokenObservable):
         if window_size < 0:
             raise ValueError(f'window_size must be >= 0, got {window_size}')
         self.window_size = window_size
-        self.global_attn_indexes = tuple(
-            i % num_layers for i in global_attn_indexes)
+        self.global_attn_indexes = tuple(i % num_layers
+                                         for i in global_attn_indexes)
         self.out_indices = self._parse_out_indices(out_indices, num_layers)
         self.frozen_stages = frozen_stages
         self.with_cp = with_cp
@@ -244,8 +244,8 @@ class EVA02(BaseModule, TokenObservable):
             MMLogger.get_current_instance().warning(
                 f'{type(self).__name__}: img_size {self.img_size}: {err}')
 
-    def _resize_pos_embed_hook(self, state_dict: dict, prefix: str,
-                               *args, **kwargs) -> None:
+    def _resize_pos_embed_hook(self, state_dict: dict, prefix: str, *args,
+                               **kwargs) -> None:
         """Resample an incoming position table of another grid to ours.
 
         An incoming class row is kept when this model has a class token
@@ -256,8 +256,8 @@ class EVA02(BaseModule, TokenObservable):
                 state_dict[name].shape == self.pos_embed.shape:
             return
         table = state_dict[name]
-        grid = resize_pos_embed(table, self.pos_grid,
-                                antialias=self.pos_antialias)
+        grid = resize_pos_embed(
+            table, self.pos_grid, antialias=self.pos_antialias)
         if self.cls_token is not None:
             has_row = math.isqrt(table.shape[1])**2 != table.shape[1]
             row = table[:, :1] if has_row else \
@@ -304,9 +304,9 @@ class EVA02(BaseModule, TokenObservable):
         num_total = self.num_layers + 2
         if prefix and param_name.startswith(prefix):
             param_name = param_name[len(prefix):]
-        if param_name.startswith(('patch_embed', 'pos_embed', 'apt_embed',
-                                  'cls_token', 'register_tokens',
-                                  'mask_token')):
+        if param_name.startswith(
+            ('patch_embed', 'pos_embed', 'apt_embed', 'cls_token',
+             'register_tokens', 'mask_token')):
             return 0, num_total
         if param_name.startswith('blocks.'):
             return int(param_name.split('.')[1]) + 1, num_total
@@ -333,8 +333,9 @@ class EVA02(BaseModule, TokenObservable):
         mmdet and mmseg pad) is dropped, instead of the whole input being
         stretched onto the pretraining grid.
         """
-        return (max(self.img_size[0] // self.patch_size, grid[0]),
-                max(self.img_size[1] // self.patch_size, grid[1]))
+        return (max(self.img_size[0] // self.patch_size,
+                    grid[0]), max(self.img_size[1] // self.patch_size,
+                                  grid[1]))
 
     def position_map(self, grid: Tuple[int, int]) -> Tensor:
         """(1, C, rows, cols) absolute position embedding at ``grid``: the

@@ -1,16 +1,16 @@
 from .apt_embed import APTEmbed
 from .attention import VarlenPlan, build_plans, varlen_attention
-from .embed import (ParamCache, PatchEmbed, pos_embed_map,
-                    resize_patch_kernel, resize_pos_embed)
+from .embed import (ParamCache, PatchEmbed, pos_embed_map, resize_patch_kernel,
+                    resize_pos_embed)
 from .eva02_block import (DropPath, EVA02Attention, EVA02Block, SwiGLU,
                           window_partition, window_unpartition)
 from .rope import RotaryEmbedding2D, apply_rope, rope_frequencies
 from .vit_block import LayerScale, ViTAttention, ViTBlock, ViTMlp
 
 __all__ = [
-    'APTEmbed', 'ParamCache', 'VarlenPlan', 'build_plans', 'varlen_attention', 'PatchEmbed',
-    'pos_embed_map', 'resize_patch_kernel', 'resize_pos_embed', 'DropPath',
-    'EVA02Attention', 'EVA02Block', 'SwiGLU', 'window_partition',
+    'APTEmbed', 'ParamCache', 'VarlenPlan', 'build_plans', 'varlen_attention',
+    'PatchEmbed', 'pos_embed_map', 'resize_patch_kernel', 'resize_pos_embed',
+    'DropPath', 'EVA02Attention', 'EVA02Block', 'SwiGLU', 'window_partition',
     'window_unpartition', 'RotaryEmbedding2D', 'apply_rope',
     'rope_frequencies', 'LayerScale', 'ViTAttention', 'ViTBlock', 'ViTMlp'
 ]

@@ -66,8 +66,8 @@ class APTEmbed(BaseModule):
         nn.init.zeros_(self.zero_linear.bias)
 
     def forward(self, images: Tensor, base: Tensor,
-                pos: Optional[List[Tensor]],
-                layout, patch_embed: PatchEmbed) -> Tensor:
+                pos: Optional[List[Tensor]], layout,
+                patch_embed: PatchEmbed) -> Tensor:
         """Embed every token of ``layout``, position included.
 
         Args:
@@ -111,8 +111,8 @@ class APTEmbed(BaseModule):
                 value = self._resized_embed(images, image, row, col, scale,
                                             patch_embed)
                 value = value + self.zero_linear(
-                    self._aggregate(base_flat, image, row, col, scale,
-                                    height, width))
+                    self._aggregate(base_flat, image, row, col, scale, height,
+                                    width))
             if pos is not None:
                 pos_index = (row >> scale) * (width >> scale) + (col >> scale)
                 value = value + pos[scale].index_select(0, pos_index)
@@ -123,16 +123,15 @@ class APTEmbed(BaseModule):
         return tokens
 
     @staticmethod
-    def _resized_embed(images: Tensor, image: Tensor, row: Tensor,
-                       col: Tensor, scale: int,
-                       patch_embed: PatchEmbed) -> Tensor:
+    def _resized_embed(images: Tensor, image: Tensor, row: Tensor, col: Tensor,
+                       scale: int, patch_embed: PatchEmbed) -> Tensor:
         """Patch embedding of the kept patches, area-resized to p x p."""
         factor = 1 << scale
         p = patch_embed.patch_size
         side = p * factor
         batch, chans, height, width = images.shape
-        blocks = images.view(batch, chans, height // side, side,
-                             width // side, side)
+        blocks = images.view(batch, chans, height // side, side, width // side,
+                             side)
         # Advanced indices on dims 0, 2, 4 -> (n, chans, side, side): only
         # the kept patches' pixels are read.
         pixels = blocks[image, :, row >> scale, :, col >> scale, :]
@@ -140,8 +139,7 @@ class APTEmbed(BaseModule):
         return patch_embed.embed_patches(resized.flatten(1))
 
     def _aggregate(self, base_flat: Tensor, image: Tensor, row: Tensor,
-                   col: Tensor, scale: int, height: int,
-                   width: int) -> Tensor:
+                   col: Tensor, scale: int, height: int, width: int) -> Tensor:
         """Shared 2x2 stride-2 conv applied ``scale`` times per token."""
         num, dims = image.numel(), base_flat.shape[1]
         offsets = _morton_offsets(1 << scale).to(image.device)
@@ -152,6 +150,5 @@ class APTEmbed(BaseModule):
         # Morton quadruple of channels-last cells.
         weight = self.aggregate.weight.permute(0, 2, 3, 1).reshape(dims, -1)
         for _ in range(scale):
-            x = F.linear(
-                x.view(-1, 4 * dims), weight, self.aggregate.bias)
+            x = F.linear(x.view(-1, 4 * dims), weight, self.aggregate.bias)
         return x.view(num, dims)

@@ -78,7 +78,8 @@ class VarlenPlan:
         max_seqlen (int, optional): Longest group; recomputed if None.
     """
 
-    def __init__(self, cu_seqlens: Tensor,
+    def __init__(self,
+                 cu_seqlens: Tensor,
                  max_seqlen: Optional[int] = None) -> None:
         self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
@@ -185,8 +186,8 @@ class VarlenPlan:
                 t.index_select(0, bucket.gather).view(shape).transpose(1, 2)
                 for t in (q, k, v)
             ]
-            part = F.scaled_dot_product_attention(*padded,
-                                                  attn_mask=bucket.mask)
+            part = F.scaled_dot_product_attention(
+                *padded, attn_mask=bucket.mask)
             part = part.transpose(1, 2).reshape(-1, heads, head_dim)
             if bucket.valid_rows is not None:
                 part = part.index_select(0, bucket.valid_rows)

@@ -21,7 +21,9 @@ class PatchEmbed(nn.Module):
         in_channels (int): Input channels. Defaults to 3.
     """
 
-    def __init__(self, patch_size: int, embed_dims: int,
+    def __init__(self,
+                 patch_size: int,
+                 embed_dims: int,
                  in_channels: int = 3) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -32,8 +34,10 @@ class PatchEmbed(nn.Module):
         batch, chans, height, width = x.shape
         p = self.patch_size
         rows, cols = height // p, width // p
-        patches = x.view(batch, chans, rows, p, cols, p).permute(
-            0, 2, 4, 1, 3, 5).reshape(batch * rows * cols, chans * p * p)
+        patches = x.view(batch, chans, rows, p, cols,
+                         p).permute(0, 2, 4, 1, 3,
+                                    5).reshape(batch * rows * cols,
+                                               chans * p * p)
         return self.embed_patches(patches).view(batch, rows, cols, -1)
 
     def embed_patches(self, patches: Tensor) -> Tensor:
@@ -86,11 +90,14 @@ def resize_pos_embed(pos_embed: Tensor,
     pos_embed = pos_embed[:, num_extra:]
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
-    grid = pos_embed.reshape(1, old_grid[0], old_grid[1], -1).permute(
-        0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode='bicubic',
-                         align_corners=False,
-                         antialias=antialias).to(pos_embed.dtype)
+    grid = pos_embed.reshape(1, old_grid[0], old_grid[1],
+                             -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(
+        grid.float(),
+        size=tuple(new_grid),
+        mode='bicubic',
+        align_corners=False,
+        antialias=antialias).to(pos_embed.dtype)
     return grid.flatten(2).transpose(1, 2)
 
 
@@ -103,15 +110,20 @@ def pos_embed_map(pos_embed: Tensor,
     Differentiable with respect to the table; ``antialias`` as in
     :func:`resize_pos_embed`.
     """
-    table = pos_embed.reshape(1, pos_grid[0], pos_grid[1], -1).permute(
-        0, 3, 1, 2)
+    table = pos_embed.reshape(1, pos_grid[0], pos_grid[1],
+                              -1).permute(0, 3, 1, 2)
     if tuple(grid) == tuple(pos_grid):
         return table
-    return F.interpolate(table, size=tuple(grid), mode='bicubic',
-                         align_corners=False, antialias=antialias)
+    return F.interpolate(
+        table,
+        size=tuple(grid),
+        mode='bicubic',
+        align_corners=False,
+        antialias=antialias)
 
 
-def resize_patch_kernel(weight: Tensor, new_size: int,
+def resize_patch_kernel(weight: Tensor,
+                        new_size: int,
                         mode: str = 'bicubic') -> Tensor:
     """Resample a (D, C, k, k) patch-embedding kernel to ``new_size``.
 
@@ -135,15 +147,21 @@ def resize_patch_kernel(weight: Tensor, new_size: int,
         return weight
     src = weight.float()
     if mode == 'bicubic':
-        out = F.interpolate(src, size=(new_size, new_size), mode='bicubic',
-                            align_corners=False)
+        out = F.interpolate(
+            src,
+            size=(new_size, new_size),
+            mode='bicubic',
+            align_corners=False)
     elif mode == 'pinv':
         # Column j: bicubic resize of the j-th old basis image, flattened.
         basis = torch.eye(old_size * old_size).reshape(-1, 1, old_size,
                                                        old_size)
-        resize = F.interpolate(basis, size=(new_size, new_size),
-                               mode='bicubic', align_corners=False,
-                               antialias=new_size < old_size)
+        resize = F.interpolate(
+            basis,
+            size=(new_size, new_size),
+            mode='bicubic',
+            align_corners=False,
+            antialias=new_size < old_size)
         resize_mat = resize.reshape(old_size * old_size, -1).T  # (new, old)
         pinv = torch.linalg.pinv(resize_mat.T)  # (new, old)
         out = src.flatten(2) @ pinv.T
@@ -170,8 +188,8 @@ class ParamCache:
         self.max_entries = max_entries
         self._store: Dict[tuple, Any] = {}
 
-    def get(self, param: Tensor, key: Hashable,
-            compute: Callable[[], Any]) -> Any:
+    def get(self, param: Tensor, key: Hashable, compute: Callable[[],
+                                                                  Any]) -> Any:
         """``compute()``, from the cache when ``param`` and ``key`` match."""
         if torch.is_grad_enabled() and param.requires_grad:
             return compute()

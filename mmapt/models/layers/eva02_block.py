@@ -120,8 +120,8 @@ class EVA02Attention(BaseModule):
         batch, length, channels = x.shape
         qk, v = self._qkv(x, rope)
         q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, hd)
-        out = F.scaled_dot_product_attention(q, k, v.transpose(1, 2),
-                                             attn_mask=key_mask)
+        out = F.scaled_dot_product_attention(
+            q, k, v.transpose(1, 2), attn_mask=key_mask)
         out = out.transpose(1, 2).reshape(batch, length, channels)
         return self.proj(self.norm(out))
 
@@ -242,7 +242,8 @@ class EVA02Block(BaseModule):
                 y = torch.cat([
                     self.attn(y[:, :num_prefix],
                               _identity_rope(rope, num_prefix)), grid
-                ], dim=1)
+                ],
+                              dim=1)
             else:
                 y = grid
         else:
@@ -259,8 +260,7 @@ class EVA02Block(BaseModule):
         height, width = y.shape[1:3]
         y, key_mask, padded = window_partition(y, self.window_size)
         y = self.attn(y, rope, key_mask)
-        return window_unpartition(y, self.window_size, padded,
-                                  (height, width))
+        return window_unpartition(y, self.window_size, padded, (height, width))
 
     def forward_packed(self, x: Tensor, ctx: 'PackedContext') -> Tensor:
         """Packed path on (N, C) tokens; norms and MLP see no padding.
@@ -298,8 +298,8 @@ def window_partition(
     key_mask = None
     if pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        valid = x.new_zeros(1, height + pad_h, width + pad_w, 1,
-                            dtype=torch.bool)
+        valid = x.new_zeros(
+            1, height + pad_h, width + pad_w, 1, dtype=torch.bool)
         valid[:, :height, :width] = True
         key_mask = _partition(valid, window_size).view(-1, 1, 1,
                                                        window_size**2)
@@ -315,8 +315,8 @@ def _partition(x: Tensor, ws: int) -> Tensor:
 
 
 def window_unpartition(windows: Tensor, window_size: int,
-                       padded: Tuple[int, int],
-                       size: Tuple[int, int]) -> Tensor:
+                       padded: Tuple[int, int], size: Tuple[int,
+                                                            int]) -> Tensor:
     """Inverse of :func:`window_partition`: -> (B, H, W, C), padding cut."""
     hp, wp = padded
     ws = window_size

@@ -58,13 +58,15 @@ class RotaryEmbedding2D(nn.Module):
         temperature (float): RoPE base. Defaults to 10000.
     """
 
-    def __init__(self, head_dim: int, ref_grid: int,
+    def __init__(self,
+                 head_dim: int,
+                 ref_grid: int,
                  temperature: float = 10000.) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.ref_grid = ref_grid
-        self.register_buffer('freqs', rope_frequencies(head_dim, temperature),
-                             persistent=False)
+        self.register_buffer(
+            'freqs', rope_frequencies(head_dim, temperature), persistent=False)
 
     def forward(self, coords: Tensor, grid_len: Tuple[float, float]) -> Tensor:
         """Tables for N positions.
@@ -83,7 +85,8 @@ class RotaryEmbedding2D(nn.Module):
         t = torch.stack([
             coords[:, 0] / grid_len[0] * self.ref_grid,
             coords[:, 1] / grid_len[1] * self.ref_grid
-        ], dim=1)
+        ],
+                        dim=1)
         angles = (t[:, :, None] * self.freqs.to(t.device)).flatten(1)
         return torch.complex(angles.cos(), angles.sin())
 

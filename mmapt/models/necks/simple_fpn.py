@@ -68,8 +68,8 @@ class SimpleFPN(BaseModule):
         self.in_index = in_index
 
         mid_norm = (
-            build_norm_layer(norm_cfg, c // 2)[1]
-            if norm_cfg is not None else nn.Identity())
+            build_norm_layer(norm_cfg, c //
+                             2)[1] if norm_cfg is not None else nn.Identity())
         self.fpn1 = nn.Sequential(
             nn.ConvTranspose2d(c, c // 2, 2, 2), mid_norm, nn.GELU(),
             nn.ConvTranspose2d(c // 2, c // 4, 2, 2))
@@ -116,8 +116,10 @@ class SimpleFPN(BaseModule):
                 f'SimpleFPN: expected {self.backbone_channel} input channels '
                 f'(backbone_channel), got {x.shape[1]}')
         feats: List[torch.Tensor] = [
-            self.fpn1(x), self.fpn2(x),
-            self.fpn3(x), self.fpn4(x)
+            self.fpn1(x),
+            self.fpn2(x),
+            self.fpn3(x),
+            self.fpn4(x)
         ]
         outs = [
             fpn_conv(lateral(feat)) for feat, lateral, fpn_conv in zip(

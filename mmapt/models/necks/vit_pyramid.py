@@ -75,10 +75,12 @@ class ViTPyramidNeck(BaseModule):
 
         if embed_dim <= 0:
             raise ValueError(
-                f'ViTPyramidNeck: embed_dim must be positive, got {embed_dim}.')
+                f'ViTPyramidNeck: embed_dim must be positive, got {embed_dim}.'
+            )
         if len(rescales) == 0:
             raise ValueError('ViTPyramidNeck: rescales must not be empty.')
-        norm_cfg = dict(type='LN2d', eps=1e-6) if norm_cfg is None else norm_cfg
+        norm_cfg = dict(
+            type='LN2d', eps=1e-6) if norm_cfg is None else norm_cfg
         act_cfg = dict(type='GELU') if act_cfg is None else act_cfg
         self.embed_dim = embed_dim
         self.rescales = tuple(float(s) for s in rescales)
