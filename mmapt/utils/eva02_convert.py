@@ -55,6 +55,16 @@ class ConversionError(ValueError):
     """The dict is not an EVA-02 checkpoint this converter understands."""
 
 
+def load_checkpoint_file(path: str) -> dict:
+    """A source checkpoint for the converters, on the CPU: ``.safetensors``
+    or anything ``torch.load`` reads (full training dicts included, hence
+    ``weights_only=False``: convert only files you trust)."""
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path)
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
 def unwrap_state_dict(checkpoint: dict) -> Dict[str, Tensor]:
     """Strip container keys and a whole-model prefix."""
     state = checkpoint

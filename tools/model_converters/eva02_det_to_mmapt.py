@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from mmapt.utils import ConversionError
+from mmapt.utils import ConversionError, load_checkpoint_file
 from mmapt.utils.eva02_det_convert import (config_for,
                                            convert_eva02_det_checkpoint)
 
@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    checkpoint = torch.load(args.src, map_location='cpu', weights_only=False)
+    checkpoint = load_checkpoint_file(args.src)
     try:
         state, dropped, info = convert_eva02_det_checkpoint(
             checkpoint, use_ema=args.ema, mask_heads=args.mask_heads)

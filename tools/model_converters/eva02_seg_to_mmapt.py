@@ -19,7 +19,7 @@ import sys
 import torch
 
 from mmapt.utils import (ConversionError, config_for,
-                         convert_eva02_seg_checkpoint)
+                         convert_eva02_seg_checkpoint, load_checkpoint_file)
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,7 +36,7 @@ def main() -> int:
     args = parse_args()
     try:
         state, dropped, info = convert_eva02_seg_checkpoint(
-            torch.load(args.src, map_location='cpu', weights_only=False))
+            load_checkpoint_file(args.src))
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1

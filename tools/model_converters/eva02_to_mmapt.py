@@ -14,7 +14,8 @@ import sys
 
 import torch
 
-from mmapt.utils import ConversionError, convert_eva02_state_dict
+from mmapt.utils import (ConversionError, convert_eva02_state_dict,
+                         load_checkpoint_file)
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,19 +52,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def load(path: str) -> dict:
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path)
-    return torch.load(path, map_location='cpu', weights_only=False)
-
-
 def main() -> int:
     args = parse_args()
     try:
         state, dropped = convert_eva02_state_dict(
-            load(args.src), args.patch_size, args.img_size, args.kernel_resize,
-            args.keep_cls_token)
+            load_checkpoint_file(args.src), args.patch_size, args.img_size,
+            args.kernel_resize, args.keep_cls_token)
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1

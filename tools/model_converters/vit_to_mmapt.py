@@ -17,7 +17,8 @@ import sys
 
 import torch
 
-from mmapt.utils import ConversionError, convert_vit_state_dict, vit_arch_hint
+from mmapt.utils import (ConversionError, convert_vit_state_dict,
+                         load_checkpoint_file, vit_arch_hint)
 
 
 def main() -> int:
@@ -25,14 +26,8 @@ def main() -> int:
     parser.add_argument('src', help='timm or official DINOv2 checkpoint')
     parser.add_argument('dst', help='output .pth')
     args = parser.parse_args()
-    if args.src.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        checkpoint = load_file(args.src)
-    else:
-        checkpoint = torch.load(
-            args.src, map_location='cpu', weights_only=False)
     try:
-        state, dropped = convert_vit_state_dict(checkpoint)
+        state, dropped = convert_vit_state_dict(load_checkpoint_file(args.src))
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1
