@@ -4,7 +4,7 @@ APT scores every candidate patch by the entropy of its intensity histogram:
 plain regions score low and may be covered by one large patch, busy regions
 score high and keep base-size patches.
 """
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 from torch import Tensor
@@ -128,3 +128,19 @@ def patch_entropy(gray: Tensor,
         entropy = torch.zeros(num_patches, device=gray.device)
         entropy.index_add_(0, patch_of_count.long(), neg_plogp)
     return entropy.view(batch, rows, cols)
+
+
+def entropy_maps(gray: Tensor, patch_sizes: Sequence[int],
+                 num_bins: int = 512) -> List[Tensor]:
+    """Entropy maps of several patch sizes (see :func:`patch_entropy`).
+
+    Args:
+        gray (Tensor): Intensities in [0, 255], shape (B, H, W).
+        patch_sizes (Sequence[int]): Patch sides in pixels, each dividing H
+            and W.
+        num_bins (int): Histogram bins over [0, 255]. Defaults to 512.
+
+    Returns:
+        list[Tensor]: One (B, H // size, W // size) map per patch size.
+    """
+    return [patch_entropy(gray, size, num_bins) for size in patch_sizes]

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .entropy import images_to_gray, patch_entropy
+from .entropy import entropy_maps, images_to_gray
 from .layout import PatchLayout, build_layout, select_patches
 
 # mmdet / mmseg data preprocessor defaults (ImageNet RGB statistics).
@@ -161,10 +161,7 @@ class PatchTokenizer:
     def entropy_maps(self, images: Tensor) -> list:
         """Entropy maps of the scales above the base one (smallest first)."""
         gray = images_to_gray(images, self.mean, self.std)
-        return [
-            patch_entropy(gray, size, self.num_bins)
-            for size in self.patch_sizes[1:]
-        ]
+        return entropy_maps(gray, self.patch_sizes[1:], self.num_bins)
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> PatchLayout:

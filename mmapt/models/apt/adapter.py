@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mmapt.tokenizer import PatchLayout, PatchTokenizer
+from mmapt.utils.stages import forward_stage
 from ..layers import APTEmbed, ParamCache, build_plans
 from .context import AttentionGroups, PackedContext
 
@@ -182,8 +183,14 @@ class APTAdapter:
     def __call__(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
         self.host.check_input_size(*x.shape[2:])
-        layout = self.tokenize(x)
-        tokens = self.embed(x, layout)
-        outs = self.forward_blocks(tokens, self.packed_context(layout))
-        self.report_tokens(layout)
-        return tuple(layout.unpack(t).contiguous() for t in outs)
+        with forward_stage('tokenizer'):
+            layout = self.tokenize(x)
+        with forward_stage('embedding'):
+            tokens = self.embed(x, layout)
+        with forward_stage('context'):
+            ctx = self.packed_context(layout)
+        with forward_stage('blocks'):
+            outs = self.forward_blocks(tokens, ctx)
+        with forward_stage('unpack'):
+            self.report_tokens(layout)
+            return tuple(layout.unpack(t).contiguous() for t in outs)

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from mmapt.registry import MODELS
+from mmapt.utils.stages import forward_stage
 from ..layers import (EVA02Block, ParamCache, PatchEmbed, RotaryEmbedding2D,
                       pos_embed_map, resize_pos_embed)
 from .token_observer import TokenObservable
@@ -368,15 +369,25 @@ class EVA02(BaseModule, TokenObservable):
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
         batch = x.shape[0]
         height, width = self.check_input_size(*x.shape[2:])
-        # (B, H, W, C) channels-last tokens for the blocks.
-        x = self.patch_embed(x) + self.position_map(
-            (height, width)).permute(0, 2, 3, 1)
-        prefix = self.prefix_tokens(batch)
-        global_rope = self.rope.grid(height, width, x.device,
-                                     self.nominal_grid((height, width)))
-        window_rope = self.rope.grid(self.window_size, self.window_size,
-                                     x.device) if self.window_size else None
+        with forward_stage('embedding'):
+            # (B, H, W, C) channels-last tokens for the blocks.
+            x = self.patch_embed(x) + self.position_map(
+                (height, width)).permute(0, 2, 3, 1)
+            prefix = self.prefix_tokens(batch)
+            global_rope = self.rope.grid(height, width, x.device,
+                                         self.nominal_grid((height, width)))
+            window_rope = self.rope.grid(
+                self.window_size, self.window_size,
+                x.device) if self.window_size else None
+        with forward_stage('blocks'):
+            return self._forward_dense_blocks(x, prefix, global_rope,
+                                              window_rope)
 
+    def _forward_dense_blocks(self, x: Tensor, prefix: Optional[Tensor],
+                              global_rope: Tensor,
+                              window_rope: Optional[Tensor]
+                              ) -> Tuple[Tensor, ...]:
+        batch, height, width = x.shape[:3]
         outs = []
         for i, block in enumerate(self.blocks):
             args = (x, window_rope if block.window_size else global_rope)
@@ -389,7 +400,8 @@ class EVA02(BaseModule, TokenObservable):
             if prefix is not None:
                 x, prefix = x
             if i in self.out_indices:
-                outs.append(x.permute(0, 3, 1, 2).contiguous())
+                with forward_stage('unpack'):  # nested: counted apart
+                    outs.append(x.permute(0, 3, 1, 2).contiguous())
         cells = torch.full((batch, ),
                            height * width,
                            dtype=torch.int64,

@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from mmapt.registry import MODELS
+from mmapt.utils.stages import forward_stage
 from ..layers import ViTBlock
 from .eva02 import EVA02
 
@@ -184,13 +185,27 @@ class ViT(EVA02):
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
         batch = x.shape[0]
         grid = self.check_input_size(*x.shape[2:])
-        x = self.patch_embed(x) + self.position_map(grid).permute(0, 2, 3, 1)
-        x = x.flatten(1, 2)
-        prefix = self.prefix_tokens(batch)
-        if prefix is not None:
-            x = torch.cat([prefix, x], dim=1)
+        with forward_stage('embedding'):
+            x = self.patch_embed(x) + self.position_map(grid).permute(
+                0, 2, 3, 1)
+            x = x.flatten(1, 2)
+            prefix = self.prefix_tokens(batch)
+            if prefix is not None:
+                x = torch.cat([prefix, x], dim=1)
+        with forward_stage('blocks'):
+            outs = self._forward_dense_blocks(x, grid)
+        cells = torch.full((batch, ),
+                           grid[0] * grid[1],
+                           dtype=torch.int64,
+                           device=x.device)
+        self._notify_tokens(cells, cells)  # prefix tokens not counted
+        return self._order_outputs(outs)
 
-        num_prefix = self.num_prefix_tokens
+    def _forward_dense_blocks(self, x: Tensor,
+                              grid: Tuple[int, int]) -> List[Tensor]:
+        """Blocks on (B, P + L, C) tokens; maps of the ``out_indices``
+        blocks in block order."""
+        batch, num_prefix = x.shape[0], self.num_prefix_tokens
         outs = []
         for i, block in enumerate(self.blocks):
             if self.with_cp and self.training and x.requires_grad:
@@ -198,11 +213,7 @@ class ViT(EVA02):
             else:
                 x = block(x, grid, num_prefix)
             if i in self.out_indices:
-                outs.append(x[:, num_prefix:].transpose(1, 2).reshape(
-                    batch, self.embed_dims, *grid))
-        cells = torch.full((batch, ),
-                           grid[0] * grid[1],
-                           dtype=torch.int64,
-                           device=x.device)
-        self._notify_tokens(cells, cells)  # prefix tokens not counted
-        return self._order_outputs(outs)
+                with forward_stage('unpack'):  # nested: counted apart
+                    outs.append(x[:, num_prefix:].transpose(1, 2).reshape(
+                        batch, self.embed_dims, *grid))
+        return outs
