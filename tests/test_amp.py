@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 import torch
 
-import mmapt.models.apt.context as packed_context
+import mmapt.models.layers.context as packed_context
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
 from mmapt.utils.precision import resolve_amp_dtype

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmapt.models.apt.context import AttentionGroups
+from mmapt.models.layers.context import AttentionGroups
 from mmapt.models.layers.eva02_block import EVA02Attention
 
 # Ops of the backbone that the analytic attention count replaces.

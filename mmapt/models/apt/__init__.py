@@ -1,6 +1,6 @@
 """APT as a composable part of any plain ViT backbone (the one APT seam)."""
 from .adapter import APTAdapter
-from .context import AttentionGroups, PackedContext
+from ..layers.context import AttentionGroups, PackedContext
 from .mixin import APTBackboneMixin
 
 __all__ = [

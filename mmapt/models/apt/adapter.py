@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from mmapt.tokenizer import PatchLayout, PatchTokenizer
 from mmapt.utils.stages import forward_stage
 from ..layers import APTEmbed, ParamCache, build_plans
-from .context import AttentionGroups, PackedContext
+from ..layers.context import AttentionGroups, PackedContext
 
 
 class APTAdapter:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
                              PatchTokenizer)
 from .adapter import APTAdapter
-from .context import PackedContext
+from ..layers.context import PackedContext
 
 
 class APTBackboneMixin:

@@ -9,17 +9,15 @@ Both paths run the same modules in the same order; only the token layout and
 the attention call differ. With every APT token base-sized the packed path
 therefore reproduces the dense path to float rounding.
 """
-from typing import TYPE_CHECKING, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from .context import AttentionGroups, PackedContext
 from .rope import apply_rope
-
-if TYPE_CHECKING:  # the apt package imports these layers
-    from ..apt.context import AttentionGroups, PackedContext
 
 
 class DropPath(nn.Module):
@@ -125,7 +123,7 @@ class EVA02Attention(BaseModule):
         out = out.transpose(1, 2).reshape(batch, length, channels)
         return self.proj(self.norm(out))
 
-    def forward_packed(self, x: Tensor, groups: 'AttentionGroups') -> Tensor:
+    def forward_packed(self, x: Tensor, groups: AttentionGroups) -> Tensor:
         """Packed path: (N, C) tokens, attention within ``groups``.
 
         Args:
@@ -262,7 +260,7 @@ class EVA02Block(BaseModule):
         y = self.attn(y, rope, key_mask)
         return window_unpartition(y, self.window_size, padded, (height, width))
 
-    def forward_packed(self, x: Tensor, ctx: 'PackedContext') -> Tensor:
+    def forward_packed(self, x: Tensor, ctx: PackedContext) -> Tensor:
         """Packed path on (N, C) tokens; norms and MLP see no padding.
 
         Args:

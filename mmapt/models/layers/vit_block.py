@@ -15,17 +15,15 @@ themselves only: every attention group is then a contiguous slice of the
 packed APT sequence (prefix tokens first), and the rule is the same dense
 and packed.
 """
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from .context import AttentionGroups, PackedContext
 from .eva02_block import DropPath, window_partition, window_unpartition
-
-if TYPE_CHECKING:  # the apt package imports these layers
-    from ..apt.context import AttentionGroups, PackedContext
 
 
 class LayerScale(nn.Module):
@@ -76,7 +74,7 @@ class ViTAttention(BaseModule):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self.proj(out.transpose(1, 2).reshape(batch, length, channels))
 
-    def forward_packed(self, x: Tensor, groups: 'AttentionGroups') -> Tensor:
+    def forward_packed(self, x: Tensor, groups: AttentionGroups) -> Tensor:
         """Packed path: (N, C) tokens, attention within ``groups``.
 
         Args:
@@ -177,7 +175,7 @@ class ViTBlock(BaseModule):
             return patches
         return torch.cat([self.attn(y[:, :num_prefix]), patches], dim=1)
 
-    def forward_packed(self, x: Tensor, ctx: 'PackedContext') -> Tensor:
+    def forward_packed(self, x: Tensor, ctx: PackedContext) -> Tensor:
         """Packed path on (N, C) tokens; norms and MLP see no padding.
 
         Args:

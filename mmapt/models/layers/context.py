@@ -5,7 +5,7 @@ from typing import Optional
 from torch import Tensor
 
 from mmapt.tokenizer import PatchLayout
-from ..layers.attention import VarlenPlan, varlen_attention
+from .attention import VarlenPlan, varlen_attention
 
 
 @dataclass
