@@ -9,11 +9,11 @@ from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 from torch.utils.hooks import RemovableHandle
 
 from mmapt.models.backbones.token_observer import (TokenCounter,
                                                    is_token_observable)
+from mmapt.registry import HOOKS
 
 STAT_KEYS = ('tokens', 'baseline_tokens', 'keep_ratio')
 

@@ -3,7 +3,8 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.registry import MODELS
+
+from mmapt.registry import MODELS
 
 
 @MODELS.register_module()

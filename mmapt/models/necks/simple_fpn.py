@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
-from mmengine.registry import MODELS
+
+from mmapt.registry import MODELS
 
 
 @MODELS.register_module()
