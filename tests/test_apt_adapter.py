@@ -265,7 +265,7 @@ def test_packed_class_token_sits_first_without_rope():
         torch.testing.assert_close(tokens[start], want)
         assert bool((ctx.image.rope[start] == 1).all())
         assert bool((ctx.window.rope[start] == 1).all())
-    assert ctx.image_index.numel() == layout.num_packed
+    assert ctx.packed_image_index.numel() == layout.num_packed
 
 
 def test_adapter_is_the_only_apt_code_in_the_backbone():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmapt.models import EVA02
-from mmapt.models.layers import RotaryEmbedding2D
+from mmapt.models.layers import DenseContext, RotaryEmbedding2D
 from mmapt.registry import MODELS
 from mmapt.utils import convert_eva02_state_dict
 
@@ -146,7 +146,8 @@ def test_window_padding_masks_padded_keys():
     block, rope = model.blocks[0], model.rope
     x = torch.randn(1, 5, 4, 64)
     with torch.no_grad():
-        dense = block(x, rope.grid(3, 3, x.device))
+        ctx = DenseContext(grid=(5, 4), window_rope=rope.grid(3, 3, x.device))
+        dense = block(x.flatten(1, 2), ctx).view_as(x)
         for r0 in (0, 3):
             for c0 in (0, 3):
                 win = x[:, r0:r0 + 3, c0:c0 + 3]

@@ -27,7 +27,7 @@ class FakeBackbone(nn.Module, TokenObservable):
     def forward(self, x):
         keep = x[:, 0].clamp(0.25, 1.0)
         tokens = (keep * 16).round().long()
-        self._notify_tokens(tokens, torch.full_like(tokens, 16))
+        self.notify_tokens(tokens, torch.full_like(tokens, 16))
         return self.proj(x)
 
 

@@ -8,11 +8,17 @@ ARCH = dict(embed_dims=64, num_layers=2, num_heads=1, scale_mlp=True)
 
 
 def _block_inputs(model, x):
-    """(tokens, rope) entering every block of a dense EVA02 forward."""
+    """(tokens (B, H, W, C), rope table) entering every block of a dense
+    EVA02 forward."""
     seen = []
+
+    def record(block, args):
+        tokens, ctx = args
+        rope = ctx.window_rope if block.window_size else ctx.image_rope
+        seen.append((tokens.unflatten(1, ctx.grid), rope))
+
     handles = [
-        block.register_forward_pre_hook(lambda mod, args: seen.append(
-            (args[0], args[1]))) for block in model.blocks
+        block.register_forward_pre_hook(record) for block in model.blocks
     ]
     try:
         with torch.no_grad():

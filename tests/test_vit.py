@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import assert_batch_equals_alone, run_tool
 
 from mmapt.models import ViT
-from mmapt.models.layers import ViTBlock
+from mmapt.models.layers import DenseContext, ViTBlock
 from mmapt.registry import MODELS
 from mmapt.utils import ConversionError, convert_vit_state_dict
 
@@ -189,7 +189,8 @@ def test_window_block_rule():
     x = torch.randn(2, 3 + 6 * 7, 32)
     with torch.no_grad():
         torch.testing.assert_close(
-            block(x, (6, 7), 3), _windowed_reference(block, x, (6, 7), 3))
+            block(x, DenseContext((6, 7), 3)),
+            _windowed_reference(block, x, (6, 7), 3))
 
 
 def test_windows_global_blocks_and_prefix_isolation():

@@ -1,72 +1,96 @@
 """APTAdapter: all APT logic a plain ViT backbone needs, in one place.
 
-A backbone ("host") holds one adapter and hands its forward to it. The
-adapter tokenizes the images, embeds the multi-scale patches, builds the
-packed context, runs the host's blocks on the packed tokens and unpacks the
-requested outputs to dense maps. It asks the host only for:
-
-* ``patch_size``, ``embed_dims``, ``window_size`` (0 = none),
-  ``out_indices``, ``with_cp``, ``training``;
-* ``patch_embed``: a :class:`~mmapt.models.layers.PatchEmbed`;
-* ``pos_embed`` (the parameter the position map derives from, or None) and
-  ``position_map(grid) -> (1, C, rows, cols)`` (absolute positions at the
-  base grid; not called when ``pos_embed`` is None);
-* ``rope``: a callable ``rope(coords (N, 2), grid_len) -> (N, hd / 2)``
-  complex table (``RotaryEmbedding2D``), or None for models without RoPE;
-* ``num_prefix_tokens`` and ``prefix_tokens(batch) -> (B, P, C)`` (class /
-  register tokens, their positions included) when it is > 0;
-* ``blocks``: modules with ``window_size`` and ``forward_packed(x, ctx)``;
-* ``nominal_grid(grid)``: the grid positions are defined on (global RoPE
-  is evaluated on it, see ``EVA02.nominal_grid``);
-* ``_notify_tokens(tokens, baseline)`` (``TokenObservable``): called once
-  per forward with the token counts.
-
-The adapter registers the APT layers on the host as ``host.apt_embed`` so
-checkpoint keys stay ``apt_embed.*``.
+A backbone ("host", see :class:`~mmapt.models.apt.APTHost` for exactly what
+the adapter reads from it) holds one adapter and hands its forward to it.
+The adapter tokenizes the images, embeds the multi-scale patches with the
+APT layers it is given (registered on the host as ``apt_embed``, so
+checkpoint keys stay ``apt_embed.*``), builds the packed context, runs the
+host's blocks on the packed tokens and unpacks the requested outputs to
+dense maps.
 """
+import inspect
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from mmapt.tokenizer import PatchLayout, PatchTokenizer
+from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
+                             PatchTokenizer)
 from mmapt.utils.stages import forward_stage
 from ..layers import APTEmbed, ParamCache, build_plans
 from ..layers.context import AttentionGroups, PackedContext
+from .host import APTHost, missing_host_members
+
+# Tokenizer arguments the host decides (``entropy_bins`` is the adapter's
+# name for ``num_bins``); every other tokenizer argument is an APT argument.
+_HOST_TOKENIZER_ARGS = ('self', 'patch_size', 'window_size',
+                        'num_prefix_tokens', 'num_bins')
 
 
 class APTAdapter:
     """Adaptive Patch Transformer tokens for a plain ViT backbone.
 
     Not an ``nn.Module``: it holds no weights of its own (the APT layers are
-    registered on the host), only the tokenizer and a position-table cache.
+    the host's ``apt_embed``), only the tokenizer and a position-table cache.
 
     Args:
-        host (nn.Module): The backbone (see the module docstring for what it
-            must provide).
+        host (APTHost): The backbone.
+        apt_embed (APTEmbed): The APT layers, a submodule of ``host``.
         thresholds (Sequence[float]): Entropy threshold per scale above the
-            base one, smallest first; -1 disables a scale.
-        entropy_bins (int): Histogram bins of the entropy.
-        mean (Sequence[float]): RGB mean the images were normalised with.
+            base one, smallest first; patch sizes are ``patch_size * 2**i``
+            for ``i = 0..len(thresholds)``; -1 disables a scale. Defaults to
+            the paper's detection setting (2, 2, 0.3).
+        entropy_bins (int): Histogram bins of the entropy. Defaults to 512.
+        mean (Sequence[float]): RGB mean the images were normalised with
+            (undone to measure entropy on 0-255 gray levels).
         std (Sequence[float]): RGB std the images were normalised with.
+        **tokenizer_kwargs: Further :class:`~mmapt.tokenizer.PatchTokenizer`
+            arguments (not those the host decides: patch size, window,
+            prefix tokens).
     """
 
-    def __init__(self, host: nn.Module, thresholds: Sequence[float],
-                 entropy_bins: int, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+    def __init__(self,
+                 host: APTHost,
+                 apt_embed: APTEmbed,
+                 thresholds: Sequence[float] = (2.0, 2.0, 0.3),
+                 entropy_bins: int = 512,
+                 mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD,
+                 **tokenizer_kwargs) -> None:
+        missing = missing_host_members(host)
+        if missing:
+            raise TypeError(f'{type(host).__name__} cannot host APT: it lacks '
+                            f'{missing} (see mmapt.models.apt.APTHost)')
         self.host = host
+        self.apt_embed = apt_embed
         self.tokenizer = PatchTokenizer(
             patch_size=host.patch_size,
             thresholds=tuple(thresholds),
             num_bins=entropy_bins,
             mean=tuple(mean),
             std=tuple(std),
-            window_size=host.window_size or None,
-            num_prefix_tokens=host.num_prefix_tokens)
-        host.apt_embed = APTEmbed(host.embed_dims)
+            window_size=host.window_size,
+            num_prefix_tokens=host.num_prefix_tokens,
+            **tokenizer_kwargs)
         self._tables = ParamCache()
+
+    @classmethod
+    def arg_names(cls) -> Tuple[str, ...]:
+        """The keyword arguments of an APT backbone that configure APT
+        (this constructor's and the tokenizer's own); the rest build the
+        plain ViT."""
+        own = [
+            name for name in inspect.signature(cls.__init__).parameters
+            if name not in ('self', 'host', 'apt_embed', 'tokenizer_kwargs')
+        ]
+        tokenizer = [
+            name
+            for name in inspect.signature(PatchTokenizer.__init__).parameters
+            if name not in _HOST_TOKENIZER_ARGS and name not in own
+        ]
+        return tuple(own + tokenizer)
 
     def check_input_size(self, height: int, width: int) -> None:
         """ValueError naming the fix when the images cannot be tokenized."""
@@ -102,7 +126,7 @@ class APTAdapter:
         prefix tokens, then its content tokens, positions included."""
         host = self.host
         pos = self.position_tables(layout.grid_size, layout.num_scales)
-        content = host.apt_embed(x, host.patch_embed(x), pos, layout,
+        content = self.apt_embed(x, host.patch_embed(x), pos, layout,
                                  host.patch_embed)
         if not layout.num_prefix_tokens:
             return content
@@ -128,7 +152,7 @@ class APTAdapter:
             image=AttentionGroups(layout.cu_seqlens_image,
                                   layout.max_seqlen_image, image_plan,
                                   image_rope),
-            image_index=layout.packed_image_index,
+            packed_image_index=layout.packed_image_index,
             num_images=layout.batch_size,
             num_prefix_tokens=layout.num_prefix_tokens)
 
@@ -175,14 +199,15 @@ class APTAdapter:
 
     def report_tokens(self, layout: PatchLayout) -> None:
         """Publish the per-image token counts of this forward (prefix tokens
-        not counted) on the host."""
+        not counted) through the host's ``notify_tokens``."""
         tokens = layout.tokens_per_image
-        self.host._notify_tokens(
+        self.host.notify_tokens(
             tokens, torch.full_like(tokens, layout.baseline_tokens))
 
     def __call__(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
         self.host.check_input_size(*x.shape[2:])
+        self.check_input_size(*x.shape[2:])
         with forward_stage('tokenizer'):
             layout = self.tokenize(x)
         with forward_stage('embedding'):

@@ -4,71 +4,56 @@
     class APTEVA02(APTBackboneMixin, EVA02):
         '''docstring'''
 
-The plain class must call ``self._init_extra()`` once its blocks and
-embeddings exist (before freezing stages), route input checks through
-``check_input_size`` and list extra stage-0 modules in
-``embedding_modules()``; everything else is the adapter's
-(:class:`~mmapt.models.apt.APTAdapter`).
+The plain class must be an :class:`~mmapt.models.apt.APTHost` (every
+:class:`~mmapt.models.backbones.base_vit.BaseViT` is) with a
+``warn_img_size(check)``, an ``embedding_names`` tuple and a
+``_freeze_stages()`` (the base's). The mixin builds the plain model first,
+then its own parts: ``apt_embed`` and the :class:`APTAdapter` that drives
+the forward.
 """
-from typing import List, Sequence, Tuple
+from typing import Tuple
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
-                             PatchTokenizer)
-from .adapter import APTAdapter
+from mmapt.tokenizer import PatchLayout, PatchTokenizer
+from ..layers import APTEmbed
 from ..layers.context import PackedContext
+from .adapter import APTAdapter
 
 
 class APTBackboneMixin:
     """Adds the APT arguments and hands ``forward`` to an :class:`APTAdapter`.
 
     Args:
-        thresholds (Sequence[float]): Entropy threshold per scale above the
-            base one, smallest first; patch sizes are
-            ``patch_size * 2**i`` for ``i = 0..len(thresholds)``. -1 disables
-            a scale. Defaults to the paper's detection setting (2, 2, 0.3).
-        entropy_bins (int): Histogram bins of the entropy. Defaults to 512.
-        mean (Sequence[float]): RGB mean the data preprocessor normalised
-            with (undone to measure entropy on 0-255 gray levels).
-        std (Sequence[float]): RGB std, likewise.
-        *args, **kwargs: The plain backbone's arguments.
+        *args, **kwargs: The plain backbone's arguments, and the APT ones
+            (:meth:`APTAdapter.arg_names`: ``thresholds``, ``entropy_bins``,
+            ``mean``, ``std`` and the tokenizer's own), which go to
+            :class:`APTAdapter` (see it for their meaning and defaults).
     """
 
     #: Parameters (relative to the backbone) that only APT has; the
     #: layer-decay constructor gives them their own learning-rate rule.
     apt_param_prefixes: Tuple[str, ...] = ('apt_embed.', )
 
-    def __init__(self,
-                 *args,
-                 thresholds: Sequence[float] = (2.0, 2.0, 0.3),
-                 entropy_bins: int = 512,
-                 mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD,
-                 **kwargs) -> None:
-        # Read by _init_extra, which the plain __init__ calls.
-        self._apt_args = dict(
-            thresholds=tuple(thresholds),
-            entropy_bins=entropy_bins,
-            mean=tuple(mean),
-            std=tuple(std))
+    def __init__(self, *args, **kwargs) -> None:
+        apt_kwargs = {
+            name: kwargs.pop(name)
+            for name in APTAdapter.arg_names() if name in kwargs
+        }
         super().__init__(*args, **kwargs)
+        self.apt_embed = APTEmbed(self.embed_dims)
+        self.apt = APTAdapter(self, self.apt_embed, **apt_kwargs)
+        self.warn_img_size(self.apt.check_input_size)
+        self._freeze_stages()  # again: apt_embed is part of stage 0
 
-    def _init_extra(self) -> None:
-        super()._init_extra()
-        self.apt = APTAdapter(self, **self._apt_args)
+    @property
+    def embedding_names(self) -> Tuple[str, ...]:
+        """The plain model's embedding plus ``apt_embed``."""
+        return super().embedding_names + ('apt_embed', )
 
     @property
     def tokenizer(self) -> PatchTokenizer:
         return self.apt.tokenizer
-
-    def check_input_size(self, height: int, width: int) -> Tuple[int, int]:
-        grid = super().check_input_size(height, width)
-        self.apt.check_input_size(height, width)
-        return grid
-
-    def embedding_modules(self) -> List[nn.Module]:
-        return super().embedding_modules() + [self.apt_embed]
 
     # Stages, for tests and benchmarks.
     def tokenize(self, x: Tensor) -> PatchLayout:

@@ -24,7 +24,7 @@ TokenObserver = Callable[[Tensor, Tensor], None]
 class TokenObservable:
     """Mixin for backbones that report their token counts per call.
 
-    A backbone calls :meth:`_notify_tokens` exactly once per forward with
+    A backbone calls :meth:`notify_tokens` exactly once per forward with
     the number of tokens each image ran through the blocks and the number a
     plain ViT would have run (the base grid cells); prefix tokens (class,
     registers) are counted in neither. Plain backbones pass the grid cells
@@ -66,7 +66,7 @@ class TokenObservable:
         observers[handle.id] = fn
         return handle
 
-    def _notify_tokens(self, tokens: Tensor, baseline_tokens: Tensor) -> None:
+    def notify_tokens(self, tokens: Tensor, baseline_tokens: Tensor) -> None:
         """Hand this call's per-image counts to every observer.
 
         Args:

@@ -1,20 +1,15 @@
 """Plain DINOv2-style ViT backbone for dense prediction (ViTDet style)."""
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
-import torch
 import torch.nn as nn
-from mmengine.model.weight_init import trunc_normal_
-from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from mmapt.registry import MODELS
-from mmapt.utils.stages import forward_stage
 from ..layers import ViTBlock
-from .eva02 import EVA02
+from .base_vit import BaseViT
 
 
 @MODELS.register_module()
-class ViT(EVA02):
+class ViT(BaseViT):
     """DINOv2-style vision transformer for dense prediction.
 
     The architecture of timm's ``vit_*_patch14_dinov2`` and
@@ -26,11 +21,11 @@ class ViT(EVA02):
     with global blocks; feature maps are taken after the requested blocks
     (no final norm), prefix tokens dropped.
 
-    Like the official DINOv2 models (and :class:`EVA02` with a class
-    token), ``pos_embed`` holds a class row, added to ``cls_token``; register
-    tokens get no position. The ViT machinery (arch table, positions,
-    freezing, layer depth, input checks) is :class:`EVA02`'s; this class
-    swaps the blocks and adds the register tokens. Converted weights
+    Like the official DINOv2 models, ``pos_embed`` holds a class row, added
+    to ``cls_token``; register tokens get no position. The ViT machinery
+    (arch table, positions, prefix tokens, freezing, layer depth, input
+    checks, the dense forward) is :class:`BaseViT`'s; this class adds its
+    blocks and their initialisation. Converted weights
     (``tools/model_converters/vit_to_mmapt.py``) give timm's outputs.
 
     Prefix tokens (class, then registers) attend to the whole image in
@@ -42,9 +37,8 @@ class ViT(EVA02):
             or a dict with ``embed_dims``, ``num_layers``, ``num_heads`` and
             optionally ``mlp_ratio`` (default 4).
         img_size, window_size, global_attn_indexes, out_indices,
-            drop_path_rate, frozen_stages, with_cp: As in :class:`EVA02`;
-            ``img_size`` defaults to 518 here, ``frozen_stages`` also
-            freezes the class and register tokens with stage 0.
+            drop_path_rate, frozen_stages, with_cp: As in :class:`BaseViT`;
+            ``img_size`` defaults to 518 here.
         patch_size (int): Patch size in pixels. Defaults to 14.
         pretrain_img_size (int): Pretraining image size. Defaults to 518.
         pretrain_patch_size (int): Pretraining patch size. Defaults to 14.
@@ -62,11 +56,11 @@ class ViT(EVA02):
             the timm parity holds for). ``'nominal'``: resampled to the
             nominal grid ``img_size / patch_size`` and cropped, like
             :class:`EVA02` (content keeps its canvas position when padding
-            is dropped). The two agree for inputs of ``img_size``.
+            is dropped); see :meth:`BaseViT.nominal_grid`. The two agree for
+            inputs of ``img_size``.
         init_cfg (dict | list[dict], optional): e.g.
             ``dict(type='Pretrained', checkpoint=...)`` with a file written
             by ``tools/model_converters/vit_to_mmapt.py``.
-        **kwargs: Further :class:`EVA02` arguments.
     """
 
     arch_zoo: Dict[str, dict] = {
@@ -95,125 +89,42 @@ class ViT(EVA02):
                  position_grid: str = 'input',
                  frozen_stages: int = -1,
                  with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None,
-                 **kwargs) -> None:
-        if position_grid not in ('input', 'nominal'):
-            raise ValueError("position_grid must be 'input' or 'nominal', "
-                             f'got {position_grid!r}')
-        self.position_grid = position_grid
-        if num_register_tokens < 0:
-            raise ValueError('num_register_tokens must be >= 0, got '
-                             f'{num_register_tokens}')
-        self.num_register_tokens = num_register_tokens
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         self.layer_scale_init = layer_scale_init if layer_scale else None
         super().__init__(
             arch=arch,
             img_size=img_size,
             patch_size=patch_size,
+            pos_embed_grid=pretrain_img_size // pretrain_patch_size,
             window_size=window_size,
             global_attn_indexes=global_attn_indexes,
             out_indices=out_indices,
             drop_path_rate=drop_path_rate,
-            pretrain_img_size=pretrain_img_size,
-            pretrain_patch_size=pretrain_patch_size,
             use_cls_token=use_cls_token,
+            num_register_tokens=num_register_tokens,
+            position_grid=position_grid,
             frozen_stages=frozen_stages,
             with_cp=with_cp,
-            init_cfg=init_cfg,
-            **kwargs)
+            init_cfg=init_cfg)
 
-    # ------------------------------------------------------------------ build
-    def _build_layers(self, drop_rates: List[float]) -> None:
-        """Register tokens and :class:`ViTBlock` blocks; no RoPE.
-
-        The class token and its position row are :class:`EVA02`'s.
-        """
-        dims = self.embed_dims
-        self.rope = None
-        self.register_tokens = nn.Parameter(
-            torch.zeros(1, self.num_register_tokens, dims)) \
-            if self.num_register_tokens else None
-        # Read by the APT adapter (built next, in _init_extra).
-        self.num_prefix_tokens += self.num_register_tokens
-        hidden = int(dims * self.arch_settings['mlp_ratio'])
-        self.blocks = nn.ModuleList([
+    def build_blocks(self, drop_rates: List[float]) -> nn.ModuleList:
+        """:class:`ViTBlock` blocks (GELU MLP, optional LayerScale)."""
+        hidden = int(self.embed_dims * self.arch_settings['mlp_ratio'])
+        return nn.ModuleList([
             ViTBlock(
-                dims,
+                self.embed_dims,
                 self.arch_settings['num_heads'],
                 hidden,
-                window_size=self._block_window(i),
+                window_size=self.block_window_size(i),
                 layer_scale_init=self.layer_scale_init,
-                drop_path=drop_rates[i],
-                norm_eps=self.norm_eps) for i in range(self.num_layers)
+                drop_path=rate,
+                norm_eps=self.norm_eps) for i, rate in enumerate(drop_rates)
         ])
 
     def _init_params(self) -> None:
-        """timm's ViT initialisation (used when no checkpoint is given)."""
-        trunc_normal_(self.pos_embed, std=.02)
+        """timm's ViT initialisation: :meth:`BaseViT._init_params` with the
+        prefix tokens drawn from N(0, 1e-6)."""
+        super()._init_params()
         for token in (self.cls_token, self.register_tokens):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-    def _freeze_stages(self) -> None:
-        super()._freeze_stages()
-        if self.frozen_stages >= 0 and self.register_tokens is not None:
-            self.register_tokens.requires_grad = False
-
-    # ---------------------------------------------------------------- forward
-    def nominal_grid(self, grid: Tuple[int, int]) -> Tuple[int, int]:
-        """The input's own grid (timm, DINOv2), or with
-        ``position_grid='nominal'`` :meth:`EVA02.nominal_grid`."""
-        if self.position_grid == 'input':
-            return tuple(grid)  # type: ignore[return-value]
-        return super().nominal_grid(grid)
-
-    def prefix_tokens(self, batch: int) -> Optional[Tensor]:
-        """(B, P, C): the class token with its position row, then the
-        register tokens (no position); None without any."""
-        cls = super().prefix_tokens(batch)
-        if self.register_tokens is None:
-            return cls
-        registers = self.register_tokens.expand(batch, -1, -1)
-        return registers if cls is None else torch.cat([cls, registers], 1)
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
-        batch = x.shape[0]
-        grid = self.check_input_size(*x.shape[2:])
-        with forward_stage('embedding'):
-            x = self.patch_embed(x) + self.position_map(grid).permute(
-                0, 2, 3, 1)
-            x = x.flatten(1, 2)
-            prefix = self.prefix_tokens(batch)
-            if prefix is not None:
-                x = torch.cat([prefix, x], dim=1)
-        with forward_stage('blocks'):
-            outs = self._forward_dense_blocks(x, grid)
-        cells = torch.full((batch, ),
-                           grid[0] * grid[1],
-                           dtype=torch.int64,
-                           device=x.device)
-        self._notify_tokens(cells, cells)  # prefix tokens not counted
-        return self._order_outputs(outs)
-
-    def _forward_dense_blocks(self, x: Tensor,
-                              grid: Tuple[int, int]) -> List[Tensor]:
-        """Blocks on (B, P + L, C) tokens; maps of the ``out_indices``
-        blocks in block order."""
-        batch, num_prefix = x.shape[0], self.num_prefix_tokens
-        outs = []
-        for i, block in enumerate(self.blocks):
-            if self.with_cp and self.training and x.requires_grad:
-                x = checkpoint(block, x, grid, num_prefix, use_reentrant=False)
-            else:
-                x = block(x, grid, num_prefix)
-            if i in self.out_indices:
-                with forward_stage('unpack'):  # nested: counted apart
-                    outs.append(x[:, num_prefix:].transpose(1, 2).reshape(
-                        batch, self.embed_dims, *grid))
-        return outs

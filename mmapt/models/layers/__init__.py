@@ -1,16 +1,20 @@
 from .apt_embed import APTEmbed
 from .attention import VarlenPlan, build_plans, varlen_attention
+from .common import (DenseAttention, DropPath, attend_dense, window_partition,
+                     window_unpartition)
+from .context import AttentionGroups, DenseContext, PackedContext
 from .embed import (ParamCache, PatchEmbed, pos_embed_map, resize_patch_kernel,
                     resize_pos_embed)
-from .eva02_block import (DropPath, EVA02Attention, EVA02Block, SwiGLU,
-                          window_partition, window_unpartition)
+from .eva02_block import EVA02Attention, EVA02Block, SwiGLU
 from .rope import RotaryEmbedding2D, apply_rope, rope_frequencies
 from .vit_block import LayerScale, ViTAttention, ViTBlock, ViTMlp
 
 __all__ = [
     'APTEmbed', 'ParamCache', 'VarlenPlan', 'build_plans', 'varlen_attention',
-    'PatchEmbed', 'pos_embed_map', 'resize_patch_kernel', 'resize_pos_embed',
-    'DropPath', 'EVA02Attention', 'EVA02Block', 'SwiGLU', 'window_partition',
-    'window_unpartition', 'RotaryEmbedding2D', 'apply_rope',
-    'rope_frequencies', 'LayerScale', 'ViTAttention', 'ViTBlock', 'ViTMlp'
+    'AttentionGroups', 'DenseContext', 'PackedContext', 'DenseAttention',
+    'attend_dense', 'PatchEmbed', 'pos_embed_map', 'resize_patch_kernel',
+    'resize_pos_embed', 'DropPath', 'EVA02Attention', 'EVA02Block', 'SwiGLU',
+    'window_partition', 'window_unpartition', 'RotaryEmbedding2D',
+    'apply_rope', 'rope_frequencies', 'LayerScale', 'ViTAttention', 'ViTBlock',
+    'ViTMlp'
 ]

@@ -1,6 +1,8 @@
-"""PackedContext: what every block needs about a packed batch, built once."""
+"""What every block needs about a batch, built once per forward: the
+DenseContext of dense (B, P + L, C) tokens and the PackedContext of packed
+(N, C) tokens."""
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from torch import Tensor
 
@@ -45,8 +47,9 @@ class PackedContext:
             ``image`` when the model has no windows.
         image (AttentionGroups): Groups of global blocks: whole images,
             prefix tokens included.
-        image_index (Tensor): (N_packed,) image of every packed token, for
-            per-image stochastic depth.
+        packed_image_index (Tensor): (N_packed,) image of every packed token
+            (prefix tokens included), for per-image stochastic depth; not
+            ``PatchLayout.image_index``, which covers content tokens only.
         num_images (int): Batch size.
         num_prefix_tokens (int): Prefix tokens at the start of each image.
     """
@@ -54,10 +57,37 @@ class PackedContext:
     layout: PatchLayout
     window: AttentionGroups
     image: AttentionGroups
-    image_index: Tensor
+    packed_image_index: Tensor
     num_images: int
     num_prefix_tokens: int = 0
 
     def groups(self, window_size: int) -> AttentionGroups:
         """The grouping of a block with this ``window_size`` (0 = global)."""
         return self.window if window_size else self.image
+
+
+@dataclass
+class DenseContext:
+    """Passed whole to every dense ``block(x, ctx)``.
+
+    The tokens are (B, P + H * W, C): each image's P prefix tokens, then its
+    H x W grid, row-major.
+
+    Attributes:
+        grid (tuple[int, int]): (H, W) of the patch tokens.
+        num_prefix_tokens (int): P.
+        image_rope (Tensor, optional): (P + H * W, head_dim / 2) complex RoPE
+            table of global blocks (identity rows for the prefix tokens);
+            None for models without RoPE.
+        window_rope (Tensor, optional): (ws * ws, head_dim / 2) complex
+            window-relative table of window blocks; None without RoPE or
+            windows.
+        prefix_rope (Tensor, optional): (P, head_dim / 2) identity rows, for
+            the prefix tokens' own group in window blocks.
+    """
+
+    grid: Tuple[int, int]
+    num_prefix_tokens: int = 0
+    image_rope: Optional[Tensor] = None
+    window_rope: Optional[Tensor] = None
+    prefix_rope: Optional[Tensor] = None

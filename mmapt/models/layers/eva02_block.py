@@ -1,4 +1,4 @@
-"""EVA-02 transformer block, runnable dense (B, L, C) or packed (N, C).
+"""EVA-02 transformer block, dense (B, P + L, C) or packed (N, C).
 
 Parameter names follow the official EVA-02 tiny/small checkpoints (fused
 ``qkv`` + ``q_bias``/``v_bias``, ``mlp.w12``/``mlp.w3``), with timm's short
@@ -9,53 +9,16 @@ Both paths run the same modules in the same order; only the token layout and
 the attention call differ. With every APT token base-sized the packed path
 therefore reproduces the dense path to float rounding.
 """
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .context import AttentionGroups, PackedContext
+from .common import DropPath, attend_dense
+from .context import AttentionGroups, DenseContext, PackedContext
 from .rope import apply_rope
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (image), for dense or packed tokens.
-
-    Args:
-        drop_prob (float): Probability of dropping a sample's residual branch.
-    """
-
-    def __init__(self, drop_prob: float = 0.) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self,
-                x: Tensor,
-                sample_index: Optional[Tensor] = None,
-                num_samples: int = 0) -> Tensor:
-        """Drop ``x``'s branch per sample.
-
-        Args:
-            x (Tensor): (B, ...) dense, or (N, C) packed with ``sample_index``.
-            sample_index (Tensor, optional): (N,) image of each packed token;
-                packed tokens of one image are dropped together.
-            num_samples (int): Number of images when packed.
-        """
-        if self.drop_prob == 0. or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        if sample_index is None:
-            shape = (x.shape[0], ) + (1, ) * (x.dim() - 1)
-            mask = x.new_empty(shape).bernoulli_(keep)
-        else:
-            mask = x.new_empty(num_samples).bernoulli_(keep)
-            mask = mask.index_select(0, sample_index)[:, None]
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f'drop_prob={self.drop_prob}'
 
 
 class EVA02Attention(BaseModule):
@@ -104,7 +67,7 @@ class EVA02Attention(BaseModule):
                 x: Tensor,
                 rope: Tensor,
                 key_mask: Optional[Tensor] = None) -> Tensor:
-        """Dense path.
+        """Dense path (a :data:`~mmapt.models.layers.common.DenseAttention`).
 
         Args:
             x (Tensor): (B, L, C) tokens of B sequences (images or windows).
@@ -176,8 +139,7 @@ class EVA02Block(BaseModule):
         embed_dims (int): Channels.
         num_heads (int): Attention heads.
         mlp_hidden_dims (int): SwiGLU hidden channels.
-        window_size (int): Window side in tokens for the dense path; 0 means
-            global attention.
+        window_size (int): Window side in tokens; 0 means global attention.
         scale_mlp (bool): LayerNorm inside the MLP.
         attn_inner_norm (bool): LayerNorm inside attention.
         drop_path (float): Stochastic depth rate.
@@ -202,63 +164,27 @@ class EVA02Block(BaseModule):
         self.mlp = SwiGLU(embed_dims, mlp_hidden_dims, scale_mlp, norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(
-        self,
-        x: Tensor,
-        rope: Tensor,
-        prefix: Optional[Tensor] = None
-    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        """Dense path on a (B, H, W, C) token map, and optional prefix tokens.
+    def forward(self, x: Tensor, ctx: DenseContext) -> Tensor:
+        """Dense path on (B, P + H * W, C) tokens (prefix first).
 
-        Window blocks pad the map to a multiple of the window (like ViTDet),
-        attend within windows with window-relative RoPE and mask the padded
-        keys; global blocks attend over the whole image. Prefix tokens
-        (class token) get no RoPE; they attend with the whole image in global
-        blocks and among themselves in window blocks.
+        Window blocks attend within windows with window-relative RoPE
+        (partial border windows padded, padded keys masked, like ViTDet);
+        global blocks over the whole image with the RoPE of the nominal
+        grid. Prefix tokens (class token) get no RoPE; they attend with the
+        whole image in global blocks and among themselves in window blocks
+        (:func:`~mmapt.models.layers.common.attend_dense`).
 
         Args:
-            x (Tensor): (B, H, W, C).
-            rope (Tensor): Complex RoPE table of the window grid (window
-                blocks) or of the H x W grid (global blocks).
-            prefix (Tensor, optional): (B, P, C) prefix tokens.
+            x (Tensor): (B, P + H * W, C) tokens.
+            ctx (DenseContext): Grid, prefix count and RoPE tables, shared
+                by all blocks.
 
         Returns:
-            Tensor | tuple[Tensor, Tensor]: The new map, and the new prefix
-            tokens when ``prefix`` is given.
+            Tensor: (B, P + H * W, C).
         """
-        batch, height, width, channels = x.shape
-        num_prefix = 0 if prefix is None else prefix.shape[1]
-        seq = x.reshape(batch, height * width, channels)
-        if num_prefix:
-            seq = torch.cat([prefix, seq], dim=1)
-        y = self.norm1(seq)
-        if self.window_size > 0:
-            grid = self._window_attention(
-                y[:, num_prefix:].view(batch, height, width, channels), rope)
-            grid = grid.reshape(batch, height * width, channels)
-            if num_prefix:  # the prefix tokens: a group of their own
-                y = torch.cat([
-                    self.attn(y[:, :num_prefix],
-                              _identity_rope(rope, num_prefix)), grid
-                ],
-                              dim=1)
-            else:
-                y = grid
-        else:
-            if num_prefix:
-                rope = torch.cat([_identity_rope(rope, num_prefix), rope])
-            y = self.attn(y, rope)
-        seq = seq + self.drop_path(y)
-        seq = seq + self.drop_path(self.mlp(self.norm2(seq)))
-        out = seq[:, num_prefix:].reshape(batch, height, width, channels)
-        return out if prefix is None else (out, seq[:, :num_prefix])
-
-    def _window_attention(self, y: Tensor, rope: Tensor) -> Tensor:
-        """Attention within windows of a normalised (B, H, W, C) map."""
-        height, width = y.shape[1:3]
-        y, key_mask, padded = window_partition(y, self.window_size)
-        y = self.attn(y, rope, key_mask)
-        return window_unpartition(y, self.window_size, padded, (height, width))
+        y = attend_dense(self.attn, self.norm1(x), ctx, self.window_size)
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def forward_packed(self, x: Tensor, ctx: PackedContext) -> Tensor:
         """Packed path on (N, C) tokens; norms and MLP see no padding.
@@ -271,57 +197,7 @@ class EVA02Block(BaseModule):
         """
         groups = ctx.groups(self.window_size)
         y = self.attn.forward_packed(self.norm1(x), groups)
-        x = x + self.drop_path(y, ctx.image_index, ctx.num_images)
+        images = ctx.packed_image_index
+        x = x + self.drop_path(y, images, ctx.num_images)
         y = self.mlp(self.norm2(x))
-        return x + self.drop_path(y, ctx.image_index, ctx.num_images)
-
-
-def _identity_rope(rope: Tensor, rows: int) -> Tensor:
-    """``rows`` RoPE rows that rotate nothing (1 + 0i), for prefix tokens."""
-    return rope.new_ones(rows, rope.shape[-1])
-
-
-def window_partition(
-        x: Tensor,
-        window_size: int) -> Tuple[Tensor, Optional[Tensor], Tuple[int, int]]:
-    """(B, H, W, C) -> (B * nW, ws * ws, C) windows, zero-padded.
-
-    Returns:
-        tuple: windows; (B * nW, 1, 1, ws * ws) bool key mask (None without
-        padding); padded (Hp, Wp).
-    """
-    batch, height, width, channels = x.shape
-    pad_h = (window_size - height % window_size) % window_size
-    pad_w = (window_size - width % window_size) % window_size
-    key_mask = None
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        valid = x.new_zeros(
-            1, height + pad_h, width + pad_w, 1, dtype=torch.bool)
-        valid[:, :height, :width] = True
-        key_mask = _partition(valid, window_size).view(-1, 1, 1,
-                                                       window_size**2)
-        key_mask = key_mask.repeat(batch, 1, 1, 1)
-    padded = (height + pad_h, width + pad_w)
-    return _partition(x, window_size), key_mask, padded
-
-
-def _partition(x: Tensor, ws: int) -> Tensor:
-    batch, height, width, channels = x.shape
-    x = x.view(batch, height // ws, ws, width // ws, ws, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, channels)
-
-
-def window_unpartition(windows: Tensor, window_size: int,
-                       padded: Tuple[int, int], size: Tuple[int,
-                                                            int]) -> Tensor:
-    """Inverse of :func:`window_partition`: -> (B, H, W, C), padding cut."""
-    hp, wp = padded
-    ws = window_size
-    channels = windows.shape[-1]
-    batch = windows.shape[0] // ((hp // ws) * (wp // ws))
-    x = windows.view(batch, hp // ws, wp // ws, ws, ws, channels)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, hp, wp, channels)
-    if (hp, wp) != tuple(size):
-        x = x[:, :size[0], :size[1]]
-    return x
+        return x + self.drop_path(y, images, ctx.num_images)

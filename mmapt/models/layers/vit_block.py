@@ -6,24 +6,24 @@ Parameter names are timm's and DINOv2's (``attn.qkv``, ``attn.proj``,
 ``ls1.gamma``, ``mlp.fc1``, ``mlp.fc2``), so both checkpoints load with
 hardly any renaming (``mmapt.utils.vit_convert``).
 
-Dense sequences may start with ``num_prefix`` prefix tokens (class and
-register tokens) followed by an ``H x W`` grid of patch tokens. In global
-blocks every token attends to every token of its image. In window blocks
-the patch tokens attend within their window (padded to a multiple of the
-window with masked keys, like ViTDet) and the prefix tokens attend among
-themselves only: every attention group is then a contiguous slice of the
+Dense sequences start with P prefix tokens (class and register tokens)
+followed by an ``H x W`` grid of patch tokens, and follow the attention
+rule of every block family (:func:`~mmapt.models.layers.common.attend_dense`):
+in global blocks every token attends to every token of its image; in window
+blocks the patch tokens attend within their window and the prefix tokens
+among themselves. Every attention group is then a contiguous slice of the
 packed APT sequence (prefix tokens first), and the rule is the same dense
 and packed.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .context import AttentionGroups, PackedContext
-from .eva02_block import DropPath, window_partition, window_unpartition
+from .common import DropPath, attend_dense
+from .context import AttentionGroups, DenseContext, PackedContext
 
 
 class LayerScale(nn.Module):
@@ -113,8 +113,7 @@ class ViTBlock(BaseModule):
         embed_dims (int): Channels.
         num_heads (int): Attention heads.
         mlp_hidden_dims (int): MLP hidden channels.
-        window_size (int): Window side in tokens for the dense path; 0 means
-            global attention.
+        window_size (int): Window side in tokens; 0 means global attention.
         layer_scale_init (float, optional): Initial LayerScale value; None
             builds no LayerScale (no ``ls1``/``ls2`` weights).
         drop_path (float): Stochastic depth rate.
@@ -142,38 +141,20 @@ class ViTBlock(BaseModule):
             self.ls2 = LayerScale(embed_dims, layer_scale_init)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self,
-                x: Tensor,
-                grid: Tuple[int, int],
-                num_prefix: int = 0) -> Tensor:
-        """Dense path on (B, P + H * W, C): P prefix tokens, then the grid.
+    def forward(self, x: Tensor, ctx: DenseContext) -> Tensor:
+        """Dense path on (B, P + H * W, C) tokens (prefix first).
 
         Args:
             x (Tensor): Tokens, prefix first, patch tokens row-major.
-            grid (tuple[int, int]): (H, W) of the patch tokens.
-            num_prefix (int): P.
+            ctx (DenseContext): Grid and prefix count, shared by all blocks.
         """
-        y = self.norm1(x)
-        if self.window_size > 0:
-            y = self._window_attention(y, grid, num_prefix)
-        else:
-            y = self.attn(y)
+        y = attend_dense(self._attention, self.norm1(x), ctx, self.window_size)
         x = x + self.drop_path(self.ls1(y))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
-    def _window_attention(self, y: Tensor, grid: Tuple[int, int],
-                          num_prefix: int) -> Tensor:
-        """Patch tokens attend within windows, prefix tokens among
-        themselves."""
-        batch, _, channels = y.shape
-        patches = y[:, num_prefix:].reshape(batch, grid[0], grid[1], channels)
-        windows, key_mask, padded = window_partition(patches, self.window_size)
-        patches = window_unpartition(
-            self.attn(windows, key_mask), self.window_size, padded, grid)
-        patches = patches.reshape(batch, grid[0] * grid[1], channels)
-        if not num_prefix:
-            return patches
-        return torch.cat([self.attn(y[:, :num_prefix]), patches], dim=1)
+    def _attention(self, x: Tensor, rope: Optional[Tensor],
+                   key_mask: Optional[Tensor]) -> Tensor:
+        return self.attn(x, key_mask)  # no RoPE in this family
 
     def forward_packed(self, x: Tensor, ctx: PackedContext) -> Tensor:
         """Packed path on (N, C) tokens; norms and MLP see no padding.
@@ -185,6 +166,7 @@ class ViTBlock(BaseModule):
         """
         y = self.attn.forward_packed(
             self.norm1(x), ctx.groups(self.window_size))
-        x = x + self.drop_path(self.ls1(y), ctx.image_index, ctx.num_images)
+        images = ctx.packed_image_index
+        x = x + self.drop_path(self.ls1(y), images, ctx.num_images)
         y = self.ls2(self.mlp(self.norm2(x)))
-        return x + self.drop_path(y, ctx.image_index, ctx.num_images)
+        return x + self.drop_path(y, images, ctx.num_images)
