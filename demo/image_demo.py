@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
+from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import add_cfg_options
 from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid, side_by_side,
                                     tokenizer_from_config)
@@ -71,10 +72,12 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str,
                 scope: str):
     if scope == 'mmdet':
         from mmdet.apis import init_detector
-        model = init_detector(cfg, checkpoint, device=device)
+        with trusted_checkpoints():  # a Runner-written (trained) checkpoint
+            model = init_detector(cfg, checkpoint, device=device)
     elif scope == 'mmseg':
         from mmseg.apis import init_model
-        model = init_model(cfg, checkpoint, device=device)
+        with trusted_checkpoints():
+            model = init_model(cfg, checkpoint, device=device)
     else:
         raise ValueError(
             f'default_scope {scope!r} is not supported: use an mmdet or '

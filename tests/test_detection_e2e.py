@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_tool
 
+from mmapt.engine import trusted_checkpoints
 from mmapt.models.backbones import count_tokens
 
 pytest.importorskip('mmdet')
@@ -235,8 +236,9 @@ def test_det_inferencer_with_toy_checkpoint_and_without(trained, tmp_path):
     from mmengine.config import Config
     cfg = Config.fromfile(TOY_APT)
     cfg.merge_from_dict(KEEP_ALL)
-    inferencer = DetInferencer(
-        model=cfg, weights=trained['ckpt'], device='cpu')
+    with trusted_checkpoints():  # a Runner-written checkpoint
+        inferencer = DetInferencer(
+            model=cfg, weights=trained['ckpt'], device='cpu')
     pred = _check_predictions(
         inferencer(image, no_save_vis=True, return_datasamples=False))
     assert len(pred['bboxes']) > 0
@@ -244,7 +246,8 @@ def test_det_inferencer_with_toy_checkpoint_and_without(trained, tmp_path):
     random_init = DetInferencer(model=TOY_APT, weights=None, device='cpu')
     _check_predictions(random_init(image, no_save_vis=True))
 
-    model = init_detector(TOY_APT, trained['ckpt'], device='cpu')
+    with trusted_checkpoints():
+        model = init_detector(TOY_APT, trained['ckpt'], device='cpu')
     with count_tokens(model.backbone) as counter:
         result = inference_detector(model, image)
     assert result.pred_instances.masks.shape[-2:] == (200, 300)

@@ -1,6 +1,7 @@
 """TokenStatsHook in a real mmengine Runner: train, val and test."""
 import json
 import os.path as osp
+import pickle
 
 import pytest
 import torch
@@ -10,10 +11,12 @@ from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from mmengine.registry import METRICS
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
+from mmengine.utils import digit_version
 from torch.utils.data import Dataset
 
 import mmapt.engine  # noqa: F401
-from mmapt.engine import TokenStatsHook
+from mmapt.engine import TokenStatsHook, trusted_checkpoints
 from mmapt.models.backbones import TokenObservable
 
 
@@ -213,12 +216,21 @@ def test_interval_validation():
 
 def test_runner_checkpoint_round_trip(tmp_path):
     """mmengine checkpoints (message hub, numpy state) load on torch >= 2.6,
-    whose torch.load defaults to weights_only=True (mmapt.engine.checkpoint);
-    mmengine calls torch.load without the argument."""
+    whose torch.load defaults to weights_only=True, inside
+    trusted_checkpoints() (mmengine calls torch.load without the argument);
+    outside it, mmengine's own loader is untouched by ``import mmapt``."""
     runner = make_runner(tmp_path, ToyModel())
     runner.train()
     runner.save_checkpoint(str(tmp_path), 'round_trip.pth')
-    ckpt = runner.load_checkpoint(str(tmp_path / 'round_trip.pth'))
+    path = str(tmp_path / 'round_trip.pth')
+    assert CheckpointLoader._get_checkpoint_loader(path) is load_from_local
+    if digit_version(torch.__version__) >= digit_version('2.6'):
+        with pytest.raises(pickle.UnpicklingError):
+            runner.load_checkpoint(path)
+    with trusted_checkpoints():
+        with trusted_checkpoints():  # nested blocks are fine
+            ckpt = runner.load_checkpoint(path)
+        runner.resume(path)
     assert 'message_hub' in ckpt and 'state_dict' in ckpt
-    runner.resume(str(tmp_path / 'round_trip.pth'))
     assert runner.iter == 4
+    assert CheckpointLoader._get_checkpoint_loader(path) is load_from_local

@@ -24,6 +24,7 @@ from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
 from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
+from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import (add_runner_args, build_runner, check_data,
                                     load_runner_config, setup_cpu_distributed)
 from mmapt.engine.released import apply_released_test_cfg
@@ -173,7 +174,8 @@ def main():
     check_data(cfg, args.config, ('test', ))
     setup_cpu_distributed(cfg, args.launcher)
     runner = build_runner(cfg)
-    metrics = runner.test()
+    with trusted_checkpoints():  # a Runner-written (trained) checkpoint
+        metrics = runner.test()
 
     if is_main_process():
         result = collect_metrics(runner, metrics)

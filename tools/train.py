@@ -13,6 +13,7 @@ import argparse
 
 from mmengine.logging import print_log
 
+from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import (add_runner_args, build_runner,
                                     check_checkpoints, check_data,
                                     load_runner_config, setup_cpu_distributed)
@@ -74,7 +75,10 @@ def main():
     check_data(cfg, args.config, splits)
     check_checkpoints(cfg, args.config, check_init=not cfg.get('resume'))
     setup_cpu_distributed(cfg, args.launcher)
-    build_runner(cfg).train()
+    runner = build_runner(cfg)
+    # --resume and a fine-tune's load_from read Runner-written checkpoints.
+    with trusted_checkpoints():
+        runner.train()
 
 
 if __name__ == '__main__':

@@ -1,11 +1,12 @@
 # Copyright (c) mmapt contributors. All rights reserved.
-from . import checkpoint  # noqa: F401  (mmengine checkpoints on torch >= 2.6)
 from .amp import (AmpTestLoop, AmpValLoop, apply_amp_test_cfg, autocast_model,
                   resolve_amp_dtype)
+from .checkpoint import trusted_checkpoints
 from .hooks import TokenStatsHook
 from .layer_decay import LayerDecayOptimWrapperConstructor
 
 __all__ = [
     'LayerDecayOptimWrapperConstructor', 'TokenStatsHook', 'AmpTestLoop',
-    'AmpValLoop', 'autocast_model', 'apply_amp_test_cfg', 'resolve_amp_dtype'
+    'AmpValLoop', 'autocast_model', 'apply_amp_test_cfg', 'resolve_amp_dtype',
+    'trusted_checkpoints'
 ]

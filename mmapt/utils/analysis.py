@@ -107,13 +107,16 @@ def build_model_pair(apt_cfg,
     """
     from mmengine.logging import MMLogger
     from mmengine.runner import load_checkpoint
+
+    from mmapt.engine.checkpoint import trusted_checkpoints
     torch.manual_seed(seed)
     for cfg in (apt_cfg, base_cfg):
         cfg.model.backbone.pop('init_cfg', None)
     baseline = registry.build(base_cfg.model)
     apt = registry.build(apt_cfg.model)
     if checkpoint:
-        load_checkpoint(apt, checkpoint, map_location='cpu')
+        with trusted_checkpoints():  # may be a Runner-written checkpoint
+            load_checkpoint(apt, checkpoint, map_location='cpu')
         source, target = apt, baseline
     else:
         # init_weights logs every parameter at INFO: keep tool output short.
