@@ -17,27 +17,30 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmapt.models.layers.context import AttentionGroups
-from mmapt.models.layers.eva02_block import EVA02Attention
+from mmapt.models.layers import AttentionGroups, SelfAttentionBase
 
 # Ops of the backbone that the analytic attention count replaces.
 _ATTENTION_OPS = ('bmm', 'baddbmm', 'scaled_dot_product')
 
 
 class AttentionCount:
-    """Analytic FLOPs of every dense or packed EVA-02 attention call."""
+    """Analytic FLOPs of every dense or packed attention call of a model.
+
+    Dense calls are those of the model's :class:`SelfAttentionBase` modules
+    (every block family's attention derives from it); packed calls go
+    through :meth:`AttentionGroups.attend`.
+    """
 
     def __init__(self) -> None:
         self.flops = 0
 
-    @contextmanager
-    def attach(self) -> Iterator['AttentionCount']:
-        dense, packed = EVA02Attention.forward, AttentionGroups.attend
+    def _dense(self, module: nn.Module, args: tuple) -> None:
+        batch, length, channels = args[0].shape  # whole windows / images
+        self.flops += 4 * batch * length * length * channels
 
-        def dense_forward(attn, x, *args, **kwargs):
-            batch, length, channels = x.shape  # whole windows / images
-            self.flops += 4 * batch * length * length * channels
-            return dense(attn, x, *args, **kwargs)
+    @contextmanager
+    def attach(self, model: nn.Module) -> Iterator['AttentionCount']:
+        packed = AttentionGroups.attend
 
         def packed_attend(groups, q, k, v):
             lengths = groups.cu_seqlens.diff().to(torch.int64)
@@ -45,13 +48,20 @@ class AttentionCount:
             self.flops += 4 * heads * head_dim * int((lengths**2).sum())
             return packed(groups, q, k, v)
 
-        EVA02Attention.forward = dense_forward
+        # Module hooks fire on module calls: the dense path, not
+        # forward_packed (counted by its groups below).
+        handles = [
+            module.register_forward_pre_hook(self._dense)
+            for module in model.modules()
+            if isinstance(module, SelfAttentionBase)
+        ]
         AttentionGroups.attend = packed_attend
         try:
             yield self
         finally:
-            EVA02Attention.forward = dense
             AttentionGroups.attend = packed
+            for handle in handles:
+                handle.remove()
 
 
 @contextmanager
@@ -68,7 +78,7 @@ def count_flops(model: nn.Module) -> Iterator[Dict[str, float]]:
     result: Dict[str, float] = {}
     attention = AttentionCount()
     try:
-        with attention.attach(), FlopCounterMode(display=False) as mode:
+        with attention.attach(model), FlopCounterMode(display=False) as mode:
             yield result
     finally:
         for param, flag in flags:

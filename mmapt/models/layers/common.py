@@ -14,6 +14,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .context import DenseContext
@@ -21,6 +22,17 @@ from .context import DenseContext
 #: ``attention(tokens (B', L', C), rope (L', hd / 2) or None,
 #: key_mask (B', 1, 1, L') or None) -> (B', L', C)``.
 DenseAttention = Callable[[Tensor, Optional[Tensor], Optional[Tensor]], Tensor]
+
+
+class SelfAttentionBase(BaseModule):
+    """Base of every block family's attention module.
+
+    A subclass attends, in its dense ``forward(x (B, L, C), ...)``, among
+    the L tokens of each of B sequences (images or windows), and in
+    ``forward_packed(x (N, C), groups)`` within the packed ``groups``. Tools
+    recognise attention by this class (``mmapt.utils.flops`` counts its
+    FLOPs analytically), never by a family's class name.
+    """
 
 
 class DropPath(nn.Module):

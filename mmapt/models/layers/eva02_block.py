@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .common import DropPath, attend_dense
+from .common import DropPath, SelfAttentionBase, attend_dense
 from .context import AttentionGroups, DenseContext, PackedContext
 from .rope import apply_rope
 
 
-class EVA02Attention(BaseModule):
+class EVA02Attention(SelfAttentionBase):
     """Multi-head self-attention with 2D RoPE, q/v biases and no k bias.
 
     Args:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .common import DropPath, attend_dense
+from .common import DropPath, SelfAttentionBase, attend_dense
 from .context import AttentionGroups, DenseContext, PackedContext
 
 
@@ -42,7 +42,7 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class ViTAttention(BaseModule):
+class ViTAttention(SelfAttentionBase):
     """Multi-head self-attention with a fused, biased qkv projection.
 
     Args:
