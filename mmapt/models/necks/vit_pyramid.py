@@ -45,8 +45,8 @@ class ViTPyramidNeck(BaseModule):
     factor of 1 is the identity.
 
     Args:
-        embed_dim (int): Channels of every input map (the backbone's embedding
-            dimension, e.g. 768 for EVA-02-B). Output maps keep it.
+        embed_dims (int): Channels of every input map (the backbone's
+            ``embed_dims``, e.g. 768 for EVA-02-B). Output maps keep it.
         rescales (Sequence[float]): One power-of-two factor per input map.
             Defaults to ``(4, 2, 1, 0.5)``: strides 4, 8, 16, 32 from
             stride-16 inputs.
@@ -60,29 +60,37 @@ class ViTPyramidNeck(BaseModule):
             Defaults to ``dict(type='GELU')``.
         init_cfg (dict or list[dict], optional): Initialization config.
             Defaults to None (PyTorch's default init of the layers).
+        embed_dim (int, optional): The former name of ``embed_dims``, still
+            accepted for configs written with it.
     """
 
     def __init__(self,
-                 embed_dim: int,
+                 embed_dims: Optional[int] = None,
                  rescales: Sequence[float] = (4, 2, 1, 0.5),
                  norm_cfg: Optional[dict] = None,
                  act_cfg: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None,
+                 embed_dim: Optional[int] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         # mmcv is imported lazily so that ``import mmapt`` needs only torch
         # and mmengine.
         from mmcv.cnn import build_activation_layer, build_norm_layer
 
-        if embed_dim <= 0:
-            raise ValueError(
-                f'ViTPyramidNeck: embed_dim must be positive, got {embed_dim}.'
-            )
+        if embed_dim is not None:
+            if embed_dims not in (None, embed_dim):
+                raise ValueError(
+                    f'ViTPyramidNeck: embed_dims={embed_dims} and '
+                    f'embed_dim={embed_dim} disagree; give embed_dims only.')
+            embed_dims = embed_dim
+        if embed_dims is None or embed_dims <= 0:
+            raise ValueError('ViTPyramidNeck: embed_dims (the backbone\'s) '
+                             f'must be positive, got {embed_dims}.')
         if len(rescales) == 0:
             raise ValueError('ViTPyramidNeck: rescales must not be empty.')
         norm_cfg = dict(
             type='LN2d', eps=1e-6) if norm_cfg is None else norm_cfg
         act_cfg = dict(type='GELU') if act_cfg is None else act_cfg
-        self.embed_dim = embed_dim
+        self.embed_dims = embed_dims
         self.rescales = tuple(float(s) for s in rescales)
 
         self.levels = nn.ModuleList()
@@ -92,11 +100,12 @@ class ViTPyramidNeck(BaseModule):
                 layers: List[nn.Module] = []
                 for step in range(exponent):
                     if step > 0:
-                        layers.append(build_norm_layer(norm_cfg, embed_dim)[1])
+                        layers.append(
+                            build_norm_layer(norm_cfg, embed_dims)[1])
                         layers.append(build_activation_layer(act_cfg))
                     layers.append(
                         nn.ConvTranspose2d(
-                            embed_dim, embed_dim, kernel_size=2, stride=2))
+                            embed_dims, embed_dims, kernel_size=2, stride=2))
                 self.levels.append(nn.Sequential(*layers))
             elif exponent == 0:
                 self.levels.append(nn.Identity())
@@ -110,10 +119,10 @@ class ViTPyramidNeck(BaseModule):
 
         Args:
             inputs (Sequence[Tensor]): ``len(rescales)`` maps of shape
-                ``(B, embed_dim, H, W)``, finest level first.
+                ``(B, embed_dims, H, W)``, finest level first.
 
         Returns:
-            tuple[Tensor]: One map per level, ``(B, embed_dim, H * s, W * s)``
+            tuple[Tensor]: One map per level, ``(B, embed_dims, H * s, W * s)``
             for rescale ``s``.
         """
         if len(inputs) != len(self.levels):
@@ -123,11 +132,11 @@ class ViTPyramidNeck(BaseModule):
                 'backbone out_indices to one index per rescale.')
         outputs = []
         for x, level in zip(inputs, self.levels):
-            if x.dim() != 4 or x.shape[1] != self.embed_dim:
+            if x.dim() != 4 or x.shape[1] != self.embed_dims:
                 raise ValueError(
-                    'ViTPyramidNeck expects (B, embed_dim, H, W) maps with '
-                    f'embed_dim={self.embed_dim}, got {tuple(x.shape)}: set '
-                    'neck.embed_dim to the backbone embedding dimension.')
+                    'ViTPyramidNeck expects (B, embed_dims, H, W) maps with '
+                    f'embed_dims={self.embed_dims}, got {tuple(x.shape)}: set '
+                    'neck.embed_dims to the backbone embed_dims.')
             outputs.append(level(x))
         return tuple(outputs)
 
