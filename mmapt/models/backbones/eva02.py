@@ -38,9 +38,6 @@ class EVA02(BaseViT):
             ``forward`` accepts any H, W that are multiples of
             ``patch_size``. Defaults to 1024.
         patch_size (int): Patch size in pixels. Defaults to 16.
-        window_size, global_attn_indexes, out_indices, drop_path_rate,
-            frozen_stages, with_cp: As in :class:`BaseViT` (``window_size``
-            0 = no windows, the default).
         pretrain_img_size (int): Pretraining image size. Defaults to 224.
         pretrain_patch_size (int): Pretraining patch size. Defaults to 14.
             ``pretrain_img_size // pretrain_patch_size`` is RoPE's reference
@@ -52,10 +49,12 @@ class EVA02(BaseViT):
             the 16-grid, and resample the table to the input grid; the
             released UperNet models keep it at the fine-tune grid (32 at
             512, 40 at 640). Defaults to None (the pretraining grid).
-        use_cls_token (bool): A class token ``cls_token`` (1, 1, C) in the
-            sequence and a class row in ``pos_embed`` (1, 1 + grid, C).
-            Defaults to False.
-        init_cfg (dict | list[dict], optional): mmengine init config, e.g.
+        **kwargs: :class:`BaseViT` arguments: ``window_size`` (0 = no
+            windows, the default), ``global_attn_indexes``, ``out_indices``,
+            ``drop_path_rate``, ``use_cls_token`` (a class token
+            ``cls_token`` (1, 1, C) in the sequence and a class row in
+            ``pos_embed`` (1, 1 + grid, C); default False),
+            ``frozen_stages``, ``with_cp``, and ``init_cfg``, e.g.
             ``dict(type='Pretrained', checkpoint=...)`` for a converted
             checkpoint (``tools/model_converters/eva02_to_mmapt.py``).
     """
@@ -77,17 +76,10 @@ class EVA02(BaseViT):
                  arch: Union[str, dict] = 'base',
                  img_size: Union[int, Sequence[int]] = 1024,
                  patch_size: int = 16,
-                 window_size: int = 0,
-                 global_attn_indexes: Sequence[int] = (),
-                 out_indices: Union[int, Sequence[int]] = (-1, ),
-                 drop_path_rate: float = 0.,
                  pretrain_img_size: int = 224,
                  pretrain_patch_size: int = 14,
                  pos_embed_grid: Optional[int] = None,
-                 use_cls_token: bool = False,
-                 frozen_stages: int = -1,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+                 **kwargs) -> None:
         pretrain_grid = pretrain_img_size // pretrain_patch_size
         self.rope_grid = pretrain_grid  # RoPE's reference grid
         super().__init__(
@@ -95,14 +87,7 @@ class EVA02(BaseViT):
             img_size=img_size,
             patch_size=patch_size,
             pos_embed_grid=pos_embed_grid or pretrain_grid,
-            window_size=window_size,
-            global_attn_indexes=global_attn_indexes,
-            out_indices=out_indices,
-            drop_path_rate=drop_path_rate,
-            use_cls_token=use_cls_token,
-            frozen_stages=frozen_stages,
-            with_cp=with_cp,
-            init_cfg=init_cfg)
+            **kwargs)
 
     def build_rope(self) -> RotaryEmbedding2D:
         """EVA-02's 2D RoPE on the pretraining grid."""

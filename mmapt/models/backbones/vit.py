@@ -1,5 +1,5 @@
 """Plain DINOv2-style ViT backbone for dense prediction (ViTDet style)."""
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch.nn as nn
 
@@ -36,17 +36,13 @@ class ViT(BaseViT):
         arch (str | dict): ``'tiny'``, ``'small'``, ``'base'``, ``'large'``
             or a dict with ``embed_dims``, ``num_layers``, ``num_heads`` and
             optionally ``mlp_ratio`` (default 4).
-        img_size, window_size, global_attn_indexes, out_indices,
-            drop_path_rate, frozen_stages, with_cp: As in :class:`BaseViT`;
-            ``img_size`` defaults to 518 here.
+        img_size (int | tuple): As in :class:`BaseViT`. Defaults to 518.
         patch_size (int): Patch size in pixels. Defaults to 14.
         pretrain_img_size (int): Pretraining image size. Defaults to 518.
         pretrain_patch_size (int): Pretraining patch size. Defaults to 14.
             ``pretrain_img_size // pretrain_patch_size`` is the grid of the
             stored position table (37 for DINOv2).
         use_cls_token (bool): Prepend a class token. Defaults to True.
-        num_register_tokens (int): Register tokens after the class token
-            (DINOv2 ``reg4``: 4). Defaults to 0.
         layer_scale (bool): LayerScale after attention and MLP (DINOv2: on).
             Defaults to True.
         layer_scale_init (float): Initial LayerScale value without a
@@ -58,9 +54,13 @@ class ViT(BaseViT):
             :class:`EVA02` (content keeps its canvas position when padding
             is dropped); see :meth:`BaseViT.nominal_grid`. The two agree for
             inputs of ``img_size``.
-        init_cfg (dict | list[dict], optional): e.g.
-            ``dict(type='Pretrained', checkpoint=...)`` with a file written
-            by ``tools/model_converters/vit_to_mmapt.py``.
+        **kwargs: :class:`BaseViT` arguments: ``num_register_tokens``
+            (register tokens after the class token, DINOv2 ``reg4``: 4;
+            default 0), ``window_size``, ``global_attn_indexes``,
+            ``out_indices``, ``drop_path_rate``, ``frozen_stages``,
+            ``with_cp``, and ``init_cfg``, e.g. ``dict(type='Pretrained',
+            checkpoint=...)`` with a file written by
+            ``tools/model_converters/vit_to_mmapt.py``.
     """
 
     arch_zoo: Dict[str, dict] = {
@@ -76,36 +76,22 @@ class ViT(BaseViT):
                  arch: Union[str, dict] = 'base',
                  img_size: Union[int, Sequence[int]] = 518,
                  patch_size: int = 14,
-                 window_size: int = 0,
-                 global_attn_indexes: Sequence[int] = (),
-                 out_indices: Union[int, Sequence[int]] = (-1, ),
-                 drop_path_rate: float = 0.,
                  pretrain_img_size: int = 518,
                  pretrain_patch_size: int = 14,
                  use_cls_token: bool = True,
-                 num_register_tokens: int = 0,
                  layer_scale: bool = True,
                  layer_scale_init: float = 1e-5,
                  position_grid: str = 'input',
-                 frozen_stages: int = -1,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+                 **kwargs) -> None:
         self.layer_scale_init = layer_scale_init if layer_scale else None
         super().__init__(
             arch=arch,
             img_size=img_size,
             patch_size=patch_size,
             pos_embed_grid=pretrain_img_size // pretrain_patch_size,
-            window_size=window_size,
-            global_attn_indexes=global_attn_indexes,
-            out_indices=out_indices,
-            drop_path_rate=drop_path_rate,
             use_cls_token=use_cls_token,
-            num_register_tokens=num_register_tokens,
             position_grid=position_grid,
-            frozen_stages=frozen_stages,
-            with_cp=with_cp,
-            init_cfg=init_cfg)
+            **kwargs)
 
     def build_blocks(self, drop_rates: List[float]) -> nn.ModuleList:
         """:class:`ViTBlock` blocks (GELU MLP, optional LayerScale)."""
