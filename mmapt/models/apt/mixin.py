@@ -10,7 +10,7 @@ embeddings exist (before freezing stages), route input checks through
 ``embedding_modules()``; everything else is the adapter's
 (:class:`~mmapt.models.apt.APTAdapter`).
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -32,6 +32,11 @@ class APTBackboneMixin:
         mean (Sequence[float]): RGB mean the data preprocessor normalised
             with (undone to measure entropy on 0-255 gray levels).
         std (Sequence[float]): RGB std, likewise.
+        pack_size (int, optional): Static-shape mode: every forward's packed
+            sequence (prefix tokens included) is padded to exactly this many
+            tokens, so shapes never change and the forward can be captured
+            (CUDA graphs), compiled or exported. None (default): exact
+            packing. See docs/backbone.md and ``APTAdapter.pack_size``.
         *args, **kwargs: The plain backbone's arguments.
     """
 
@@ -45,13 +50,15 @@ class APTBackboneMixin:
                  entropy_bins: int = 512,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
+                 pack_size: Optional[int] = None,
                  **kwargs) -> None:
         # Read by _init_extra, which the plain __init__ calls.
         self._apt_args = dict(
             thresholds=tuple(thresholds),
             entropy_bins=entropy_bins,
             mean=tuple(mean),
-            std=tuple(std))
+            std=tuple(std),
+            pack_size=pack_size)
         super().__init__(*args, **kwargs)
 
     def _init_extra(self) -> None:
