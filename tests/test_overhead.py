@@ -24,6 +24,11 @@ def test_counts_ops_per_stage_innermost_mark_wins():
 
     counts = count_overhead(fn)
     assert counts.ops == {'other': 1, 'tokenizer': 3, 'embedding': 2}
+    assert counts.op_names['tokenizer'] == {
+        'aten.mul.Tensor': 1,
+        'aten.view.default': 1,
+        'aten.exp.default': 1
+    }
     assert counts.syncs == {} and counts.sync_sites == []
     assert counts.total_ops == 6 and counts.total_syncs == 0
     assert counts.outside_blocks == 6
@@ -105,6 +110,7 @@ def test_as_dict_and_dataclass():
         ops={'blocks': 4, 'unpack': 1},
         syncs={'unpack': 1},
         sync_sites=['unpack: x'],
+        op_names={},
         total_ops=5,
         total_syncs=1,
         outside_blocks=1)

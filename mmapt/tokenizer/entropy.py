@@ -9,6 +9,8 @@ from typing import List, Sequence
 import torch
 from torch import Tensor
 
+from .layout import cached_constant
+
 # ITU-R 601 luma weights, the ones the APT authors use.
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 # Added inside the log like the authors do (only reached for empty bins there;
@@ -37,10 +39,10 @@ def images_to_gray(images: Tensor, mean: Sequence[float],
     images = images.detach()
     # gray = sum_c w_c * (x_c * std_c + mean_c), accumulated in place so the
     # only new buffer is one (B, H, W) float map.
-    gray = images[:, 0].float() * (GRAY_WEIGHTS[0] * std[0])
+    gray = images.select(1, 0).float() * (GRAY_WEIGHTS[0] * std[0])
     for channel in (1, 2):
         gray.add_(
-            images[:, channel].float(),
+            images.select(1, channel).float(),
             alpha=GRAY_WEIGHTS[channel] * std[channel])
     gray.add_(sum(w * m for w, m in zip(GRAY_WEIGHTS, mean)))
     return gray.clamp_(0.0, 255.0)
@@ -182,16 +184,18 @@ def _chain_entropy(gray: Tensor, sizes: List[int],
     if num_patches * num_bins >= 2**31:
         raise ValueError(f'{num_patches} patches x {num_bins} bins overflow '
                          'the int32 histogram keys; use fewer bins or images')
+    device = gray.device
+    key = (tuple(gray.shape), tuple(sizes), num_bins, str(device))
+    first_key, areas = cached_constant(
+        ('entropy', ) + key, lambda: _chain_constants(
+            batch, rows, cols, sizes, num_bins, device))
     bins = intensity_bins(gray, num_bins).view(batch, rows, base, cols, base)
-    patch_ids = torch.arange(
-        num_patches, dtype=torch.int32,
-        device=gray.device).view(batch, rows, 1, cols, 1)
-    keys = bins.add_(patch_ids * num_bins).view(-1)
+    keys = bins.add_(first_key).view(-1)
     # A scatter-add, not bincount: the same counts without the host read
     # of the largest key that bincount needs on CUDA.
-    hist = torch.zeros(
-        num_patches * num_bins, dtype=torch.int32, device=gray.device)
-    hist.index_add_(0, keys, keys.new_ones(1).expand(keys.numel()))
+    hist = torch.zeros(num_patches * num_bins, dtype=torch.int32,
+                       device=device).index_add_(0, keys,
+                                                 _ones(keys.numel(), device))
     del keys, bins
     levels = [hist.view(batch, rows, cols, num_bins)]
     for size in sizes[1:]:
@@ -206,13 +210,7 @@ def _chain_entropy(gray: Tensor, sizes: List[int],
     wanted = [by_size[size] for size in sizes]
     counts = torch.cat([level.view(-1, num_bins) for level in wanted])
     # Divided by each level's own patch area, like patch_entropy.
-    areas = torch.tensor([float(size * size) for size in sizes],
-                         device=gray.device)
-    per_row = torch.tensor([level.numel() // num_bins for level in wanted],
-                           device=gray.device)
-    prob = counts.float().div_(
-        areas.repeat_interleave(per_row, output_size=counts.shape[0])[:,
-                                                                       None])
+    prob = counts.float().div_(areas)
     neg_plogp = torch.where(prob > 0, prob * torch.log2(prob + _LOG_EPS),
                             prob).neg_()
     entropy = neg_plogp.sum(1)
@@ -221,3 +219,27 @@ def _chain_entropy(gray: Tensor, sizes: List[int],
         for part, level in zip(entropy.split([w.numel() // num_bins
                                               for w in wanted]), wanted)
     ]
+
+
+def _chain_constants(batch: int, rows: int, cols: int, sizes: List[int],
+                     num_bins: int, device: torch.device) -> tuple:
+    """First histogram key of every patch, as a (B, rows, 1, cols, 1) int32
+    view over the pixels, and the (patches, 1) patch area of every row of
+    the stacked histograms."""
+    patch_ids = torch.arange(
+        batch * rows * cols, dtype=torch.int32, device=device)
+    first_key = (patch_ids * num_bins).view(batch, rows, 1, cols, 1)
+    per_row = torch.tensor([
+        batch * (rows * sizes[0] // size) * (cols * sizes[0] // size)
+        for size in sizes
+    ], device=device)
+    areas = torch.tensor([float(size * size) for size in sizes],
+                         device=device)
+    areas = areas.repeat_interleave(per_row)[:, None]
+    return first_key, areas
+
+
+def _ones(numel: int, device: torch.device) -> Tensor:
+    return cached_constant(
+        ('ones', str(device)), lambda: torch.ones(
+            1, dtype=torch.int32, device=device)).expand(numel)

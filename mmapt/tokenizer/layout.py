@@ -12,11 +12,13 @@ when ``pack_size`` fixes the length (static-shape mode).
 """
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+T = TypeVar('T')
 
 
 @dataclass
@@ -270,6 +272,21 @@ class PatchLayout:
         return dense.view(self.batch_size, height, width,
                           -1).permute(0, 3, 1, 2)
 
+    def unpack_all(self, outputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """:meth:`unpack` of several packed outputs at once, each returned
+        contiguous: one gather and one copy for all of them."""
+        if len(outputs) == 1:
+            return (self.unpack(outputs[0]).contiguous(), )
+        for tokens in outputs:
+            self._check_tokens(tokens)
+        height, width = self.grid_size
+        dims = outputs[0].shape[1]
+        dense = torch.cat(outputs, 1).index_select(
+            0, self.cell_to_token.view(-1))
+        dense = dense.view(self.batch_size, height, width, len(outputs),
+                           dims).permute(3, 0, 4, 1, 2).contiguous()
+        return dense.unbind(0)
+
     def pool(self, dense: Tensor) -> Tensor:
         """Dense map (B or 1, C, Hc, Wc) -> content tokens (N, C).
 
@@ -350,9 +367,17 @@ def select_patches(entropies: Sequence[Tensor], thresholds: Sequence[float],
 def _upsample2(mask: Tensor) -> Tensor:
     """Nearest 2x upsampling of a (B, h, w) mask."""
     batch, height, width = mask.shape
-    return mask[:, :, None, :, None].expand(batch, height, 2, width,
-                                            2).reshape(batch, 2 * height,
-                                                       2 * width)
+    index = cached_constant(('up2', height, width, str(mask.device)),
+                            lambda: _upsample2_index(height, width,
+                                                     mask.device))
+    return mask.view(batch, -1).index_select(1, index).view(
+        batch, 2 * height, 2 * width)
+
+
+def _upsample2_index(height: int, width: int, device: torch.device) -> Tensor:
+    rows = torch.arange(2 * height, device=device) // 2
+    cols = torch.arange(2 * width, device=device) // 2
+    return (rows[:, None] * width + cols).view(-1)
 
 
 # Slot tables: for a batch size, grid, window size, prefix count and number
@@ -360,22 +385,33 @@ def _upsample2(mask: Tensor) -> Tensor:
 # image content. A "slot" is a place a packed token may come from: per image,
 # its P prefix slots, then its cells in packed (window) order. The packed
 # sequence is the slots that hold a token, in slot order.
-_TABLES: Dict[tuple, Dict[str, Tensor]] = {}
-_TABLES_MAX = 16
+_CONSTANTS: Dict[tuple, object] = {}
+_CONSTANTS_MAX = 32
+
+
+def cached_constant(key: tuple, compute: Callable[[], T]) -> T:
+    """``compute()`` (tensors that depend only on shapes, never on data),
+    cached by ``key`` (include the device). Under ``torch.compile`` /
+    ``torch.export`` it is computed afresh, so the trace holds it as a
+    constant and no cache state enters the guards."""
+    if torch.compiler.is_compiling():
+        return compute()
+    value = _CONSTANTS.get(key)
+    if value is None:
+        if len(_CONSTANTS) >= _CONSTANTS_MAX:
+            _CONSTANTS.clear()
+        value = _CONSTANTS[key] = compute()
+    return value  # type: ignore[return-value]
 
 
 def _slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
                  num_prefix: int, num_scales: int,
                  device: torch.device) -> Dict[str, Tensor]:
-    key = (batch, tuple(grid), window, num_prefix, num_scales, str(device))
-    if torch.compiler.is_compiling():  # traced as constants, never cached
-        return _make_slot_tables(*key[:5], device)
-    tables = _TABLES.get(key)
-    if tables is None:
-        if len(_TABLES) >= _TABLES_MAX:
-            _TABLES.clear()
-        tables = _TABLES[key] = _make_slot_tables(*key[:5], device)
-    return tables
+    key = ('slots', batch, tuple(grid), window, num_prefix, num_scales,
+           str(device))
+    return cached_constant(
+        key, lambda: _make_slot_tables(batch, grid, window, num_prefix,
+                                       num_scales, device))
 
 
 def _make_slot_tables(batch: int, grid: Tuple[int, int],
@@ -415,15 +451,12 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int],
     image_bounds = torch.cat(
         [torch.zeros(1, dtype=torch.long, device=device), image_ends])
 
-    # Rows per slot and code (code + 1: 0 = no token there, 1..S = scale
-    # 0..S-1, S + 1 = prefix). Cells in packed order:
+    # Rows per code (0..S-1 = scale, S = prefix) and slot, stacked code-
+    # major: row (code, slot) is code * slots + slot. Cells in packed order:
     cell = perm[None, :].expand(batch, cells)
     r, c = cell // width, cell % width
     b = images[:, None].expand(batch, cells)
-    embed_rows = [torch.zeros(batch, per_image, dtype=torch.long,
-                              device=device)]
-    pos_rows = [torch.zeros(batch, per_image, dtype=torch.long,
-                            device=device)]
+    embed_rows, pos_rows = [], []
     # Embedding rows: the B * P prefix rows first, then every scale's maps
     # (so scales above the last one used may be left out of the table).
     embed_offset, pos_offset = batch * num_prefix, 0
@@ -443,8 +476,7 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int],
     prefix_rows[:, :num_prefix] = images[:, None] * num_prefix + \
         torch.arange(num_prefix, device=device)
     embed_rows.append(prefix_rows)
-    # No token, prefix and padding slots: the identity row (no position).
-    pos_rows[0].fill_(pos_offset)
+    # Prefix (and padding) tokens: the identity row (no position).
     pos_rows.append(torch.full_like(pos_rows[0], pos_offset))
 
     # For every cell (row-major, image-major) and scale s, the slot of the
@@ -463,8 +495,10 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int],
         window_bounds=window_bounds if window is not None else image_bounds,
         embed_rows=torch.stack(embed_rows).reshape(-1),
         pos_rows=torch.stack(pos_rows).reshape(-1),
-        candidates=torch.stack(candidates).reshape(num_scales, -1),
+        candidates=torch.stack(candidates).reshape(-1),
         scales=torch.arange(num_scales, device=device)[:, None],
+        scale_ids=torch.arange(num_scales, device=device),
+        perm_flat=(images[:, None] * cells + perm).view(-1),
     )
     return tables
 
@@ -529,17 +563,21 @@ def build_layout(keep_masks: Sequence[Tensor],
                       device=device)
     for scale, mask in enumerate(keep_masks):
         factor = 1 << scale
-        target = code if scale == 0 else code[:, ::factor, ::factor]
+        # The cells at multiples of 2**scale, as one strided view.
+        target = code if scale == 0 else code.as_strided(
+            mask.shape, (height * width, width * factor, factor))
         target.masked_fill_(mask, scale)
-    code = code.view(batch, -1).index_select(1, tables['perm'])
+    code = code.view(-1).index_select(0, tables['perm_flat'])
     if num_prefix_tokens:
-        code = torch.cat(
-            [code.new_full((batch, num_prefix_tokens), num_scales), code], 1)
-    code = code.view(-1)
+        code = torch.cat([
+            code.new_full((batch, num_prefix_tokens), num_scales),
+            code.view(batch, -1)
+        ], 1).view(-1)
     is_token = code >= 0
-    counts = torch.cumsum(is_token, 0)
+    # int32 like the kernels' offsets, so they need no conversion.
+    running = torch.cumsum(is_token, 0, dtype=torch.int32)
     # Tokens before each slot boundary = the group offsets.
-    counts = torch.cat([counts.new_zeros(1), counts])
+    counts = torch.cat([running.new_zeros(1), running])
     cu_image = counts.index_select(0, tables['image_bounds'])
     cu_window = cu_image if window_size is None else counts.index_select(
         0, tables['window_bounds'])
@@ -549,7 +587,7 @@ def build_layout(keep_masks: Sequence[Tensor],
     overflow = None
     host_image = host_window = host_scales = None
     if pack_size is None:
-        scale_counts = (code[:, None] == tables['scales'][:, 0]).sum(0)
+        scale_counts = (code[:, None] == tables['scale_ids']).sum(0)
         # The one host read of the forward: offsets and scale counts.
         windows = [] if window_size is None else [cu_window]
         host = torch.cat([cu_image, *windows, scale_counts]).tolist()
@@ -570,13 +608,16 @@ def build_layout(keep_masks: Sequence[Tensor],
         cu_image = _with_padding_groups(cu_image, pack_size, max_image)
         cu_window = cu_image if window_size is None else \
             _with_padding_groups(cu_window, pack_size, max_window)
-        # Padding tokens read the last slot (any slot would do: their
-        # outputs are dropped).
+        # Padding tokens read the last image's first slot, which always
+        # holds a token (a prefix token, or the one at cell (0, 0)); any
+        # token would do, their outputs are dropped.
         slots = torch.nonzero_static(
-            is_token, size=pack_size, fill_value=code.numel() - 1).view(-1)
+            is_token, size=pack_size, fill_value=code.numel() - per_image
+        ).view(-1)
 
     slot_code = code.index_select(0, slots)
-    row_key = (slot_code + 1) * code.numel() + slots
+    # Row of (code, slot) in the stacked per-code tables.
+    row_key = torch.add(slots, slot_code, alpha=code.numel())
     embed_index = tables['embed_rows'].index_select(0, row_key)
     position_index = tables['pos_rows'].index_select(0, row_key)
     packed_image_index = torch.div(slots, per_image, rounding_mode='floor')
@@ -584,17 +625,20 @@ def build_layout(keep_masks: Sequence[Tensor],
     # The covering token of every cell: among the scale-aligned candidate
     # slots, the one holding a token of that scale.
     candidates = tables['candidates']
-    found = code.index_select(0, candidates.view(-1)).view_as(candidates)
-    cover = (candidates * (found == tables['scales'])).sum(0)
-    cell_to_token = counts.index_select(0, cover + 1) - 1
+    found = code.index_select(0, candidates).view(num_scales, -1)
+    cover = (candidates.view(num_scales, -1) *
+             (found == tables['scales'])).sum(0)
+    # Tokens in the slots before a token's slot = its packed index.
+    cell_to_token = counts.index_select(0, cover)
     if pack_size is not None:  # dropped tokens (overflow) stay in range
         cell_to_token = cell_to_token.clamp_(max=pack_size - 1)
 
-    tokens_per_image = cu_image[:real_image_groups + 1].diff() - \
-        num_prefix_tokens
-    cu_image = cu_image.to(torch.int32)
-    cu_window = cu_image if window_size is None else cu_window.to(
-        torch.int32)
+    bounds = cu_image if pack_size is None else \
+        cu_image[:real_image_groups + 1]
+    tokens_per_image = bounds.diff()
+    if num_prefix_tokens:
+        tokens_per_image = tokens_per_image - num_prefix_tokens
+    tokens_per_image = tokens_per_image.long()
     return PatchLayout(
         batch_size=batch,
         grid_size=(height, width),

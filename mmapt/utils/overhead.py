@@ -63,11 +63,14 @@ class OverheadCounts:
         syncs (dict): Host synchronisations per stage.
         sync_sites (list[str]): One line per sync: its stage, what it was
             (an op or a Python call) and the source line that caused it.
+        op_names (dict): Per stage, how often each aten op (overload name)
+            was dispatched: where the ops go.
     """
 
     ops: Dict[str, int] = field(default_factory=dict)
     syncs: Dict[str, int] = field(default_factory=dict)
     sync_sites: List[str] = field(default_factory=list)
+    op_names: Dict[str, Dict[str, int]] = field(default_factory=dict)
 
     @property
     def total_ops(self) -> int:
@@ -87,6 +90,8 @@ class OverheadCounts:
             ops=dict(self.ops),
             syncs=dict(self.syncs),
             sync_sites=list(self.sync_sites),
+            op_names={k: dict(v)
+                      for k, v in self.op_names.items()},
             total_ops=self.total_ops,
             total_syncs=self.total_syncs,
             outside_blocks=self.outside_blocks)
@@ -152,6 +157,9 @@ class _Counter(TorchDispatchMode):
         kwargs = kwargs or {}
         stage = self.stage
         self.counts.ops[stage] = self.counts.ops.get(stage, 0) + 1
+        names = self.counts.op_names.setdefault(stage, {})
+        name = str(func)
+        names[name] = names.get(name, 0) + 1
         if self.cpu_rules and not self.reading and _is_sync_op(
                 func, args, kwargs):
             self.sync(str(func))

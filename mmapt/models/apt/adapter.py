@@ -253,4 +253,4 @@ class APTAdapter:
             outs = self.forward_blocks(tokens, ctx)
         with forward_stage('unpack'):
             self.report_tokens(layout)
-            return tuple(layout.unpack(t).contiguous() for t in outs)
+            return layout.unpack_all(outs)

@@ -80,9 +80,8 @@ class APTEmbed(BaseModule):
         # under autocast the embeddings are fp16/bf16 and the position table
         # fp32, so tokens start fp32, exactly as in the dense EVA02 (whose
         # blocks then keep the residual stream in that dtype).
-        dtype = base.dtype if pos is None else torch.promote_types(
-            base.dtype, pos[0].dtype)
         scale0 = base if pos is None else base + pos[0]
+        dtype = scale0.dtype
         rows = [scale0.reshape(-1, dims)]
         if layout.num_prefix_tokens:  # the table's first rows
             rows.insert(0, prefix.reshape(-1, dims))
@@ -98,7 +97,7 @@ class APTEmbed(BaseModule):
         ]
         last = max(s for s in range(layout.num_scales) if s == 0 or needed[s])
         level = base.permute(0, 3, 1, 2)  # channels-last memory, a view
-        zero_weight = self.zero_linear.weight[:, :, None, None]
+        zero_weight = self.zero_linear.weight.view(dims, dims, 1, 1)
         for scale in range(1, last + 1):
             # Every level of the conv pyramid is needed for the next one.
             level = self.aggregate(level)

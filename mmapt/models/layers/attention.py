@@ -195,10 +195,11 @@ class VarlenPlan:
             gather = starts[:, None] + torch.minimum(steps[None, :],
                                                      lens[:, None] - 1)
             bucket.gather = gather.reshape(-1)
-            if not bool(valid.all()):
+            real = sum(lengths[g] for g in group_ids)  # host: no read
+            if real < bucket.num_groups * bucket.length:
                 bucket.mask = valid[:, None, None, :]
-                rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
-                bucket.valid_rows = rows
+                rows = torch.nonzero_static(valid.reshape(-1), size=real)
+                bucket.valid_rows = rows = rows.view(-1)
                 bucket.token_index = bucket.gather.index_select(0, rows)
             else:
                 bucket.token_index = bucket.gather
