@@ -498,7 +498,12 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int],
         candidates=torch.stack(candidates).reshape(-1),
         scales=torch.arange(num_scales, device=device)[:, None],
         scale_ids=torch.arange(num_scales, device=device),
-        perm_flat=(images[:, None] * cells + perm).view(-1),
+        # Source of every slot in [cells of all images..., prefix code].
+        slot_source=torch.cat([
+            torch.full((batch, num_prefix), batch * cells, device=device),
+            images[:, None] * cells + perm
+        ], 1).view(-1),
+        prefix_code=torch.full((1, ), num_scales, device=device),
     )
     return tables
 
@@ -567,12 +572,10 @@ def build_layout(keep_masks: Sequence[Tensor],
         target = code if scale == 0 else code.as_strided(
             mask.shape, (height * width, width * factor, factor))
         target.masked_fill_(mask, scale)
-    code = code.view(-1).index_select(0, tables['perm_flat'])
+    code = code.view(-1)
     if num_prefix_tokens:
-        code = torch.cat([
-            code.new_full((batch, num_prefix_tokens), num_scales),
-            code.view(batch, -1)
-        ], 1).view(-1)
+        code = torch.cat([code, tables['prefix_code']])
+    code = code.index_select(0, tables['slot_source'])
     is_token = code >= 0
     # int32 like the kernels' offsets, so they need no conversion.
     running = torch.cumsum(is_token, 0, dtype=torch.int32)
