@@ -104,10 +104,18 @@ def test_data_dependent_ops_are_syncs_static_ones_are_not():
 
 
 def test_as_dict_and_dataclass():
-    counts = OverheadCounts(ops={'blocks': 4, 'unpack': 1}, syncs={'unpack': 1},
-                            sync_sites=['unpack: x'])
+    counts = OverheadCounts(
+        ops={
+            'blocks': 4,
+            'unpack': 1
+        },
+        syncs={'unpack': 1},
+        sync_sites=['unpack: x'])
     assert counts.as_dict() == dict(
-        ops={'blocks': 4, 'unpack': 1},
+        ops={
+            'blocks': 4,
+            'unpack': 1
+        },
         syncs={'unpack': 1},
         sync_sites=['unpack: x'],
         op_names={},

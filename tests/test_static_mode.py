@@ -46,9 +46,9 @@ def _assert_maps_equal(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('cls, kwargs', [(APTEVA02, {}),
-                                         (APTViT,
-                                          dict(num_register_tokens=2))])
+@pytest.mark.parametrize('cls, kwargs',
+                         [(APTEVA02, {}),
+                          (APTViT, dict(num_register_tokens=2))])
 def test_static_outputs_equal_exact_packing(cls, kwargs):
     static, exact = _pair(cls, pack_size=2 * 300, **kwargs)
     with torch.no_grad():
@@ -127,8 +127,9 @@ def test_pack_size_errors_and_overflow():
         outs = static(x)
         layout = static.tokenize(x)
     assert all(bool(o.isnan().all()) for o in outs)
-    with pytest.raises(ValueError, match='needed .* packed tokens .* '
-                       'pack_size=20'):
+    with pytest.raises(
+            ValueError, match='needed .* packed tokens .* '
+            'pack_size=20'):
         layout.check_fits()
     static.apt.pack_size = None  # back to exact packing
     with torch.no_grad():
@@ -160,15 +161,16 @@ def test_attention_backend_is_scoped():
             pass
     q = torch.randn(4, 1, 8)
     cu = torch.tensor([0, 4], dtype=torch.int32)
-    with attention_backend('varlen'), pytest.raises(ValueError,
-                                                    match='needs CUDA'):
+    with attention_backend('varlen'), pytest.raises(
+            ValueError, match='needs CUDA'):
         varlen_attention(q, q, q, cu, 4)
 
 
 def test_build_layout_static_matches_exact():
     gen = torch.Generator().manual_seed(0)
-    entropies = [torch.rand(2, 16 >> s, 24 >> s, generator=gen) * 4
-                 for s in (1, 2)]
+    entropies = [
+        torch.rand(2, 16 >> s, 24 >> s, generator=gen) * 4 for s in (1, 2)
+    ]
     masks = select_patches(entropies, (2., 2.), (16, 24))
     exact = build_layout(masks, (16, 24), 8, num_prefix_tokens=1)
     static = build_layout(

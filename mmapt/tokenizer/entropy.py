@@ -132,7 +132,8 @@ def patch_entropy(gray: Tensor,
     return entropy.view(batch, rows, cols)
 
 
-def entropy_maps(gray: Tensor, patch_sizes: Sequence[int],
+def entropy_maps(gray: Tensor,
+                 patch_sizes: Sequence[int],
                  num_bins: int = 512) -> List[Tensor]:
     """Entropy maps of several patch sizes, equal to :func:`patch_entropy`
     of each size bit for bit.
@@ -187,15 +188,15 @@ def _chain_entropy(gray: Tensor, sizes: List[int],
     device = gray.device
     key = (tuple(gray.shape), tuple(sizes), num_bins, str(device))
     first_key, areas = cached_constant(
-        ('entropy', ) + key, lambda: _chain_constants(
-            batch, rows, cols, sizes, num_bins, device))
+        ('entropy', ) + key,
+        lambda: _chain_constants(batch, rows, cols, sizes, num_bins, device))
     bins = intensity_bins(gray, num_bins).view(batch, rows, base, cols, base)
     keys = bins.add_(first_key).view(-1)
     # A scatter-add, not bincount: the same counts without the host read
     # of the largest key that bincount needs on CUDA.
-    hist = torch.zeros(num_patches * num_bins, dtype=torch.int32,
-                       device=device).index_add_(0, keys,
-                                                 _ones(keys.numel(), device))
+    hist = torch.zeros(
+        num_patches * num_bins, dtype=torch.int32,
+        device=device).index_add_(0, keys, _ones(keys.numel(), device))
     del keys, bins
     levels = [hist.view(batch, rows, cols, num_bins)]
     for size in sizes[1:]:
@@ -215,9 +216,8 @@ def _chain_entropy(gray: Tensor, sizes: List[int],
                             prob).neg_()
     entropy = neg_plogp.sum(1)
     return [
-        part.view(level.shape[:3])
-        for part, level in zip(entropy.split([w.numel() // num_bins
-                                              for w in wanted]), wanted)
+        part.view(level.shape[:3]) for part, level in zip(
+            entropy.split([w.numel() // num_bins for w in wanted]), wanted)
     ]
 
 
@@ -232,14 +232,14 @@ def _chain_constants(batch: int, rows: int, cols: int, sizes: List[int],
     per_row = torch.tensor([
         batch * (rows * sizes[0] // size) * (cols * sizes[0] // size)
         for size in sizes
-    ], device=device)
-    areas = torch.tensor([float(size * size) for size in sizes],
-                         device=device)
+    ],
+                           device=device)
+    areas = torch.tensor([float(size * size) for size in sizes], device=device)
     areas = areas.repeat_interleave(per_row)[:, None]
     return first_key, areas
 
 
 def _ones(numel: int, device: torch.device) -> Tensor:
     return cached_constant(
-        ('ones', str(device)), lambda: torch.ones(
-            1, dtype=torch.int32, device=device)).expand(numel)
+        ('ones', str(device)),
+        lambda: torch.ones(1, dtype=torch.int32, device=device)).expand(numel)

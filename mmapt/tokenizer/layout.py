@@ -164,8 +164,9 @@ class PatchLayout:
                               self.num_scales, slots.device)
         image = slots // per_image
         cell = tables['perm'][slots % per_image - self.num_prefix_tokens]
-        prefix = (self.slot_code[self.token_slot[:real]] ==
-                  self.num_scales).nonzero(as_tuple=True)[0]
+        prefix = (
+            self.slot_code[self.token_slot[:real]] == self.num_scales).nonzero(
+                as_tuple=True)[0]
         cached = dict(
             content_index=position,
             prefix_index=prefix,
@@ -281,8 +282,8 @@ class PatchLayout:
             self._check_tokens(tokens)
         height, width = self.grid_size
         dims = outputs[0].shape[1]
-        dense = torch.cat(outputs, 1).index_select(
-            0, self.cell_to_token.view(-1))
+        dense = torch.cat(outputs, 1).index_select(0,
+                                                   self.cell_to_token.view(-1))
         dense = dense.view(self.batch_size, height, width, len(outputs),
                            dims).permute(3, 0, 4, 1, 2).contiguous()
         return dense.unbind(0)
@@ -367,11 +368,12 @@ def select_patches(entropies: Sequence[Tensor], thresholds: Sequence[float],
 def _upsample2(mask: Tensor) -> Tensor:
     """Nearest 2x upsampling of a (B, h, w) mask."""
     batch, height, width = mask.shape
-    index = cached_constant(('up2', height, width, str(mask.device)),
-                            lambda: _upsample2_index(height, width,
-                                                     mask.device))
-    return mask.view(batch, -1).index_select(1, index).view(
-        batch, 2 * height, 2 * width)
+    index = cached_constant(
+        ('up2', height, width, str(mask.device)),
+        lambda: _upsample2_index(height, width, mask.device))
+    return mask.view(batch,
+                     -1).index_select(1, index).view(batch, 2 * height,
+                                                     2 * width)
 
 
 def _upsample2_index(height: int, width: int, device: torch.device) -> Tensor:
@@ -414,8 +416,8 @@ def _slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
                                        num_scales, device))
 
 
-def _make_slot_tables(batch: int, grid: Tuple[int, int],
-                      window: Optional[int], num_prefix: int, num_scales: int,
+def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
+                      num_prefix: int, num_scales: int,
                       device: torch.device) -> Dict[str, Tensor]:
     height, width = grid
     cells = height * width
@@ -445,9 +447,10 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int],
         window_ends = starts + ends[None, :]
         if num_prefix:
             window_ends = torch.cat([starts, window_ends], 1)
-        window_bounds = torch.cat(
-            [torch.zeros(1, dtype=torch.long, device=device),
-             window_ends.reshape(-1)])
+        window_bounds = torch.cat([
+            torch.zeros(1, dtype=torch.long, device=device),
+            window_ends.reshape(-1)
+        ])
     image_bounds = torch.cat(
         [torch.zeros(1, dtype=torch.long, device=device), image_ends])
 
@@ -471,8 +474,8 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int],
         pos_rows.append(pos)
         embed_offset += batch * rows_s * cols_s
         pos_offset += rows_s * cols_s
-    prefix_rows = torch.zeros(batch, per_image, dtype=torch.long,
-                              device=device)
+    prefix_rows = torch.zeros(
+        batch, per_image, dtype=torch.long, device=device)
     prefix_rows[:, :num_prefix] = images[:, None] * num_prefix + \
         torch.arange(num_prefix, device=device)
     embed_rows.append(prefix_rows)
@@ -508,7 +511,9 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int],
     return tables
 
 
-def min_pack_size(batch: int, grid: Tuple[int, int], num_scales: int,
+def min_pack_size(batch: int,
+                  grid: Tuple[int, int],
+                  num_scales: int,
                   num_prefix_tokens: int = 0) -> int:
     """Fewest packed tokens a batch can have: every image one grid of the
     largest patches, plus its prefix tokens."""
@@ -516,7 +521,8 @@ def min_pack_size(batch: int, grid: Tuple[int, int], num_scales: int,
     return batch * (num_prefix_tokens + (grid[0] >> top) * (grid[1] >> top))
 
 
-def max_pack_size(batch: int, grid: Tuple[int, int],
+def max_pack_size(batch: int,
+                  grid: Tuple[int, int],
                   num_prefix_tokens: int = 0) -> int:
     """Most packed tokens a batch can have (nothing merged): a ``pack_size``
     this large never overflows."""
@@ -564,7 +570,9 @@ def build_layout(keep_masks: Sequence[Tensor],
 
     # Scale code of every cell: s where a scale-s token has its top-left
     # cell, -1 elsewhere; prefix slots get code S.
-    code = torch.full((batch, height, width), -1, dtype=torch.long,
+    code = torch.full((batch, height, width),
+                      -1,
+                      dtype=torch.long,
                       device=device)
     for scale, mask in enumerate(keep_masks):
         factor = 1 << scale
@@ -615,8 +623,8 @@ def build_layout(keep_masks: Sequence[Tensor],
         # holds a token (a prefix token, or the one at cell (0, 0)); any
         # token would do, their outputs are dropped.
         slots = torch.nonzero_static(
-            is_token, size=pack_size, fill_value=code.numel() - per_image
-        ).view(-1)
+            is_token, size=pack_size,
+            fill_value=code.numel() - per_image).view(-1)
 
     slot_code = code.index_select(0, slots)
     # Row of (code, slot) in the stacked per-code tables.
@@ -670,8 +678,11 @@ def build_layout(keep_masks: Sequence[Tensor],
     )
 
 
-def check_pack_size(pack_size: int, batch: int, grid: Tuple[int, int],
-                    num_scales: int, num_prefix_tokens: int = 0) -> None:
+def check_pack_size(pack_size: int,
+                    batch: int,
+                    grid: Tuple[int, int],
+                    num_scales: int,
+                    num_prefix_tokens: int = 0) -> None:
     """ValueError unless ``pack_size`` can hold a batch of this size."""
     if isinstance(pack_size, bool) or not isinstance(pack_size, int):
         raise ValueError(f'pack_size must be an int or None, got '

@@ -90,8 +90,10 @@ class OverheadCounts:
             ops=dict(self.ops),
             syncs=dict(self.syncs),
             sync_sites=list(self.sync_sites),
-            op_names={k: dict(v)
-                      for k, v in self.op_names.items()},
+            op_names={
+                k: dict(v)
+                for k, v in self.op_names.items()
+            },
             total_ops=self.total_ops,
             total_syncs=self.total_syncs,
             outside_blocks=self.outside_blocks)
@@ -221,9 +223,9 @@ def _cuda_sync_warnings(counter: _Counter,
             torch.cuda.synchronize(device)
 
 
-def count_overhead(fn: Callable[[], Any],
-                   device: Optional[Union[str, torch.device]] = None
-                   ) -> OverheadCounts:
+def count_overhead(
+        fn: Callable[[], Any],
+        device: Optional[Union[str, torch.device]] = None) -> OverheadCounts:
     """Call ``fn()`` once and count its ops and host syncs per stage.
 
     Args:

@@ -198,8 +198,8 @@ class APTAdapter:
             # cos + i sin = 1 + 0i rotates nothing: exact, no branch.
             identity = image.new_ones(1, image.shape[1])
             image = torch.cat([image, identity])
-            return image, (image if ws is None else torch.cat(
-                [window, identity]))
+            return image, (
+                image if ws is None else torch.cat([window, identity]))
 
         if torch.compiler.is_compiling():
             tables = compute()

@@ -91,8 +91,8 @@ class APTEmbed(BaseModule):
         # when a batch merges nothing. At inference a scale no token uses
         # is skipped (exact mode knows the counts; static mode runs all).
         needed = [
-            counts is None or counts[s] > 0 or
-            (self.training and torch.is_grad_enabled())
+            counts is None or counts[s] > 0
+            or (self.training and torch.is_grad_enabled())
             for s in range(layout.num_scales)
         ]
         last = max(s for s in range(layout.num_scales) if s == 0 or needed[s])
@@ -131,5 +131,5 @@ class APTEmbed(BaseModule):
         factor = 1 << scale
         resized = F.avg_pool2d(images, factor)
         proj = patch_embed.proj
-        return F.conv2d(resized, proj.weight, proj.bias,
-                        stride=patch_embed.patch_size)
+        return F.conv2d(
+            resized, proj.weight, proj.bias, stride=patch_embed.patch_size)

@@ -29,7 +29,7 @@ forward and every block reuses it. Call :meth:`VarlenPlan.prepare` to do its
 host-side work ahead of a timed region.
 """
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,26 @@ def attention_backend(name: str) -> Iterator[None]:
         yield
     finally:
         _backend = saved
+
+
+_call_counters: List[Dict[str, int]] = []
+
+
+@contextmanager
+def count_attention_calls() -> Iterator[Dict[str, int]]:
+    """Count the :func:`varlen_attention` calls inside the block by the
+    kernel that ran them: ``{'varlen': n, 'padded': m}``."""
+    counter = {'varlen': 0, 'padded': 0}
+    _call_counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _call_counters.remove(counter)
+
+
+def _count(kind: str) -> None:
+    for counter in _call_counters:
+        counter[kind] += 1
 
 
 def get_attention_backend() -> str:
@@ -272,7 +292,10 @@ def varlen_attention(q: Tensor,
     if _use_varlen_kernel(q):
         try:
             cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-            return _torch_varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen)
+            out = _torch_varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen)
+            if _call_counters:
+                _count('varlen')
+            return out
         except RuntimeError as err:  # no flash kernel for this GPU / build
             if _backend == 'varlen':
                 raise
@@ -282,6 +305,8 @@ def varlen_attention(q: Tensor,
                 'padded SDPA fallback')
     if plan is None:
         plan = VarlenPlan(cu_seqlens, max_seqlen)
+    if _call_counters:
+        _count('padded')
     return plan(q, k, v)
 
 
@@ -332,12 +357,13 @@ class StaticPlan:
         # its key is masked and its query row dropped). An empty group keeps
         # one key so no softmax row is all -inf (no NaN, even in backward).
         last = (lengths - 1).clamp_(min=0)
-        self.gather = (starts[:, None] + torch.minimum(
-            steps, last[:, None])).clamp_(max=num_tokens - 1).view(-1)
+        self.gather = (starts[:, None] +
+                       torch.minimum(steps, last[:, None])).clamp_(
+                           max=num_tokens - 1).view(-1)
         self.mask = (steps < lengths.clamp(min=1)[:, None])[:, None, None, :]
         tokens = torch.arange(num_tokens, device=cu.device)
-        group = torch.searchsorted(ends, tokens, right=True).clamp_(
-            max=num_groups - 1)
+        group = torch.searchsorted(
+            ends, tokens, right=True).clamp_(max=num_groups - 1)
         self.rows = group * max_seqlen + (tokens - starts[group]).clamp_(
             0, max_seqlen - 1)
 
