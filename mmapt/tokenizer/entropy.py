@@ -9,6 +9,8 @@ from typing import List, Sequence
 import torch
 from torch import Tensor
 
+from .layout import cached_constant
+
 # ITU-R 601 luma weights, the ones the APT authors use.
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 # Added inside the log like the authors do (only reached for empty bins there;
@@ -37,10 +39,10 @@ def images_to_gray(images: Tensor, mean: Sequence[float],
     images = images.detach()
     # gray = sum_c w_c * (x_c * std_c + mean_c), accumulated in place so the
     # only new buffer is one (B, H, W) float map.
-    gray = images[:, 0].float() * (GRAY_WEIGHTS[0] * std[0])
+    gray = images.select(1, 0).float() * (GRAY_WEIGHTS[0] * std[0])
     for channel in (1, 2):
         gray.add_(
-            images[:, channel].float(),
+            images.select(1, channel).float(),
             alpha=GRAY_WEIGHTS[channel] * std[channel])
     gray.add_(sum(w * m for w, m in zip(GRAY_WEIGHTS, mean)))
     return gray.clamp_(0.0, 255.0)
@@ -130,9 +132,19 @@ def patch_entropy(gray: Tensor,
     return entropy.view(batch, rows, cols)
 
 
-def entropy_maps(gray: Tensor, patch_sizes: Sequence[int],
+def entropy_maps(gray: Tensor,
+                 patch_sizes: Sequence[int],
                  num_bins: int = 512) -> List[Tensor]:
-    """Entropy maps of several patch sizes (see :func:`patch_entropy`).
+    """Entropy maps of several patch sizes, equal to :func:`patch_entropy`
+    of each size bit for bit.
+
+    Histograms are additive: a parent patch's is the sum of its four
+    children's. So the histograms are counted once, at the smallest size
+    whose patches have at least ``num_bins`` pixels (where
+    :func:`patch_entropy` uses dense histograms), summed into every larger
+    size ``2**k`` times it, and the entropy of all of them is one pass.
+    Other sizes (fewer pixels than bins, or off the doubling chain) fall
+    back to :func:`patch_entropy`. Device-side ops only: no host reads.
 
     Args:
         gray (Tensor): Intensities in [0, 255], shape (B, H, W).
@@ -143,4 +155,91 @@ def entropy_maps(gray: Tensor, patch_sizes: Sequence[int],
     Returns:
         list[Tensor]: One (B, H // size, W // size) map per patch size.
     """
-    return [patch_entropy(gray, size, num_bins) for size in patch_sizes]
+    dense = sorted(s for s in set(patch_sizes) if s * s >= num_bins)
+    chain = []
+    if dense:
+        base = dense[0]
+        chain = [
+            s for s in dense
+            if s % base == 0 and (s // base) & (s // base - 1) == 0
+        ]
+    if gray.dim() != 3 or len(chain) < 2 or \
+            gray.shape[1] % chain[-1] or gray.shape[2] % chain[-1]:
+        # Nothing to share (or an error patch_entropy explains).
+        return [patch_entropy(gray, size, num_bins) for size in patch_sizes]
+    shared = dict(zip(chain, _chain_entropy(gray, chain, num_bins)))
+    return [
+        shared[size] if size in shared else patch_entropy(
+            gray, size, num_bins) for size in patch_sizes
+    ]
+
+
+def _chain_entropy(gray: Tensor, sizes: List[int],
+                   num_bins: int) -> List[Tensor]:
+    """Entropy maps of ``sizes`` (ascending, each the first one times a
+    power of two) from one histogram pass at the first size."""
+    batch, height, width = gray.shape
+    base = sizes[0]
+    rows, cols = height // base, width // base
+    num_patches = batch * rows * cols
+    if num_patches * num_bins >= 2**31:
+        raise ValueError(f'{num_patches} patches x {num_bins} bins overflow '
+                         'the int32 histogram keys; use fewer bins or images')
+    device = gray.device
+    key = (tuple(gray.shape), tuple(sizes), num_bins, str(device))
+    first_key, areas = cached_constant(
+        ('entropy', ) + key,
+        lambda: _chain_constants(batch, rows, cols, sizes, num_bins, device))
+    bins = intensity_bins(gray, num_bins).view(batch, rows, base, cols, base)
+    keys = bins.add_(first_key).view(-1)
+    # A scatter-add, not bincount: the same counts without the host read
+    # of the largest key that bincount needs on CUDA.
+    hist = torch.zeros(
+        num_patches * num_bins, dtype=torch.int32,
+        device=device).index_add_(0, keys, _ones(keys.numel(), device))
+    del keys, bins
+    levels = [hist.view(batch, rows, cols, num_bins)]
+    for size in sizes[1:]:
+        factor = size // (base << (len(levels) - 1))
+        while factor > 1:  # one doubling at a time
+            b, r, c, n = levels[-1].shape
+            # Two single-dim sums: 40x faster on CPU than sum((2, 4)).
+            levels.append(levels[-1].view(b, r // 2, 2, c // 2, 2, n).sum(
+                4, dtype=torch.int32).sum(2, dtype=torch.int32))
+            factor //= 2
+    by_size = {base << i: level for i, level in enumerate(levels)}
+    wanted = [by_size[size] for size in sizes]
+    counts = torch.cat([level.view(-1, num_bins) for level in wanted])
+    # Divided by each level's own patch area, like patch_entropy.
+    prob = counts.float().div_(areas)
+    neg_plogp = torch.where(prob > 0, prob * torch.log2(prob + _LOG_EPS),
+                            prob).neg_()
+    entropy = neg_plogp.sum(1)
+    return [
+        part.view(level.shape[:3]) for part, level in zip(
+            entropy.split([w.numel() // num_bins for w in wanted]), wanted)
+    ]
+
+
+def _chain_constants(batch: int, rows: int, cols: int, sizes: List[int],
+                     num_bins: int, device: torch.device) -> tuple:
+    """First histogram key of every patch, as a (B, rows, 1, cols, 1) int32
+    view over the pixels, and the (patches, 1) patch area of every row of
+    the stacked histograms."""
+    patch_ids = torch.arange(
+        batch * rows * cols, dtype=torch.int32, device=device)
+    first_key = (patch_ids * num_bins).view(batch, rows, 1, cols, 1)
+    per_row = torch.tensor([
+        batch * (rows * sizes[0] // size) * (cols * sizes[0] // size)
+        for size in sizes
+    ],
+                           device=device)
+    areas = torch.tensor([float(size * size) for size in sizes], device=device)
+    areas = areas.repeat_interleave(per_row)[:, None]
+    return first_key, areas
+
+
+def _ones(numel: int, device: torch.device) -> Tensor:
+    return cached_constant(
+        ('ones', str(device)),
+        lambda: torch.ones(1, dtype=torch.int32, device=device)).expand(numel)

@@ -2,21 +2,23 @@
 the dense base grid.
 
 The layout is computed once per forward (no gradients) and shared by the
-embedding, every attention block and the unpacking at the outputs.
+embedding, every attention block and the unpacking at the outputs. It is
+built with device-side ops only: the packed order of the cells is fixed by
+the grid and the windows, so a cumulative sum over "is a token" flags in that
+order numbers the tokens, and ``nonzero_static`` lists them. The one value
+the host needs is the number of tokens (the length of the packed sequence);
+it is read once per forward together with the group offsets, or not at all
+when ``pack_size`` fixes the length (static-shape mode).
 """
+import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _cu_seqlens(counts: Tensor) -> Tensor:
-    """Group sizes -> int32 offsets ``[0, n0, n0 + n1, ...]``."""
-    offsets = counts.new_zeros(counts.numel() + 1)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    return offsets.to(torch.int32)
+T = TypeVar('T')
 
 
 @dataclass
@@ -32,9 +34,17 @@ class PatchLayout:
     open every image's slice: the packed sequence is ``[prefix 0, content 0,
     prefix 1, content 1, ...]``. Image groups include them; window groups
     give each image's prefix tokens a group of their own, placed before that
-    image's windows. The per-token attributes below describe the *content*
-    tokens only (``num_tokens`` of them); ``content_index`` says where each
-    sits in the packed sequence of ``num_packed`` tokens.
+    image's windows.
+
+    With ``pack_size`` (static-shape mode) the packed sequence always has
+    ``pack_size`` tokens: the real ones first, then padding tokens that form
+    groups of their own (at the end of ``cu_seqlens_*``) and cover no cell.
+    Every tensor then has a shape fixed by the batch size, grid and
+    ``pack_size``, and nothing is read back to the host.
+
+    The per-token attributes (``image_index``, ``row``, ...) describe the
+    content tokens only and are computed on first use (they read the token
+    count on the host; the forward never needs them).
 
     Attributes:
         batch_size (int): Number of images.
@@ -42,56 +52,85 @@ class PatchLayout:
         num_scales (int): Number of patch scales; scale ``i`` covers
             ``2**i x 2**i`` cells.
         window_size (int, optional): Window side in cells; None = no windows.
-        image_index, scale_index, row, col, side, window_index (Tensor): Per
-            token (N,) long tensors; ``row``/``col`` are the top-left cell and
-            ``window_index`` the global window group id.
-        cu_seqlens_image (Tensor): (B + 1,) int32 offsets of the images
-            in the packed sequence (prefix tokens included).
-        max_seqlen_image (int): Longest image sequence.
-        cu_seqlens_window (Tensor): (G + 1,) int32 offsets of the windows
-            (and of each image's prefix group when there are prefix tokens).
-        max_seqlen_window (int): Longest window sequence.
+        num_prefix_tokens (int): Prefix tokens per image.
+        pack_size (int, optional): Fixed packed length; None = exact packing.
+        num_packed (int): Length of the packed sequence (``pack_size`` in
+            static mode).
+        cu_seqlens_image (Tensor): int32 offsets of the images in the packed
+            sequence (prefix tokens included; then the padding groups).
+        max_seqlen_image (int): Longest image group (an upper bound, the
+            grid's cells + prefix, in static mode).
+        cu_seqlens_window (Tensor): int32 offsets of the windows (and of each
+            image's prefix group when there are prefix tokens; then the
+            padding groups). The image offsets when there are no windows.
+        max_seqlen_window (int): Longest window group (a bound in static
+            mode: the window's cells, or the prefix tokens if more).
+        num_real_groups_image, num_real_groups_window (int): Groups before
+            the padding groups.
+        host_cu_seqlens_image, host_cu_seqlens_window (list[int], optional):
+            The offsets on the host (exact mode; None in static mode).
+        host_scale_counts (list[int], optional): Content tokens per scale, on
+            the host (exact mode).
         cell_to_token (Tensor): (B, Hc, Wc) packed index of the token
             covering each cell.
         tokens_per_image (Tensor): (B,) long content tokens per image (prefix
             tokens not counted).
-        num_prefix_tokens (int): Prefix tokens per image. Defaults to 0.
-        content_index (Tensor): (N,) packed position of each content token.
-        prefix_index (Tensor): (B * P,) packed positions of the prefix
-            tokens, image-major (empty without prefix tokens).
-        packed_image_index (Tensor): (N + B * P,) image of every packed token.
+        embed_index (Tensor): (num_packed,) row of every packed token in the
+            embedding table (the prefix rows, then scale 0, 1, ... rows of
+            every image), see :meth:`embedding_rows`.
+        position_index (Tensor): (num_packed,) row of every packed token in a
+            batch-free per-scale table (scale 0, 1, ... positions, then one
+            identity row for prefix and padding tokens), see
+            :meth:`position_rows`.
+        packed_image_index (Tensor): (num_packed,) image of every packed
+            token (padding tokens: the last image).
+        overflow (Tensor, optional): Static mode: 0-dim bool, True when the
+            batch needed more than ``pack_size`` tokens (tokens were dropped;
+            the backbone then returns NaN, see ``APTAdapter``).
     """
 
     batch_size: int
     grid_size: Tuple[int, int]
     num_scales: int
     window_size: Optional[int]
-    image_index: Tensor
-    scale_index: Tensor
-    row: Tensor
-    col: Tensor
-    side: Tensor
-    window_index: Tensor
+    num_prefix_tokens: int
+    pack_size: Optional[int]
+    num_packed: int
     cu_seqlens_image: Tensor
     max_seqlen_image: int
     cu_seqlens_window: Tensor
     max_seqlen_window: int
+    num_real_groups_image: int
+    num_real_groups_window: int
+    host_cu_seqlens_image: Optional[List[int]]
+    host_cu_seqlens_window: Optional[List[int]]
+    host_scale_counts: Optional[List[int]]
     cell_to_token: Tensor
     tokens_per_image: Tensor
-    num_prefix_tokens: int
-    content_index: Tensor
-    prefix_index: Tensor
+    embed_index: Tensor
+    position_index: Tensor
     packed_image_index: Tensor
+    overflow: Optional[Tensor]
+    token_slot: Tensor  # (num_packed,) slot of every packed token
+    slot_code: Tensor  # (slots,) scale of the token at a slot, -1, S=prefix
+
+    # ------------------------------------------------------- sizes (host)
+    @property
+    def static(self) -> bool:
+        return self.pack_size is not None
+
+    @property
+    def num_real_packed(self) -> int:
+        """Real packed tokens (content + prefix); reads the device in static
+        mode."""
+        if self.host_cu_seqlens_image is not None:
+            return self.host_cu_seqlens_image[-1]
+        return int(self.cu_seqlens_image[self.num_real_groups_image])
 
     @property
     def num_tokens(self) -> int:
         """Content tokens of the batch (prefix tokens not counted)."""
-        return int(self.image_index.numel())
-
-    @property
-    def num_packed(self) -> int:
-        """Length of the packed sequence: content plus prefix tokens."""
-        return self.num_tokens + self.batch_size * self.num_prefix_tokens
+        return self.num_real_packed - self.batch_size * self.num_prefix_tokens
 
     @property
     def baseline_tokens(self) -> int:
@@ -108,6 +147,78 @@ class PatchLayout:
         """True when no patch was merged (the plain model's tokens)."""
         return self.num_tokens == self.batch_size * self.baseline_tokens
 
+    # ------------------------------------- per content token (lazy, host)
+    def _content(self) -> Dict[str, Tensor]:
+        cached = self.__dict__.get('_content_cache')
+        if cached is not None:
+            return cached
+        height, width = self.grid_size
+        per_image = self.num_prefix_tokens + height * width
+        real = self.num_real_packed
+        slots = self.token_slot[:real]
+        code = self.slot_code[slots]
+        position = (code < self.num_scales).nonzero(as_tuple=True)[0]
+        slots, code = slots[position], code[position]
+        tables = _slot_tables(self.batch_size, self.grid_size,
+                              self.window_size, self.num_prefix_tokens,
+                              self.num_scales, slots.device)
+        image = slots // per_image
+        cell = tables['perm'][slots % per_image - self.num_prefix_tokens]
+        prefix = (
+            self.slot_code[self.token_slot[:real]] == self.num_scales).nonzero(
+                as_tuple=True)[0]
+        cached = dict(
+            content_index=position,
+            prefix_index=prefix,
+            image_index=image,
+            scale_index=code,
+            row=cell // width,
+            col=cell % width)
+        self.__dict__['_content_cache'] = cached
+        return cached
+
+    @property
+    def content_index(self) -> Tensor:
+        """(N,) packed position of each content token."""
+        return self._content()['content_index']
+
+    @property
+    def prefix_index(self) -> Tensor:
+        """(B * P,) packed positions of the prefix tokens, image-major."""
+        return self._content()['prefix_index']
+
+    @property
+    def image_index(self) -> Tensor:
+        return self._content()['image_index']
+
+    @property
+    def scale_index(self) -> Tensor:
+        return self._content()['scale_index']
+
+    @property
+    def row(self) -> Tensor:
+        """(N,) top-left cell row of each content token."""
+        return self._content()['row']
+
+    @property
+    def col(self) -> Tensor:
+        return self._content()['col']
+
+    @property
+    def side(self) -> Tensor:
+        """(N,) patch side in cells."""
+        return 1 << self.scale_index
+
+    @property
+    def window_index(self) -> Tensor:
+        """(N,) global window group id (the image without windows)."""
+        if self.window_size is None:
+            return self.image_index
+        ws = self.window_size
+        win_rows, win_cols = (-(-n // ws) for n in self.grid_size)
+        return self.image_index * (win_rows * win_cols) + \
+            self.row // ws * win_cols + self.col // ws
+
     def centers(self) -> Tensor:
         """(N, 2) float (row, col) token centres in cell units."""
         half = (self.side.float() - 1) / 2
@@ -123,11 +234,38 @@ class PatchLayout:
         ws = self.window_size
         return torch.stack([self.row // ws * ws, self.col // ws * ws], dim=1)
 
+    # ------------------------------------------------ tables the rows index
+    def embedding_rows(self) -> List[Tuple[int, int]]:
+        """``(rows, cols)`` per scale of the embedding table
+        :attr:`embed_index` points into: first ``B * P`` prefix rows
+        (image-major), then for each scale its ``B * rows * cols`` rows
+        (image-major, row-major); scales after the last one any token uses
+        may be left out."""
+        height, width = self.grid_size
+        return [(height >> s, width >> s) for s in range(self.num_scales)]
+
+    def position_rows(self) -> int:
+        """Rows of the batch-free table :attr:`position_index` points into:
+        every scale's ``rows * cols`` positions, then one identity row."""
+        return sum(r * c for r, c in self.embedding_rows()) + 1
+
+    def check_fits(self) -> None:
+        """Static mode: raise a ValueError if the batch needed more tokens
+        than ``pack_size`` (reads the device)."""
+        if self.overflow is not None and bool(self.overflow):
+            raise ValueError(
+                f'this batch needed {self.num_real_packed} packed tokens '
+                f'(prefix tokens included) but pack_size={self.pack_size}; '
+                f'raise pack_size (batch x (grid cells + prefix tokens) = '
+                f'{self.batch_size * (self.baseline_tokens + self.num_prefix_tokens)}'  # noqa: E501
+                ' never overflows) or use pack_size=None')
+
+    # ------------------------------------------------------------ to dense
     def unpack(self, tokens: Tensor) -> Tensor:
         """Packed tokens (``num_packed``, C) -> dense map (B, C, Hc, Wc).
 
-        Each token is repeated over all the cells it covers; prefix tokens
-        cover no cell and are left out.
+        Each token is repeated over all the cells it covers; prefix and
+        padding tokens cover no cell and are left out.
         """
         self._check_tokens(tokens)
         height, width = self.grid_size
@@ -135,12 +273,27 @@ class PatchLayout:
         return dense.view(self.batch_size, height, width,
                           -1).permute(0, 3, 1, 2)
 
+    def unpack_all(self, outputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """:meth:`unpack` of several packed outputs at once, each returned
+        contiguous: one gather and one copy for all of them."""
+        if len(outputs) == 1:
+            return (self.unpack(outputs[0]).contiguous(), )
+        for tokens in outputs:
+            self._check_tokens(tokens)
+        height, width = self.grid_size
+        dims = outputs[0].shape[1]
+        dense = torch.cat(outputs, 1).index_select(0,
+                                                   self.cell_to_token.view(-1))
+        dense = dense.view(self.batch_size, height, width, len(outputs),
+                           dims).permute(3, 0, 4, 1, 2).contiguous()
+        return dense.unbind(0)
+
     def pool(self, dense: Tensor) -> Tensor:
         """Dense map (B or 1, C, Hc, Wc) -> content tokens (N, C).
 
-        Each token takes the mean of the cells it covers: the map is average
-        pooled once per scale and every token reads its patch's value. A map
-        with batch 1 (e.g. a position table) is shared by every image.
+        Test reference only (the forward never pools): each token takes the
+        mean of the cells it covers. A map with batch 1 (e.g. a position
+        table) is shared by every image.
         """
         height, width = self.grid_size
         if dense.dim() != 4 or tuple(dense.shape[2:]) != (height, width):
@@ -149,23 +302,16 @@ class PatchLayout:
         if dense.shape[0] not in (1, self.batch_size):
             raise ValueError(f'batch of {dense.shape[0]} maps does not match '
                              f'the layout batch {self.batch_size}')
-        shared = dense.shape[0] == 1
-        out = dense.new_empty(self.num_tokens, dense.shape[1])
+        out = dense.new_zeros(self.num_tokens, dense.shape[1])
         for scale in range(self.num_scales):
             index = (self.scale_index == scale).nonzero(as_tuple=True)[0]
-            if index.numel() == 0:
-                continue
             factor = 1 << scale
-            pooled = dense if scale == 0 else F.avg_pool2d(
-                dense, factor, factor)
-            rows_s, cols_s = height >> scale, width >> scale
-            images = 0 if shared else self.image_index[index]
-            row_in_scale = self.row[index] >> scale
-            col_in_scale = self.col[index] >> scale
-            flat_index = (images * rows_s + row_in_scale) * cols_s \
-                + col_in_scale
-            flat = pooled.permute(0, 2, 3, 1).reshape(-1, dense.shape[1])
-            out = out.index_copy(0, index, flat.index_select(0, flat_index))
+            pooled = F.avg_pool2d(dense, factor, factor)
+            images = self.image_index[index] if dense.shape[0] > 1 else \
+                torch.zeros_like(index)
+            value = pooled[images, :, self.row[index] >> scale,
+                           self.col[index] >> scale]
+            out = out.index_copy(0, index, value)
         return out
 
     def _check_tokens(self, tokens: Tensor) -> None:
@@ -197,6 +343,8 @@ def select_patches(entropies: Sequence[Tensor], thresholds: Sequence[float],
         raise ValueError(f'{len(entropies)} entropy maps but '
                          f'{len(thresholds)} thresholds')
     num_scales = len(entropies) + 1
+    if num_scales < 2:
+        raise ValueError('select_patches needs at least one scale above base')
     keep: List[Optional[Tensor]] = [None] * num_scales
     covered: Optional[Tensor] = None  # cells of scale i already taken
     for scale in range(num_scales - 1, 0, -1):
@@ -205,30 +353,187 @@ def select_patches(entropies: Sequence[Tensor], thresholds: Sequence[float],
         if tuple(ent.shape[1:]) != expected:
             raise ValueError(f'entropy map of scale {scale} has shape '
                              f'{tuple(ent.shape[1:])}, expected {expected}')
-        if covered is not None:
-            covered = _upsample2(covered)
         selected = ent < thresholds[scale - 1]
-        if covered is not None:
-            selected &= ~covered
-            covered = covered | selected
-        else:
+        if covered is None:
             covered = selected
+        else:
+            covered = _upsample2(covered)
+            selected = selected > covered  # below threshold and not covered
+            covered = covered | selected
         keep[scale] = selected
-    if covered is None:  # single scale: every cell is a base token
-        raise ValueError('select_patches needs at least one scale above base')
     keep[0] = ~_upsample2(covered)
     return keep  # type: ignore[return-value]
 
 
 def _upsample2(mask: Tensor) -> Tensor:
     """Nearest 2x upsampling of a (B, h, w) mask."""
-    return mask.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    batch, height, width = mask.shape
+    index = cached_constant(
+        ('up2', height, width, str(mask.device)),
+        lambda: _upsample2_index(height, width, mask.device))
+    return mask.view(batch,
+                     -1).index_select(1, index).view(batch, 2 * height,
+                                                     2 * width)
+
+
+def _upsample2_index(height: int, width: int, device: torch.device) -> Tensor:
+    rows = torch.arange(2 * height, device=device) // 2
+    cols = torch.arange(2 * width, device=device) // 2
+    return (rows[:, None] * width + cols).view(-1)
+
+
+# Slot tables: for a batch size, grid, window size, prefix count and number
+# of scales, everything about the packed order that does not depend on the
+# image content. A "slot" is a place a packed token may come from: per image,
+# its P prefix slots, then its cells in packed (window) order. The packed
+# sequence is the slots that hold a token, in slot order.
+_CONSTANTS: Dict[tuple, object] = {}
+_CONSTANTS_MAX = 32
+
+
+def cached_constant(key: tuple, compute: Callable[[], T]) -> T:
+    """``compute()`` (tensors that depend only on shapes, never on data),
+    cached by ``key`` (include the device). Under ``torch.compile`` /
+    ``torch.export`` it is computed afresh, so the trace holds it as a
+    constant and no cache state enters the guards."""
+    if torch.compiler.is_compiling():
+        return compute()
+    value = _CONSTANTS.get(key)
+    if value is None:
+        if len(_CONSTANTS) >= _CONSTANTS_MAX:
+            _CONSTANTS.clear()
+        value = _CONSTANTS[key] = compute()
+    return value  # type: ignore[return-value]
+
+
+def _slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
+                 num_prefix: int, num_scales: int,
+                 device: torch.device) -> Dict[str, Tensor]:
+    key = ('slots', batch, tuple(grid), window, num_prefix, num_scales,
+           str(device))
+    return cached_constant(
+        key, lambda: _make_slot_tables(batch, grid, window, num_prefix,
+                                       num_scales, device))
+
+
+def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
+                      num_prefix: int, num_scales: int,
+                      device: torch.device) -> Dict[str, Tensor]:
+    height, width = grid
+    cells = height * width
+    per_image = num_prefix + cells
+    rows = torch.arange(height, device=device).repeat_interleave(width)
+    cols = torch.arange(width, device=device).repeat(height)
+    if window is not None:
+        win_cols = -(-width // window)
+        window_id = rows // window * win_cols + cols // window
+        order_key = window_id * (window * window) + \
+            rows % window * window + cols % window
+        perm = torch.argsort(order_key)
+        # Window ends, in cells of the packed order of one image.
+        ends = torch.cumsum(torch.bincount(window_id), 0)
+    else:
+        perm = torch.arange(cells, device=device)
+        ends = torch.tensor([cells], device=device)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(cells, device=device)
+    images = torch.arange(batch, device=device)
+
+    # Group boundaries in slots (exclusive ends): per image its prefix
+    # group (with windows), then its windows; images end at per_image.
+    image_ends = (images + 1) * per_image
+    if window is not None:
+        starts = images[:, None] * per_image + num_prefix
+        window_ends = starts + ends[None, :]
+        if num_prefix:
+            window_ends = torch.cat([starts, window_ends], 1)
+        window_bounds = torch.cat([
+            torch.zeros(1, dtype=torch.long, device=device),
+            window_ends.reshape(-1)
+        ])
+    image_bounds = torch.cat(
+        [torch.zeros(1, dtype=torch.long, device=device), image_ends])
+
+    # Rows per code (0..S-1 = scale, S = prefix) and slot, stacked code-
+    # major: row (code, slot) is code * slots + slot. Cells in packed order:
+    cell = perm[None, :].expand(batch, cells)
+    r, c = cell // width, cell % width
+    b = images[:, None].expand(batch, cells)
+    embed_rows, pos_rows = [], []
+    # Embedding rows: the B * P prefix rows first, then every scale's maps
+    # (so scales above the last one used may be left out of the table).
+    embed_offset, pos_offset = batch * num_prefix, 0
+    for s in range(num_scales):
+        rows_s, cols_s = height >> s, width >> s
+        here = (r >> s) * cols_s + (c >> s)
+        embed = torch.zeros(batch, per_image, dtype=torch.long, device=device)
+        embed[:, num_prefix:] = embed_offset + b * (rows_s * cols_s) + here
+        pos = torch.zeros(batch, per_image, dtype=torch.long, device=device)
+        pos[:, num_prefix:] = pos_offset + here
+        embed_rows.append(embed)
+        pos_rows.append(pos)
+        embed_offset += batch * rows_s * cols_s
+        pos_offset += rows_s * cols_s
+    prefix_rows = torch.zeros(
+        batch, per_image, dtype=torch.long, device=device)
+    prefix_rows[:, :num_prefix] = images[:, None] * num_prefix + \
+        torch.arange(num_prefix, device=device)
+    embed_rows.append(prefix_rows)
+    # Prefix (and padding) tokens: the identity row (no position).
+    pos_rows.append(torch.full_like(pos_rows[0], pos_offset))
+
+    # For every cell (row-major, image-major) and scale s, the slot of the
+    # scale-s-aligned cell above-left of it: the covering token's slot is
+    # the one whose code is s there.
+    dense_r = rows[None, :]
+    dense_c = cols[None, :]
+    candidates = []
+    for s in range(num_scales):
+        aligned = (dense_r >> s << s) * width + (dense_c >> s << s)
+        candidates.append(images[:, None] * per_image + num_prefix +
+                          inverse[aligned])
+    tables = dict(
+        perm=perm,
+        image_bounds=image_bounds,
+        window_bounds=window_bounds if window is not None else image_bounds,
+        embed_rows=torch.stack(embed_rows).reshape(-1),
+        pos_rows=torch.stack(pos_rows).reshape(-1),
+        candidates=torch.stack(candidates).reshape(-1),
+        scales=torch.arange(num_scales, device=device)[:, None],
+        scale_ids=torch.arange(num_scales, device=device),
+        # Source of every slot in [cells of all images..., prefix code].
+        slot_source=torch.cat([
+            torch.full((batch, num_prefix), batch * cells, device=device),
+            images[:, None] * cells + perm
+        ], 1).view(-1),
+        prefix_code=torch.full((1, ), num_scales, device=device),
+    )
+    return tables
+
+
+def min_pack_size(batch: int,
+                  grid: Tuple[int, int],
+                  num_scales: int,
+                  num_prefix_tokens: int = 0) -> int:
+    """Fewest packed tokens a batch can have: every image one grid of the
+    largest patches, plus its prefix tokens."""
+    top = num_scales - 1
+    return batch * (num_prefix_tokens + (grid[0] >> top) * (grid[1] >> top))
+
+
+def max_pack_size(batch: int,
+                  grid: Tuple[int, int],
+                  num_prefix_tokens: int = 0) -> int:
+    """Most packed tokens a batch can have (nothing merged): a ``pack_size``
+    this large never overflows."""
+    return batch * (num_prefix_tokens + grid[0] * grid[1])
 
 
 def build_layout(keep_masks: Sequence[Tensor],
                  grid_size: Tuple[int, int],
                  window_size: Optional[int] = None,
-                 num_prefix_tokens: int = 0) -> PatchLayout:
+                 num_prefix_tokens: int = 0,
+                 pack_size: Optional[int] = None) -> PatchLayout:
     """Pack the selected patches of every scale into one ordered sequence.
 
     Args:
@@ -240,138 +545,161 @@ def build_layout(keep_masks: Sequence[Tensor],
             border may be partial.
         num_prefix_tokens (int): Class / register tokens opening each image's
             slice of the packed sequence. Defaults to 0.
+        pack_size (int, optional): Static-shape mode: the packed sequence
+            (prefix tokens included) is padded to exactly this many tokens
+            and nothing is read back to the host. A batch that needs more
+            sets ``layout.overflow`` (its extra tokens are dropped). None
+            (default): exact packing, one host read of the offsets.
 
     Returns:
         PatchLayout: The packed layout.
     """
     height, width = grid_size
     batch = keep_masks[0].shape[0]
+    num_scales = len(keep_masks)
+    device = keep_masks[0].device
     if num_prefix_tokens < 0:
         raise ValueError(f'num_prefix_tokens must be >= 0, got '
                          f'{num_prefix_tokens}')
-    if window_size is not None:
-        # Windows at the bottom/right border may be partial (padding-free
-        # inputs): their groups are simply shorter.
-        win_rows = -(-height // window_size)
-        win_cols = -(-width // window_size)
-    else:
-        win_rows = win_cols = 1
+    if pack_size is not None:
+        check_pack_size(pack_size, batch, grid_size, num_scales,
+                        num_prefix_tokens)
+    tables = _slot_tables(batch, grid_size, window_size, num_prefix_tokens,
+                          num_scales, device)
+    per_image = num_prefix_tokens + height * width
 
-    images, scales, rows, cols = [], [], [], []
+    # Scale code of every cell: s where a scale-s token has its top-left
+    # cell, -1 elsewhere; prefix slots get code S.
+    code = torch.full((batch, height, width),
+                      -1,
+                      dtype=torch.long,
+                      device=device)
     for scale, mask in enumerate(keep_masks):
-        b, r, c = mask.nonzero(as_tuple=True)
-        images.append(b)
-        scales.append(torch.full_like(b, scale))
-        rows.append(r << scale)
-        cols.append(c << scale)
-    image_index = torch.cat(images)
-    scale_index = torch.cat(scales)
-    row = torch.cat(rows)
-    col = torch.cat(cols)
-
-    # Sort key: (image, window, row-major top-left inside the window). Every
-    # token has its own top-left cell, so keys are unique.
-    if window_size is not None:
-        window = (row // window_size) * win_cols + col // window_size
-        local = (row % window_size) * window_size + col % window_size
-        cells_per_group = window_size * window_size
-    else:
-        window = torch.zeros_like(row)
-        local = row * width + col
-        cells_per_group = height * width
-    window_index = image_index * (win_rows * win_cols) + window
-    order = torch.argsort(window_index * cells_per_group + local)
-    image_index, scale_index = image_index[order], scale_index[order]
-    row, col, window_index = row[order], col[order], window_index[order]
-    side = 1 << scale_index
-
-    tokens_per_image = torch.bincount(image_index, minlength=batch)
-    tokens_per_window = torch.bincount(
-        window_index, minlength=batch * win_rows * win_cols)
-
-    cell_to_token = _cell_to_token(keep_masks, order, grid_size)
-    prefix = _prefix_positions(image_index, tokens_per_image,
-                               tokens_per_window, num_prefix_tokens)
+        factor = 1 << scale
+        # The cells at multiples of 2**scale, as one strided view.
+        target = code if scale == 0 else code.as_strided(
+            mask.shape, (height * width, width * factor, factor))
+        target.masked_fill_(mask, scale)
+    code = code.view(-1)
     if num_prefix_tokens:
-        cell_to_token = prefix['content_index'][cell_to_token]
-        # Without windows the window groups are the image groups.
-        tokens_per_window = tokens_per_image + num_prefix_tokens \
-            if window_size is None else prefix['tokens_per_window']
+        code = torch.cat([code, tables['prefix_code']])
+    code = code.index_select(0, tables['slot_source'])
+    is_token = code >= 0
+    # int32 like the kernels' offsets, so they need no conversion.
+    running = torch.cumsum(is_token, 0, dtype=torch.int32)
+    # Tokens before each slot boundary = the group offsets.
+    counts = torch.cat([running.new_zeros(1), running])
+    cu_image = counts.index_select(0, tables['image_bounds'])
+    cu_window = cu_image if window_size is None else counts.index_select(
+        0, tables['window_bounds'])
+    real_image_groups = cu_image.numel() - 1
+    real_window_groups = cu_window.numel() - 1
+
+    overflow = None
+    host_image = host_window = host_scales = None
+    if pack_size is None:
+        scale_counts = (code[:, None] == tables['scale_ids']).sum(0)
+        # The one host read of the forward: offsets and scale counts.
+        windows = [] if window_size is None else [cu_window]
+        host = torch.cat([cu_image, *windows, scale_counts]).tolist()
+        host_image = host[:cu_image.numel()]
+        host_window = host[cu_image.numel():-num_scales] or host_image
+        host_scales = host[-num_scales:]
+        num_packed = host_image[-1]
+        max_image = max(b - a for a, b in zip(host_image, host_image[1:]))
+        max_window = max(b - a for a, b in zip(host_window, host_window[1:]))
+        slots = torch.nonzero_static(is_token, size=num_packed).view(-1)
+    else:
+        num_packed = pack_size
+        total = cu_image[-1]  # real packed tokens
+        overflow = total > pack_size
+        max_image = per_image
+        max_window = per_image if window_size is None else max(
+            window_size * window_size, num_prefix_tokens)
+        cu_image = _with_padding_groups(cu_image, pack_size, max_image)
+        cu_window = cu_image if window_size is None else \
+            _with_padding_groups(cu_window, pack_size, max_window)
+        # Padding tokens read the last image's first slot, which always
+        # holds a token (a prefix token, or the one at cell (0, 0)); any
+        # token would do, their outputs are dropped.
+        slots = torch.nonzero_static(
+            is_token, size=pack_size,
+            fill_value=code.numel() - per_image).view(-1)
+
+    slot_code = code.index_select(0, slots)
+    # Row of (code, slot) in the stacked per-code tables.
+    row_key = torch.add(slots, slot_code, alpha=code.numel())
+    embed_index = tables['embed_rows'].index_select(0, row_key)
+    position_index = tables['pos_rows'].index_select(0, row_key)
+    packed_image_index = torch.div(slots, per_image, rounding_mode='floor')
+
+    # The covering token of every cell: among the scale-aligned candidate
+    # slots, the one holding a token of that scale.
+    candidates = tables['candidates']
+    found = code.index_select(0, candidates).view(num_scales, -1)
+    cover = (candidates.view(num_scales, -1) *
+             (found == tables['scales'])).sum(0)
+    # Tokens in the slots before a token's slot = its packed index.
+    cell_to_token = counts.index_select(0, cover)
+    if pack_size is not None:  # dropped tokens (overflow) stay in range
+        cell_to_token = cell_to_token.clamp_(max=pack_size - 1)
+
+    bounds = cu_image if pack_size is None else \
+        cu_image[:real_image_groups + 1]
+    tokens_per_image = bounds.diff()
+    if num_prefix_tokens:
+        tokens_per_image = tokens_per_image - num_prefix_tokens
+    tokens_per_image = tokens_per_image.long()
     return PatchLayout(
         batch_size=batch,
         grid_size=(height, width),
-        num_scales=len(keep_masks),
+        num_scales=num_scales,
         window_size=window_size,
-        image_index=image_index,
-        scale_index=scale_index,
-        row=row,
-        col=col,
-        side=side,
-        window_index=window_index,
-        cu_seqlens_image=_cu_seqlens(tokens_per_image + num_prefix_tokens),
-        max_seqlen_image=int(tokens_per_image.max()) + num_prefix_tokens,
-        cu_seqlens_window=_cu_seqlens(tokens_per_window),
-        max_seqlen_window=int(tokens_per_window.max()),
-        cell_to_token=cell_to_token,
-        tokens_per_image=tokens_per_image,
         num_prefix_tokens=num_prefix_tokens,
-        content_index=prefix['content_index'],
-        prefix_index=prefix['prefix_index'],
-        packed_image_index=prefix['packed_image_index'],
+        pack_size=pack_size,
+        num_packed=num_packed,
+        cu_seqlens_image=cu_image,
+        max_seqlen_image=max_image,
+        cu_seqlens_window=cu_window,
+        max_seqlen_window=max_window,
+        num_real_groups_image=real_image_groups,
+        num_real_groups_window=real_window_groups,
+        host_cu_seqlens_image=host_image,
+        host_cu_seqlens_window=host_window,
+        host_scale_counts=host_scales,
+        cell_to_token=cell_to_token.view(batch, height, width),
+        tokens_per_image=tokens_per_image,
+        embed_index=embed_index,
+        position_index=position_index,
+        packed_image_index=packed_image_index,
+        overflow=overflow,
+        token_slot=slots,
+        slot_code=code,
     )
 
 
-def _prefix_positions(image_index: Tensor, tokens_per_image: Tensor,
-                      tokens_per_window: Tensor,
-                      num_prefix: int) -> Dict[str, Tensor]:
-    """Where content and prefix tokens sit once each image's slice starts
-    with ``num_prefix`` prefix tokens, and the window groups with a prefix
-    group per image (without prefix tokens: the content order as is)."""
-    device = image_index.device
-    if not num_prefix:
-        return dict(
-            content_index=torch.arange(image_index.numel(), device=device),
-            prefix_index=image_index.new_empty(0),
-            packed_image_index=image_index)
-    batch = tokens_per_image.numel()
-    # Image b's content is preceded by the (b + 1) * P prefix tokens of
-    # images 0..b.
-    content_index = torch.arange(image_index.numel(), device=device) + \
-        (image_index + 1) * num_prefix
-    starts = _cu_seqlens(tokens_per_image + num_prefix)[:-1].long()
-    prefix_index = (starts[:, None] +
-                    torch.arange(num_prefix, device=device)).reshape(-1)
-    images = torch.arange(batch, device=device)
-    packed_image_index = torch.repeat_interleave(images,
-                                                 tokens_per_image + num_prefix)
-    windows = tokens_per_window.view(batch, -1)
-    tokens_per_window = torch.cat(
-        [windows.new_full((batch, 1), num_prefix), windows], 1).reshape(-1)
-    return dict(
-        content_index=content_index,
-        prefix_index=prefix_index,
-        packed_image_index=packed_image_index,
-        tokens_per_window=tokens_per_window)
+def check_pack_size(pack_size: int,
+                    batch: int,
+                    grid: Tuple[int, int],
+                    num_scales: int,
+                    num_prefix_tokens: int = 0) -> None:
+    """ValueError unless ``pack_size`` can hold a batch of this size."""
+    if isinstance(pack_size, bool) or not isinstance(pack_size, int):
+        raise ValueError(f'pack_size must be an int or None, got '
+                         f'{pack_size!r}')
+    least = min_pack_size(batch, grid, num_scales, num_prefix_tokens)
+    if pack_size < least:
+        raise ValueError(
+            f'pack_size={pack_size} is too small for a batch of {batch} on a '
+            f'{grid[0]}x{grid[1]} grid: even fully merged it needs {least} '
+            f'tokens (nothing merged: '
+            f'{max_pack_size(batch, grid, num_prefix_tokens)})')
 
 
-def _cell_to_token(keep_masks: Sequence[Tensor], order: Tensor,
-                   grid_size: Tuple[int, int]) -> Tensor:
-    """(B, Hc, Wc) packed index of the token that covers each cell."""
-    # Position of each unsorted token in the packed (sorted) sequence.
-    packed_position = torch.empty_like(order)
-    packed_position[order] = torch.arange(order.numel(), device=order.device)
-    batch = keep_masks[0].shape[0]
-    cell_to_token = torch.zeros(
-        batch, *grid_size, dtype=torch.long, device=order.device)
-    start = 0
-    for scale, mask in enumerate(keep_masks):
-        count = int(mask.sum())
-        # Token ids at the scale's own grid, then repeated over the cells.
-        ids = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
-        ids[mask] = packed_position[start:start + count] + 1
-        start += count
-        factor = 1 << scale
-        ids = ids.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
-        cell_to_token += ids
-    # Every cell got exactly one id + 1 (the masks tile the grid).
-    return cell_to_token - 1
+def _with_padding_groups(cu: Tensor, pack_size: int, bound: int) -> Tensor:
+    """Offsets of the real groups, then of padding groups of at most
+    ``bound`` tokens up to ``pack_size`` (as many as the emptiest batch
+    needs, so their number is fixed; trailing ones may be empty)."""
+    steps = torch.arange(
+        1, math.ceil(pack_size / bound) + 1, device=cu.device) * bound
+    return torch.cat([cu, cu[-1:] + steps]).clamp_(max=pack_size)

@@ -84,6 +84,10 @@ class PatchTokenizer:
         num_prefix_tokens (int): Class / register tokens the backbone puts
             first in each image's packed slice (``PatchLayout``). Defaults
             to 0.
+        pack_size (int, optional): Static-shape mode: every layout's packed
+            sequence (prefix tokens included) is padded to this many tokens
+            (see :func:`build_layout`); a public attribute, may be changed
+            between calls. None (default): exact packing.
     """
 
     def __init__(self,
@@ -94,7 +98,8 @@ class PatchTokenizer:
                  std: Sequence[float] = IMAGENET_STD,
                  window_size: Optional[int] = None,
                  patch_sizes: Optional[Sequence[int]] = None,
-                 num_prefix_tokens: int = 0) -> None:
+                 num_prefix_tokens: int = 0,
+                 pack_size: Optional[int] = None) -> None:
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f'patch_size must be a positive int, got '
                              f'{patch_size!r}')
@@ -106,6 +111,7 @@ class PatchTokenizer:
                              f'{num_prefix_tokens!r}')
         self.patch_size = patch_size
         self.num_prefix_tokens = num_prefix_tokens
+        self.pack_size = pack_size
         self.thresholds = check_thresholds(thresholds, patch_sizes, patch_size)
         self.num_bins = num_bins
         self.mean = tuple(float(m) for m in mean)
@@ -183,9 +189,10 @@ class PatchTokenizer:
                 for i in range(self.num_scales)
             ]
         return build_layout(masks, grid, self.window_size,
-                            self.num_prefix_tokens)
+                            self.num_prefix_tokens, self.pack_size)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(patch_sizes={self.patch_sizes}, '
                 f'thresholds={self.thresholds}, num_bins={self.num_bins}, '
-                f'window_size={self.window_size})')
+                f'window_size={self.window_size}, '
+                f'pack_size={self.pack_size})')

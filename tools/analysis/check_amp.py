@@ -98,21 +98,19 @@ class KernelCounter:
     """Counts calls of torch's flash varlen kernel made by mmapt."""
 
     def __init__(self) -> None:
-        self.calls = 0
-        self._orig = attention._torch_varlen_attn
+        self._counting = attention.count_attention_calls()
+        self._counts = {'varlen': 0}
+
+    @property
+    def calls(self) -> int:
+        return self._counts['varlen']
 
     def __enter__(self) -> 'KernelCounter':
-        if self._orig is not None:
-
-            def counted(*args, **kwargs):
-                self.calls += 1
-                return self._orig(*args, **kwargs)
-
-            attention._torch_varlen_attn = counted
+        self._counts = self._counting.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        attention._torch_varlen_attn = self._orig
+        self._counting.__exit__(*exc)
 
 
 def sync(device: torch.device) -> None:

@@ -20,7 +20,9 @@ from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
                              PatchTokenizer)
 from mmapt.utils.stages import forward_stage
 from ..layers import APTEmbed, ParamCache, build_plans
+from ..layers.attention import StaticPlan
 from ..layers.context import AttentionGroups, PackedContext
+from ..layers.rope import patch_centers
 from .host import APTHost, missing_host_members
 
 # Tokenizer arguments the host decides (``entropy_bins`` is the adapter's
@@ -92,6 +94,30 @@ class APTAdapter:
         ]
         return tuple(own + tokenizer)
 
+    @property
+    def pack_size(self) -> Optional[int]:
+        """Static-shape mode: every forward's packed sequence, prefix tokens
+        included, is padded to exactly this many tokens (None: exact
+        packing, one host read per forward). The padding tokens form their
+        own attention groups and their outputs are dropped, so the outputs
+        equal exact packing's; every tensor of the forward has a shape fixed
+        by (batch, input size, ``pack_size``) and nothing is read back to
+        the host, so the forward can be captured as a CUDA graph (one per
+        value), compiled with ``fullgraph=True`` or exported. Tools may set
+        it between forwards. A batch needing more tokens cannot be detected
+        without a host read: its outputs are NaN (``PatchLayout.check_fits``
+        raises the error naming the counts). A ``pack_size`` no batch can
+        fit raises at once."""
+        return self.tokenizer.pack_size
+
+    @pack_size.setter
+    def pack_size(self, value: Optional[int]) -> None:
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, int) or value < 1):
+            raise ValueError(f'pack_size must be a positive int or None, '
+                             f'got {value!r}')
+        self.tokenizer.pack_size = value
+
     def check_input_size(self, height: int, width: int) -> None:
         """ValueError naming the fix when the images cannot be tokenized."""
         self.tokenizer.check_input_size(height, width)
@@ -103,44 +129,58 @@ class APTAdapter:
 
     def position_tables(self, grid: Tuple[int, int],
                         num_scales: int) -> Optional[List[Tensor]]:
-        """Per scale ``i``, the position map average-pooled by ``2**i``
-        (= ``PatchLayout.pool`` for a token of that scale), flattened
-        channels-last ``(rows_i * cols_i, C)``; None without absolute
-        positions. Cached at inference."""
+        """Absolute positions per scale ``i``: the position map
+        average-pooled by ``2**i`` (the mean over a patch's cells), as
+        :class:`~mmapt.models.layers.APTEmbed` takes them: (Hc, Wc, C)
+        channels-last for scale 0, (1, C, Hc / 2**i, Wc / 2**i) above;
+        None without absolute positions. Cached at inference."""
         host = self.host
         if host.pos_embed is None:
             return None
 
         def compute() -> List[Tensor]:
             pos = host.position_map(grid)
-            return [(pos if scale == 0 else F.avg_pool2d(
-                pos, 1 << scale))[0].permute(1, 2,
-                                             0).reshape(-1, host.embed_dims)
-                    for scale in range(num_scales)]
+            return [pos[0].permute(1, 2, 0).contiguous()] + [
+                F.avg_pool2d(pos, 1 << scale)
+                for scale in range(1, num_scales)
+            ]
 
         return self._tables.get(host.pos_embed, (tuple(grid), num_scales),
                                 compute)
 
     def embed(self, x: Tensor, layout: PatchLayout) -> Tensor:
         """Packed token embeddings (``layout.num_packed``, C): each image's
-        prefix tokens, then its content tokens, positions included."""
+        prefix tokens, then its content tokens, positions included; one
+        gather from the per-scale maps."""
         host = self.host
         pos = self.position_tables(layout.grid_size, layout.num_scales)
-        content = self.apt_embed(x, host.patch_embed(x), pos, layout,
-                                 host.patch_embed)
-        if not layout.num_prefix_tokens:
-            return content
-        prefix = host.prefix_tokens(layout.batch_size)
-        tokens = content.new_empty(layout.num_packed, content.shape[1])
-        tokens.index_copy_(0, layout.content_index, content)
-        return tokens.index_copy_(0, layout.prefix_index,
-                                  prefix.reshape(-1, content.shape[1]))
+        prefix = host.prefix_tokens(layout.batch_size) \
+            if layout.num_prefix_tokens else None
+        return self.apt_embed(x, host.patch_embed(x), pos, layout,
+                              host.patch_embed, prefix)
 
     def packed_context(self, layout: PatchLayout) -> PackedContext:
-        """Attention groups, their plans and RoPE tables, for all blocks."""
-        window_plan, image_plan = build_plans(
-            (layout.cu_seqlens_window, layout.max_seqlen_window),
-            (layout.cu_seqlens_image, layout.max_seqlen_image))
+        """Attention groups, their plans and RoPE tables, for all blocks.
+
+        Exact packing: :class:`VarlenPlan` from the offsets the layout read
+        once. Static mode: :class:`StaticPlan` (device-side only) and the
+        fixed ``max_seqlen`` bounds."""
+        if layout.static:
+            window_plan = StaticPlan(layout.cu_seqlens_window,
+                                     layout.num_real_groups_window,
+                                     layout.max_seqlen_window,
+                                     layout.num_packed)
+            image_plan = window_plan \
+                if layout.cu_seqlens_window is layout.cu_seqlens_image \
+                else StaticPlan(layout.cu_seqlens_image,
+                                layout.num_real_groups_image,
+                                layout.max_seqlen_image, layout.num_packed)
+        else:
+            window_plan, image_plan = build_plans(
+                (layout.cu_seqlens_window, layout.max_seqlen_window,
+                 layout.host_cu_seqlens_window),
+                (layout.cu_seqlens_image, layout.max_seqlen_image,
+                 layout.host_cu_seqlens_image))
         window_rope = image_rope = None
         if self.host.rope is not None:
             image_rope, window_rope = self._rope_tables(layout)
@@ -159,26 +199,40 @@ class APTAdapter:
     def _rope_tables(self, layout: PatchLayout) -> Tuple[Tensor, Tensor]:
         """Global and window RoPE tables of the packed tokens: at token
         centres, window-relative in window blocks; identity (no rotation)
-        for prefix tokens."""
+        for prefix and padding tokens. One gather each from per-scale
+        tables that depend only on the grid (cached)."""
         rope = self.host.rope
-        centers = layout.centers()
-        image_rope = rope(centers, self.host.nominal_grid(layout.grid_size))
-        window_rope = image_rope
-        if layout.window_size is not None:
-            ws = layout.window_size
-            local = centers - layout.window_origin().to(centers.dtype)
-            window_rope = rope(local, (ws, ws))
-        if layout.num_prefix_tokens:
-            image_rope, window_rope = (
-                self._with_prefix_rows(t, layout)
-                for t in (image_rope, window_rope))
-        return image_rope, window_rope
+        grid, ws = layout.grid_size, layout.window_size
+        device = layout.position_index.device
+        key = (tuple(grid), layout.num_scales, ws, str(device))
 
-    @staticmethod
-    def _with_prefix_rows(table: Tensor, layout: PatchLayout) -> Tensor:
-        # cos + i sin = 1 + 0i rotates nothing: exact, no branch per block.
-        full = table.new_ones(layout.num_packed, table.shape[1])
-        return full.index_copy_(0, layout.content_index, table)
+        def compute() -> Tuple[Tensor, Tensor]:
+            centers = patch_centers(grid, layout.num_scales, device)
+            image = rope(centers, self.host.nominal_grid(grid))
+            window = image
+            if ws is not None:
+                origin = (centers.long() // ws * ws).to(centers.dtype)
+                window = rope(centers - origin, (ws, ws))
+            # cos + i sin = 1 + 0i rotates nothing: exact, no branch.
+            identity = image.new_ones(1, image.shape[1])
+            image = torch.cat([image, identity])
+            return image, (
+                image if ws is None else torch.cat([window, identity]))
+
+        if torch.compiler.is_compiling():
+            tables = compute()
+        else:
+            cache = self.__dict__.setdefault('_rope_cache', {})
+            tables = cache.get(key)
+            if tables is None:
+                if len(cache) >= 8:
+                    cache.clear()
+                tables = cache[key] = compute()
+        image_table, window_table = tables
+        image_rope = image_table.index_select(0, layout.position_index)
+        window_rope = image_rope if ws is None else window_table.index_select(
+            0, layout.position_index)
+        return image_rope, window_rope
 
     def forward_blocks(self, tokens: Tensor,
                        ctx: PackedContext) -> List[Tensor]:
@@ -218,4 +272,4 @@ class APTAdapter:
             outs = self.forward_blocks(tokens, ctx)
         with forward_stage('unpack'):
             self.report_tokens(layout)
-            return tuple(layout.unpack(t).contiguous() for t in outs)
+            return layout.unpack_all(outs)

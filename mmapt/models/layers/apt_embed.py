@@ -5,26 +5,25 @@ A patch of scale ``i`` (side ``p * 2**i``) is embedded as
     E(P) = ZeroLinear(Conv^(i)(base embeddings inside P)) + E(Resize_p(P))
            + pos(P)
 
-Base patches are the plain patch embedding plus position. Everything is
-computed only for the tokens that exist, with index arithmetic, one pass per
-scale (never per token), and written once into the packed output:
+Base patches are the plain patch embedding plus position. Every scale is
+computed densely, as a map over the whole image (a scale-``i`` map has
+``4**-i`` of the base cells, so all larger scales together cost about a
+third of the base patch embedding, plus the aggregation convs), and the
+packed tokens are then **one gather** from the stacked maps: no per-scale
+selection, no data-dependent shapes, the same ops for every image.
 
-* ``Resize_p(P)``: area resize (mean over ``2**i x 2**i`` pixel blocks, what
-  average pooling the whole image would give) of only the kept patches'
-  pixels, then the patch-embedding kernel as a matrix product.
-* ``Conv``: one shared ``Conv2d(D, D, 2, stride 2)`` applied ``i`` times to
-  the token's ``2**i x 2**i`` base embeddings. The cells are gathered in
-  Morton (Z) order, so every 2 x 2 neighbourhood of every level is four
-  consecutive rows: each conv level is one linear layer on a reshaped view,
-  with no permute copies.
+* ``Resize_p(P)``: area resize (what average pooling the whole image by
+  ``2**i`` gives, block for block), then the patch-embedding kernel.
+* ``Conv``: one shared ``Conv2d(D, D, 2, stride 2)``; level ``i`` of the
+  pyramid is the conv of level ``i - 1``, so a scale-``i`` patch (aligned to
+  its own size) reads exactly the conv applied ``i`` times to its cells.
 * ``ZeroLinear``: ``Linear(D, D)`` initialised to zero, so an untrained APT
   model embeds a large patch exactly as "the patch embedding of its resized
   pixels", and a plain EVA-02 checkpoint keeps working.
 * ``pos(P)``: the mean of the base-grid position table over the patch's
-  cells (the table average-pooled by ``2**i``, what ``PatchLayout.pool``
-  computes), passed in per scale so the backbone can cache it.
+  cells (the table average-pooled by ``2**i``), passed in per scale so the
+  backbone can cache it.
 """
-from functools import lru_cache
 from typing import List, Optional
 
 import torch
@@ -33,22 +32,6 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .embed import PatchEmbed
-
-
-@lru_cache(maxsize=None)
-def _morton_offsets(side: int) -> Tensor:
-    """(side * side, 2) (dy, dx) of a side x side block in Morton order.
-
-    Bit ``2j + 1`` of the index is bit ``j`` of dy, bit ``2j`` bit ``j`` of
-    dx: children of every 2 x 2 node come as (0,0), (0,1), (1,0), (1,1).
-    """
-    index = torch.arange(side * side)
-    dy = torch.zeros_like(index)
-    dx = torch.zeros_like(index)
-    for bit in range(max(side.bit_length() - 1, 0)):
-        dx |= ((index >> (2 * bit)) & 1) << bit
-        dy |= ((index >> (2 * bit + 1)) & 1) << bit
-    return torch.stack([dy, dx], dim=1)
 
 
 class APTEmbed(BaseModule):
@@ -65,90 +48,88 @@ class APTEmbed(BaseModule):
         nn.init.zeros_(self.zero_linear.weight)
         nn.init.zeros_(self.zero_linear.bias)
 
-    def forward(self, images: Tensor, base: Tensor,
-                pos: Optional[List[Tensor]], layout,
-                patch_embed: PatchEmbed) -> Tensor:
-        """Embed every token of ``layout``, position included.
+    def forward(self,
+                images: Tensor,
+                base: Tensor,
+                pos: Optional[List[Tensor]],
+                layout,
+                patch_embed: PatchEmbed,
+                prefix: Optional[Tensor] = None) -> Tensor:
+        """Embed every packed token of ``layout``, position included.
 
         Args:
             images (Tensor): (B, 3, H, W) normalised images.
             base (Tensor): (B, Hc, Wc, D) channels-last base patch embeddings
                 (the plain model's, before position).
-            pos (list[Tensor], optional): Per scale ``i``, the position table
-                pooled by ``2**i``, flattened channels-last:
-                ``(Hc/2**i * Wc/2**i, D)``; None for models without absolute
-                positions.
+            pos (list[Tensor], optional): Position tables per scale: for
+                scale 0 the (Hc, Wc, D) channels-last map, for scale ``i >
+                0`` the (1, D, Hc / 2**i, Wc / 2**i) map average-pooled by
+                ``2**i``; None for models without absolute positions.
             layout (PatchLayout): The token layout.
             patch_embed (PatchEmbed): The pretrained patch embedding.
+            prefix (Tensor, optional): (B, P, D) prefix tokens (positions
+                included) when the layout has ``P > 0``.
 
         Returns:
-            Tensor: (N, D) embeddings of the layout's content tokens, in
-            packed order (prefix tokens are the caller's).
+            Tensor: (``layout.num_packed``, D) packed tokens: each image's
+            prefix tokens, then its content tokens (then padding tokens in
+            static mode).
         """
         batch, height, width, dims = base.shape
-        base_flat = base.reshape(-1, dims)
         # The dtype of "embedding + position" by torch's promotion rules:
         # under autocast the embeddings are fp16/bf16 and the position table
         # fp32, so tokens start fp32, exactly as in the dense EVA02 (whose
         # blocks then keep the residual stream in that dtype).
-        dtype = base.dtype if pos is None else torch.promote_types(
-            base.dtype, pos[0].dtype)
-        tokens = base.new_empty(layout.num_tokens, dims, dtype=dtype)
-        for scale in range(layout.num_scales):
-            index = (layout.scale_index == scale).nonzero(as_tuple=True)[0]
-            # While training, empty scales still run (on zero tokens) so the
-            # APT layers always get a (zero) gradient: DDP then needs no
-            # find_unused_parameters when a batch merges nothing.
-            if index.numel() == 0 and not (self.training and scale > 0
-                                           and torch.is_grad_enabled()):
+        scale0 = base if pos is None else base + pos[0]
+        dtype = scale0.dtype
+        rows = [scale0.reshape(-1, dims)]
+        if layout.num_prefix_tokens:  # the table's first rows
+            rows.insert(0, prefix.reshape(-1, dims))
+        counts = layout.host_scale_counts
+        # While training, empty scales still run so the APT layers always
+        # get a (zero) gradient: DDP then needs no find_unused_parameters
+        # when a batch merges nothing. At inference a scale no token uses
+        # is skipped (exact mode knows the counts; static mode runs all).
+        needed = [
+            counts is None or counts[s] > 0
+            or (self.training and torch.is_grad_enabled())
+            for s in range(layout.num_scales)
+        ]
+        last = max(s for s in range(layout.num_scales) if s == 0 or needed[s])
+        level = base.permute(0, 3, 1, 2)  # channels-last memory, a view
+        zero_weight = self.zero_linear.weight.view(dims, dims, 1, 1)
+        for scale in range(1, last + 1):
+            # Every level of the conv pyramid is needed for the next one.
+            level = self.aggregate(level)
+            rows_s, cols_s = height >> scale, width >> scale
+            if not needed[scale]:
+                rows.append(
+                    base.new_zeros(1, dims,
+                                   dtype=dtype).expand(batch * rows_s * cols_s,
+                                                       dims))
                 continue
-            image = layout.image_index[index]
-            row, col = layout.row[index], layout.col[index]
-            if scale == 0:
-                value = base_flat.index_select(
-                    0, (image * height + row) * width + col)
-            else:
-                value = self._resized_embed(images, image, row, col, scale,
-                                            patch_embed)
-                value = value + self.zero_linear(
-                    self._aggregate(base_flat, image, row, col, scale, height,
-                                    width))
+            value = self._resized_embed(images, scale, patch_embed) + \
+                F.conv2d(level, zero_weight, self.zero_linear.bias)
             if pos is not None:
-                pos_index = (row >> scale) * (width >> scale) + (col >> scale)
-                value = value + pos[scale].index_select(0, pos_index)
-            # Written once per token into a fresh buffer (no full copies).
-            # The cast is a no-op unless autocast made the large-patch
-            # branch another dtype than the base embedding.
-            tokens.index_copy_(0, index, value.to(dtype))
+                value = value + pos[scale]
+            rows.append(value.permute(0, 2, 3, 1).reshape(-1, dims))
+        # One gather for every packed token (cat promotes to ``dtype``:
+        # under autocast the large-patch branch may be fp16/bf16).
+        table = torch.cat(rows).to(dtype)
+        tokens = table.index_select(0, layout.embed_index)
+        if layout.overflow is not None:
+            # Static mode, batch larger than pack_size: tokens were dropped,
+            # so the outputs would be silently wrong. NaN makes it loud.
+            tokens = tokens.masked_fill(layout.overflow, float('nan'))
         return tokens
 
     @staticmethod
-    def _resized_embed(images: Tensor, image: Tensor, row: Tensor, col: Tensor,
-                       scale: int, patch_embed: PatchEmbed) -> Tensor:
-        """Patch embedding of the kept patches, area-resized to p x p."""
+    def _resized_embed(images: Tensor, scale: int,
+                       patch_embed: PatchEmbed) -> Tensor:
+        """(B, D, Hc / 2**i, Wc / 2**i) patch embedding of the image area-
+        resized by ``2**scale`` (every scale-``i`` patch resized to p x p)."""
         factor = 1 << scale
-        p = patch_embed.patch_size
-        side = p * factor
-        batch, chans, height, width = images.shape
-        blocks = images.view(batch, chans, height // side, side, width // side,
-                             side)
-        # Advanced indices on dims 0, 2, 4 -> (n, chans, side, side): only
-        # the kept patches' pixels are read.
-        pixels = blocks[image, :, row >> scale, :, col >> scale, :]
-        resized = F.avg_pool2d(pixels, factor)  # (n, chans, p, p)
-        return patch_embed.embed_patches(resized.flatten(1))
-
-    def _aggregate(self, base_flat: Tensor, image: Tensor, row: Tensor,
-                   col: Tensor, scale: int, height: int, width: int) -> Tensor:
-        """Shared 2x2 stride-2 conv applied ``scale`` times per token."""
-        num, dims = image.numel(), base_flat.shape[1]
-        offsets = _morton_offsets(1 << scale).to(image.device)
-        cells = (image[:, None] * height + row[:, None] + offsets[:, 0]) \
-            * width + col[:, None] + offsets[:, 1]  # (n, s * s)
-        x = base_flat.index_select(0, cells.reshape(-1))
-        # Conv weight (out, in, ky, kx) -> (out, ky, kx, in): the order of a
-        # Morton quadruple of channels-last cells.
-        weight = self.aggregate.weight.permute(0, 2, 3, 1).reshape(dims, -1)
-        for _ in range(scale):
-            x = F.linear(x.view(-1, 4 * dims), weight, self.aggregate.bias)
-        return x.view(num, dims)
+        resized = F.avg_pool2d(images, factor)
+        proj = patch_embed.proj
+        return F.conv2d(
+            resized, proj.weight, proj.bias, stride=patch_embed.patch_size)

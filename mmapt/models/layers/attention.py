@@ -5,11 +5,13 @@ each token may only attend to the tokens of its own group (an image, or an
 (image, window) pair). ``cu_seqlens`` holds the group offsets, as in
 flash-attention's varlen API.
 
-Backends, picked per call:
+Backends, chosen by :func:`attention_backend` (``'auto'`` by default):
 
-* CUDA with fp16/bf16 and torch's own ``torch.nn.attention.varlen``: the
-  flash-attention varlen kernel (no padding at all).
-* Everywhere else: :class:`VarlenPlan`. It never builds an N x N mask. All
+* ``'varlen'``: torch's own ``torch.nn.attention.varlen`` (the
+  flash-attention varlen kernel, no padding at all; CUDA with fp16/bf16
+  only). ``'auto'`` takes it wherever it applies.
+* ``'padded'``: a plan of ``scaled_dot_product_attention`` calls, everywhere.
+  :class:`VarlenPlan` (exact packing) never builds an N x N mask. All
   groups of equal length -> one ``scaled_dot_product_attention`` call on a
   reshaped *view*, no mask and no copy (APT with nothing merged then costs the
   same as the plain model). Otherwise groups are sorted by length and cut into
@@ -17,12 +19,17 @@ Backends, picked per call:
   key mask (none when its lengths are all equal, no gather when it holds one
   group). Padded query rows are computed and thrown away, padded keys are
   masked, so the result equals per-group attention exactly.
+  :class:`StaticPlan` (static-shape mode) pads every group to a fixed bound
+  with device-side index arithmetic only: one SDPA call whose shapes depend
+  on the batch size, grid and ``pack_size`` alone (capturable, compilable,
+  exportable).
 
-A plan depends only on ``cu_seqlens``: APTEVA02 builds it once per forward and
-every block reuses it.
+A plan depends only on ``cu_seqlens``: the APT adapter builds it once per
+forward and every block reuses it. Call :meth:`VarlenPlan.prepare` to do its
+host-side work ahead of a timed region.
 """
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +42,59 @@ except ImportError:  # pragma: no cover - depends on the torch build
     _torch_varlen_attn = None
 
 # Set to False after the first failure of the CUDA kernel (old GPU, build
-# without flash attention): later calls go straight to the padded fallback.
+# without flash attention): later 'auto' calls go straight to the padded plan.
 _cuda_varlen_usable = _torch_varlen_attn is not None
+
+#: The values :func:`attention_backend` accepts.
+ATTENTION_BACKENDS = ('auto', 'varlen', 'padded')
+_backend = 'auto'
+
+
+@contextmanager
+def attention_backend(name: str) -> Iterator[None]:
+    """Choose the kernel of :func:`varlen_attention` inside the block.
+
+    Args:
+        name (str): ``'auto'`` (torch's varlen kernel on CUDA fp16/bf16 when
+            it works, else the padded SDPA plan), ``'varlen'`` (the kernel;
+            an error where it does not apply) or ``'padded'`` (the plan, on
+            every device: to compare or time it).
+    """
+    global _backend
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f'attention backend must be one of '
+                         f'{ATTENTION_BACKENDS}, got {name!r}')
+    saved, _backend = _backend, name
+    try:
+        yield
+    finally:
+        _backend = saved
+
+
+_call_counters: List[Dict[str, int]] = []
+
+
+@contextmanager
+def count_attention_calls() -> Iterator[Dict[str, int]]:
+    """Count the :func:`varlen_attention` calls inside the block by the
+    kernel that ran them: ``{'varlen': n, 'padded': m}``."""
+    counter = {'varlen': 0, 'padded': 0}
+    _call_counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _call_counters.remove(counter)
+
+
+def _count(kind: str) -> None:
+    for counter in _call_counters:
+        counter[kind] += 1
+
+
+def get_attention_backend() -> str:
+    """The backend :func:`attention_backend` set (``'auto'`` outside)."""
+    return _backend
+
 
 # Bucketing cost model. CPU SDPA (6 heads of 64, 2 cores) costs about
 # L + L^2 / 80 microseconds per group of L tokens when groups are batched, and
@@ -76,23 +134,31 @@ class VarlenPlan:
     Args:
         cu_seqlens (Tensor): (G + 1,) int offsets of the groups, starting at 0.
         max_seqlen (int, optional): Longest group; recomputed if None.
+        offsets (list[int], optional): ``cu_seqlens`` on the host, when the
+            caller has it (the layout reads it once per forward); read from
+            the device otherwise.
     """
 
     def __init__(self,
                  cu_seqlens: Tensor,
-                 max_seqlen: Optional[int] = None) -> None:
+                 max_seqlen: Optional[int] = None,
+                 offsets: Optional[List[int]] = None) -> None:
         self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
+        self.offsets = offsets
         self.num_tokens = -1
         self.uniform_length: Optional[int] = None
         self.buckets: List[_Bucket] = []
         self._built = False
 
-    def _build(self) -> None:
-        # Deferred to the first call: the CUDA flash path never needs it, and
-        # it reads cu_seqlens on the host (one sync per plan, not per block).
+    def prepare(self) -> 'VarlenPlan':
+        """Do the plan's host-side work now (it is otherwise done at the
+        first call; the CUDA varlen kernel never needs it). Idempotent."""
+        if self._built:
+            return self
         self._built = True
-        offsets: List[int] = self.cu_seqlens.tolist()
+        offsets: List[int] = self.offsets if self.offsets is not None \
+            else self.cu_seqlens.tolist()
         if len(offsets) < 2 or offsets[0] != 0:
             raise ValueError('cu_seqlens must start at 0 and hold at least '
                              f'one group, got {offsets[:8]}')
@@ -104,13 +170,16 @@ class VarlenPlan:
             self.max_seqlen = max(lengths)
         nonempty = [g for g, n in enumerate(lengths) if n > 0]
         if not nonempty:
-            return
+            return self
         first = lengths[nonempty[0]]
         if len(nonempty) == len(lengths) and all(n == first for n in lengths):
             self.uniform_length = first
-            return
+            return self
         self.buckets = self._make_buckets(offsets, lengths, nonempty,
                                           self.cu_seqlens.device)
+        return self
+
+    _build = prepare  # the name tools used before prepare() was public
 
     @staticmethod
     def _make_buckets(offsets: List[int], lengths: List[int],
@@ -146,10 +215,11 @@ class VarlenPlan:
             gather = starts[:, None] + torch.minimum(steps[None, :],
                                                      lens[:, None] - 1)
             bucket.gather = gather.reshape(-1)
-            if not bool(valid.all()):
+            real = sum(lengths[g] for g in group_ids)  # host: no read
+            if real < bucket.num_groups * bucket.length:
                 bucket.mask = valid[:, None, None, :]
-                rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
-                bucket.valid_rows = rows
+                rows = torch.nonzero_static(valid.reshape(-1), size=real)
+                bucket.valid_rows = rows = rows.view(-1)
                 bucket.token_index = bucket.gather.index_select(0, rows)
             else:
                 bucket.token_index = bucket.gather
@@ -159,7 +229,7 @@ class VarlenPlan:
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention of packed (N, heads, head_dim) q, k, v -> same shape."""
         if not self._built:
-            self._build()
+            self.prepare()
         num_tokens, heads, head_dim = q.shape
         if num_tokens != self.num_tokens:
             raise ValueError(f'cu_seqlens covers {self.num_tokens} tokens, '
@@ -219,37 +289,125 @@ def varlen_attention(q: Tensor,
         Tensor: (N, heads, head_dim) attention output.
     """
     global _cuda_varlen_usable
-    if (q.is_cuda and _cuda_varlen_usable
-            and q.dtype in (torch.float16, torch.bfloat16)):
+    if _use_varlen_kernel(q):
         try:
             cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-            return _torch_varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen)
+            out = _torch_varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen)
+            if _call_counters:
+                _count('varlen')
+            return out
         except RuntimeError as err:  # no flash kernel for this GPU / build
+            if _backend == 'varlen':
+                raise
             _cuda_varlen_usable = False
             MMLogger.get_current_instance().warning(
                 f'torch varlen attention unavailable ({err}); using the '
                 'padded SDPA fallback')
     if plan is None:
         plan = VarlenPlan(cu_seqlens, max_seqlen)
+    if _call_counters:
+        _count('padded')
     return plan(q, k, v)
 
 
-def build_plans(*cu_max: Tuple[Tensor, int]) -> List[VarlenPlan]:
-    """Plans for several (cu_seqlens, max_seqlen) pairs, sharing equal ones.
+def _use_varlen_kernel(q: Tensor) -> bool:
+    if _backend == 'padded':
+        return False
+    applies = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    if _backend == 'varlen':
+        if not applies or _torch_varlen_attn is None:
+            raise ValueError(
+                "attention_backend('varlen') needs CUDA fp16/bf16 inputs and "
+                'torch.nn.attention.varlen (torch >= 2.9); got '
+                f'{q.device.type} {q.dtype}. Use attention_backend(\'auto\')')
+        return True
+    return applies and _cuda_varlen_usable
 
-    Without windows the window groups are the image groups: one plan serves
-    both.
+
+class StaticPlan:
+    """Block-diagonal attention with shapes fixed ahead of the data.
+
+    Every one of the first ``num_groups`` groups is padded to
+    ``max_seqlen`` (an upper bound of its length, e.g. a window's cells):
+    one SDPA call on a (groups, heads, max_seqlen, head_dim) batch with a
+    key mask. All indices are computed on the device from ``cu_seqlens``,
+    so building and running the plan reads nothing back to the host, and
+    its shapes depend only on ``(num_groups, max_seqlen, num_tokens)``.
+    Tokens after the last of those groups (the static mode's padding) get
+    a copy of some real token's output, which the caller drops.
+
+    Args:
+        cu_seqlens (Tensor): Group offsets (at least ``num_groups + 1``).
+        num_groups (int): Groups to attend within.
+        max_seqlen (int): Bound on their lengths.
+        num_tokens (int): Length of the packed sequence.
     """
+
+    def __init__(self, cu_seqlens: Tensor, num_groups: int, max_seqlen: int,
+                 num_tokens: int) -> None:
+        self.cu_seqlens = cu_seqlens
+        self.max_seqlen = max_seqlen
+        self.num_tokens = num_tokens
+        self.num_groups = num_groups
+        cu = cu_seqlens[:num_groups + 1].long()
+        starts, ends = cu[:-1], cu[1:]
+        lengths = ends - starts
+        steps = torch.arange(max_seqlen, device=cu.device)
+        # Padding slots read the group's last token (any real token does:
+        # its key is masked and its query row dropped). An empty group keeps
+        # one key so no softmax row is all -inf (no NaN, even in backward).
+        last = (lengths - 1).clamp_(min=0)
+        self.gather = (starts[:, None] +
+                       torch.minimum(steps, last[:, None])).clamp_(
+                           max=num_tokens - 1).view(-1)
+        self.mask = (steps < lengths.clamp(min=1)[:, None])[:, None, None, :]
+        tokens = torch.arange(num_tokens, device=cu.device)
+        group = torch.searchsorted(
+            ends, tokens, right=True).clamp_(max=num_groups - 1)
+        self.rows = group * max_seqlen + (tokens - starts[group]).clamp_(
+            0, max_seqlen - 1)
+
+    def prepare(self) -> 'StaticPlan':
+        """Nothing left to do (built by the constructor)."""
+        return self
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention of packed (N, heads, head_dim) q, k, v -> same shape."""
+        num_tokens, heads, head_dim = q.shape
+        if num_tokens != self.num_tokens:
+            raise ValueError(f'the plan covers {self.num_tokens} tokens, '
+                             f'got {num_tokens}')
+        shape = (self.num_groups, self.max_seqlen, heads, head_dim)
+        padded = [
+            t.index_select(0, self.gather).view(shape).transpose(1, 2)
+            for t in (q, k, v)
+        ]
+        out = F.scaled_dot_product_attention(*padded, attn_mask=self.mask)
+        out = out.transpose(1, 2).reshape(-1, heads, v.shape[-1])
+        return out.index_select(0, self.rows)
+
+
+def build_plans(*cu_max: tuple) -> List[VarlenPlan]:
+    """Plans for several ``(cu_seqlens, max_seqlen[, offsets])``, sharing
+    equal ones (the same tensor, or equal host offsets): without windows the
+    window groups are the image groups and one plan serves both. Reads
+    nothing from the device when every entry has its host offsets."""
     plans: List[VarlenPlan] = []
-    for cu, max_len in cu_max:
+    for entry in cu_max:
+        cu, max_len = entry[0], entry[1]
+        offsets = entry[2] if len(entry) > 2 else None
         for done in plans:
-            if done.cu_seqlens is cu or (
+            if offsets is not None and done.offsets is not None:
+                same = done.offsets == offsets
+            else:  # compared on the device: a host read
+                same = done.cu_seqlens is cu or (
                     done.cu_seqlens.shape == cu.shape
-                    and bool(torch.equal(done.cu_seqlens, cu))):
+                    and bool(torch.equal(done.cu_seqlens, cu)))
+            if same:
                 plans.append(done)
                 break
         else:
-            plans.append(VarlenPlan(cu, max_len))
+            plans.append(VarlenPlan(cu, max_len, offsets))
     return plans
 
 
@@ -259,12 +417,6 @@ def cuda_varlen_enabled() -> bool:
     return _cuda_varlen_usable
 
 
-@contextmanager
-def padded_attention() -> Iterator[None]:
-    """Force the padded SDPA fallback on CUDA too (to compare or time it)."""
-    global _cuda_varlen_usable
-    saved, _cuda_varlen_usable = _cuda_varlen_usable, False
-    try:
-        yield
-    finally:
-        _cuda_varlen_usable = saved
+def padded_attention():
+    """``attention_backend('padded')``: the padded SDPA plan on CUDA too."""
+    return attention_backend('padded')

@@ -191,7 +191,8 @@ class ParamCache:
     def get(self, param: Tensor, key: Hashable, compute: Callable[[],
                                                                   Any]) -> Any:
         """``compute()``, from the cache when ``param`` and ``key`` match."""
-        if torch.is_grad_enabled() and param.requires_grad:
+        if (torch.is_grad_enabled() and param.requires_grad) or \
+                torch.compiler.is_compiling():  # traced, not cached
             return compute()
         full_key = (key, param._version, param.device, param.dtype,
                     param.data_ptr())

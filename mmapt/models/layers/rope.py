@@ -36,6 +36,22 @@ def rope_frequencies(head_dim: int, temperature: float = 10000.) -> Tensor:
     return 1. / (temperature**exponent)
 
 
+def patch_centers(grid: Tuple[int, int], num_scales: int,
+                  device: torch.device) -> Tensor:
+    """(sum_i rows_i * cols_i, 2) float (row, col) centres, in cell units,
+    of every scale-``i`` patch position of a ``grid`` (scale-major, then
+    row-major): the coordinates APT evaluates RoPE at."""
+    centers = []
+    for scale in range(num_scales):
+        side = 1 << scale
+        half = (torch.tensor(float(side)) - 1) / 2
+        rows = torch.arange(0, grid[0] >> scale << scale, side, device=device)
+        cols = torch.arange(0, grid[1] >> scale << scale, side, device=device)
+        rc = torch.stack(torch.meshgrid(rows, cols, indexing='ij'), -1)
+        centers.append(rc.reshape(-1, 2).float() + half.to(device))
+    return torch.cat(centers)
+
+
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
     """Rotate ``x`` (..., head_dim) by a complex table (..., head_dim / 2)
     broadcastable to it; returns a new tensor in ``x``'s dtype."""
