@@ -303,6 +303,52 @@ def test_photo_layouts_unchanged(reference, photos):
                         _default_tokenize) == 8 * len(SETTINGS)
 
 
+def _explicit_entropy_scorer(tokenizer, batch):
+    """scorer='entropy' named explicitly, through the registry."""
+    from mmapt.tokenizer import PatchTokenizer
+    explicit = PatchTokenizer(
+        tokenizer.patch_size,
+        tokenizer.thresholds,
+        window_size=tokenizer.window_size,
+        num_prefix_tokens=tokenizer.num_prefix_tokens,
+        scorer=dict(type='entropy', bins=512))
+    return explicit(batch)
+
+
+def _budget_at_threshold_count(tokenizer, batch):
+    """Budget mode with the thresholds as floor, at exactly the threshold
+    layout's token count: the same layout."""
+    from mmapt.tokenizer import PatchTokenizer
+    count = int(tokenizer(batch).tokens_per_image[0])
+    budget = PatchTokenizer(
+        tokenizer.patch_size,
+        tokenizer.thresholds,
+        window_size=tokenizer.window_size,
+        num_prefix_tokens=tokenizer.num_prefix_tokens,
+        token_budget=count,
+        threshold_floor=True)
+    return budget(batch)
+
+
+def test_explicit_entropy_scorer_reproduces_layouts(reference):
+    assert _check_group(reference, synthetic_images(), 'synthetic',
+                        _explicit_entropy_scorer) == 6 * len(SETTINGS)
+
+
+def test_budget_with_threshold_floor_reproduces_layouts(reference):
+    synthetic = synthetic_images()
+    checked = 0
+    for stored in reference['cases']:
+        if stored['group'] != 'synthetic':
+            continue
+        computed = compute_case(stored['image'],
+                                [synthetic[stored['image']]],
+                                stored['setting'], _budget_at_threshold_count)
+        _compare(stored, computed)
+        checked += 1
+    assert checked == 6 * len(SETTINGS)
+
+
 def _write(photo_dir=None) -> None:
     paths = None
     if photo_dir:
