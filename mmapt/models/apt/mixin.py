@@ -11,11 +11,12 @@ The plain class must be an :class:`~mmapt.models.apt.APTHost` (every
 then its own parts: ``apt_embed`` and the :class:`APTAdapter` that drives
 the forward.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 from torch import Tensor
 
 from mmapt.tokenizer import PatchLayout, PatchTokenizer
+from ..data_preprocessors.apt_inputs import split_apt_inputs
 from ..layers import APTEmbed
 from ..layers.context import PackedContext
 from .adapter import APTAdapter
@@ -56,8 +57,11 @@ class APTBackboneMixin:
         return self.apt.tokenizer
 
     # Stages, for tests and benchmarks.
-    def tokenize(self, x: Tensor) -> PatchLayout:
-        return self.apt.tokenize(x)
+    def tokenize(self,
+                 x: Tensor,
+                 importance: Optional[Tensor] = None) -> PatchLayout:
+        x, importance = split_apt_inputs(x, importance)
+        return self.apt.tokenize(x, importance)
 
     def embed(self, x: Tensor, layout: PatchLayout) -> Tensor:
         return self.apt.embed(x, layout)
@@ -65,6 +69,14 @@ class APTBackboneMixin:
     def packed_context(self, layout: PatchLayout) -> PackedContext:
         return self.apt.packed_context(layout)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
-        return self.apt(x)
+    def forward(self,
+                x: Tensor,
+                importance: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
+        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index.
+
+        ``importance`` (B, H, W): per-image maps for the ``importance``
+        scorer; or pass them as a 4th input channel (what
+        :class:`~mmapt.models.data_preprocessors.APTDataPreprocessor` does).
+        """
+        x, importance = split_apt_inputs(x, importance)
+        return self.apt(x, importance)
