@@ -173,3 +173,27 @@ def test_mim_search_lists_the_model_index(installed):
     assert 'apt-eva02-b_vitdet-cascade-mask-rcnn_64xb2-60k_coco-1536' in (
         proc.stdout)
     assert 'configs/apt_vitdet_coco.py' in proc.stdout
+
+
+def test_mim_search_shows_the_local_weights(installed):
+    """`mim search mmapt --field weight` lists every model's `Weights`: the
+    local paths where converted or trained checkpoints lie (nothing is
+    downloaded)."""
+    proc = _mim(installed, 'search', 'mmapt', check=True)
+    assert 'apt-eva02-b_upernet_8xb4-60k_ade20k-512x512' in proc.stdout
+    proc = _mim(
+        installed,
+        'search',
+        'mmapt',
+        '--model',
+        'apt-vitdet',
+        '--field',
+        'weight',
+        'weights_from',
+        '--display-width',
+        '300',
+        check=True)
+    assert 'checkpoints/eva02_B_coco_sys_mmapt.pth' in proc.stdout
+    assert 'work_dirs/apt_vitdet_coco/iter_60000.pth' in proc.stdout
+    # mim lower-cases metadata values.
+    assert 'converted (no download) from eva02_b_coco_sys.pth' in proc.stdout
