@@ -106,8 +106,8 @@ def test_mim_model_index_parser_reads_the_index():
     assert sorted(m.name for m in index.models) == sorted(m['Name']
                                                           for m in MODELS)
     assert sorted(m.config for m in index.models) == sorted(INDEXED)
-    assert sorted(m.weights for m in index.models) == sorted(
-        m['Weights'] for m in MODELS)
+    assert sorted(m.weights for m in index.models) == sorted(m['Weights']
+                                                             for m in MODELS)
 
 
 def _shrink_large(model_cfg) -> None:
