@@ -30,7 +30,10 @@ print(Config.fromfile(sys.argv[1], import_custom_modules=False).train_cfg.max_it
   fi
 }
 
-# say_minutes SECONDS: "about N min" (rounded up).
-say_minutes() {
-  echo "about $((($1 + 59) / 60)) min"
+# estimate ITERATIONS FAST SLOW FIXED: "about A-B min" for ITERATIONS at
+# FAST to SLOW tenths of a second an iteration, plus FIXED seconds (start-up,
+# validation): the range measured on a 2-core CPU, idle-ish to busy.
+estimate() {
+  local low=$((($1 * $2 / 10 + $4 + 59) / 60)) high=$((($1 * $3 / 10 + $4 + 59) / 60))
+  if [ "$low" = "$high" ]; then echo "about $low min"; else echo "about $low-$high min"; fi
 }

@@ -22,27 +22,31 @@ source tools/misc/quickstart_common.sh
 CONFIG=${CONFIG:-configs/toy/toy_apt_det.py}
 NAME=$(basename "$CONFIG" .py)
 WORK_DIR=${WORK_DIR:-work_dirs/$NAME}
-# Seconds per training iteration and for the test, measured on a loaded
-# 2-core CPU (README, "Quick start"); used only for the estimates printed.
-SEC_PER_ITER=4
-TEST_SEC=60
+# Tenths of a second per training iteration on a 2-core CPU, from a lightly
+# loaded machine to one shared with two other trainings, and the seconds of
+# start-up + validation and of the test (README, "Quick start"); used only
+# for the estimates printed.
+FAST=15
+SLOW=60
+FIXED_SEC=60
+TEST_SEC=70
 training_options "$CONFIG" "$@"
 
 # The toy configs read data/toy_coco/ (COCO 2017 layout).
 if [ ! -f data/toy_coco/annotations/instances_val2017.json ]; then
-  echo "[1/3] generating the toy COCO set in data/toy_coco (384 images): about 20 s"
+  echo "[1/3] generating the toy COCO set in data/toy_coco (384 images): about 15 s"
   "$PY" tools/misc/make_toy_coco.py data/toy_coco
 else
   echo "[1/3] toy COCO set found in data/toy_coco"
 fi
 
 echo "[2/3] training $CONFIG for $ITERATIONS iterations, then validating, into" \
-  "$WORK_DIR: $(say_minutes $((ITERATIONS * SEC_PER_ITER + TEST_SEC))) on a" \
-  "2-core CPU (~$SEC_PER_ITER s an iteration; loss and eta every 5 iterations)"
+  "$WORK_DIR: $(estimate "$ITERATIONS" $FAST $SLOW $FIXED_SEC) on a 2-core CPU" \
+  "(loss, keep ratio and eta every 5 iterations)"
 "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "${TRAIN_OPTIONS[@]}"
 CKPT=$(cat "$WORK_DIR/last_checkpoint")
 echo "[3/3] testing $CKPT on the 64 validation images (CocoMetric box / mask" \
-  "AP, tokens kept): $(say_minutes $TEST_SEC)"
+  "AP, tokens kept): $(estimate 0 0 0 $TEST_SEC)"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK_DIR/test"
 echo "metrics: $WORK_DIR/test/test_metrics.json"
 cat "$WORK_DIR/test/test_metrics.json"
