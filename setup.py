@@ -108,5 +108,6 @@ if __name__ == '__main__':
         install_requires=parse_requirements(*REQUIREMENT_FILES),
         extras_require={
             'tests': parse_requirements('requirements/tests.txt'),
+            'vis': parse_requirements('requirements/vis.txt'),
         },
         zip_safe=False)

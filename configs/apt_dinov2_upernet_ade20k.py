@@ -4,13 +4,13 @@
 # padding (504) are multiples of the largest patch (28).
 #   bash tools/dist_train.sh configs/apt_dinov2_upernet_ade20k.py 8
 _base_ = ['./dinov2_upernet_ade20k.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         type='APTViT',
         thresholds=(5.75, ),
         entropy_bins=512,
-        # Must equal the data preprocessor's mean/std.
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375]))
+        # The data preprocessor's mean/std (the tokenizer un-normalises the
+        # images to score entropy on 0-255 grey levels).
+        mean=_base_.model.data_preprocessor.mean,
+        std=_base_.model.data_preprocessor.std))
 custom_hooks = [dict(type='TokenStatsHook')]

@@ -9,14 +9,13 @@
 # windows (512) and the test padding must be multiples of the largest patch
 # (tests/test_segmentation_configs.py checks it for every APT config).
 _base_ = ['./eva02_upernet_ade20k.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(5.75, ),
         entropy_bins=512,
-        # Must equal the data preprocessor's: the tokenizer un-normalises the
-        # images to score patch entropy on 0-255 grey levels.
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375]))
+        # The data preprocessor's mean/std (the tokenizer un-normalises the
+        # images to score entropy on 0-255 grey levels).
+        mean=_base_.model.data_preprocessor.mean,
+        std=_base_.model.data_preprocessor.std))
 custom_hooks = [dict(type='TokenStatsHook')]

@@ -8,7 +8,6 @@
 # baseline checkpoint and keep their zero init, so the model starts exactly as
 # "embed the resized patch" (mmengine loads `load_from` non-strictly).
 _base_ = ['./apt_upernet_ade20k.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 # Produced by (docs/reproduce.md):
 #   python tools/model_converters/eva02_seg_to_mmapt.py \
 #       eva02_B_ade_seg_upernet_sz512.pth \
@@ -23,14 +22,8 @@ model = dict(backbone=dict(init_cfg=None))
 optim_wrapper = dict(
     optimizer=dict(lr=6e-6), paramwise_cfg=dict(apt_lr_mult=1.0))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=75),
-    dict(
-        type='PolyLR',
-        power=1.0,
-        eta_min=0.0,
-        by_epoch=False,
-        begin=75,
-        end=3000),
+    dict(_base_.param_scheduler[0], end=75),
+    dict(_base_.param_scheduler[1], begin=75, end=3000),
 ]
 train_cfg = dict(max_iters=3000, val_interval=1000)
 default_hooks = dict(checkpoint=dict(interval=1000))

@@ -2,12 +2,11 @@
 # sizes 16/32, threshold 5.75; see apt_upernet_ade20k.py for the choice).
 # Published: 59.70 mIoU vs 59.77 for the baseline, +11% img/s.
 _base_ = ['./eva02_upernet_ade20k_large_512.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(5.75, ),
         entropy_bins=512,
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375]))
+        mean=_base_.model.data_preprocessor.mean,
+        std=_base_.model.data_preprocessor.std))
 custom_hooks = [dict(type='TokenStatsHook')]

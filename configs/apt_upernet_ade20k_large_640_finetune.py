@@ -5,7 +5,6 @@
 # are missing from the baseline checkpoint and keep their zero init, so the
 # model starts exactly as "embed the resized patch".
 _base_ = ['./apt_upernet_ade20k_large_640.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 # Produced by (docs/reproduce.md):
 #   python tools/model_converters/eva02_seg_to_mmapt.py \
 #       eva02_L_ade_seg_upernet_sz640.pth \
@@ -15,14 +14,8 @@ load_from = 'checkpoints/eva02_L_ade_seg_upernet_sz640_mmapt.pth'
 model = dict(backbone=dict(init_cfg=None))
 optim_wrapper = dict(optimizer=dict(lr=4e-6))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=75),
-    dict(
-        type='PolyLR',
-        power=1.0,
-        eta_min=0.0,
-        by_epoch=False,
-        begin=75,
-        end=4000),
+    dict(_base_.param_scheduler[0], end=75),
+    dict(_base_.param_scheduler[1], begin=75, end=4000),
 ]
 train_cfg = dict(max_iters=4000, val_interval=1000)
 default_hooks = dict(checkpoint=dict(interval=1000))

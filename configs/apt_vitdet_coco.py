@@ -5,15 +5,14 @@
 # straddles two windows; inputs are padded to 1536 (a multiple of 512).
 #   bash tools/dist_train.sh configs/apt_vitdet_coco.py 8 --auto-scale-lr
 _base_ = ['./eva02_vitdet_coco.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(2.0, 2.0, 0.3),
         entropy_bins=512,
-        # Must equal the data preprocessor's mean/std: the tokenizer
-        # un-normalises the images to score entropy on 0-255 grey levels.
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375]))
+        # The data preprocessor's mean/std (the tokenizer un-normalises the
+        # images to score entropy on 0-255 grey levels).
+        mean=_base_.model.data_preprocessor.mean,
+        std=_base_.model.data_preprocessor.std))
 # No find_unused_parameters: the APT layers get a gradient (zero when the
 # batch merges nothing) on every rank in every iteration.

@@ -10,7 +10,6 @@
 # or your own baseline (python tools/train.py configs/eva02_vitdet_coco.py):
 #   ... --cfg-options load_from=work_dirs/eva02_vitdet_coco/iter_60000.pth
 _base_ = ['./apt_vitdet_coco.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 # All weights come from the trained baseline detector (apt_embed.* start
 # from their zero-initialised aggregation).
 load_from = 'checkpoints/eva02_B_coco_sys_mmapt.pth'
@@ -18,10 +17,7 @@ model = dict(backbone=dict(init_cfg=None))
 max_iters = 3000
 train_cfg = dict(max_iters=max_iters, val_interval=1000)
 # Short warm-up, then a constant lr of 5e-6.
-param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
-]
+param_scheduler = [dict(_base_.param_scheduler[0], end=100)]
 # The APT-only layers (apt_embed.*, zero-initialised, not in the baseline)
 # get the full 5e-6, not layer decay's 0.7**13 x 5e-6 = 4.8e-8 of the patch
 # embedding they sit next to (as in the official APT code).

@@ -1,11 +1,10 @@
 # APT-EVA02-L + ViTDet Cascade Mask R-CNN on COCO at 1536: the baseline of
 # eva02_vitdet_coco_large.py with patches 16-128 and thresholds (2, 2, 0.3).
 _base_ = ['./eva02_vitdet_coco_large.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(2.0, 2.0, 0.3),
         entropy_bins=512,
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375]))
+        mean=_base_.model.data_preprocessor.mean,
+        std=_base_.model.data_preprocessor.std))

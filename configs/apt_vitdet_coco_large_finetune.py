@@ -5,14 +5,10 @@
 #       checkpoints/eva02_L_coco_sys_mmapt.pth
 #   bash tools/dist_train.sh configs/apt_vitdet_coco_large_finetune.py 8
 _base_ = ['./apt_vitdet_coco_large.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 load_from = 'checkpoints/eva02_L_coco_sys_mmapt.pth'
 model = dict(backbone=dict(init_cfg=None))
 max_iters = 3000
 train_cfg = dict(max_iters=max_iters, val_interval=1000)
-param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
-]
+param_scheduler = [dict(_base_.param_scheduler[0], end=100)]
 optim_wrapper = dict(optimizer=dict(lr=5e-6))
 default_hooks = dict(checkpoint=dict(interval=1000))

@@ -10,7 +10,6 @@
 # configs/dinov2_vitdet_coco.py for the conversion).
 #   bash tools/dist_train.sh configs/dinov2_upernet_ade20k.py 8
 _base_ = ['./eva02_upernet_ade20k.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 
 crop_size = (504, 504)
 imagenet_mean = [123.675, 116.28, 103.53]
@@ -40,17 +39,8 @@ model = dict(
             checkpoint='checkpoints/dinov2_vitb14_reg4_mmapt.pth')),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(336, 336)))
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(
-        type='RandomResize',
-        scale=(2048, 512),
-        ratio_range=(0.5, 2.0),
-        keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
+# The base's train pipeline with 504 crops (lists: see
+# _base_/default_runtime.py).
+train_pipeline = [dict(step) for step in _base_.train_pipeline]
+train_pipeline[3].update(crop_size=crop_size)  # RandomCrop
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))

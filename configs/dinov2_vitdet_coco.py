@@ -16,7 +16,6 @@
 #       checkpoints/dinov2_vitb14_reg4_mmapt.pth
 #   bash tools/dist_train.sh configs/dinov2_vitdet_coco.py 8 --auto-scale-lr
 _base_ = ['./eva02_vitdet_coco.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 
 canvas_size = (1568, 1568)
 model = dict(
@@ -47,25 +46,13 @@ model = dict(
             type='Pretrained',
             checkpoint='checkpoints/dinov2_vitb14_reg4_mmapt.pth')))
 
-# The 1536 pipelines of the base with the 1568 canvas.
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(
-        type='RandomResize',
-        scale=canvas_size,
-        ratio_range=(0.1, 2.0),
-        keep_ratio=True),
-    dict(
-        type='RandomCrop',
-        crop_type='absolute_range',
-        crop_size=canvas_size,
-        recompute_bbox=True,
-        allow_negative_crop=True),
-    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
-    dict(type='PackDetInputs'),
-]
+# The base's train pipeline with the 1568 canvas (lists: see
+# _base_/default_runtime.py).
+train_pipeline = [dict(step) for step in _base_.train_pipeline]
+train_pipeline[3].update(scale=canvas_size)  # RandomResize
+train_pipeline[4].update(crop_size=canvas_size)  # RandomCrop
+# Test images are read and resized with cv2, not with the base's Pillow
+# reader (which follows the released EVA-02 detectors).
 test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
     dict(type='Resize', scale=canvas_size, keep_ratio=True),

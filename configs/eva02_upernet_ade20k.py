@@ -8,4 +8,3 @@ _base_ = [
     './_base_/seg_default_runtime.py',
     './_base_/schedules/ade20k_60k.py',
 ]
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)

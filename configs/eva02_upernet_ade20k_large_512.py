@@ -9,7 +9,6 @@ _base_ = [
     './_base_/seg_default_runtime.py',
     './_base_/schedules/ade20k_80k.py',
 ]
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         arch='large',

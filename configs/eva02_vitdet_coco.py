@@ -11,4 +11,3 @@ _base_ = [
     './_base_/schedules/vitdet_60k.py',
     './_base_/det_default_runtime.py',
 ]
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)

@@ -10,7 +10,6 @@
 # Training inherits the 1536 recipe (schedule and augmentation at 1024); it
 # has not been checked against the bsl training run.
 _base_ = ['./eva02_vitdet_coco.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 image_size = (1024, 1024)
 model = dict(
     data_preprocessor=dict(
@@ -31,38 +30,12 @@ model = dict(
 # The bsl numbers used these defaults: --released-scoring changes nothing.
 released_test_cfg = dict(_delete_=True)
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(
-        type='RandomResize',
-        scale=image_size,
-        ratio_range=(0.1, 2.0),
-        keep_ratio=True),
-    dict(
-        type='RandomCrop',
-        crop_type='absolute_range',
-        crop_size=image_size,
-        recompute_bbox=True,
-        allow_negative_crop=True),
-    dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-2, 1e-2)),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
-    dict(
-        type='Resize',
-        scale=image_size,
-        keep_ratio=True,
-        backend='pillow',
-        interpolation='bilinear'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor')),
-]
+# The 1536 pipelines at 1024 (lists: see _base_/default_runtime.py).
+train_pipeline = [dict(step) for step in _base_.train_pipeline]
+train_pipeline[3].update(scale=image_size)  # RandomResize
+train_pipeline[4].update(crop_size=image_size)  # RandomCrop
+test_pipeline = [dict(step) for step in _base_.test_pipeline]
+test_pipeline[1].update(scale=image_size)  # Resize (Pillow, bilinear)
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

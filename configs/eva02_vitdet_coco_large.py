@@ -3,7 +3,6 @@
 # decay 0.8 (docs/method.md, section 6). Backbone weights:
 # checkpoints/eva02_L_pt_m38m_p16_mmapt.pth (docs/detection.md).
 _base_ = ['./eva02_vitdet_coco.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         arch='large',

@@ -6,7 +6,6 @@
 #   python tools/test.py configs/eva02_vitdet_coco_large_1024.py \
 #       checkpoints/eva02_L_coco_bsl_mmapt.pth
 _base_ = ['./eva02_vitdet_coco_1024.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         arch='large',

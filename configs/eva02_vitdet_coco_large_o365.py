@@ -9,5 +9,4 @@
 #   python tools/test.py configs/eva02_vitdet_coco_large_o365.py \
 #       checkpoints/eva02_L_coco_det_sys_o365_mmapt.pth --released-scoring
 _base_ = ['./eva02_vitdet_coco_large.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(backbone=dict(window_size=16))

@@ -63,12 +63,40 @@ def test_entries_follow_the_openmmlab_schema():
         assert model['In Collection'] in collection_names
         assert osp.isfile(osp.join(ROOT, model['Config'])), model['Config']
         assert model['Metadata']['Backbone']
-        # No number is claimed before a model has been trained here.
-        assert 'Results' not in model and 'Weights' not in model, (
-            f'{model["Name"]}: results and weights only once trained here')
+        # No number is claimed before a model has been scored here.
+        assert 'Results' not in model, (
+            f'{model["Name"]}: results only once scored here')
         fine_tuned = model['Metadata'].get('Fine-tuned From')
         if fine_tuned:
             assert fine_tuned in names
+
+
+@pytest.mark.parametrize('model', MODELS, ids=lambda m: m['Name'])
+def test_weights_are_local_and_say_where_they_come_from(model):
+    """`Weights` (what `mim search --field weight` shows) is a local path,
+    never a URL: the converted release of the config's model, made by the
+    converter command of `Weights From` (also written in docs/reproduce.md),
+    or the last checkpoint of training the config."""
+    weights, source = model['Weights'], model['Metadata']['Weights From']
+    assert '://' not in weights
+    name = osp.splitext(osp.basename(model['Config']))[0]
+    if weights.startswith('checkpoints/'):
+        assert weights.endswith('_mmapt.pth')
+        assert source.startswith('converted (no download) from '), source
+        release, converter = source.split()[4], source.split()[6]
+        assert osp.isfile(osp.join(ROOT, converter.rstrip(','))), converter
+        with open(osp.join(ROOT, 'docs', 'reproduce.md')) as f:
+            reproduce = f.read()
+        # docs/reproduce.md converts that release to that path.
+        assert f'{release} {weights}' in ' '.join(reproduce.split()), (
+            f'{model["Name"]}: docs/reproduce.md has no conversion of '
+            f'{release} to {weights}')
+    else:
+        iters = model['Metadata']['Iterations']
+        assert weights == f'work_dirs/{name}/iter_{iters}.pth'
+        assert source == ('made by training the config (not released, no '
+                          f'download): python tools/train.py '
+                          f'{model["Config"]}')
 
 
 def test_mim_model_index_parser_reads_the_index():
@@ -78,6 +106,8 @@ def test_mim_model_index_parser_reads_the_index():
     assert sorted(m.name for m in index.models) == sorted(m['Name']
                                                           for m in MODELS)
     assert sorted(m.config for m in index.models) == sorted(INDEXED)
+    assert sorted(m.weights for m in index.models) == sorted(m['Weights']
+                                                             for m in MODELS)
 
 
 def _shrink_large(model_cfg) -> None:

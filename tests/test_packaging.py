@@ -157,19 +157,39 @@ def test_mim_run_finds_a_packaged_script(installed):
     assert 'thresholds=(' in proc.stdout
 
 
-def test_mim_search_lists_the_model_index(installed):
-    proc = _mim(installed, 'search', 'mmapt', '--valid-field', check=True)
-    assert 'batch_size' in proc.stdout.lower() or 'backbone' in (
-        proc.stdout.lower())
-    proc = _mim(
+def _search_vitdet(installed, *fields):
+    """`mim search mmapt --model apt-vitdet --field FIELDS`, wide."""
+    return _mim(
         installed,
         'search',
         'mmapt',
         '--model',
         'apt-vitdet',
         '--field',
-        'config',
+        *fields,
+        '--display-width',
+        '300',
         check=True)
+
+
+def test_mim_search_lists_the_model_index(installed):
+    proc = _mim(installed, 'search', 'mmapt', '--valid-field', check=True)
+    assert 'batch_size' in proc.stdout.lower() or 'backbone' in (
+        proc.stdout.lower())
+    proc = _search_vitdet(installed, 'config')
     assert 'apt-eva02-b_vitdet-cascade-mask-rcnn_64xb2-60k_coco-1536' in (
         proc.stdout)
     assert 'configs/apt_vitdet_coco.py' in proc.stdout
+
+
+def test_mim_search_shows_the_local_weights(installed):
+    """`mim search mmapt --field weight` lists every model's `Weights`: the
+    local paths where converted or trained checkpoints lie (nothing is
+    downloaded)."""
+    proc = _mim(installed, 'search', 'mmapt', check=True)
+    assert 'apt-eva02-b_upernet_8xb4-60k_ade20k-512x512' in proc.stdout
+    proc = _search_vitdet(installed, 'weight', 'weights_from')
+    assert 'checkpoints/eva02_B_coco_sys_mmapt.pth' in proc.stdout
+    assert 'work_dirs/apt_vitdet_coco/iter_60000.pth' in proc.stdout
+    # mim lower-cases metadata values.
+    assert 'converted (no download) from eva02_b_coco_sys.pth' in proc.stdout

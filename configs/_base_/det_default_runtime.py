@@ -1,5 +1,6 @@
-# Runtime shared by the mmapt detection (mmdet) configs.
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+# Runtime of the mmapt detection (mmdet) configs: default_runtime.py with
+# mmdet's scope, hooks and visualizer.
+_base_ = './default_runtime.py'
 default_scope = 'mmdet'
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
@@ -15,15 +16,6 @@ default_hooks = dict(
     visualization=dict(type='DetVisualizationHook'))
 # Tokens kept / keep ratio in the logs, scalars and metrics files.
 custom_hooks = [dict(type='TokenStatsHook')]
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    # tools/train.py and tools/test.py switch to gloo when CUDA is absent.
-    dist_cfg=dict(backend='nccl'))
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(
-    type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(type='LogProcessor', window_size=50, by_epoch=False)
-log_level = 'INFO'
-load_from = None
-resume = False
+env_cfg = dict(cudnn_benchmark=False)
+visualizer = dict(type='DetLocalVisualizer')
+log_processor = dict(type='LogProcessor', window_size=50)

@@ -1,16 +1,8 @@
-# Runtime shared by the mmapt segmentation (mmseg) configs.
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+# Runtime of the mmapt segmentation (mmseg) configs: default_runtime.py with
+# mmseg's scope and visualizer. The hooks are in the schedule files
+# (schedules/ade20k_*.py): their checkpoint cadence follows the schedule.
+_base_ = './default_runtime.py'
 default_scope = 'mmseg'
-env_cfg = dict(
-    cudnn_benchmark=True,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'),
-)
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(
-    type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(by_epoch=False)
-log_level = 'INFO'
-load_from = None
-resume = False
+env_cfg = dict(cudnn_benchmark=True)
+visualizer = dict(type='SegLocalVisualizer')
 tta_model = dict(type='SegTTAModel')

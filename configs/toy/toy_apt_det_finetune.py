@@ -13,14 +13,11 @@
 # (keep ratio 0.47); see docs/detection.md. Pass
 # --cfg-options "model.backbone.thresholds=(2.0,2.0,0.3)" for the paper's.
 _base_ = ['./toy_apt_det.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(backbone=dict(thresholds=(1.0, 1.0, 0.3)))
 load_from = 'work_dirs/toy_eva02_det/iter_300.pth'
 max_iters = 15
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5),
-]
+param_scheduler = [dict(_base_.param_scheduler[0], start_factor=0.1, end=5)]
 # APT-only layers at the full rate (the toy baseline uses no layer decay
 # anyway; kept explicit like configs/apt_vitdet_coco_finetune.py).
 optim_wrapper = dict(

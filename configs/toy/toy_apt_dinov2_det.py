@@ -3,11 +3,10 @@
 #   python tools/misc/make_toy_coco.py data/toy_coco
 #   python tools/train.py configs/toy/toy_apt_dinov2_det.py
 _base_ = ['./toy_dinov2_det.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         type='APTViT',
         thresholds=(2.0, 2.0, 0.3),
         entropy_bins=512,
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375]))
+        mean=_base_.model.data_preprocessor.mean,
+        std=_base_.model.data_preprocessor.std))

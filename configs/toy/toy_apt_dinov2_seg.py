@@ -3,11 +3,10 @@
 #   python tools/misc/make_toy_ade.py data/toy_ade
 #   python tools/train.py configs/toy/toy_apt_dinov2_seg.py
 _base_ = ['./toy_dinov2_seg.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         type='APTViT',
         thresholds=(5.75, ),
         entropy_bins=512,
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375]))
+        mean=_base_.model.data_preprocessor.mean,
+        std=_base_.model.data_preprocessor.std))

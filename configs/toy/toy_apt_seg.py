@@ -5,11 +5,10 @@
 #   python tools/misc/make_toy_ade.py data/toy_ade
 #   python tools/train.py configs/toy/toy_apt_seg.py
 _base_ = ['./toy_eva02_seg.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(5.75, ),
         entropy_bins=512,
-        mean=[122.7709383, 116.7460125, 104.09373615],
-        std=[68.5005327, 66.6321579, 70.32316305]))
+        mean=_base_.model.data_preprocessor.mean,
+        std=_base_.model.data_preprocessor.std))

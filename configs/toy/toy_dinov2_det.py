@@ -6,7 +6,6 @@
 #   python tools/misc/make_toy_coco.py data/toy_coco
 #   python tools/train.py configs/toy/toy_dinov2_det.py
 _base_ = ['./toy_eva02_det.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 
 image_size = (224, 224)
 model = dict(
@@ -33,22 +32,11 @@ model = dict(
         position_grid='nominal',
         init_cfg=None))  # trained from scratch
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor')),
-]
+# The toy pipelines at 224 (lists: see _base_/default_runtime.py).
+train_pipeline = [dict(step) for step in _base_.train_pipeline]
+train_pipeline[2].update(scale=image_size)  # Resize
+test_pipeline = [dict(step) for step in _base_.test_pipeline]
+test_pipeline[1].update(scale=image_size)  # Resize
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

@@ -6,7 +6,6 @@
 #   python tools/misc/make_toy_ade.py data/toy_ade
 #   python tools/train.py configs/toy/toy_dinov2_seg.py
 _base_ = ['./toy_eva02_seg.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 
 crop_size = (224, 224)
 model = dict(
@@ -31,24 +30,12 @@ model = dict(
         init_cfg=None),  # from scratch: no weights are needed
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(154, 154)))
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(
-        type='RandomResize',
-        scale=(448, 224),
-        ratio_range=(0.75, 1.5),
-        keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(448, 224), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
+# The toy pipelines at 224 (lists: see _base_/default_runtime.py).
+train_pipeline = [dict(step) for step in _base_.train_pipeline]
+train_pipeline[2].update(scale=(448, 224))  # RandomResize
+train_pipeline[3].update(crop_size=crop_size)  # RandomCrop
+test_pipeline = [dict(step) for step in _base_.test_pipeline]
+test_pipeline[1].update(scale=(448, 224))  # Resize
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

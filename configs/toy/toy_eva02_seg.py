@@ -14,7 +14,6 @@ _base_ = [
     '../_base_/models/upernet_eva02.py',
     '../_base_/seg_default_runtime.py',
 ]
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 
 # ----------------------------------------------------------------- data
 dataset_type = 'BaseSegDataset'
@@ -133,7 +132,7 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
+    logger=dict(type='LoggerHook', interval=5, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters),
     sampler_seed=dict(type='DistSamplerSeedHook'),

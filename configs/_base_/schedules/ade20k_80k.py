@@ -3,16 +3,10 @@
 _base_ = './ade20k_60k.py'
 optim_wrapper = dict(
     optimizer=dict(lr=4e-5), paramwise_cfg=dict(layer_decay_rate=0.9))
+# The 60k warm-up and poly decay, the decay ending at 80k.
 param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(
-        type='PolyLR',
-        power=1.0,
-        eta_min=0.0,
-        by_epoch=False,
-        begin=1500,
-        end=80000),
+    _base_.param_scheduler[0],
+    dict(_base_.param_scheduler[1], end=80000),
 ]
 train_cfg = dict(max_iters=80000, val_interval=8000)
 default_hooks = dict(checkpoint=dict(interval=8000))

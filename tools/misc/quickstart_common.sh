@@ -1,0 +1,39 @@
+# Shared by toy_det_quickstart.sh and toy_seg_quickstart.sh (sourced from the
+# repository root). Sets PY: the project's venv when there is one (make
+# setup), else PYTHON, else python on PATH.
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+PY=${PYTHON:-python}
+
+# training_options CONFIG [KEY=VALUE ...]: sets ITERATIONS (ITERS when given,
+# else the config's train_cfg.max_iters) and TRAIN_OPTIONS (`--cfg-options
+# ...` with the overrides, or nothing). ITERS also moves the checkpoint and
+# the validation to the last iteration, so the test step finds a checkpoint.
+training_options() {
+  local config=$1
+  shift
+  local schedule=()
+  if [ -n "${ITERS:-}" ]; then
+    if ! [[ "$ITERS" =~ ^[1-9][0-9]*$ ]]; then
+      echo "ITERS must be a positive whole number of iterations, got '$ITERS' (e.g. ITERS=50)" >&2
+      exit 2
+    fi
+    schedule=(train_cfg.max_iters="$ITERS" train_cfg.val_interval="$ITERS"
+              default_hooks.checkpoint.interval="$ITERS")
+    ITERATIONS=$ITERS
+  else
+    ITERATIONS=$("$PY" -c 'import sys; from mmengine.config import Config
+print(Config.fromfile(sys.argv[1], import_custom_modules=False).train_cfg.max_iters)' "$config")
+  fi
+  TRAIN_OPTIONS=("${schedule[@]}" "$@")
+  if [ ${#TRAIN_OPTIONS[@]} -gt 0 ]; then
+    TRAIN_OPTIONS=(--cfg-options "${TRAIN_OPTIONS[@]}")
+  fi
+}
+
+# estimate ITERATIONS FAST SLOW FIXED: "about A-B min" for ITERATIONS at
+# FAST to SLOW tenths of a second an iteration, plus FIXED seconds (start-up,
+# validation): the range measured on a 2-core CPU, idle-ish to busy.
+estimate() {
+  local low=$((($1 * $2 / 10 + $4 + 59) / 60)) high=$((($1 * $3 / 10 + $4 + 59) / 60))
+  if [ "$low" = "$high" ]; then echo "about $low min"; else echo "about $low-$high min"; fi
+}
