@@ -2,6 +2,7 @@
 
 Kept free of mmcv/mmdet so the tools also run on a machine with torch only.
 """
+import argparse
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -140,3 +141,19 @@ def tokenizer_and_images(path: str, patch_sizes: Sequence[int],
     tokenizer = PatchTokenizer(
         patch_sizes[0], thresholds, num_bins, patch_sizes=patch_sizes)
     return tokenizer, list_images(path)
+
+
+def add_entropy_bins_argument(parser: argparse.ArgumentParser) -> None:
+    """``--entropy-bins`` (histogram bins of the entropy scorer), with the
+    tools' former name ``--bins`` kept as a hidden alias."""
+    parser.add_argument(
+        '--entropy-bins',
+        type=int,
+        default=512,
+        help='histogram bins over [0, 255] of the entropy maps')
+    parser.add_argument(
+        '--bins',
+        dest='entropy_bins',
+        type=int,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from mmapt.tokenizer import build_layout, select_patches
-from mmapt.tokenizer.prepare import (load_rgb, normalise, prepare_view,
-                                     tokenizer_and_images)
+from mmapt.tokenizer.image_folder import ImageFolder, ImageReadError
+from mmapt.tokenizer.prepare import (add_entropy_bins_argument, normalise,
+                                     prepare_view, tokenizer_and_images)
 
 MAX_SAFE_THRESHOLD = 6.0
 
@@ -50,7 +51,7 @@ def parse_args(argv=None):
         type=float,
         required=True,
         help='wanted mean keep ratio, in (0, 1]')
-    parser.add_argument('--bins', type=int, default=512)
+    add_entropy_bins_argument(parser)
     parser.add_argument('--json', action='store_true')
     return parser.parse_args(argv)
 
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
         return 2
     try:
         tokenizer, files = tokenizer_and_images(args.path, args.patch_sizes,
-                                                args.reference, args.bins)
+                                                args.reference,
+                                                args.entropy_bins)
     except (ValueError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -114,16 +116,23 @@ def main(argv=None) -> int:
         return 2
 
     entropies, grid = [], None
-    for path in files:
+    folder = ImageFolder(args.path, desc='calibrate_thresholds')
+    for _, image in folder:
         batch = normalise([
-            prepare_view(
-                load_rgb(path), args.canvas, args.crop,
-                tokenizer.largest_patch)
+            prepare_view(image, args.canvas, args.crop,
+                         tokenizer.largest_patch)
         ])
         tokenizer.check_input_size(*batch.shape[-2:])
         grid = (batch.shape[-2] // tokenizer.patch_size,
                 batch.shape[-1] // tokenizer.patch_size)
         entropies.append(tokenizer.entropy_maps(batch))
+    try:
+        folder.check_some_read()
+    except ImageReadError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    if folder.skipped:
+        print(f'warning: {folder.summary()}', file=sys.stderr)
 
     reference_keep = statistics.mean(
         keep_ratios(entropies, args.reference, grid))
@@ -138,7 +147,8 @@ def main(argv=None) -> int:
             for q in np.quantile(values, [0.1, 0.25, 0.5, 0.75, 0.9])
         ]
     result = dict(
-        images=len(files),
+        images=len(folder.read),
+        skipped=[path for path, _ in folder.skipped],
         patch_sizes=list(tokenizer.patch_sizes),
         reference=list(args.reference),
         reference_keep=round(reference_keep, 4),
@@ -149,7 +159,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f'{len(files)} images, patch sizes {tokenizer.patch_sizes}')
+        print(f'{len(folder.read)} images, patch sizes {tokenizer.patch_sizes}')
         print(f'reference thresholds {args.reference}: mean keep '
               f'{reference_keep:.3f}')
         print(f'thresholds {thresholds}: mean keep {achieved:.3f} '

@@ -14,8 +14,9 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmapt.tokenizer.prepare import (load_rgb, normalise, prepare_view,
-                                     tokenizer_and_images)
+from mmapt.tokenizer.image_folder import ImageFolder, ImageReadError
+from mmapt.tokenizer.prepare import (add_entropy_bins_argument, normalise,
+                                     prepare_view, tokenizer_and_images)
 
 # One colour per scale, base size first.
 SCALE_COLOURS = [(255, 64, 64), (255, 200, 0), (64, 200, 255), (120, 255, 120),
@@ -38,7 +39,7 @@ def parse_args(argv=None):
         '--patch-sizes', type=int, nargs='+', default=[16, 32, 64, 128])
     parser.add_argument(
         '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
-    parser.add_argument('--bins', type=int, default=512)
+    add_entropy_bins_argument(parser)
     parser.add_argument('--out', help='folder for the annotated PNGs')
     parser.add_argument(
         '--json',
@@ -70,17 +71,19 @@ def draw_layout(image: np.ndarray, layout, patch_size: int,
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        tokenizer, files = tokenizer_and_images(args.path, args.patch_sizes,
-                                                args.thresholds, args.bins)
+        tokenizer, _ = tokenizer_and_images(args.path, args.patch_sizes,
+                                                args.thresholds,
+                                                args.entropy_bins)
     except (ValueError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     rows = []
-    for path in files:
-        image = prepare_view(
-            load_rgb(path), args.canvas, args.crop, tokenizer.largest_patch)
+    folder = ImageFolder(args.path, desc='visualize_patches')
+    for path, raw in folder:
+        image = prepare_view(raw, args.canvas, args.crop,
+                             tokenizer.largest_patch)
         layout = tokenizer(normalise([image]))
         counts = [
             int((layout.scale_index == s).sum())
@@ -103,6 +106,13 @@ def main(argv=None) -> int:
                         caption).save(os.path.join(args.out, name))
         if args.json:
             print(json.dumps(row), flush=True)
+    try:
+        folder.check_some_read()
+    except ImageReadError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    if folder.skipped:
+        print(f'warning: {folder.summary()}', file=sys.stderr)
     if not args.json:
         print_table(rows, tokenizer)
     return 0
