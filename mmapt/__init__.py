@@ -8,7 +8,7 @@ constructor, hooks) in mmengine's root registries, so a config needs only::
 It needs torch and mmengine only; mmcv, mmdet and mmseg are imported where a
 module is built from a config that uses them.
 """
-from . import engine, models, tokenizer  # noqa: F401  (registration)
+from . import datasets, engine, models, tokenizer  # noqa: F401  (registration)
 from .version import __version__
 
-__all__ = ['__version__', 'engine', 'models', 'tokenizer']
+__all__ = ['__version__', 'datasets', 'engine', 'models', 'tokenizer']

@@ -88,19 +88,19 @@ def test_tokenizer_shortcut_skips_entropy(monkeypatch):
     """No positive threshold: the plain grid without entropy maps."""
     x = _images()
 
-    def refuse(images):
+    def refuse(images, importance=None):
         raise AssertionError('entropy maps computed although no threshold '
                              'can merge')
 
     for thresholds in ((-1, -1), (0, -1), (0., 0.)):
         tok = PatchTokenizer(
             16, thresholds, window_size=4, num_prefix_tokens=1)
-        monkeypatch.setattr(tok, 'entropy_maps', refuse)
+        monkeypatch.setattr(tok, 'score_maps', refuse)
         layout = tok(x)
         assert layout.all_base and layout.num_scales == 3
         assert layout.num_packed == 2 * (16 * 12 + 1)
     tok = PatchTokenizer(16, (5., -1))
-    monkeypatch.setattr(tok, 'entropy_maps', refuse)
+    monkeypatch.setattr(tok, 'score_maps', refuse)
     with pytest.raises(AssertionError, match='entropy maps computed'):
         tok(x)
 

@@ -1,14 +1,19 @@
-"""PatchTokenizer: images -> PatchLayout (entropy maps + quadtree
-selection)."""
+"""PatchTokenizer: images -> PatchLayout (score maps + quadtree selection,
+by thresholds or by a token budget)."""
 import math
 import numbers
-from typing import Optional, Sequence, Tuple
+import warnings
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from .budget import (budget_patches, check_keep_ratio, check_token_budget,
+                     min_tokens, resolve_budget)
 from .entropy import entropy_maps, images_to_gray
 from .layout import PatchLayout, build_layout, select_patches
+from .scorers import (ImportanceScorer, PatchScorer, ScorerConfig,
+                      build_scorer, check_importance, missing_importance)
 
 # mmdet / mmseg data preprocessor defaults (ImageNet RGB statistics).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -63,18 +68,23 @@ def check_thresholds(thresholds: Sequence[float],
 class PatchTokenizer:
     """Choose a patch size for every region of every image.
 
-    Entropy of the gray-level histogram is computed for every patch of every
-    scale above the base one; a coarse-to-fine quadtree keeps a large patch
-    where its entropy is below the scale's threshold (see
-    :func:`select_patches`), and the result is packed into a
-    :class:`PatchLayout`.
+    A scorer (:mod:`~mmapt.tokenizer.scorers`; pixel entropy by default)
+    scores every patch of every scale above the base one. Threshold mode
+    keeps a large patch where its score is below the scale's threshold,
+    coarse to fine (:func:`select_patches`); budget mode (``token_budget``
+    or ``keep_ratio``) splits the highest-scoring patches first until the
+    budget is spent (:func:`~mmapt.tokenizer.budget.budget_patches`). The
+    result is packed into a :class:`PatchLayout`.
 
     Args:
         patch_size (int): Base patch size in pixels. Defaults to 16.
         thresholds (Sequence[float]): One threshold per scale above the base,
             smallest first; ``len(thresholds) + 1`` scales in all.
-            Defaults to the paper's detection setting (2, 2, 0.3).
-        num_bins (int): Histogram bins over [0, 255]. Defaults to 512.
+            Defaults to the paper's detection setting (2, 2, 0.3). In budget
+            mode they only count the scales, unless ``threshold_floor``.
+        entropy_bins (int): Histogram bins over [0, 255] of the entropy
+            scorer (the default one, or an ``entropy`` scorer config without
+            ``bins``). Defaults to 512.
         mean (Sequence[float]): RGB mean the images were normalised with.
         std (Sequence[float]): RGB std the images were normalised with.
         window_size (int, optional): Window side in base cells, for window
@@ -84,33 +94,68 @@ class PatchTokenizer:
         num_prefix_tokens (int): Class / register tokens the backbone puts
             first in each image's packed slice (``PatchLayout``). Defaults
             to 0.
+        scorer (str | dict | PatchScorer, optional): The patch scorer, a
+            name or config of :data:`~mmapt.registry.PATCH_SCORERS`
+            (``'entropy'``, ``'contrast'``, ``'gradient'``,
+            ``dict(type='importance', base=..., alpha=...)``). None: entropy.
+        token_budget (int, optional): Budget mode: content tokens per image
+            (prefix tokens not counted); every image gets between
+            ``token_budget - 2`` and ``token_budget``.
+        keep_ratio (float, optional): Budget mode: a fraction in (0, 1] of
+            the plain grid's tokens, ``floor(keep_ratio * cells)`` per image.
+            At most one of ``token_budget`` and ``keep_ratio``.
+        threshold_floor (bool): Budget mode only: the splits the thresholds
+            make come first (thresholds as a floor of detail). Defaults to
+            False (score order only).
+        num_bins (int, optional): Deprecated name of ``entropy_bins``.
     """
 
     def __init__(self,
                  patch_size: int = 16,
                  thresholds: Sequence[float] = (2.0, 2.0, 0.3),
-                 num_bins: int = 512,
+                 entropy_bins: Optional[int] = None,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
                  window_size: Optional[int] = None,
                  patch_sizes: Optional[Sequence[int]] = None,
-                 num_prefix_tokens: int = 0) -> None:
+                 num_prefix_tokens: int = 0,
+                 scorer: ScorerConfig = None,
+                 token_budget: Optional[int] = None,
+                 keep_ratio: Optional[float] = None,
+                 threshold_floor: bool = False,
+                 num_bins: Optional[int] = None) -> None:
+        if num_bins is not None:
+            warnings.warn(
+                'PatchTokenizer(num_bins=...) is deprecated: use '
+                'entropy_bins=..., the name the backbones use',
+                DeprecationWarning,
+                stacklevel=2)
+            if entropy_bins is not None and entropy_bins != num_bins:
+                raise ValueError(f'entropy_bins={entropy_bins} and the '
+                                 f'deprecated num_bins={num_bins} disagree: '
+                                 'give entropy_bins only')
+            entropy_bins = num_bins
+        if entropy_bins is None:
+            entropy_bins = 512
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f'patch_size must be a positive int, got '
                              f'{patch_size!r}')
-        if not isinstance(num_bins, int) or num_bins < 1:
-            raise ValueError(f'num_bins must be a positive int, got '
-                             f'{num_bins!r}')
+        if isinstance(entropy_bins, bool) or not isinstance(
+                entropy_bins, int) or entropy_bins < 1:
+            raise ValueError(f'entropy_bins must be a positive int, got '
+                             f'{entropy_bins!r}')
         if not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
             raise ValueError(f'num_prefix_tokens must be an int >= 0, got '
                              f'{num_prefix_tokens!r}')
         self.patch_size = patch_size
         self.num_prefix_tokens = num_prefix_tokens
         self.thresholds = check_thresholds(thresholds, patch_sizes, patch_size)
-        self.num_bins = num_bins
+        self.entropy_bins = entropy_bins
+        self.scorer: PatchScorer = build_scorer(scorer, entropy_bins)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.num_scales = len(self.thresholds) + 1
+        self._init_budget(token_budget, keep_ratio, threshold_floor)
         largest_cells = 2**(self.num_scales - 1)
         if window_size is not None and window_size != 0:
             if window_size < 0 or window_size % largest_cells:
@@ -126,6 +171,36 @@ class PatchTokenizer:
         else:
             self.window_size = None
 
+    def _init_budget(self, token_budget: Optional[int],
+                     keep_ratio: Optional[float],
+                     threshold_floor: bool) -> None:
+        if token_budget is not None and keep_ratio is not None:
+            raise ValueError(
+                f'give token_budget ({token_budget}) or keep_ratio '
+                f'({keep_ratio}), not both: both set the tokens per image')
+        self.token_budget = None if token_budget is None else \
+            check_token_budget(token_budget)
+        self.keep_ratio = None if keep_ratio is None else \
+            check_keep_ratio(keep_ratio)
+        if threshold_floor and not self.budget_mode:
+            raise ValueError('threshold_floor=True needs budget mode '
+                             '(token_budget or keep_ratio): thresholds alone '
+                             'are already the layout')
+        if self.budget_mode and self.num_scales < 2:
+            raise ValueError('budget mode needs at least one threshold (two '
+                             'patch scales): with one scale the token count '
+                             'is fixed')
+        self.threshold_floor = bool(threshold_floor)
+
+    @property
+    def num_bins(self) -> int:
+        """Deprecated name of :attr:`entropy_bins`."""
+        warnings.warn(
+            'PatchTokenizer.num_bins is deprecated: use entropy_bins',
+            DeprecationWarning,
+            stacklevel=2)
+        return self.entropy_bins
+
     @property
     def patch_sizes(self) -> Tuple[int, ...]:
         return tuple(self.patch_size * 2**i for i in range(self.num_scales))
@@ -135,17 +210,37 @@ class PatchTokenizer:
         return self.patch_sizes[-1]
 
     @property
+    def budget_mode(self) -> bool:
+        """True when a token budget or keep ratio sets the token count."""
+        return self.token_budget is not None or self.keep_ratio is not None
+
+    @property
     def can_merge(self) -> bool:
-        """False when no threshold is positive: entropy is never negative, so
-        no patch can merge and the entropy maps need not be computed."""
-        return self.num_scales > 1 and max(self.thresholds) > 0
+        """Threshold mode: False when no threshold exceeds the scorer's
+        lowest score (entropy, contrast and gradient are never negative), so
+        no patch can merge and the score maps need not be computed."""
+        return self.num_scales > 1 and \
+            max(self.thresholds) > self.scorer.min_score
+
+    def grid_size(self, height: int, width: int) -> Tuple[int, int]:
+        return height // self.patch_size, width // self.patch_size
+
+    def budget_for(self, height: int, width: int) -> Optional[int]:
+        """Content tokens per image of budget mode at this input size (None
+        in threshold mode); ValueError when the budget cannot be met."""
+        if not self.budget_mode:
+            return None
+        return resolve_budget(
+            self.grid_size(height, width), self.num_scales, self.patch_size,
+            self.token_budget, self.keep_ratio, self.num_prefix_tokens)
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise a ValueError naming the fix when H or W does not fit.
 
         Inputs must be a multiple of the largest patch; with windows they
         need not be a multiple of the window (windows at the bottom/right
-        border are partial: padding-free inputs).
+        border are partial: padding-free inputs). In budget mode the budget
+        must reach the minimum token count of this size.
         """
         multiple = self.largest_patch
         if height % multiple or width % multiple:
@@ -156,36 +251,106 @@ class PatchTokenizer:
                 f'mmdet DetDataPreprocessor, or size_divisor={multiple} (or '
                 f'size=(H, W) multiples of it) in the mmseg '
                 f'SegDataPreProcessor.')
+        self.budget_for(height, width)
 
     @torch.no_grad()
     def entropy_maps(self, images: Tensor) -> list:
-        """Entropy maps of the scales above the base one (smallest first)."""
+        """Entropy maps of the scales above the base one (smallest first),
+        with :attr:`entropy_bins` bins, whatever the scorer."""
         gray = images_to_gray(images, self.mean, self.std)
-        return entropy_maps(gray, self.patch_sizes[1:], self.num_bins)
+        return entropy_maps(gray, self.patch_sizes[1:], self.entropy_bins)
 
     @torch.no_grad()
-    def __call__(self, images: Tensor) -> PatchLayout:
-        """Tokenize a batch of normalised images (B, 3, H, W)."""
+    def score_maps(self,
+                   images: Tensor,
+                   importance: Optional[Tensor] = None) -> List[Tensor]:
+        """The scorer's maps of the scales above the base one (smallest
+        first), each (B, H / size, W / size)."""
+        gray = images_to_gray(images, self.mean, self.std)
+        return self.scorer(gray, self.patch_sizes[1:], importance)
+
+    def select(self, scores: Sequence[Tensor],
+               grid: Tuple[int, int]) -> List[Tensor]:
+        """Score maps -> keep masks, by thresholds or by the budget."""
+        if not self.budget_mode:
+            return select_patches(scores, self.thresholds, grid)
+        budget = resolve_budget(grid, self.num_scales, self.patch_size,
+                                self.token_budget, self.keep_ratio,
+                                self.num_prefix_tokens)
+        floor = self.thresholds if self.threshold_floor else None
+        return budget_patches(scores, grid, budget, floor)
+
+    def _uniform_masks(self, batch: int, grid: Tuple[int, int], scale: int,
+                       device: torch.device) -> List[Tensor]:
+        """Every cell covered by patches of one scale."""
+        return [
+            torch.full((batch, grid[0] >> i, grid[1] >> i),
+                       i == scale,
+                       dtype=torch.bool,
+                       device=device) for i in range(self.num_scales)
+        ]
+
+    def _check_importance(self, images: Tensor,
+                          importance: Optional[Tensor]) -> None:
+        if importance is None:
+            if isinstance(self.scorer, ImportanceScorer):
+                raise missing_importance()
+            return
+        if not isinstance(self.scorer, ImportanceScorer):
+            raise ValueError(
+                f'an importance map was given but the scorer is '
+                f'{self.scorer.name!r}: use scorer=dict(type=\'importance\', '
+                f'base=dict(type={self.scorer.name!r})) to apply it')
+        # Shape here; NaN / inf where the scorer reads the values.
+        check_importance(
+            importance, images.shape[0], *images.shape[2:], finite=False)
+
+    @torch.no_grad()
+    def __call__(self,
+                 images: Tensor,
+                 importance: Optional[Tensor] = None) -> PatchLayout:
+        """Tokenize a batch of normalised images (B, 3, H, W).
+
+        Args:
+            images (Tensor): Normalised RGB images.
+            importance (Tensor, optional): (B, H, W) importance maps, for the
+                ``importance`` scorer.
+        """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError('images must have shape (B, 3, H, W), got '
                              f'{tuple(images.shape)}')
         height, width = images.shape[-2:]
         self.check_input_size(height, width)
-        grid = (height // self.patch_size, width // self.patch_size)
-        if self.can_merge:
-            masks = select_patches(
-                self.entropy_maps(images), self.thresholds, grid)
+        self._check_importance(images, importance)
+        grid = self.grid_size(height, width)
+        batch, device = images.shape[0], images.device
+        if self.budget_mode:
+            splits = (self.budget_for(height, width) -
+                      min_tokens(grid, self.num_scales)) // 3
+            if splits <= 0:  # the budget allows only the coarsest grid
+                masks = self._uniform_masks(batch, grid, self.num_scales - 1,
+                                            device)
+            elif splits >= sum((grid[0] >> s) * (grid[1] >> s)
+                               for s in range(1, self.num_scales)):
+                masks = self._uniform_masks(batch, grid, 0, device)
+            else:
+                masks = self.select(
+                    self.score_maps(images, importance), grid)
+        elif self.can_merge:
+            masks = self.select(self.score_maps(images, importance), grid)
         else:  # "APT off" costs no tokenizer time: the plain grid.
-            masks = [
-                images.new_full((images.shape[0], grid[0] >> i, grid[1] >> i),
-                                i == 0,
-                                dtype=torch.bool)
-                for i in range(self.num_scales)
-            ]
+            masks = self._uniform_masks(batch, grid, 0, device)
         return build_layout(masks, grid, self.window_size,
                             self.num_prefix_tokens)
 
     def __repr__(self) -> str:
+        mode = f'thresholds={self.thresholds}'
+        if self.token_budget is not None:
+            mode += f', token_budget={self.token_budget}'
+        if self.keep_ratio is not None:
+            mode += f', keep_ratio={self.keep_ratio}'
+        if self.threshold_floor:
+            mode += ', threshold_floor=True'
         return (f'{self.__class__.__name__}(patch_sizes={self.patch_sizes}, '
-                f'thresholds={self.thresholds}, num_bins={self.num_bins}, '
+                f'{mode}, scorer={self.scorer!r}, '
                 f'window_size={self.window_size})')

@@ -40,9 +40,13 @@ def tokenizer_from_config(cfg: Config) -> PatchTokenizer:
         return PatchTokenizer(
             patch_size=arg('patch_size', 16),
             thresholds=tuple(arg('thresholds')),
-            num_bins=arg('entropy_bins', 512),
+            entropy_bins=arg('entropy_bins', 512),
             mean=arg('mean'),
-            std=arg('std'))
+            std=arg('std'),
+            scorer=arg('scorer'),
+            token_budget=arg('token_budget'),
+            keep_ratio=arg('keep_ratio'),
+            threshold_floor=arg('threshold_floor', False))
     pre = cfg.model.get('data_preprocessor', {})
     return PatchTokenizer(
         patch_size=arg('patch_size', 16),

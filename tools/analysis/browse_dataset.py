@@ -110,7 +110,7 @@ def main():
         tokenizer = PatchTokenizer(
             patch_size=tokenizer.patch_size,
             thresholds=tuple(args.thresholds),
-            num_bins=tokenizer.num_bins,
+            entropy_bins=tokenizer.entropy_bins,
             mean=tokenizer.mean,
             std=tokenizer.std)
     dataset, preprocessor, visualizer = build_parts(cfg, args.split)

@@ -51,20 +51,23 @@ class APTAdapter:
         entropy_bins (int): Histogram bins of the entropy.
         mean (Sequence[float]): RGB mean the images were normalised with.
         std (Sequence[float]): RGB std the images were normalised with.
+        **budget: ``scorer``, ``token_budget``, ``keep_ratio``,
+            ``threshold_floor`` of :class:`~mmapt.tokenizer.PatchTokenizer`.
     """
 
     def __init__(self, host: nn.Module, thresholds: Sequence[float],
                  entropy_bins: int, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+                 std: Sequence[float], **budget) -> None:
         self.host = host
         self.tokenizer = PatchTokenizer(
             patch_size=host.patch_size,
             thresholds=tuple(thresholds),
-            num_bins=entropy_bins,
+            entropy_bins=entropy_bins,
             mean=tuple(mean),
             std=tuple(std),
             window_size=host.window_size or None,
-            num_prefix_tokens=host.num_prefix_tokens)
+            num_prefix_tokens=host.num_prefix_tokens,
+            **budget)
         host.apt_embed = APTEmbed(host.embed_dims)
         self._tables = ParamCache()
 
@@ -73,9 +76,11 @@ class APTAdapter:
         self.tokenizer.check_input_size(height, width)
 
     # ---------------------------------------------------------------- stages
-    def tokenize(self, x: Tensor) -> PatchLayout:
+    def tokenize(self,
+                 x: Tensor,
+                 importance: Optional[Tensor] = None) -> PatchLayout:
         """Images (B, 3, H, W) -> :class:`PatchLayout` (no gradients)."""
-        return self.tokenizer(x)
+        return self.tokenizer(x, importance)
 
     def position_tables(self, grid: Tuple[int, int],
                         num_scales: int) -> Optional[List[Tensor]]:
@@ -180,11 +185,14 @@ class APTAdapter:
         self.host._notify_tokens(
             tokens, torch.full_like(tokens, layout.baseline_tokens))
 
-    def __call__(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
+    def __call__(self,
+                 x: Tensor,
+                 importance: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
+        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index;
+        ``importance`` (B, H, W): maps for the ``importance`` scorer."""
         self.host.check_input_size(*x.shape[2:])
         with forward_stage('tokenizer'):
-            layout = self.tokenize(x)
+            layout = self.tokenize(x, importance)
         with forward_stage('embedding'):
             tokens = self.embed(x, layout)
         with forward_stage('context'):

@@ -10,12 +10,13 @@ embeddings exist (before freezing stages), route input checks through
 ``embedding_modules()``; everything else is the adapter's
 (:class:`~mmapt.models.apt.APTAdapter`).
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
 from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
                              PatchTokenizer)
+from ..data_preprocessors.apt_inputs import split_apt_inputs
 from .adapter import APTAdapter
 from .context import PackedContext
 
@@ -32,6 +33,14 @@ class APTBackboneMixin:
         mean (Sequence[float]): RGB mean the data preprocessor normalised
             with (undone to measure entropy on 0-255 gray levels).
         std (Sequence[float]): RGB std, likewise.
+        scorer (str | dict, optional): Patch scorer of
+            :data:`~mmapt.registry.PATCH_SCORERS` (``'entropy'``, the
+            default, ``'contrast'``, ``'gradient'``,
+            ``dict(type='importance', ...)``); docs/tokenizer.md.
+        token_budget (int, optional): Budget mode: content tokens per image.
+        keep_ratio (float, optional): Budget mode: fraction in (0, 1] of the
+            plain grid's tokens.
+        threshold_floor (bool): Budget mode: thresholds as a floor of detail.
         *args, **kwargs: The plain backbone's arguments.
     """
 
@@ -45,13 +54,21 @@ class APTBackboneMixin:
                  entropy_bins: int = 512,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
+                 scorer=None,
+                 token_budget: Optional[int] = None,
+                 keep_ratio: Optional[float] = None,
+                 threshold_floor: bool = False,
                  **kwargs) -> None:
         # Read by _init_extra, which the plain __init__ calls.
         self._apt_args = dict(
             thresholds=tuple(thresholds),
             entropy_bins=entropy_bins,
             mean=tuple(mean),
-            std=tuple(std))
+            std=tuple(std),
+            scorer=scorer,
+            token_budget=token_budget,
+            keep_ratio=keep_ratio,
+            threshold_floor=threshold_floor)
         super().__init__(*args, **kwargs)
 
     def _init_extra(self) -> None:
@@ -71,8 +88,11 @@ class APTBackboneMixin:
         return super().embedding_modules() + [self.apt_embed]
 
     # Stages, for tests and benchmarks.
-    def tokenize(self, x: Tensor) -> PatchLayout:
-        return self.apt.tokenize(x)
+    def tokenize(self,
+                 x: Tensor,
+                 importance: Optional[Tensor] = None) -> PatchLayout:
+        x, importance = split_apt_inputs(x, importance)
+        return self.apt.tokenize(x, importance)
 
     def embed(self, x: Tensor, layout: PatchLayout) -> Tensor:
         return self.apt.embed(x, layout)
@@ -80,6 +100,14 @@ class APTBackboneMixin:
     def packed_context(self, layout: PatchLayout) -> PackedContext:
         return self.apt.packed_context(layout)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
-        return self.apt(x)
+    def forward(self,
+                x: Tensor,
+                importance: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
+        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index.
+
+        ``importance`` (B, H, W): per-image maps for the ``importance``
+        scorer; or pass them as a 4th input channel (what
+        :class:`~mmapt.models.data_preprocessors.APTDataPreprocessor` does).
+        """
+        x, importance = split_apt_inputs(x, importance)
+        return self.apt(x, importance)
