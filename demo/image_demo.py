@@ -1,12 +1,16 @@
 # Copyright (c) mmapt contributors. All rights reserved.
-"""Run an mmapt detector or segmentor on one image; save the prediction and
-the APT patch grid side by side.
+"""Run an mmapt detector or segmentor on one image; save the prediction, the
+APT patch grid and the patch scorer's map side by side.
 
 The config's ``default_scope`` picks the task: ``mmdet`` draws boxes and
 masks, ``mmseg`` a mask overlay. The patch grid is the tokenizer's choice on
 exactly the tensor the backbone sees (after resizing, padding and
 normalisation), drawn on that canvas: base patches thin, larger patches in
-brighter colours. Plain EVA-02 configs show the uniform base grid.
+brighter colours. The third panel is the config's scorer (entropy unless
+``model.backbone.scorer`` says otherwise) on the finest merged scale: dark
+is little detail, bright much. Plain EVA-02 configs show the uniform base
+grid and no map. The image is checked before the model is built; the
+picture's long side is capped by ``--max-size``.
 
 Examples:
     python demo/image_demo.py data/toy_coco/val2017/000000.png \
@@ -23,10 +27,13 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
 
 from mmapt.engine.preflight import add_cfg_options
+from mmapt.models.data_preprocessors.apt_inputs import split_apt_inputs
 from mmapt.tokenizer.image_folder import ImageReadError, check_image_file
+from mmapt.tokenizer.score_picture import tokenizer_score_picture
 from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
                                     tokenizer_from_config)
 
@@ -63,6 +70,10 @@ def parse_args(argv=None):
         default=DEFAULT_MAX_SIZE,
         help='longest side of the saved picture in pixels (default '
         f'{DEFAULT_MAX_SIZE}); the panels are shrunk to fit')
+    parser.add_argument(
+        '--no-map',
+        action='store_true',
+        help='leave out the panel of the scorer\'s map')
     add_cfg_options(parser)
     return parser.parse_args(argv)
 
@@ -173,6 +184,19 @@ def compose_picture(panels: Sequence[Tuple[np.ndarray, str]],
     return np.concatenate(row, axis=1)
 
 
+def score_panel(tokenizer, images: torch.Tensor,
+                importance: Optional[torch.Tensor],
+                size: Tuple[int, int]) -> Tuple[np.ndarray, str]:
+    """The scorer's map of the tensor the backbone saw (padded like the
+    patch grid), at the patch grid picture's size."""
+    multiple = tokenizer.largest_patch
+    pad = (0, -images.shape[-1] % multiple, 0, -images.shape[-2] % multiple)
+    images = F.pad(images.float().cpu(), pad)
+    if importance is not None:
+        importance = F.pad(importance.float().cpu(), pad)
+    return tokenizer_score_picture(tokenizer, images, size, importance)
+
+
 def check_inputs(args) -> None:
     """Fail in one line, before the (slow) model is built, on an image file
     that cannot be read or a config that does not exist."""
@@ -221,11 +245,15 @@ def main(argv=None):
 
     pred_img, pred_caption = draw_prediction(model, image, result, scope,
                                              args.score_thr, args.opacity)
-    grid_img, grid_caption, _ = draw_patch_grid(captured['inputs'][:1],
-                                                tokenizer_from_config(cfg))
-    picture = compose_picture([(pred_img, pred_caption),
-                               (grid_img, 'patches: ' + grid_caption)],
-                              args.max_size)
+    images, importance = split_apt_inputs(captured['inputs'][:1])
+    tokenizer = tokenizer_from_config(cfg)
+    grid_img, grid_caption, _ = draw_patch_grid(
+        images, tokenizer, importance=importance)
+    panels = [(pred_img, pred_caption), (grid_img, 'patches: ' + grid_caption)]
+    if tokenizer.num_scales > 1 and not args.no_map:
+        panels.append(score_panel(tokenizer, images, importance,
+                                  grid_img.shape[:2]))
+    picture = compose_picture(panels, args.max_size)
 
     out_file = args.out_file or osp.join(
         'outputs', f'{osp.splitext(osp.basename(args.image))[0]}_'
