@@ -151,7 +151,7 @@ def test_calibration_of_scorers_and_budgets_with_plot(image_dir, tmp_path,
     plot = tmp_path / 'keep.png'
     assert tool.main([
         str(image_dir), '--canvas', '256', '--patch-sizes', '16', '32', '64',
-        '--scorers', 'entropy', 'gradient', '--target-keep', '0.6',
+        '--scorers', 'entropy', 'gradient', '--target-keep', '0.3',
         '--keep-ratios', '0.5', '0.8', '--plot',
         str(plot), '--json'
     ]) == 0

@@ -16,7 +16,10 @@ difference between two settings has its own (smaller) confidence interval::
         --reference entropy_k50 --bootstrap 1000 --out work_dirs/eval.json
 
 The token counts per image come from the backbone's token observer (the
-numbers ``TokenStatsHook`` logs).
+numbers ``TokenStatsHook`` logs). The special override ``importance=boxes``
+(with ``model.backbone.scorer=dict(type='importance')``) gives every image
+its ground-truth boxes as importance map: an oracle upper bound of what an
+importance map can buy, not a deployable setting.
 """
 import argparse
 import ast
@@ -105,13 +108,40 @@ class Progress:
             flush=True)
 
 
+def with_box_importance(cfg, batches: list) -> list:
+    """The ``importance=boxes`` setting: the ground-truth boxes as each
+    image's importance map (an oracle: what importance can buy at best),
+    delivered by APTDataPreprocessor as the pipeline would."""
+    import copy
+
+    from mmapt.datasets.importance import BoxImportanceMap
+    cfg.model.data_preprocessor = dict(
+        type='APTDataPreprocessor',
+        preprocessor=cfg.model.data_preprocessor.to_dict())
+    transform = BoxImportanceMap()
+    out = []
+    for batch in batches:
+        batch = copy.deepcopy(batch)
+        for inputs, sample in zip(batch['inputs'], batch['data_samples']):
+            transform(dict(inputs=inputs, data_samples=sample))
+        out.append(batch)
+    return out
+
+
 def run_setting(runner, cfg, overrides: dict, checkpoint: str,
                 batches: list) -> dict:
     """Predictions of one setting: per-image metric results and tokens."""
     from mmengine.evaluator import Evaluator
     from mmengine.runner import load_checkpoint
     setting_cfg = cfg.copy()
+    overrides = dict(overrides)
+    importance = overrides.pop('importance', None)
     setting_cfg.merge_from_dict(overrides)
+    if importance == 'boxes':
+        batches = with_box_importance(setting_cfg, batches)
+    elif importance is not None:
+        raise ValueError(f'importance={importance!r}: only importance=boxes '
+                         '(the ground-truth boxes) is built in')
     model = runner.build_model(setting_cfg.model)
     load_checkpoint(model, checkpoint, map_location='cpu', strict=False)
     model.eval()
@@ -165,15 +195,19 @@ class CocoBootstrap:
 
     def __init__(self, metric, results: list, iou_type: str) -> None:
         from mmdet.datasets.api_wrappers import COCOeval
+        # CocoMetric keeps (ground truth, prediction) per image.
+        preds = [r[1] if isinstance(r, tuple) else r for r in results]
         with tempfile.TemporaryDirectory() as tmp:
-            files = metric.results2json(results, osp.join(tmp, 'r'))
-            coco_dt = metric._coco_api.loadRes(files[iou_type])
-        gt = metric._coco_api
-        if iou_type == 'segm':  # mmdet drops the gt boxes for segm
-            pass
-        self.eval = COCOeval(gt, coco_dt, iou_type)
+            files = metric.results2json(preds, osp.join(tmp, 'r'))
+            with open(files[iou_type]) as f:
+                predictions = json.load(f)
+        if iou_type == 'segm':  # as mmdet: mask areas, not box areas
+            for p in predictions:
+                p.pop('bbox', None)
+        coco_dt = self._quiet(lambda: metric._coco_api.loadRes(predictions))
+        self.eval = COCOeval(metric._coco_api, coco_dt, iou_type)
         self.eval.params.catIds = metric.cat_ids
-        self.img_ids = [r['img_id'] for r in results]
+        self.img_ids = [p['img_id'] for p in preds]
         self.eval.params.imgIds = self.img_ids
         self.eval.params.maxDets = list(metric.proposal_nums)
         self.eval.params.iouThrs = metric.iou_thrs
