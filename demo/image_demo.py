@@ -1,12 +1,16 @@
 # Copyright (c) mmapt contributors. All rights reserved.
-"""Run an mmapt detector or segmentor on one image; save the prediction and
-the APT patch grid side by side.
+"""Run an mmapt detector or segmentor on one image; save the prediction, the
+APT patch grid and the patch scorer's map side by side.
 
 The config's ``default_scope`` picks the task: ``mmdet`` draws boxes and
 masks, ``mmseg`` a mask overlay. The patch grid is the tokenizer's choice on
 exactly the tensor the backbone sees (after resizing, padding and
 normalisation), drawn on that canvas: base patches thin, larger patches in
-brighter colours. Plain EVA-02 configs show the uniform base grid.
+brighter colours. The third panel is the config's scorer (entropy unless
+``model.backbone.scorer`` says otherwise) on the finest merged scale: dark
+is little detail, bright much. Plain EVA-02 configs show the uniform base
+grid and no map. The image is checked before the model is built; the
+picture's long side is capped by ``--max-size``.
 
 Examples:
     python demo/image_demo.py data/toy_coco/val2017/000000.png \
@@ -17,20 +21,30 @@ Examples:
 import argparse
 import os
 import os.path as osp
-from typing import Optional, Tuple
+import sys
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
 
 from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import add_cfg_options
-from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid, side_by_side,
+from mmapt.models.data_preprocessors.apt_inputs import split_apt_inputs
+from mmapt.tokenizer.image_folder import ImageReadError, check_image_file
+from mmapt.tokenizer.score_picture import tokenizer_score_picture
+from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
                                     tokenizer_from_config)
 
+# Long side of the saved picture: readable patch grids of a 1536 canvas fit,
+# a 40 x 4000 strip no longer becomes a 32000-pixel-wide PNG.
+DEFAULT_MAX_SIZE = 4096
+GAP = 8
 
-def parse_args():
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('image', help='image file')
     parser.add_argument('config', help='mmdet or mmseg config of mmapt')
@@ -51,8 +65,18 @@ def parse_args():
         '--score-thr', type=float, default=0.3, help='detection score floor')
     parser.add_argument(
         '--opacity', type=float, default=0.5, help='segmentation overlay')
+    parser.add_argument(
+        '--max-size',
+        type=int,
+        default=DEFAULT_MAX_SIZE,
+        help='longest side of the saved picture in pixels (default '
+        f'{DEFAULT_MAX_SIZE}); the panels are shrunk to fit')
+    parser.add_argument(
+        '--no-map',
+        action='store_true',
+        help='leave out the panel of the scorer\'s map')
     add_cfg_options(parser)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def dataset_meta_from_config(cfg: Config, scope: str) -> dict:
@@ -116,10 +140,89 @@ def draw_prediction(model, image: np.ndarray, result, scope: str,
     return vis.get_image(), f'segmentation ({labels} classes present)'
 
 
-def main():
-    args = parse_args()
-    if not osp.isfile(args.image):
-        raise FileNotFoundError(f'image {args.image} not found')
+def fit_in_box(img: np.ndarray, box: int) -> np.ndarray:
+    """``img`` scaled (aspect kept) so that its long side is ``box``."""
+    scale = box / max(img.shape[:2])
+    size = (max(1, round(img.shape[1] * scale)),
+            max(1, round(img.shape[0] * scale)))
+    return cv2.resize(
+        img,
+        size,
+        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+
+
+def compose_picture(panels: Sequence[Tuple[np.ndarray, str]],
+                    max_size: int = DEFAULT_MAX_SIZE,
+                    min_box: int = 256) -> np.ndarray:
+    """Captioned panels in a row, the whole at most ``max_size`` wide.
+
+    Every panel is fitted into the same square box (the largest panel's
+    long side, at least ``min_box``, at most what ``max_size`` leaves per
+    panel), so an extreme aspect ratio makes a thin panel instead of a huge
+    picture; captions are drawn after fitting and stay readable.
+    """
+    if max_size < 64 * len(panels):
+        raise ValueError(f'--max-size {max_size} is too small for '
+                         f'{len(panels)} panels: use at least '
+                         f'{64 * len(panels)}')
+    box = max(min_box, max(max(img.shape[:2]) for img, _ in panels))
+    box = min(box, (max_size - GAP * (len(panels) - 1)) // len(panels))
+    columns: List[np.ndarray] = []
+    for img, caption in panels:
+        fitted = fit_in_box(img, box)
+        pad = np.full((fitted.shape[0], box - fitted.shape[1], 3),
+                      255,
+                      dtype=np.uint8)
+        columns.append(caption_bar(np.concatenate([fitted, pad], 1), caption))
+    height = max(c.shape[0] for c in columns)
+    row = []
+    for i, column in enumerate(columns):
+        if i:
+            row.append(np.full((height, GAP, 3), 255, dtype=np.uint8))
+        row.append(
+            np.concatenate([
+                column,
+                np.full((height - column.shape[0], box, 3), 255, np.uint8)
+            ], 0))
+    return np.concatenate(row, axis=1)
+
+
+def score_panel(tokenizer, images: torch.Tensor,
+                importance: Optional[torch.Tensor],
+                size: Tuple[int, int]) -> Tuple[np.ndarray, str]:
+    """The scorer's map of the tensor the backbone saw (padded like the
+    patch grid), at the patch grid picture's size."""
+    multiple = tokenizer.largest_patch
+    pad = (0, -images.shape[-1] % multiple, 0, -images.shape[-2] % multiple)
+    images = F.pad(images.float().cpu(), pad)
+    if importance is not None:
+        importance = F.pad(importance.float().cpu(), pad)
+    return tokenizer_score_picture(tokenizer, images, size, importance)
+
+
+def check_inputs(args) -> None:
+    """Fail in one line, before the (slow) model is built, on an image file
+    that cannot be read or a config that does not exist."""
+    try:
+        check_image_file(args.image)
+    except ImageReadError as err:
+        raise SystemExit(f'error: image {err}')
+    if cv2.imread(args.image) is None:
+        raise SystemExit(f'error: image {args.image}: OpenCV (the data '
+                         'pipeline\'s reader) cannot decode it; re-save it '
+                         'as PNG or JPEG')
+    if not osp.isfile(args.config):
+        raise SystemExit(f'error: config {args.config}: no such file')
+    if args.checkpoint is not None and not osp.isfile(args.checkpoint):
+        raise SystemExit(f'error: checkpoint {args.checkpoint}: no such file')
+    if args.max_size < 256:
+        raise SystemExit(f'error: --max-size {args.max_size} is too small: '
+                         'use at least 256')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_inputs(args)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -145,11 +248,15 @@ def main():
 
     pred_img, pred_caption = draw_prediction(model, image, result, scope,
                                              args.score_thr, args.opacity)
-    grid_img, grid_caption, _ = draw_patch_grid(captured['inputs'][:1],
-                                                tokenizer_from_config(cfg))
-    picture = side_by_side(
-        caption_bar(pred_img, pred_caption),
-        caption_bar(grid_img, 'patches: ' + grid_caption))
+    images, importance = split_apt_inputs(captured['inputs'][:1])
+    tokenizer = tokenizer_from_config(cfg)
+    grid_img, grid_caption, _ = draw_patch_grid(
+        images, tokenizer, importance=importance)
+    panels = [(pred_img, pred_caption), (grid_img, 'patches: ' + grid_caption)]
+    if tokenizer.num_scales > 1 and not args.no_map:
+        panels.append(score_panel(tokenizer, images, importance,
+                                  grid_img.shape[:2]))
+    picture = compose_picture(panels, args.max_size)
 
     out_file = args.out_file or osp.join(
         'outputs', f'{osp.splitext(osp.basename(args.image))[0]}_'

@@ -62,7 +62,13 @@ def test_visualize_json_and_pngs(image_dir, tmp_path, capsys):
         'a_plain_patches.png', 'b_noise_patches.png', 'c_half_patches.png'
     ]
     with Image.open(out / pngs[0]) as image:
-        assert image.width == 512 and image.height > 512  # caption band
+        # Layout and score map side by side, 8 px apart; caption bands.
+        assert image.width == 2 * 512 + 8 and image.height > 512
+        picture = np.asarray(image.convert('RGB'))
+    # The plain image's map is dark (score 0) where the noise one is not.
+    with Image.open(out / pngs[1]) as image:
+        noise_map = np.asarray(image.convert('RGB'))[:512, 520:]
+    assert picture[:512, 520:].mean() < noise_map.mean()
 
 
 def test_visualize_table_and_crop(image_dir, capsys):
@@ -119,3 +125,133 @@ def test_tokenizer_benchmark_reports_json():
     assert report['size'] == 256 and report['median_ms'] > 0
     assert 0 < report['tokens'] < 256
     assert report['entropy_one_image_peak_mib'] >= 0
+
+
+def test_visualize_scorer_and_budget(image_dir, tmp_path, capsys):
+    tool = load_tool('tools/analysis/visualize_patches.py')
+    assert tool.main([
+        str(image_dir), '--canvas', '256', '--patch-sizes', '16', '32', '64',
+        '--thresholds', '1', '1', '--scorer', 'gradient', '--keep-ratio',
+        '0.5', '--json', '--out',
+        str(tmp_path)
+    ]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # Budget mode: every image within one split (3 tokens) of 128 of 256.
+    assert all(126 <= row['tokens'] <= 128 for row in rows), rows
+    assert len(os.listdir(tmp_path)) == 3
+    assert tool.main([str(image_dir), '--scorer', 'nope']) == 2
+    assert 'unknown patch scorer' in capsys.readouterr().err
+    assert tool.main([str(image_dir), '--scorer', 'importance']) == 2
+    assert 'needs a map per image' in capsys.readouterr().err
+
+
+def test_calibration_of_scorers_and_budgets_with_plot(image_dir, tmp_path,
+                                                      capsys):
+    tool = load_tool('tools/analysis/calibrate_thresholds.py')
+    plot = tmp_path / 'keep.png'
+    assert tool.main([
+        str(image_dir), '--canvas', '256', '--patch-sizes', '16', '32', '64',
+        '--scorers', 'entropy', 'gradient', '--target-keep', '0.3',
+        '--keep-ratios', '0.5', '0.8', '--plot',
+        str(plot), '--json'
+    ]) == 0
+    result = json.loads(capsys.readouterr().out)
+    settings = result['settings']
+    assert [(s['scorer'], s['mode']) for s in settings] == [
+        ('entropy', 'thresholds'), ('entropy', 'keep_ratio'),
+        ('entropy', 'keep_ratio'), ('gradient', 'thresholds'),
+        ('gradient', 'keep_ratio'), ('gradient', 'keep_ratio')
+    ]
+    for s in settings:
+        if s['mode'] == 'thresholds':
+            assert s['keep_mean'] <= 0.6
+        else:  # budget mode: the same keep ratio on every image
+            assert s['keep_max'] <= s['keep_ratio']
+            assert s['keep_min'] >= s['keep_ratio'] - 3 / 256
+    # The gradient thresholds are in its own unit, searched separately.
+    assert settings[3]['thresholds'] != settings[0]['thresholds']
+    assert result['thresholds'] == settings[0]['thresholds']  # first scorer
+    assert set(result['score_quantiles_10_25_50_75_90']) == {
+        'entropy', 'gradient'
+    }
+    with Image.open(plot) as image:
+        assert image.format == 'PNG' and image.width > 300
+
+
+def test_calibration_needs_a_goal(image_dir, capsys):
+    tool = load_tool('tools/analysis/calibrate_thresholds.py')
+    assert tool.main([str(image_dir)]) == 2
+    assert '--target-keep' in capsys.readouterr().err
+    assert tool.main([str(image_dir), '--keep-ratios', '1.5']) == 2
+    assert 'in (0, 1]' in capsys.readouterr().err
+    assert tool.main([str(image_dir), '--checkpoint', 'x.pth']) == 2
+    assert 'go together' in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def tiny_plain_model(tmp_path_factory):
+    """A config + checkpoint of a small random plain EVA-02 (the weights a
+    detector checkpoint holds under ``backbone.``)."""
+    import torch
+
+    from mmapt.models.backbones.eva02 import EVA02
+    folder = tmp_path_factory.mktemp('tiny_model')
+    backbone = dict(
+        type='EVA02',
+        arch=dict(embed_dims=32, num_layers=2, num_heads=2),
+        img_size=128,
+        patch_size=16,
+        pos_embed_grid=8,
+        init_cfg=None)
+    config = folder / 'tiny.py'
+    config.write_text(f'model = dict(backbone={backbone!r})\n')
+    torch.manual_seed(0)
+    kwargs = dict(backbone)
+    kwargs.pop('type')
+    model = EVA02(**kwargs)
+    state = {'backbone.' + k: v for k, v in model.state_dict().items()}
+    state['neck.weight'] = torch.zeros(1)
+    checkpoint = folder / 'tiny.pth'
+    torch.save(dict(state_dict=state, meta={}), checkpoint)
+    return str(config), str(checkpoint)
+
+
+def test_feature_drift_recommends_cheapest_within_drift(
+        image_dir, tiny_plain_model, capsys):
+    tool = load_tool('tools/analysis/calibrate_thresholds.py')
+    config, checkpoint = tiny_plain_model
+    common = [
+        str(image_dir), '--canvas', '128', '--patch-sizes', '16', '32', '64',
+        '--config', config, '--checkpoint', checkpoint, '--scorers',
+        'entropy', 'contrast', '--keep-ratios', '0.25', '0.5', '1.0', '--json'
+    ]
+    assert tool.main(common + ['--max-drift', '1e-4']) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert 'feature drift (forwards)' in captured.err  # progress
+    by_key = {(s['scorer'], s['keep_ratio']): s for s in result['settings']}
+    for scorer in ('entropy', 'contrast'):
+        full = by_key[(scorer, 1.0)]
+        # Nothing merged: APT equals its plain model.
+        assert full['drift_rel_mean'] < 1e-4 and full['cosine_mean'] > 0.9999
+        assert by_key[(scorer, 0.25)]['drift_rel_mean'] > \
+            by_key[(scorer, 1.0)]['drift_rel_mean'] + 1e-3
+    assert result['recommended']['keep_ratio'] == 1.0
+    assert tool.main(common + ['--max-drift', '100']) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result['recommended']['keep_ratio'] == 0.25
+
+
+def test_feature_drift_rejects_a_checkpoint_of_another_model(
+        image_dir, tiny_plain_model, tmp_path, capsys):
+    import torch
+    tool = load_tool('tools/analysis/calibrate_thresholds.py')
+    config, _ = tiny_plain_model
+    wrong = tmp_path / 'wrong.pth'
+    torch.save({'backbone.blocks.0.foo': torch.zeros(1)}, wrong)
+    assert tool.main([
+        str(image_dir), '--canvas', '128', '--patch-sizes', '16', '32', '64',
+        '--config', config, '--checkpoint',
+        str(wrong), '--keep-ratios', '0.5'
+    ]) == 2
+    assert 'does not fit the EVA02 backbone' in capsys.readouterr().err

@@ -3,7 +3,7 @@
 pipeline and the data preprocessor): used by ``demo/image_demo.py`` and
 ``tools/analysis/browse_dataset.py``."""
 import inspect
-from typing import Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -58,8 +58,11 @@ def tokenizer_from_config(cfg: Config) -> PatchTokenizer:
 def draw_patch_grid(
         inputs: torch.Tensor,
         tokenizer: PatchTokenizer,
-        min_side: int = 512) -> Tuple[np.ndarray, str, PatchLayout]:
-    """Tokenize one normalised image (1, 3, H, W) and draw its patches.
+        min_side: int = 512,
+        importance: Optional[torch.Tensor] = None
+) -> Tuple[np.ndarray, str, PatchLayout]:
+    """Tokenize one normalised image (1, 3, H, W) and draw its patches
+    (``importance``: its (1, H, W) map, for the importance scorer).
 
     Returns:
         tuple: the RGB picture, a caption with the token counts and the
@@ -70,7 +73,10 @@ def draw_patch_grid(
     ph, pw = -h % multiple, -w % multiple
     if ph or pw:  # zero = the mean colour, as the data preprocessors pad
         inputs = F.pad(inputs, (0, pw, 0, ph))
-    layout = tokenizer(inputs.float().cpu())
+        if importance is not None:
+            importance = F.pad(importance, (0, pw, 0, ph))
+    layout = tokenizer(inputs.float().cpu(),
+                       None if importance is None else importance.cpu())
     mean = torch.tensor(tokenizer.mean).view(3, 1, 1)
     std = torch.tensor(tokenizer.std).view(3, 1, 1)
     canvas = (inputs[0].float().cpu() * std + mean).clamp(0, 255)

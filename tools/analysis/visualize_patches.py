@@ -1,9 +1,16 @@
 """Draw APT's patch grid over images and count the tokens it keeps.
 
-Example (the paper's detection setting)::
+Each PNG shows the patch layout and, beside it, the scorer's map of the
+finest merged scale (dark: little detail, bright: much). Example (the
+paper's detection setting, then the gradient scorer in budget mode)::
 
     python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
         --patch-sizes 16 32 64 128 --thresholds 2 2 0.3 --out outputs/patches
+    python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
+        --scorer gradient --keep-ratio 0.5 --out outputs/patches_gradient
+
+A folder with unreadable files is processed without them (a warning names
+each); progress goes to stderr, so ``--json`` output stays clean.
 """
 import argparse
 import json
@@ -14,8 +21,11 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmapt.tokenizer.prepare import (load_rgb, normalise, prepare_view,
+from mmapt.tokenizer.image_folder import ImageFolder, ImageReadError
+from mmapt.tokenizer.prepare import (add_scorer_arguments, normalise,
+                                     prepare_view, scorer_arguments,
                                      tokenizer_and_images)
+from mmapt.tokenizer.score_picture import tokenizer_score_picture
 
 # One colour per scale, base size first.
 SCALE_COLOURS = [(255, 64, 64), (255, 200, 0), (64, 200, 255), (120, 255, 120),
@@ -38,13 +48,35 @@ def parse_args(argv=None):
         '--patch-sizes', type=int, nargs='+', default=[16, 32, 64, 128])
     parser.add_argument(
         '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
-    parser.add_argument('--bins', type=int, default=512)
+    add_scorer_arguments(parser)
+    parser.add_argument(
+        '--no-map',
+        action='store_true',
+        help='draw the layout only, without the score map beside it')
     parser.add_argument('--out', help='folder for the annotated PNGs')
     parser.add_argument(
         '--json',
         action='store_true',
         help='print one JSON object per image instead of a table')
     return parser.parse_args(argv)
+
+
+def with_caption(picture: Image.Image, caption: str) -> Image.Image:
+    """``picture`` above a black band with ``caption``."""
+    band = Image.new('RGB', (picture.width, 28), (0, 0, 0))
+    ImageDraw.Draw(band).text((6, 8), caption, fill=(255, 255, 255))
+    out = Image.new('RGB', (picture.width, picture.height + band.height))
+    out.paste(picture, (0, 0))
+    out.paste(band, (0, picture.height))
+    return out
+
+
+def beside(left: Image.Image, right: Image.Image, gap: int = 8) -> Image.Image:
+    out = Image.new('RGB', (left.width + gap + right.width,
+                            max(left.height, right.height)), (255, 255, 255))
+    out.paste(left, (0, 0))
+    out.paste(right, (left.width + gap, 0))
+    return out
 
 
 def draw_layout(image: np.ndarray, layout, patch_size: int,
@@ -59,29 +91,36 @@ def draw_layout(image: np.ndarray, layout, patch_size: int,
         size = side * patch_size
         draw.rectangle([left, top, left + size - 1, top + size - 1],
                        outline=SCALE_COLOURS[scale % len(SCALE_COLOURS)])
-    band = Image.new('RGB', (canvas.width, 28), (0, 0, 0))
-    ImageDraw.Draw(band).text((6, 8), caption, fill=(255, 255, 255))
-    out = Image.new('RGB', (canvas.width, canvas.height + band.height))
-    out.paste(canvas, (0, 0))
-    out.paste(band, (0, canvas.height))
-    return out
+    return with_caption(canvas, caption)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        tokenizer, files = tokenizer_and_images(args.path, args.patch_sizes,
-                                                args.thresholds, args.bins)
+        tokenizer, _ = tokenizer_and_images(args.path, args.patch_sizes,
+                                            args.thresholds,
+                                            args.entropy_bins,
+                                            **scorer_arguments(args))
+        if tokenizer.scorer.name == 'importance':
+            raise ValueError('the importance scorer needs a map per image, '
+                             'which this tool does not read: use the demo '
+                             'or a pipeline with LoadImportanceMap')
     except (ValueError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     rows = []
-    for path in files:
-        image = prepare_view(
-            load_rgb(path), args.canvas, args.crop, tokenizer.largest_patch)
-        layout = tokenizer(normalise([image]))
+    folder = ImageFolder(args.path, desc='visualize_patches')
+    for path, raw in folder:
+        image = prepare_view(raw, args.canvas, args.crop,
+                             tokenizer.largest_patch)
+        batch = normalise([image], tokenizer.mean, tokenizer.std)
+        try:
+            layout = tokenizer(batch)
+        except ValueError as err:  # e.g. a budget below this size's minimum
+            print(f'error: {path}: {err}', file=sys.stderr)
+            return 2
         counts = [
             int((layout.scale_index == s).sum())
             for s in range(tokenizer.num_scales)
@@ -99,10 +138,23 @@ def main(argv=None) -> int:
                 ', '.join(f'{p}px {n}'
                           for p, n in zip(tokenizer.patch_sizes, counts)))
             name = os.path.splitext(os.path.basename(path))[0] + '_patches.png'
-            draw_layout(image, layout, tokenizer.patch_size,
-                        caption).save(os.path.join(args.out, name))
+            picture = draw_layout(image, layout, tokenizer.patch_size,
+                                  caption)
+            if not args.no_map and tokenizer.num_scales > 1:
+                heat, heat_caption = tokenizer_score_picture(tokenizer, batch)
+                picture = beside(
+                    picture,
+                    with_caption(Image.fromarray(heat), heat_caption))
+            picture.save(os.path.join(args.out, name))
         if args.json:
             print(json.dumps(row), flush=True)
+    try:
+        folder.check_some_read()
+    except ImageReadError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    if folder.skipped:
+        print(f'warning: {folder.summary()}', file=sys.stderr)
     if not args.json:
         print_table(rows, tokenizer)
     return 0
@@ -115,6 +167,8 @@ def print_table(rows, tokenizer) -> None:
         print(f'{os.path.basename(row["image"])[:40]:<40} {row["tokens"]:>8} '
               f'{row["baseline_tokens"]:>9} {row["keep_ratio"]:>7.3f}')
     ratios = [row['keep_ratio'] for row in rows]
+    if not ratios:
+        return
     print(f'{"mean":<40} {"":>8} {"":>9} {statistics.mean(ratios):>7.3f}')
     print(f'{"median":<40} {"":>8} {"":>9} {statistics.median(ratios):>7.3f}')
 
