@@ -331,9 +331,11 @@ class ArchBench:
                 BackboneArm('apt_static', self.apt, 'square',
                             self.static_eager))
         else:
-            self.skipped['apt_static'] = self.skipped['apt_static_graph'] = (
-                'the static-shape mode (backbone.apt.pack_size) is not '
-                'available in this build of mmapt')
+            why = ('the static-shape mode (backbone.apt.pack_size) is not '
+                   'available in this build of mmapt')
+            self.skipped['apt_static'] = why
+            if self.cuda:
+                self.skipped['apt_static_graph'] = why
         if not self.cuda:
             for arm in ('plain_square_graph', 'plain_window_graph',
                         'apt_static_graph', 'plain_square_compiled'):
