@@ -43,15 +43,23 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def prepare_arms(arms: Sequence[BackboneArm],
-                 inputs: Dict[str, Dict[str, torch.Tensor]],
-                 warmup: int,
-                 records: Dict[str, ArmRecord],
-                 failed: Dict[str, str]) -> List[BackboneArm]:
+def prepare_arms(
+        arms: Sequence[BackboneArm],
+        inputs: Dict[str, Dict[str, torch.Tensor]],
+        warmup: int,
+        records: Dict[str, ArmRecord],
+        failed: Dict[str, str],
+        over_budget: Callable[[], bool] = lambda: False
+) -> List[BackboneArm]:
     """Warm every arm up on every image and count its tokens; an arm that
-    raises is left out (its error kept in ``failed``), not fatal."""
+    raises is left out (its error kept in ``failed``), not fatal; so are
+    the arms left once ``over_budget()``."""
     ready = []
     for arm in arms:
+        if over_budget():
+            failed[arm.name] = 'not run: over the time budget'
+            log(f'arm {arm.name} left out: over the time budget')
+            continue
         record = records.setdefault(arm.name, ArmRecord(arm.name))
         try:
             for image, views in inputs.items():

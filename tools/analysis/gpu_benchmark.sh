@@ -9,7 +9,8 @@
 # device machine's output folder), else gpu_benchmark.json.
 # If mmengine is not importable and WHEELS names a folder of wheels
 # (mmengine and its pure-Python dependencies: addict, termcolor, yapf,
-# platformdirs, rich, ...), they are installed into a temporary folder
+# platformdirs, rich, markdown-it-py, mdurl, pygments; pyyaml comes with
+# timm), they are installed into a temporary folder
 # first; nothing is installed into the system Python. The run is stopped
 # (SIGINT) after GPU_BENCH_TIMEOUT seconds (default 470, under 8 minutes);
 # the JSON is written after every architecture, so a stopped run keeps what
@@ -27,7 +28,9 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PYTHON" -c 'import mmengine' 2>/dev/null; then
     if [ -z "${WHEELS:-}" ]; then
         echo "mmengine is not installed: set WHEELS=DIR (a folder of the" \
-             "mmengine, addict, termcolor, yapf, platformdirs wheels)" >&2
+             "mmengine, addict, termcolor, yapf, platformdirs, rich," \
+             "markdown-it-py, mdurl, pygments wheels: pip download" \
+             "--no-deps -d DIR ...)" >&2
         exit 2
     fi
     SITE="$(mktemp -d)"
