@@ -145,6 +145,16 @@ def count_forward_overhead(backbone: nn.Module, x: torch.Tensor) -> dict:
         return count(lambda: backbone(x), device=x.device).as_dict()
 
 
+def padded_attention_scope():
+    """A context forcing the padded SDPA attention plan on every device
+    (to compare with or time against torch's varlen kernel): the public
+    ``attention_backend('padded')`` where this build has it."""
+    from mmapt.models.layers import attention
+    scope = getattr(attention, 'attention_backend', None)
+    return scope('padded') if scope is not None else \
+        attention.padded_attention()
+
+
 # ------------------------------------------------------------ static mode
 def static_mode_available(apt: nn.Module) -> bool:
     """Whether the APT backbone has the static-shape mode (a settable

@@ -68,7 +68,8 @@ import torch
 from mmapt.benchmark.backbones import (NotAvailable, bucket_size,
                                        build_backbone_pair,
                                        count_forward_overhead, image_name,
-                                       packed_to, packed_tokens, photo_views,
+                                       packed_to, packed_tokens,
+                                       padded_attention_scope, photo_views,
                                        same_weights_copy,
                                        static_mode_available)
 from mmapt.benchmark.core import (ArmRecord, compare_outputs, environment,
@@ -257,7 +258,7 @@ class ArchBench:
 
             def run():
                 with autocast_for(self.device, self.dtype), \
-                        (attention.padded_attention() if padded
+                        (padded_attention_scope() if padded
                          else nullcontext()):
                     return model(x)
 
