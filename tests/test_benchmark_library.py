@@ -89,11 +89,7 @@ def test_stage_times_are_exclusive(kind):
         times = stage_clock.result()
     # Reads: tokenizer in/out = 1 s; blocks in, unpack in, unpack out,
     # blocks out = 3 s of which unpack holds 1 s.
-    assert times == {
-        'tokenizer': 1000.,
-        'unpack': 1000.,
-        'blocks': 2000.
-    }
+    assert times == {'tokenizer': 1000., 'unpack': 1000., 'blocks': 2000.}
 
 
 def test_profile_forward_has_a_row_per_stage():
@@ -162,7 +158,11 @@ def test_timing_mode_reports_the_tokenizer_share(monkeypatch, capsys):
 
 def test_gpu_markdown_lists_arms_skips_and_failures():
     arm = dict(
-        img_s=2., median_ms=500., tokens=100, keep_ratio=0.5, total_ms=1000.,
+        img_s=2.,
+        median_ms=500.,
+        tokens=100,
+        keep_ratio=0.5,
+        total_ms=1000.,
         peak_mib=1.)
     report = dict(
         environment=dict(device='cpu', torch='x', git_commit='abc'),

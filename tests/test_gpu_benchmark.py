@@ -63,8 +63,8 @@ def test_quick_cpu_run_writes_json(tmp_path):
     static = 'apt_static' in arch['arms']
     assert set(arch['arms']) == eager | ({'apt_static'} if static else set())
     assert arch['failed'] == {}
-    for arm in ('plain_square_graph', 'plain_window_graph',
-                'apt_static_graph', 'plain_square_compiled'):
+    for arm in ('plain_square_graph', 'plain_window_graph', 'apt_static_graph',
+                'plain_square_compiled'):
         assert 'CUDA' in arch['skipped'][arm]
     if not static:
         assert 'not available in this build' in arch['skipped']['apt_static']
@@ -110,9 +110,8 @@ def test_quick_cpu_run_writes_json(tmp_path):
     assert counts['plain']['total_syncs'] == 0
     assert counts['apt']['ops']['tokenizer'] > 0
     # The profile (first architecture) has a row per APT stage.
-    assert set(arch['profile']['apt_square']['stages']) >= {
-        'tokenizer', 'blocks'
-    }
+    assert set(
+        arch['profile']['apt_square']['stages']) >= {'tokenizer', 'blocks'}
     # Training: forward + backward of every training arm, once per image.
     training = arch['training']
     assert set(training['arms']) == {

@@ -75,8 +75,7 @@ def photo_views(image: np.ndarray, canvas: int, window_px: int,
         size=[int(image.shape[0]), int(image.shape[1])],
         content=[height, width],
         square=normalise([square]),
-        window=normalise([crop_to_multiple(square, height, width,
-                                           window_px)]),
+        window=normalise([crop_to_multiple(square, height, width, window_px)]),
         nopad=normalise(
             [crop_to_multiple(square, height, width, largest_patch)]))
 
@@ -184,7 +183,8 @@ def packed_to(apt: nn.Module, pack_size: Optional[int]) -> Iterator[None]:
         adapter.pack_size = saved
 
 
-def bucket_size(packed_tokens: int, multiple: int,
+def bucket_size(packed_tokens: int,
+                multiple: int,
                 ceiling: Optional[int] = None) -> int:
     """``packed_tokens`` rounded up to a multiple of ``multiple`` (at most
     ``ceiling``, e.g. the square canvas's token count, when given and not
@@ -209,8 +209,8 @@ def stage_split(stages_ms: Dict[str, float]) -> Dict[str, float]:
     total = sum(stages_ms.values())
     out = {k: round(v, 3) for k, v in stages_ms.items()}
     out['forward_ms'] = round(total, 3)
-    out['tokenizer_share'] = round(stages_ms.get('tokenizer', 0.) / total,
-                                   4) if total else None
+    out['tokenizer_share'] = round(stages_ms.get('tokenizer', 0.) /
+                                   total, 4) if total else None
     return out
 
 

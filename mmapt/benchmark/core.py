@@ -84,7 +84,11 @@ class ArmRecord:
         return list(self.entries)
 
     def keys(self) -> List[str]:
-        return sorted({k for es in self.entries.values() for e in es for k in e})
+        return sorted(
+            {k
+             for es in self.entries.values()
+             for e in es
+             for k in e})
 
     def times(self, item: Hashable, key: str = 'model_ms') -> List[float]:
         return [e[key] for e in self.entries.get(item, ()) if key in e]

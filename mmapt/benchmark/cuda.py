@@ -154,8 +154,8 @@ def profile_forward(fn: Callable[[], object],
         if event.key in STAGES:
             stages[event.key] = dict(
                 cpu_ms=round(event.cpu_time_total / 1e3, 3),
-                device_ms=round(_total_device_time_us(event) / 1e3, 3)
-                if cuda else None)
+                device_ms=round(_total_device_time_us(event) /
+                                1e3, 3) if cuda else None)
     kernel_ms = _kernel_busy_ms(prof) if cuda else None
     sort = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
     try:

@@ -7,8 +7,7 @@ def _cell(value, fmt: str = '{}') -> str:
 
 
 def _table(header: List[str], rows: List[List[str]]) -> List[str]:
-    lines = ['| ' + ' | '.join(header) + ' |',
-             '|' + '---|' * len(header)]
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
     return lines
 
@@ -35,8 +34,10 @@ def gpu_markdown(report: dict) -> str:
         base = arms.get('plain_square', {}).get('total_ms')
         fastest = summary.get('fastest_plain')
         fastest_ms = arms[fastest]['total_ms'] if fastest else None
-        lines += [f'## EVA-02 {name}', '',
-                  f'Attention: {arch["attention_path"]}.', '']
+        lines += [
+            f'## EVA-02 {name}', '', f'Attention: {arch["attention_path"]}.',
+            ''
+        ]
         rows = []
         for arm, r in arms.items():
             rows.append([
@@ -49,8 +50,8 @@ def gpu_markdown(report: dict) -> str:
                 _cell(r.get('peak_mib'), '{:.0f}')
             ])
         lines += _table([
-            'arm', 'img/s', 'median ms', 'tokens', 'keep',
-            'vs plain square', f'vs fastest plain ({fastest})', 'peak MiB'
+            'arm', 'img/s', 'median ms', 'tokens', 'keep', 'vs plain square',
+            f'vs fastest plain ({fastest})', 'peak MiB'
         ], rows) + ['']
         for arm, why in arch.get('skipped', {}).items():
             lines.append(f'- skipped `{arm}`: {why}')
@@ -61,31 +62,31 @@ def gpu_markdown(report: dict) -> str:
             f'{_cell(summary.get("nomerge_overhead"), "{:.1%}")}; fastest '
             f'APT arm `{summary.get("fastest_apt")}` vs fastest plain arm '
             f'`{fastest}`: '
-            f'{_cell(summary.get("fastest_apt_vs_fastest_plain"), "{}x")}.',
-            ''
+            f'{_cell(summary.get("fastest_apt_vs_fastest_plain"), "{}x")}.', ''
         ]
         if arch.get('checks'):
-            lines += _table(['check', 'worst image', 'max abs diff',
-                             'rel L2 diff'], [[
-                                 k, c['image'], f'{c["max_abs_diff"]:.3g}',
-                                 f'{c["rel_l2_diff"]:.3g}'
-                             ] for k, c in arch['checks'].items()]) + ['']
+            lines += _table(
+                ['check', 'worst image', 'max abs diff', 'rel L2 diff'], [[
+                    k, c['image'], f'{c["max_abs_diff"]:.3g}',
+                    f'{c["rel_l2_diff"]:.3g}'
+                ] for k, c in arch['checks'].items()]) + ['']
         if arch.get('stages'):
-            stage_names = ['tokenizer', 'embedding', 'context', 'blocks',
-                           'unpack']
+            stage_names = [
+                'tokenizer', 'embedding', 'context', 'blocks', 'unpack'
+            ]
             rows = [[
-                arm, f'{s["forward_ms"]:.1f}', *[
-                    _cell(s['stages_ms'].get(n), '{:.2f}')
-                    for n in stage_names
-                ], f'{s["tokenizer_share"]:.1%}',
+                arm, f'{s["forward_ms"]:.1f}',
+                *[_cell(s['stages_ms'].get(n), '{:.2f}')
+                  for n in stage_names], f'{s["tokenizer_share"]:.1%}',
                 f'{s["outside_blocks_share"]:.1%}'
             ] for arm, s in arch['stages'].items()]
-            lines += ['Stage split (one forward per image, summed; stage '
-                      'boundaries as CUDA events, no synchronize):', '']
-            lines += _table(['arm', 'forward ms'] +
-                            [f'{n} ms' for n in stage_names] +
-                            ['tokenizer share', 'outside blocks'],
-                            rows) + ['']
+            lines += [
+                'Stage split (one forward per image, summed; stage '
+                'boundaries as CUDA events, no synchronize):', ''
+            ]
+            lines += _table(
+                ['arm', 'forward ms'] + [f'{n} ms' for n in stage_names] +
+                ['tokenizer share', 'outside blocks'], rows) + ['']
         overhead = arch.get('overhead') or {}
         if 'error' in overhead:
             lines += [f'Overhead counts: {overhead["error"]}', '']
@@ -98,18 +99,22 @@ def gpu_markdown(report: dict) -> str:
                         arm,
                         str(o['total_ops']),
                         str(o['outside_blocks']),
-                        str(o['total_syncs']), ', '.join(
-                            f'{k} {v}' for k, v in sorted(o['ops'].items()))
+                        str(o['total_syncs']),
+                        ', '.join(f'{k} {v}'
+                                  for k, v in sorted(o['ops'].items()))
                     ])
-            lines += [f'Overhead counts (one forward of '
-                      f'{overhead["image"]}):', '']
-            lines += _table(['model', 'aten ops', 'outside blocks',
-                             'host syncs', 'ops per stage'], rows) + ['']
+            lines += [
+                f'Overhead counts (one forward of '
+                f'{overhead["image"]}):', ''
+            ]
+            lines += _table([
+                'model', 'aten ops', 'outside blocks', 'host syncs',
+                'ops per stage'
+            ], rows) + ['']
         training = arch.get('training')
         if training:
-            rows = [[
-                arm, f'{r["median_ms"]:.2f}', f'{r["img_s"]:.2f}'
-            ] for arm, r in training['arms'].items()]
+            rows = [[arm, f'{r["median_ms"]:.2f}', f'{r["img_s"]:.2f}']
+                    for arm, r in training['arms'].items()]
             t = training['summary']
             lines += ['Training step (forward + backward, train mode):', '']
             lines += _table(['arm', 'median ms', 'img/s'], rows)
@@ -132,8 +137,9 @@ def gpu_markdown(report: dict) -> str:
                 f'{_cell(prof["gpu_idle_ms"])} ms '
                 f'({_cell(prof["gpu_idle_share"], "{:.1%}")}).', ''
             ]
-            lines += _table(['stage', 'CPU ms', 'device ms'], [[
-                k, str(v['cpu_ms']), _cell(v['device_ms'])
-            ] for k, v in prof['stages'].items()]) + ['']
+            lines += _table(['stage', 'CPU ms', 'device ms'],
+                            [[k, str(v['cpu_ms']),
+                              _cell(v['device_ms'])]
+                             for k, v in prof['stages'].items()]) + ['']
             lines += ['```', prof['table'].rstrip(), '```', '']
     return '\n'.join(lines) + '\n'

@@ -49,8 +49,7 @@ def prepare_arms(
         warmup: int,
         records: Dict[str, ArmRecord],
         failed: Dict[str, str],
-        over_budget: Callable[[], bool] = lambda: False
-) -> List[BackboneArm]:
+        over_budget: Callable[[], bool] = lambda: False) -> List[BackboneArm]:
     """Warm every arm up on every image and count its tokens; an arm that
     raises is left out (its error kept in ``failed``), not fatal; so are
     the arms left once ``over_budget()``."""
@@ -67,8 +66,7 @@ def prepare_arms(
                 for _ in range(warmup):
                     call()
                 if arm.count_tokens:
-                    record.set_tokens(image,
-                                      *forward_tokens(arm.model, call))
+                    record.set_tokens(image, *forward_tokens(arm.model, call))
                 elif arm.tokens_from in records:
                     record.tokens[image] = \
                         records[arm.tokens_from].tokens[image]
@@ -90,8 +88,11 @@ def time_arms(arms: Sequence[BackboneArm],
               key: str = 'model_ms') -> None:
     """Every repeat runs every image through every arm (first arm
     rotating); each call timed alone (CUDA events after a synchronize)."""
-    calls = {(arm.name, image): arm.make(views[arm.view])
-             for arm in arms for image, views in inputs.items()}
+    calls = {
+        (arm.name, image): arm.make(views[arm.view])
+        for arm in arms
+        for image, views in inputs.items()
+    }
     for _, image, arm in interleaved(arms, list(inputs), repeat):
         ms, _ = time_call(calls[arm.name, image], device, clock)
         records[arm.name].add(image, **{key: ms})
@@ -117,8 +118,8 @@ def arm_summary(record: ArmRecord,
         per_image=per_image,
         total_ms=round(total, 3),
         img_s=round(len(per_image) / total * 1e3, 3),
-        median_ms=round(statistics.median(m[key] for m in medians.values()),
-                        3),
+        median_ms=round(
+            statistics.median(m[key] for m in medians.values()), 3),
         tokens=tokens,
         square_tokens=square_tokens,
         keep_ratio=round(tokens / square_tokens, 4)

@@ -164,6 +164,8 @@ class TrainArm:
             backward_ms=(done - forwarded) * 1e3,
             iter_ms=(done - start) * 1e3,
             backbone_ms=sum(v for k, v in stage_ms.items() if k != 'neck'),
-            **{f'{k}_ms': v
-               for k, v in stage_ms.items()})
+            **{
+                f'{k}_ms': v
+                for k, v in stage_ms.items()
+            })
         return entry, tokens

@@ -51,6 +51,7 @@ becomes fp32 off CUDA), both models from the same weights, interleaved;
         --clock cpu --json
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -410,8 +411,8 @@ def train_main(args, apt_cfg, base_cfg, registry, device) -> None:
             build_optim_wrapper(model, cfg, fp32=device.type != 'cuda'),
             train_batches(cfg, args.images, prefix, num_batches,
                           args.train_batch, args.seed), device, clock)
-        for name, model, cfg in (('baseline', baseline, base_cfg),
-                                 ('apt', apt, apt_cfg))
+        for name, model, cfg in (('baseline', baseline, base_cfg), ('apt', apt,
+                                                                    apt_cfg))
     ]
     records = {arm.name: ArmRecord(arm.name) for arm in arms}
     for arm in arms:
@@ -456,19 +457,24 @@ def train_main(args, apt_cfg, base_cfg, registry, device) -> None:
         threads=torch.get_num_threads(),
         torch=torch.__version__,
         arms={
-            name: dict(
-                total_ms={k: round(v, 1)
-                          for k, v in totals[name].items()},
+            name:
+            dict(
+                total_ms={
+                    k: round(v, 1)
+                    for k, v in totals[name].items()
+                },
                 tokens=records[name].total_tokens(),
-                iter_ms=[[round(t, 1) for t in records[name].times(i, 'iter_ms')]
-                         for i in range(num_batches)])
+                iter_ms=[[
+                    round(t, 1) for t in records[name].times(i, 'iter_ms')
+                ] for i in range(num_batches)])
             for name in records
         })
     print(f'training iteration (sum over {num_batches} batches of the '
-          'median): ' + ', '.join(
-              f'{name} {totals[name]["iter_ms"]:.0f} ms (forward '
-              f'{totals[name]["forward_ms"]:.0f}, backward + step '
-              f'{totals[name]["backward_ms"]:.0f})' for name in records) +
+          'median): ' +
+          ', '.join(f'{name} {totals[name]["iter_ms"]:.0f} ms (forward '
+                    f'{totals[name]["forward_ms"]:.0f}, backward + step '
+                    f'{totals[name]["backward_ms"]:.0f})'
+                    for name in records) +
           f'; speed-up {summary["speedup"]}, token ratio '
           f'{summary["token_ratio"]}')
     if args.out:
@@ -509,10 +515,10 @@ def summarize(arms: List[Arm], args, device, num_images: int):
     if 'baseline_window' in results:
         summary.update(
             baseline_window_img_s=results['baseline_window']['img_s'],
-            speedup_vs_window=ratio(model_ms('baseline_window'),
-                                    model_ms('apt')),
-            token_ratio_vs_window=ratio(tokens('baseline_window'),
-                                        tokens('apt')))
+            speedup_vs_window=ratio(
+                model_ms('baseline_window'), model_ms('apt')),
+            token_ratio_vs_window=ratio(
+                tokens('baseline_window'), tokens('apt')))
     if 'apt_nopad' in results:
         summary.update(
             apt_nopad_img_s=results['apt_nopad']['img_s'],

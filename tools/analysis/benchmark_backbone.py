@@ -18,7 +18,8 @@ median forward latency of each model (batch 1, ``torch.no_grad``; wall
 clock, or ``--clock cpu`` for process CPU time), APT's own stages
 (tokenizer, embedding, attention plans + RoPE tables, unpacking: the stage
 marks of one real forward per image, ``overhead_ms``) and the tokenizer's
-share of the forward (``tokenizer_share``), and peak memory of one forward of each (CUDA: ``max_memory_allocated``; CPU:
+share of the forward (``tokenizer_share``), and peak memory of one forward
+of each (CUDA: ``max_memory_allocated``; CPU:
 resident-set rise sampled every 0.5 ms in a fresh child process). With
 ``--json`` the last line is one JSON object with ``baseline_ms``, ``apt_ms``
 (sums over the images of the per-image medians), ``speedup`` (their ratio)
@@ -51,8 +52,8 @@ from torch import nn
 
 from mmapt.benchmark import (ArmRecord, NotAvailable, bucket_size,
                              build_backbone_pair, count_forward_overhead,
-                             forward_tokens, get_clock, interleaved,
-                             packed_to, ratio, static_mode_available)
+                             forward_tokens, get_clock, interleaved, packed_to,
+                             ratio, static_mode_available)
 from mmapt.benchmark.backbones import (generated_photos, image_name,
                                        packed_tokens)
 from mmapt.benchmark.runner import split_of
@@ -184,8 +185,7 @@ def build_models(args) -> Tuple[nn.Module, nn.Module]:
     if args.backbone == 'vit':
         cfg.update(num_register_tokens=args.registers, layer_scale=True)
     plain_cls, apt_cls = BACKBONES[args.backbone]['classes']
-    return build_backbone_pair(plain_cls, apt_cls, cfg,
-                               tuple(args.thresholds),
+    return build_backbone_pair(plain_cls, apt_cls, cfg, tuple(args.thresholds),
                                torch.device(args.device))
 
 
@@ -193,10 +193,7 @@ def load_images(args) -> Dict[str, np.ndarray]:
     if args.image_dir is None:
         return generated_photos(args.num_generated, args.canvas)
     paths = list_images(args.image_dir)[:args.num_images]
-    return {
-        image_name(p): to_canvas(load_rgb(p), args.canvas)
-        for p in paths
-    }
+    return {image_name(p): to_canvas(load_rgb(p), args.canvas) for p in paths}
 
 
 def stage_times(plain: nn.Module, apt: nn.Module, x: torch.Tensor,
@@ -301,10 +298,9 @@ def run(argv: List[str]) -> None:
     for name, x in batches.items():
         records['apt'].set_tokens(name, *forward_tokens(apt, lambda: apt(x)))
     models = dict(plain=plain, apt=apt)
-    for _, name, which in interleaved(list(models), list(batches),
-                                      args.repeat):
-        ms, _ = time_call(lambda: models[which](batches[name]), device,
-                          clock)
+    for _, name, which in interleaved(
+            list(models), list(batches), args.repeat):
+        ms, _ = time_call(lambda: models[which](batches[name]), device, clock)
         records[which].add(name, model_ms=ms)
 
     rows = []
@@ -341,8 +337,8 @@ def run(argv: List[str]) -> None:
     total_apt = records['apt'].total()
     stage_ms = {
         key: sum(r[key] for r in rows)
-        for key in ('tokenizer_ms', 'embed_ms', 'plain_embed_ms',
-                    'context_ms', 'unpack_ms', 'blocks_ms', 'forward_ms')
+        for key in ('tokenizer_ms', 'embed_ms', 'plain_embed_ms', 'context_ms',
+                    'unpack_ms', 'blocks_ms', 'forward_ms')
     }
     summary = dict(
         baseline_ms=round(total_base, 3),
@@ -425,8 +421,10 @@ def report_overhead(args, plain: nn.Module, apt: nn.Module,
     per_image = {}
     try:
         for name, x in batches.items():
-            counts = {k: count_forward_overhead(m, x)
-                      for k, m in models.items()}
+            counts = {
+                k: count_forward_overhead(m, x)
+                for k, m in models.items()
+            }
             if args.bucket:
                 tokens, baseline = forward_tokens(apt, lambda: apt(x))
                 pack = bucket_size(
@@ -438,8 +436,7 @@ def report_overhead(args, plain: nn.Module, apt: nn.Module,
             per_image[name] = counts
     except NotAvailable as err:
         raise SystemExit(f'--count-overhead: {err}')
-    stages = ('tokenizer', 'embedding', 'context', 'blocks', 'unpack',
-              'other')
+    stages = ('tokenizer', 'embedding', 'context', 'blocks', 'unpack', 'other')
     print(f'{"image":<22}{"model":<12}{"ops":>7}{"outside":>9}{"syncs":>7}' +
           ''.join(f'{s[:9]:>10}' for s in stages))
     for name, counts in per_image.items():

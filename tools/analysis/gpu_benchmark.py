@@ -1,7 +1,7 @@
 """One-command GPU benchmark of the EVA-02 backbones: APT against plain.
 
     bash tools/analysis/gpu_benchmark.sh OUT_DIR --images data/photos
-    python tools/analysis/gpu_benchmark.py --images DIR --out OUT_DIR/gpu_benchmark.json
+    python tools/analysis/gpu_benchmark.py --images DIR --out OUT_DIR
     python tools/analysis/gpu_benchmark.py --device cpu --quick --images DIR \
         --out FILE                   # tiny model, small canvas: a smoke test
 
@@ -65,13 +65,12 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from mmapt.benchmark.backbones import (NotAvailable, bucket_size,
-                                       build_backbone_pair,
-                                       count_forward_overhead, image_name,
-                                       packed_to, packed_tokens,
-                                       padded_attention_scope, photo_views,
-                                       same_weights_copy,
-                                       static_mode_available)
+from mmapt.benchmark import (NotAvailable, bucket_size, build_backbone_pair,
+                             count_forward_overhead, packed_to, photo_views,
+                             static_mode_available)
+from mmapt.benchmark.backbones import (image_name, packed_tokens,
+                                       padded_attention_scope,
+                                       same_weights_copy)
 from mmapt.benchmark.core import (ArmRecord, compare_outputs, environment,
                                   interleaved, ratio)
 from mmapt.benchmark.cuda import GraphCache, autocast_for, profile_forward
@@ -429,21 +428,24 @@ def stage_splits(bench: ArchBench, arms: Dict[str, BackboneArm]) -> dict:
         arm = arms[name]
         per_image, total_ms, stage_ms = {}, 0., {}
         for image, views in bench.inputs.items():
-            ms, stages = split_of(arm.make(views[arm.view]), bench.device,
-                                  time.perf_counter)
+            ms, stages = split_of(
+                arm.make(views[arm.view]), bench.device, time.perf_counter)
             per_image[image] = dict(
                 forward_ms=round(ms, 3),
-                **{k: round(v, 3)
-                   for k, v in stages.items()})
+                **{
+                    k: round(v, 3)
+                    for k, v in stages.items()
+                })
             total_ms += ms
             for k, v in stages.items():
                 stage_ms[k] = stage_ms.get(k, 0.) + v
         out[name] = dict(
             forward_ms=round(total_ms, 3),
-            stages_ms={k: round(v, 3)
-                       for k, v in stage_ms.items()},
-            tokenizer_share=round(stage_ms.get('tokenizer', 0.) / total_ms,
-                                  4),
+            stages_ms={
+                k: round(v, 3)
+                for k, v in stage_ms.items()
+            },
+            tokenizer_share=round(stage_ms.get('tokenizer', 0.) / total_ms, 4),
             outside_blocks_share=round(
                 (total_ms - stage_ms.get('blocks', 0.)) / total_ms, 4),
             per_image=per_image)
@@ -462,8 +464,7 @@ def overhead_counts(bench: ArchBench) -> dict:
             result['apt'] = count_forward_overhead(bench.apt, x)
             if bench.static:
                 with packed_to(bench.apt, bench.bucket_of(x)):
-                    result['apt_static'] = count_forward_overhead(
-                        bench.apt, x)
+                    result['apt_static'] = count_forward_overhead(bench.apt, x)
     except NotAvailable as err:
         result['error'] = str(err)
     return result
@@ -542,8 +543,9 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
                              failed)
         bench.apt_tokens = {
             image: t
-            for image, (t, _) in records.get('apt_square',
-                                             ArmRecord('')).tokens.items()
+            for image, (
+                t,
+                _) in records.get('apt_square', ArmRecord('')).tokens.items()
         }
         # Compiling is the slow part: last, and only within the budget.
         rest = sorted(order[1:], key=lambda a: a.name.endswith('compiled'))
@@ -560,8 +562,8 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
         for arm in ready:
             result[arm.name] = arm_summary(records[arm.name], square_tokens)
             result[arm.name]['peak_mib'] = round(
-                peak_memory_mib(arm.make(bench.inputs[first][arm.view]),
-                                device), 1)
+                peak_memory_mib(
+                    arm.make(bench.inputs[first][arm.view]), device), 1)
         checks = run_checks(bench, by_name)
         splits = stage_splits(bench, by_name)
         counts = overhead_counts(bench)
@@ -575,8 +577,9 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
                     if arm in by_name:
                         try:
                             profile[arm] = profile_forward(
-                                by_name[arm].make(bench.inputs[first][
-                                    by_name[arm].view]), device)
+                                by_name[arm].make(
+                                    bench.inputs[first][by_name[arm].view]),
+                                device)
                         except Exception as err:  # noqa: BLE001
                             profile[arm] = dict(
                                 error=f'{type(err).__name__}: {err}')
@@ -594,12 +597,15 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
         return result[arm]['tokens'] if arm in result else None
 
     plain_arms = [
-        a for a in result if a.startswith('plain_square')
-        or a.startswith('plain_window')
+        a for a in result
+        if a.startswith('plain_square') or a.startswith('plain_window')
     ]
     fastest_plain = min(plain_arms, key=total) if plain_arms else None
-    apt_arms = [a for a in result if a.startswith('apt_')
-                and a not in ('apt_nomerge', 'apt_square_padded')]
+    apt_arms = [
+        a for a in result
+        if a.startswith('apt_') and a not in ('apt_nomerge',
+                                              'apt_square_padded')
+    ]
     fastest_apt = min(apt_arms, key=total) if apt_arms else None
     summary = dict(
         speedup_vs_plain_square=ratio(
@@ -618,8 +624,8 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
         varlen_speedup_vs_padded=ratio(
             total('apt_square_padded'), total('apt_square')),
         nomerge_overhead=(round(
-            total('apt_nomerge') / total('plain_square') - 1, 4)
-                          if 'apt_nomerge' in result else None),
+            total('apt_nomerge') / total('plain_square') -
+            1, 4) if 'apt_nomerge' in result else None),
         static_graph_speedup_vs_plain_square_graph=ratio(
             total('plain_square_graph'), total('apt_static_graph')),
         fastest_plain=fastest_plain,
