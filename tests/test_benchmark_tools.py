@@ -145,8 +145,7 @@ def test_train_mode_times_whole_iterations(toy_coco_cwd):
     proc = run_tool([
         'tools/analysis/benchmark.py', TOY_DET[0], '--compare', TOY_DET[1],
         '--train', '--images',
-        str(data / 'annotations' / 'instances_train2017.json'),
-        '--img-prefix',
+        str(data / 'annotations' / 'instances_train2017.json'), '--img-prefix',
         str(data / 'train2017'), '--num-images', '2', '--repeat', '1',
         '--warmup', '0', '--json'
     ],
