@@ -102,7 +102,19 @@ ARCHS = {
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 LARGEST_PATCH = 128
 TRAIN_ARMS = ('plain_square', 'plain_window', 'apt_square', 'apt_nopad')
-REFERENCE_ARMS = ('plain_square', 'plain_window')
+# Summary ratios: key -> (numerator arm, denominator arm).
+SPEEDUPS = dict(
+    speedup_vs_plain_square=('plain_square', 'apt_square'),
+    speedup_vs_plain_window=('plain_window', 'apt_square'),
+    nopad_speedup_vs_plain_window=('plain_window', 'apt_nopad'),
+    nopad_speedup_vs_plain_square=('plain_square', 'apt_nopad'),
+    varlen_speedup_vs_padded=('apt_square_padded', 'apt_square'),
+    static_graph_speedup_vs_plain_square_graph=('plain_square_graph',
+                                                'apt_static_graph'))
+TOKEN_RATIOS = dict(
+    token_ratio=('plain_square', 'apt_square'),
+    token_ratio_vs_plain_window=('plain_window', 'apt_square'),
+    nopad_token_ratio_vs_plain_window=('plain_window', 'apt_nopad'))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -607,27 +619,18 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
                                               'apt_square_padded')
     ]
     fastest_apt = min(apt_arms, key=total) if apt_arms else None
-    summary = dict(
-        speedup_vs_plain_square=ratio(
-            total('plain_square'), total('apt_square')),
-        speedup_vs_plain_window=ratio(
-            total('plain_window'), total('apt_square')),
-        nopad_speedup_vs_plain_window=ratio(
-            total('plain_window'), total('apt_nopad')),
-        nopad_speedup_vs_plain_square=ratio(
-            total('plain_square'), total('apt_nopad')),
-        token_ratio=ratio(tokens('plain_square'), tokens('apt_square')),
-        token_ratio_vs_plain_window=ratio(
-            tokens('plain_window'), tokens('apt_square')),
-        nopad_token_ratio_vs_plain_window=ratio(
-            tokens('plain_window'), tokens('apt_nopad')),
-        varlen_speedup_vs_padded=ratio(
-            total('apt_square_padded'), total('apt_square')),
+    summary = {
+        key: ratio(total(num), total(den))
+        for key, (num, den) in SPEEDUPS.items()
+    }
+    summary.update({
+        key: ratio(tokens(num), tokens(den))
+        for key, (num, den) in TOKEN_RATIOS.items()
+    })
+    summary.update(
         nomerge_overhead=(round(
             total('apt_nomerge') / total('plain_square') -
             1, 4) if 'apt_nomerge' in result else None),
-        static_graph_speedup_vs_plain_square_graph=ratio(
-            total('plain_square_graph'), total('apt_static_graph')),
         fastest_plain=fastest_plain,
         fastest_apt=fastest_apt,
         fastest_apt_vs_fastest_plain=ratio(
