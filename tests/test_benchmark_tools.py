@@ -138,3 +138,60 @@ def test_flops_counts_attention_by_groups(images):
     assert out['backbone_flops_ratio'] > 1.1  # merged tokens cost less
     assert out['apt_backbone_gflops'] < out['baseline_backbone_gflops']
     assert out['attention_gflops']['apt'] < out['attention_gflops']['baseline']
+
+
+def test_train_mode_times_whole_iterations(toy_coco_cwd):
+    data = toy_coco_cwd / 'data' / 'toy_coco'
+    proc = run_tool([
+        'tools/analysis/benchmark.py', TOY_DET[0], '--compare', TOY_DET[1],
+        '--train', '--images',
+        str(data / 'annotations' / 'instances_train2017.json'), '--img-prefix',
+        str(data / 'train2017'), '--num-images', '2', '--repeat', '1',
+        '--warmup', '0', '--json'
+    ],
+                    timeout=600)
+    out = last_json(proc)
+    assert out['mode'] == 'train' and out['canvas'] == 256
+    arms = out['arms']
+    assert set(arms) == {'baseline', 'apt'}
+    for arm in arms.values():
+        assert [len(t) for t in arm['iter_ms']] == [1, 1]
+        total = arm['total_ms']
+        # One iteration = preprocess + loss forward + backward and step.
+        parts = total['preprocess_ms'] + total['forward_ms'] + \
+            total['backward_ms']
+        assert parts == pytest.approx(total['iter_ms'], rel=1e-3)
+        assert 0 < total['backbone_ms'] < total['forward_ms']
+    assert arms['baseline']['tokens'] == 2 * 256
+    assert 0 < arms['apt']['tokens'] < 2 * 256
+    assert arms['apt']['total_ms']['tokenizer_ms'] > 0
+    assert 'tokenizer_ms' not in arms['baseline']['total_ms']
+    assert out['speedup'] == pytest.approx(
+        out['baseline_iter_ms'] / out['apt_iter_ms'], rel=1e-3)
+
+
+def test_train_mode_needs_annotations(images):
+    proc = run_tool([
+        'tools/analysis/benchmark.py', TOY_DET[0], '--compare', TOY_DET[1],
+        '--train', '--images',
+        str(images)
+    ],
+                    check=False)
+    assert proc.returncode != 0 and 'annotation JSON' in proc.stderr
+
+
+def test_shrink_canvas_rewrites_every_canvas_size():
+    from mmapt.benchmark.train import shrink_canvas, train_pipeline_of
+    from mmapt.utils.analysis import load_config
+    cfg = load_config(osp.join(ROOT, 'configs/apt_vitdet_coco.py'))
+    shrink_canvas(cfg, 512)
+    pre = cfg.model.data_preprocessor
+    assert pre.pad_size_divisor == 512
+    assert tuple(pre.batch_augments[0].size) == (512, 512)
+    assert cfg.model.backbone.img_size == 512
+    sizes = {
+        t.type: tuple(t.get('scale') or t.get('crop_size'))
+        for t in train_pipeline_of(cfg)
+        if t.type in ('RandomResize', 'RandomCrop')
+    }
+    assert sizes == {'RandomResize': (512, 512), 'RandomCrop': (512, 512)}

@@ -54,10 +54,21 @@ def test_quick_cpu_run_writes_json(tmp_path):
     assert report['settings']['images'][0]['nopad_view'] == [256, 256]
     assert report['settings']['images'][1]['nopad_view'] == [128, 256]
     arch = report['archs']['quick']
-    # No varlen kernel on CPU: the padded arm is left out and said so.
-    assert set(arch['arms']) == {
-        'plain_square', 'plain_window', 'apt_square', 'apt_nopad'
+    # No varlen kernel, CUDA graphs or compiled arm on CPU: those arms are
+    # left out and say why; the static arm runs where the build has it.
+    eager = {
+        'plain_square', 'plain_window', 'apt_square', 'apt_nopad',
+        'apt_nomerge'
     }
+    static = 'apt_static' in arch['arms']
+    assert set(arch['arms']) == eager | ({'apt_static'} if static else set())
+    assert arch['failed'] == {}
+    for arm in ('plain_square_graph', 'plain_window_graph', 'apt_static_graph',
+                'plain_square_compiled'):
+        assert 'CUDA' in arch['skipped'][arm]
+    if not static:
+        assert 'not available in this build' in arch['skipped']['apt_static']
+    assert 'varlen' in arch['skipped']['apt_square_padded']
     assert 'cpu' in arch['attention_path']
     arms = arch['arms']
     # 256 canvas = 16 x 16 cells; the wide image's content (171 px high)
@@ -80,4 +91,39 @@ def test_quick_cpu_run_writes_json(tmp_path):
     assert summary['token_ratio'] == round(512 / arms['apt_square']['tokens'],
                                            4)
     assert summary['varlen_speedup_vs_padded'] is None
+    assert summary['fastest_plain'] in ('plain_square', 'plain_window')
+    assert arms['apt_nomerge']['tokens'] == 2 * 256
+    # APT with nothing merged is the plain model (bf16 autocast both).
+    check = arch['checks']['apt_nomerge_vs_plain_square']
+    assert check['rel_l2_diff'] < 1e-2
+    if static:  # padded to its bucket, the outputs are the unpadded ones
+        assert arch['checks']['apt_static_vs_apt_square']['rel_l2_diff'] < \
+            1e-2
+    # Stage split of APT's forward: every stage timed, the tokenizer a part.
+    stages = arch['stages']['apt_square']
+    assert set(stages['stages_ms']) == {
+        'tokenizer', 'embedding', 'context', 'blocks', 'unpack'
+    }
+    assert 0 < stages['tokenizer_share'] < stages['outside_blocks_share'] < 1
+    # Overhead counts of one forward: the plain model never syncs.
+    counts = arch['overhead']
+    assert counts['plain']['total_syncs'] == 0
+    assert counts['apt']['ops']['tokenizer'] > 0
+    # The profile (first architecture) has a row per APT stage.
+    assert set(
+        arch['profile']['apt_square']['stages']) >= {'tokenizer', 'blocks'}
+    # Training: forward + backward of every training arm, once per image.
+    training = arch['training']
+    assert set(training['arms']) == {
+        'plain_square', 'plain_window', 'apt_square', 'apt_nopad'
+    }
+    assert all(
+        len(e['times_ms']) == 1 for a in training['arms'].values()
+        for e in a['per_image'].values())
+    assert training['summary']['speedup_vs_plain_square'] > 0
     assert 'speed-up vs plain square' in proc.stdout
+    assert 'skipped plain_square_graph' in proc.stdout
+    # The Markdown summary next to the JSON.
+    markdown = (tmp_path / 'gpu.md').read_text()
+    assert '| apt_nopad |' in markdown and 'Training step' in markdown
+    assert '### Profile: one apt_square forward' in markdown

@@ -1,8 +1,18 @@
 """Timing helpers of the benchmark tools: one call, and stages inside it.
 
-On CUDA every clock read is preceded by a synchronize (kernels run
-asynchronously: without it a stage would be charged its launches only), and
-whole calls are timed with CUDA events.
+Whole calls are timed with CUDA events on a GPU (after a synchronize), with
+a host clock elsewhere. Stages inside a call are timed two ways:
+
+* :class:`StageTimer`: host clock, a synchronize at every stage boundary on
+  CUDA (kernels run asynchronously: without it a stage would be charged its
+  launches only). Exact per stage, but the syncs cost GPU idle time.
+* :class:`StageClock`: CUDA events recorded at the boundaries, no
+  synchronize until the end: the stream time between boundaries, the queue
+  left as it runs (a stage that waits for the host is charged the wait).
+
+Both attribute time to the forward stages the backbones mark
+(:mod:`mmapt.utils.stages`), exclusively: a stage inside another is charged
+to itself only.
 """
 import time
 from contextlib import contextmanager
@@ -10,6 +20,8 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from .stages import listen_stages
 
 
 def sync(device: torch.device) -> None:
@@ -65,20 +77,39 @@ class StageTimer:
         totals, self.totals = self.totals, {}
         return totals
 
-    def _run(self, name: str, fn: Callable, *args, **kwargs):
+    def _enter(self) -> None:
         sync(self.device)
-        frame = [self.clock(), 0.]
-        self._stack.append(frame)
+        self._stack.append([self.clock(), 0.])
+
+    def _leave(self, name: str) -> None:
+        sync(self.device)
+        frame = self._stack.pop()
+        elapsed = self.clock() - frame[0]
+        if self._stack:
+            self._stack[-1][1] += elapsed
+        self.totals[name] = self.totals.get(name, 0.) + \
+            (elapsed - frame[1]) * 1e3
+
+    def _run(self, name: str, fn: Callable, *args, **kwargs):
+        self._enter()
         try:
             return fn(*args, **kwargs)
         finally:
-            sync(self.device)
-            self._stack.pop()
-            elapsed = self.clock() - frame[0]
-            if self._stack:
-                self._stack[-1][1] += elapsed
-            self.totals[name] = self.totals.get(name, 0.) + \
-                (elapsed - frame[1]) * 1e3
+            self._leave(name)
+
+    @contextmanager
+    def listen(self) -> Iterator['StageTimer']:
+        """Also time the forward stages the backbones mark
+        (:func:`mmapt.utils.stages.forward_stage`)."""
+
+        def on_stage(name: str, entering: bool) -> None:
+            if entering:
+                self._enter()
+            else:
+                self._leave(name)
+
+        with listen_stages(on_stage):
+            yield self
 
     @contextmanager
     def attach(
@@ -118,3 +149,63 @@ class StageTimer:
 def module_stage(name: str, module: nn.Module) -> Tuple[str, object, str]:
     """A :meth:`StageTimer.attach` entry timing a module's ``forward``."""
     return (name, module, 'forward')
+
+
+class StageClock:
+    """Exclusive time of the marked forward stages, without synchronizing.
+
+    CUDA: an event is recorded at every stage boundary and the times are
+    read once, at :meth:`result`; the work is timed as the stream runs it,
+    so the GPU queue is never drained by the measurement. Elsewhere:
+    ``clock``.
+
+    Args:
+        device (torch.device): Where the forward runs.
+        clock (Callable): Host clock (seconds) off CUDA.
+    """
+
+    def __init__(self,
+                 device: torch.device,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.device = device
+        self.clock = clock
+        self._done: List[Tuple[str, object, object, list]] = []
+        self._stack: List[Tuple[object, list]] = []
+
+    def _mark(self) -> object:
+        if self.device.type == 'cuda':
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return self.clock()
+
+    def _elapsed_ms(self, start, end) -> float:
+        if self.device.type == 'cuda':
+            return start.elapsed_time(end)
+        return (end - start) * 1e3
+
+    def _on_stage(self, name: str, entering: bool) -> None:
+        if entering:
+            self._stack.append((self._mark(), []))
+            return
+        start, children = self._stack.pop()
+        entry = (name, start, self._mark(), children)
+        if self._stack:
+            self._stack[-1][1].append(entry)
+        self._done.append(entry)
+
+    @contextmanager
+    def listen(self) -> Iterator['StageClock']:
+        with listen_stages(self._on_stage):
+            yield self
+
+    def result(self) -> Dict[str, float]:
+        """Milliseconds per stage since the last call (synchronizes)."""
+        sync(self.device)
+        totals: Dict[str, float] = {}
+        for name, start, end, children in self._done:
+            own = self._elapsed_ms(start, end) - sum(
+                self._elapsed_ms(s, e) for _, s, e, _ in children)
+            totals[name] = totals.get(name, 0.) + own
+        self._done = []
+        return totals

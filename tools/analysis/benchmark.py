@@ -31,34 +31,44 @@ model time = data preprocessor + forward), median latency, the split into
 data pipeline / preprocess / backbone (APT: tokenizer, embedding, context =
 attention plans + RoPE tables, blocks, unpack) / neck / heads, tokens and
 keep ratio (the backbone's token observer; slide crops summed per image),
-peak memory (CUDA ``max_memory_allocated``; not measured on CPU). The stage
-split synchronises at stage boundaries on CUDA (``--no-split`` times
-without it). ``--json``: the last line is one JSON object.
+peak memory (CUDA ``max_memory_allocated``; not measured on CPU). The
+backbone's split comes from its stage marks (``mmapt.utils.stages``); it
+synchronises at stage boundaries on CUDA (``--no-split`` times without
+it). ``--json``: the last line is one JSON object.
+
+``--train``: training speed instead, what ``tools/train.py`` runs per
+iteration: a batch from the config's own train pipeline (one set of
+batches per config, the same seeds, ``--images`` a COCO-style annotation
+JSON with ``--img-prefix``), the data preprocessor, the loss forward, the
+backward and the optimizer step of the config's optimizer wrapper (AMP
+becomes fp32 off CUDA), both models from the same weights, interleaved;
+``--canvas N`` shrinks a detection config's training canvas::
+
+    python tools/analysis/benchmark.py configs/apt_vitdet_coco.py \
+        --compare configs/eva02_vitdet_coco.py --train --canvas 512 \
+        --images data/toy_coco/annotations/instances_train2017.json \
+        --img-prefix data/toy_coco/train2017 --num-images 3 --repeat 2 \
+        --clock cpu --json
 """
 import argparse
 import copy
 import json
 import os
-import statistics
 import sys
-import time
 from contextlib import nullcontext
 from typing import Callable, Dict, List
 
 import torch
 
+from mmapt.benchmark import ArmRecord, get_clock, ratio, rotated
+from mmapt.benchmark.core import CLOCKS
 from mmapt.models.backbones import count_tokens
-from mmapt.tokenizer import PatchLayout
 from mmapt.utils.analysis import (build_model_pair, image_paths,
                                   load_config_pair, prepare, test_pipeline)
 from mmapt.utils.flops import count_flops
 from mmapt.utils.timing import StageTimer, module_stage, sync, time_call
 
 DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
-# Backbone stages (methods of the backbone, or of its APT adapter).
-APT_STAGES = (('tokenizer', 'tokenize'), ('embedding', 'embed'),
-              ('context', 'packed_context'), ('blocks', 'forward_blocks'))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -116,6 +126,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         action='store_true',
         help='no per-stage split (no synchronisation at stage '
         'boundaries on CUDA)')
+    parser.add_argument(
+        '--train',
+        action='store_true',
+        help='time training iterations instead (data preprocessor, loss '
+        'forward, backward, optimizer step) on batches from the config\'s '
+        'train pipeline; --images must be a COCO-style annotation JSON')
+    parser.add_argument(
+        '--canvas',
+        type=int,
+        default=None,
+        help='--train: shrink the training canvas to this (detection)')
+    parser.add_argument(
+        '--train-batch',
+        type=int,
+        default=1,
+        help='--train: images per iteration')
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument(
         '--clock',
@@ -159,23 +185,19 @@ def padded_preprocessor(cfg, registry, divisor: int, device):
     return registry.build(pre).to(device)
 
 
-def backbone_stages(backbone) -> list:
-    """Stage entries of :class:`StageTimer` for a backbone: the plain one's
-    patch embedding and the rest (its blocks, mostly); APT's tokenizer,
-    embedding, context, blocks, unpack and the rest (glue)."""
-    owner = getattr(backbone, 'apt', None) or backbone
-    if not hasattr(owner, 'tokenize'):
-        return [
-            module_stage('blocks', backbone),
-            module_stage('embedding', backbone.patch_embed)
-        ]
-    return [module_stage('backbone_rest', backbone)] + \
-        [(name, owner, attr) for name, attr in APT_STAGES] + \
-        [('unpack', PatchLayout, 'unpack')]
+def model_stages(model) -> list:
+    """Module stages of :class:`StageTimer`: the backbone (what its marked
+    stages leave: input checks, glue) and the neck. The backbone's own
+    stages (plain: embedding, blocks, unpack; APT: tokenizer, embedding,
+    context, blocks, unpack) come from its stage marks."""
+    stages = [module_stage('backbone_rest', model.backbone)]
+    if getattr(model, 'neck', None) is not None:
+        stages.append(module_stage('neck', model.neck))
+    return stages
 
 
 # ------------------------------------------------------------------ running
-class Arm:
+class Arm(ArmRecord):
     """One model + data preprocessor + pipeline, timed image by image."""
 
     def __init__(self,
@@ -189,7 +211,7 @@ class Arm:
                  clock: Callable[[], float],
                  flops: bool = False) -> None:
         from mmengine.dataset import Compose
-        self.name = name
+        super().__init__(name)
         self.model = model
         self.preprocessor = preprocessor
         self.pipeline = Compose(pipeline)
@@ -199,8 +221,6 @@ class Arm:
         self.clock = clock
         self.count_flops = flops
         self.flops: Dict[str, Dict[str, float]] = {}
-        self.records: Dict[str, List[dict]] = {}
-        self.tokens: Dict[str, tuple] = {}
         self.peak_mib = 0.
 
     def run(self, path: str, record: bool = True) -> None:
@@ -210,9 +230,6 @@ class Arm:
         pipeline_ms = (clock() - start) * 1e3
         model = self.model
         timer = StageTimer(self.device, clock)
-        stages = backbone_stages(model.backbone)
-        if getattr(model, 'neck', None) is not None:
-            stages.append(module_stage('neck', model.neck))
         if self.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.device)
         autocast = torch.autocast(self.device.type, dtype=self.dtype) \
@@ -228,11 +245,13 @@ class Arm:
                     model(**inputs, mode='predict')
                 return pre_ms
 
-        split = timer.attach(stages) if self.split else nullcontext()
+        split = timer.attach(model_stages(model)) if self.split \
+            else nullcontext()
+        listen = timer.listen() if self.split else nullcontext()
         flops = count_flops(model) if (
             record and self.count_flops and path not in self.flops) \
             else nullcontext()
-        with count_tokens(model.backbone) as counter, split, \
+        with count_tokens(model.backbone) as counter, split, listen, \
                 flops as flop_counts:
             model_ms, pre_ms = time_call(forward, self.device, clock)
         if flop_counts is not None:
@@ -242,8 +261,8 @@ class Arm:
                 self.peak_mib,
                 torch.cuda.max_memory_allocated(self.device) / 2**20)
         counts = counter.per_image()
-        self.tokens[path] = (int(counts['tokens'].sum()),
-                             int(counts['baseline_tokens'].sum()))
+        self.set_tokens(path, counts['tokens'].sum(),
+                        counts['baseline_tokens'].sum())
         if not record:
             return
         stages_ms = timer.reset()
@@ -261,35 +280,20 @@ class Arm:
                     f'{k}_ms': v
                     for k, v in stages_ms.items()
                 })
-        self.records.setdefault(path, []).append(entry)
+        self.add(path, **entry)
 
     def summary(self, square_tokens: int) -> dict:
-        keys = sorted({
-            k
-            for entries in self.records.values()
-            for e in entries
-            for k in e
-        })
-        per_image = {
-            path: {
-                k: statistics.median(e[k] for e in entries)
-                for k in keys
-            }
-            for path, entries in self.records.items()
-        }
-        total = {k: sum(m[k] for m in per_image.values()) for k in keys}
-        tokens = sum(t for t, _ in self.tokens.values())
-        images = len(per_image)
+        per_image = self.medians()
+        total = self.totals()
+        tokens = self.total_tokens()
         gflops = {
             key: round(sum(f[key] for f in self.flops.values()) / 1e9, 2)
             for key in ('backbone', 'attention', 'model')
         } if self.flops else None
         return dict(
             gflops=gflops,
-            img_s=round(images / total['model_ms'] * 1e3, 4),
-            median_ms=round(
-                statistics.median(m['model_ms'] for m in per_image.values()),
-                2),
+            img_s=round(self.img_s(), 4),
+            median_ms=round(self.median(), 2),
             total_ms={
                 k: round(v, 2)
                 for k, v in total.items()
@@ -302,9 +306,7 @@ class Arm:
                 dict(
                     tokens=self.tokens[p][0],
                     model_ms=round(m['model_ms'], 2),
-                    times_ms=[
-                        round(e['model_ms'], 2) for e in self.records[p]
-                    ])
+                    times_ms=[round(t, 2) for t in self.times(p)])
                 for p, m in per_image.items()
             })
 
@@ -316,15 +318,15 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     apt_cfg, base_cfg, registry = load_config_pair(args.config, args.compare,
                                                    args.cfg_options)
+    if args.train:
+        return train_main(args, apt_cfg, base_cfg, registry, device)
     paths = image_paths(args.images, args.num_images, args.img_prefix)
     apt, baseline = build_model_pair(apt_cfg, base_cfg, registry,
                                      args.checkpoint, args.seed)
     apt, baseline = apt.to(device), baseline.to(device)
     dtype = DTYPES[args.dtype]
     split = not args.no_split
-    clock = CLOCKS[args.clock]
-    if device.type == 'cuda' and args.clock != 'wall':
-        raise SystemExit('--clock cpu is for CPU runs (CUDA uses events)')
+    clock = get_clock(args.clock, device)
 
     def make_arm(name: str, model, preprocessor, cfg) -> Arm:
         return Arm(name, model, preprocessor, test_pipeline(cfg), device,
@@ -354,11 +356,11 @@ def main(argv=None) -> None:
         for _ in range(args.warmup):
             arm.run(paths[0], record=False)
     for rep in range(args.repeat):
-        order = arms[rep % len(arms):] + arms[:rep % len(arms)]
+        order = rotated(arms, rep)
         for path in paths:
             for arm in order:
                 arm.run(path)
-                entry, tokens = arm.records[path][-1], arm.tokens[path][0]
+                entry, tokens = arm.entries[path][-1], arm.tokens[path][0]
                 print(
                     f'[{rep + 1}/{args.repeat}] {arm.name:<16}'
                     f'{os.path.basename(path):<24}{tokens:>7} tokens '
@@ -387,49 +389,146 @@ def main(argv=None) -> None:
         print(json.dumps(summary))
 
 
+def train_main(args, apt_cfg, base_cfg, registry, device) -> None:
+    """--train: training iterations of both models, interleaved."""
+    from mmapt.benchmark.train import (TrainArm, build_optim_wrapper,
+                                       shrink_canvas, train_batches)
+    if not args.images.endswith('.json'):
+        raise SystemExit('--train needs a COCO-style annotation JSON '
+                         '(--images ANN.json --img-prefix IMAGE_DIR): the '
+                         'losses need ground truth')
+    if args.canvas:
+        for cfg in (apt_cfg, base_cfg):
+            shrink_canvas(cfg, args.canvas)
+    apt, baseline = build_model_pair(apt_cfg, base_cfg, registry,
+                                     args.checkpoint, args.seed)
+    clock = get_clock(args.clock, device)
+    prefix = args.img_prefix or os.path.dirname(args.images)
+    num_batches = args.num_images
+    arms = [
+        TrainArm(
+            name, model.to(device),
+            build_optim_wrapper(model, cfg, fp32=device.type != 'cuda'),
+            train_batches(cfg, args.images, prefix, num_batches,
+                          args.train_batch, args.seed), device, clock)
+        for name, model, cfg in (('baseline', baseline, base_cfg), ('apt', apt,
+                                                                    apt_cfg))
+    ]
+    records = {arm.name: ArmRecord(arm.name) for arm in arms}
+    for arm in arms:
+        for _ in range(args.warmup):
+            arm.step(0)
+    for rep in range(args.repeat):
+        for index in range(num_batches):
+            for arm in rotated(arms, rep):
+                entry, tokens = arm.step(index)
+                records[arm.name].add(index, **entry)
+                records[arm.name].set_tokens(index, tokens or 0, 0)
+                print(
+                    f'[{rep + 1}/{args.repeat}] {arm.name:<10} batch '
+                    f'{index} {tokens} tokens {entry["iter_ms"]:>10.0f} ms '
+                    f'(forward {entry["forward_ms"]:.0f}, backward + step '
+                    f'{entry["backward_ms"]:.0f})',
+                    file=sys.stderr,
+                    flush=True)
+    totals = {name: r.totals() for name, r in records.items()}
+
+    def speedup(key: str):
+        return ratio(totals['baseline'].get(key), totals['apt'].get(key))
+
+    summary = dict(
+        mode='train',
+        baseline_iter_ms=round(totals['baseline']['iter_ms'], 1),
+        apt_iter_ms=round(totals['apt']['iter_ms'], 1),
+        speedup=speedup('iter_ms'),
+        forward_speedup=speedup('forward_ms'),
+        backward_speedup=speedup('backward_ms'),
+        backbone_forward_speedup=speedup('backbone_ms'),
+        token_ratio=ratio(records['baseline'].total_tokens(),
+                          records['apt'].total_tokens()),
+        canvas=args.canvas or apt_cfg.model.backbone.img_size,
+        batches=num_batches,
+        train_batch=args.train_batch,
+        repeat=args.repeat,
+        config=args.config,
+        compare=args.compare,
+        device=str(device),
+        clock=args.clock,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        arms={
+            name:
+            dict(
+                total_ms={
+                    k: round(v, 1)
+                    for k, v in totals[name].items()
+                },
+                tokens=records[name].total_tokens(),
+                iter_ms=[[
+                    round(t, 1) for t in records[name].times(i, 'iter_ms')
+                ] for i in range(num_batches)])
+            for name in records
+        })
+    print(f'training iteration (sum over {num_batches} batches of the '
+          'median): ' +
+          ', '.join(f'{name} {totals[name]["iter_ms"]:.0f} ms (forward '
+                    f'{totals[name]["forward_ms"]:.0f}, backward + step '
+                    f'{totals[name]["backward_ms"]:.0f})'
+                    for name in records) +
+          f'; speed-up {summary["speedup"]}, token ratio '
+          f'{summary["token_ratio"]}')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(summary, f, indent=1)
+    if args.json:
+        print(json.dumps(summary))
+
+
 def summarize(arms: List[Arm], args, device, num_images: int):
     """Per-arm results and the summary over the images run so far."""
     square_tokens = sum(t for _, t in arms[0].tokens.values())
     results = {arm.name: arm.summary(square_tokens) for arm in arms}
-    base, aptr = results['baseline'], results['apt']
     split = not args.no_split
+
+    def model_ms(arm: str) -> float:
+        return results[arm]['total_ms']['model_ms']
+
+    def tokens(arm: str) -> int:
+        return results[arm]['tokens']
+
+    base, aptr = results['baseline'], results['apt']
     summary = dict(
         baseline_img_s=base['img_s'],
         apt_img_s=aptr['img_s'],
-        speedup=round(
-            base['total_ms']['model_ms'] / aptr['total_ms']['model_ms'], 4),
-        backbone_speedup=(round(
-            base['total_ms']['backbone_ms'] /
-            aptr['total_ms']['backbone_ms'], 4) if split else None),
-        token_ratio=round(base['tokens'] / aptr['tokens'], 4),
+        speedup=ratio(model_ms('baseline'), model_ms('apt')),
+        backbone_speedup=ratio(base['total_ms']['backbone_ms'],
+                               aptr['total_ms']['backbone_ms'])
+        if split else None,
+        token_ratio=ratio(tokens('baseline'), tokens('apt')),
         keep_ratio=aptr['keep_ratio'])
     if base['gflops'] and aptr['gflops']:
         summary.update(
-            flops_ratio=round(
-                base['gflops']['model'] / aptr['gflops']['model'], 4),
-            backbone_flops_ratio=round(
-                base['gflops']['backbone'] / aptr['gflops']['backbone'], 4))
+            flops_ratio=ratio(base['gflops']['model'],
+                              aptr['gflops']['model']),
+            backbone_flops_ratio=ratio(base['gflops']['backbone'],
+                                       aptr['gflops']['backbone']))
     if 'baseline_window' in results:
-        win = results['baseline_window']
         summary.update(
-            baseline_window_img_s=win['img_s'],
-            speedup_vs_window=round(
-                win['total_ms']['model_ms'] / aptr['total_ms']['model_ms'], 4),
-            token_ratio_vs_window=round(win['tokens'] / aptr['tokens'], 4))
+            baseline_window_img_s=results['baseline_window']['img_s'],
+            speedup_vs_window=ratio(
+                model_ms('baseline_window'), model_ms('apt')),
+            token_ratio_vs_window=ratio(
+                tokens('baseline_window'), tokens('apt')))
     if 'apt_nopad' in results:
-        nopad = results['apt_nopad']
         summary.update(
-            apt_nopad_img_s=nopad['img_s'],
-            nopad_speedup=round(
-                base['total_ms']['model_ms'] / nopad['total_ms']['model_ms'],
-                4))
+            apt_nopad_img_s=results['apt_nopad']['img_s'],
+            nopad_speedup=ratio(model_ms('baseline'), model_ms('apt_nopad')))
         if 'baseline_window' in results:
             summary.update(
-                nopad_speedup_vs_window=round(
-                    win['total_ms']['model_ms'] /
-                    nopad['total_ms']['model_ms'], 4),
-                nopad_token_ratio_vs_window=round(
-                    win['tokens'] / nopad['tokens'], 4))
+                nopad_speedup_vs_window=ratio(
+                    model_ms('baseline_window'), model_ms('apt_nopad')),
+                nopad_token_ratio_vs_window=ratio(
+                    tokens('baseline_window'), tokens('apt_nopad')))
     summary.update(
         config=args.config,
         compare=args.compare,

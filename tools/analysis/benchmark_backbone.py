@@ -15,32 +15,52 @@ busy machine slows both alike. Images are prepared like the detection test
 pipeline (long side to ``--canvas``, padded with 114 to a square), or
 generated when no folder is given. Reported: tokens and keep ratio per image,
 median forward latency of each model (batch 1, ``torch.no_grad``; wall
-clock, or ``--clock cpu`` for process CPU time), APT's own
-overhead (tokenizer, embedding, attention plans + RoPE tables, unpacking),
-and peak memory of one forward of each (CUDA: ``max_memory_allocated``; CPU:
+clock, or ``--clock cpu`` for process CPU time), APT's own stages
+(tokenizer, embedding, attention plans + RoPE tables, unpacking: the stage
+marks of one real forward per image, ``overhead_ms``) and the tokenizer's
+share of the forward (``tokenizer_share``), and peak memory of one forward
+of each (CUDA: ``max_memory_allocated``; CPU:
 resident-set rise sampled every 0.5 ms in a fresh child process). With
 ``--json`` the last line is one JSON object with ``baseline_ms``, ``apt_ms``
 (sums over the images of the per-image medians), ``speedup`` (their ratio)
 and ``token_ratio`` (plain tokens / APT tokens, summed over the images).
 
+``--count-overhead``: no timing; per image, the aten ops dispatched and
+the host synchronisations of one forward of each model, per stage
+(tokenizer, embedding, context, blocks, unpack; ``other`` outside the
+marks), with the source line of every sync (``mmapt.utils.overhead``; on
+CPU the syncs are the reads of tensor values and data-dependent ops that
+would wait on a GPU, on CUDA what the sync debug mode reports). With
+``--bucket M`` APT is counted in its static-shape mode too (packed length
+rounded up to a multiple of M). ``--json``: the last line is one JSON
+object ``{"overhead": {image: {"plain": ..., "apt": ...}}, ...}``.
+
 Needs torch, mmengine and mmapt only (no mmcv / mmdet).
 """
 import argparse
+import collections
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
+from mmapt.benchmark import (ArmRecord, NotAvailable, bucket_size,
+                             build_backbone_pair, count_forward_overhead,
+                             forward_tokens, get_clock, interleaved, packed_to,
+                             ratio, static_mode_available)
+from mmapt.benchmark.backbones import (generated_photos, image_name,
+                                       packed_tokens)
+from mmapt.benchmark.runner import split_of
 from mmapt.models import APTEVA02, EVA02, APTViT, ViT
-from mmapt.models.backbones import count_tokens
 from mmapt.tokenizer.prepare import list_images, load_rgb, normalise, to_canvas
 from mmapt.utils.memory import peak_memory_mib
+from mmapt.utils.timing import time_call
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,11 +128,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--no-memory',
         action='store_true',
         help='skip the peak-memory measurement')
+    parser.add_argument(
+        '--count-overhead',
+        action='store_true',
+        help='count aten ops and host syncs per stage of one forward of '
+        'each model per image instead of timing')
+    parser.add_argument(
+        '--bucket',
+        type=int,
+        default=None,
+        help='--count-overhead: also count APT in static mode, its packed '
+        'length rounded up to a multiple of this')
     parser.add_argument('--json', action='store_true')
     parser.add_argument(
         '--measure-memory', choices=['plain', 'apt'],
         help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
+    if args.bucket is not None and not args.count_overhead:
+        parser.error('--bucket goes with --count-overhead')
     for key, value in BACKBONES[args.backbone]['defaults'].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -141,8 +174,7 @@ BACKBONES = {
 }
 
 
-def build_models(args) -> Tuple[EVA02, EVA02]:
-    torch.manual_seed(0)
+def build_models(args) -> Tuple[nn.Module, nn.Module]:
     cfg = dict(
         arch=args.arch,
         img_size=args.canvas,
@@ -153,99 +185,35 @@ def build_models(args) -> Tuple[EVA02, EVA02]:
     if args.backbone == 'vit':
         cfg.update(num_register_tokens=args.registers, layer_scale=True)
     plain_cls, apt_cls = BACKBONES[args.backbone]['classes']
-    plain = plain_cls(**cfg)
-    apt = apt_cls(thresholds=tuple(args.thresholds), **cfg)
-    missing = apt.load_state_dict(plain.state_dict(), strict=False)
-    assert all(k.startswith('apt_embed.') for k in missing.missing_keys)
-    # A trained-looking zero linear (values do not change the cost).
-    with torch.no_grad():
-        apt.apt_embed.zero_linear.weight.normal_(std=0.02)
-    device = torch.device(args.device)
-    return plain.to(device).eval(), apt.to(device).eval()
-
-
-def generated_images(num: int, canvas: int) -> Dict[str, np.ndarray]:
-    """Photo-like stand-ins: smooth shading, textured objects, flat areas."""
-    rng = np.random.default_rng(0)
-    images = {}
-    for i in range(num):
-        height = int(rng.integers(400, 640))
-        width = int(rng.integers(480, 640))
-        coarse = rng.uniform(0, 255, (4, 5, 3))
-        rows = np.linspace(0, 3, height)[:, None]
-        cols = np.linspace(0, 4, width)[None, :]
-        r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
-        r1, c1 = np.minimum(r0 + 1, 3), np.minimum(c0 + 1, 4)
-        fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
-        image = (
-            coarse[r0, c0] * (1 - fr) * (1 - fc) + coarse[r1, c0] * fr *
-            (1 - fc) + coarse[r0, c1] * (1 - fr) * fc +
-            coarse[r1, c1] * fr * fc)
-        for _ in range(4):  # textured objects
-            h, w = int(rng.integers(60, 220)), int(rng.integers(60, 220))
-            top = int(rng.integers(0, height - h))
-            left = int(rng.integers(0, width - w))
-            image[top:top + h, left:left + w] += rng.normal(0, 40, (h, w, 3))
-        image[:height // 5] = rng.uniform(0, 255, 3)  # a flat sky band
-        images[f'generated_{i}'] = to_canvas(
-            np.clip(image, 0, 255).astype(np.uint8), canvas)
-    return images
+    return build_backbone_pair(plain_cls, apt_cls, cfg, tuple(args.thresholds),
+                               torch.device(args.device))
 
 
 def load_images(args) -> Dict[str, np.ndarray]:
     if args.image_dir is None:
-        return generated_images(args.num_generated, args.canvas)
+        return generated_photos(args.num_generated, args.canvas)
     paths = list_images(args.image_dir)[:args.num_images]
-    return {
-        os.path.splitext(os.path.basename(p))[0]:
-        to_canvas(load_rgb(p), args.canvas)
-        for p in paths
-    }
+    return {image_name(p): to_canvas(load_rgb(p), args.canvas) for p in paths}
 
 
-CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
-
-
-def timed(fn: Callable, device: torch.device,
-          clock: Callable[[], float]) -> Tuple[float, object]:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    start = clock()
-    result = fn()
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    return (clock() - start) * 1e3, result
-
-
-def apt_overhead(apt: EVA02, x: torch.Tensor, device: torch.device,
-                 clock: Callable[[], float]) -> Dict[str, float]:
-    """Time of APT's own stages (the blocks are timed by the full forward)."""
-    tok_ms, layout = timed(lambda: apt.tokenize(x), device, clock)
-    emb_ms, tokens = timed(lambda: apt.embed(x, layout), device, clock)
-    plain_emb_ms, _ = timed(
-        lambda: apt.patch_embed(x) + apt.position_map(layout.grid_size).
-        permute(0, 2, 3, 1), device, clock)
-
-    def context():
-        ctx = apt.packed_context(layout)
-        for plan in (ctx.window.plan, ctx.image.plan):  # force host planning
-            if not plan._built:
-                plan._build()
-        return ctx
-
-    ctx_ms, _ = timed(context, device, clock)
-    unpack_ms, _ = timed(
-        lambda: [layout.unpack(tokens).contiguous() for _ in apt.out_indices],
-        device, clock)
+def stage_times(plain: nn.Module, apt: nn.Module, x: torch.Tensor,
+                device: torch.device,
+                clock: Callable[[], float]) -> Dict[str, float]:
+    """APT's own stages inside one real forward of each model (the marks of
+    mmapt.utils.stages; the blocks are timed by the interleaved runs)."""
+    _, apt_stages = split_of(lambda: apt(x), device, clock)
+    _, plain_stages = split_of(lambda: plain(x), device, clock)
     return dict(
-        tokenizer_ms=tok_ms,
-        embed_ms=emb_ms,
-        plain_embed_ms=plain_emb_ms,
-        context_ms=ctx_ms,
-        unpack_ms=unpack_ms)
+        tokenizer_ms=apt_stages.get('tokenizer', 0.),
+        embed_ms=apt_stages.get('embedding', 0.),
+        plain_embed_ms=plain_stages.get('embedding', 0.),
+        context_ms=apt_stages.get('context', 0.),
+        unpack_ms=apt_stages.get('unpack', 0.),
+        blocks_ms=apt_stages.get('blocks', 0.),
+        forward_ms=sum(apt_stages.values()))
 
 
-def per_block_times(plain: EVA02, apt: EVA02, x: torch.Tensor,
+def per_block_times(plain: nn.Module, apt: nn.Module, x: torch.Tensor,
                     device: torch.device, clock: Callable[[], float],
                     repeat: int) -> List[Tuple[str, float, float]]:
     """Median time of every block of each model (blocks wrapped, not
@@ -257,7 +225,7 @@ def per_block_times(plain: EVA02, apt: EVA02, x: torch.Tensor,
         inner = getattr(block, method)
 
         def timed_call(*args, **kwargs):
-            ms, out = timed(lambda: inner(*args, **kwargs), device, clock)
+            ms, out = time_call(lambda: inner(*args, **kwargs), device, clock)
             times[key].append(ms)
             return out
 
@@ -299,15 +267,14 @@ def main(argv=None) -> None:
 
 def run(argv: List[str]) -> None:
     args = parse_args(argv)
-    clock = CLOCKS[args.clock]
+    device = torch.device(args.device)
+    clock = get_clock(args.clock, device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     plain, apt = build_models(args)
-    images = load_images(args)
     batches = {
         name: normalise([img]).to(device)
-        for name, img in images.items()
+        for name, img in load_images(args).items()
     }
 
     if args.measure_memory:  # child: first image, one model, fresh process
@@ -315,6 +282,8 @@ def run(argv: List[str]) -> None:
         model = plain if args.measure_memory == 'plain' else apt
         print(f'{peak_memory_mib(lambda: model(x), device):.1f}')
         return
+    if args.count_overhead:
+        return report_overhead(args, plain, apt, batches)
 
     # Warm-up (allocator, thread pool, kernels) on the first image, then
     # APT's own stages (cheap, and any error shows before the long loop).
@@ -322,37 +291,29 @@ def run(argv: List[str]) -> None:
     plain(first)
     apt(first)
     overhead = {
-        name: apt_overhead(apt, x, device, clock)
+        name: stage_times(plain, apt, x, device, clock)
         for name, x in batches.items()
     }
-
-    times: Dict[str, Dict[str, List[float]]] = {
-        name: dict(plain=[], apt=[])
-        for name in batches
-    }
-    stats = {}
+    records = dict(plain=ArmRecord('plain'), apt=ArmRecord('apt'))
     for name, x in batches.items():
-        with torch.no_grad(), count_tokens(apt) as counter:
-            apt(x)
-        stats[name] = counter.per_image()
-    for rep in range(args.repeat):
-        for name, x in batches.items():
-            order = ('plain', 'apt') if rep % 2 == 0 else ('apt', 'plain')
-            for which in order:
-                model = plain if which == 'plain' else apt
-                ms, _ = timed(lambda: model(x), device, clock)
-                times[name][which].append(ms)
+        records['apt'].set_tokens(name, *forward_tokens(apt, lambda: apt(x)))
+    models = dict(plain=plain, apt=apt)
+    for _, name, which in interleaved(
+            list(models), list(batches), args.repeat):
+        ms, _ = time_call(lambda: models[which](batches[name]), device, clock)
+        records[which].add(name, model_ms=ms)
 
     rows = []
     for name in batches:
-        base_ms = statistics.median(times[name]['plain'])
-        apt_ms = statistics.median(times[name]['apt'])
+        base_ms = statistics.median(records['plain'].times(name))
+        apt_ms = statistics.median(records['apt'].times(name))
+        tokens, baseline_tokens = records['apt'].tokens[name]
         rows.append(
             dict(
                 image=name,
-                tokens=int(stats[name]['tokens'][0]),
-                baseline_tokens=int(stats[name]['baseline_tokens'][0]),
-                keep_ratio=float(stats[name]['keep_ratio'][0]),
+                tokens=tokens,
+                baseline_tokens=baseline_tokens,
+                keep_ratio=tokens / baseline_tokens,
                 baseline_ms=base_ms,
                 apt_ms=apt_ms,
                 speedup=base_ms / apt_ms,
@@ -372,32 +333,34 @@ def run(argv: List[str]) -> None:
             plain_peak_mib=child_memory(argv, 'plain'),
             apt_peak_mib=child_memory(argv, 'apt'))
 
-    total_base = sum(r['baseline_ms'] for r in rows)
-    total_apt = sum(r['apt_ms'] for r in rows)
-    total_tokens = sum(r['tokens'] for r in rows)
-    total_baseline_tokens = sum(r['baseline_tokens'] for r in rows)
+    total_base = records['plain'].total()
+    total_apt = records['apt'].total()
+    stage_ms = {
+        key: sum(r[key] for r in rows)
+        for key in ('tokenizer_ms', 'embed_ms', 'plain_embed_ms', 'context_ms',
+                    'unpack_ms', 'blocks_ms', 'forward_ms')
+    }
     summary = dict(
         baseline_ms=round(total_base, 3),
         apt_ms=round(total_apt, 3),
-        speedup=round(total_base / total_apt, 4),
-        token_ratio=round(total_baseline_tokens / total_tokens, 4),
-        keep_ratio=round(total_tokens / total_baseline_tokens, 4),
+        speedup=ratio(total_base, total_apt),
+        token_ratio=ratio(records['apt'].total_baseline_tokens(),
+                          records['apt'].total_tokens()),
+        keep_ratio=ratio(records['apt'].total_tokens(),
+                         records['apt'].total_baseline_tokens()),
         overhead_ms={
-            key: round(sum(r[key] for r in rows), 1)
+            key: round(stage_ms[key], 1)
             for key in ('tokenizer_ms', 'embed_ms', 'plain_embed_ms',
                         'context_ms', 'unpack_ms')
         },
+        # Shares of APT's forward, from the stage marks of one forward.
+        tokenizer_share=ratio(stage_ms['tokenizer_ms'],
+                              stage_ms['forward_ms']),
+        outside_blocks_share=ratio(
+            stage_ms['forward_ms'] - stage_ms['blocks_ms'],
+            stage_ms['forward_ms']),
         **memory,
-        images=len(rows),
-        backbone=args.backbone,
-        arch=args.arch,
-        canvas=args.canvas,
-        thresholds=args.thresholds,
-        window_size=args.window_size,
-        repeat=args.repeat,
-        clock=args.clock,
-        threads=torch.get_num_threads(),
-        device=str(device))
+        **settings(args, device, len(rows)))
 
     print(f'{"image":<22}{"tokens":>8}{"base":>7}{"keep":>7}'
           f'{"plain ms":>10}{"APT ms":>10}{"speed-up":>9}'
@@ -411,7 +374,9 @@ def run(argv: List[str]) -> None:
     print(f'total: plain {total_base:.0f} ms, APT {total_apt:.0f} ms, '
           f'speed-up {summary["speedup"]:.3f}, token ratio '
           f'{summary["token_ratio"]:.3f} (speed-up / token ratio '
-          f'{summary["speedup"] / summary["token_ratio"]:.3f})')
+          f'{summary["speedup"] / summary["token_ratio"]:.3f}); tokenizer '
+          f'{summary["tokenizer_share"]:.1%} of the APT forward, outside '
+          f'the blocks {summary["outside_blocks_share"]:.1%}')
     if blocks:
         print(f'per block on {args.per_block} (median ms): '
               f'{"block":>6}{"type":>8}{"plain":>10}{"APT":>10}{"ratio":>8}')
@@ -428,6 +393,72 @@ def run(argv: List[str]) -> None:
               f'{memory["apt_peak_mib"]:.0f} MiB')
     if args.json:
         print(json.dumps(summary))
+
+
+def settings(args, device: torch.device, images: int) -> dict:
+    return dict(
+        images=images,
+        backbone=args.backbone,
+        arch=args.arch,
+        canvas=args.canvas,
+        thresholds=args.thresholds,
+        window_size=args.window_size,
+        repeat=args.repeat,
+        clock=args.clock,
+        threads=torch.get_num_threads(),
+        device=str(device))
+
+
+def report_overhead(args, plain: nn.Module, apt: nn.Module,
+                    batches: Dict[str, torch.Tensor]) -> None:
+    """--count-overhead: aten ops and host syncs of one forward per image,
+    per stage, plain vs APT (vs APT in static mode with --bucket)."""
+    if args.bucket and not static_mode_available(apt):
+        raise SystemExit('--bucket: the static-shape mode '
+                         '(backbone.apt.pack_size) is not available in this '
+                         'build of mmapt')
+    models = dict(plain=plain, apt=apt)
+    per_image = {}
+    try:
+        for name, x in batches.items():
+            counts = {
+                k: count_forward_overhead(m, x)
+                for k, m in models.items()
+            }
+            if args.bucket:
+                tokens, baseline = forward_tokens(apt, lambda: apt(x))
+                pack = bucket_size(
+                    packed_tokens(apt, tokens), args.bucket,
+                    packed_tokens(apt, baseline))
+                with packed_to(apt, pack):
+                    counts['apt_static'] = count_forward_overhead(apt, x)
+                counts['apt_static']['pack_size'] = pack
+            per_image[name] = counts
+    except NotAvailable as err:
+        raise SystemExit(f'--count-overhead: {err}')
+    stages = ('tokenizer', 'embedding', 'context', 'blocks', 'unpack', 'other')
+    print(f'{"image":<22}{"model":<12}{"ops":>7}{"outside":>9}{"syncs":>7}' +
+          ''.join(f'{s[:9]:>10}' for s in stages))
+    for name, counts in per_image.items():
+        for which, c in counts.items():
+            cells = ''.join(
+                f'{c["ops"].get(s, 0):>5}/{c["syncs"].get(s, 0):<4}'
+                for s in stages)
+            print(f'{name:<22}{which:<12}{c["total_ops"]:>7}'
+                  f'{c["outside_blocks"]:>9}{c["total_syncs"]:>7}{cells}')
+    print('(per stage: aten ops / host syncs; syncs on CPU are the reads of '
+          'device values and data-dependent ops a GPU would wait for)')
+    for name, counts in per_image.items():
+        for which, c in counts.items():
+            for site, n in collections.Counter(c['sync_sites']).items():
+                print(f'  {name} {which}: {n} x {site}')
+    if args.json:
+        device = next(plain.parameters()).device
+        print(
+            json.dumps(
+                dict(
+                    overhead=per_image,
+                    **settings(args, device, len(per_image)))))
 
 
 if __name__ == '__main__':

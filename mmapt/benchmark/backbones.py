@@ -1,0 +1,222 @@
+"""Backbone pairs, input views and per-forward counts for the benchmarks.
+
+Needs torch, numpy and mmapt's backbones only (no mmcv / mmdet / mmseg):
+the GPU benchmark imports it on a machine with torch and timm.
+"""
+import os
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmapt.models.backbones import count_tokens
+from mmapt.tokenizer.prepare import canvas_content_size, normalise, to_canvas
+
+
+class NotAvailable(RuntimeError):
+    """A feature the benchmark needs is not in this build of mmapt."""
+
+
+def build_backbone_pair(plain_cls: type,
+                        apt_cls: type,
+                        cfg: dict,
+                        thresholds: Tuple[float, ...],
+                        device: torch.device,
+                        seed: int = 0) -> Tuple[nn.Module, nn.Module]:
+    """``(plain, apt)`` backbones in eval mode holding the same random
+    weights.
+
+    APT's own layers stay random, its ZeroLinear included (drawn like a
+    trained one, not zero), so merged tokens cost what they cost after
+    fine-tuning.
+    """
+    torch.manual_seed(seed)
+    plain = plain_cls(**cfg)
+    apt = apt_cls(thresholds=tuple(thresholds), **cfg)
+    result = apt.load_state_dict(plain.state_dict(), strict=False)
+    extra = [k for k in result.missing_keys if not k.startswith('apt_embed.')]
+    if extra or result.unexpected_keys:
+        raise RuntimeError(f'plain and APT weights differ: {extra[:5]} '
+                           f'{result.unexpected_keys[:5]}')
+    with torch.no_grad():
+        apt.apt_embed.zero_linear.weight.normal_(std=0.02)
+    return plain.to(device).eval(), apt.to(device).eval()
+
+
+def same_weights_copy(source: nn.Module, cls: type, cfg: dict,
+                      **kwargs) -> nn.Module:
+    """Another backbone of ``cls`` holding ``source``'s weights (e.g. APT
+    with nothing merged beside the APT arm)."""
+    model = cls(**cfg, **kwargs)
+    model.load_state_dict(source.state_dict())
+    device = next(source.parameters()).device
+    return model.to(device).train(source.training)
+
+
+def crop_to_multiple(canvas: np.ndarray, height: int, width: int,
+                     multiple: int) -> np.ndarray:
+    """The top-left ``height x width`` content of a canvas, padded only to
+    the next ``multiple`` (the canvas's own padding pixels)."""
+    return np.ascontiguousarray(
+        canvas[:-(-height // multiple) * multiple, :-(-width // multiple) *
+               multiple])
+
+
+def photo_views(image: np.ndarray, canvas: int, window_px: int,
+                largest_patch: int) -> dict:
+    """One photograph prepared like the detection test pipeline: the square
+    canvas, the content padded to the window (``window``) and to the
+    largest patch (``nopad``), each a normalised (1, 3, H, W) batch."""
+    square = to_canvas(image, canvas)
+    height, width = canvas_content_size(*image.shape[:2], canvas)
+    return dict(
+        size=[int(image.shape[0]), int(image.shape[1])],
+        content=[height, width],
+        square=normalise([square]),
+        window=normalise([crop_to_multiple(square, height, width, window_px)]),
+        nopad=normalise(
+            [crop_to_multiple(square, height, width, largest_patch)]))
+
+
+def generated_photos(num: int, canvas: int) -> Dict[str, np.ndarray]:
+    """Photo-like stand-ins on the square canvas: smooth shading, textured
+    objects, a flat sky band (deterministic)."""
+    rng = np.random.default_rng(0)
+    images = {}
+    for i in range(num):
+        height = int(rng.integers(400, 640))
+        width = int(rng.integers(480, 640))
+        coarse = rng.uniform(0, 255, (4, 5, 3))
+        rows = np.linspace(0, 3, height)[:, None]
+        cols = np.linspace(0, 4, width)[None, :]
+        r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
+        r1, c1 = np.minimum(r0 + 1, 3), np.minimum(c0 + 1, 4)
+        fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+        image = (
+            coarse[r0, c0] * (1 - fr) * (1 - fc) + coarse[r1, c0] * fr *
+            (1 - fc) + coarse[r0, c1] * (1 - fr) * fc +
+            coarse[r1, c1] * fr * fc)
+        for _ in range(4):  # textured objects
+            h, w = int(rng.integers(60, 220)), int(rng.integers(60, 220))
+            top = int(rng.integers(0, height - h))
+            left = int(rng.integers(0, width - w))
+            image[top:top + h, left:left + w] += rng.normal(0, 40, (h, w, 3))
+        image[:height // 5] = rng.uniform(0, 255, 3)  # a flat sky band
+        images[f'generated_{i}'] = to_canvas(
+            np.clip(image, 0, 255).astype(np.uint8), canvas)
+    return images
+
+
+def image_name(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def forward_tokens(backbone: nn.Module,
+                   call: Callable[[], object]) -> Tuple[int, int]:
+    """``(tokens, square-model tokens)`` of one call of ``backbone``."""
+    with torch.no_grad(), count_tokens(backbone) as counter:
+        call()
+    counts = counter.per_image()
+    return int(counts['tokens'].sum()), int(counts['baseline_tokens'].sum())
+
+
+# ------------------------------------------------------------ overhead
+def overhead_counter() -> Callable:
+    """:func:`mmapt.utils.overhead.count_overhead`, or :class:`NotAvailable`
+    naming what is missing."""
+    try:
+        from mmapt.utils.overhead import count_overhead
+    except ImportError as err:
+        raise NotAvailable(
+            'the overhead counter (mmapt.utils.overhead.count_overhead) is '
+            f'not available in this build of mmapt ({err})') from err
+    return count_overhead
+
+
+def count_forward_overhead(backbone: nn.Module, x: torch.Tensor) -> dict:
+    """Aten ops and host syncs of one forward, per stage (a dict:
+    ``ops``, ``syncs``, ``sync_sites``, ``total_ops``, ``total_syncs``,
+    ``outside_blocks``)."""
+    count = overhead_counter()
+    with torch.no_grad():
+        return count(lambda: backbone(x), device=x.device).as_dict()
+
+
+def padded_attention_scope():
+    """A context forcing the padded SDPA attention plan on every device
+    (to compare with or time against torch's varlen kernel): the public
+    ``attention_backend('padded')`` where this build has it."""
+    from mmapt.models.layers import attention
+    scope = getattr(attention, 'attention_backend', None)
+    return scope('padded') if scope is not None else \
+        attention.padded_attention()
+
+
+# ------------------------------------------------------------ static mode
+def static_mode_available(apt: nn.Module) -> bool:
+    """Whether the APT backbone has the static-shape mode (a settable
+    ``apt.pack_size``: the packed sequence padded to that many tokens)."""
+    adapter = getattr(apt, 'apt', None)
+    return adapter is not None and hasattr(adapter, 'pack_size')
+
+
+def require_static_mode(apt: nn.Module) -> None:
+    if not static_mode_available(apt):
+        raise NotAvailable(
+            'the static-shape mode (backbone.apt.pack_size) is not '
+            'available in this build of mmapt')
+
+
+@contextmanager
+def packed_to(apt: nn.Module, pack_size: Optional[int]) -> Iterator[None]:
+    """Run ``apt`` with its packed sequence padded to ``pack_size`` tokens
+    (None: unpadded) inside the ``with`` block."""
+    require_static_mode(apt)
+    adapter = apt.apt
+    saved = adapter.pack_size
+    adapter.pack_size = pack_size
+    try:
+        yield
+    finally:
+        adapter.pack_size = saved
+
+
+def bucket_size(packed_tokens: int,
+                multiple: int,
+                ceiling: Optional[int] = None) -> int:
+    """``packed_tokens`` rounded up to a multiple of ``multiple`` (at most
+    ``ceiling``, e.g. the square canvas's token count, when given and not
+    smaller)."""
+    if multiple < 1:
+        raise ValueError(f'bucket multiple {multiple}: must be >= 1')
+    size = -(-packed_tokens // multiple) * multiple
+    if ceiling is not None and packed_tokens <= ceiling:
+        size = min(size, ceiling)
+    return size
+
+
+def packed_tokens(apt: nn.Module, tokens: int, batch: int = 1) -> int:
+    """Packed sequence length of a forward with ``tokens`` content tokens:
+    the prefix (class / register) tokens of every image added."""
+    return tokens + batch * int(getattr(apt, 'num_prefix_tokens', 0) or 0)
+
+
+def stage_split(stages_ms: Dict[str, float]) -> Dict[str, float]:
+    """Stage times with ``forward_ms`` (their sum) and ``tokenizer_share``
+    (the tokenizer's fraction of the forward)."""
+    total = sum(stages_ms.values())
+    out = {k: round(v, 3) for k, v in stages_ms.items()}
+    out['forward_ms'] = round(total, 3)
+    out['tokenizer_share'] = round(stages_ms.get('tokenizer', 0.) /
+                                   total, 4) if total else None
+    return out
+
+
+def mean_share(splits: List[Dict[str, float]], stage: str) -> Optional[float]:
+    """``stage``'s share of the summed forward time over several splits."""
+    total = sum(s['forward_ms'] for s in splits)
+    if not total:
+        return None
+    return round(sum(s.get(stage, 0.) for s in splits) / total, 4)
