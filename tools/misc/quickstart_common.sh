@@ -3,6 +3,10 @@
 # setup), else PYTHON, else python on PATH.
 if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
 PY=${PYTHON:-python}
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "no Python at '$PY': run \`make setup\` first, or set PYTHON=/path/to/python" >&2
+  exit 2
+fi
 
 # training_options CONFIG [KEY=VALUE ...]: sets ITERATIONS (ITERS when given,
 # else the config's train_cfg.max_iters) and TRAIN_OPTIONS (`--cfg-options
@@ -36,4 +40,23 @@ print(Config.fromfile(sys.argv[1], import_custom_modules=False).train_cfg.max_it
 estimate() {
   local low=$((($1 * $2 / 10 + $4 + 59) / 60)) high=$((($1 * $3 / 10 + $4 + 59) / 60))
   if [ "$low" = "$high" ]; then echo "about $low min"; else echo "about $low-$high min"; fi
+}
+
+# train_then_test TESTED [TEST_OPTION ...]: steps 2 and 3, training CONFIG
+# into WORK_DIR with TRAIN_OPTIONS, then testing its last checkpoint
+# (TESTED says on what) and printing the metrics. Uses CONFIG, WORK_DIR,
+# ITERATIONS, TRAIN_OPTIONS, FAST, SLOW, FIXED_SEC and TEST_SEC.
+train_then_test() {
+  local tested=$1
+  shift
+  echo "[2/3] training $CONFIG for $ITERATIONS iterations, then validating, into" \
+    "$WORK_DIR: $(estimate "$ITERATIONS" "$FAST" "$SLOW" "$FIXED_SEC") on a 2-core" \
+    "CPU (loss, keep ratio and eta every 5 iterations)"
+  "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "${TRAIN_OPTIONS[@]}"
+  local checkpoint
+  checkpoint=$(cat "$WORK_DIR/last_checkpoint")
+  echo "[3/3] testing $checkpoint on $tested: $(estimate 0 0 0 "$TEST_SEC")"
+  "$PY" tools/test.py "$CONFIG" "$checkpoint" --work-dir "$WORK_DIR/test" "$@"
+  echo "metrics: $WORK_DIR/test/test_metrics.json"
+  cat "$WORK_DIR/test/test_metrics.json"
 }

@@ -40,13 +40,4 @@ else
   echo "[1/3] toy COCO set found in data/toy_coco"
 fi
 
-echo "[2/3] training $CONFIG for $ITERATIONS iterations, then validating, into" \
-  "$WORK_DIR: $(estimate "$ITERATIONS" $FAST $SLOW $FIXED_SEC) on a 2-core CPU" \
-  "(loss, keep ratio and eta every 5 iterations)"
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "${TRAIN_OPTIONS[@]}"
-CKPT=$(cat "$WORK_DIR/last_checkpoint")
-echo "[3/3] testing $CKPT on the 64 validation images (CocoMetric box / mask" \
-  "AP, tokens kept): $(estimate 0 0 0 $TEST_SEC)"
-"$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK_DIR/test"
-echo "metrics: $WORK_DIR/test/test_metrics.json"
-cat "$WORK_DIR/test/test_metrics.json"
+train_then_test "the 64 validation images (CocoMetric box / mask AP, tokens kept)"
