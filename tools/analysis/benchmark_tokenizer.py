@@ -191,8 +191,8 @@ def compare_budget(args, images: torch.Tensor) -> dict:
         budget=repr(budget),
         threshold_ms=round(call_ms['thresholds'], 1),
         budget_ms=round(call_ms['budget'], 1),
-        budget_over_threshold=round(
-            call_ms['budget'] / call_ms['thresholds'], 3),
+        budget_over_threshold=round(call_ms['budget'] / call_ms['thresholds'],
+                                    3),
         threshold_select_ms=round(select_ms['thresholds'], 2),
         budget_select_ms=round(select_ms['budget'], 2),
         select_budget_over_threshold=round(

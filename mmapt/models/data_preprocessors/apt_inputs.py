@@ -167,4 +167,3 @@ class APTDataPreprocessor(BaseDataPreprocessor):
             maps[index, :h, :w] = value.to(maps)
         data['inputs'] = pack_apt_inputs(inputs, maps)
         return data
-
