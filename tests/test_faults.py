@@ -150,3 +150,96 @@ def test_resume_draws_the_same_random_numbers(tmp_path, hook, exact):
         assert diff <= 1e-6
     else:
         assert diff > 1e-4
+
+
+# ------------------------------------------------------ non-finite values
+def _apt_model():
+    from mmapt.models import APTEVA02
+    torch.manual_seed(0)
+    model = APTEVA02(
+        arch=dict(embed_dims=32, num_layers=2, num_heads=2),
+        img_size=128,
+        window_size=4,
+        global_attn_indexes=(1, ),
+        out_indices=(1, ),
+        thresholds=(2.0, 2.0))
+    with torch.no_grad():  # trained-like APT layers
+        model.apt_embed.zero_linear.weight.normal_(std=0.05)
+    return model.train()
+
+
+def _flat_and_noise(batch=2):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 128, 128, generator=gen)
+    x[:, :, :64] = 0.3  # a flat band: merged into large patches
+    return x
+
+
+def _apt_params(model):
+    return {
+        n: p.detach().clone()
+        for n, p in model.named_parameters() if n.startswith('apt_embed.')
+    }
+
+
+def _fp16_step(model, optimizer, scaler, x, device, overflow):
+    """One mixed-precision step; ``overflow`` scales the fp16 loss past
+    65504 so that it is inf."""
+    optimizer.zero_grad()
+    with torch.autocast(device, dtype=torch.float16):
+        (out, ) = model(x)
+        loss = out.half().pow(2).mean()
+        if overflow:
+            loss = loss * torch.tensor(1e5, dtype=torch.float16) * 1e5
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grads = [p.grad for p in model.apt_embed.parameters()]
+    grads_finite = all(torch.isfinite(g).all() for g in grads)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, grads_finite
+
+
+@pytest.mark.parametrize('device', [
+    'cpu',
+    pytest.param(
+        'cuda',
+        marks=pytest.mark.skipif(
+            not torch.cuda.is_available(), reason='needs CUDA'))
+])
+def test_fp16_overflow_step_is_skipped_and_apt_layers_stay_finite(device):
+    """GradScaler (what mmengine's AmpOptimWrapper uses; on CPU, where that
+    wrapper refuses to run, torch.amp.GradScaler('cpu') directly): an fp16
+    step whose loss overflows to inf sends non-finite gradients into
+    apt_embed, is skipped (weights and AdamW state untouched), halves the
+    scale, and the next step trains normally."""
+    model = _apt_model().to(device)
+    x = _flat_and_noise().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device, init_scale=2.**10)
+
+    loss, finite = _fp16_step(model, optimizer, scaler, x, device, False)
+    assert torch.isfinite(loss) and finite
+    before = _apt_params(model)
+    state_steps = [
+        float(optimizer.state[p]['step'])
+        for p in model.apt_embed.parameters()
+    ]
+    scale = scaler.get_scale()
+
+    loss, finite = _fp16_step(model, optimizer, scaler, x, device, True)
+    assert torch.isinf(loss) and not finite  # the overflow reached APT
+    after = _apt_params(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # skipped
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [
+        float(optimizer.state[p]['step'])
+        for p in model.apt_embed.parameters()
+    ] == state_steps
+    assert scaler.get_scale() == scale / 2
+
+    loss, finite = _fp16_step(model, optimizer, scaler, x, device, False)
+    assert torch.isfinite(loss) and finite
+    trained = _apt_params(model)
+    assert any(not torch.equal(after[n], trained[n]) for n in after)
+    assert all(torch.isfinite(p).all() for p in trained.values())
