@@ -12,6 +12,7 @@ import os.path as osp
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -21,9 +22,14 @@ FAULTS = osp.join(ROOT, 'tests', 'fixtures', 'faults')
 TOY_RUNNER = osp.join(FAULTS, 'toy_runner.py')
 
 
-def _run(args, kill=None, cwd=None, timeout=600):
+def _run(args, kill=None, cwd=None, timeout=900):
     """Run ``python ARGS`` with the repo and the fault fixtures on the path,
-    one thread, ``MMAPT_KILL=kill``."""
+    one thread, ``MMAPT_KILL=kill``.
+
+    The run gets a session of its own, and whatever of it outlives the main
+    process is killed: a dataloader worker of a SIGKILLed training can
+    block forever on its result queue, holding the output pipes open.
+    """
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
         [ROOT, FAULTS, env.get('PYTHONPATH', '')])
@@ -31,12 +37,24 @@ def _run(args, kill=None, cwd=None, timeout=600):
     env.pop('MMAPT_KILL', None)
     if kill:
         env['MMAPT_KILL'] = kill
-    return subprocess.run([sys.executable, *args],
-                          cwd=cwd or ROOT,
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=timeout)
+    with tempfile.TemporaryFile('w+') as out:
+        proc = subprocess.Popen([sys.executable, *args],
+                                cwd=cwd or ROOT,
+                                env=env,
+                                stdout=out,
+                                stderr=subprocess.STDOUT,
+                                text=True,
+                                start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # orphaned workers
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        output = out.read()
+    return subprocess.CompletedProcess(proc.args, returncode, output, '')
 
 
 def _killed(proc):
