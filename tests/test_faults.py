@@ -283,8 +283,8 @@ def _scalars(work_dir):
 
 
 def _history(ckpt, key):
-    buffer = ckpt['message_hub']['log_scalars'][key]
-    return [list(map(float, h)) for h in buffer.data]
+    values, counts = ckpt['message_hub']['log_scalars'][key].data
+    return list(map(float, values)) + list(map(float, counts))
 
 
 @pytest.mark.slow
