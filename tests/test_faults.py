@@ -5,7 +5,9 @@ The killed processes are subprocesses; ``tests/fixtures/faults/
 fault_injection.py`` (``MMAPT_KILL=WHAT:N``) sends them SIGKILL at a chosen
 point: in the middle of writing a checkpoint file, right after renaming it,
 before removing an old one, or at the start of an iteration.
-docs/reliability_faults.md says what each test promises.
+docs/reliability_faults.md says what each test promises. Each subprocess
+costs an import of torch + mmengine: the default suite keeps one torn write
+and one exact resume of the toy runner; the other cases are marked slow.
 """
 import os
 import os.path as osp
@@ -84,6 +86,7 @@ def _toy(work_dir, hook, kill=None, resume=False, max_iters=4):
 
 
 # ------------------------------------------------------ checkpoint writes
+@pytest.mark.slow
 def test_mmengine_checkpoint_hook_can_lose_every_checkpoint(tmp_path):
     """Why SafeCheckpointHook exists: mmengine 0.10's CheckpointHook with
     max_keep_ckpts=1, killed while writing iter_3.pth, has already removed
@@ -103,8 +106,10 @@ def test_mmengine_checkpoint_hook_can_lose_every_checkpoint(tmp_path):
     'kill, resumed_from',
     [
         ('write:3', 2),  # torn write of iter_3.pth
-        ('rename:3', 2),  # iter_3.pth in place, last_checkpoint not yet
-        ('remove:2', 3),  # last_checkpoint updated, iter_2.pth not removed
+        # iter_3.pth in place, last_checkpoint not yet
+        pytest.param('rename:3', 2, marks=pytest.mark.slow),
+        # last_checkpoint updated, iter_2.pth not removed
+        pytest.param('remove:2', 3, marks=pytest.mark.slow),
     ])
 def test_killed_save_leaves_a_complete_last_checkpoint(tmp_path, kill,
                                                        resumed_from):
@@ -131,6 +136,7 @@ def test_killed_save_leaves_a_complete_last_checkpoint(tmp_path, kill,
     assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
 
 
+@pytest.mark.slow
 def test_safe_checkpoint_hook_keeps_mmengine_files(tmp_path):
     """Same files as mmengine's hook: max_keep_ckpts respected, the
     message hub's keep_ckpt_ids, and generator states added."""
@@ -149,8 +155,10 @@ def _max_abs_diff(a, b):
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize('hook, exact', [('SafeCheckpointHook', True),
-                                         ('CheckpointHook', False)])
+@pytest.mark.parametrize(
+    'hook, exact',
+    [('SafeCheckpointHook', True),
+     pytest.param('CheckpointHook', False, marks=pytest.mark.slow)])
 def test_resume_draws_the_same_random_numbers(tmp_path, hook, exact):
     """A step that samples from torch's generator (as RoI sampling does):
     killed before its 5th iteration and resumed from iter_4.pth,
