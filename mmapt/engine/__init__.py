@@ -4,9 +4,10 @@ from .amp import (AmpTestLoop, AmpValLoop, apply_amp_test_cfg, autocast_model,
 from .checkpoint import trusted_checkpoints
 from .hooks import TokenStatsHook
 from .layer_decay import LayerDecayOptimWrapperConstructor
+from .safe_checkpoint import SafeCheckpointHook
 
 __all__ = [
-    'LayerDecayOptimWrapperConstructor', 'TokenStatsHook', 'AmpTestLoop',
-    'AmpValLoop', 'autocast_model', 'apply_amp_test_cfg', 'resolve_amp_dtype',
-    'trusted_checkpoints'
+    'LayerDecayOptimWrapperConstructor', 'TokenStatsHook',
+    'SafeCheckpointHook', 'AmpTestLoop', 'AmpValLoop', 'autocast_model',
+    'apply_amp_test_cfg', 'resolve_amp_dtype', 'trusted_checkpoints'
 ]
