@@ -9,6 +9,7 @@ model = dict(
     backbone=dict(
         type='APTViT',
         thresholds=(5.75, ),
+        patch_sizes=(14, 28),
         entropy_bins=512,
         # Must equal the data preprocessor's mean/std.
         mean=[123.675, 116.28, 103.53],

@@ -14,6 +14,7 @@ model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(5.75, ),
+        patch_sizes=(16, 32),
         entropy_bins=512,
         # Must equal the data preprocessor's: the tokenizer un-normalises the
         # images to score patch entropy on 0-255 grey levels.

@@ -7,6 +7,7 @@ model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(5.75, ),
+        patch_sizes=(16, 32),
         entropy_bins=512,
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375]))

@@ -24,7 +24,9 @@ from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
 from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
-from mmapt.engine.preflight import (add_runner_args, build_runner, check_data,
+from mmapt.engine.preflight import (add_runner_args, build_runner,
+                                    check_checkpoint_path, check_data,
+                                    check_writable_dir, exit_on_input_error,
                                     load_runner_config, setup_cpu_distributed)
 from mmapt.engine.released import apply_released_test_cfg
 
@@ -154,9 +156,11 @@ def collect_metrics(runner, metrics: dict) -> dict:
 def main():
     args = parse_args()
     cfg = load_runner_config(args)
-    is_url = args.checkpoint.startswith(('http://', 'https://'))
-    if not osp.isfile(args.checkpoint) and not is_url:
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} not found')
+    check_checkpoint_path(args.checkpoint, 'checkpoint')
+    if args.out is not None:
+        check_writable_dir(
+            args.out if cfg.get('default_scope') == 'mmseg' else
+            osp.dirname(args.out) or '.', '--out')
     # A full checkpoint is loaded: the backbone's pretraining init is not.
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
@@ -184,4 +188,5 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    with exit_on_input_error():
+        main()

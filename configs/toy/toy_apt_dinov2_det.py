@@ -8,6 +8,7 @@ model = dict(
     backbone=dict(
         type='APTViT',
         thresholds=(2.0, 2.0, 0.3),
+        patch_sizes=(14, 28, 56, 112),
         entropy_bins=512,
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375]))

@@ -8,6 +8,7 @@ model = dict(
     backbone=dict(
         type='APTViT',
         thresholds=(5.75, ),
+        patch_sizes=(14, 28),
         entropy_bins=512,
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375]))

@@ -10,6 +10,7 @@ model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(5.75, ),
+        patch_sizes=(16, 32),
         entropy_bins=512,
         mean=[122.7709383, 116.7460125, 104.09373615],
         std=[68.5005327, 66.6321579, 70.32316305]))

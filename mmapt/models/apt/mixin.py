@@ -10,17 +10,18 @@ embeddings exist (before freezing stages), route input checks through
 ``embedding_modules()``; everything else is the adapter's
 (:class:`~mmapt.models.apt.APTAdapter`).
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
 from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
-                             PatchTokenizer)
+                             PatchTokenizer, check_thresholds)
 from .adapter import APTAdapter
 from .context import PackedContext
+from .layout_record import APTLayoutRecord
 
 
-class APTBackboneMixin:
+class APTBackboneMixin(APTLayoutRecord):
     """Adds the APT arguments and hands ``forward`` to an :class:`APTAdapter`.
 
     Args:
@@ -32,6 +33,12 @@ class APTBackboneMixin:
         mean (Sequence[float]): RGB mean the data preprocessor normalised
             with (undone to measure entropy on 0-255 gray levels).
         std (Sequence[float]): RGB std, likewise.
+        patch_sizes (Sequence[int], optional): The patch sizes, stated
+            explicitly (configs do): they must be ``patch_size * 2**i`` and
+            one more than the thresholds, so an override of either that
+            drops or adds a scale is an error. Defaults to None (implied by
+            the thresholds). State dicts record the sizes, see
+            :mod:`~mmapt.models.apt.layout_record`.
         *args, **kwargs: The plain backbone's arguments.
     """
 
@@ -45,6 +52,7 @@ class APTBackboneMixin:
                  entropy_bins: int = 512,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
+                 patch_sizes: Optional[Sequence[int]] = None,
                  **kwargs) -> None:
         # Read by _init_extra, which the plain __init__ calls.
         self._apt_args = dict(
@@ -52,10 +60,14 @@ class APTBackboneMixin:
             entropy_bins=entropy_bins,
             mean=tuple(mean),
             std=tuple(std))
+        self._apt_patch_sizes = patch_sizes
         super().__init__(*args, **kwargs)
 
     def _init_extra(self) -> None:
         super()._init_extra()
+        if self._apt_patch_sizes is not None:
+            check_thresholds(self._apt_args['thresholds'],
+                             self._apt_patch_sizes, self.patch_size)
         self.apt = APTAdapter(self, **self._apt_args)
 
     @property
