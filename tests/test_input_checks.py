@@ -136,11 +136,15 @@ def test_mmengine_load_checkpoint_warns_on_scale_mismatch(tmp_path):
     """The path of ``load_from``, ``tools/test.py`` and ``init_cfg``:
     mmengine's loader, a runner-style checkpoint with a ``backbone.``
     prefix."""
-    from mmengine.runner.checkpoint import load_checkpoint, save_checkpoint
+    from mmengine.runner.checkpoint import (get_state_dict, load_checkpoint,
+                                            save_checkpoint, weights_to_cpu)
     path = str(tmp_path / 'ckpt.pth')
     wrapper = torch.nn.Module()
     wrapper.backbone = _apt(thresholds=(2, 2, 0.3))
-    save_checkpoint(wrapper.state_dict(), path, meta=dict(cfg='x'))
+    # What the Runner writes: weights_to_cpu(get_state_dict(model)) + meta.
+    state = weights_to_cpu(get_state_dict(wrapper))
+    assert state['backbone.apt_embed.patch_sizes'].tolist() == [16, 32, 64, 128]
+    save_checkpoint(dict(state_dict=state, meta=dict(cfg='x')), path)
     other = torch.nn.Module()
     other.backbone = _apt(thresholds=(5.75, ))
     with pytest.warns(CheckpointLayoutWarning, match=r'\(16, 32\)'):

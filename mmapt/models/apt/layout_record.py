@@ -19,6 +19,7 @@ import warnings
 from typing import Sequence, Tuple
 
 import torch
+from torch import nn
 
 RECORD_KEY = 'apt_embed.patch_sizes'
 
@@ -28,37 +29,38 @@ class CheckpointLayoutWarning(UserWarning):
     recorded)."""
 
 
-class APTLayoutRecord:
-    """Mixin of APT backbones (before the plain class in the MRO): saves
-    ``apt_embed.patch_sizes`` with the state dict and checks it at load.
+def attach_layout_record(backbone: nn.Module) -> None:
+    """Make ``backbone`` (an APT backbone: ``tokenizer.patch_sizes``) write
+    ``apt_embed.patch_sizes`` into its state dicts and check it when it
+    loads one (torch's public state-dict hooks, which mmengine's
+    ``get_state_dict`` / ``load_state_dict`` call too)."""
+    backbone.register_state_dict_post_hook(_save_layout)
+    backbone.register_load_state_dict_pre_hook(_check_layout_at_load)
 
-    The host provides ``tokenizer.patch_sizes``.
-    """
 
-    def _recorded_patch_sizes(self) -> Tuple[int, ...]:
-        return tuple(self.tokenizer.patch_sizes)
+def _model_patch_sizes(backbone: nn.Module) -> Tuple[int, ...]:
+    return tuple(backbone.tokenizer.patch_sizes)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + RECORD_KEY] = torch.tensor(
-            self._recorded_patch_sizes(), dtype=torch.int64, device='cpu')
 
-    def _load_from_state_dict(self, state_dict, prefix, *args,
-                              **kwargs) -> None:
-        # Taken out before the children load, so it is never "unexpected".
-        recorded = state_dict.pop(prefix + RECORD_KEY, None)
-        if recorded is not None:
-            if not recorded.is_meta:  # shape-only loads carry no values
-                check_layout(
-                    tuple(int(s) for s in recorded.tolist()),
-                    self._recorded_patch_sizes())
-        elif any(k.startswith(prefix + 'apt_embed.') for k in state_dict):
-            warnings.warn(
-                'checkpoint has APT layers but no record of the patch sizes '
-                'they were trained with (written before mmapt recorded '
-                f'them); assuming the model\'s {self._recorded_patch_sizes()}',
-                CheckpointLayoutWarning)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+def _save_layout(backbone, state_dict, prefix, local_metadata) -> None:
+    state_dict[prefix + RECORD_KEY] = torch.tensor(
+        _model_patch_sizes(backbone), dtype=torch.int64, device='cpu')
+
+
+def _check_layout_at_load(backbone, state_dict, prefix, *args) -> None:
+    # Taken out before the children load, so it is never "unexpected".
+    recorded = state_dict.pop(prefix + RECORD_KEY, None)
+    if recorded is not None:
+        if not recorded.is_meta:  # shape-only loads carry no values
+            check_layout(
+                tuple(int(s) for s in recorded.tolist()),
+                _model_patch_sizes(backbone))
+    elif any(k.startswith(prefix + 'apt_embed.') for k in state_dict):
+        warnings.warn(
+            'checkpoint has APT layers but no record of the patch sizes '
+            'they were trained with (written before mmapt recorded them); '
+            f'assuming the model\'s {_model_patch_sizes(backbone)}',
+            CheckpointLayoutWarning)
 
 
 def check_layout(checkpoint: Sequence[int], model: Sequence[int]) -> bool:

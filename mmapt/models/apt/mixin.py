@@ -18,10 +18,10 @@ from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
                              PatchTokenizer, check_thresholds)
 from .adapter import APTAdapter
 from .context import PackedContext
-from .layout_record import APTLayoutRecord
+from .layout_record import attach_layout_record
 
 
-class APTBackboneMixin(APTLayoutRecord):
+class APTBackboneMixin:
     """Adds the APT arguments and hands ``forward`` to an :class:`APTAdapter`.
 
     Args:
@@ -69,6 +69,7 @@ class APTBackboneMixin(APTLayoutRecord):
             check_thresholds(self._apt_args['thresholds'],
                              self._apt_patch_sizes, self.patch_size)
         self.apt = APTAdapter(self, **self._apt_args)
+        attach_layout_record(self)
 
     @property
     def tokenizer(self) -> PatchTokenizer:
