@@ -117,8 +117,8 @@ def test_state_dict_records_patch_sizes():
     state = model.state_dict()
     assert state['apt_embed.patch_sizes'].tolist() == [16, 32, 64, 128]
     # It loads back into the same layout strictly and silently.
-    _no_warnings(lambda: _apt(thresholds=(1, 1, 1)).load_state_dict(
-        state, strict=True))
+    same_layout = _apt(thresholds=(1, 1, 1))
+    _no_warnings(lambda: same_layout.load_state_dict(state, strict=True))
 
 
 def test_checkpoint_with_other_scale_count_warns_at_load():
@@ -143,7 +143,9 @@ def test_mmengine_load_checkpoint_warns_on_scale_mismatch(tmp_path):
     wrapper.backbone = _apt(thresholds=(2, 2, 0.3))
     # What the Runner writes: weights_to_cpu(get_state_dict(model)) + meta.
     state = weights_to_cpu(get_state_dict(wrapper))
-    assert state['backbone.apt_embed.patch_sizes'].tolist() == [16, 32, 64, 128]
+    assert state['backbone.apt_embed.patch_sizes'].tolist() == [
+        16, 32, 64, 128
+    ]
     save_checkpoint(dict(state_dict=state, meta=dict(cfg='x')), path)
     other = torch.nn.Module()
     other.backbone = _apt(thresholds=(5.75, ))
@@ -168,8 +170,8 @@ def test_checkpoint_without_layout_record_still_loads():
     # A plain EVA02 checkpoint: only the APT weights are missing.
     from mmapt.models import EVA02
     plain = EVA02(arch=ARCH, img_size=128, patch_size=16)
-    result = _no_warnings(lambda: target.load_state_dict(
-        plain.state_dict(), strict=False))
+    result = _no_warnings(
+        lambda: target.load_state_dict(plain.state_dict(), strict=False))
     assert sorted(result.missing_keys) == [
         'apt_embed.aggregate.bias', 'apt_embed.aggregate.weight',
         'apt_embed.zero_linear.bias', 'apt_embed.zero_linear.weight'
@@ -217,25 +219,34 @@ def test_preflight_checks_without_tools(tmp_path):
     assert not (tmp_path / 'new').exists()  # checking creates nothing
 
     with pytest.raises(FileNotFoundError, match='checkpoint'):
-        preflight.check_checkpoint_path(str(tmp_path / 'missing.pth'),
-                                        'checkpoint')
+        preflight.check_checkpoint_path(
+            str(tmp_path / 'missing.pth'), 'checkpoint')
     (tmp_path / 'empty.pth').write_bytes(b'')
     with pytest.raises(ValueError, match='empty'):
-        preflight.check_checkpoint_path(str(tmp_path / 'empty.pth'),
-                                        'checkpoint')
+        preflight.check_checkpoint_path(
+            str(tmp_path / 'empty.pth'), 'checkpoint')
 
     cfg = Config(dict(resume=True, load_from=str(tmp_path / 'gone.pth')))
     with pytest.raises(FileNotFoundError, match='resume'):
         preflight.check_checkpoints(cfg, 'c.py', check_init=False)
+    cut = tmp_path / 'cut.pth'
+    torch.save({'w': torch.zeros(64, 64)}, str(cut))
+    cut.write_bytes(cut.read_bytes()[:2000])
+    cfg = Config(dict(load_from=str(cut)))
+    with pytest.raises(ValueError, match='load_from .*truncated'):
+        preflight.check_checkpoints(cfg, 'c.py', check_init=False)
+    init = dict(type='Pretrained', checkpoint=str(cut))
+    cfg = Config(dict(model=dict(backbone=dict(init_cfg=init))))
+    with pytest.raises(ValueError, match='init_cfg.*truncated'):
+        preflight.check_checkpoints(cfg, 'c.py', check_init=True)
 
 
 def test_test_tool_missing_checkpoint_is_one_line(tmp_path):
-    proc = run_tool(
-        ['tools/test.py', TOY_DET,
-         str(tmp_path / 'missing.pth')],
-        cwd=tmp_path,
-        check=False,
-        timeout=300)
+    proc = run_tool(['tools/test.py', TOY_DET,
+                     str(tmp_path / 'missing.pth')],
+                    cwd=tmp_path,
+                    check=False,
+                    timeout=300)
     assert proc.returncode == 2
     assert 'Traceback' not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

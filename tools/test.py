@@ -156,11 +156,6 @@ def collect_metrics(runner, metrics: dict) -> dict:
 def main():
     args = parse_args()
     cfg = load_runner_config(args)
-    check_checkpoint_path(args.checkpoint, 'checkpoint')
-    if args.out is not None:
-        check_writable_dir(
-            args.out if cfg.get('default_scope') == 'mmseg' else
-            osp.dirname(args.out) or '.', '--out')
     # A full checkpoint is loaded: the backbone's pretraining init is not.
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
@@ -174,6 +169,11 @@ def main():
     if args.tta:
         set_up_tta(cfg, args.config)
 
+    check_checkpoint_path(args.checkpoint, 'checkpoint')
+    if args.out is not None:
+        check_writable_dir(
+            args.out if cfg.get('default_scope') == 'mmseg' else
+            osp.dirname(args.out) or '.', '--out')
     check_data(cfg, args.config, ('test', ))
     setup_cpu_distributed(cfg, args.launcher)
     runner = build_runner(cfg)

@@ -71,8 +71,9 @@ def exit_on_input_error(status: int = 2):
     try:
         yield
     except InputError as err:
-        kind = next(base.__name__ for base in type(err).__mro__
-                    if not issubclass(base, InputError))
+        kind = next(
+            base.__name__ for base in type(err).__mro__
+            if not issubclass(base, InputError))
         print(f'{kind}: {err}', file=sys.stderr)
         sys.exit(status)
 
@@ -151,8 +152,8 @@ def warn_compile(cfg: Config) -> Optional[str]:
     recompiles or breaks its graph every batch; returns the line (None when
     there is nothing to say)."""
     backbone = _backbone_cfg(cfg)
-    is_apt = 'thresholds' in backbone or str(backbone.get('type',
-                                                          '')).startswith('APT')
+    backbone_type = str(backbone.get('type', ''))
+    is_apt = 'thresholds' in backbone or backbone_type.startswith('APT')
     if not cfg.get('compile') or not is_apt or backbone.get('pack_size'):
         return None
     msg = ('compile: the APT backbone makes a different number of tokens '

@@ -35,8 +35,8 @@ from torch import Tensor
 
 from mmapt.models.layers import resize_patch_kernel, resize_pos_embed
 # Re-exported: the converters' reader of source files.
-from .checkpoint_file import (  # noqa: F401
-    CheckpointFileError, load_checkpoint_file)
+from .checkpoint_file import CheckpointFileError  # noqa: F401
+from .checkpoint_file import load_checkpoint_file  # noqa: F401
 
 # Checkpoint containers, outermost first.
 _WRAPPERS = ('module', 'model', 'state_dict', 'model_ema')

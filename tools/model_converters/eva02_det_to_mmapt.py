@@ -19,8 +19,8 @@ import sys
 
 import torch
 
-from mmapt.utils.checkpoint_file import CheckpointFileError
 from mmapt.utils import ConversionError, load_checkpoint_file
+from mmapt.utils.checkpoint_file import CheckpointFileError
 from mmapt.utils.eva02_det_convert import (config_for,
                                            convert_eva02_det_checkpoint)
 
@@ -50,7 +50,9 @@ def main() -> int:
     args = parse_args()
     try:
         state, dropped, info = convert_eva02_det_checkpoint(
-            load_checkpoint_file(args.src), use_ema=args.ema, mask_heads=args.mask_heads)
+            load_checkpoint_file(args.src),
+            use_ema=args.ema,
+            mask_heads=args.mask_heads)
     except CheckpointFileError as err:  # the message names the file
         print(f'error: {err}', file=sys.stderr)
         return 1

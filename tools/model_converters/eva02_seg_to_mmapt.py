@@ -18,9 +18,9 @@ import sys
 
 import torch
 
-from mmapt.utils.checkpoint_file import CheckpointFileError
 from mmapt.utils import (ConversionError, config_for,
                          convert_eva02_seg_checkpoint, load_checkpoint_file)
+from mmapt.utils.checkpoint_file import CheckpointFileError
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from mmapt.utils.checkpoint_file import CheckpointFileError
 from mmapt.utils import (ConversionError, convert_eva02_state_dict,
                          load_checkpoint_file)
+from mmapt.utils.checkpoint_file import CheckpointFileError
 
 
 def parse_args() -> argparse.Namespace:

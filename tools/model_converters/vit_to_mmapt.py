@@ -17,9 +17,9 @@ import sys
 
 import torch
 
-from mmapt.utils.checkpoint_file import CheckpointFileError
 from mmapt.utils import (ConversionError, convert_vit_state_dict,
                          load_checkpoint_file, vit_arch_hint)
+from mmapt.utils.checkpoint_file import CheckpointFileError
 
 
 def main() -> int:
