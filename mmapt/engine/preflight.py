@@ -118,11 +118,12 @@ def check_checkpoint_path(path: str, what: str) -> None:
     remote URLs are left to the loader."""
     if not path or str(path).startswith(REMOTE_PREFIXES):
         return
+    if not osp.exists(path):
+        raise MissingInputError(f'{what} {path} not found (relative to '
+                                f'{os.getcwd()}); check the path')
     problem = checkpoint_file_problem(path)
-    if problem is None:
-        return
-    error = MissingInputError if not osp.exists(path) else BadInputError
-    raise error(f'{what} {problem}')
+    if problem is not None:
+        raise BadInputError(f'{what} {problem}')
 
 
 def _backbone_cfg(cfg: Config) -> dict:
