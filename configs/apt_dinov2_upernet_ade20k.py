@@ -8,6 +8,7 @@ model = dict(
     backbone=dict(
         type='APTViT',
         thresholds=(5.75, ),
+        patch_sizes=(14, 28),
         entropy_bins=512,
         # The data preprocessor's mean/std (the tokenizer un-normalises the
         # images to score entropy on 0-255 grey levels).

@@ -9,6 +9,7 @@ model = dict(
     backbone=dict(
         type='APTViT',
         thresholds=(2.0, 2.0, 0.3),
+        patch_sizes=(14, 28, 56, 112),
         entropy_bins=512,
         # The data preprocessor's mean/std (the tokenizer un-normalises the
         # images to score entropy on 0-255 grey levels).

@@ -13,6 +13,7 @@ model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(5.75, ),
+        patch_sizes=(16, 32),
         entropy_bins=512,
         # The data preprocessor's mean/std (the tokenizer un-normalises the
         # images to score entropy on 0-255 grey levels).

@@ -5,6 +5,7 @@ model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(5.75, ),
+        patch_sizes=(16, 32),
         entropy_bins=512,
         mean=_base_.model.data_preprocessor.mean,
         std=_base_.model.data_preprocessor.std))

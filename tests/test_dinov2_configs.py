@@ -112,7 +112,8 @@ def test_recipes_follow_eva02():
 
 def _strip_apt(cfg):
     cfg = copy.deepcopy(cfg.to_dict())
-    for key in ('type', 'thresholds', 'entropy_bins', 'mean', 'std'):
+    for key in ('type', 'thresholds', 'patch_sizes', 'entropy_bins', 'mean',
+                'std'):
         cfg['model']['backbone'].pop(key, None)
     cfg.pop('custom_hooks', None)
     return cfg

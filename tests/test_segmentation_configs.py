@@ -160,7 +160,8 @@ def test_apt_sizes_are_multiples_of_the_largest_patch(path):
 def _strip_apt(cfg_dict: dict) -> dict:
     cfg_dict = copy.deepcopy(cfg_dict)
     backbone = cfg_dict['model']['backbone']
-    for key in ('type', 'thresholds', 'entropy_bins', 'mean', 'std'):
+    for key in ('type', 'thresholds', 'patch_sizes', 'entropy_bins', 'mean',
+                'std'):
         backbone.pop(key, None)
     cfg_dict.pop('custom_hooks', None)
     return cfg_dict
@@ -346,7 +347,7 @@ def test_finetune_loads_a_baseline_segmentor_state_dict():
     _, apt_cfg = _tiny_apt_model_cfg()
     base_cfg = copy.deepcopy(apt_cfg)
     base_cfg.backbone.type = 'EVA02'
-    for key in ('thresholds', 'entropy_bins', 'mean', 'std'):
+    for key in ('thresholds', 'patch_sizes', 'entropy_bins', 'mean', 'std'):
         base_cfg.backbone.pop(key)
     baseline = _build_model(base_cfg)
     apt = _build_model(apt_cfg)

@@ -25,7 +25,9 @@ from mmengine.logging import print_log
 
 from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
 from mmapt.engine.checkpoint import trusted_checkpoints
-from mmapt.engine.preflight import (add_runner_args, build_runner, check_data,
+from mmapt.engine.preflight import (add_runner_args, build_runner,
+                                    check_checkpoint_path, check_data,
+                                    check_writable_dir, exit_on_input_error,
                                     load_runner_config, setup_cpu_distributed)
 from mmapt.engine.released import apply_released_test_cfg
 
@@ -155,9 +157,6 @@ def collect_metrics(runner, metrics: dict) -> dict:
 def main():
     args = parse_args()
     cfg = load_runner_config(args)
-    is_url = args.checkpoint.startswith(('http://', 'https://'))
-    if not osp.isfile(args.checkpoint) and not is_url:
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} not found')
     # A full checkpoint is loaded: the backbone's pretraining init is not.
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
@@ -171,6 +170,11 @@ def main():
     if args.tta:
         set_up_tta(cfg, args.config)
 
+    check_checkpoint_path(args.checkpoint, 'checkpoint')
+    if args.out is not None:
+        check_writable_dir(
+            args.out if cfg.get('default_scope') == 'mmseg' else
+            osp.dirname(args.out) or '.', '--out')
     check_data(cfg, args.config, ('test', ))
     setup_cpu_distributed(cfg, args.launcher)
     runner = build_runner(cfg)
@@ -186,4 +190,5 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    with exit_on_input_error():
+        main()

@@ -1,9 +1,10 @@
 # Copyright (c) mmapt contributors. All rights reserved.
 """Train an mmapt detector (mmdet) or segmentor (mmseg) with mmengine's Runner.
 
-Before the Runner is built, a missing data set or backbone checkpoint fails
-with a message naming the fix, and a distributed launch without CUDA is
-switched to gloo on CPU.
+Before the Runner is built, a wrong config path, bad APT thresholds, a
+missing data set, a missing or broken checkpoint or an unwritable work dir
+fails with one line naming the fix (``mmapt.engine.preflight``), and a
+distributed launch without CUDA is switched to gloo on CPU.
 
 Examples:
     python tools/train.py configs/toy/toy_apt_det.py --work-dir work_dirs/toy
@@ -16,7 +17,8 @@ from mmengine.logging import print_log
 from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import (add_runner_args, build_runner,
                                     check_checkpoints, check_data,
-                                    load_runner_config, setup_cpu_distributed)
+                                    exit_on_input_error, load_runner_config,
+                                    setup_cpu_distributed, warn_compile)
 
 
 def parse_args():
@@ -74,6 +76,7 @@ def main():
     splits = ('train', 'val') if cfg.get('val_cfg') else ('train', )
     check_data(cfg, args.config, splits)
     check_checkpoints(cfg, args.config, check_init=not cfg.get('resume'))
+    warn_compile(cfg)
     setup_cpu_distributed(cfg, args.launcher)
     runner = build_runner(cfg)
     # --resume and a fine-tune's load_from read Runner-written checkpoints.
@@ -82,4 +85,5 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    with exit_on_input_error():
+        main()

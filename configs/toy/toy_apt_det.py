@@ -7,6 +7,7 @@ model = dict(
     backbone=dict(
         type='APTEVA02',
         thresholds=(2.0, 2.0, 0.3),
+        patch_sizes=(16, 32, 64, 128),
         entropy_bins=512,
         mean=_base_.model.data_preprocessor.mean,
         std=_base_.model.data_preprocessor.std))

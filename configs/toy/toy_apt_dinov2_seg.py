@@ -7,6 +7,7 @@ model = dict(
     backbone=dict(
         type='APTViT',
         thresholds=(5.75, ),
+        patch_sizes=(14, 28),
         entropy_bins=512,
         mean=_base_.model.data_preprocessor.mean,
         std=_base_.model.data_preprocessor.std))

@@ -1,12 +1,21 @@
 # Copyright (c) mmapt contributors. All rights reserved.
 """Checks run by ``tools/train.py`` and ``tools/test.py`` before a Runner is
-built, so that a missing data set, a missing checkpoint or a CPU-only
-distributed launch fails at once with a message that says what to do."""
+built, so that a wrong config path, bad APT thresholds, a missing data set, a
+missing or broken checkpoint, an output folder that cannot be written or a
+CPU-only distributed launch fails at once with a message that says what to
+do. The tools print an :class:`InputError` as one line, without a traceback
+(:func:`exit_on_input_error`)."""
+import contextlib
+import logging
 import os
 import os.path as osp
+import sys
 from typing import Iterator, List, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict
+from mmengine.logging import print_log
+
+from mmapt.utils.checkpoint_file import checkpoint_file_problem
 
 # What each OpenMMLab scope expects on disk, and how to make a toy stand-in.
 DATA_HELP = {
@@ -35,6 +44,127 @@ CONVERTER_HELP = (
     '--patch-size 16\n'
     '(see docs/detection.md, "Checkpoints"). To train from scratch instead, '
     'pass --cfg-options model.backbone.init_cfg=None')
+
+CONFIG_SUFFIXES = ('.py', '.json', '.yaml', '.yml')
+
+
+class InputError(Exception):
+    """Bad input found before any slow work; the message names the fix."""
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """A file or folder the command needs does not exist."""
+
+
+class BadInputError(InputError, ValueError):
+    """A setting or file that cannot work."""
+
+
+class UnwritableOutputError(InputError, PermissionError):
+    """An output folder that cannot be created or written."""
+
+
+@contextlib.contextmanager
+def exit_on_input_error(status: int = 2):
+    """Print an :class:`InputError` as one ``Kind: message`` line on stderr
+    and exit with ``status`` (other exceptions propagate)."""
+    try:
+        yield
+    except InputError as err:
+        kind = next(
+            base.__name__ for base in type(err).__mro__
+            if not issubclass(base, InputError))
+        print(f'{kind}: {err}', file=sys.stderr)
+        sys.exit(status)
+
+
+def check_config_path(path: str) -> None:
+    """A config file that exists and that mmengine can read."""
+    if osp.isfile(path):
+        if not path.endswith(CONFIG_SUFFIXES):
+            raise BadInputError(
+                f'config {path} is not a config file: expected '
+                f'{" / ".join(CONFIG_SUFFIXES)} (the mmapt configs are the '
+                '.py files under configs/)')
+        return
+    raise MissingInputError(
+        f'config {path} not found (relative to {os.getcwd()}); the mmapt '
+        'configs are under configs/ of the repository, e.g. '
+        'configs/toy/toy_apt_det.py')
+
+
+def check_writable_dir(path: str, what: str) -> None:
+    """``path`` is, or can be created as, a folder this process can write
+    (nothing is created)."""
+    probe = osp.abspath(path)
+    while not osp.exists(probe):
+        parent = osp.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not osp.isdir(probe):
+        raise UnwritableOutputError(
+            f'{what} {path} cannot be created: {probe} is a file, not a '
+            f'folder; choose another {what}')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UnwritableOutputError(
+            f'{what} {path} cannot be written: no write permission in '
+            f'{probe}; choose a {what} you can write')
+
+
+def check_checkpoint_path(path: str, what: str) -> None:
+    """A local checkpoint that exists and is whole (size and framing only,
+    see :func:`~mmapt.utils.checkpoint_file.checkpoint_file_problem`);
+    remote URLs are left to the loader."""
+    if not path or str(path).startswith(REMOTE_PREFIXES):
+        return
+    if not osp.exists(path):
+        raise MissingInputError(f'{what} {path} not found (relative to '
+                                f'{os.getcwd()}); check the path')
+    problem = checkpoint_file_problem(path)
+    if problem is not None:
+        raise BadInputError(f'{what} {problem}')
+
+
+def _backbone_cfg(cfg: Config) -> dict:
+    model = cfg.get('model') or {}
+    if 'backbone' not in model and 'module' in model:  # a TTA wrapper
+        model = model['module'] or {}
+    return model.get('backbone') or {}
+
+
+def check_model_args(cfg: Config, config_path: str) -> None:
+    """APT thresholds (values, and count against ``patch_sizes``) checked
+    from the config, before the model is built."""
+    from mmapt.tokenizer import check_thresholds
+    backbone = _backbone_cfg(cfg)
+    if 'thresholds' not in backbone:
+        return
+    try:
+        check_thresholds(backbone['thresholds'], backbone.get('patch_sizes'),
+                         backbone.get('patch_size'))
+    except ValueError as err:
+        raise BadInputError(f'model.backbone of {config_path}: {err}')
+
+
+def warn_compile(cfg: Config) -> Optional[str]:
+    """One warning line when ``compile`` is asked for with an APT backbone
+    outside its static-shape mode (``pack_size``), where torch.compile
+    recompiles or breaks its graph every batch; returns the line (None when
+    there is nothing to say)."""
+    backbone = _backbone_cfg(cfg)
+    backbone_type = str(backbone.get('type', ''))
+    is_apt = 'thresholds' in backbone or backbone_type.startswith('APT')
+    if not cfg.get('compile') or not is_apt or backbone.get('pack_size'):
+        return None
+    msg = ('compile: the APT backbone makes a different number of tokens '
+           'for every batch (graph breaks at Tensor.item(), recompilation), '
+           'so torch.compile makes training slower, not faster; set '
+           'model.backbone.pack_size for static shapes or drop compile '
+           '(docs/backbone.md, "torch.compile")')
+    print_log(msg, logger='current', level=logging.WARNING)
+    return msg
+
 
 REMOTE_PREFIXES = ('http://', 'https://', 'open-mmlab://', 'torchvision://',
                    'mmcls://', 'pavi://', 's3://', 'modelzoo://')
@@ -114,7 +244,7 @@ def check_data(cfg: Config, config_path: str, splits: Tuple[str, ...]) -> None:
     if root and not root.endswith('/'):
         root += '/'
     layout = DATA_HELP.get(scope, 'the layout described by the config')
-    raise FileNotFoundError(
+    raise MissingInputError(
         f'Data set of config {config_path} not found: missing '
         f'{", ".join(missing)} (relative to {os.getcwd()}).\n'
         f'Expected {layout.format(root=root)}\n'
@@ -128,16 +258,22 @@ def _local_missing(path: Optional[str]) -> bool:
 
 
 def check_checkpoints(cfg: Config, config_path: str, check_init: bool) -> None:
-    """Raise ``FileNotFoundError`` when ``load_from`` or (with
-    ``check_init``) a ``Pretrained`` init checkpoint of the backbone is a
-    local file that does not exist."""
+    """Raise an :class:`InputError` when ``load_from`` (a ``--resume``
+    path included) or (with ``check_init``) a ``Pretrained`` init checkpoint
+    of the backbone is a local file that does not exist or is broken."""
     load_from = cfg.get('load_from')
-    if _local_missing(load_from) and not cfg.get('resume', False):
-        raise FileNotFoundError(
+    if _local_missing(load_from) and cfg.get('resume', False):
+        raise MissingInputError(
+            f'--resume {load_from}: checkpoint not found; pass an existing '
+            'checkpoint, or --resume without a path to resume from the '
+            'latest checkpoint of the work dir')
+    if _local_missing(load_from):
+        raise MissingInputError(
             f'load_from={load_from!r} of config {config_path} not found. '
             'Train the detector/segmentor it names first (its config is in '
             'the comment of this config), or pass --cfg-options '
             'load_from=PATH.')
+    check_checkpoint_path(load_from, 'load_from')
     if not check_init:
         return
     backbone = (cfg.get('model') or {}).get('backbone') or {}
@@ -147,9 +283,10 @@ def check_checkpoints(cfg: Config, config_path: str, check_init: bool) -> None:
             continue
         ckpt = init.get('checkpoint')
         if _local_missing(ckpt):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f'Backbone checkpoint {ckpt!r} (model.backbone.init_cfg of '
                 f'config {config_path}) not found.\n{CONVERTER_HELP}')
+        check_checkpoint_path(ckpt, 'model.backbone.init_cfg.checkpoint')
 
 
 def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
@@ -214,9 +351,12 @@ def add_runner_args(parser) -> None:
 def load_runner_config(args) -> Config:
     """Read ``args.config``, apply ``--cfg-options``, set the launcher and
     the work dir (``--work-dir``, else the config's, else
-    ``work_dirs/<config name>``); export ``LOCAL_RANK`` if unset."""
+    ``work_dirs/<config name>``); export ``LOCAL_RANK`` if unset. The config
+    path, the APT thresholds and the work dir are checked
+    (:class:`InputError`)."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
+    check_config_path(args.config)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
@@ -226,6 +366,8 @@ def load_runner_config(args) -> Config:
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    check_model_args(cfg, args.config)
+    check_writable_dir(cfg.work_dir, 'work dir')
     return cfg
 
 

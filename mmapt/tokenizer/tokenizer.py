@@ -28,7 +28,7 @@ def check_thresholds(thresholds: Sequence[float],
     Args:
         thresholds (Sequence[float]): One entropy threshold per scale above
             the base one, from the second-smallest scale upward. ``-1`` means
-            the scale never merges.
+            the scale never merges; other negative values are an error.
         patch_sizes (Sequence[int], optional): Explicit patch sizes; they must
             be ``patch_size * 2**i`` for i = 0..len(thresholds).
         patch_size (int, optional): The base patch size.
@@ -50,6 +50,13 @@ def check_thresholds(thresholds: Sequence[float],
                              f'got {value!r} in {list(thresholds)!r}')
         if math.isnan(float(value)):
             raise ValueError(f'thresholds must not be NaN: {expected_form}')
+        if value < 0 and value != -1:
+            # Entropy is never negative, so any negative threshold disables
+            # the scale; only -1 is that documented spelling.
+            raise ValueError(
+                f'threshold {value} in {list(thresholds)!r} is negative: '
+                'write -1 to disable that scale (no patch of it merges) or '
+                'use a value >= 0')
         values.append(float(value))
     if patch_sizes is not None:
         sizes = list(patch_sizes)
@@ -59,9 +66,15 @@ def check_thresholds(thresholds: Sequence[float],
             raise ValueError(f'patch sizes must be patch_size * 2**i '
                              f'({expected}), got {sizes}')
         if len(values) != len(sizes) - 1:
-            raise ValueError(f'{len(sizes)} patch sizes {sizes} need '
-                             f'{len(sizes) - 1} thresholds ({expected_form}); '
-                             f'got {len(values)}: {values}')
+            need = len(sizes) - 1
+            fewer = tuple(base * 2**i for i in range(len(values) + 1))
+            raise ValueError(
+                f'{len(sizes)} patch sizes {tuple(sizes)} need {need} '
+                f'threshold{"s" if need != 1 else ""} (one per scale above '
+                f'the base; -1 disables a scale), got {len(values)}: '
+                f'{tuple(values)}; give {need} values, or set '
+                f'model.backbone.patch_sizes={fewer} to use '
+                f'{len(fewer)} scales')
     return tuple(values)
 
 

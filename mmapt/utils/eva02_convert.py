@@ -34,6 +34,9 @@ import torch
 from torch import Tensor
 
 from mmapt.models.layers import resize_patch_kernel, resize_pos_embed
+# Re-exported: the converters' reader of source files.
+from .checkpoint_file import CheckpointFileError  # noqa: F401
+from .checkpoint_file import load_checkpoint_file  # noqa: F401
 
 # Checkpoint containers, outermost first.
 _WRAPPERS = ('module', 'model', 'state_dict', 'model_ema')
@@ -53,16 +56,6 @@ EXPECTED = ("an EVA-02 state dict: 'patch_embed.proj.weight', 'pos_embed' "
 
 class ConversionError(ValueError):
     """The dict is not an EVA-02 checkpoint this converter understands."""
-
-
-def load_checkpoint_file(path: str) -> dict:
-    """A source checkpoint for the converters, on the CPU: ``.safetensors``
-    or anything ``torch.load`` reads (full training dicts included, hence
-    ``weights_only=False``: convert only files you trust)."""
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path)
-    return torch.load(path, map_location='cpu', weights_only=False)
 
 
 def unwrap_state_dict(checkpoint: dict) -> Dict[str, Tensor]:

@@ -40,6 +40,7 @@ def tokenizer_from_config(cfg: Config) -> PatchTokenizer:
         return PatchTokenizer(
             patch_size=arg('patch_size', 16),
             thresholds=tuple(arg('thresholds')),
+            patch_sizes=arg('patch_sizes'),
             entropy_bins=arg('entropy_bins', 512),
             mean=arg('mean'),
             std=arg('std'),

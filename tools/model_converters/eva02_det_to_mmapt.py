@@ -20,6 +20,7 @@ import sys
 import torch
 
 from mmapt.utils import ConversionError, load_checkpoint_file
+from mmapt.utils.checkpoint_file import CheckpointFileError
 from mmapt.utils.eva02_det_convert import (config_for,
                                            convert_eva02_det_checkpoint)
 
@@ -47,10 +48,14 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    checkpoint = load_checkpoint_file(args.src)
     try:
         state, dropped, info = convert_eva02_det_checkpoint(
-            checkpoint, use_ema=args.ema, mask_heads=args.mask_heads)
+            load_checkpoint_file(args.src),
+            use_ema=args.ema,
+            mask_heads=args.mask_heads)
+    except CheckpointFileError as err:  # the message names the file
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ import torch
 
 from mmapt.utils import (ConversionError, config_for,
                          convert_eva02_seg_checkpoint, load_checkpoint_file)
+from mmapt.utils.checkpoint_file import CheckpointFileError
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,6 +38,9 @@ def main() -> int:
     try:
         state, dropped, info = convert_eva02_seg_checkpoint(
             load_checkpoint_file(args.src))
+    except CheckpointFileError as err:  # the message names the file
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1

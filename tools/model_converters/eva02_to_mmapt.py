@@ -16,6 +16,7 @@ import torch
 
 from mmapt.utils import (ConversionError, convert_eva02_state_dict,
                          load_checkpoint_file)
+from mmapt.utils.checkpoint_file import CheckpointFileError
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,6 +59,9 @@ def main() -> int:
         state, dropped = convert_eva02_state_dict(
             load_checkpoint_file(args.src), args.patch_size, args.img_size,
             args.kernel_resize, args.keep_cls_token)
+    except CheckpointFileError as err:  # the message names the file
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1

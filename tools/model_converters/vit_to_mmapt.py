@@ -19,6 +19,7 @@ import torch
 
 from mmapt.utils import (ConversionError, convert_vit_state_dict,
                          load_checkpoint_file, vit_arch_hint)
+from mmapt.utils.checkpoint_file import CheckpointFileError
 
 
 def main() -> int:
@@ -28,6 +29,9 @@ def main() -> int:
     args = parser.parse_args()
     try:
         state, dropped = convert_vit_state_dict(load_checkpoint_file(args.src))
+    except CheckpointFileError as err:  # the message names the file
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     except ConversionError as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from ..data_preprocessors.apt_inputs import split_apt_inputs
 from ..layers import APTEmbed
 from ..layers.context import PackedContext
 from .adapter import APTAdapter
+from .layout_record import attach_layout_record
 
 
 class APTBackboneMixin:
@@ -28,7 +29,10 @@ class APTBackboneMixin:
     Args:
         *args, **kwargs: The plain backbone's arguments, and the APT ones
             (:meth:`APTAdapter.arg_names`: ``thresholds``, ``entropy_bins``,
-            ``mean``, ``std`` and the tokenizer's own), which go to
+            ``mean``, ``std`` and the tokenizer's own, such as ``patch_sizes``:
+            stated explicitly, as the configs do, they must match the
+            thresholds and are recorded in state dicts, see
+            :mod:`~mmapt.models.apt.layout_record`), which go to
             :class:`APTAdapter` (see it for their meaning and defaults).
     """
 
@@ -44,6 +48,7 @@ class APTBackboneMixin:
         super().__init__(*args, **kwargs)
         self.apt_embed = APTEmbed(self.embed_dims)
         self.apt = APTAdapter(self, self.apt_embed, **apt_kwargs)
+        attach_layout_record(self)  # patch sizes into state dicts
         self.warn_img_size(self.apt.check_input_size)
         self._freeze_stages()  # again: apt_embed is part of stage 0
 
