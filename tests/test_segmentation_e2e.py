@@ -177,8 +177,9 @@ def test_inference_model_with_the_ade20k_config(tmp_path):
 def test_mmseg_inferencer(trained, tmp_path):
     from mmseg.apis import MMSegInferencer
     img = _real_size_image(tmp_path)
-    inferencer = MMSegInferencer(
-        model=TOY_APT, weights=trained['checkpoint'], device='cpu')
+    with trusted_checkpoints():  # a Runner-written checkpoint
+        inferencer = MMSegInferencer(
+            model=TOY_APT, weights=trained['checkpoint'], device='cpu')
     out_dir = str(tmp_path / 'vis')
     result = inferencer(img, out_dir=out_dir, return_datasamples=True)
     assert result.pred_sem_seg.data.shape == (1, 512, 683)
