@@ -3,6 +3,7 @@ shapes, no host reads, and a forward torch.compile and torch.export take
 whole."""
 import pytest
 import torch
+from conftest import flat_and_noise_images
 
 from mmapt.models import APTEVA02, APTViT
 from mmapt.models.layers.attention import (StaticPlan, VarlenPlan,
@@ -11,7 +12,6 @@ from mmapt.models.layers.attention import (StaticPlan, VarlenPlan,
                                            varlen_attention)
 from mmapt.tokenizer import build_layout, select_patches
 from mmapt.utils.overhead import count_overhead
-from conftest import flat_and_noise_images
 
 TINY = dict(embed_dims=32, num_layers=2, num_heads=1)
 CFG = dict(

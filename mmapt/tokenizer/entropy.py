@@ -36,7 +36,8 @@ def images_to_gray(images: Tensor, mean: Sequence[float],
     if len(mean) != 3 or len(std) != 3:
         raise ValueError('mean and std need one value per RGB channel, got '
                          f'mean={list(mean)}, std={list(std)}')
-    images = images.detach()
+    if images.requires_grad:
+        images = images.detach()
     # gray = sum_c w_c * (x_c * std_c + mean_c), accumulated in place so the
     # only new buffer is one (B, H, W) float map.
     gray = images.select(1, 0).float() * (GRAY_WEIGHTS[0] * std[0])
