@@ -27,11 +27,12 @@ import json
 import os.path as osp
 import sys
 import tempfile
-import time
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
+
+from mmapt.tokenizer.image_folder import Progress
 
 
 def parse_args(argv=None):
@@ -91,21 +92,6 @@ def cached_batches(runner, limit=None) -> list:
             break
         batches.append(batch)
     return batches
-
-
-class Progress:
-    """One stderr line per step (the settings are few, each slow)."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.start = total, 0, time.perf_counter()
-
-    def step(self, what: str) -> None:
-        self.done += 1
-        elapsed = time.perf_counter() - self.start
-        print(
-            f'[{self.done}/{self.total}] {what} ({elapsed:.0f} s)',
-            file=sys.stderr,
-            flush=True)
 
 
 def with_box_importance(cfg, batches: list) -> list:
@@ -300,12 +286,13 @@ def main(argv=None) -> int:
         cfg, runner = build_runner(args.config, work_dir)
         scope = cfg.get('default_scope', 'mmdet')
         batches = cached_batches(runner, args.limit)
-        progress = Progress(len(labels))
+        progress = Progress(len(labels), 'settings')
         runs = {}
         for label in labels:
             runs[label] = run_setting(runner, cfg, overrides[label],
                                       args.checkpoint, batches)
-            progress.step(f'{label}: {runs[label]["summary"]}')
+            print(f'{label}: {runs[label]["summary"]}', file=sys.stderr)
+            progress.update()
 
     num_images = len(runs[labels[0]]['tokens'])
     rng = np.random.default_rng(args.seed)
