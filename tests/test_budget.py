@@ -14,8 +14,8 @@ def _coverage(masks):
     total = torch.zeros(masks[0].shape, dtype=torch.long)
     for scale, mask in enumerate(masks):
         factor = 1 << scale
-        total += mask.long().repeat_interleave(factor, 1).repeat_interleave(
-            factor, 2)
+        total += mask.long().repeat_interleave(factor,
+                                               1).repeat_interleave(factor, 2)
     return total
 
 
@@ -36,8 +36,7 @@ def _greedy_reference(scores, grid, budget):
         if scale > 0:
             path = min(parent_path, float(scores[scale - 1][row, col]))
             width = grid[1] >> scale
-            heapq.heappush(heap,
-                           (-path, -scale, row * width + col, row, col))
+            heapq.heappush(heap, (-path, -scale, row * width + col, row, col))
 
     for row in range(grid[0] >> top):
         for col in range(grid[1] >> top):
@@ -52,17 +51,19 @@ def _greedy_reference(scores, grid, budget):
         for dr in (0, 1):
             for dc in (0, 1):
                 push(scale - 1, 2 * row + dr, 2 * col + dc, -path)
-    keep = [torch.zeros(grid[0] >> s, grid[1] >> s, dtype=torch.bool)
-            for s in range(num_scales)]
+    keep = [
+        torch.zeros(grid[0] >> s, grid[1] >> s, dtype=torch.bool)
+        for s in range(num_scales)
+    ]
     for row in range(grid[0] >> top):
         for col in range(grid[1] >> top):
             keep[top][row, col] = (top, row, col) not in split
     for scale in range(top - 1, -1, -1):
         for row in range(grid[0] >> scale):
             for col in range(grid[1] >> scale):
-                keep[scale][row, col] = ((scale + 1, row // 2, col // 2)
-                                         in split and
-                                         (scale, row, col) not in split)
+                keep[scale][row,
+                            col] = ((scale + 1, row // 2, col // 2) in split
+                                    and (scale, row, col) not in split)
     return keep
 
 
@@ -72,16 +73,16 @@ def test_equals_best_first_greedy(seed):
     random scores and on quantised ones (many ties)."""
     gen = torch.Generator().manual_seed(seed)
     grid = (16, 24)
-    scores = [torch.rand(2, 16 >> s, 24 >> s, generator=gen)
-              for s in (1, 2, 3)]
+    scores = [
+        torch.rand(2, 16 >> s, 24 >> s, generator=gen) for s in (1, 2, 3)
+    ]
     if seed % 2:
         scores = [(s * 4).floor() for s in scores]
     least = min_tokens(grid, 4)
     for budget in (least, least + 5, 100, 200, 383, 384, 500):
         masks = budget_patches(scores, grid, budget)
         for image in range(2):
-            want = _greedy_reference([s[image] for s in scores], grid,
-                                     budget)
+            want = _greedy_reference([s[image] for s in scores], grid, budget)
             for got, ref in zip(masks, want):
                 assert torch.equal(got[image], ref), (seed, budget)
 
@@ -107,10 +108,9 @@ def test_every_image_within_three_of_the_budget(scorer):
     gen = torch.Generator().manual_seed(hash(scorer) % 1000)
     for _ in range(12):
         scales, batch, height, width = _random_case(gen)
-        images = flat_and_noise_images(batch, height, width,
-                                       (height // 2, width // 3),
-                                       int(torch.randint(0, 99, (1, ),
-                                                         generator=gen)))
+        images = flat_and_noise_images(
+            batch, height, width, (height // 2, width // 3),
+            int(torch.randint(0, 99, (1, ), generator=gen)))
         tok = PatchTokenizer(16, (2.0, ) * (scales - 1), scorer=scorer)
         grid = (height // 16, width // 16)
         least = min_tokens(grid, scales)
@@ -120,8 +120,9 @@ def test_every_image_within_three_of_the_budget(scorer):
             tok.token_budget = budget
             layout = tok(images)
             counts = layout.tokens_per_image.tolist()
-            assert all(budget - 3 < n <= budget for n in counts), (
-                scales, height, width, budget, counts)
+            assert all(budget - 3 < n <= budget
+                       for n in counts), (scales, height, width, budget,
+                                          counts)
             masks = [m for m in tok.select(tok.score_maps(images), grid)]
             assert bool((_coverage(masks) == 1).all())
 
@@ -136,8 +137,7 @@ def test_keep_ratio_budget_and_shortcuts():
                    for n in layout.tokens_per_image.tolist())
     # keep_ratio 1 and a budget above the grid: the plain grid.
     assert PatchTokenizer(16, (2, 2, 0.3), keep_ratio=1.0)(images).all_base
-    assert PatchTokenizer(16, (2, 2, 0.3), token_budget=10**6)(
-        images).all_base
+    assert PatchTokenizer(16, (2, 2, 0.3), token_budget=10**6)(images).all_base
     # The minimum: one 128-px patch per cell of the 2 x 3 coarsest grid.
     layout = PatchTokenizer(16, (2, 2, 0.3), token_budget=8)(images)
     assert layout.tokens_per_image.tolist() == [6, 6]
@@ -164,8 +164,9 @@ def test_ties_coarse_first_then_row_major():
     scores = [torch.zeros(1, 8 >> s, 12 >> s) for s in (1, 2)]
     masks = budget_patches(scores, grid, min_tokens(grid, 3) + 6)
     # 6 coarsest 4x4-cell patches; the first two (row-major) are split.
-    assert masks[2][0].flatten().tolist() == [False, False, True, True, True,
-                                              True]
+    assert masks[2][0].flatten().tolist() == [
+        False, False, True, True, True, True
+    ]
     assert int(masks[1].sum()) == 8 and int(masks[0].sum()) == 0
 
 

@@ -29,28 +29,30 @@ FIXTURE = os.path.join(
 #: classification-style thresholds, a looser detection setting, with and
 #: without windows and prefix tokens, and DINOv2's 14-px patches.
 SETTINGS = {
-    'det': dict(patch_size=16, thresholds=(2.0, 2.0, 0.3)),
+    'det':
+    dict(patch_size=16, thresholds=(2.0, 2.0, 0.3)),
     'det_win16_prefix1':
     dict(
         patch_size=16,
         thresholds=(2.0, 2.0, 0.3),
         window_size=16,
         num_prefix_tokens=1),
-    'loose': dict(patch_size=16, thresholds=(1.0, 1.0, 0.3)),
+    'loose':
+    dict(patch_size=16, thresholds=(1.0, 1.0, 0.3)),
     'loose_win8_prefix1':
     dict(
         patch_size=16,
         thresholds=(1.0, 1.0, 0.3),
         window_size=8,
         num_prefix_tokens=1),
-    'seg': dict(patch_size=16, thresholds=(5.75, )),
+    'seg':
+    dict(patch_size=16, thresholds=(5.75, )),
     'seg_win8_prefix5':
     dict(
-        patch_size=16,
-        thresholds=(5.75, ),
-        window_size=8,
+        patch_size=16, thresholds=(5.75, ), window_size=8,
         num_prefix_tokens=5),
-    'cls': dict(patch_size=16, thresholds=(5.5, 4.0)),
+    'cls':
+    dict(patch_size=16, thresholds=(5.5, 4.0)),
     'dinov2_prefix5':
     dict(patch_size=14, thresholds=(5.75, ), num_prefix_tokens=5),
 }
@@ -68,14 +70,13 @@ PHOTO_SIDE = 512
 def _noise(height: int, width: int, seed: int) -> np.ndarray:
     """Uniform-looking uint8 RGB noise from integer hashing (no RNG whose
     stream could change between library versions)."""
-    index = np.arange(height * width * 3, dtype=np.uint64) + np.uint64(
-        seed * 7919)
-    mixed = (index * np.uint64(2654435761) + np.uint64(12345)) % np.uint64(
-        2**32)
+    index = np.arange(
+        height * width * 3, dtype=np.uint64) + np.uint64(seed * 7919)
+    modulus = np.uint64(1 << 32)
+    mixed = (index * np.uint64(2654435761) + np.uint64(12345)) % modulus
     mixed = (mixed ^ (mixed >> np.uint64(13))) * np.uint64(1274126177) \
-        % np.uint64(2**32)
-    return (mixed >> np.uint64(24)).astype(np.uint8).reshape(
-        height, width, 3)
+        % modulus
+    return (mixed >> np.uint64(24)).astype(np.uint8).reshape(height, width, 3)
 
 
 def synthetic_images() -> dict:
@@ -118,8 +119,8 @@ def photo_images(paths=None) -> dict:
 
 
 def _sha(array: np.ndarray, length: int = 16) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(
-    )[:length]
+    return hashlib.sha256(
+        np.ascontiguousarray(array).tobytes()).hexdigest()[:length]
 
 
 def layout_record(layout) -> dict:
@@ -129,8 +130,7 @@ def layout_record(layout) -> dict:
     for field in LAYOUT_FIELDS:
         if field == 'max_seqlen':
             value = np.array(
-                [layout.max_seqlen_image, layout.max_seqlen_window],
-                np.int64)
+                [layout.max_seqlen_image, layout.max_seqlen_window], np.int64)
         else:
             value = getattr(layout, field).detach().cpu().long().numpy()
         record[field] = _sha(value)
@@ -242,7 +242,8 @@ def _compare(stored: dict, computed: dict) -> None:
         f'{where}: tokens per image {computed["tokens"]} != stored '
         f'{stored["tokens"]}')
     for scale, (got, want) in enumerate(
-            zip(unpack_masks(computed['masks']),
+            zip(
+                unpack_masks(computed['masks']),
                 unpack_masks(stored['masks']))):
         assert got.shape == want.shape, f'{where}: scale {scale} shape'
         differ = int((got != want).sum())
@@ -292,8 +293,7 @@ def test_batched_layouts_unchanged(reference):
         if stored['group'] != 'batch':
             continue
         names = stored['image'].split('+')
-        computed = compute_case(stored['image'],
-                                [synthetic[n] for n in names],
+        computed = compute_case(stored['image'], [synthetic[n] for n in names],
                                 stored['setting'], _default_tokenize)
         _compare(stored, computed)
 
@@ -301,6 +301,51 @@ def test_batched_layouts_unchanged(reference):
 def test_photo_layouts_unchanged(reference, photos):
     assert _check_group(reference, photos, 'photo',
                         _default_tokenize) == 8 * len(SETTINGS)
+
+
+def _explicit_entropy_scorer(tokenizer, batch):
+    """scorer='entropy' named explicitly, through the registry."""
+    from mmapt.tokenizer import PatchTokenizer
+    explicit = PatchTokenizer(
+        tokenizer.patch_size,
+        tokenizer.thresholds,
+        window_size=tokenizer.window_size,
+        num_prefix_tokens=tokenizer.num_prefix_tokens,
+        scorer=dict(type='entropy', bins=512))
+    return explicit(batch)
+
+
+def _budget_at_threshold_count(tokenizer, batch):
+    """Budget mode with the thresholds as floor, at exactly the threshold
+    layout's token count: the same layout."""
+    from mmapt.tokenizer import PatchTokenizer
+    count = int(tokenizer(batch).tokens_per_image[0])
+    budget = PatchTokenizer(
+        tokenizer.patch_size,
+        tokenizer.thresholds,
+        window_size=tokenizer.window_size,
+        num_prefix_tokens=tokenizer.num_prefix_tokens,
+        token_budget=count,
+        threshold_floor=True)
+    return budget(batch)
+
+
+def test_explicit_entropy_scorer_reproduces_layouts(reference):
+    assert _check_group(reference, synthetic_images(), 'synthetic',
+                        _explicit_entropy_scorer) == 6 * len(SETTINGS)
+
+
+def test_budget_with_threshold_floor_reproduces_layouts(reference):
+    synthetic = synthetic_images()
+    checked = 0
+    for stored in reference['cases']:
+        if stored['group'] != 'synthetic':
+            continue
+        computed = compute_case(stored['image'], [synthetic[stored['image']]],
+                                stored['setting'], _budget_at_threshold_count)
+        _compare(stored, computed)
+        checked += 1
+    assert checked == 6 * len(SETTINGS)
 
 
 def _write(photo_dir=None) -> None:
@@ -314,8 +359,10 @@ def _write(photo_dir=None) -> None:
             dict(
                 description='APT entropy layouts before the scorer registry; '
                 'see tests/test_entropy_layouts.py',
-                settings={k: dict(v)
-                          for k, v in SETTINGS.items()},
+                settings={
+                    k: dict(v)
+                    for k, v in SETTINGS.items()
+                },
                 photo_side=PHOTO_SIDE,
                 cases=cases),
             f,

@@ -20,8 +20,8 @@ def _gray(batch=2, height=128, width=192, seed=0):
 
 # ------------------------------------------------------------ the registry
 def test_registry_lists_and_builds_the_scorers():
-    assert {'entropy', 'contrast', 'gradient', 'importance'} <= set(
-        scorer_names())
+    assert {'entropy', 'contrast', 'gradient',
+            'importance'} <= set(scorer_names())
     assert PATCH_SCORERS.get('gradient') is GradientScorer
     assert isinstance(build_scorer(None), EntropyScorer)
     assert isinstance(build_scorer('contrast'), ContrastScorer)
@@ -133,9 +133,8 @@ def test_every_scorer_gives_the_entropy_map_shapes():
         tok = PatchTokenizer(16, (2, 2, 0.3), scorer=name)
         maps = tok.score_maps(images,
                               importance if name == 'importance' else None)
-        assert [tuple(m.shape) for m in maps] == [
-            (2, 8, 12), (2, 4, 6), (2, 2, 3)
-        ]
+        assert [tuple(m.shape) for m in maps] == [(2, 8, 12), (2, 4, 6),
+                                                  (2, 2, 3)]
         assert all(m.dtype == torch.float32 for m in maps)
         assert all(bool(torch.isfinite(m).all()) for m in maps)
 
@@ -159,11 +158,11 @@ def test_importance_multiply_rule():
 def test_importance_add_rule_and_mean_reduce():
     gray = _gray(1, 64, 64)
     importance = torch.rand(1, 64, 64)
-    scorer = ImportanceScorer('contrast', alpha=3, combine='add',
-                              reduce='mean')
+    scorer = ImportanceScorer(
+        'contrast', alpha=3, combine='add', reduce='mean')
     got, = scorer(gray, (32, ), importance)
-    want = ContrastScorer()(gray, (32, ))[0] + 3 * F.avg_pool2d(
-        importance[:, None], 32)[:, 0]
+    want = ContrastScorer()(
+        gray, (32, ))[0] + 3 * F.avg_pool2d(importance[:, None], 32)[:, 0]
     torch.testing.assert_close(got, want)
     assert scorer.min_score == float('-inf')
 
@@ -211,15 +210,17 @@ def test_importance_nan_and_missing_and_misuse():
     tok = PatchTokenizer(16, (2, ), scorer='importance')
     with pytest.raises(ValueError, match='contains NaN or inf'):
         tok(images, bad)
-    with pytest.raises(ValueError, match='needs one importance map per '
-                       'image'):
+    with pytest.raises(
+            ValueError, match='needs one importance map per '
+            'image'):
         tok(images)
     # (B, 1, H, W) is accepted as well.
     tok(images, torch.zeros(2, 1, 128, 192))
     with pytest.raises(ValueError, match="the scorer is 'entropy'"):
         PatchTokenizer(16, (2, ))(images, torch.zeros(2, 128, 192))
-    with pytest.raises(ValueError, match="the 'gradient' scorer takes no "
-                       'importance map'):
+    with pytest.raises(
+            ValueError, match="the 'gradient' scorer takes no "
+            'importance map'):
         GradientScorer()(images[:, 0], (32, ), torch.zeros(2, 128, 192))
 
 
@@ -242,7 +243,8 @@ def test_num_bins_is_deprecated_for_entropy_bins():
     assert tok.entropy_bins == 64 and tok.scorer.bins == 64
     with pytest.warns(DeprecationWarning, match='use entropy_bins'):
         assert tok.num_bins == 64
-    with pytest.raises(ValueError, match='disagree'), warnings.catch_warnings():
+    with pytest.raises(
+            ValueError, match='disagree'), warnings.catch_warnings():
         warnings.simplefilter('ignore')
         PatchTokenizer(16, (2, ), entropy_bins=32, num_bins=64)
     with warnings.catch_warnings():

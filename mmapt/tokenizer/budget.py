@@ -40,8 +40,9 @@ def min_tokens(grid_size: Tuple[int, int], num_scales: int) -> int:
 
 def check_token_budget(token_budget) -> int:
     """A positive int (content tokens per image)."""
-    if isinstance(token_budget, bool) or not isinstance(
-            token_budget, int) or token_budget < 1:
+    if isinstance(
+            token_budget,
+            bool) or not isinstance(token_budget, int) or token_budget < 1:
         raise ValueError(f'token_budget must be a positive int (content '
                          f'tokens per image), got {token_budget!r}')
     return token_budget
@@ -49,8 +50,10 @@ def check_token_budget(token_budget) -> int:
 
 def check_keep_ratio(keep_ratio) -> float:
     """A float in (0, 1]: the fraction of the plain grid's tokens kept."""
-    if isinstance(keep_ratio, bool) or not isinstance(
-            keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
+    if isinstance(
+            keep_ratio,
+            bool) or not isinstance(keep_ratio,
+                                    (int, float)) or not 0 < keep_ratio <= 1:
         raise ValueError(f'keep_ratio must be in (0, 1] (the fraction of the '
                          f'plain model\'s tokens each image keeps), got '
                          f'{keep_ratio!r}')
@@ -104,8 +107,8 @@ def _up2(x: Tensor) -> Tensor:
 
 
 def _path_scores(
-        scores: Sequence[Tensor],
-        floor_thresholds: Optional[Sequence[float]] = None
+    scores: Sequence[Tensor],
+    floor_thresholds: Optional[Sequence[float]] = None
 ) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
     """Per scale, coarsest first: the minimum score over each patch and its
     ancestors; with a floor, the lexicographic minimum of (forced, score),
@@ -134,11 +137,11 @@ def _path_scores(
     return paths, forced
 
 
-def budget_patches(scores: Sequence[Tensor],
-                   grid_size: Tuple[int, int],
-                   token_budget: int,
-                   floor_thresholds: Optional[Sequence[float]] = None
-                   ) -> List[Tensor]:
+def budget_patches(
+        scores: Sequence[Tensor],
+        grid_size: Tuple[int, int],
+        token_budget: int,
+        floor_thresholds: Optional[Sequence[float]] = None) -> List[Tensor]:
     """Keep masks of ``token_budget`` (or up to 2 fewer) tokens per image.
 
     Args:
@@ -172,8 +175,8 @@ def budget_patches(scores: Sequence[Tensor],
     if token_budget < least:
         raise ValueError(f'token_budget {token_budget} is below the minimum '
                          f'of {least} tokens for a {height}x{width} grid')
-    sizes = [(height >> s) * (width >> s) for s in range(num_scales - 1, 0,
-                                                         -1)]
+    sizes = [(height >> s) * (width >> s)
+             for s in range(num_scales - 1, 0, -1)]
     num_splits = min((token_budget - least) // 3, sum(sizes))
 
     paths, forced = _path_scores(scores, floor_thresholds)
@@ -194,8 +197,9 @@ def budget_patches(scores: Sequence[Tensor],
     split = {}
     start = 0
     for scale, size in zip(range(num_scales - 1, 0, -1), sizes):
-        split[scale] = chosen[:, start:start + size].view(
-            batch, height >> scale, width >> scale)
+        split[scale] = chosen[:,
+                              start:start + size].view(batch, height >> scale,
+                                                       width >> scale)
         start += size
     keep = [None] * num_scales
     top = num_scales - 1

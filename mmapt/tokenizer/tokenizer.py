@@ -140,8 +140,9 @@ class PatchTokenizer:
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f'patch_size must be a positive int, got '
                              f'{patch_size!r}')
-        if isinstance(entropy_bins, bool) or not isinstance(
-                entropy_bins, int) or entropy_bins < 1:
+        if isinstance(
+                entropy_bins,
+                bool) or not isinstance(entropy_bins, int) or entropy_bins < 1:
             raise ValueError(f'entropy_bins must be a positive int, got '
                              f'{entropy_bins!r}')
         if not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
@@ -334,8 +335,7 @@ class PatchTokenizer:
                                for s in range(1, self.num_scales)):
                 masks = self._uniform_masks(batch, grid, 0, device)
             else:
-                masks = self.select(
-                    self.score_maps(images, importance), grid)
+                masks = self.select(self.score_maps(images, importance), grid)
         elif self.can_merge:
             masks = self.select(self.score_maps(images, importance), grid)
         else:  # "APT off" costs no tokenizer time: the plain grid.

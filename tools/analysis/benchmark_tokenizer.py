@@ -8,6 +8,16 @@ holds; on CPU, the highest resident set size sampled every 0.5 ms from
 /proc/self/statm during the call, minus the value just before it, in a fresh
 child process per setting (torch releases the GIL inside its kernels, so the
 sampling thread runs while they allocate).
+
+Scorers and budget mode: ``--scorer gradient``, ``--token-budget N`` or
+``--keep-ratio R`` (and ``--threshold-floor``). ``--compare-budget`` times
+threshold mode and budget mode interleaved in this process (A, B, A, B, ...)
+at the same mean token count (the budget is the threshold layouts' mean
+unless given) and prints the median of each and their ratio, for the whole
+tokenizer call and for the selection step alone (same score maps)::
+
+    python tools/analysis/benchmark_tokenizer.py --batch 2 --size 1536 \
+        --window-size 32 --compare-budget --repeat 15
 """
 import argparse
 import json
@@ -18,7 +28,8 @@ import time
 
 import torch
 
-from mmapt.tokenizer import PatchTokenizer, images_to_gray, patch_entropy
+from mmapt.tokenizer import (PatchTokenizer, images_to_gray, patch_entropy,
+                             scorer_names)
 from mmapt.utils.memory import peak_memory_mib
 
 
@@ -34,6 +45,24 @@ def parse_args(argv=None):
     parser.add_argument('--window-size', type=int, default=None)
     parser.add_argument('--repeat', type=int, default=5)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument(
+        '--scorer',
+        default='entropy',
+        help=f'patch scorer: {", ".join(scorer_names())} (importance: with a '
+        'random map)')
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        '--token-budget', type=int, help='budget mode: tokens per image')
+    budget.add_argument(
+        '--keep-ratio', type=float, help='budget mode: fraction kept')
+    parser.add_argument(
+        '--threshold-floor',
+        action='store_true',
+        help='budget mode: thresholds as a floor of detail')
+    parser.add_argument(
+        '--compare-budget',
+        action='store_true',
+        help='time threshold vs budget mode, interleaved')
     parser.add_argument(
         '--measure',
         choices=['time', 'memory-entropy', 'memory-tokenizer'],
@@ -52,15 +81,40 @@ def make_images(args) -> torch.Tensor:
     return images
 
 
+def make_tokenizer(args, budget_mode: bool = True, **overrides):
+    """The tokenizer of the command line (threshold mode when
+    ``budget_mode`` is False)."""
+    kwargs = dict(
+        window_size=args.window_size,
+        patch_sizes=args.patch_sizes,
+        scorer=args.scorer)
+    if budget_mode:
+        kwargs.update(
+            token_budget=args.token_budget,
+            keep_ratio=args.keep_ratio,
+            threshold_floor=args.threshold_floor)
+    kwargs.update(overrides)
+    return PatchTokenizer(args.patch_sizes[0], args.thresholds, args.bins,
+                          **kwargs)
+
+
+def make_importance(args, images: torch.Tensor):
+    """A random smooth importance map for the importance scorer, else
+    None."""
+    if args.scorer != 'importance':
+        return None
+    gen = torch.Generator(device=images.device).manual_seed(1)
+    coarse = torch.rand(
+        images.shape[0], 1, 8, 8, generator=gen, device=images.device)
+    return torch.nn.functional.interpolate(
+        coarse, images.shape[2:], mode='bilinear')[:, 0]
+
+
 def measure_memory(args) -> float:
     """Peak extra MiB of one call, in this (fresh) process."""
-    tokenizer = PatchTokenizer(
-        args.patch_sizes[0],
-        args.thresholds,
-        args.bins,
-        window_size=args.window_size,
-        patch_sizes=args.patch_sizes)
+    tokenizer = make_tokenizer(args)
     images = make_images(args)
+    importance = make_importance(args, images)
     if args.measure == 'memory-entropy':
         gray = images_to_gray(images[:1], tokenizer.mean, tokenizer.std)
 
@@ -68,7 +122,7 @@ def measure_memory(args) -> float:
             return patch_entropy(gray, args.patch_sizes[1], args.bins)
 
     else:
-        call = lambda: tokenizer(images)  # noqa
+        call = lambda: tokenizer(images, importance)  # noqa
     return peak_memory_mib(call, images.device)
 
 
@@ -83,8 +137,66 @@ def child(args, mode: str) -> float:
     ]
     if args.window_size:
         cmd += ['--window-size', str(args.window_size)]
+    cmd += ['--scorer', args.scorer]
+    if args.token_budget is not None:
+        cmd += ['--token-budget', str(args.token_budget)]
+    if args.keep_ratio is not None:
+        cmd += ['--keep-ratio', str(args.keep_ratio)]
+    if args.threshold_floor:
+        cmd += ['--threshold-floor']
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def timed(call, images: torch.Tensor) -> float:
+    """Milliseconds of one call (synchronised on CUDA)."""
+    if images.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    call()
+    if images.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000
+
+
+def compare_budget(args, images: torch.Tensor) -> dict:
+    """Threshold vs budget mode at the same mean tokens, interleaved."""
+    importance = make_importance(args, images)
+    thresholds = make_tokenizer(args, budget_mode=False)
+    reference = thresholds(images, importance)
+    if args.token_budget is None and args.keep_ratio is None:
+        budget = make_tokenizer(
+            args,
+            token_budget=int(reference.tokens_per_image.float().mean()),
+            keep_ratio=None)
+    else:
+        budget = make_tokenizer(args)
+    budget(images, importance)  # warm-up
+    scores = thresholds.score_maps(images, importance)
+    grid = reference.grid_size
+    modes = dict(thresholds=thresholds, budget=budget)
+    calls, selects = {m: [] for m in modes}, {m: [] for m in modes}
+    for _ in range(args.repeat):
+        for mode, tok in modes.items():
+            calls[mode].append(
+                timed(lambda tok=tok: tok(images, importance), images))
+            selects[mode].append(
+                timed(lambda tok=tok: tok.select(scores, grid), images))
+    layout = budget(images, importance)
+    call_ms = {m: statistics.median(v) for m, v in calls.items()}
+    select_ms = {m: statistics.median(v) for m, v in selects.items()}
+    return dict(
+        threshold_tokens=reference.tokens_per_image.tolist(),
+        budget_tokens=layout.tokens_per_image.tolist(),
+        budget=repr(budget),
+        threshold_ms=round(call_ms['thresholds'], 1),
+        budget_ms=round(call_ms['budget'], 1),
+        budget_over_threshold=round(call_ms['budget'] / call_ms['thresholds'],
+                                    3),
+        threshold_select_ms=round(select_ms['thresholds'], 2),
+        budget_select_ms=round(select_ms['budget'], 2),
+        select_budget_over_threshold=round(
+            select_ms['budget'] / select_ms['thresholds'], 3))
 
 
 def main(argv=None) -> None:
@@ -92,23 +204,25 @@ def main(argv=None) -> None:
     if args.measure:
         print(measure_memory(args))
         return
-    tokenizer = PatchTokenizer(
-        args.patch_sizes[0],
-        args.thresholds,
-        args.bins,
-        window_size=args.window_size,
-        patch_sizes=args.patch_sizes)
     images = make_images(args)
-    tokenizer(images)  # warm-up
-    times = []
-    for _ in range(args.repeat):
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        layout = tokenizer(images)
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
+    if args.compare_budget:
+        result = dict(
+            batch=args.batch,
+            size=args.size,
+            device=args.device,
+            threads=torch.get_num_threads(),
+            repeat=args.repeat)
+        result.update(compare_budget(args, images))
+        print(json.dumps(result))
+        return
+    tokenizer = make_tokenizer(args)
+    importance = make_importance(args, images)
+    tokenizer(images, importance)  # warm-up
+    times = [
+        timed(lambda: tokenizer(images, importance), images)
+        for _ in range(args.repeat)
+    ]
+    layout = tokenizer(images, importance)
     result = dict(
         batch=args.batch,
         size=args.size,

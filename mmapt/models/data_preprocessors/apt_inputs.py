@@ -73,39 +73,57 @@ def _map_of(sample, key: str) -> Optional[Tensor]:
 class APTDataPreprocessor(BaseDataPreprocessor):
     """A data preprocessor that also delivers per-image importance maps.
 
-    Wraps the model's usual preprocessor (``DetDataPreprocessor``,
-    ``SegDataPreProcessor``, ...); afterwards, each data sample's
-    ``importance_key`` map, at its image's size before batch padding, is
-    padded bottom/right with ``pad_value`` to the batch's size and appended
-    as channel 3 of ``inputs``. Use it with an APT backbone whose scorer is
-    ``importance``::
+    Builds the model's usual preprocessor (``wraps``, with every other
+    argument) and runs it; afterwards, each data sample's ``importance_key``
+    map, at its image's size before batch padding, is padded bottom/right
+    with ``pad_value`` to the batch's size and appended as channel 3 of
+    ``inputs``. In a config derived from one with a ``DetDataPreprocessor``
+    (``mean``, ``std``, padding inherited)::
 
         model = dict(
             data_preprocessor=dict(
-                type='APTDataPreprocessor',
-                preprocessor=dict(type='DetDataPreprocessor', ...)),
-            backbone=dict(type='APTEVA02', scorer=dict(type='importance')))
+                type='APTDataPreprocessor', wraps='DetDataPreprocessor'),
+            backbone=dict(scorer=dict(type='importance')))
+
+    Attributes the wrapper lacks (``mean``, ``pad_size_divisor``, ...) are
+    read from the wrapped preprocessor.
 
     Args:
-        preprocessor (dict): Config of the wrapped data preprocessor.
+        wraps (str): Type of the wrapped data preprocessor
+            (``'DetDataPreprocessor'``, ``'SegDataPreProcessor'``, ...).
         importance_key (str): Data sample field of the maps. Defaults to
             ``'importance_map'``.
         pad_value (float): Importance of padded pixels. Defaults to 0
             (neutral).
         required (bool): Raise when a sample has no map; False: such samples
             get ``pad_value`` everywhere. Defaults to True.
+        **kwargs: The wrapped preprocessor's arguments.
     """
 
     def __init__(self,
-                 preprocessor: dict,
+                 wraps: str,
                  importance_key: str = 'importance_map',
                  pad_value: float = 0.0,
-                 required: bool = True) -> None:
+                 required: bool = True,
+                 **kwargs) -> None:
         super().__init__()
-        self.preprocessor = MODELS.build(preprocessor)
+        if not isinstance(wraps, str) or wraps == type(self).__name__:
+            raise ValueError(f'wraps must name the data preprocessor to '
+                             f'wrap, e.g. \'DetDataPreprocessor\', got '
+                             f'{wraps!r}')
+        self.preprocessor = MODELS.build(dict(type=wraps, **kwargs))
         self.importance_key = importance_key
         self.pad_value = float(pad_value)
         self.required = required
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == 'preprocessor' or '_modules' not in self.__dict__ \
+                    or 'preprocessor' not in self._modules:
+                raise
+            return getattr(self._modules['preprocessor'], name)
 
     def to(self, *args, **kwargs):
         self.preprocessor.to(*args, **kwargs)
@@ -149,4 +167,3 @@ class APTDataPreprocessor(BaseDataPreprocessor):
             maps[index, :h, :w] = value.to(maps)
         data['inputs'] = pack_apt_inputs(inputs, maps)
         return data
-

@@ -1,0 +1,41 @@
+# Toy APT with an importance map: configs/toy/toy_apt_det.py in budget mode
+# (half the tokens of the plain grid, every image), the tokens spent where
+# the boxes are. The map is the ground-truth boxes (BoxImportanceMap), an
+# oracle: it measures what importance can buy; for a real test, give the
+# boxes of a cheap first pass (or a saliency map, LoadImportanceMap) instead.
+# How the map reaches the backbone: docs/tokenizer.md, "Per-image data".
+#   python tools/misc/make_toy_coco.py data/toy_coco
+#   python tools/train.py configs/toy/toy_apt_importance_det.py
+_base_ = ['./toy_apt_det.py']
+custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
+model = dict(
+    # The toy preprocessor (mean, std, padding) plus the importance maps as
+    # a 4th input channel.
+    data_preprocessor=dict(
+        type='APTDataPreprocessor', wraps='DetDataPreprocessor'),
+    backbone=dict(
+        keep_ratio=0.5,
+        # score = entropy * (1 + importance): doubled inside boxes.
+        scorer=dict(type='importance', base=dict(type='entropy'), alpha=1.0)))
+importance = dict(type='BoxImportanceMap', value=1.0, background=0.0)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(256, 256), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+    importance,
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(256, 256), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor')),
+    importance,
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
