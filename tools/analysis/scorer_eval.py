@@ -101,9 +101,9 @@ def with_box_importance(cfg, batches: list) -> list:
     import copy
 
     from mmapt.datasets.importance import BoxImportanceMap
+    wrapped = cfg.model.data_preprocessor.to_dict()
     cfg.model.data_preprocessor = dict(
-        type='APTDataPreprocessor',
-        preprocessor=cfg.model.data_preprocessor.to_dict())
+        type='APTDataPreprocessor', wraps=wrapped.pop('type'), **wrapped)
     transform = BoxImportanceMap()
     out = []
     for batch in batches:
