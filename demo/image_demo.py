@@ -21,7 +21,6 @@ Examples:
 import argparse
 import os
 import os.path as osp
-import sys
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
@@ -254,8 +253,8 @@ def main(argv=None):
         images, tokenizer, importance=importance)
     panels = [(pred_img, pred_caption), (grid_img, 'patches: ' + grid_caption)]
     if tokenizer.num_scales > 1 and not args.no_map:
-        panels.append(score_panel(tokenizer, images, importance,
-                                  grid_img.shape[:2]))
+        panels.append(
+            score_panel(tokenizer, images, importance, grid_img.shape[:2]))
     picture = compose_picture(panels, args.max_size)
 
     out_file = args.out_file or osp.join(

@@ -47,10 +47,10 @@ BAD = ('b_corrupt.png', 'c_empty.jpg', 'e_truncated.jpg')
 
 def test_read_image_names_file_and_problem(mixed_dir):
     assert read_image(str(mixed_dir / 'a_plain.png')).shape == (128, 256, 3)
-    for name, problem in (('b_corrupt.png', 'not an image file'),
-                          ('c_empty.jpg', 'empty file'),
-                          ('e_truncated.jpg', 'truncated'),
-                          ('missing.png', 'no such file')):
+    for name, problem in (('b_corrupt.png',
+                           'not an image file'), ('c_empty.jpg', 'empty file'),
+                          ('e_truncated.jpg', 'truncated'), ('missing.png',
+                                                             'no such file')):
         with pytest.raises(ImageReadError) as info:
             read_image(str(mixed_dir / name))
         message = str(info.value)
@@ -86,8 +86,8 @@ def test_visualize_skips_unreadable_files(mixed_dir, tmp_path, capsys):
     tool = load_tool('tools/analysis/visualize_patches.py')
     out = tmp_path / 'vis'
     assert tool.main([
-        str(mixed_dir), '--patch-sizes', '16', '32', '64', '--thresholds',
-        '2', '0.3', '--out',
+        str(mixed_dir), '--patch-sizes', '16', '32', '64', '--thresholds', '2',
+        '0.3', '--out',
         str(out), '--json'
     ]) == 0
     captured = capsys.readouterr()
@@ -98,9 +98,8 @@ def test_visualize_skips_unreadable_files(mixed_dir, tmp_path, capsys):
         assert f'warning: skipping {mixed_dir / name}' in captured.err
     assert 'skipped 3 unreadable' in captured.err
     assert 'visualize_patches: 5/5' in captured.err  # progress, on stderr
-    assert sorted(os.listdir(out)) == [
-        'a_plain_patches.png', 'd_noise_patches.png'
-    ]
+    assert sorted(
+        os.listdir(out)) == ['a_plain_patches.png', 'd_noise_patches.png']
 
 
 def test_calibrate_skips_unreadable_files(mixed_dir, capsys):
@@ -153,8 +152,7 @@ def test_demo_rejects_bad_image_before_building_the_model(
     with pytest.raises(SystemExit) as info:
         demo.main([
             str(mixed_dir / name),
-            os.path.join(ROOT, 'configs/toy/toy_apt_det.py'), '--device',
-            'cpu'
+            os.path.join(ROOT, 'configs/toy/toy_apt_det.py'), '--device', 'cpu'
         ])
     message = str(info.value)
     assert message.startswith('error: image') and name in message
@@ -165,8 +163,7 @@ def test_demo_picture_of_a_thin_strip_is_capped():
     demo = load_tool('demo/image_demo.py')
     strip = np.zeros((40, 4000, 3), np.uint8)
     grid = np.zeros((512, 512, 3), np.uint8)
-    picture = demo.compose_picture([(strip, 'prediction'),
-                                    (grid, 'patches')])
+    picture = demo.compose_picture([(strip, 'prediction'), (grid, 'patches')])
     assert max(picture.shape[:2]) <= demo.DEFAULT_MAX_SIZE
     small = demo.compose_picture([(strip, 'a'), (grid, 'b')], max_size=1024)
     assert small.shape[1] <= 1024

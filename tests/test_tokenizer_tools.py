@@ -157,11 +157,13 @@ def test_calibration_of_scorers_and_budgets_with_plot(image_dir, tmp_path,
     ]) == 0
     result = json.loads(capsys.readouterr().out)
     settings = result['settings']
-    assert [(s['scorer'], s['mode']) for s in settings] == [
-        ('entropy', 'thresholds'), ('entropy', 'keep_ratio'),
-        ('entropy', 'keep_ratio'), ('gradient', 'thresholds'),
-        ('gradient', 'keep_ratio'), ('gradient', 'keep_ratio')
-    ]
+    assert [(s['scorer'], s['mode'])
+            for s in settings] == [('entropy', 'thresholds'),
+                                   ('entropy', 'keep_ratio'),
+                                   ('entropy', 'keep_ratio'),
+                                   ('gradient', 'thresholds'),
+                                   ('gradient', 'keep_ratio'),
+                                   ('gradient', 'keep_ratio')]
     for s in settings:
         if s['mode'] == 'thresholds':
             assert s['keep_mean'] <= 0.6
@@ -171,9 +173,8 @@ def test_calibration_of_scorers_and_budgets_with_plot(image_dir, tmp_path,
     # The gradient thresholds are in its own unit, searched separately.
     assert settings[3]['thresholds'] != settings[0]['thresholds']
     assert result['thresholds'] == settings[0]['thresholds']  # first scorer
-    assert set(result['score_quantiles_10_25_50_75_90']) == {
-        'entropy', 'gradient'
-    }
+    assert set(
+        result['score_quantiles_10_25_50_75_90']) == {'entropy', 'gradient'}
     with Image.open(plot) as image:
         assert image.format == 'PNG' and image.width > 300
 
@@ -222,8 +223,8 @@ def test_feature_drift_recommends_cheapest_within_drift(
     config, checkpoint = tiny_plain_model
     common = [
         str(image_dir), '--canvas', '128', '--patch-sizes', '16', '32', '64',
-        '--config', config, '--checkpoint', checkpoint, '--scorers',
-        'entropy', 'contrast', '--keep-ratios', '0.25', '0.5', '1.0', '--json'
+        '--config', config, '--checkpoint', checkpoint, '--scorers', 'entropy',
+        'contrast', '--keep-ratios', '0.25', '0.5', '1.0', '--json'
     ]
     assert tool.main(common + ['--max-drift', '1e-4']) == 0
     captured = capsys.readouterr()

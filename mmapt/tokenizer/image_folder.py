@@ -12,7 +12,7 @@ import time
 from typing import IO, Iterator, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from .prepare import list_images, load_rgb
 
@@ -162,4 +162,3 @@ class ImageFolder:
             raise ImageReadError(
                 f'none of the {len(self.paths)} image files could be read '
                 f'({self.summary()}); see the warnings above')
-

@@ -67,11 +67,11 @@ def score_caption(scorer, patch_size: int, vmax: float) -> str:
 
 
 @torch.no_grad()
-def tokenizer_score_picture(tokenizer,
-                            images: Tensor,
-                            size: Optional[Tuple[int, int]] = None,
-                            importance: Optional[Tensor] = None
-                            ) -> Tuple[np.ndarray, str]:
+def tokenizer_score_picture(
+        tokenizer,
+        images: Tensor,
+        size: Optional[Tuple[int, int]] = None,
+        importance: Optional[Tensor] = None) -> Tuple[np.ndarray, str]:
     """The tokenizer's score map of the first image of ``images`` (normalised
     (B, 3, H, W)), drawn at ``size`` (default H x W), and its caption."""
     if tokenizer.num_scales < 2:
@@ -80,6 +80,6 @@ def tokenizer_score_picture(tokenizer,
     index = 0  # the finest scale above the base: most decisions are there
     size = size or tuple(images.shape[-2:])
     picture, vmax = score_heatmap(maps[index][0], size)
-    caption = score_caption(tokenizer.scorer,
-                            tokenizer.patch_sizes[index + 1], vmax)
+    caption = score_caption(tokenizer.scorer, tokenizer.patch_sizes[index + 1],
+                            vmax)
     return picture, caption

@@ -57,10 +57,10 @@ def tokenizer_from_config(cfg: Config) -> PatchTokenizer:
 
 
 def draw_patch_grid(
-        inputs: torch.Tensor,
-        tokenizer: PatchTokenizer,
-        min_side: int = 512,
-        importance: Optional[torch.Tensor] = None
+    inputs: torch.Tensor,
+    tokenizer: PatchTokenizer,
+    min_side: int = 512,
+    importance: Optional[torch.Tensor] = None
 ) -> Tuple[np.ndarray, str, PatchLayout]:
     """Tokenize one normalised image (1, 3, H, W) and draw its patches
     (``importance``: its (1, H, W) map, for the importance scorer).

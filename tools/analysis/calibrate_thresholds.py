@@ -39,6 +39,7 @@ stderr, so ``--json`` output stays clean.
 """
 import argparse
 import json
+import math
 import statistics
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -47,8 +48,7 @@ import numpy as np
 import torch
 
 from mmapt.tokenizer import PatchTokenizer, build_layout, select_patches
-from mmapt.tokenizer.image_folder import (ImageFolder, ImageReadError,
-                                          Progress)
+from mmapt.tokenizer.image_folder import ImageFolder, ImageReadError, Progress
 from mmapt.tokenizer.prepare import (add_entropy_bins_argument, normalise,
                                      prepare_view, tokenizer_and_images)
 
@@ -95,7 +95,8 @@ def parse_args(argv=None):
     drift = parser.add_argument_group('feature drift (a trained model)')
     drift.add_argument('--config', help='config of the plain (or APT) model')
     drift.add_argument(
-        '--checkpoint', help='trained checkpoint of that model (a converted '
+        '--checkpoint',
+        help='trained checkpoint of that model (a converted '
         'or trained plain model; only the backbone is read)')
     drift.add_argument(
         '--max-drift',
@@ -165,6 +166,17 @@ def calibrate(score_maps,
         else:
             high = mid
     return high, mean_keep(high)
+
+
+def round_up(value: float, digits: int = 4) -> float:
+    """``value`` rounded up to ``digits`` significant digits: the printed
+    thresholds are the ones evaluated, and rounding up can only merge more,
+    so the target stays met (a tiny threshold that merges exactly flat
+    patches must not print as 0, which merges nothing)."""
+    if value <= 0:
+        return value
+    step = 10**(math.floor(math.log10(value)) - digits + 1)
+    return float(f'{math.ceil(value / step - 1e-9) * step:.{digits}g}')
 
 
 def reference_for(scorer: str, num_thresholds: int,
@@ -253,8 +265,10 @@ def build_backbones(config: str, checkpoint: str):
     # APT layers (of an APT-trained checkpoint) go to the APT backbone only.
     state = unwrap_state_dict(load_checkpoint_file(checkpoint))
     missing, unexpected = plain.load_state_dict(
-        {k: v
-         for k, v in state.items() if not k.startswith('apt_')},
+        {
+            k: v
+            for k, v in state.items() if not k.startswith('apt_')
+        },
         strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -306,8 +320,9 @@ def measure_drift(args, images: List[torch.Tensor], settings: List[dict],
     from mmapt.registry import MODELS
     plain, apt_kwargs, mean, std, state = build_backbones(
         args.config, args.checkpoint)
-    plain_sizes = tuple(apt_kwargs.get('patch_size', 16) * 2**i
-                        for i in range(len(patch_sizes)))
+    plain_sizes = tuple(
+        apt_kwargs.get('patch_size', 16) * 2**i
+        for i in range(len(patch_sizes)))
     if plain_sizes != tuple(patch_sizes):
         raise ValueError(f'--patch-sizes {list(patch_sizes)} must start at '
                          f'the model\'s patch size '
@@ -394,8 +409,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    if args.target_keep is not None and any(
-            t <= 0 for ref in references.values() for t in ref):
+    if args.target_keep is not None and any(t <= 0
+                                            for ref in references.values()
+                                            for t in ref):
         print(
             'error: --reference thresholds must be positive to be scaled',
             file=sys.stderr)
@@ -433,9 +449,8 @@ def main(argv=None) -> int:
             if args.target_keep is not None:
                 scale, achieved = calibrate(maps, reference, grids,
                                             args.target_keep)
-                thresholds = [round(scale * t, 4) for t in reference]
-                ratios = keep_ratios(maps, [scale * t for t in reference],
-                                     grids)
+                thresholds = [round_up(scale * t) for t in reference]
+                ratios = keep_ratios(maps, thresholds, grids)
                 settings.append(
                     dict(
                         scorer=name,
@@ -470,8 +485,8 @@ def main(argv=None) -> int:
         scorer=name,
         reference=references[name],
         reference_keep=round(
-            statistics.mean(keep_ratios(scores[name], references[name],
-                                        grids)), 4))
+            statistics.mean(
+                keep_ratios(scores[name], references[name], grids)), 4))
     if args.target_keep is not None:
         search = settings[0]
         result.update(
@@ -484,9 +499,10 @@ def main(argv=None) -> int:
     }
     result['entropy_quantiles_10_25_50_75_90'] = \
         result['score_quantiles_10_25_50_75_90'].get('entropy')
-    result['settings'] = [{k: v
-                           for k, v in s.items() if k != 'per_image'}
-                          for s in settings]
+    result['settings'] = [{
+        k: v
+        for k, v in s.items() if k != 'per_image'
+    } for s in settings]
     if args.checkpoint is not None:
         best = recommend(settings, args.max_drift)
         result['max_drift'] = args.max_drift
@@ -526,8 +542,8 @@ def quantiles(score_maps, patch_sizes) -> Dict[int, List[float]]:
     for i, size in enumerate(patch_sizes[1:]):
         values = torch.cat([maps[i].flatten() for maps in score_maps])
         out[size] = [
-            round(float(q), 3) for q in np.quantile(
-                values.numpy(), [0.1, 0.25, 0.5, 0.75, 0.9])
+            round(float(q), 3)
+            for q in np.quantile(values.numpy(), [0.1, 0.25, 0.5, 0.75, 0.9])
         ]
     return out
 

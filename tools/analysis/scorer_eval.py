@@ -27,11 +27,12 @@ import json
 import os.path as osp
 import sys
 import tempfile
-import time
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
+
+from mmapt.tokenizer.image_folder import Progress
 
 
 def parse_args(argv=None):
@@ -93,21 +94,6 @@ def cached_batches(runner, limit=None) -> list:
     return batches
 
 
-class Progress:
-    """One stderr line per step (the settings are few, each slow)."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.start = total, 0, time.perf_counter()
-
-    def step(self, what: str) -> None:
-        self.done += 1
-        elapsed = time.perf_counter() - self.start
-        print(
-            f'[{self.done}/{self.total}] {what} ({elapsed:.0f} s)',
-            file=sys.stderr,
-            flush=True)
-
-
 def with_box_importance(cfg, batches: list) -> list:
     """The ``importance=boxes`` setting: the ground-truth boxes as each
     image's importance map (an oracle: what importance can buy at best),
@@ -115,9 +101,9 @@ def with_box_importance(cfg, batches: list) -> list:
     import copy
 
     from mmapt.datasets.importance import BoxImportanceMap
+    wrapped = cfg.model.data_preprocessor.to_dict()
     cfg.model.data_preprocessor = dict(
-        type='APTDataPreprocessor',
-        preprocessor=cfg.model.data_preprocessor.to_dict())
+        type='APTDataPreprocessor', wraps=wrapped.pop('type'), **wrapped)
     transform = BoxImportanceMap()
     out = []
     for batch in batches:
@@ -150,8 +136,8 @@ def run_setting(runner, cfg, overrides: dict, checkpoint: str,
     tokens: List[int] = []
     baseline: List[int] = []
     calls: List[tuple] = []
-    handle = model.backbone.register_token_observer(
-        lambda t, b: calls.append((t.cpu(), b.cpu())))
+    handle = model.backbone.register_token_observer(lambda t, b: calls.append(
+        (t.cpu(), b.cpu())))
     with torch.no_grad():
         for batch in batches:
             calls.clear()
@@ -176,9 +162,10 @@ def run_setting(runner, cfg, overrides: dict, checkpoint: str,
     return dict(
         results=results,
         metric=metric,
-        summary={k: float(v)
-                 for k, v in summary.items()
-                 if isinstance(v, (int, float))},
+        summary={
+            k: float(v)
+            for k, v in summary.items() if isinstance(v, (int, float))
+        },
         tokens=tokens,
         baseline_tokens=baseline)
 
@@ -195,6 +182,7 @@ class CocoBootstrap:
 
     def __init__(self, metric, results: list, iou_type: str) -> None:
         from mmdet.datasets.api_wrappers import COCOeval
+
         # CocoMetric keeps (ground truth, prediction) per image.
         preds = [r[1] if isinstance(r, tuple) else r for r in results]
         with tempfile.TemporaryDirectory() as tmp:
@@ -267,9 +255,10 @@ def scorers_of(run: dict, scope: str) -> Dict[str, callable]:
 
 def summarise(values: np.ndarray) -> dict:
     low, high = np.percentile(values, [2.5, 97.5])
-    return dict(std=round(float(values.std()), 2), ci95=[round(float(low), 2),
-                                                         round(float(high),
-                                                               2)])
+    return dict(
+        std=round(float(values.std()), 2),
+        ci95=[round(float(low), 2),
+              round(float(high), 2)])
 
 
 def main(argv=None) -> int:
@@ -279,8 +268,9 @@ def main(argv=None) -> int:
         print('error: --setting labels must be unique', file=sys.stderr)
         return 2
     if args.reference and args.reference not in labels:
-        print(f'error: --reference {args.reference} is not a setting label',
-              file=sys.stderr)
+        print(
+            f'error: --reference {args.reference} is not a setting label',
+            file=sys.stderr)
         return 2
     try:
         overrides = {s[0]: parse_overrides(s[1:]) for s in args.setting}
@@ -288,19 +278,21 @@ def main(argv=None) -> int:
         print(f'error: {err}', file=sys.stderr)
         return 2
     if not osp.isfile(args.checkpoint):
-        print(f'error: checkpoint {args.checkpoint}: no such file',
-              file=sys.stderr)
+        print(
+            f'error: checkpoint {args.checkpoint}: no such file',
+            file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as work_dir:
         cfg, runner = build_runner(args.config, work_dir)
         scope = cfg.get('default_scope', 'mmdet')
         batches = cached_batches(runner, args.limit)
-        progress = Progress(len(labels))
+        progress = Progress(len(labels), 'settings')
         runs = {}
         for label in labels:
             runs[label] = run_setting(runner, cfg, overrides[label],
                                       args.checkpoint, batches)
-            progress.step(f'{label}: {runs[label]["summary"]}')
+            print(f'{label}: {runs[label]["summary"]}', file=sys.stderr)
+            progress.update()
 
     num_images = len(runs[labels[0]]['tokens'])
     rng = np.random.default_rng(args.seed)
@@ -319,8 +311,10 @@ def main(argv=None) -> int:
         tokens = np.array(run['tokens'], dtype=float)
         base = np.array(run['baseline_tokens'], dtype=float)
         entry = dict(
-            overrides={k: repr(v)
-                       for k, v in overrides[label].items()},
+            overrides={
+                k: repr(v)
+                for k, v in overrides[label].items()
+            },
             tokens_per_image=round(float(tokens.mean()), 1),
             keep_ratio=round(float(tokens.sum() / base.sum()), 4),
             keep_ratio_per_image_min_max=[
@@ -337,15 +331,32 @@ def main(argv=None) -> int:
                 value=round(fn(everything), 2), **summarise(values))
         report['settings'][label] = entry
         print(f'bootstrapped {label}', file=sys.stderr, flush=True)
+    # Every pair, so any two settings can be compared afterwards.
+    for label in labels:
+        paired = report['settings'][label]['paired'] = {}
+        for other in labels:
+            if other == label:
+                continue
+            paired[other] = {}
+            for name, values in boot_values[label].items():
+                delta = values - boot_values[other][name]
+                paired[other][name] = dict(
+                    delta=round(
+                        report['settings'][label]['metrics'][name]['value'] -
+                        report['settings'][other]['metrics'][name]['value'],
+                        2),
+                    p_better=round(float((delta > 0).mean()), 3),
+                    **summarise(delta))
     if args.reference:
         ref = boot_values[args.reference]
         for label in labels:
             diffs = {}
             for name, values in boot_values[label].items():
                 delta = values - ref[name]
-                point = (report['settings'][label]['metrics'][name]['value'] -
-                         report['settings'][args.reference]['metrics'][name]
-                         ['value'])
+                point = (
+                    report['settings'][label]['metrics'][name]['value'] -
+                    report['settings'][
+                        args.reference]['metrics'][name]['value'])
                 diffs[name] = dict(
                     delta=round(point, 2),
                     p_better=round(float((delta > 0).mean()), 3),
@@ -361,8 +372,10 @@ def main(argv=None) -> int:
 
 def print_table(report: dict, reference=None) -> None:
     for label, entry in report['settings'].items():
-        parts = [f'{label:<18} keep {entry["keep_ratio"]:.3f} '
-                 f'({entry["tokens_per_image"]} tokens)']
+        parts = [
+            f'{label:<18} keep {entry["keep_ratio"]:.3f} '
+            f'({entry["tokens_per_image"]} tokens)'
+        ]
         for name, m in entry['metrics'].items():
             part = f'{name} {m["value"]:.2f} [{m["ci95"][0]}, {m["ci95"][1]}]'
             if reference and reference != label:

@@ -72,8 +72,10 @@ def with_caption(picture: Image.Image, caption: str) -> Image.Image:
 
 
 def beside(left: Image.Image, right: Image.Image, gap: int = 8) -> Image.Image:
-    out = Image.new('RGB', (left.width + gap + right.width,
-                            max(left.height, right.height)), (255, 255, 255))
+    out = Image.new(
+        'RGB',
+        (left.width + gap + right.width, max(left.height, right.height)),
+        (255, 255, 255))
     out.paste(left, (0, 0))
     out.paste(right, (left.width + gap, 0))
     return out
@@ -98,8 +100,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         tokenizer, _ = tokenizer_and_images(args.path, args.patch_sizes,
-                                            args.thresholds,
-                                            args.entropy_bins,
+                                            args.thresholds, args.entropy_bins,
                                             **scorer_arguments(args))
         if tokenizer.scorer.name == 'importance':
             raise ValueError('the importance scorer needs a map per image, '
@@ -138,13 +139,11 @@ def main(argv=None) -> int:
                 ', '.join(f'{p}px {n}'
                           for p, n in zip(tokenizer.patch_sizes, counts)))
             name = os.path.splitext(os.path.basename(path))[0] + '_patches.png'
-            picture = draw_layout(image, layout, tokenizer.patch_size,
-                                  caption)
+            picture = draw_layout(image, layout, tokenizer.patch_size, caption)
             if not args.no_map and tokenizer.num_scales > 1:
                 heat, heat_caption = tokenizer_score_picture(tokenizer, batch)
                 picture = beside(
-                    picture,
-                    with_caption(Image.fromarray(heat), heat_caption))
+                    picture, with_caption(Image.fromarray(heat), heat_caption))
             picture.save(os.path.join(args.out, name))
         if args.json:
             print(json.dumps(row), flush=True)
