@@ -17,8 +17,12 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
+from mmapt.models.apt import APTAdapter
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-APT_KEYS = ('thresholds', 'entropy_bins', 'mean', 'std')
+# The APT backbone's own arguments (thresholds, patch sizes, scorer, budget,
+# static mode ...): what the APT classes add to their plain model.
+APT_KEYS = APTAdapter.arg_names()
 PLAIN_OF_APT_TYPE = {'APTEVA02': 'EVA02', 'APTViT': 'ViT'}
 
 # APT config -> its plain baseline.
@@ -46,6 +50,13 @@ FINETUNES = {
     'apt_upernet_ade20k_large_640.py',
     'toy/toy_apt_det_finetune.py': 'toy/toy_apt_det.py',
 }
+# APT variant -> the APT config it varies: same detector, other APT
+# settings and per-image inputs (data preprocessor, pipelines).
+VARIANTS = {
+    'toy/toy_apt_importance_det.py': 'toy/toy_apt_det.py',
+}
+VARIANT_KEYS = ('train_pipeline', 'test_pipeline', 'importance',
+                'train_dataloader', 'val_dataloader', 'test_dataloader')
 # What a fine-tune may change besides the schedule: the start.
 SCHEDULE_KEYS = ('optim_wrapper', 'param_scheduler', 'train_cfg',
                  'default_hooks', 'load_from', 'max_iters')
@@ -97,12 +108,28 @@ def test_every_apt_config_is_covered():
         for name in _all_configs()
         if _load(name)['model']['backbone']['type'] in PLAIN_OF_APT_TYPE
     }
-    covered = set(APT_BASELINES) | set(FINETUNES)
+    covered = set(APT_BASELINES) | set(FINETUNES) | set(VARIANTS)
     assert apt == covered, (
         f'APT configs without a baseline or fine-tune entry in '
         f'{osp.basename(__file__)}: {sorted(apt - covered)}; entries for '
         f'configs that are not APT: {sorted(covered - apt)}')
     assert set(FINETUNES.values()) <= set(APT_BASELINES)
+    assert set(VARIANTS.values()) <= set(APT_BASELINES)
+
+
+@pytest.mark.parametrize('name', sorted(VARIANTS))
+def test_apt_variant_changes_only_apt_settings_and_inputs(name):
+    variant, apt = _load(name), _load(VARIANTS[name])
+    for cfg in (variant, apt):
+        backbone = cfg['model'].pop('backbone')
+        cfg['model']['backbone'] = {
+            k: v
+            for k, v in backbone.items() if k not in APT_KEYS
+        }
+        cfg['model'].pop('data_preprocessor')
+        for key in VARIANT_KEYS:
+            cfg.pop(key, None)
+    assert _differences(variant, apt) == []
 
 
 @pytest.mark.parametrize('apt_name', sorted(APT_BASELINES))
