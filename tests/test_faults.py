@@ -5,7 +5,7 @@ The killed processes are subprocesses; ``tests/fixtures/faults/
 fault_injection.py`` (``MMAPT_KILL=WHAT:N``) sends them SIGKILL at a chosen
 point: in the middle of writing a checkpoint file, right after renaming it,
 before removing an old one, or at the start of an iteration.
-docs/reliability_faults.md says what each test promises. Each subprocess
+docs/reliability.md says what each test promises. Each subprocess
 costs an import of torch + mmengine: the default suite keeps one torn write
 and one exact resume of the toy runner; the other cases are marked slow.
 """
@@ -92,7 +92,7 @@ def test_mmengine_checkpoint_hook_can_lose_every_checkpoint(tmp_path):
     max_keep_ckpts=1, killed while writing iter_3.pth, has already removed
     iter_2.pth; last_checkpoint still names it, iter_3.pth is torn, and
     --resume fails. (If this starts failing after an mmengine upgrade,
-    mmengine fixed it: update docs/reliability_faults.md.)"""
+    mmengine fixed it: update docs/reliability.md.)"""
     _killed(_toy(tmp_path, 'CheckpointHook', kill='write:3'))
     assert _pointed(tmp_path).endswith('iter_2.pth')
     assert not osp.exists(tmp_path / 'iter_2.pth')

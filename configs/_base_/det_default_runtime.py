@@ -7,7 +7,7 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     # mmengine's CheckpointHook with atomic writes and generator states for
-    # an exact --resume (docs/reliability_faults.md).
+    # an exact --resume (docs/reliability.md).
     checkpoint=dict(
         type='SafeCheckpointHook',
         by_epoch=False,
