@@ -8,7 +8,10 @@ import sys
 import pytest
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+#: The test folder (fixtures/ lives here) and the repository root: tests
+#: in sub-folders import these instead of counting ``dirname`` levels.
+TESTS_DIR = osp.dirname(osp.abspath(__file__))
+ROOT = osp.dirname(TESTS_DIR)
 
 
 def run_tool(args, cwd=ROOT, check=True, timeout=900, env=None):

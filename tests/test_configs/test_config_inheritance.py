@@ -15,11 +15,11 @@ import glob
 import os.path as osp
 
 import pytest
+from conftest import ROOT
 from mmengine.config import Config
 
 from mmapt.models.apt import APTAdapter
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # The APT backbone's own arguments (thresholds, patch sizes, scorer, budget,
 # static mode ...): what the APT classes add to their plain model.
 APT_KEYS = APTAdapter.arg_names()

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 pytest.importorskip('mmdet')
+from conftest import ROOT
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from mmapt.models.backbones import count_tokens  # noqa: E402
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def det_configs():
@@ -91,7 +90,8 @@ def test_apt_configs_are_consistent(path):
     assert not [
         t for t in cfg.test_dataloader.dataset.pipeline if t.type == 'Pad'
     ]
-    # APT layers always get a gradient (tests/test_ddp_apt.py): DDP needs
+    # APT layers always get a gradient (tests/test_engine/test_ddp_apt.py):
+    # DDP needs
     # no find_unused_parameters, which would slow every iteration.
     assert not cfg.get('find_unused_parameters', False)
 

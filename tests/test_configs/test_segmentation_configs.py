@@ -16,6 +16,7 @@ import torch
 
 pytest.importorskip('mmseg')
 
+from conftest import ROOT
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
@@ -23,9 +24,9 @@ import mmapt  # noqa: E402,F401
 import mmapt.models.necks.vit_pyramid  # noqa: E402,F401
 from mmapt.models.backbones import count_tokens  # noqa: E402
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(ROOT, 'configs')
-# The EVA-02 family; the DINOv2 family is tests/test_dinov2_configs.py's.
+# The EVA-02 family; the DINOv2 family is
+# tests/test_configs/test_dinov2_configs.py's.
 ADE_CONFIGS = sorted(
     osp.relpath(p, ROOT)
     for p in glob.glob(osp.join(CONFIGS, '*upernet_ade20k*.py'))

@@ -10,9 +10,9 @@ import os.path as osp
 import uuid
 
 import pytest
+from conftest import ROOT
 from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = ['configs/toy/toy_apt_det.py', 'configs/toy/toy_apt_seg.py']
 SWITCH = 'MMAPT_VIS_BACKENDS'
 

@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import ROOT
 
 import mmapt.models.layers.context as packed_context
 from mmapt.models import APTEVA02, EVA02
@@ -287,9 +288,7 @@ def test_check_amp_tool_cpu(capsys):
     import importlib.util
     import json
     import os.path as osp
-    path = osp.join(
-        osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'analysis',
-        'check_amp.py')
+    path = osp.join(ROOT, 'tools', 'analysis', 'check_amp.py')
     spec = importlib.util.spec_from_file_location('check_amp', path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

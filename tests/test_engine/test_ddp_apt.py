@@ -15,10 +15,10 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import ROOT
 
 pytest.importorskip('mmdet')
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ITERS = 3
 
 

@@ -10,10 +10,10 @@ import re
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # backbone_algorithm_GPUSxbBATCH-SCHEDULE[-extra]_dataset-size, lower case.
 LONG_NAME = re.compile(r'^[a-z0-9.-]+_[a-z0-9.-]+_\d+xb\d+-\d+k[a-z0-9-]*'
                        r'_[a-z0-9]+-[0-9x]+$')

@@ -12,8 +12,8 @@ import sys
 import zipfile
 
 import pytest
+from conftest import ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_CONFIG = 'toy_apt_det.py'
 
 

@@ -11,8 +11,8 @@ import re
 from typing import List
 
 import pytest
+from conftest import ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SUFFIXES = ('.md', '.py', '.yml', '.yaml')
 
 # A path that leaves the repository: ../ chains reaching above the root are

@@ -10,7 +10,7 @@ message names the image, the setting and the field.
 
 Regenerate only on purpose (a deliberate change of the layout), with::
 
-    python tests/test_entropy_layouts.py --write
+    python tests/test_tokenizer/test_entropy_layouts.py --write
 """
 import base64
 import hashlib
@@ -20,10 +20,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TESTS_DIR
 
-FIXTURE = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'fixtures',
-    'entropy_layouts.json')
+FIXTURE = os.path.join(TESTS_DIR, 'fixtures', 'entropy_layouts.json')
 
 #: Tokenizer settings: the paper's detection, segmentation and
 #: classification-style thresholds, a looser detection setting, with and
@@ -358,7 +357,7 @@ def _write(photo_dir=None) -> None:
         json.dump(
             dict(
                 description='APT entropy layouts before the scorer registry; '
-                'see tests/test_entropy_layouts.py',
+                'see tests/test_tokenizer/test_entropy_layouts.py',
                 settings={
                     k: dict(v)
                     for k, v in SETTINGS.items()
@@ -373,7 +372,8 @@ def _write(photo_dir=None) -> None:
 
 if __name__ == '__main__':
     if '--write' not in sys.argv:
-        sys.exit('usage: python tests/test_entropy_layouts.py --write '
+        sys.exit('usage: python '
+                 'tests/test_tokenizer/test_entropy_layouts.py --write '
                  '[--photo-dir DIR]')
     photo_dir = None
     if '--photo-dir' in sys.argv:

@@ -8,13 +8,13 @@ import os.path as osp
 
 import pytest
 import torch
+from conftest import ROOT
 from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch import nn
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ITERS = 10
 
 

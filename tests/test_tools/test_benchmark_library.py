@@ -7,6 +7,7 @@ import os.path as osp
 
 import pytest
 import torch
+from conftest import ROOT
 
 from mmapt.benchmark import ArmRecord, bucket_size, interleaved, ratio
 from mmapt.benchmark.cuda import profile_forward
@@ -15,7 +16,6 @@ from mmapt.models import APTEVA02, EVA02
 from mmapt.utils.stages import forward_stage
 from mmapt.utils.timing import StageClock, StageTimer
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = dict(embed_dims=64, num_layers=2, num_heads=1)
 
 

@@ -7,9 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_tool(relative: str):

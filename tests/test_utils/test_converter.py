@@ -7,12 +7,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 
 from mmapt.models import EVA02
 from mmapt.models.layers import resize_patch_kernel
 from mmapt.utils import ConversionError, convert_eva02_state_dict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = ROOT
 ARCH = dict(
     embed_dims=64,
     num_layers=2,

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 pytest.importorskip('mmdet')
+from conftest import ROOT
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
@@ -25,7 +26,6 @@ from mmapt.utils import ConversionError
 from mmapt.utils.eva02_det_convert import (config_for,
                                            convert_eva02_det_checkpoint)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # detectron2 Box2BoxTransform weights of the three cascade stages.
 STAGE_WEIGHTS = ((10., 10., 5., 5.), (20., 20., 10., 10.), (30., 30., 15.,
                                                             15.))

@@ -29,6 +29,7 @@ from torch import nn
 
 pytest.importorskip('mmseg')
 
+from conftest import ROOT, TESTS_DIR
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
@@ -36,8 +37,7 @@ import mmapt  # noqa: F401
 from mmapt.utils import (ConversionError, config_for,
                          convert_eva02_seg_checkpoint)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-FIXTURES = osp.join(osp.dirname(osp.abspath(__file__)), 'fixtures')
+FIXTURES = osp.join(TESTS_DIR, 'fixtures')
 NUM_CLASSES = 150
 BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var',
            'num_batches_tracked')

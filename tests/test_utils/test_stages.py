@@ -10,15 +10,17 @@ TINY = dict(embed_dims=64, num_layers=2, num_heads=2)
 
 def _record(model, x):
     events = []
-    with listen_stages(lambda name, entering: events.append(
-            (name, entering))):
+    with listen_stages(lambda name, entering: events.append((name, entering))):
         model(x)
     return events
 
 
 def test_apt_forward_marks_every_stage_in_order():
     model = APTEVA02(
-        arch=TINY, img_size=128, window_size=4, global_attn_indexes=(1, ),
+        arch=TINY,
+        img_size=128,
+        window_size=4,
+        global_attn_indexes=(1, ),
         thresholds=(2., 2.)).eval()
     events = _record(model, torch.randn(1, 3, 128, 128))
     entered = [name for name, entering in events if entering]

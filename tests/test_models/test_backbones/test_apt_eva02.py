@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_batch_equals_alone, flat_and_noise_images
+from conftest import ROOT, assert_batch_equals_alone, flat_and_noise_images
 
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
@@ -250,7 +250,7 @@ def test_benchmark_tool_smoke(monkeypatch, capsys):
     import importlib.util
     import json
     import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     path = os.path.join(root, 'tools', 'analysis', 'benchmark_backbone.py')
     spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
     tool = importlib.util.module_from_spec(spec)

@@ -1,7 +1,7 @@
 """APTViT: the no-merge invariant against ViT, prefix tokens in packed
 batches, merging."""
 import torch
-from conftest import assert_batch_equals_alone, flat_and_noise_images
+from conftest import ROOT, assert_batch_equals_alone, flat_and_noise_images
 
 from mmapt.models import APTViT, ViT
 from mmapt.models.backbones import count_tokens
@@ -103,7 +103,7 @@ def test_benchmark_tool_vit_smoke(monkeypatch, capsys):
     import importlib.util
     import json
     import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     path = os.path.join(root, 'tools', 'analysis', 'benchmark_backbone.py')
     spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
     tool = importlib.util.module_from_spec(spec)

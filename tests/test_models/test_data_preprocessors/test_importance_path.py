@@ -6,13 +6,12 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
 from mmapt.models import APTEVA02
 from mmapt.models.backbones import count_tokens
 from mmapt.models.data_preprocessors import pack_apt_inputs, split_apt_inputs
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _textured(height, width, sigma, seed=0):
