@@ -7,7 +7,8 @@
 # only 2 x 2 cells of the stride-16 map, so class boundaries move by at most
 # one cell, and it keeps every size constraint loose: train crops, slide
 # windows (512) and the test padding must be multiples of the largest patch
-# (tests/test_configs/test_segmentation_configs.py checks it for every APT config).
+# (tests/test_configs/test_segmentation_configs.py checks it for every APT
+# config).
 _base_ = ['./eva02_upernet_ade20k.py']
 model = dict(
     backbone=dict(

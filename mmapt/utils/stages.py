@@ -11,8 +11,8 @@ from typing import Callable, Iterator, List, Tuple
 
 #: The stages an APT forward goes through, in order. Plain backbones use
 #: 'embedding', 'blocks' and 'unpack'.
-STAGES: Tuple[str, ...] = ('tokenizer', 'embedding', 'context', 'blocks',
-                           'unpack')
+STAGES: Tuple[str,
+              ...] = ('tokenizer', 'embedding', 'context', 'blocks', 'unpack')
 
 #: ``listener(name, entering)``: called with True when a stage starts and
 #: with False when it ends (also when it ends with an exception).
