@@ -400,11 +400,12 @@ class BaseViT(BaseModule, TokenObservable):
             ctx = self.dense_context(grid, x.device)
         with forward_stage('blocks'):
             outs = self.forward_blocks(tokens, ctx)
-        cells = torch.full((x.shape[0], ),
-                           grid[0] * grid[1],
-                           dtype=torch.int64,
-                           device=x.device)
-        self.notify_tokens(cells, cells)  # prefix tokens not counted
+        with forward_stage('unpack'):  # as the APT adapter reports them
+            cells = torch.full((x.shape[0], ),
+                               grid[0] * grid[1],
+                               dtype=torch.int64,
+                               device=x.device)
+            self.notify_tokens(cells, cells)  # prefix tokens not counted
         return outs
 
     def forward_blocks(self, x: Tensor,
