@@ -345,14 +345,30 @@ class BaseViT(BaseModule, TokenObservable):
     def prefix_tokens(self, batch: int) -> Optional[Tensor]:
         """(B, P, C): the class token with its position row, then the
         register tokens (no position); None without any."""
-        tokens = []
-        if self.cls_token is not None:
-            tokens.append(self.cls_token + self.pos_embed[:, :1])
-        if self.register_tokens is not None:
-            tokens.append(self.register_tokens)
-        if not tokens:
+        params = [
+            p for p in (self.cls_token, self.register_tokens) if p is not None
+        ]
+        if not params:
             return None
-        return torch.cat(tokens, dim=1).expand(batch, -1, -1)
+
+        def compute() -> Tensor:
+            tokens = []
+            if self.cls_token is not None:
+                tokens.append(self.cls_token + self.pos_embed[:, :1])
+            if self.register_tokens is not None:
+                tokens.append(self.register_tokens)
+            return torch.cat(tokens, dim=1)
+
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            table = compute()  # training: the gradient reaches the tokens
+        else:
+            # At inference the (1, P, C) table is a constant: cached like
+            # the position maps, keyed on the token parameters too (three
+            # ops fewer per forward).
+            versions = tuple((p._version, p.data_ptr()) for p in params)
+            table = self._pos_cache.get(self.pos_embed, ('prefix', versions),
+                                        compute)
+        return table.expand(batch, -1, -1)
 
     def _cached_position(self, name: str, grid: Tuple[int, int],
                          compute: Callable[[], Any]) -> Any:
