@@ -119,6 +119,8 @@ def run_setting(runner, cfg, overrides: dict, checkpoint: str,
     """Predictions of one setting: per-image metric results and tokens."""
     from mmengine.evaluator import Evaluator
     from mmengine.runner import load_checkpoint
+
+    from mmapt.engine import trusted_checkpoints
     setting_cfg = cfg.copy()
     overrides = dict(overrides)
     importance = overrides.pop('importance', None)
@@ -129,7 +131,8 @@ def run_setting(runner, cfg, overrides: dict, checkpoint: str,
         raise ValueError(f'importance={importance!r}: only importance=boxes '
                          '(the ground-truth boxes) is built in')
     model = runner.build_model(setting_cfg.model)
-    load_checkpoint(model, checkpoint, map_location='cpu', strict=False)
+    with trusted_checkpoints():  # a Runner-written (trained) checkpoint
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=False)
     model.eval()
     evaluator = Evaluator(setting_cfg.test_evaluator)
     evaluator.dataset_meta = runner.test_dataloader.dataset.metainfo
