@@ -145,11 +145,19 @@ class SafeCheckpointHook(CheckpointHook):
                 _flush_to_disk(tmp)
                 os.replace(tmp, path)
 
+        # Blocks may nest (a best checkpoint saved through a periodic save):
+        # restore exactly what was there, the Runner's method at the end.
+        own = vars(runner)
+        had_own = 'save_checkpoint' in own
+        previous = own.get('save_checkpoint')
         runner.save_checkpoint = save_atomically
         try:
             yield
         finally:
-            del runner.save_checkpoint  # the Runner's method again
+            if had_own:
+                runner.save_checkpoint = previous
+            else:
+                own.pop('save_checkpoint', None)
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         if not self._local():

@@ -32,7 +32,9 @@ def test_apt_forward_marks_every_stage_in_order():
 def test_plain_forward_marks_embedding_blocks_unpack():
     model = EVA02(arch=TINY, img_size=64, out_indices=(0, 1)).eval()
     entered = [n for n, e in _record(model, torch.randn(1, 3, 64, 64)) if e]
-    assert entered == ['embedding', 'blocks', 'unpack', 'unpack']
+    # One 'unpack' per output map (nested in 'blocks'), then the token
+    # report, in 'unpack' as in the APT adapter.
+    assert entered == ['embedding', 'blocks', 'unpack', 'unpack', 'unpack']
 
 
 def test_unknown_stage_name_is_refused_while_listening():
