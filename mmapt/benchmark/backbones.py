@@ -146,12 +146,9 @@ def count_forward_overhead(backbone: nn.Module, x: torch.Tensor) -> dict:
 
 def padded_attention_scope():
     """A context forcing the padded SDPA attention plan on every device
-    (to compare with or time against torch's varlen kernel): the public
-    ``attention_backend('padded')`` where this build has it."""
-    from mmapt.models.layers import attention
-    scope = getattr(attention, 'attention_backend', None)
-    return scope('padded') if scope is not None else \
-        attention.padded_attention()
+    (to compare with or time against torch's varlen kernel)."""
+    from mmapt.models.layers.attention import attention_backend
+    return attention_backend('padded')
 
 
 # ------------------------------------------------------------ static mode

@@ -179,8 +179,6 @@ class VarlenPlan:
                                           self.cu_seqlens.device)
         return self
 
-    _build = prepare  # the name tools used before prepare() was public
-
     @staticmethod
     def _make_buckets(offsets: List[int], lengths: List[int],
                       groups: List[int],
@@ -415,8 +413,3 @@ def cuda_varlen_enabled() -> bool:
     """Whether CUDA fp16/bf16 attention takes torch's varlen kernel (it is
     importable and has not failed on this machine)."""
     return _cuda_varlen_usable
-
-
-def padded_attention():
-    """``attention_backend('padded')``: the padded SDPA plan on CUDA too."""
-    return attention_backend('padded')
