@@ -191,7 +191,8 @@ def test_apt_cuda_autocast_reaches_flash_varlen(dtype, monkeypatch):
     model = _apt().cuda().train()
     x = _images().cuda()
     ref = [o.detach() for o in model(x)]
-    with torch.autocast('cuda', dtype=dtype):
+    with torch.autocast('cuda', dtype=dtype), \
+            attention.count_attention_calls() as counts:
         outs = model(x)
         loss = sum(o.float().pow(2).mean() for o in outs)
     loss.backward()
@@ -201,8 +202,12 @@ def test_apt_cuda_autocast_reaches_flash_varlen(dtype, monkeypatch):
     assert all(
         p.grad is not None and torch.isfinite(p.grad).all()
         and p.grad.abs().sum() > 0 for p in model.apt_embed.parameters())
-    if kernel is not None and attention._cuda_varlen_usable:
+    if kernel is not None:
+        # Every layer tried the kernel; a call it refused ran the padded
+        # plan and was counted as such (never silently).
         assert calls['flash'] == ARCH['num_layers']
+        assert counts['varlen'] + counts['varlen_failed'] == ARCH['num_layers']
+        assert counts['padded'] == counts['varlen_failed']
 
 
 def test_amp_test_loop_in_a_runner(tmp_path):

@@ -28,12 +28,12 @@ A plan depends only on ``cu_seqlens``: the APT adapter builds it once per
 forward and every block reuses it. Call :meth:`VarlenPlan.prepare` to do its
 host-side work ahead of a timed region.
 """
+import warnings
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import MMLogger
 from torch import Tensor
 
 try:  # torch >= 2.9 ships a flash-attention varlen entry point (CUDA only).
@@ -41,9 +41,11 @@ try:  # torch >= 2.9 ships a flash-attention varlen entry point (CUDA only).
 except ImportError:  # pragma: no cover - depends on the torch build
     _torch_varlen_attn = None
 
-# Set to False after the first failure of the CUDA kernel (old GPU, build
-# without flash attention): later 'auto' calls go straight to the padded plan.
-_cuda_varlen_usable = _torch_varlen_attn is not None
+
+
+class VarlenFallbackWarning(RuntimeWarning):
+    """torch's varlen kernel raised under ``'auto'``: that call (and that
+    call only) ran the padded SDPA plan instead."""
 
 #: The values :func:`attention_backend` accepts.
 ATTENTION_BACKENDS = ('auto', 'varlen', 'padded')
@@ -77,8 +79,11 @@ _call_counters: List[Dict[str, int]] = []
 @contextmanager
 def count_attention_calls() -> Iterator[Dict[str, int]]:
     """Count the :func:`varlen_attention` calls inside the block by the
-    kernel that ran them: ``{'varlen': n, 'padded': m}``."""
-    counter = {'varlen': 0, 'padded': 0}
+    kernel that ran them: ``{'varlen': n, 'padded': m, 'varlen_failed': f}``
+    (``varlen_failed``: calls where ``'auto'`` tried torch's kernel, it
+    raised, and the padded plan ran instead; those count as ``padded``
+    too)."""
+    counter = {'varlen': 0, 'padded': 0, 'varlen_failed': 0}
     _call_counters.append(counter)
     try:
         yield counter
@@ -286,7 +291,6 @@ def varlen_attention(q: Tensor,
     Returns:
         Tensor: (N, heads, head_dim) attention output.
     """
-    global _cuda_varlen_usable
     if _use_varlen_kernel(q):
         try:
             cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
@@ -297,10 +301,16 @@ def varlen_attention(q: Tensor,
         except RuntimeError as err:  # no flash kernel for this GPU / build
             if _backend == 'varlen':
                 raise
-            _cuda_varlen_usable = False
-            MMLogger.get_current_instance().warning(
-                f'torch varlen attention unavailable ({err}); using the '
-                'padded SDPA fallback')
+            # This call alone falls back; the next one tries the kernel
+            # again, so a timing never mixes kernels without a count of it.
+            if _call_counters:
+                _count('varlen_failed')
+            warnings.warn(
+                f'torch varlen attention failed ({err}); this call ran the '
+                "padded SDPA plan (attention_backend('varlen') raises "
+                'instead)',
+                VarlenFallbackWarning,
+                stacklevel=2)
     if plan is None:
         plan = VarlenPlan(cu_seqlens, max_seqlen)
     if _call_counters:
@@ -319,7 +329,7 @@ def _use_varlen_kernel(q: Tensor) -> bool:
                 'torch.nn.attention.varlen (torch >= 2.9); got '
                 f'{q.device.type} {q.dtype}. Use attention_backend(\'auto\')')
         return True
-    return applies and _cuda_varlen_usable
+    return applies and _torch_varlen_attn is not None
 
 
 class StaticPlan:
@@ -410,6 +420,8 @@ def build_plans(*cu_max: tuple) -> List[VarlenPlan]:
 
 
 def cuda_varlen_enabled() -> bool:
-    """Whether CUDA fp16/bf16 attention takes torch's varlen kernel (it is
-    importable and has not failed on this machine)."""
-    return _cuda_varlen_usable
+    """Whether ``'auto'`` tries torch's varlen kernel for CUDA fp16/bf16
+    calls (it is importable in this torch build). Whether it then ran is
+    per call: :func:`count_attention_calls` counts the calls it refused
+    (``varlen_failed``)."""
+    return _torch_varlen_attn is not None
