@@ -2,15 +2,18 @@
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from mmapt.utils.memory import peak_memory_mib
 from mmapt.utils.timing import time_call
 from .backbones import forward_tokens
-from .core import ArmRecord, interleaved
+from .budget import Budget, OverBudget
+from .core import ArmRecord, rotated
+from .probes import CompileWatch, attention_probe
 
 #: ``make(x) -> call``: the zero-argument call an arm times on input ``x``.
 CallFactory = Callable[[torch.Tensor], Callable[[], object]]
@@ -29,6 +32,8 @@ class BackboneArm:
             (False for calls that do not notify the token observers, e.g.
             graph replays: they take the tokens of ``tokens_from``).
         tokens_from (str, optional): Arm whose token counts this one has.
+        compiled (bool): A ``torch.compile`` arm: its graph breaks,
+            recompiles and CUDA graphs are recorded.
     """
 
     name: str
@@ -37,10 +42,90 @@ class BackboneArm:
     make: CallFactory
     count_tokens: bool = True
     tokens_from: Optional[str] = None
+    compiled: bool = False
+
+
+@dataclass
+class ArmOutcomes:
+    """What became of each arm beside its timings.
+
+    Attributes:
+        skipped (dict): Arm -> why it cannot run here.
+        failed (dict): Arm -> the error it raised.
+        cut (dict): Arm -> where the time budget or a stop ended it.
+        info (dict): Arm -> what it ran (:func:`prepare_arm`'s record).
+    """
+
+    skipped: Dict[str, str] = field(default_factory=dict)
+    failed: Dict[str, str] = field(default_factory=dict)
+    cut: Dict[str, str] = field(default_factory=dict)
+    info: Dict[str, dict] = field(default_factory=dict)
+
+    def unaccounted(self, names: Sequence[str],
+                    timed: Sequence[str]) -> List[str]:
+        """The arms of ``names`` neither timed nor left out with a
+        reason."""
+        known = set(timed) | set(self.skipped) | set(self.failed) | set(
+            self.cut)
+        return [n for n in names if n not in known]
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def prepare_arm(arm: BackboneArm,
+                inputs: Dict[str, Dict[str, torch.Tensor]],
+                warmup: int,
+                record: ArmRecord,
+                records: Dict[str, ArmRecord],
+                device: torch.device,
+                budget: Optional[Budget] = None) -> dict:
+    """Warm ``arm`` up on every image and count its tokens.
+
+    Returns what it ran: ``attention`` (the kernels of its first call, by
+    :func:`~mmapt.benchmark.probes.attention_probe`; a graph arm's first
+    call is its capture), ``peak_mib`` (CUDA: peak memory above the memory
+    in use, over the first image's warm-up, so a capture or a compile is
+    included; None elsewhere: not measured), ``prepare_s`` and, for a
+    compiled arm, ``compile`` (:class:`~mmapt.benchmark.probes.
+    CompileWatch`). Raises :class:`~mmapt.benchmark.budget.OverBudget`
+    between calls once ``budget`` is spent.
+    """
+    if warmup < 1:
+        raise ValueError(f'warmup {warmup}: at least one call (a graph '
+                         'arm captures on its first)')
+    start = time.perf_counter()
+    watch = CompileWatch(device) if arm.compiled else None
+    info: dict = {}
+    for index, (image, views) in enumerate(inputs.items()):
+        call = arm.make(views[arm.view])
+
+        def warm() -> None:
+            for i in range(warmup):
+                if index == 0 and i == 0:
+                    with attention_probe() as info['attention']:
+                        call()
+                    if watch is not None:
+                        watch.first_call_done()
+                else:
+                    call()
+                if budget is not None:
+                    budget.check(f'while warming {arm.name} up on {image}')
+
+        if index == 0:
+            info['peak_mib'] = round(peak_memory_mib(
+                warm, device), 1) if device.type == 'cuda' else None
+        else:
+            warm()
+        if arm.count_tokens:
+            record.set_tokens(image, *forward_tokens(arm.model, call))
+        elif arm.tokens_from in records:
+            record.tokens[image] = records[arm.tokens_from].tokens[image]
+    info['prepare_s'] = round(time.perf_counter() - start, 2)
+    if watch is not None:
+        info['compile'] = watch.record()
+    return info
 
 
 def prepare_arms(
@@ -48,34 +133,34 @@ def prepare_arms(
         inputs: Dict[str, Dict[str, torch.Tensor]],
         warmup: int,
         records: Dict[str, ArmRecord],
-        failed: Dict[str, str],
-        over_budget: Callable[[], bool] = lambda: False) -> List[BackboneArm]:
-    """Warm every arm up on every image and count its tokens; an arm that
-    raises is left out (its error kept in ``failed``), not fatal; so are
-    the arms left once ``over_budget()``."""
+        outcomes: ArmOutcomes,
+        device: torch.device = torch.device('cpu'),
+        budget: Optional[Budget] = None,
+        on_arm: Optional[Callable[[str], None]] = None) -> List[BackboneArm]:
+    """:func:`prepare_arm` for every arm; an arm that raises is left out
+    (``outcomes.failed``), not fatal; one the budget ends, before or during
+    its warm-up, goes to ``outcomes.cut``. ``on_arm(name)`` runs after
+    each arm (e.g. to write the report so far)."""
     ready = []
     for arm in arms:
-        if over_budget():
-            failed[arm.name] = 'not run: over the time budget'
-            log(f'arm {arm.name} left out: over the time budget')
-            continue
         record = records.setdefault(arm.name, ArmRecord(arm.name))
         try:
-            for image, views in inputs.items():
-                call = arm.make(views[arm.view])
-                for _ in range(warmup):
-                    call()
-                if arm.count_tokens:
-                    record.set_tokens(image, *forward_tokens(arm.model, call))
-                elif arm.tokens_from in records:
-                    record.tokens[image] = \
-                        records[arm.tokens_from].tokens[image]
+            if budget is not None:
+                budget.check('before its warm-up')
+            outcomes.info[arm.name] = prepare_arm(arm, inputs, warmup, record,
+                                                  records, device, budget)
+        except OverBudget as err:
+            outcomes.cut[arm.name] = str(err)
         except Exception as err:  # noqa: BLE001 - one arm must not end all
-            failed[arm.name] = f'{type(err).__name__}: {err}'
+            outcomes.failed[arm.name] = f'{type(err).__name__}: {err}'
+        else:
+            ready.append(arm)
+        if arm not in ready:
             records.pop(arm.name, None)
-            log(f'arm {arm.name} left out: {failed[arm.name]}')
-            continue
-        ready.append(arm)
+            why = outcomes.cut.get(arm.name) or outcomes.failed[arm.name]
+            log(f'arm {arm.name} left out: {why}')
+        if on_arm is not None:
+            on_arm(arm.name)
     return ready
 
 
@@ -85,17 +170,28 @@ def time_arms(arms: Sequence[BackboneArm],
               device: torch.device,
               records: Dict[str, ArmRecord],
               clock: Callable[[], float] = time.perf_counter,
-              key: str = 'model_ms') -> None:
+              key: str = 'model_ms',
+              budget: Optional[Budget] = None,
+              on_repeat: Optional[Callable[[int], None]] = None) -> int:
     """Every repeat runs every image through every arm (first arm
-    rotating); each call timed alone (CUDA events after a synchronize)."""
+    rotating); each call timed alone (CUDA events after a synchronize).
+    ``on_repeat(done)`` runs after each repeat; once ``budget`` is spent
+    the timing stops after a whole repeat. Returns the repeats done."""
     calls = {
         (arm.name, image): arm.make(views[arm.view])
         for arm in arms
         for image, views in inputs.items()
     }
-    for _, image, arm in interleaved(arms, list(inputs), repeat):
-        ms, _ = time_call(calls[arm.name, image], device, clock)
-        records[arm.name].add(image, **{key: ms})
+    for rep in range(repeat):
+        for image in inputs:
+            for arm in rotated(arms, rep):
+                ms, _ = time_call(calls[arm.name, image], device, clock)
+                records[arm.name].add(image, **{key: ms})
+        if on_repeat is not None:
+            on_repeat(rep + 1)
+        if budget is not None and budget.over():
+            return rep + 1
+    return repeat
 
 
 def arm_summary(record: ArmRecord,

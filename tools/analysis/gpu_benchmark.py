@@ -37,11 +37,16 @@ batch 1, and are timed on these arms (inference, ``torch.no_grad``):
 * ``apt_square_padded``: APT with the padded SDPA fallback (CUDA with a
   varlen kernel only).
 
-Arms that cannot run here are listed under ``skipped`` with the reason;
-arms that fail while warming up under ``failed`` with the error. Repeats
-are interleaved (every repeat runs every image through every arm, rotating
-which arm goes first); GPU times are CUDA events around each forward after
-a synchronize, CPU times wall clock.
+Every arm ends up timed (``arms``) or listed with the reason: ``skipped``
+(cannot run here), ``failed`` (the error it raised while warming up) or
+``cut`` (the time budget or a stop ended it). ``arm_info`` says what each
+arm really ran: the attention kernel of its first call (counted), its peak
+CUDA memory over the first image's warm-up (capture / compile included;
+None off CUDA: not measured) and, for the compiled arm, whether it ran as
+CUDA graphs, its graph breaks and recompiles. Repeats are interleaved
+(every repeat runs every image through every arm, rotating which arm goes
+first); GPU times are CUDA events around each forward after a
+synchronize, CPU times wall clock.
 
 Also measured: outputs of the graph / static / no-merge arms against their
 eager references (``checks``); per-stage times of APT's forward (stage
@@ -51,37 +56,40 @@ CUDA sync debug mode on a GPU); a ``torch.profiler`` table of one APT
 forward with GPU idle time (first architecture); and training speed, a
 forward + backward per arm (``--train-archs``, EVA-02-B by default).
 
-Writes the JSON (``--out``) after every architecture and a Markdown summary
-next to it (``.md``).
+Writes the JSON (``--out``) and a Markdown summary next to it (``.md``)
+after every arm's warm-up, every timed repeat and every later part, so a
+run cut short keeps what it measured. ``--budget-s`` is checked between
+the calls of every warm-up (a compile, a capture), training step and
+repeat; a SIGINT (``gpu_benchmark.sh``'s time limit) marks what was left
+as ``cut`` and writes the report before exiting.
 """
 import argparse
-import importlib.util
-import json
 import os
 import sys
-import time
 from contextlib import nullcontext
 from typing import Callable, Dict, List, Optional
 
 import torch
 
-from mmapt.benchmark import (NotAvailable, bucket_size, build_backbone_pair,
-                             count_forward_overhead, packed_to, photo_views,
-                             static_mode_available)
+from mmapt.benchmark import (bucket_size, build_backbone_pair, packed_to,
+                             photo_views, static_mode_available)
+from mmapt.benchmark.arch_summary import (ARM_NAMES, arch_summary,
+                                          attention_path)
+from mmapt.benchmark.arm_checks import (overhead_counts, run_checks,
+                                        stage_splits)
+from mmapt.benchmark.backbone_training import train_arms
 from mmapt.benchmark.backbones import (image_name, packed_tokens,
                                        padded_attention_scope,
                                        same_weights_copy)
-from mmapt.benchmark.core import (ArmRecord, compare_outputs, environment,
-                                  interleaved, ratio)
+from mmapt.benchmark.budget import Budget
+from mmapt.benchmark.core import ArmRecord, environment
 from mmapt.benchmark.cuda import GraphCache, autocast_for, profile_forward
-from mmapt.benchmark.report import gpu_markdown
-from mmapt.benchmark.runner import (BackboneArm, arm_summary, log,
-                                    prepare_arms, split_of, time_arms)
+from mmapt.benchmark.report import gpu_text_summary, write_report
+from mmapt.benchmark.runner import (ArmOutcomes, BackboneArm, arm_summary,
+                                    log, prepare_arms, time_arms)
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.layers import attention
 from mmapt.tokenizer.prepare import list_images, load_rgb, sample_photo_paths
-from mmapt.utils.memory import peak_memory_mib
-from mmapt.utils.timing import time_call
 
 # Backbone settings of configs/eva02_vitdet_coco{,_large}.py.
 ARCHS = {
@@ -101,21 +109,6 @@ ARCHS = {
 }
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 LARGEST_PATCH = 128
-TRAIN_ARMS = ('plain_square', 'plain_window', 'apt_square', 'apt_nopad')
-# Summary ratios: key -> (numerator arm, denominator arm).
-SPEEDUPS = dict(
-    speedup_vs_plain_square=('plain_square', 'apt_square'),
-    speedup_vs_plain_window=('plain_window', 'apt_square'),
-    nopad_speedup_vs_plain_window=('plain_window', 'apt_nopad'),
-    nopad_speedup_vs_plain_square=('plain_square', 'apt_nopad'),
-    varlen_speedup_vs_padded=('apt_square_padded', 'apt_square'),
-    static_graph_speedup_vs_plain_square_graph=('plain_square_graph',
-                                                'apt_static_graph'))
-TOKEN_RATIOS = dict(
-    token_ratio=('plain_square', 'apt_square'),
-    token_ratio_vs_plain_window=('plain_window', 'apt_square'),
-    nopad_token_ratio_vs_plain_window=('plain_window', 'apt_nopad'))
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -163,7 +156,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--warmup',
         type=int,
         default=2,
-        help='untimed forwards per image and arm')
+        help='untimed forwards per image and arm (>= 1: a graph arm '
+        'captures on its first)')
     parser.add_argument(
         '--train-repeat',
         type=int,
@@ -178,9 +172,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--budget-s',
         type=float,
-        default=450.,
-        help='optional parts (compile, profile, training) are skipped once '
-        'the run has taken this long')
+        default=400.,
+        help='once the run has taken this long, the arms after apt_square, '
+        'the profile and training stop (checked between the calls of every '
+        'warm-up, compile, capture, repeat and training step; what it ends '
+        'is listed under "cut")')
     parser.add_argument(
         '--quick',
         action='store_true',
@@ -195,8 +191,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.repeat = min(args.repeat, 2)
         args.warmup = min(args.warmup, 1)
         args.train_repeat = min(args.train_repeat, 1)
-    if args.repeat < 1 or args.train_repeat < 1:
-        parser.error('--repeat and --train-repeat must be >= 1')
+    if min(args.repeat, args.train_repeat, args.warmup) < 1:
+        parser.error('--repeat, --train-repeat and --warmup must be >= 1')
     if len(args.thresholds) != 3:
         parser.error('--thresholds takes 3 values (patch sizes 16/32/64/128)')
     if args.device.startswith('cuda') and not torch.cuda.is_available():
@@ -261,7 +257,8 @@ class ArchBench:
         self.static = static_mode_available(self.apt)
         self.buckets: Dict[str, int] = {}  # image -> pack size
         self.apt_tokens: Dict[str, int] = {}  # image -> apt_square tokens
-        self.skipped: Dict[str, str] = {}
+        self.outcomes = ArmOutcomes()
+        self.skipped = self.outcomes.skipped
 
     def eager(self, model, padded: bool = False) -> Callable:
 
@@ -388,7 +385,8 @@ class ArchBench:
                     'square',
                     self.eager(compiled),
                     count_tokens=False,
-                    tokens_from='plain_square'))
+                    tokens_from='plain_square',
+                    compiled=True))
         return arms
 
     def _graph_fn(self, model, pack: Optional[int] = None) -> Callable:
@@ -403,312 +401,155 @@ class ArchBench:
         return fn
 
 
-def run_checks(bench: ArchBench, arms: Dict[str, BackboneArm]) -> dict:
-    """Outputs of the derived arms against their eager references, per
-    image: graphs vs eager, static vs unpadded, no-merge APT vs plain,
-    padded vs varlen attention."""
-    pairs = [('plain_square_graph', 'plain_square'),
-             ('plain_window_graph', 'plain_window'),
-             ('plain_square_compiled', 'plain_square'),
-             ('apt_static', 'apt_square'), ('apt_static_graph', 'apt_static'),
-             ('apt_nomerge', 'plain_square'),
-             ('apt_square_padded', 'apt_square')]
-    checks = {}
-    with torch.no_grad():
-        for arm, reference in pairs:
-            if arm not in arms or reference not in arms:
-                continue
-            worst = None
-            for image, views in bench.inputs.items():
-                out = arms[arm].make(views[arms[arm].view])()[0].clone()
-                ref = arms[reference].make(
-                    views[arms[reference].view])()[0].clone()
-                diff = compare_outputs(out, ref)
-                if worst is None or diff['rel_l2_diff'] > worst['rel_l2_diff']:
-                    worst = dict(image=image, **diff)
-            checks[f'{arm}_vs_{reference}'] = worst
-    return checks
+def arm_entry(record: ArmRecord, square_tokens: Optional[int],
+              info: dict) -> dict:
+    """An arm's summary with the kernel it ran and its peak memory."""
+    entry = arm_summary(record, square_tokens)
+    entry.update(
+        attention_kernel=info.get('attention', {}).get('kernel'),
+        peak_mib=info.get('peak_mib'))
+    return entry
 
 
-def stage_splits(bench: ArchBench, arms: Dict[str, BackboneArm]) -> dict:
-    """Per APT arm (eager), stage times of one forward per image and the
-    tokenizer's share of the forward."""
-    out = {}
-    for name in ('apt_square', 'apt_static', 'plain_square'):
-        if name not in arms:
-            continue
-        arm = arms[name]
-        per_image, total_ms, stage_ms = {}, 0., {}
-        for image, views in bench.inputs.items():
-            ms, stages = split_of(
-                arm.make(views[arm.view]), bench.device, time.perf_counter)
-            per_image[image] = dict(
-                forward_ms=round(ms, 3),
-                **{
-                    k: round(v, 3)
-                    for k, v in stages.items()
-                })
-            total_ms += ms
-            for k, v in stages.items():
-                stage_ms[k] = stage_ms.get(k, 0.) + v
-        out[name] = dict(
-            forward_ms=round(total_ms, 3),
-            stages_ms={
-                k: round(v, 3)
-                for k, v in stage_ms.items()
-            },
-            tokenizer_share=round(stage_ms.get('tokenizer', 0.) / total_ms, 4),
-            outside_blocks_share=round(
-                (total_ms - stage_ms.get('blocks', 0.)) / total_ms, 4),
-            per_image=per_image)
-    return out
-
-
-def overhead_counts(bench: ArchBench) -> dict:
-    """Aten ops and host syncs of one forward of the first image, plain vs
-    APT (vs APT static)."""
-    image = next(iter(bench.inputs))
-    x = bench.inputs[image]['square']
-    result = dict(image=image)
-    try:
-        with autocast_for(bench.device, bench.dtype):
-            result['plain'] = count_forward_overhead(bench.plain, x)
-            result['apt'] = count_forward_overhead(bench.apt, x)
-            if bench.static:
-                with packed_to(bench.apt, bench.bucket_of(x)):
-                    result['apt_static'] = count_forward_overhead(bench.apt, x)
-    except NotAvailable as err:
-        result['error'] = str(err)
-    return result
-
-
-def train_arms(bench: ArchBench, args) -> dict:
-    """A forward + backward per arm (the backbones in train mode, autocast,
-    loss = mean of the output), interleaved like inference."""
-    models = dict(plain=bench.plain, apt=bench.apt)
-    views = dict(
-        plain_square='square',
-        plain_window='window',
-        apt_square='square',
-        apt_nopad='nopad')
-
-    def make(name: str, x: torch.Tensor) -> Callable:
-        model = models[name.split('_')[0]]
-
-        def step():
-            with autocast_for(bench.device, bench.dtype):
-                outs = model(x)
-            loss = sum(o.float().mean() for o in outs)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        return step
-
-    records: Dict[str, ArmRecord] = {}
-    failed = {}
-    for model in models.values():
-        model.train()
-    try:
-        calls = {}
-        for name in TRAIN_ARMS:
-            try:
-                for image, vs in bench.inputs.items():
-                    calls[name, image] = make(name, vs[views[name]])
-                    calls[name, image]()  # warm-up
-                records[name] = ArmRecord(name)
-            except Exception as err:  # noqa: BLE001
-                failed[name] = f'{type(err).__name__}: {err}'
-        ready = [n for n in TRAIN_ARMS if n in records]
-        for _, image, name in interleaved(ready, list(bench.inputs),
-                                          args.train_repeat):
-            ms, _ = time_call(calls[name, image], bench.device)
-            records[name].add(image, step_ms=ms)
-    finally:
-        for model in models.values():
-            model.eval()
-            model.zero_grad(set_to_none=True)
-    arms = {
-        name: arm_summary(r, None, key='step_ms')
-        for name, r in records.items()
-    }
-    totals = {name: a['total_ms'] for name, a in arms.items()}
-    return dict(
-        arms=arms,
-        failed=failed,
-        summary=dict(
-            speedup_vs_plain_square=ratio(
-                totals.get('plain_square'), totals.get('apt_square')),
-            nopad_speedup_vs_plain_window=ratio(
-                totals.get('plain_window'), totals.get('apt_nopad'))))
+def optional_part(name: str, budget: Budget, out: dict,
+                  run: Callable[[], object]):
+    """``run()`` unless the budget is spent (then ``out['cut'][name]``)."""
+    if budget.over():
+        out['cut'][name] = (f'not run: over the time budget '
+                            f'({budget.seconds:g} s)')
+        return None
+    return run()
 
 
 def bench_arch(name: str, args, views: List[dict], device: torch.device,
-               start: float, report: dict) -> dict:
+               budget: Budget, report: dict, write: Callable[[],
+                                                             None]) -> None:
+    """Every arm of one architecture, then the checks, the stage split,
+    the overhead counts, the profile and training, into
+    ``report['archs'][name]``, written (``write()``) after each step."""
     bench = ArchBench(name, args, views, device)
+    outcomes = bench.outcomes
     records: Dict[str, ArmRecord] = {}
-    failed: Dict[str, str] = {}
     all_arms = bench.arms()
-    # Token counts of apt_square first: the static arms' buckets need them.
-    order = sorted(all_arms, key=lambda a: a.name != 'apt_square')
+    out = report['archs'][name] = dict(
+        status='warming up',
+        arms={},
+        arm_info=outcomes.info,
+        skipped=outcomes.skipped,
+        failed=outcomes.failed,
+        cut=outcomes.cut)
+    write()
+
+    def step(status: str) -> None:
+        out['attention_path'] = attention_path(outcomes.info)
+        out['summary'] = arch_summary(out['arms'], outcomes.info)
+        out['status'] = status
+        write()
+
+    # Token counts of apt_square first: the static arms' buckets need them;
+    # compiling is the slow part: last.
+    order = sorted(all_arms, key=lambda a: (a.name != 'apt_square', a.compiled))
     with torch.no_grad():
         ready = prepare_arms(order[:1], bench.inputs, args.warmup, records,
-                             failed)
+                             outcomes, device, on_arm=lambda _: write())
         bench.apt_tokens = {
             image: t
-            for image, (
-                t,
-                _) in records.get('apt_square', ArmRecord('')).tokens.items()
+            for image, (t, _) in getattr(records.get('apt_square'), 'tokens',
+                                         {}).items()
         }
-        # Compiling is the slow part: last, and only within the budget.
-        rest = sorted(order[1:], key=lambda a: a.name.endswith('compiled'))
-        ready += prepare_arms(
-            rest, bench.inputs, args.warmup, records, failed,
-            lambda: time.perf_counter() - start > args.budget_s)
-        ready.sort(key=lambda a: [x.name for x in all_arms].index(a.name))
+        ready += prepare_arms(order[1:], bench.inputs, args.warmup, records,
+                              outcomes, device, budget, lambda _: write())
+        ready.sort(key=lambda a: ARM_NAMES.index(a.name))
         log(f'{name}: timing {[a.name for a in ready]}')
-        time_arms(ready, bench.inputs, args.repeat, device, records)
+        square = records.get('plain_square')
+        square_tokens = square.total_baseline_tokens() if square else None
+
+        def on_repeat(done: int) -> None:
+            out['repeats_done'] = done
+            out['arms'] = {
+                a.name: arm_entry(records[a.name], square_tokens,
+                                  outcomes.info[a.name])
+                for a in ready
+            }
+            step(f'timed {done} of {args.repeat} repeats')
+
+        done = time_arms(
+            ready, bench.inputs, args.repeat, device, records,
+            budget=budget, on_repeat=on_repeat)
+        if done < args.repeat:
+            out['timing_cut'] = (f'cut by the time budget after {done} of '
+                                 f'{args.repeat} repeats')
         by_name = {a.name: a for a in ready}
-        square_tokens = records['plain_square'].total_baseline_tokens()
-        result = {}
-        first = next(iter(bench.inputs))
-        for arm in ready:
-            result[arm.name] = arm_summary(records[arm.name], square_tokens)
-            result[arm.name]['peak_mib'] = round(
-                peak_memory_mib(
-                    arm.make(bench.inputs[first][arm.view]), device), 1)
-        checks = run_checks(bench, by_name)
-        splits = stage_splits(bench, by_name)
-        counts = overhead_counts(bench)
-    profile = None
-    if report.get('profiled') is None:
-        if time.perf_counter() - start < args.budget_s:
+        step('checking outputs')
+        out['checks'] = run_checks(bench.inputs, by_name)
+        step('splitting stages')
+        out['stages'] = stage_splits(bench.inputs, by_name, device)
+        step('counting overhead')
+        image = next(iter(bench.inputs))
+        x = bench.inputs[image]['square']
+        runs = dict(plain=lambda: bench.plain(x), apt=lambda: bench.apt(x))
+        if 'apt_static' in by_name:
+            runs['apt_static'] = by_name['apt_static'].make(x)
+        out['overhead'] = overhead_counts(image, runs, device, bench.dtype)
+        if report.get('profiled') is None:
             report['profiled'] = name
-            profile = {}
-            with torch.no_grad():
-                for arm in ('apt_square', 'apt_static', 'plain_square'):
-                    if arm in by_name:
-                        try:
-                            profile[arm] = profile_forward(
-                                by_name[arm].make(
-                                    bench.inputs[first][by_name[arm].view]),
-                                device)
-                        except Exception as err:  # noqa: BLE001
-                            profile[arm] = dict(
-                                error=f'{type(err).__name__}: {err}')
-    training = None
+            step('profiling')
+            out['profile'] = optional_part(
+                'profile', budget, out, lambda: {
+                    arm: profile_arm(by_name[arm], bench.inputs[image], device)
+                    for arm in ('apt_square', 'apt_static', 'plain_square')
+                    if arm in by_name
+                })
     if name in args.train_archs:
-        if time.perf_counter() - start < args.budget_s:
-            training = train_arms(bench, args)
-        else:
-            bench.skipped['training'] = f'over --budget-s {args.budget_s}'
-
-    def total(arm: str) -> Optional[float]:
-        return result[arm]['total_ms'] if arm in result else None
-
-    def tokens(arm: str) -> Optional[int]:
-        return result[arm]['tokens'] if arm in result else None
-
-    plain_arms = [
-        a for a in result
-        if a.startswith('plain_square') or a.startswith('plain_window')
-    ]
-    fastest_plain = min(plain_arms, key=total) if plain_arms else None
-    apt_arms = [
-        a for a in result
-        if a.startswith('apt_') and a not in ('apt_nomerge',
-                                              'apt_square_padded')
-    ]
-    fastest_apt = min(apt_arms, key=total) if apt_arms else None
-    summary = {
-        key: ratio(total(num), total(den))
-        for key, (num, den) in SPEEDUPS.items()
-    }
-    summary.update({
-        key: ratio(tokens(num), tokens(den))
-        for key, (num, den) in TOKEN_RATIOS.items()
-    })
-    summary.update(
-        nomerge_overhead=(round(
-            total('apt_nomerge') / total('plain_square') -
-            1, 4) if 'apt_nomerge' in result else None),
-        fastest_plain=fastest_plain,
-        fastest_apt=fastest_apt,
-        fastest_apt_vs_fastest_plain=ratio(
-            total(fastest_plain), total(fastest_apt)))
-    attention_path = 'cpu padded SDPA (no varlen kernel off CUDA)'
-    if bench.cuda:
-        attention_path = ('torch.nn.attention.varlen (flash varlen)'
-                          if attention.cuda_varlen_enabled()
-                          and args.dtype != 'fp32' else
-                          'padded SDPA fallback (torch varlen kernel '
-                          'unavailable or failed, or fp32)')
-    if bench.buckets:
-        summary['buckets'] = dict(bench.buckets)
-    return dict(
-        summary=summary,
-        attention_path=attention_path,
-        varlen_vs_padded=[checks['apt_square_padded_vs_apt_square']]
-        if 'apt_square_padded_vs_apt_square' in checks else [],
-        checks=checks,
-        stages=splits,
-        overhead=counts,
-        profile=profile,
-        training=training,
-        skipped=bench.skipped,
-        failed=failed,
-        arms=result)
+        step('training')
+        out['training'] = optional_part(
+            'training', budget, out, lambda: train_arms(
+                dict(plain=bench.plain, apt=bench.apt), bench.inputs, device,
+                bench.dtype, args.train_repeat, budget))
+    step('done')
 
 
-# ------------------------------------------------------------------ report
-def print_summary(report: dict) -> None:
-    env = report['environment']
-    print(f'torch {env["torch"]}, device {env["device"]}' +
-          (f' ({env["gpu"]}, CUDA {env["cuda"]})' if 'gpu' in env else '') +
-          f', dtype {report["settings"]["dtype"]}')
+def profile_arm(arm: BackboneArm, views: Dict[str, torch.Tensor],
+                device: torch.device) -> dict:
+    try:
+        return profile_forward(arm.make(views[arm.view]), device)
+    except Exception as err:  # noqa: BLE001 - reported in the profile
+        return dict(error=f'{type(err).__name__}: {err}')
+
+
+def mark_stopped(report: dict, archs: List[str], train_archs: List[str],
+                 why: str) -> None:
+    """After a stop: whatever of the architecture in progress was neither
+    timed nor left out goes to ``cut``; the architectures not begun are
+    listed."""
+    report['interrupted'] = why
+    report['not_started'] = [a for a in archs if a not in report['archs']]
     for name, arch in report['archs'].items():
-        print(f'\nEVA-02 {name}: attention path: {arch["attention_path"]}')
-        print(f'{"arm":<24}{"img/s":>9}{"median ms":>11}{"tokens":>9}'
-              f'{"keep":>7}{"peak MiB":>10}')
-        for arm, r in arch['arms'].items():
-            keep = f'{r["keep_ratio"]:>7.3f}' if r['keep_ratio'] else \
-                f'{"-":>7}'
-            print(f'{arm:<24}{r["img_s"]:>9.2f}{r["median_ms"]:>11.2f}'
-                  f'{r["tokens"]!s:>9}{keep}{r["peak_mib"]:>10.0f}')
-        for arm, why in arch['skipped'].items():
-            print(f'skipped {arm}: {why}')
-        for arm, why in arch['failed'].items():
-            print(f'failed {arm}: {why}')
-        s = arch['summary']
-        print(f'APT speed-up vs plain square {s["speedup_vs_plain_square"]}, '
-              f'vs plain window-padded {s["speedup_vs_plain_window"]}; '
-              f'token ratio {s["token_ratio"]} (vs window-padded '
-              f'{s["token_ratio_vs_plain_window"]}); padding-free APT vs '
-              f'plain window-padded {s["nopad_speedup_vs_plain_window"]} '
-              f'(token ratio {s["nopad_token_ratio_vs_plain_window"]}); '
-              f'fastest APT ({s["fastest_apt"]}) vs fastest plain '
-              f'({s["fastest_plain"]}) {s["fastest_apt_vs_fastest_plain"]}; '
-              f'no-merge overhead {s["nomerge_overhead"]}')
-        if 'apt_square' in arch['stages']:
-            st = arch['stages']['apt_square']
-            print(f'tokenizer share of the APT forward '
-                  f'{st["tokenizer_share"]:.1%}, outside the blocks '
-                  f'{st["outside_blocks_share"]:.1%}')
-        if arch['training']:
-            t = arch['training']['summary']
-            print(f'training (forward + backward): APT vs plain square '
-                  f'{t["speedup_vs_plain_square"]}, padding-free APT vs '
-                  f'plain window-padded {t["nopad_speedup_vs_plain_window"]}')
+        if arch['status'] == 'done':
+            continue
+        arch['cut'].update({
+            arm: f'{why} before it was timed'
+            for arm in ArmOutcomes(
+                arch['skipped'], arch['failed'], arch['cut']).unaccounted(
+                    ARM_NAMES, list(arch['arms']))
+        })
+        wanted = dict(
+            profile=report.get('profiled') in (None, name),
+            training=name in train_archs)
+        for part in ('profile', 'training'):
+            if wanted[part] and not arch.get(part) and \
+                    part not in arch['cut']:
+                arch['cut'][part] = why
+        arch['status'] = f'stopped (at: {arch["status"]})'
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
-    start = time.perf_counter()
+    budget = Budget(args.budget_s)
     views = load_views(args)
     env = environment(device)
-    env['varlen_kernel_importable'] = importlib.util.find_spec(
-        'torch.nn.attention.varlen') is not None if hasattr(
-            torch.nn, 'attention') else False
+    env['varlen_kernel_importable'] = attention.cuda_varlen_enabled()
     report = dict(
         environment=env,
         settings=dict(
@@ -719,6 +560,7 @@ def main(argv=None) -> None:
             repeat=args.repeat,
             warmup=args.warmup,
             train_repeat=args.train_repeat,
+            budget_s=args.budget_s,
             batch_size=1,
             command=' '.join(sys.argv),
             images=[
@@ -730,30 +572,26 @@ def main(argv=None) -> None:
                     nopad_view=list(v['nopad'].shape[2:])) for v in views
             ]),
         archs={})
-    markdown = os.path.splitext(args.out)[0] + '.md'
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     def write() -> None:
-        report['seconds'] = round(time.perf_counter() - start, 1)
-        with open(args.out, 'w') as f:
-            json.dump(report, f, indent=1)
-        with open(markdown, 'w') as f:
-            f.write(gpu_markdown(report))
+        report['seconds'] = round(budget.elapsed(), 1)
+        write_report(report, args.out)
 
-    for name in args.archs:
-        try:
-            report['archs'][name] = bench_arch(name, args, views, device,
-                                               start, report)
-        except KeyboardInterrupt:  # gpu_benchmark.sh's time limit
-            report['interrupted'] = f'stopped during {name}'
-            write()
-            raise SystemExit(f'stopped during {name}; wrote {args.out} '
-                             'with the architectures done before')
-        if device.type == 'cuda':  # the models are gone: free memory
-            torch.cuda.empty_cache()
-        write()  # after every architecture: a partial run still counts
-    print_summary(report)
-    print(f'\nwrote {args.out} and {markdown} in {report["seconds"]:.0f} s')
+    try:
+        for name in args.archs:
+            bench_arch(name, args, views, device, budget, report, write)
+            if device.type == 'cuda':  # the models are gone: free memory
+                torch.cuda.empty_cache()
+    except KeyboardInterrupt:  # gpu_benchmark.sh's time limit
+        mark_stopped(report, args.archs, args.train_archs,
+                     'the run was stopped (SIGINT)')
+        write()
+        print(gpu_text_summary(report))
+        raise SystemExit(f'stopped; wrote {args.out} with what was done')
+    write()
+    print(gpu_text_summary(report))
+    print(f'\nwrote {args.out} in {report["seconds"]:.0f} s')
 
 
 if __name__ == '__main__':

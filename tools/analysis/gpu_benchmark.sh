@@ -3,19 +3,31 @@
 # repository root of a machine with torch, timm, numpy and Pillow:
 #
 #   bash tools/analysis/gpu_benchmark.sh [OUT] [gpu_benchmark.py args]
+#   bash tools/analysis/gpu_benchmark.sh --help
 #
 # OUT is a folder (gpu_benchmark.json + gpu_benchmark.md are written into
 # it) or a .json file (the .md goes next to it); default: $OUT if set (the
-# device machine's output folder), else gpu_benchmark.json.
+# device machine's output folder), else gpu_benchmark.json. The arguments
+# after OUT go to gpu_benchmark.py (e.g. --images DIR, --quick, --device
+# cpu, --budget-s S; `python tools/analysis/gpu_benchmark.py --help` lists
+# them all).
+#
 # If mmengine is not importable and WHEELS names a folder of wheels
-# (mmengine and its pure-Python dependencies: addict, termcolor, yapf,
-# platformdirs, rich, markdown-it-py, mdurl, pygments; pyyaml comes with
-# timm), they are installed into a temporary folder
-# first; nothing is installed into the system Python. The run is stopped
-# (SIGINT) after GPU_BENCH_TIMEOUT seconds (default 470, under 8 minutes);
-# the JSON is written after every architecture, so a stopped run keeps what
-# it measured.
+# (tools/misc/gpu_wheels.sh DIR downloads them: mmengine and the
+# pure-Python packages it needs beyond the GPU image), they are installed
+# into a temporary folder first; nothing is installed into the system
+# Python. The run gets SIGINT after GPU_BENCH_TIMEOUT seconds (default 450)
+# and is killed GPU_BENCH_KILL_AFTER seconds later (default 15) if it has
+# not stopped: at most 7 min 45 s in all. The JSON and the Markdown are
+# written after every arm, every timed repeat and every later part, so a
+# stopped run keeps what it measured, and what it did not reach is listed
+# under "cut".
 set -euo pipefail
+case "${1:-}" in
+    -h|--help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+        exit 0 ;;
+esac
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DEST="${1:-${OUT:-gpu_benchmark.json}}"
 shift || true
@@ -27,18 +39,17 @@ PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PYTHON" -c 'import mmengine' 2>/dev/null; then
     if [ -z "${WHEELS:-}" ]; then
-        echo "mmengine is not installed: set WHEELS=DIR (a folder of the" \
-             "mmengine, addict, termcolor, yapf, platformdirs, rich," \
-             "markdown-it-py, mdurl, pygments wheels: pip download" \
-             "--no-deps -d DIR ...)" >&2
+        echo "mmengine is not installed: set WHEELS=DIR, a folder of the" \
+             "wheels that 'bash tools/misc/gpu_wheels.sh DIR' downloads" >&2
         exit 2
     fi
     SITE="$(mktemp -d)"
-    "$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" \
-        "$WHEELS"/*.whl
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
+        --no-cache-dir --target "$SITE" "$WHEELS"/*.whl
     export PYTHONPATH="$PYTHONPATH:$SITE"
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm \
     --format=csv 2>/dev/null || true
-PYTHONUNBUFFERED=1 timeout -s INT "${GPU_BENCH_TIMEOUT:-470}" \
+PYTHONUNBUFFERED=1 timeout -s INT -k "${GPU_BENCH_KILL_AFTER:-15}" \
+    "${GPU_BENCH_TIMEOUT:-450}" \
     "$PYTHON" "$ROOT/tools/analysis/gpu_benchmark.py" --out "$DEST" "$@"
