@@ -61,8 +61,7 @@ def arch_summary(arms: Dict[str, dict], info: Dict[str, dict]) -> dict:
 
     plain = [a for a in arms if a.startswith(('plain_square', 'plain_window'))]
     apt = [
-        a for a in arms
-        if a.startswith('apt_') and a not in NOT_APT_CANDIDATES
+        a for a in arms if a.startswith('apt_') and a not in NOT_APT_CANDIDATES
     ]
     fastest_plain = min(plain, key=total) if plain else None
     fastest_apt = min(apt, key=total) if apt else None

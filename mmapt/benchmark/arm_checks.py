@@ -13,13 +13,15 @@ from .runner import BackboneArm, split_of
 Inputs = Dict[str, Dict[str, torch.Tensor]]
 
 #: (arm, its eager reference) pairs whose outputs are compared.
-CHECK_PAIRS = (('plain_square_graph', 'plain_square'),
-               ('plain_window_graph', 'plain_window'),
-               ('plain_square_compiled', 'plain_square'),
-               ('apt_static', 'apt_square'), ('apt_static_graph',
-                                              'apt_static'),
-               ('apt_nomerge', 'plain_square'), ('apt_square_padded',
-                                                 'apt_square'))
+CHECK_PAIRS = [
+    ('plain_square_graph', 'plain_square'),
+    ('plain_window_graph', 'plain_window'),
+    ('plain_square_compiled', 'plain_square'),
+    ('apt_static', 'apt_square'),
+    ('apt_static_graph', 'apt_static'),
+    ('apt_nomerge', 'plain_square'),
+    ('apt_square_padded', 'apt_square'),
+]
 
 
 def run_checks(inputs: Inputs,
@@ -44,11 +46,12 @@ def run_checks(inputs: Inputs,
     return checks
 
 
-def stage_splits(inputs: Inputs,
-                 arms: Dict[str, BackboneArm],
-                 device: torch.device,
-                 names: Sequence[str] = ('apt_square', 'apt_static',
-                                         'plain_square')) -> dict:
+def stage_splits(
+    inputs: Inputs,
+    arms: Dict[str, BackboneArm],
+    device: torch.device,
+    names: Sequence[str] = ('apt_square', 'apt_static', 'plain_square')
+) -> dict:
     """Per eager arm of ``names`` that ran: stage times of one forward per
     image, summed, the tokenizer's share and the share outside the
     blocks."""
@@ -63,15 +66,19 @@ def stage_splits(inputs: Inputs,
                 arm.make(views[arm.view]), device, time.perf_counter)
             per_image[image] = dict(
                 forward_ms=round(ms, 3),
-                **{k: round(v, 3)
-                   for k, v in stages.items()})
+                **{
+                    k: round(v, 3)
+                    for k, v in stages.items()
+                })
             total_ms += ms
             for k, v in stages.items():
                 stage_ms[k] = stage_ms.get(k, 0.) + v
         out[name] = dict(
             forward_ms=round(total_ms, 3),
-            stages_ms={k: round(v, 3)
-                       for k, v in stage_ms.items()},
+            stages_ms={
+                k: round(v, 3)
+                for k, v in stage_ms.items()
+            },
             tokenizer_share=round(stage_ms.get('tokenizer', 0.) / total_ms, 4),
             outside_blocks_share=round(
                 (total_ms - stage_ms.get('blocks', 0.)) / total_ms, 4),

@@ -119,5 +119,5 @@ class CompileWatch:
             recompiles=after['frames'] - first['frames'],
             cudagraph_skips=skips,
             cuda_graphs_recorded=recorded,
-            ran_as_cuda_graphs=None if recorded is None else bool(
-                recorded > 0 and skips == 0))
+            ran_as_cuda_graphs=None
+            if recorded is None else bool(recorded > 0 and skips == 0))

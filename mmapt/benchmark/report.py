@@ -19,8 +19,9 @@ def write_report(report: dict, path: str) -> str:
     old one, so a run stopped mid-write leaves the previous whole file.
     Returns the Markdown's path."""
     markdown = os.path.splitext(path)[0] + '.md'
-    for target, text in ((path, json.dumps(report, indent=1)),
-                         (markdown, gpu_markdown(report))):
+    for target, text in ((path, json.dumps(report,
+                                           indent=1)), (markdown,
+                                                        gpu_markdown(report))):
         with open(target + '.tmp', 'w') as f:
             f.write(text)
         os.replace(target + '.tmp', target)
@@ -59,7 +60,7 @@ def gpu_markdown(report: dict) -> str:
         fastest = summary.get('fastest_plain')
         fastest_ms = arms[fastest]['total_ms'] if fastest else None
         lines += [f'## EVA-02 {name}', '']
-        if arch.get('status') != 'done':
+        if arch.get('status') not in (None, 'done'):
             lines += [f'Status: {arch.get("status")}.', '']
         lines += [
             f'Attention: {arch.get("attention_path", "not known yet")}.', ''

@@ -113,10 +113,10 @@ def prepare_arm(arm: BackboneArm,
                 if budget is not None:
                     budget.check(f'while warming {arm.name} up on {image}')
 
-        if index == 0:
-            info['peak_mib'] = round(peak_memory_mib(
-                warm, device), 1) if device.type == 'cuda' else None
+        if index == 0 and device.type == 'cuda':
+            info['peak_mib'] = round(peak_memory_mib(warm, device), 1)
         else:
+            info.setdefault('peak_mib', None)  # not measured off CUDA
             warm()
         if arm.count_tokens:
             record.set_tokens(image, *forward_tokens(arm.model, call))

@@ -1,12 +1,53 @@
 """tools/analysis/gpu_benchmark.py on CPU (--quick), and the import
 contract it relies on: the backbones import without mmcv, mmdet or mmseg."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 from conftest import ROOT, run_tool
 from PIL import Image
+
+#: Every arm of the script: each must end up timed or listed with a reason.
+ALL_ARMS = {
+    'plain_square', 'plain_window', 'plain_square_graph', 'plain_window_graph',
+    'plain_square_compiled', 'apt_square', 'apt_nopad', 'apt_nomerge',
+    'apt_static', 'apt_static_graph', 'apt_square_padded'
+}
+EAGER = {
+    'plain_square', 'plain_window', 'apt_square', 'apt_nopad', 'apt_nomerge',
+    'apt_static'
+}
+
+
+def _accounted(arch: dict) -> dict:
+    """Arm -> where it is recorded; fails on an arm recorded twice."""
+    where = {}
+    for kind in ('arms', 'skipped', 'failed', 'cut'):
+        for arm in arch[kind]:
+            if arm in ALL_ARMS:
+                assert arm not in where, (arm, kind, where[arm])
+                where[arm] = kind
+    return where
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    # A 3:2 photo-like image (flat sky over texture) as .npy and a 1:2
+    # noisy one as .png: both loaders, non-square contents.
+    wide = np.full((200, 300, 3), 90, np.uint8)
+    wide[100:] = rng.integers(0, 255, (100, 300, 3), dtype=np.uint8)
+    np.save(folder / 'a_wide.npy', wide)
+    Image.fromarray(rng.integers(0, 255, (64, 128, 3),
+                                 dtype=np.uint8)).save(folder / 'b_noise.png')
+    return folder
 
 
 def test_backbones_import_without_openmmlab_packages():
@@ -28,17 +69,7 @@ def test_backbones_import_without_openmmlab_packages():
     assert proc.stdout.split() == ['APTEVA02', 'EVA02']
 
 
-def test_quick_cpu_run_writes_json(tmp_path):
-    images = tmp_path / 'images'
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    # A 3:2 photo-like image (flat sky over texture) as .npy and a 1:2
-    # noisy one as .png: both loaders, non-square contents.
-    wide = np.full((200, 300, 3), 90, np.uint8)
-    wide[100:] = rng.integers(0, 255, (100, 300, 3), dtype=np.uint8)
-    np.save(images / 'a_wide.npy', wide)
-    Image.fromarray(rng.integers(0, 255, (64, 128, 3),
-                                 dtype=np.uint8)).save(images / 'b_noise.png')
+def test_quick_cpu_run_writes_json(tmp_path, images):
     out = tmp_path / 'gpu.json'
     proc = run_tool([
         'tools/analysis/gpu_benchmark.py', '--device', 'cpu', '--quick',
@@ -54,22 +85,29 @@ def test_quick_cpu_run_writes_json(tmp_path):
     assert report['settings']['images'][0]['nopad_view'] == [256, 256]
     assert report['settings']['images'][1]['nopad_view'] == [128, 256]
     arch = report['archs']['quick']
-    # No varlen kernel, CUDA graphs or compiled arm on CPU: those arms are
-    # left out and say why; the static arm runs where the build has it.
-    eager = {
-        'plain_square', 'plain_window', 'apt_square', 'apt_nopad',
-        'apt_nomerge'
-    }
-    static = 'apt_static' in arch['arms']
-    assert set(arch['arms']) == eager | ({'apt_static'} if static else set())
-    assert arch['failed'] == {}
+    assert arch['status'] == 'done' and 'interrupted' not in report
+    # Every arm accounted for: the eager ones (static mode included) timed;
+    # no varlen kernel, CUDA graphs or compiled arm on CPU: skipped, and
+    # each says why.
+    where = _accounted(arch)
+    assert set(where) == ALL_ARMS
+    assert set(arch['arms']) == EAGER
+    assert arch['failed'] == {} and arch['cut'] == {}
     for arm in ('plain_square_graph', 'plain_window_graph', 'apt_static_graph',
                 'plain_square_compiled'):
         assert 'CUDA' in arch['skipped'][arm]
-    if not static:
-        assert 'not available in this build' in arch['skipped']['apt_static']
     assert 'varlen' in arch['skipped']['apt_square_padded']
-    assert 'cpu' in arch['attention_path']
+    # What each arm ran, counted: the plain model no packed attention, APT
+    # the padded plan (no varlen kernel off CUDA); peak memory is not
+    # measured off CUDA and says so (None, never 0).
+    assert arch['attention_path'] == 'padded SDPA plan'
+    for name, info in arch['arm_info'].items():
+        kernel = info['attention']['kernel']
+        assert kernel == ('none' if name.startswith('plain') else 'padded')
+        assert info['attention']['varlen_failed'] == 0
+        assert info['peak_mib'] is None
+        assert arch['arms'][name]['attention_kernel'] == kernel
+    assert arch['repeats_done'] == 2
     arms = arch['arms']
     # 256 canvas = 16 x 16 cells; the wide image's content (171 px high)
     # padded to the 128-px window is 256 x 256 (no saving); the noise image
@@ -96,9 +134,8 @@ def test_quick_cpu_run_writes_json(tmp_path):
     # APT with nothing merged is the plain model (bf16 autocast both).
     check = arch['checks']['apt_nomerge_vs_plain_square']
     assert check['rel_l2_diff'] < 1e-2
-    if static:  # padded to its bucket, the outputs are the unpadded ones
-        assert arch['checks']['apt_static_vs_apt_square']['rel_l2_diff'] < \
-            1e-2
+    # Padded to its bucket, the outputs are the unpadded ones.
+    assert arch['checks']['apt_static_vs_apt_square']['rel_l2_diff'] < 1e-2
     # Stage split of APT's forward: every stage timed, the tokenizer a part.
     stages = arch['stages']['apt_square']
     assert set(stages['stages_ms']) == {
@@ -109,6 +146,7 @@ def test_quick_cpu_run_writes_json(tmp_path):
     counts = arch['overhead']
     assert counts['plain']['total_syncs'] == 0
     assert counts['apt']['ops']['tokenizer'] > 0
+    assert counts['apt_static']['ops']['blocks'] > 0
     # The profile (first architecture) has a row per APT stage.
     assert set(
         arch['profile']['apt_square']['stages']) >= {'tokenizer', 'blocks'}
@@ -127,3 +165,96 @@ def test_quick_cpu_run_writes_json(tmp_path):
     markdown = (tmp_path / 'gpu.md').read_text()
     assert '| apt_nopad |' in markdown and 'Training step' in markdown
     assert '### Profile: one apt_square forward' in markdown
+    assert '| padded | not measured |' in markdown
+
+
+def test_budget_spent_cuts_arms_and_parts_but_writes_all(tmp_path, images):
+    """--budget-s 0: apt_square (the buckets need its tokens) is timed for
+    one repeat; every later arm, the profile and training are cut, each
+    with the reason, and the report is whole."""
+    out = tmp_path / 'gpu.json'
+    run_tool([
+        'tools/analysis/gpu_benchmark.py', '--device', 'cpu', '--quick',
+        '--budget-s', '0', '--images',
+        str(images), '--out',
+        str(out)
+    ],
+             timeout=600)
+    arch = json.loads(out.read_text())['archs']['quick']
+    assert set(_accounted(arch)) == ALL_ARMS
+    assert set(arch['arms']) == {'apt_square'}
+    assert arch['repeats_done'] == 1
+    assert arch['timing_cut'] == 'cut by the time budget after 1 of 2 repeats'
+    for arm in EAGER - {'apt_square'}:
+        assert 'time budget (0 s) before its warm-up' in arch['cut'][arm]
+    for part in ('profile', 'training'):
+        assert 'over the time budget' in arch['cut'][part]
+    assert arch['status'] == 'done'
+    assert '**cut** `apt_static`' in (tmp_path / 'gpu.md').read_text()
+
+
+def test_sigint_mid_run_leaves_a_valid_report(tmp_path, images):
+    """A SIGINT (gpu_benchmark.sh's time limit) while timing: the JSON
+    holds the repeats done so far, and everything not reached is cut."""
+    out = tmp_path / 'gpu.json'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    proc = subprocess.Popen([
+        sys.executable,
+        os.path.join(ROOT, 'tools/analysis/gpu_benchmark.py'), '--device',
+        'cpu', '--quick', '--repeat', '5000', '--images',
+        str(images), '--out',
+        str(out)
+    ],
+                            cwd=ROOT,
+                            env=env,
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if out.exists():
+                arch = json.loads(out.read_text())['archs'].get('quick', {})
+                if arch.get('repeats_done', 0) >= 1:
+                    break
+            time.sleep(0.05)
+        else:
+            raise AssertionError('no timed repeat written in 300 s')
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert 'stopped; wrote' in stderr
+    report = json.loads(out.read_text())
+    assert report['interrupted'] == 'the run was stopped (SIGINT)'
+    arch = report['archs']['quick']
+    assert arch['status'].startswith('stopped (at: timed ')
+    assert set(_accounted(arch)) == ALL_ARMS
+    # The arms timed so far keep their repeats; none was lost.
+    assert set(arch['arms']) == EAGER
+    done = arch['repeats_done']
+    assert 1 <= done < 5000
+    for arm in arch['arms'].values():
+        for entry in arm['per_image'].values():
+            assert len(entry['times_ms']) >= done
+    for part in ('profile', 'training'):
+        assert 'stopped (SIGINT)' in arch['cut'][part]
+    assert 'stopped early' in stdout
+    assert '**Stopped early**' in (tmp_path / 'gpu.md').read_text()
+
+
+def test_shell_help_prints_usage_and_runs_nothing(tmp_path):
+    proc = subprocess.run([
+        'bash',
+        os.path.join(ROOT, 'tools/analysis/gpu_benchmark.sh'), '--help'
+    ],
+                          cwd=tmp_path,
+                          capture_output=True,
+                          text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert 'gpu_benchmark.sh [OUT]' in proc.stdout
+    assert 'GPU_BENCH_TIMEOUT' in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # no run, no output

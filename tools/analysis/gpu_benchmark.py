@@ -85,8 +85,8 @@ from mmapt.benchmark.budget import Budget
 from mmapt.benchmark.core import ArmRecord, environment
 from mmapt.benchmark.cuda import GraphCache, autocast_for, profile_forward
 from mmapt.benchmark.report import gpu_text_summary, write_report
-from mmapt.benchmark.runner import (ArmOutcomes, BackboneArm, arm_summary,
-                                    log, prepare_arms, time_arms)
+from mmapt.benchmark.runner import (ArmOutcomes, BackboneArm, arm_summary, log,
+                                    prepare_arms, time_arms)
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.layers import attention
 from mmapt.tokenizer.prepare import list_images, load_rgb, sample_photo_paths
@@ -109,6 +109,7 @@ ARCHS = {
 }
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 LARGEST_PATCH = 128
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -411,8 +412,7 @@ def arm_entry(record: ArmRecord, square_tokens: Optional[int],
     return entry
 
 
-def optional_part(name: str, budget: Budget, out: dict,
-                  run: Callable[[], object]):
+def optional_part(name: str, budget: Budget, out: dict, run: Callable):
     """``run()`` unless the budget is spent (then ``out['cut'][name]``)."""
     if budget.over():
         out['cut'][name] = (f'not run: over the time budget '
@@ -448,14 +448,21 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
 
     # Token counts of apt_square first: the static arms' buckets need them;
     # compiling is the slow part: last.
-    order = sorted(all_arms, key=lambda a: (a.name != 'apt_square', a.compiled))
+    order = sorted(
+        all_arms, key=lambda a: (a.name != 'apt_square', a.compiled))
     with torch.no_grad():
-        ready = prepare_arms(order[:1], bench.inputs, args.warmup, records,
-                             outcomes, device, on_arm=lambda _: write())
-        bench.apt_tokens = {
-            image: t
-            for image, (t, _) in getattr(records.get('apt_square'), 'tokens',
-                                         {}).items()
+        ready = prepare_arms(
+            order[:1],
+            bench.inputs,
+            args.warmup,
+            records,
+            outcomes,
+            device,
+            on_arm=lambda _: write())
+        apt_record = records.get('apt_square')
+        bench.apt_tokens = {} if apt_record is None else {
+            image: tokens
+            for image, (tokens, _) in apt_record.tokens.items()
         }
         ready += prepare_arms(order[1:], bench.inputs, args.warmup, records,
                               outcomes, device, budget, lambda _: write())
@@ -467,15 +474,21 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
         def on_repeat(done: int) -> None:
             out['repeats_done'] = done
             out['arms'] = {
-                a.name: arm_entry(records[a.name], square_tokens,
-                                  outcomes.info[a.name])
+                a.name:
+                arm_entry(records[a.name], square_tokens,
+                          outcomes.info[a.name])
                 for a in ready
             }
             step(f'timed {done} of {args.repeat} repeats')
 
         done = time_arms(
-            ready, bench.inputs, args.repeat, device, records,
-            budget=budget, on_repeat=on_repeat)
+            ready,
+            bench.inputs,
+            args.repeat,
+            device,
+            records,
+            budget=budget,
+            on_repeat=on_repeat)
         if done < args.repeat:
             out['timing_cut'] = (f'cut by the time budget after {done} of '
                                  f'{args.repeat} repeats')
@@ -529,9 +542,8 @@ def mark_stopped(report: dict, archs: List[str], train_archs: List[str],
             continue
         arch['cut'].update({
             arm: f'{why} before it was timed'
-            for arm in ArmOutcomes(
-                arch['skipped'], arch['failed'], arch['cut']).unaccounted(
-                    ARM_NAMES, list(arch['arms']))
+            for arm in ArmOutcomes(arch['skipped'], arch['failed'], arch['cut']
+                                   ).unaccounted(ARM_NAMES, list(arch['arms']))
         })
         wanted = dict(
             profile=report.get('profiled') in (None, name),

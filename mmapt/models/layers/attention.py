@@ -42,10 +42,10 @@ except ImportError:  # pragma: no cover - depends on the torch build
     _torch_varlen_attn = None
 
 
-
 class VarlenFallbackWarning(RuntimeWarning):
     """torch's varlen kernel raised under ``'auto'``: that call (and that
     call only) ran the padded SDPA plan instead."""
+
 
 #: The values :func:`attention_backend` accepts.
 ATTENTION_BACKENDS = ('auto', 'varlen', 'padded')

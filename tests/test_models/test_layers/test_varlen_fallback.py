@@ -19,8 +19,8 @@ LENGTHS = [5, 3, 8]
 
 def _inputs():
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(sum(LENGTHS), 2, 8, generator=gen)
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(sum(LENGTHS), 2, 8, generator=gen) for _ in range(3))
     cu = torch.tensor([0, 5, 8, 16], dtype=torch.int32)
     return q, k, v, cu
 
