@@ -31,6 +31,12 @@ class Budget:
     def elapsed(self) -> float:
         return self.clock() - self.start
 
+    def left(self) -> float:
+        """Seconds left (infinite without a limit)."""
+        if self.seconds is None:
+            return float('inf')
+        return self.seconds - self.elapsed()
+
     def over(self) -> bool:
         return self.seconds is not None and self.elapsed() > self.seconds
 

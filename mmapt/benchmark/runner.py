@@ -34,6 +34,8 @@ class BackboneArm:
         tokens_from (str, optional): Arm whose token counts this one has.
         compiled (bool): A ``torch.compile`` arm: its graph breaks,
             recompiles and CUDA graphs are recorded.
+        needs_s (float): Budget it must have left to start (a compile that
+            cannot be stopped midway must not start near the end).
     """
 
     name: str
@@ -43,6 +45,7 @@ class BackboneArm:
     count_tokens: bool = True
     tokens_from: Optional[str] = None
     compiled: bool = False
+    needs_s: float = 0.
 
 
 @dataclass
@@ -147,6 +150,11 @@ def prepare_arms(
         try:
             if budget is not None:
                 budget.check('before its warm-up')
+                if budget.left() < arm.needs_s:
+                    raise OverBudget(
+                        f'not started: it needs about {arm.needs_s:g} s, '
+                        f'{budget.left():.0f} s of the time budget '
+                        f'({budget.seconds:g} s) were left')
             outcomes.info[arm.name] = prepare_arm(arm, inputs, warmup, record,
                                                   records, device, budget)
         except OverBudget as err:

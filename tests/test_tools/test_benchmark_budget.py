@@ -91,6 +91,20 @@ def test_prepare_arms_cuts_an_arm_inside_its_warm_up():
                                 ['first']) == ['fourth']
 
 
+def test_an_arm_that_needs_more_budget_than_is_left_does_not_start():
+    clock = Clock()
+    model = Ticking(clock)
+    slow = _arm('compiled', model)
+    slow.needs_s = 10.
+    outcomes = ArmOutcomes()
+    ready = prepare_arms([_arm('eager', model), slow], _inputs(1), 1, {},
+                         outcomes, CPU, Budget(8, clock))
+    assert [a.name for a in ready] == ['eager']
+    assert outcomes.cut['compiled'].startswith(
+        'not started: it needs about 10 s, 7 s of the time budget (8 s)')
+    assert clock.now == 1  # the compiled arm never ran
+
+
 def test_prepare_arms_records_failures_and_the_apt_kernel():
     apt = APTEVA02(
         arch=dict(embed_dims=32, num_layers=2, num_heads=1),

@@ -66,6 +66,7 @@ as ``cut`` and writes the report before exiting.
 import argparse
 import os
 import sys
+import traceback
 from contextlib import nullcontext
 from typing import Callable, Dict, List, Optional
 
@@ -109,6 +110,10 @@ ARCHS = {
 }
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 LARGEST_PATCH = 128
+# Budget the compiled arm must have left to start: compiling the plain
+# EVA-02-L forward (inductor + CUDA-graph trees) is expected to take a
+# minute or two, and a compile cannot stop midway.
+COMPILE_NEEDS_S = 120.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -387,7 +392,8 @@ class ArchBench:
                     self.eager(compiled),
                     count_tokens=False,
                     tokens_from='plain_square',
-                    compiled=True))
+                    compiled=True,
+                    needs_s=COMPILE_NEEDS_S))
         return arms
 
     def _graph_fn(self, model, pack: Optional[int] = None) -> Callable:
@@ -530,29 +536,27 @@ def profile_arm(arm: BackboneArm, views: Dict[str, torch.Tensor],
         return dict(error=f'{type(err).__name__}: {err}')
 
 
-def mark_stopped(report: dict, archs: List[str], train_archs: List[str],
-                 why: str) -> None:
-    """After a stop: whatever of the architecture in progress was neither
-    timed nor left out goes to ``cut``; the architectures not begun are
-    listed."""
-    report['interrupted'] = why
-    report['not_started'] = [a for a in archs if a not in report['archs']]
-    for name, arch in report['archs'].items():
-        if arch['status'] == 'done':
-            continue
-        arch['cut'].update({
-            arm: f'{why} before it was timed'
-            for arm in ArmOutcomes(arch['skipped'], arch['failed'], arch['cut']
-                                   ).unaccounted(ARM_NAMES, list(arch['arms']))
-        })
-        wanted = dict(
-            profile=report.get('profiled') in (None, name),
-            training=name in train_archs)
-        for part in ('profile', 'training'):
-            if wanted[part] and not arch.get(part) and \
-                    part not in arch['cut']:
-                arch['cut'][part] = why
-        arch['status'] = f'stopped (at: {arch["status"]})'
+def close_arch(report: dict, name: str, train_archs: List[str],
+               why: str) -> None:
+    """After a stop or an error: whatever of architecture ``name`` was
+    neither timed nor left out goes to ``cut`` with ``why``; an
+    architecture not begun is listed under ``not_started``."""
+    arch = report['archs'].get(name)
+    if arch is None:
+        report.setdefault('not_started', []).append(name)
+        return
+    if arch['status'] == 'done' or arch['status'].startswith('stopped'):
+        return
+    outcomes = ArmOutcomes(arch['skipped'], arch['failed'], arch['cut'])
+    for arm in outcomes.unaccounted(ARM_NAMES, list(arch['arms'])):
+        arch['cut'][arm] = f'{why} before it was timed'
+    wanted = dict(
+        profile=report.get('profiled') in (None, name),
+        training=name in train_archs)
+    for part in ('profile', 'training'):
+        if wanted[part] and not arch.get(part) and part not in arch['cut']:
+            arch['cut'][part] = why
+    arch['status'] = f'stopped (at: {arch["status"]}): {why}'
 
 
 def main(argv=None) -> None:
@@ -592,12 +596,19 @@ def main(argv=None) -> None:
 
     try:
         for name in args.archs:
-            bench_arch(name, args, views, device, budget, report, write)
+            try:
+                bench_arch(name, args, views, device, budget, report, write)
+            except Exception as err:  # noqa: BLE001 - the next arch still runs
+                log(traceback.format_exc())
+                close_arch(report, name, args.train_archs,
+                           f'{type(err).__name__}: {err}')
             if device.type == 'cuda':  # the models are gone: free memory
                 torch.cuda.empty_cache()
     except KeyboardInterrupt:  # gpu_benchmark.sh's time limit
-        mark_stopped(report, args.archs, args.train_archs,
-                     'the run was stopped (SIGINT)')
+        why = 'the run was stopped (SIGINT)'
+        report['interrupted'] = why
+        for name in args.archs:
+            close_arch(report, name, args.train_archs, why)
         write()
         print(gpu_text_summary(report))
         raise SystemExit(f'stopped; wrote {args.out} with what was done')
