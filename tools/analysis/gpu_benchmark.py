@@ -64,6 +64,7 @@ repeat; a SIGINT (``gpu_benchmark.sh``'s time limit) marks what was left
 as ``cut`` and writes the report before exiting.
 """
 import argparse
+import gc
 import os
 import sys
 import traceback
@@ -602,7 +603,9 @@ def main(argv=None) -> None:
                 log(traceback.format_exc())
                 close_arch(report, name, args.train_archs,
                            f'{type(err).__name__}: {err}')
-            if device.type == 'cuda':  # the models are gone: free memory
+            if device.type == 'cuda':  # free the models, graphs, compiles
+                gc.collect()
+                torch._dynamo.reset()  # its CUDA-graph trees' memory too
                 torch.cuda.empty_cache()
     except KeyboardInterrupt:  # gpu_benchmark.sh's time limit
         why = 'the run was stopped (SIGINT)'
