@@ -258,3 +258,22 @@ def test_shell_help_prints_usage_and_runs_nothing(tmp_path):
     assert 'gpu_benchmark.sh [OUT]' in proc.stdout
     assert 'GPU_BENCH_TIMEOUT' in proc.stdout
     assert list(tmp_path.iterdir()) == []  # no run, no output
+
+
+def test_shell_time_limit_exits_3_and_says_so(tmp_path, images):
+    """GPU_BENCH_TIMEOUT=1 stops the run (here while importing):
+    timeout's 124 would read as the device tool's own time-out, so the
+    script exits 3 and says what it kept."""
+    proc = run_tool([
+        'tools/analysis/gpu_benchmark.sh',
+        str(tmp_path / 'out'), '--quick', '--device', 'cpu', '--images',
+        str(images)
+    ],
+                    check=False,
+                    timeout=120,
+                    env=dict(
+                        PYTHON=sys.executable,
+                        GPU_BENCH_TIMEOUT='1',
+                        GPU_BENCH_KILL_AFTER='30'))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert 'stopped at the 1-s limit; nothing was written yet' in proc.stderr

@@ -18,7 +18,8 @@
 # into a temporary folder first; nothing is installed into the system
 # Python. The run gets SIGINT after GPU_BENCH_TIMEOUT seconds (default 450)
 # and is killed GPU_BENCH_KILL_AFTER seconds later (default 15) if it has
-# not stopped: at most 7 min 45 s in all. The JSON and the Markdown are
+# not stopped: at most 7 min 45 s in all (exit status 3: stopped, the
+# report written; 4: killed). The JSON and the Markdown are
 # written after every arm, every timed repeat and every later part, so a
 # stopped run keeps what it measured, and what it did not reach is listed
 # under "cut".
@@ -50,6 +51,24 @@ if ! "$PYTHON" -c 'import mmengine' 2>/dev/null; then
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm \
     --format=csv 2>/dev/null || true
+rc=0
 PYTHONUNBUFFERED=1 timeout -s INT -k "${GPU_BENCH_KILL_AFTER:-15}" \
     "${GPU_BENCH_TIMEOUT:-450}" \
-    "$PYTHON" "$ROOT/tools/analysis/gpu_benchmark.py" --out "$DEST" "$@"
+    "$PYTHON" "$ROOT/tools/analysis/gpu_benchmark.py" --out "$DEST" "$@" \
+    || rc=$?
+# timeout's own 124 / 137 would read as the device tool's time-outs: say
+# what happened and exit 3 (stopped at the limit) or 4 (killed after it).
+if [ -f "$DEST" ]; then
+    KEPT="$DEST holds what was done ('interrupted', 'cut')"
+else
+    KEPT="nothing was written yet"
+fi
+case $rc in
+    124) echo "gpu_benchmark.sh: stopped at the" \
+              "${GPU_BENCH_TIMEOUT:-450}-s limit; $KEPT" >&2
+         exit 3 ;;
+    137) echo "gpu_benchmark.sh: killed ${GPU_BENCH_KILL_AFTER:-15} s after" \
+              "the stop; $KEPT" >&2
+         exit 4 ;;
+esac
+exit $rc
