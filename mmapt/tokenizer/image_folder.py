@@ -14,6 +14,7 @@ from typing import IO, Iterator, List, Optional, Tuple
 import numpy as np
 from PIL import UnidentifiedImageError
 
+from mmapt.apis.images import ImageDecodeError
 from .prepare import list_images, load_rgb
 
 
@@ -26,9 +27,13 @@ def read_image(path: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of ``path`` (see :func:`.prepare.load_rgb`).
 
     Raises:
-        ImageReadError: the file is missing, empty, truncated, not an image
-            PIL can decode, or has no pixels.
+        ImageReadError: the file is missing or a directory, empty,
+            truncated, not an image the pipeline's decoder reads, or has no
+            pixels.
     """
+    if os.path.isdir(path):
+        raise ImageReadError(f'{path} is a directory, not an image file: '
+                             'give one image file')
     if not os.path.isfile(path):
         raise ImageReadError(f'{path}: no such file')
     if os.path.getsize(path) == 0:
@@ -36,10 +41,10 @@ def read_image(path: str) -> np.ndarray:
                              'remove it')
     try:
         image = load_rgb(path)
-    except UnidentifiedImageError:
-        raise ImageReadError(
-            f'{path}: not an image file PIL can decode (corrupt or an '
-            'unknown format); re-save it as PNG or JPEG') from None
+    except (ImageDecodeError, UnidentifiedImageError) as err:
+        raise ImageReadError(f'{err}: the file may be corrupt, truncated or '
+                             'of an unknown format; re-save it as PNG or '
+                             'JPEG') from None
     except (OSError, ValueError, SyntaxError) as err:
         # PIL raises OSError for truncated data, .npy loading ValueError.
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
