@@ -6,13 +6,13 @@ The config's ``default_scope`` picks the task: ``mmdet`` draws boxes and
 masks, ``mmseg`` a mask overlay. The patch grid is the tokenizer's choice on
 exactly the tensor the backbone sees (after resizing, padding and
 normalisation), drawn on that canvas: base patches thin, larger patches in
-brighter colours. The image is decoded once, as the config's test pipeline
-decodes it; the prediction is drawn at the size it is saved (a 10000 x 8000
-photograph is not drawn at full resolution). The third panel is the config's scorer (entropy unless
+brighter colours. The third panel is the config's scorer (entropy unless
 ``model.backbone.scorer`` says otherwise) on the finest merged scale: dark
 is little detail, bright much. Plain EVA-02 configs show the uniform base
-grid and no map. The image is checked before the model is built; the
-picture's long side is capped by ``--max-size``.
+grid and no map. The image is decoded once, as the config's test pipeline
+decodes it; the prediction is drawn at the size it is saved (a 10000 x 8000
+photograph is not drawn at full resolution). The image is checked before
+the model is built; the picture's long side is capped by ``--max-size``.
 
 Examples:
     python demo/image_demo.py data/toy_coco/val2017/000000.png \
@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 
-from mmapt.apis import (ImageDecodeError, decode_image,
-                        pipeline_decode_backend)
+from mmapt.apis import ImageDecodeError, decode_image, pipeline_decode_backend
 from mmapt.apis.inference import drawing_size, predictions_at_size
 from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import (InputError, add_cfg_options,

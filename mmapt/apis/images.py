@@ -52,8 +52,8 @@ def _bgr_decoder(backend: str) -> Callable[[bytes], Optional[np.ndarray]]:
 
 def _pillow_fallback(content: bytes) -> np.ndarray:
     """Neither mmcv nor OpenCV (a bare GPU benchmark machine): what mmcv's
-    ``pillow`` backend does, said once on stderr, since 16-bit files then
-    differ from the pipeline's decoding (Python shows a warning once)."""
+    ``pillow`` backend does, with a warning, since 16-bit files then differ
+    from the pipeline's decoding."""
     import io
 
     from PIL import Image, ImageOps

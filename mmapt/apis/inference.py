@@ -13,8 +13,10 @@ from typing import Iterator, Tuple
 
 from torch import nn
 
+Size = Tuple[int, int]  # (height, width)
 
-def drawing_size(height: int, width: int, long_side: int) -> Tuple[int, int]:
+
+def drawing_size(height: int, width: int, long_side: int) -> Size:
     """(H, W) of an image shrunk (never enlarged) so that its long side is
     at most ``long_side``, aspect ratio kept."""
     scale = min(1.0, long_side / max(height, width))
@@ -22,8 +24,7 @@ def drawing_size(height: int, width: int, long_side: int) -> Tuple[int, int]:
 
 
 @contextlib.contextmanager
-def predictions_at_size(model: nn.Module,
-                        size: Tuple[int, int]) -> Iterator[None]:
+def predictions_at_size(model: nn.Module, size: Size) -> Iterator[None]:
     """Within the block, ``model``'s predictions (``model.test_step``,
     ``inference_detector``, ``inference_model``) come at ``size`` (H, W):
     each data sample's ``ori_shape`` becomes ``size`` and its

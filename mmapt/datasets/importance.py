@@ -139,8 +139,8 @@ class LoadImportanceMap:
 
     @property
     def _form(self) -> str:
-        return ('an (H, W) float .npy array' if self.suffix == '.npy' else
-                'an 8-bit gray .png')
+        return ('an (H, W) float .npy array'
+                if self.suffix == '.npy' else 'an 8-bit gray .png')
 
     def path_of(self, img_path: str) -> str:
         name = os.path.splitext(os.path.basename(img_path))[0]

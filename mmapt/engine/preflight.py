@@ -195,8 +195,8 @@ def check_apt_options(cfg: Config, config_path: str) -> None:
             return
         tokenizer = PatchTokenizer(**args)
         img_size = backbone.get(
-            'img_size', init_default(backbone_class(backbone['type']),
-                                     'img_size'))
+            'img_size',
+            init_default(backbone_class(backbone['type']), 'img_size'))
         if img_size is not None:
             if isinstance(img_size, int):
                 img_size = (img_size, img_size)
@@ -209,6 +209,11 @@ def check_apt_options(cfg: Config, config_path: str) -> None:
 
 
 IMPORTANCE_TRANSFORMS = ('BoxImportanceMap', 'LoadImportanceMap')
+
+
+def _type_name(cfg: dict) -> str:
+    """``type`` of a config without its scope (``mmdet.X`` -> ``X``)."""
+    return str(cfg.get('type', '')).split('.')[-1]
 
 
 def _pipelines(cfg: Config) -> Iterator[Tuple[str, list]]:
@@ -232,8 +237,7 @@ def check_importance_settings(cfg: Config, config_path: str,
     for split, pipeline in _pipelines(cfg):
         steps = [
             step for step in pipeline
-            if str(step.get('type', '')).split('.')[-1] in
-            IMPORTANCE_TRANSFORMS
+            if _type_name(step) in IMPORTANCE_TRANSFORMS
         ]
         where = f'{split} pipeline of {config_path}'
         if wants_maps and not steps:
@@ -260,8 +264,7 @@ def check_importance_settings(cfg: Config, config_path: str,
                     f'(relative to {os.getcwd()}); write the maps there or '
                     'set its folder=')
     preprocessor = (cfg.get('model') or {}).get('data_preprocessor') or {}
-    kind = str(preprocessor.get('type', '')).split('.')[-1]
-    if wants_maps and kind != 'APTDataPreprocessor':
+    if wants_maps and _type_name(preprocessor) != 'APTDataPreprocessor':
         raise BadInputError(
             f'model.data_preprocessor of {config_path}: the importance '
             'scorer gets its maps through APTDataPreprocessor: set '

@@ -3,8 +3,8 @@
 One unreadable file (empty, truncated, not an image) must not stop a tool
 that was given a folder: :class:`ImageFolder` skips it with a warning,
 processes the rest, reports what it skipped, and shows progress on stderr
-(so that ``--json`` output on stdout stays clean). Kept free of mmcv/mmdet,
-like :mod:`.prepare`.
+(so that ``--json`` output on stdout stays clean). Kept free of
+mmdet/mmseg, like :mod:`.prepare`.
 """
 import os
 import sys
@@ -12,7 +12,6 @@ import time
 from typing import IO, Iterator, List, Optional, Tuple
 
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from mmapt.apis.images import ImageDecodeError
 from .prepare import list_images, load_rgb
@@ -41,12 +40,11 @@ def read_image(path: str) -> np.ndarray:
                              'remove it')
     try:
         image = load_rgb(path)
-    except (ImageDecodeError, UnidentifiedImageError) as err:
-        raise ImageReadError(f'{err}: the file may be corrupt, truncated or '
-                             'of an unknown format; re-save it as PNG or '
-                             'JPEG') from None
+    except ImageDecodeError as err:
+        raise ImageReadError(f'{err}; export it again or re-save it as PNG '
+                             'or JPEG') from None
     except (OSError, ValueError, SyntaxError) as err:
-        # PIL raises OSError for truncated data, .npy loading ValueError.
+        # .npy loading: ValueError (not an array file) or OSError.
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageReadError(
             f'{path}: cannot be read ({message}); the file may be truncated '

@@ -2,7 +2,6 @@
 """Draw APT's patch grid on the tensor a backbone sees (after the data
 pipeline and the data preprocessor): used by ``demo/image_demo.py`` and
 ``tools/analysis/browse_dataset.py``."""
-import inspect
 from typing import Optional, Tuple
 
 import cv2
@@ -36,8 +35,8 @@ def tokenizer_from_config(cfg: Config) -> PatchTokenizer:
         args.pop('pack_size', None)
         return PatchTokenizer(**args)
     patch_size = backbone.get(
-        'patch_size', init_default(backbone_class(backbone['type']),
-                                   'patch_size', 16))
+        'patch_size',
+        init_default(backbone_class(backbone['type']), 'patch_size', 16))
     pre = cfg.model.get('data_preprocessor', {})
     return PatchTokenizer(
         patch_size=patch_size,

@@ -10,8 +10,7 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
-from mmapt.apis import (ImageDecodeError, decode_image,
-                        pipeline_decode_backend)
+from mmapt.apis import ImageDecodeError, decode_image, pipeline_decode_backend
 from mmapt.tokenizer.image_folder import ImageReadError, read_image
 from mmapt.tokenizer.prepare import load_rgb
 
@@ -48,8 +47,9 @@ def odd_files(tmp_path_factory):
         np.tile(np.linspace(0, 255, 96).astype(np.uint8), (64, 1))
     ])
     Image.fromarray(rgba, 'RGBA').save(folder / 'alpha.png')
-    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).convert(
-        'CMYK').save(folder / 'cmyk.jpg', quality=95)
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3),
+                                 dtype=np.uint8)).convert('CMYK').save(
+                                     folder / 'cmyk.jpg', quality=95)
     return folder
 
 

@@ -20,7 +20,10 @@ ARCH = dict(embed_dims=32, num_layers=2, num_heads=1, scale_mlp=True)
 
 def _toy(**backbone) -> Config:
     cfg = Config.fromfile(TOY_DET)
-    cfg.merge_from_dict({f'model.backbone.{k}': v for k, v in backbone.items()})
+    cfg.merge_from_dict({
+        f'model.backbone.{k}': v
+        for k, v in backbone.items()
+    })
     return cfg
 
 
@@ -58,12 +61,13 @@ def test_good_apt_options_and_plain_configs_pass():
     check_apt_options(_toy(), 'toy.py')
     check_apt_options(_toy(keep_ratio=0.5, scorer='gradient'), 'toy.py')
     check_apt_options(_toy(token_budget=4), 'toy.py')  # the minimum
-    plain = Config.fromfile(osp.join(ROOT, 'configs', 'toy', 'toy_eva02_det.py'))
+    plain = Config.fromfile(
+        osp.join(ROOT, 'configs', 'toy', 'toy_eva02_det.py'))
     check_apt_options(plain, 'plain.py')
     for name in ('apt_vitdet_coco.py', 'apt_upernet_ade20k.py',
                  'toy/toy_apt_importance_det.py', 'toy/toy_apt_seg.py'):
-        check_apt_options(Config.fromfile(osp.join(ROOT, 'configs', name)),
-                          name)
+        check_apt_options(
+            Config.fromfile(osp.join(ROOT, 'configs', name)), name)
 
 
 def test_train_tool_refuses_a_scorer_typo_before_building(tmp_path):
@@ -97,11 +101,15 @@ def test_importance_settings(tmp_path):
             'imp.py')
     # A map folder that does not exist; a map suffix LoadImportanceMap
     # refuses.
-    for step, error, match in (
-        (dict(type='LoadImportanceMap', folder=str(tmp_path / 'none')),
-         preflight.MissingInputError, 'folder .*none not found'),
-        (dict(type='LoadImportanceMap', folder=str(tmp_path), suffix='.jpg'),
-         BadInputError, 'suffix must be .npy or .png')):
+    for step, error, match in ((dict(
+            type='LoadImportanceMap',
+            folder=str(tmp_path / 'none')), preflight.MissingInputError,
+                                'folder .*none not found'),
+                               (dict(
+                                   type='LoadImportanceMap',
+                                   folder=str(tmp_path),
+                                   suffix='.jpg'), BadInputError,
+                                'suffix must be .npy or .png')):
         bad = Config.fromfile(TOY_IMPORTANCE)
         for split in ('train', 'test'):
             loader = bad[f'{split}_dataloader']
@@ -123,23 +131,26 @@ def _merged(path: str, options: dict) -> Config:
 
 
 # ------------------------------------------------------ backbone inputs
-@pytest.mark.parametrize('cls,apt', [(EVA02, {}),
-                                     (APTEVA02,
-                                      dict(
-                                          thresholds=(1.0, ),
-                                          patch_sizes=(16, 32)))])
+@pytest.mark.parametrize(
+    'cls,apt', [(EVA02, {}),
+                (APTEVA02, dict(thresholds=(1.0, ), patch_sizes=(16, 32)))])
 def test_backbone_names_shape_and_dtype(cls, apt):
     model = cls(arch=ARCH, img_size=64, patch_size=16, **apt)
     image = torch.randn(3, 64, 64)
-    with pytest.raises(ValueError, match=r'\(B, 3, H, W\).*got shape '
-                       r'\(3, 64, 64\) \(one image: add the batch axis'):
+    with pytest.raises(
+            ValueError,
+            match=r'\(B, 3, H, W\).*got shape '
+            r'\(3, 64, 64\) \(one image: add the batch axis'):
         model(image)
-    with pytest.raises(ValueError, match='got torch.uint8 pixels: subtract '
-                       'the mean'):
+    with pytest.raises(
+            ValueError, match='got torch.uint8 pixels: subtract '
+            'the mean'):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
-    with pytest.raises(ValueError, match=r'input dtype torch.float16 differs '
-                       r"from the weights' torch.float32: run under "
-                       'torch.autocast'):
+    with pytest.raises(
+            ValueError,
+            match=r'input dtype torch.float16 differs '
+            r"from the weights' torch.float32: run under "
+            'torch.autocast'):
         model(image[None].half())
     with pytest.raises(ValueError, match=r'got shape \(1, 5, 64, 64\)'):
         model(torch.zeros(1, 5, 64, 64))
@@ -209,11 +220,13 @@ class _MapDataset(torch.utils.data.Dataset):
 def test_unwritable_output_files(tmp_path):
     blocker = tmp_path / 'blocker'
     blocker.write_text('')
-    with pytest.raises(preflight.UnwritableOutputError,
-                       match='--plot .*blocker is a file'):
+    with pytest.raises(
+            preflight.UnwritableOutputError,
+            match='--plot .*blocker is a file'):
         preflight.check_writable_file(str(blocker / 'p.png'), '--plot')
-    with pytest.raises(preflight.UnwritableOutputError,
-                       match='is a folder: give a file name'):
+    with pytest.raises(
+            preflight.UnwritableOutputError,
+            match='is a folder: give a file name'):
         preflight.check_writable_file(str(tmp_path), '--out')
     preflight.check_writable_file(str(tmp_path / 'new' / 'p.png'), '--plot')
     assert not (tmp_path / 'new').exists()  # nothing created

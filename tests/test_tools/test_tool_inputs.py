@@ -143,10 +143,48 @@ def test_tools_refuse_unwritable_outputs_before_the_work(tmp_path, capsys):
     ]) == 2
     assert '--out' in capsys.readouterr().err
     out = ['--out', str(blocker / 'b.json')]
-    for tool, argv in (('tools/analysis/benchmark.py',
-                        [TOY_DET, '--compare', TOY_DET, '--images',
-                         str(image)]), ('tools/analysis/gpu_benchmark.py',
-                                        ['--device', 'cpu', '--quick'])):
+    for tool, argv in (('tools/analysis/benchmark.py', [
+            TOY_DET, '--compare', TOY_DET, '--images',
+            str(image)
+    ]), ('tools/analysis/gpu_benchmark.py', ['--device', 'cpu', '--quick'])):
         with pytest.raises(SystemExit):
             load_tool(tool).parse_args(argv + out)
         assert 'blocker is a file' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('config',
+                         ['toy/toy_apt_det.py', 'toy/toy_apt_seg.py'])
+def test_predictions_at_size_rescale_to_the_drawing(config):
+    """Within ``predictions_at_size`` the model's predictions come at the
+    drawing size: the same detections with boxes scaled, masks and
+    segmentation maps of that size."""
+    import torch
+
+    from mmapt.apis.inference import drawing_size, predictions_at_size
+    cfg = _cfg(config)
+    cfg.model.backbone.init_cfg = None
+    rng = np.random.default_rng(2)
+    image = np.full((300, 400, 3), 90, np.uint8)
+    image[150:] = rng.integers(0, 255, (150, 400, 3))
+    size = drawing_size(300, 400, 200)
+    assert size == (150, 200)
+    torch.manual_seed(0)
+    if cfg.default_scope == 'mmdet':
+        from mmdet.apis import inference_detector, init_detector
+        model = init_detector(cfg, None, device='cpu')
+        full = inference_detector(model, image).pred_instances
+        with predictions_at_size(model, size):
+            small = inference_detector(model, image).pred_instances
+        assert len(full) > 0 and small.masks.shape[-2:] == size
+        torch.testing.assert_close(small.scores, full.scores)
+        torch.testing.assert_close(
+            small.bboxes, full.bboxes / 2, atol=1e-3, rtol=1e-4)
+    else:
+        from mmseg.apis import inference_model, init_model
+        model = init_model(cfg, None, device='cpu')
+        assert inference_model(model, image).pred_sem_seg.shape == (300, 400)
+        with predictions_at_size(model, size):
+            small = inference_model(model, image)
+        assert small.pred_sem_seg.shape == size
+        assert small.seg_logits.shape[-2:] == size
+    assert not model._forward_pre_hooks  # the hook is removed

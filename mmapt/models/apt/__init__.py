@@ -9,7 +9,7 @@ from .mixin import APTBackboneMixin
 
 __all__ = [
     'APTAdapter', 'APTBackboneMixin', 'APTHost', 'missing_host_members',
-    'AttentionGroups', 'PackedContext', 'apt_arg_names_of', 'apt_tokenizer_args',
-    'backbone_cfg_of', 'backbone_class', 'init_default', 'is_apt_backbone',
-    'is_apt_backbone_cfg'
+    'AttentionGroups', 'PackedContext', 'apt_arg_names_of',
+    'apt_tokenizer_args', 'backbone_cfg_of', 'backbone_class', 'init_default',
+    'is_apt_backbone', 'is_apt_backbone_cfg'
 ]

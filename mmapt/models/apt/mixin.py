@@ -18,8 +18,8 @@ from torch import Tensor
 from mmapt.tokenizer import PatchLayout, PatchTokenizer
 from ..data_preprocessors.apt_inputs import split_apt_inputs
 from ..layers import APTEmbed
-from ..layers.inputs import check_image_batch
 from ..layers.context import PackedContext
+from ..layers.inputs import check_image_batch
 from .adapter import APTAdapter
 from .layout_record import attach_layout_record
 

@@ -1,13 +1,13 @@
 """The check every backbone runs on what it is handed."""
-from typing import Any, Sequence
+from typing import Any, Tuple
 
 import torch
 from torch import Tensor
 
 
-def check_image_batch(x: Any,
-                      weight_dtype: torch.dtype,
-                      channels: Sequence[int] = (3, )) -> None:
+def check_image_batch(
+    x: Any, weight_dtype: torch.dtype, channels: Tuple[int,
+                                                       ...] = (3, )) -> None:
     """A ValueError naming the expected input and the fix, for what a
     backbone cannot take: not a 4-D (B, C, H, W) tensor with ``channels``
     channels, integer pixels, or a float dtype other than the weights'
