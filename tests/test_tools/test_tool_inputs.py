@@ -3,6 +3,8 @@ for APT configs (not a plain 16-px grid), a folder or an unwritable output
 refused before the work, and the demo's prediction drawn at the size it is
 saved."""
 import os.path as osp
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from mmengine.config import Config
 from PIL import Image
 from test_tokenizer_tools import load_tool
 
+from mmapt.engine.preflight import exit_on_input_error
 from mmapt.models.apt import is_apt_backbone, is_apt_backbone_cfg
 from mmapt.utils.patch_grid import draw_patch_grid, tokenizer_from_config
 
@@ -120,6 +123,37 @@ def test_demo_refuses_a_folder_and_an_unwritable_output(tmp_path):
             str(tmp_path / 'o.png'), '--cfg-options',
             'model.backbone.scorer=entorpy'
         ])
+
+
+@pytest.mark.parametrize('tool', ['train', 'test'])
+@pytest.mark.parametrize('option,match', [
+    ('model.backbone.scorer=entorpy', "unknown patch scorer 'entorpy'"),
+    ('model.backbone.keep_ratio=0', 'keep_ratio must be in'),
+    ('model.backbone.token_budget=1', 'token_budget 1 is below'),
+])
+def test_tools_refuse_apt_options_before_reading_data(tool, option, match,
+                                                      tmp_path, monkeypatch,
+                                                      capsys):
+    """tools/train.py and tools/test.py stop in one line at the config,
+    before they look for data or build the model."""
+    module = load_tool(f'tools/{tool}.py')
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError('data or model reached with a bad APT option')
+
+    monkeypatch.setattr(module, 'check_data', not_reached)
+    monkeypatch.setattr(module, 'build_runner', not_reached)
+    argv = [tool, TOY_DET] + (['ckpt.pth'] if tool == 'test' else [])
+    monkeypatch.setattr(
+        sys, 'argv', argv +
+        ['--work-dir', str(tmp_path), '--cfg-options', option])
+    with pytest.raises(SystemExit) as info:
+        with exit_on_input_error():
+            module.main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith('ValueError: ')
+    assert re.search(match, err) and 'toy_apt_det.py' in err
 
 
 def test_tools_refuse_unwritable_outputs_before_the_work(tmp_path, capsys):
