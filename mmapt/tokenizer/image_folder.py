@@ -13,7 +13,6 @@ from typing import IO, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from mmapt.apis.images import ImageDecodeError
 from .prepare import list_images, load_rgb
 
 
@@ -30,6 +29,7 @@ def read_image(path: str) -> np.ndarray:
             truncated, not an image the pipeline's decoder reads, or has no
             pixels.
     """
+    from mmapt.apis.images import ImageDecodeError  # the floor above
     if os.path.isdir(path):
         raise ImageReadError(f'{path} is a directory, not an image file: '
                              'give one image file')
