@@ -64,6 +64,9 @@ def test_good_apt_options_and_plain_configs_pass():
     plain = Config.fromfile(
         osp.join(ROOT, 'configs', 'toy', 'toy_eva02_det.py'))
     check_apt_options(plain, 'plain.py')
+    # Another scope's backbone is left to that scope's build.
+    check_apt_options(
+        Config(dict(model=dict(backbone=dict(type='ResNet')))), 'r.py')
     for name in ('apt_vitdet_coco.py', 'apt_upernet_ade20k.py',
                  'toy/toy_apt_importance_det.py', 'toy/toy_apt_seg.py'):
         check_apt_options(
