@@ -55,13 +55,6 @@ def read_image(path: str) -> np.ndarray:
     return image
 
 
-def check_image_file(path: str) -> Tuple[int, int]:
-    """Decode ``path`` once (cheap next to building a model) and return its
-    (height, width); raises :class:`ImageReadError` naming the problem."""
-    height, width = read_image(path).shape[:2]
-    return height, width
-
-
 class Progress:
     """``desc: done/total`` on ``stream`` (stderr by default).
 
