@@ -9,8 +9,10 @@ normalisation), drawn on that canvas: base patches thin, larger patches in
 brighter colours. The third panel is the config's scorer (entropy unless
 ``model.backbone.scorer`` says otherwise) on the finest merged scale: dark
 is little detail, bright much. Plain EVA-02 configs show the uniform base
-grid and no map. The image is checked before the model is built; the
-picture's long side is capped by ``--max-size``.
+grid and no map. The image is decoded once, as the config's test pipeline
+decodes it; the prediction is drawn at the size it is saved (a 10000 x 8000
+photograph is not drawn at full resolution). The image is checked before
+the model is built; the picture's long side is capped by ``--max-size``.
 
 Examples:
     python demo/image_demo.py data/toy_coco/val2017/000000.png \
@@ -29,10 +31,13 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 
+from mmapt.apis import ImageDecodeError, decode_image, pipeline_decode_backend
+from mmapt.apis.inference import drawing_size, predictions_at_size
 from mmapt.engine.checkpoint import trusted_checkpoints
-from mmapt.engine.preflight import add_cfg_options
+from mmapt.engine.preflight import (InputError, add_cfg_options,
+                                    check_apt_options, check_model_args,
+                                    check_writable_file)
 from mmapt.models.data_preprocessors.apt_inputs import split_apt_inputs
-from mmapt.tokenizer.image_folder import ImageReadError, check_image_file
 from mmapt.tokenizer.score_picture import tokenizer_score_picture
 from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
                                     tokenizer_from_config)
@@ -200,16 +205,16 @@ def score_panel(tokenizer, images: torch.Tensor,
 
 
 def check_inputs(args) -> None:
-    """Fail in one line, before the (slow) model is built, on an image file
-    that cannot be read or a config that does not exist."""
-    try:
-        check_image_file(args.image)
-    except ImageReadError as err:
-        raise SystemExit(f'error: image {err}')
-    if cv2.imread(args.image) is None:
-        raise SystemExit(f'error: image {args.image}: OpenCV (the data '
-                         'pipeline\'s reader) cannot decode it; re-save it '
-                         'as PNG or JPEG')
+    """Fail in one line, before the (slow) model is built, on an image path
+    that is missing or a folder, a config that does not exist or an output
+    file that cannot be written (the image is decoded by
+    :func:`read_image`, also before the model is built)."""
+    if osp.isdir(args.image):
+        raise SystemExit(f'error: image {args.image} is a directory, not an '
+                         'image file: give one image file (for a folder, '
+                         'use tools/analysis/visualize_patches.py)')
+    if not osp.isfile(args.image):
+        raise SystemExit(f'error: image {args.image}: no such file')
     if not osp.isfile(args.config):
         raise SystemExit(f'error: config {args.config}: no such file')
     if args.checkpoint is not None and not osp.isfile(args.checkpoint):
@@ -217,15 +222,52 @@ def check_inputs(args) -> None:
     if args.max_size < 256:
         raise SystemExit(f'error: --max-size {args.max_size} is too small: '
                          'use at least 256')
+    try:
+        check_writable_file(out_file_of(args), '--out-file')
+    except InputError as err:
+        raise SystemExit(f'error: {err}')
+
+
+def out_file_of(args) -> str:
+    return args.out_file or osp.join(
+        'outputs', f'{osp.splitext(osp.basename(args.image))[0]}_'
+        f'{osp.splitext(osp.basename(args.config))[0]}.png')
+
+
+def load_config(args) -> Config:
+    """The config with ``--cfg-options``; its APT options checked as
+    ``tools/train.py`` checks them."""
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    try:
+        check_model_args(cfg, args.config)
+        check_apt_options(cfg, args.config)
+    except InputError as err:
+        raise SystemExit(f'error: {err}')
+    return cfg
+
+
+def read_image(path: str, cfg: Config) -> np.ndarray:
+    """BGR pixels as the config's test pipeline decodes them (its
+    ``LoadImageFromFile`` backend), decoded once for the model and the
+    drawing."""
+    try:
+        image = decode_image(path, pipeline_decode_backend(cfg), 'bgr')
+    except (ImageDecodeError, OSError) as err:
+        raise SystemExit(f'error: image {err}; re-save it as PNG or JPEG')
+    if image.size == 0:
+        raise SystemExit(f'error: image {path} has no pixels')
+    return image
 
 
 def main(argv=None):
     args = parse_args(argv)
     check_inputs(args)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args)
     scope = cfg.get('default_scope', 'mmdet')
+    tokenizer = tokenizer_from_config(cfg)
+    image = read_image(args.image, cfg)
     # A demo never needs the backbone's pretraining weights.
     cfg.model.backbone.init_cfg = None
     model = build_model(cfg, args.checkpoint, args.device, scope)
@@ -235,31 +277,38 @@ def main(argv=None):
     def grab_inputs(module, inputs, output):
         captured.setdefault('inputs', output['inputs'].detach())
 
+    # The prediction is drawn at the size it is saved: the model sees the
+    # whole image; boxes, masks and logits come back at the drawing size.
+    with_map = tokenizer.num_scales > 1 and not args.no_map
+    panels = 3 if with_map else 2
+    size = drawing_size(*image.shape[:2],
+                        (args.max_size - GAP * (panels - 1)) // panels)
     handle = model.data_preprocessor.register_forward_hook(grab_inputs)
-    image = cv2.cvtColor(cv2.imread(args.image), cv2.COLOR_BGR2RGB)
-    if scope == 'mmdet':
-        from mmdet.apis import inference_detector
-        result = inference_detector(model, args.image)
-    else:
-        from mmseg.apis import inference_model
-        result = inference_model(model, args.image)
+    with predictions_at_size(model, size):
+        if scope == 'mmdet':
+            from mmdet.apis import inference_detector
+            result = inference_detector(model, image)
+        else:
+            from mmseg.apis import inference_model
+            result = inference_model(model, image)
     handle.remove()
+    drawn = cv2.cvtColor(
+        cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA),
+        cv2.COLOR_BGR2RGB)
+    del image
 
-    pred_img, pred_caption = draw_prediction(model, image, result, scope,
+    pred_img, pred_caption = draw_prediction(model, drawn, result, scope,
                                              args.score_thr, args.opacity)
     images, importance = split_apt_inputs(captured['inputs'][:1])
-    tokenizer = tokenizer_from_config(cfg)
     grid_img, grid_caption, _ = draw_patch_grid(
         images, tokenizer, importance=importance)
     panels = [(pred_img, pred_caption), (grid_img, 'patches: ' + grid_caption)]
-    if tokenizer.num_scales > 1 and not args.no_map:
+    if with_map:
         panels.append(
             score_panel(tokenizer, images, importance, grid_img.shape[:2]))
     picture = compose_picture(panels, args.max_size)
 
-    out_file = args.out_file or osp.join(
-        'outputs', f'{osp.splitext(osp.basename(args.image))[0]}_'
-        f'{osp.splitext(osp.basename(args.config))[0]}.png')
+    out_file = out_file_of(args)
     os.makedirs(osp.dirname(out_file) or '.', exist_ok=True)
     cv2.imwrite(out_file, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     print(f'{pred_caption}; patches: {grid_caption}')

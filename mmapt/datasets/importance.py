@@ -20,6 +20,12 @@ from torch import Tensor
 from mmapt.registry import TRANSFORMS
 
 
+class ImportanceMapError(ValueError):
+    """An importance map file that cannot be used; the message names the
+    file, the problem and the fix. ``tools/test.py`` / ``tools/train.py``
+    print it as one line (also from a dataloader worker)."""
+
+
 def _packed(results: dict):
     if 'data_samples' not in results or 'inputs' not in results:
         raise ValueError('importance transforms go after PackDetInputs / '
@@ -131,6 +137,11 @@ class LoadImportanceMap:
         self.pad_value = float(pad_value)
         self.missing = missing
 
+    @property
+    def _form(self) -> str:
+        return ('an (H, W) float .npy array'
+                if self.suffix == '.npy' else 'an 8-bit gray .png')
+
     def path_of(self, img_path: str) -> str:
         name = os.path.splitext(os.path.basename(img_path))[0]
         return os.path.join(self.folder, name + self.suffix)
@@ -142,11 +153,16 @@ class LoadImportanceMap:
             raise FileNotFoundError(
                 f'no importance map {path}: write one per image (same name, '
                 f'{self.suffix}) or set missing=\'neutral\'')
-        if self.suffix == '.npy':
-            return np.load(path).astype(np.float32)
-        from PIL import Image
-        with Image.open(path) as image:
-            return np.asarray(image.convert('L'), np.float32) / 255.0
+        try:
+            if self.suffix == '.npy':
+                return np.load(path).astype(np.float32)
+            from PIL import Image
+            with Image.open(path) as image:
+                return np.asarray(image.convert('L'), np.float32) / 255.0
+        except (OSError, ValueError, TypeError) as err:
+            raise ImportanceMapError(
+                f'importance map {path} cannot be read ({err}); write it '
+                f'again as {self._form}') from None
 
     def __call__(self, results: dict) -> dict:
         inputs, sample = _packed(results)
@@ -159,11 +175,15 @@ class LoadImportanceMap:
                             self.pad_value)
         ori = tuple(meta.get('ori_shape', array.shape)[:2])
         if array.ndim != 2 or array.shape != ori:
-            raise ValueError(
+            raise ImportanceMapError(
                 f'importance map {path} has shape {array.shape}, expected '
-                f'the original image size {ori}')
+                f'the original image size {ori} of {meta["img_path"]}: '
+                f'write {self._form} of that size')
         if not np.isfinite(array).all():
-            raise ValueError(f'importance map {path} contains NaN or inf')
+            bad = int((~np.isfinite(array)).sum())
+            raise ImportanceMapError(
+                f'importance map {path} contains {bad} NaN or inf values: '
+                'give finite values (e.g. 0 = neutral, 1 = important)')
         content = torch.from_numpy(array)
         if content.shape != (height, width):
             content = F.interpolate(

@@ -64,17 +64,29 @@ class UnwritableOutputError(InputError, PermissionError):
     """An output folder that cannot be created or written."""
 
 
+def _one_line(err: Exception) -> str:
+    """The message of ``err``; of an error re-raised from a dataloader
+    worker (the worker's traceback in the message), its last line."""
+    message = str(err)
+    if 'Original Traceback' in message:
+        last = message.strip().splitlines()[-1]
+        message = last.split(': ', 1)[-1]
+    return message
+
+
 @contextlib.contextmanager
 def exit_on_input_error(status: int = 2):
-    """Print an :class:`InputError` as one ``Kind: message`` line on stderr
-    and exit with ``status`` (other exceptions propagate)."""
+    """Print an :class:`InputError` (or an importance map file that cannot
+    be used, found while the data is read) as one ``Kind: message`` line on
+    stderr and exit with ``status`` (other exceptions propagate)."""
+    from mmapt.datasets.importance import ImportanceMapError
     try:
         yield
-    except InputError as err:
+    except (InputError, ImportanceMapError) as err:
         kind = next(
             base.__name__ for base in type(err).__mro__
-            if not issubclass(base, InputError))
-        print(f'{kind}: {err}', file=sys.stderr)
+            if not issubclass(base, (InputError, ImportanceMapError)))
+        print(f'{kind}: {_one_line(err)}', file=sys.stderr)
         sys.exit(status)
 
 
@@ -112,6 +124,24 @@ def check_writable_dir(path: str, what: str) -> None:
             f'{probe}; choose a {what} you can write')
 
 
+def check_writable_file(path: str, what: str) -> None:
+    """``path`` can be written as a file (its folder exists or can be
+    created and is writable; it is not a folder): checked before the work,
+    nothing is created."""
+    if osp.isdir(path):
+        raise UnwritableOutputError(
+            f'{what} {path} is a folder: give a file name, e.g. '
+            f'{osp.join(path, "out.png")}')
+    if osp.exists(path) and not os.access(path, os.W_OK):
+        raise UnwritableOutputError(
+            f'{what} {path} cannot be written: no write permission on the '
+            f'file; choose another {what}')
+    try:
+        check_writable_dir(osp.dirname(path) or '.', 'folder')
+    except UnwritableOutputError as err:
+        raise UnwritableOutputError(f'{what} {path}: {err}') from None
+
+
 def check_checkpoint_path(path: str, what: str) -> None:
     """A local checkpoint that exists and is whole (size and framing only,
     see :func:`~mmapt.utils.checkpoint_file.checkpoint_file_problem`);
@@ -145,6 +175,101 @@ def check_model_args(cfg: Config, config_path: str) -> None:
                          backbone.get('patch_size'))
     except ValueError as err:
         raise BadInputError(f'model.backbone of {config_path}: {err}')
+
+
+def check_apt_options(cfg: Config, config_path: str) -> None:
+    """Every APT option of the backbone (``keep_ratio``, ``token_budget``
+    at the backbone's ``img_size``, ``scorer``, ``threshold_floor``,
+    ``window_size`` against the largest patch, ...) checked from the config
+    by the tokenizer's own validation, before the model is built."""
+    backbone = _backbone_cfg(cfg)
+    if 'type' not in backbone:
+        return
+    from mmapt.models.apt import (apt_tokenizer_args, backbone_class,
+                                  init_default)
+    from mmapt.tokenizer import PatchTokenizer
+    where = f'model.backbone of {config_path}'
+    try:
+        args = apt_tokenizer_args(backbone)
+        if args is None:
+            return
+        tokenizer = PatchTokenizer(**args)
+        img_size = backbone.get(
+            'img_size',
+            init_default(backbone_class(backbone['type']), 'img_size'))
+        if img_size is not None:
+            if isinstance(img_size, int):
+                img_size = (img_size, img_size)
+            tokenizer.budget_for(*img_size)
+    except KeyError:  # not an mmapt backbone: its scope's build judges it
+        return
+    except ValueError as err:
+        raise BadInputError(f'{where}: {err}')
+    check_importance_settings(cfg, config_path, tokenizer)
+
+
+IMPORTANCE_TRANSFORMS = ('BoxImportanceMap', 'LoadImportanceMap')
+
+
+def _type_name(cfg: dict) -> str:
+    """``type`` of a config without its scope (``mmdet.X`` -> ``X``)."""
+    return str(cfg.get('type', '')).split('.')[-1]
+
+
+def _pipelines(cfg: Config) -> Iterator[Tuple[str, list]]:
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader') or {}
+        for ds in _iter_datasets(loader.get('dataset')):
+            if ds.get('pipeline'):
+                yield split, ds['pipeline']
+
+
+def check_importance_settings(cfg: Config, config_path: str,
+                              tokenizer) -> None:
+    """The importance scorer and its maps go together: every pipeline of
+    the config sets a map (``BoxImportanceMap`` / ``LoadImportanceMap``,
+    whose own checks run here, ``LoadImportanceMap``'s folder must exist)
+    and the data preprocessor is ``APTDataPreprocessor``; maps without the
+    importance scorer are refused as the tokenizer would refuse them."""
+    from mmapt.registry import TRANSFORMS
+    from mmapt.tokenizer import ImportanceScorer
+    wants_maps = isinstance(tokenizer.scorer, ImportanceScorer)
+    for split, pipeline in _pipelines(cfg):
+        steps = [
+            step for step in pipeline
+            if _type_name(step) in IMPORTANCE_TRANSFORMS
+        ]
+        where = f'{split} pipeline of {config_path}'
+        if wants_maps and not steps:
+            raise BadInputError(
+                f'{where}: the importance scorer needs a map per image: add '
+                'dict(type=\'BoxImportanceMap\') or dict(type='
+                '\'LoadImportanceMap\', folder=...) after the Pack*Inputs '
+                'step (docs/tokenizer.md, "Per-image data")')
+        if steps and not wants_maps:
+            raise BadInputError(
+                f'{where} sets importance maps but the scorer is '
+                f'{tokenizer.scorer.name!r}: use model.backbone.scorer='
+                f'dict(type=\'importance\', base=dict(type='
+                f'{tokenizer.scorer.name!r})) or drop the map step')
+        for step in steps:
+            try:
+                transform = TRANSFORMS.build(step)
+            except (TypeError, ValueError) as err:
+                raise BadInputError(f'{where}: {step["type"]}: {err}')
+            folder = getattr(transform, 'folder', None)
+            if folder is not None and not osp.isdir(folder):
+                raise MissingInputError(
+                    f'{where}: LoadImportanceMap folder {folder} not found '
+                    f'(relative to {os.getcwd()}); write the maps there or '
+                    'set its folder=')
+    preprocessor = (cfg.get('model') or {}).get('data_preprocessor') or {}
+    if wants_maps and _type_name(preprocessor) != 'APTDataPreprocessor':
+        raise BadInputError(
+            f'model.data_preprocessor of {config_path}: the importance '
+            'scorer gets its maps through APTDataPreprocessor: set '
+            'data_preprocessor=dict(type=\'APTDataPreprocessor\', '
+            'wraps=...) (docs/tokenizer.md, "Per-image data")')
 
 
 def warn_compile(cfg: Config) -> Optional[str]:
@@ -367,6 +492,7 @@ def load_runner_config(args) -> Config:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     check_model_args(cfg, args.config)
+    check_apt_options(cfg, args.config)
     check_writable_dir(cfg.work_dir, 'work dir')
     return cfg
 

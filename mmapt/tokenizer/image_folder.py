@@ -3,8 +3,8 @@
 One unreadable file (empty, truncated, not an image) must not stop a tool
 that was given a folder: :class:`ImageFolder` skips it with a warning,
 processes the rest, reports what it skipped, and shows progress on stderr
-(so that ``--json`` output on stdout stays clean). Kept free of mmcv/mmdet,
-like :mod:`.prepare`.
+(so that ``--json`` output on stdout stays clean). Kept free of
+mmdet/mmseg, like :mod:`.prepare`.
 """
 import os
 import sys
@@ -12,7 +12,6 @@ import time
 from typing import IO, Iterator, List, Optional, Tuple
 
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from .prepare import list_images, load_rgb
 
@@ -26,9 +25,14 @@ def read_image(path: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB of ``path`` (see :func:`.prepare.load_rgb`).
 
     Raises:
-        ImageReadError: the file is missing, empty, truncated, not an image
-            PIL can decode, or has no pixels.
+        ImageReadError: the file is missing or a directory, empty,
+            truncated, not an image the pipeline's decoder reads, or has no
+            pixels.
     """
+    from mmapt.apis.images import ImageDecodeError  # the floor above
+    if os.path.isdir(path):
+        raise ImageReadError(f'{path} is a directory, not an image file: '
+                             'give one image file')
     if not os.path.isfile(path):
         raise ImageReadError(f'{path}: no such file')
     if os.path.getsize(path) == 0:
@@ -36,12 +40,11 @@ def read_image(path: str) -> np.ndarray:
                              'remove it')
     try:
         image = load_rgb(path)
-    except UnidentifiedImageError:
-        raise ImageReadError(
-            f'{path}: not an image file PIL can decode (corrupt or an '
-            'unknown format); re-save it as PNG or JPEG') from None
+    except ImageDecodeError as err:
+        raise ImageReadError(f'{err}; export it again or re-save it as PNG '
+                             'or JPEG') from None
     except (OSError, ValueError, SyntaxError) as err:
-        # PIL raises OSError for truncated data, .npy loading ValueError.
+        # .npy loading: ValueError (not an array file) or OSError.
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageReadError(
             f'{path}: cannot be read ({message}); the file may be truncated '
@@ -50,13 +53,6 @@ def read_image(path: str) -> np.ndarray:
         raise ImageReadError(f'{path}: the image has no pixels '
                              f'({image.shape[0]} x {image.shape[1]})')
     return image
-
-
-def check_image_file(path: str) -> Tuple[int, int]:
-    """Decode ``path`` once (cheap next to building a model) and return its
-    (height, width); raises :class:`ImageReadError` naming the problem."""
-    height, width = read_image(path).shape[:2]
-    return height, width
 
 
 class Progress:

@@ -1,6 +1,8 @@
 """Prepare photographs the way the test pipelines do, for the analysis tools.
 
-Kept free of mmcv/mmdet so the tools also run on a machine with torch only.
+Kept free of mmdet/mmseg so the tools also run on a machine with torch only;
+files are decoded by :func:`mmapt.apis.decode_image`, the data pipeline's
+own decoding (mmcv when installed, else the same OpenCV call).
 """
 import argparse
 import os
@@ -53,7 +55,9 @@ def list_images(path: str) -> List[str]:
 
 
 def load_rgb(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; gray and RGBA files are converted.
+    """(H, W, 3) uint8 RGB, decoded as the data pipeline's
+    ``LoadImageFromFile`` does (:func:`mmapt.apis.decode_image`: EXIF
+    orientation, 16-bit, alpha, gray and CMYK as the model sees them).
 
     ``.npy`` files hold an (H, W), (H, W, 3) or (H, W, 4) uint8 array (RGB).
     """
@@ -66,8 +70,9 @@ def load_rgb(path: str) -> np.ndarray:
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=2)
         return np.ascontiguousarray(array[..., :3])
-    with Image.open(path) as image:
-        return np.asarray(image.convert('RGB'))
+    # Imported here: the decoder lives with the tools, above this floor.
+    from mmapt.apis.images import decode_image
+    return decode_image(path)
 
 
 def canvas_content_size(height: int, width: int,

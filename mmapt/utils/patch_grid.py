@@ -2,7 +2,6 @@
 """Draw APT's patch grid on the tensor a backbone sees (after the data
 pipeline and the data preprocessor): used by ``demo/image_demo.py`` and
 ``tools/analysis/browse_dataset.py``."""
-import inspect
 from typing import Optional, Tuple
 
 import cv2
@@ -11,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 
-from mmapt.registry import MODELS
 from mmapt.tokenizer import PatchLayout, PatchTokenizer
 
 # One colour per patch scale (RGB): 16, 32, 64, 128, 256 px.
@@ -22,35 +20,26 @@ SCALE_COLORS = [(235, 235, 235), (0, 220, 0), (0, 140, 255), (255, 0, 200),
 def tokenizer_from_config(cfg: Config) -> PatchTokenizer:
     """A PatchTokenizer with the settings of ``cfg.model.backbone``, without
     building the backbone (windows ignored: they change the token order, not
-    the patches). A plain backbone (no ``thresholds`` argument) gets a
-    tokenizer that keeps every base patch, with the data preprocessor's
-    mean/std."""
-    import mmapt.models  # noqa: F401  (registers the backbones)
-    backbone = cfg.model.backbone
-    params = inspect.signature(MODELS.get(backbone.type).__init__).parameters
-
-    def arg(name: str, default=None):
-        if name in backbone:
-            return backbone[name]
-        if name in params and params[name].default is not inspect._empty:
-            return params[name].default
-        return default
-
-    if 'thresholds' in params:
-        return PatchTokenizer(
-            patch_size=arg('patch_size', 16),
-            thresholds=tuple(arg('thresholds')),
-            patch_sizes=arg('patch_sizes'),
-            entropy_bins=arg('entropy_bins', 512),
-            mean=arg('mean'),
-            std=arg('std'),
-            scorer=arg('scorer'),
-            token_budget=arg('token_budget'),
-            keep_ratio=arg('keep_ratio'),
-            threshold_floor=arg('threshold_floor', False))
+    the patches). An APT backbone (:func:`~mmapt.models.apt.is_apt_backbone`)
+    gets its APT arguments (:meth:`~mmapt.models.apt.APTAdapter.arg_names`,
+    the tokenizer's defaults for those not set); a plain one a tokenizer
+    that keeps every base patch, with the data preprocessor's mean/std."""
+    from mmapt.models.apt import (apt_tokenizer_args, backbone_cfg_of,
+                                  backbone_class, init_default)
+    backbone = backbone_cfg_of(cfg)
+    args = apt_tokenizer_args(backbone)
+    if args is not None:
+        # Drawn per image, without windows (they order the tokens, not the
+        # patches) or static-shape padding (it adds no patch).
+        args.pop('window_size')
+        args.pop('pack_size', None)
+        return PatchTokenizer(**args)
+    patch_size = backbone.get(
+        'patch_size',
+        init_default(backbone_class(backbone['type']), 'patch_size', 16))
     pre = cfg.model.get('data_preprocessor', {})
     return PatchTokenizer(
-        patch_size=arg('patch_size', 16),
+        patch_size=patch_size,
         thresholds=(),
         mean=pre.get('mean', (123.675, 116.28, 103.53)),
         std=pre.get('std', (58.395, 57.12, 57.375)))

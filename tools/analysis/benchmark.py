@@ -62,6 +62,7 @@ import torch
 
 from mmapt.benchmark import ArmRecord, get_clock, ratio, rotated
 from mmapt.benchmark.core import CLOCKS
+from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.models.backbones import count_tokens
 from mmapt.utils.analysis import (build_model_pair, image_paths,
                                   load_config_pair, prepare, test_pipeline)
@@ -167,6 +168,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.num_images < 1:
         parser.error('--repeat and --num-images must be >= 1')
+    if args.out:
+        try:
+            check_writable_file(args.out, '--out')
+        except InputError as err:
+            parser.error(str(err))
     return args
 
 

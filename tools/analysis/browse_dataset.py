@@ -26,7 +26,8 @@ import numpy as np
 import torch.nn.functional as F
 from mmengine.config import Config
 
-from mmapt.engine.preflight import add_cfg_options, check_data
+from mmapt.engine.preflight import (add_cfg_options, check_apt_options,
+                                    check_data, exit_on_input_error)
 from mmapt.tokenizer import PatchTokenizer
 from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid, side_by_side,
                                     tokenizer_from_config)
@@ -104,7 +105,9 @@ def main():
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    check_data(cfg, args.config, (args.split, ))
+    with exit_on_input_error():
+        check_apt_options(cfg, args.config)
+        check_data(cfg, args.config, (args.split, ))
     tokenizer = tokenizer_from_config(cfg)
     if args.thresholds:
         tokenizer = PatchTokenizer(

@@ -47,6 +47,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.tokenizer import PatchTokenizer, build_layout, select_patches
 from mmapt.tokenizer.image_folder import ImageFolder, ImageReadError, Progress
 from mmapt.tokenizer.prepare import (add_entropy_bins_argument, normalise,
@@ -388,6 +389,11 @@ def check_args(args) -> Optional[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     problem = check_args(args)
+    if problem is None and args.plot:
+        try:
+            check_writable_file(args.plot, '--plot')
+        except InputError as err:
+            problem = str(err)
     if problem:
         print(f'error: {problem}', file=sys.stderr)
         return 2

@@ -89,6 +89,7 @@ from mmapt.benchmark.cuda import GraphCache, autocast_for, profile_forward
 from mmapt.benchmark.report import gpu_text_summary, write_report
 from mmapt.benchmark.runner import (ArmOutcomes, BackboneArm, arm_summary, log,
                                     prepare_arms, time_arms)
+from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.layers import attention
 from mmapt.tokenizer.prepare import list_images, load_rgb, sample_photo_paths
@@ -208,6 +209,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      'smoke test')
     if os.path.isdir(args.out) or args.out.endswith(os.sep):
         args.out = os.path.join(args.out, 'gpu_benchmark.json')
+    try:
+        check_writable_file(args.out, '--out')
+    except InputError as err:
+        parser.error(str(err))
     return args
 
 

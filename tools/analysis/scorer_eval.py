@@ -32,6 +32,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
+from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.tokenizer.image_folder import Progress
 
 
@@ -275,6 +276,12 @@ def main(argv=None) -> int:
             f'error: --reference {args.reference} is not a setting label',
             file=sys.stderr)
         return 2
+    if args.out:
+        try:
+            check_writable_file(args.out, '--out')
+        except InputError as err:
+            print(f'error: {err}', file=sys.stderr)
+            return 2
     try:
         overrides = {s[0]: parse_overrides(s[1:]) for s in args.setting}
     except ValueError as err:

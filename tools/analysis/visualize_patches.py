@@ -21,6 +21,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmapt.engine.preflight import InputError, check_writable_dir
 from mmapt.tokenizer.image_folder import ImageFolder, ImageReadError
 from mmapt.tokenizer.prepare import (add_scorer_arguments, normalise,
                                      prepare_view, scorer_arguments,
@@ -106,7 +107,9 @@ def main(argv=None) -> int:
             raise ValueError('the importance scorer needs a map per image, '
                              'which this tool does not read: use the demo '
                              'or a pipeline with LoadImportanceMap')
-    except (ValueError, FileNotFoundError) as err:
+        if args.out:
+            check_writable_dir(args.out, '--out')
+    except (ValueError, FileNotFoundError, InputError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     if args.out:

@@ -19,6 +19,7 @@ from mmapt.tokenizer import PatchLayout, PatchTokenizer
 from ..data_preprocessors.apt_inputs import split_apt_inputs
 from ..layers import APTEmbed
 from ..layers.context import PackedContext
+from ..layers.inputs import check_image_batch
 from .adapter import APTAdapter
 from .layout_record import attach_layout_record
 
@@ -83,5 +84,6 @@ class APTBackboneMixin:
         scorer; or pass them as a 4th input channel (what
         :class:`~mmapt.models.data_preprocessors.APTDataPreprocessor` does).
         """
+        check_image_batch(x, self.patch_embed.proj.weight.dtype, (3, 4))
         x, importance = split_apt_inputs(x, importance)
         return self.apt(x, importance)

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from mmapt.utils.stages import forward_stage
 from ..layers import (DenseContext, ParamCache, PatchEmbed, pos_embed_map,
                       resize_pos_embed)
+from ..layers.inputs import check_image_batch
 from .token_observer import TokenObservable
 
 #: Where absolute positions are defined, see :meth:`BaseViT.nominal_grid`.
@@ -410,6 +411,7 @@ class BaseViT(BaseModule, TokenObservable):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
+        check_image_batch(x, self.patch_embed.proj.weight.dtype)
         grid = self.check_input_size(*x.shape[2:])
         with forward_stage('embedding'):
             tokens = self.embed_tokens(x, grid)
