@@ -15,6 +15,11 @@ qkv projection yields there). Arms:
   at inference;
 * ``real``: ``apply_rope`` returning a new tensor, what they run under
   autograd.
+
+``--compile``: ``complex`` and ``real`` each through ``torch.compile``
+(inductor; ``real_inplace`` compiles to the same fused expression as
+``real``, so it is left out); the first run of each dtype, which
+compiles, is not counted.
 """
 import argparse
 import json
@@ -40,7 +45,8 @@ def complex_rope(x: Tensor, table: Tensor) -> Tensor:
 
 
 def rope_arms(side: int,
-              head_dim: int) -> Dict[str, Callable[[Tensor], Tensor]]:
+              head_dim: int,
+              compiled: bool = False) -> Dict[str, Callable[[Tensor], Tensor]]:
     """Arm name -> ``rotate(qkv)`` for a ``side x side`` token grid."""
     rope = RotaryEmbedding2D(head_dim, 16)
     table = rope.grid(side, side, torch.device('cpu'))[:, None, None]
@@ -48,11 +54,17 @@ def rope_arms(side: int,
     coords = torch.stack(torch.meshgrid(rows, rows, indexing='ij'), -1)
     angles = rope.angles(coords.reshape(-1, 2), (side, side))
     complex_table = torch.polar(torch.ones_like(angles), angles)[:, None, None]
-    return dict(
+    arms = dict(
         complex=lambda qkv: complex_rope(qkv[..., :2, :, :], complex_table),
         real_inplace=lambda qkv: apply_rope(
             qkv[..., :2, :, :], table, inplace=True),
         real=lambda qkv: apply_rope(qkv[..., :2, :, :], table))
+    if compiled:
+        arms = {
+            name: torch.compile(arms[name], dynamic=False)
+            for name in ('complex', 'real')
+        }
+    return arms
 
 
 def time_rope(tokens: int = 9216,
@@ -60,14 +72,15 @@ def time_rope(tokens: int = 9216,
               head_dim: int = 64,
               repeat: int = 15,
               dtypes: Sequence[str] = ('float32', 'bfloat16'),
-              clock: str = 'cpu') -> dict:
+              clock: str = 'cpu',
+              compiled: bool = False) -> dict:
     """Median milliseconds per arm and dtype, and each arm's ratio to
     ``complex`` (below 1: faster). ``tokens`` must be a square."""
     side = int(round(tokens**0.5))
     if side * side != tokens:
         raise ValueError(f'--tokens {tokens} is not a square grid; use e.g. '
                          '9216 (EVA-02-B at 1536 px)')
-    arms = rope_arms(side, head_dim)
+    arms = rope_arms(side, head_dim, compiled)
     timer = CLOCKS[clock]
     torch.manual_seed(0)
     base = torch.randn(1, tokens, 3, heads, head_dim)
@@ -107,6 +120,7 @@ def time_rope(tokens: int = 9216,
         shape=dict(tokens=tokens, heads=heads, head_dim=head_dim),
         repeat=repeat,
         clock=clock,
+        compiled=compiled,
         threads=torch.get_num_threads(),
         torch=torch.__version__,
         results=results)
@@ -124,6 +138,8 @@ def main(argv=None) -> None:
         choices=sorted(CLOCKS),
         help='process CPU time (steadier on a shared machine) or wall')
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument(
+        '--compile', action='store_true', help='torch.compile both arms')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,7 +150,8 @@ def main(argv=None) -> None:
                 args.heads,
                 args.head_dim,
                 args.repeat,
-                clock=args.clock)))
+                clock=args.clock,
+                compiled=args.compile)))
 
 
 if __name__ == '__main__':

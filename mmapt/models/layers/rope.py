@@ -42,11 +42,11 @@ Three ways to run it, same values (tested against the pair formula):
   with the sum done in place.
 
 Against the complex product this replaces (``(x0 + i x1)(cos + i sin)``,
-one fused kernel), the in-place path is about 2x faster in float32 and
-3.5x under bf16 on CPU on an EVA-02-B map at 1536 px, but about 2x slower
-in float32 on maps small enough for the allocator to reuse memory (1024
-px): its arithmetic is three elementwise passes to the complex kernel's
-one. docs/backbone.md ("RoPE without complex numbers") has the numbers and
+one fused kernel), the in-place path is about 1.7x faster in float32 and
+3.6x under bf16 on CPU on an EVA-02-B map at 1536 px, but about 1.8x
+slower in float32 on maps small enough for the allocator to reuse memory
+(1024 px): its arithmetic is three elementwise passes to the complex
+kernel's one. docs/backbone.md ("RoPE without complex numbers") has the numbers and
 the command.
 
 Precision under autocast: the tables stay float32 and the rotation
