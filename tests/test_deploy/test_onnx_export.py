@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import flat_and_noise_images
 
-from mmapt.models import APTEVA02
+from mmapt.models import APTEVA02, EVA02
 
 ort = pytest.importorskip(
     'onnxruntime',
@@ -40,6 +40,21 @@ def test_static_apt_eva02_runs_in_onnxruntime(tmp_path):
         for a, b in zip(got, want):
             assert a.shape == tuple(b.shape)
             np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-4)
+
+
+def test_plain_eva02_runs_in_onnxruntime(tmp_path):
+    from mmapt.deploy import export_onnx
+    torch.manual_seed(0)
+    plain = {k: v for k, v in CFG.items() if k != 'thresholds'}
+    model = EVA02(**plain).eval()
+    x = torch.randn(1, 3, 256, 256)
+    path = export_onnx(model, x, str(tmp_path / 'eva02.onnx'))
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    with torch.no_grad():
+        want = model(x)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-4)
 
 
 def test_exact_packing_is_refused(tmp_path):
