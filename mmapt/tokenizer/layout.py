@@ -576,9 +576,10 @@ def build_layout(keep_masks: Sequence[Tensor],
                       device=device)
     for scale, mask in enumerate(keep_masks):
         factor = 1 << scale
-        # The cells at multiples of 2**scale, as one strided view.
-        target = code if scale == 0 else code.as_strided(
-            mask.shape, (height * width, width * factor, factor))
+        # The cells at multiples of 2**scale, as one strided slice (not
+        # as_strided, which ONNX export cannot convert).
+        rows, cols = mask.shape[1:]
+        target = code[:, :rows * factor:factor, :cols * factor:factor]
         target.masked_fill_(mask, scale)
     code = code.view(-1)
     if num_prefix_tokens:

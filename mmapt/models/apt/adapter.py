@@ -22,7 +22,7 @@ from mmapt.utils.stages import forward_stage
 from ..layers import APTEmbed, ParamCache, build_plans
 from ..layers.attention import StaticPlan
 from ..layers.context import AttentionGroups, PackedContext
-from ..layers.rope import patch_centers
+from ..layers.rope import identity_rope, patch_centers
 from .host import APTHost, missing_host_members
 
 # Tokenizer arguments the host decides (``entropy_bins`` is the adapter's
@@ -215,8 +215,8 @@ class APTAdapter:
             if ws is not None:
                 origin = (centers.long() // ws * ws).to(centers.dtype)
                 window = rope(centers - origin, (ws, ws))
-            # cos + i sin = 1 + 0i rotates nothing: exact, no branch.
-            identity = image.new_ones(1, image.shape[1])
+            # cos 1, sin 0 rotates nothing: exact, no branch.
+            identity = identity_rope(1, image)
             image = torch.cat([image, identity])
             return image, (
                 image if ws is None else torch.cat([window, identity]))

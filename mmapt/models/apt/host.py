@@ -34,7 +34,7 @@ class APTHost(Protocol):
         pos_embed (Tensor, optional): The parameter :meth:`position_map`
             derives from (a cache key), or None without absolute positions.
         rope (nn.Module, optional): ``rope(coords (N, 2), grid_len) ->
-            (N, head_dim / 2)`` complex table (``RotaryEmbedding2D``), or
+            (N, 2, head_dim)`` real table (``RotaryEmbedding2D``), or
             None without RoPE.
         blocks (Sequence[nn.Module]): Blocks with ``window_size`` and
             ``forward_packed(x (N, C), PackedContext) -> (N, C)``.

@@ -24,8 +24,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from mmapt.utils.stages import forward_stage
-from ..layers import (DenseContext, ParamCache, PatchEmbed, pos_embed_map,
-                      resize_pos_embed)
+from ..layers import (DenseContext, ParamCache, PatchEmbed, identity_rope,
+                      pos_embed_map, resize_pos_embed)
 from ..layers.inputs import check_image_batch
 from .token_observer import TokenObservable
 
@@ -403,9 +403,9 @@ class BaseViT(BaseModule, TokenObservable):
             ctx.window_rope = self.rope.grid(self.window_size,
                                              self.window_size, device)
         if self.num_prefix_tokens:
-            # cos + i sin = 1 + 0i rotates nothing.
-            ctx.prefix_rope = ctx.image_rope.new_ones(self.num_prefix_tokens,
-                                                      ctx.image_rope.shape[1])
+            # cos 1, sin 0 rotates nothing.
+            ctx.prefix_rope = identity_rope(self.num_prefix_tokens,
+                                            ctx.image_rope)
             ctx.image_rope = torch.cat([ctx.prefix_rope, ctx.image_rope])
         return ctx
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .context import DenseContext
 
-#: ``attention(tokens (B', L', C), rope (L', hd / 2) or None,
+#: ``attention(tokens (B', L', C), rope (L', 2, hd) or None,
 #: key_mask (B', 1, 1, L') or None) -> (B', L', C)``.
 DenseAttention = Callable[[Tensor, Optional[Tensor], Optional[Tensor]], Tensor]
 

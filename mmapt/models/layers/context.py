@@ -19,7 +19,7 @@ class AttentionGroups:
         max_seqlen (int): Longest group.
         plan (VarlenPlan): The attention plan of ``cu_seqlens``, shared by all
             blocks that use this grouping.
-        rope (Tensor, optional): (N_packed, head_dim / 2) complex per-token
+        rope (Tensor, optional): (N_packed, 2, head_dim) per-token
             RoPE table for this grouping (identity rows for prefix tokens);
             None for models without RoPE.
     """
@@ -76,13 +76,13 @@ class DenseContext:
     Attributes:
         grid (tuple[int, int]): (H, W) of the patch tokens.
         num_prefix_tokens (int): P.
-        image_rope (Tensor, optional): (P + H * W, head_dim / 2) complex RoPE
+        image_rope (Tensor, optional): (P + H * W, 2, head_dim) RoPE
             table of global blocks (identity rows for the prefix tokens);
             None for models without RoPE.
-        window_rope (Tensor, optional): (ws * ws, head_dim / 2) complex
+        window_rope (Tensor, optional): (ws * ws, 2, head_dim)
             window-relative table of window blocks; None without RoPE or
             windows.
-        prefix_rope (Tensor, optional): (P, head_dim / 2) identity rows, for
+        prefix_rope (Tensor, optional): (P, 2, head_dim) identity rows, for
             the prefix tokens' own group in window blocks.
     """
 

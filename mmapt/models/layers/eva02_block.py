@@ -58,9 +58,11 @@ class EVA02Attention(SelfAttentionBase):
              torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias)
         qkv = qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
-        # One rotation call for q and k together; the (L, hd / 2) table
+        # One rotation call for q and k together; the (L, 2, hd) table
         # broadcasts over the leading batch dims and the (q|k, heads) dims.
-        qk = apply_rope(qkv[..., :2, :, :], rope[:, None, None])
+        # The unrotated q|k are not needed again, so at inference they are
+        # rotated in place in the fresh projection output.
+        qk = apply_rope(qkv[..., :2, :, :], rope[:, None, None], inplace=True)
         return qk, qkv[..., 2, :, :]
 
     def forward(self,
@@ -71,7 +73,7 @@ class EVA02Attention(SelfAttentionBase):
 
         Args:
             x (Tensor): (B, L, C) tokens of B sequences (images or windows).
-            rope (Tensor): (L, head_dim / 2) complex RoPE table.
+            rope (Tensor): (L, 2, head_dim) RoPE table (``apply_rope``).
             key_mask (Tensor, optional): (B, 1, 1, L) bool, False for padded
                 keys.
 
@@ -92,7 +94,7 @@ class EVA02Attention(SelfAttentionBase):
         Args:
             x (Tensor): (N, C) packed tokens.
             groups (AttentionGroups): The attention groups (window or image)
-                with their plan and per-token complex RoPE table.
+                with their plan and per-token RoPE table.
 
         Returns:
             Tensor: (N, C).

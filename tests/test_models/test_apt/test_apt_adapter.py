@@ -106,11 +106,11 @@ def test_tokenizer_shortcut_skips_entropy(monkeypatch):
 
 
 # ------------------------------------------------- dense class-token EVA02
-def _rotate(x, table):
-    """EVA-02 RoPE written out: x * cos + rot(x) * sin, (x0, x1) -> (-x1,
-    x0), interleaved pairs."""
-    cos = table.real.repeat_interleave(2, -1)
-    sin = table.imag.repeat_interleave(2, -1)
+def _rotate(x, angles):
+    """EVA-02 RoPE written out from the pair angles: x * cos + rot(x) *
+    sin, (x0, x1) -> (-x1, x0), interleaved pairs."""
+    cos = angles.cos().repeat_interleave(2, -1)
+    sin = angles.sin().repeat_interleave(2, -1)
     rot = torch.stack([-x[..., 1::2], x[..., 0::2]], -1).flatten(-2)
     return x * cos + rot * sin
 
@@ -132,7 +132,9 @@ def _reference_forward(model, images, rope_on_cls=False):
     grid = grid + pos.flatten(2).transpose(1, 2)
     cls = model.cls_token + model.pos_embed[:, :1]
     x = torch.cat([cls.expand(batch, -1, -1), grid], 1)
-    table = model.rope.grid(rows, cols, x.device, nominal)
+    r, c = torch.meshgrid(
+        torch.arange(rows).float(), torch.arange(cols).float(), indexing='ij')
+    table = model.rope.angles(torch.stack([r, c], -1).reshape(-1, 2), nominal)
     outs = []
     for block in model.blocks:
         attn = block.attn
@@ -263,8 +265,9 @@ def test_packed_class_token_sits_first_without_rope():
     want = (apt.cls_token + apt.pos_embed[:, :1])[0, 0]
     for start in starts.tolist():
         torch.testing.assert_close(tokens[start], want)
-        assert bool((ctx.image.rope[start] == 1).all())
-        assert bool((ctx.window.rope[start] == 1).all())
+        for rope in (ctx.image.rope, ctx.window.rope):  # cos 1, sin 0
+            assert bool((rope[start, 0] == 1).all())
+            assert not rope[start, 1:].any()
     assert ctx.packed_image_index.numel() == layout.num_packed
 
 

@@ -107,9 +107,11 @@ def test_rope_matches_timm_tables():
         64, in_pixels=False, feat_shape=[5, 7], ref_feat_shape=[16, 16])
     table = RotaryEmbedding2D(64, 16).grid(5, 7, torch.device('cpu'))
     want_sin, want_cos = ref.get_embed().chunk(2, -1)
-    # timm repeats every pair's value twice (interleaved layout).
-    assert torch.equal(table.real.repeat_interleave(2, -1), want_cos)
-    assert torch.equal(table.imag.repeat_interleave(2, -1), want_sin)
+    # timm repeats every pair's value twice (interleaved layout); ours
+    # folds the rotation's sign into sin: -sin on a pair's first channel.
+    sign = torch.tensor([-1., 1.]).repeat(32)
+    assert torch.equal(table[:, 0], want_cos)
+    assert torch.equal(table[:, 1] * sign, want_sin)
 
 
 def test_apply_rope_matches_timm_rotation():
@@ -121,11 +123,13 @@ def test_apply_rope_matches_timm_rotation():
     x = torch.randn(2, 3, 30, 64)
     want = apply_rot_embed_cat(
         x,
-        torch.cat([
-            table.imag.repeat_interleave(2, -1),
-            table.real.repeat_interleave(2, -1)
-        ], -1))
+        torch.cat(
+            [table[:, 1] * torch.tensor([-1., 1.]).repeat(32), table[:, 0]],
+            -1))
     torch.testing.assert_close(apply_rope(x, table), want, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        inplace = apply_rope(x.clone(), table, inplace=True)
+    torch.testing.assert_close(inplace, want, rtol=0, atol=1e-6)
     half = apply_rope(x.bfloat16(), table)
     assert half.dtype == torch.bfloat16
 

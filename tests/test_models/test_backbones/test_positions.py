@@ -45,7 +45,7 @@ def test_plain_positions_are_cropped_not_stretched():
     # Block 0 input: patch embedding + absolute position, per cell.
     assert torch.allclose(full[0][0][:, :5, :7], cut[0][0], atol=1e-6)
     # Global RoPE of the content cells = the canvas's tables there.
-    rope_full = full[0][1].view(8, 8, -1)[:5, :7].reshape(35, -1)
+    rope_full = full[0][1].unflatten(0, (8, 8))[:5, :7].flatten(0, 1)
     assert torch.equal(rope_full, cut[0][1])
     # Window RoPE is window-relative: the same table either way.
     assert torch.equal(full[1][1], cut[1][1])

@@ -1,0 +1,128 @@
+"""ONNX export of a backbone through ``torch.onnx.export(dynamo=True)``.
+
+APT backbones export only in their static-shape mode (``pack_size`` set):
+then every shape is fixed by the input size, and one ONNX graph runs any
+image of that size. Plain backbones (``EVA02``, ``ViT``) have static shapes
+anyway. Tested: the tiny ``APTEVA02`` with ``pack_size`` runs in
+onnxruntime (CPU) and matches eager to 1e-4 on two images with different
+token counts (``tests/test_deploy/test_onnx_export.py``).
+
+Three gaps of torch 2.14's ONNX converter are filled here, so the export
+needs nothing from the model code:
+
+* ``aten.nonzero_static`` (the static-shape packing) has no ONNX
+  translation: written as ``NonZero``, padded with ``fill_value`` and cut
+  to ``size``;
+* ``aten.searchsorted`` (the token of every slot) has none either: written
+  as a count of ``sorted <= value`` (``right=True``) or ``<`` (left);
+* ``index_put`` with int32 indices becomes a ``ScatterND`` whose indices
+  stay int32, which ONNX requires to be int64 (onnxruntime refuses the
+  model): the indices are cast after export.
+
+Needs ``onnx``, ``onnxscript`` and (to run the result) ``onnxruntime``.
+"""
+from typing import Any, Dict
+
+import torch
+from torch import Tensor, nn
+
+
+def _translations() -> Dict[Any, Any]:
+    """ONNX translations of the aten ops the converter lacks."""
+    from onnxscript import opset18 as op
+
+    def nonzero_static(self, size: int, fill_value: int = -1):
+        found = op.Transpose(op.NonZero(self), perm=[1, 0])  # (n, rank)
+        pads = op.Constant(value_ints=[0, 0, size, 0])  # rows at the end
+        padded = op.Pad(found, pads, op.Constant(value_int=fill_value))
+        return op.Slice(padded, op.Constant(value_ints=[0]),
+                        op.Constant(value_ints=[size]),
+                        op.Constant(value_ints=[0]))
+
+    def searchsorted(sorted_sequence,
+                     self,
+                     out_int32: bool = False,
+                     right: bool = False,
+                     side=None,
+                     sorter=None):
+        # 1-D sorted_sequence: the index is how many entries come before.
+        values = op.Unsqueeze(self, op.Constant(value_ints=[-1]))
+        before = op.LessOrEqual(sorted_sequence, values) if right \
+            else op.Less(sorted_sequence, values)
+        count = op.ReduceSum(
+            op.Cast(before, to=7), op.Constant(value_ints=[-1]), keepdims=0)
+        return op.Cast(count, to=6) if out_int32 else count
+
+    return {
+        torch.ops.aten.nonzero_static.default: nonzero_static,
+        torch.ops.aten.searchsorted.Tensor: searchsorted,
+    }
+
+
+def _int64_scatter_indices(model) -> int:
+    """Cast int32 indices of ``ScatterND`` / ``GatherND`` to int64 in an
+    ``onnx.ModelProto``, in place; returns how many were cast."""
+    import onnx
+    from onnx import TensorProto, helper
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    dtypes = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.value_info, *inferred.input, *inferred.output]
+    }
+    dtypes.update((t.name, t.data_type) for t in model.graph.initializer)
+    nodes, cast = [], 0
+    for node in model.graph.node:
+        if node.op_type in ('ScatterND', 'GatherND') and \
+                dtypes.get(node.input[1]) == TensorProto.INT32:
+            cast += 1
+            name = f'{node.input[1]}_int64_{cast}'
+            nodes.append(
+                helper.make_node(
+                    'Cast', [node.input[1]], [name], to=TensorProto.INT64))
+            node.input[1] = name
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return cast
+
+
+def export_onnx(backbone: nn.Module,
+                example: Tensor,
+                path: str,
+                opset_version: int = 18) -> str:
+    """Export ``backbone`` for inputs shaped like ``example`` to ``path``.
+
+    Args:
+        backbone (nn.Module): An ``EVA02`` / ``ViT``, or an APT backbone in
+            its static-shape mode (``pack_size`` set); put in eval mode.
+        example (Tensor): (B, 3, H, W) input; the graph takes this shape
+            only.
+        path (str): Where to write the ``.onnx`` file.
+        opset_version (int): ONNX opset, 18 or newer. Defaults to 18.
+
+    Returns:
+        str: ``path``. The graph's outputs are the backbone's maps, in
+        ``out_indices`` order.
+    """
+    if opset_version < 18:
+        raise ValueError(f'opset_version must be >= 18 (the dynamo '
+                         f'exporter), got {opset_version}')
+    apt = getattr(backbone, 'apt', None)
+    if apt is not None and apt.pack_size is None:
+        raise ValueError(
+            'an APT backbone exports only in its static-shape mode: set '
+            'backbone.apt.pack_size (or pack_size=... in the config) to a '
+            'packed length every batch of this input size fits in')
+    import onnx
+    backbone.eval()
+    with torch.no_grad():
+        program = torch.onnx.export(
+            backbone, (example, ),
+            dynamo=True,
+            opset_version=opset_version,
+            custom_translation_table=_translations())
+    model = program.model_proto
+    _int64_scatter_indices(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
