@@ -10,8 +10,7 @@ from conftest import flat_and_noise_images
 from mmapt.models import APTEVA02, APTViT
 from mmapt.models.layers import attention
 from mmapt.models.layers.attention import (StaticPlan, VarlenPlan,
-                                           attention_backend,
-                                           capacity_classes,
+                                           attention_backend, capacity_classes,
                                            count_attention_calls,
                                            get_attention_backend,
                                            static_kernel, varlen_attention)
@@ -151,8 +150,9 @@ def test_static_plan_equals_varlen_plan(seed):
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
     total = int(cu[-1])
     pad = 5  # tokens after the groups (static mode's padding)
-    q, k, v = (t.requires_grad_() for t in torch.randn(
-        3, total + pad, 2, 8, generator=gen, dtype=torch.float64))
+    q, k, v = (
+        t.requires_grad_() for t in torch.randn(
+            3, total + pad, 2, 8, generator=gen, dtype=torch.float64))
     want = VarlenPlan(cu, max(lengths))(q[:total], k[:total], v[:total])
     plan = StaticPlan(cu, len(lengths), 200, total + pad)
     got = plan(q, k, v)
@@ -215,8 +215,8 @@ def test_static_kernel_choice():
     cuda, cpu = torch.device('cuda'), torch.device('cpu')
     flash = attention._torch_varlen_attn is not None
     for dtype in (torch.float16, torch.bfloat16):
-        assert static_kernel(cuda, dtype) == (
-            'static_varlen' if flash else 'static_sdpa')
+        assert static_kernel(
+            cuda, dtype) == ('static_varlen' if flash else 'static_sdpa')
     assert static_kernel(cuda, torch.float32) == 'static_sdpa'
     assert static_kernel(cpu, torch.bfloat16) == 'static_sdpa'
     with attention_backend('padded'):
@@ -266,9 +266,10 @@ def test_fixed_length_offsets_equal_exact_packing():
             gen = torch.Generator().manual_seed(seed)
             q, k, v = torch.randn(3, pack, 2, 8, generator=gen)
             got = VarlenPlan(cu, bound)(q, k, v)[:n]
-            want_cu = getattr(exact, f'cu_seqlens_{kind}')
-            want = VarlenPlan(want_cu, getattr(exact, f'max_seqlen_{kind}'))(
-                q[:n], k[:n], v[:n])
+            reference = VarlenPlan(
+                getattr(exact, f'cu_seqlens_{kind}'),
+                getattr(exact, f'max_seqlen_{kind}'))
+            want = reference(q[:n], k[:n], v[:n])
             torch.testing.assert_close(got, want)
     assert len(shapes) == 2  # one shape per grouping, whatever the data
 
@@ -310,10 +311,8 @@ def test_static_varlen_route_equals_exact(monkeypatch):
                     layout.cu_seqlens_window.shape,
                     layout.cu_seqlens_image.shape
                 }
-                assert (max_q, max_k) in {
-                    (layout.max_seqlen_window, ) * 2,
-                    (layout.max_seqlen_image, ) * 2
-                }
+                assert (max_q, max_k) in {(layout.max_seqlen_window, ) * 2,
+                                          (layout.max_seqlen_image, ) * 2}
 
 
 def test_static_varlen_failure_raises(monkeypatch):
