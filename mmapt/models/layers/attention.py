@@ -374,14 +374,15 @@ def capacity_classes(num_groups: int, bound: int,
     Groups whose lengths sum to at most ``num_tokens`` (P), sorted by
     length, have their ``i``-th largest (``i`` from 1) no longer than
     ``P / i``: rank ``i`` is given ``min(bound, P // i)`` tokens, rounded up
-    to a multiple of 64 (at most ``bound``). Consecutive ranks join one call
-    (padded to its first rank's capacity) while that costs less than a
-    call of their own (the cost model of :class:`VarlenPlan`).
+    to a multiple of 64 (at most ``bound`` and P). Consecutive ranks join
+    one call (padded to its first rank's capacity) while that costs less
+    than a call of their own (the cost model of :class:`VarlenPlan`).
     """
     classes: List[List[int]] = []
     for rank in range(1, num_groups + 1):
         capacity = max(num_tokens // rank, 1)
-        capacity = min(bound, -(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP)
+        capacity = min(bound, num_tokens,
+                       -(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP)
         if classes and _group_cost(classes[-1][1]) <= \
                 _group_cost(capacity) + _CALL_OVERHEAD:
             classes[-1][0] += 1
