@@ -38,7 +38,8 @@ class PatchLayout:
 
     With ``pack_size`` (static-shape mode) the packed sequence always has
     ``pack_size`` tokens: the real ones first, then padding tokens that form
-    groups of their own (at the end of ``cu_seqlens_*``) and cover no cell.
+    groups of their own (at the end of ``cu_seqlens_*``, at most 128 tokens
+    each, a number fixed by ``pack_size``) and cover no cell.
     Every tensor then has a shape fixed by the batch size, grid and
     ``pack_size``, and nothing is read back to the host.
 
@@ -430,8 +431,13 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
         order_key = window_id * (window * window) + \
             rows % window * window + cols % window
         perm = torch.argsort(order_key)
-        # Window ends, in cells of the packed order of one image.
-        ends = torch.cumsum(torch.bincount(window_id), 0)
+        # Window ends, in cells of the packed order of one image. Counted
+        # into a table of known size (not bincount): under torch.compile
+        # the number of groups stays a plain int that plans can loop over.
+        cells_per_window = torch.zeros(
+            -(-height // window) * win_cols, dtype=torch.long,
+            device=device).index_add_(0, window_id, torch.ones_like(window_id))
+        ends = torch.cumsum(cells_per_window, 0)
     else:
         perm = torch.arange(cells, device=device)
         ends = torch.tensor([cells], device=device)
@@ -697,10 +703,25 @@ def check_pack_size(pack_size: int,
             f'{max_pack_size(batch, grid, num_prefix_tokens)})')
 
 
+# Static mode's padding tokens attend within groups of at most this many
+# tokens: under the varlen kernel they cost (padding tokens) x 128 pairs,
+# not (padding tokens)^2, and the window / image bound stays max_seqlen.
+_PADDING_GROUP = 128
+
+
+def padding_group_size(bound: int) -> int:
+    """Tokens per padding group of static mode for groups bounded by
+    ``bound`` (never more than ``bound``, so ``max_seqlen`` holds)."""
+    return min(bound, _PADDING_GROUP)
+
+
 def _with_padding_groups(cu: Tensor, pack_size: int, bound: int) -> Tensor:
-    """Offsets of the real groups, then of padding groups of at most
-    ``bound`` tokens up to ``pack_size`` (as many as the emptiest batch
-    needs, so their number is fixed; trailing ones may be empty)."""
+    """Offsets of the real groups (clamped to ``pack_size``), then of
+    ``ceil(pack_size / padding_group_size(bound))`` padding groups of at
+    most that many tokens up to ``pack_size``: as many as the emptiest
+    batch needs, so the offsets have a length fixed by the group count
+    and ``pack_size``; trailing ones may be empty."""
+    size = padding_group_size(bound)
     steps = torch.arange(
-        1, math.ceil(pack_size / bound) + 1, device=cu.device) * bound
+        1, math.ceil(pack_size / size) + 1, device=cu.device) * size
     return torch.cat([cu, cu[-1:] + steps]).clamp_(max=pack_size)
