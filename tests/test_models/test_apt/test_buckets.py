@@ -279,3 +279,26 @@ def test_capped_splits_water_filling():
         held = got < splits
         if bool(held.any()):
             assert int(got[held].min()) >= int(got.max()) - 1
+
+
+def test_capping_compiles_whole_and_exports():
+    """The cap is device-side: one fullgraph graph serves batches that fit
+    and batches that overflow, and an exported program matches eager."""
+    static, _ = _pair(pack_size=300)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(static, fullgraph=True, backend=backend)
+    fits, overflows = _images(['flat', 'flat', 'noise']), _images(
+        ['flat', 'noise', 'noise'])
+    with torch.no_grad():
+        for x in (fits, overflows):
+            for a, b in zip(compiled(x), static(x)):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        program = torch.export.export(static, (fits, ))
+        for a, b in zip(program.module()(overflows), static(overflows)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert len(graphs) == 1
