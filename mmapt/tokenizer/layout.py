@@ -415,11 +415,14 @@ def cached_constant(key: tuple, compute: Callable[[], T]) -> T:
     constant and no cache state enters the guards."""
     if torch.compiler.is_compiling():
         return compute()
-    value = _CONSTANTS.get(key)
+    value = _CONSTANTS.pop(key, None)
     if value is None:
         if len(_CONSTANTS) >= _CONSTANTS_MAX:
-            _CONSTANTS.clear()
-        value = _CONSTANTS[key] = compute()
+            # Least recently used first: clearing everything would make
+            # the next forward rebuild the tables it had just used.
+            del _CONSTANTS[next(iter(_CONSTANTS))]
+        value = compute()
+    _CONSTANTS[key] = value  # most recently used last
     return value  # type: ignore[return-value]
 
 

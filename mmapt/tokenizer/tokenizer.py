@@ -422,8 +422,9 @@ class PatchTokenizer:
             buckets = self.pack_sizes(batch, grid) or default_pack_sizes(
                 batch, grid, self.num_prefix_tokens)
         else:
-            checked = check_pack_size_spec(list(buckets))
-            buckets = checked  # type: ignore[assignment]
+            checked = check_pack_size_spec(
+                buckets if isinstance(buckets, int) else list(buckets))
+            buckets = (checked, ) if isinstance(checked, int) else checked
         if len(buckets) == 1:
             return buckets[0]
         if masks is None:
@@ -445,6 +446,8 @@ class PatchTokenizer:
         uncapped one whenever that fits, ``layout.capped`` tells which.
         ``chosen``: :meth:`choose_patches` of these images, if already
         made."""
+        if chosen is None:
+            self._check_images(images, importance)
         grid = self.grid_size(*images.shape[-2:])
         batch = images.shape[0]
         capped = None
@@ -457,7 +460,6 @@ class PatchTokenizer:
             # wanted one whenever that fits), from the scores alone.
             scores = chosen[1] if chosen else None
             if scores is None:
-                self._check_images(images, importance)
                 scores = self.score_maps(images, importance)
             floor = self.thresholds if self.threshold_floor or \
                 not self.budget_mode else None
