@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmapt.utils.cache_pins import pin
+
 T = TypeVar('T')
 
 
@@ -395,15 +397,17 @@ def cached_constant(key: tuple, compute: Callable[[], T]) -> T:
     """``compute()`` (tensors that depend only on shapes, never on data),
     cached by ``key`` (include the device). Under ``torch.compile`` /
     ``torch.export`` it is computed afresh, so the trace holds it as a
-    constant and no cache state enters the guards."""
+    constant and no cache state enters the guards. Every value returned
+    is pinned for a graph being captured
+    (:mod:`mmapt.utils.cache_pins`)."""
     if torch.compiler.is_compiling():
         return compute()
     value = _CONSTANTS.get(key)
     if value is None:
         if len(_CONSTANTS) >= _CONSTANTS_MAX:
-            _CONSTANTS.clear()
+            _CONSTANTS.clear()  # a captured graph pinned what it reads
         value = _CONSTANTS[key] = compute()
-    return value  # type: ignore[return-value]
+    return pin(value)  # type: ignore[return-value]
 
 
 def _slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],

@@ -73,6 +73,10 @@ class TokenObservable:
             tokens (Tensor): int64 (B,), tokens per image (no prefix tokens).
             baseline_tokens (Tensor): int64 (B,), grid cells per image.
         """
+        sink = self.__dict__.get('_token_sink')
+        if sink is not None:  # see collect_token_reports
+            sink.append((tokens, baseline_tokens))
+            return
         observers = self.__dict__.get('_token_observers')
         if not observers:
             return
@@ -85,6 +89,21 @@ class TokenObservable:
         baseline_tokens = baseline_tokens.detach().to(torch.int64)
         for fn in list(observers.values()):
             fn(tokens, baseline_tokens)
+
+    @contextmanager
+    def collect_token_reports(self) -> Iterator[List[Tuple[Tensor, Tensor]]]:
+        """Inside the ``with`` block :meth:`notify_tokens` only appends its
+        ``(tokens, baseline_tokens)`` to the yielded list, calling no
+        observer: a compiled or captured forward reports its counts as
+        tensors it returns, and the caller hands them to the observers
+        (:meth:`notify_tokens`) after each call."""
+        saved = self.__dict__.get('_token_sink')
+        reports: List[Tuple[Tensor, Tensor]] = []
+        object.__setattr__(self, '_token_sink', reports)
+        try:
+            yield reports
+        finally:
+            object.__setattr__(self, '_token_sink', saved)
 
 
 def is_token_observable(module: object) -> bool:
