@@ -7,7 +7,7 @@ them when it runs).
 """
 from .backbones import (NotAvailable, bucket_size, build_backbone_pair,
                         count_forward_overhead, crop_to_multiple,
-                        forward_tokens, packed_to, photo_views,
+                        forward_tokens, packed_to, photo_views, static_arm,
                         static_mode_available)
 from .core import (CLOCKS, ArmRecord, compare_outputs, environment, get_clock,
                    interleaved, ratio, rotated)
@@ -16,7 +16,7 @@ from .runner import BackboneArm, arm_summary, prepare_arms, time_arms
 __all__ = [
     'NotAvailable', 'bucket_size', 'build_backbone_pair',
     'count_forward_overhead', 'crop_to_multiple', 'forward_tokens',
-    'packed_to', 'photo_views', 'static_mode_available', 'CLOCKS', 'ArmRecord',
+    'packed_to', 'photo_views', 'static_arm', 'static_mode_available', 'CLOCKS', 'ArmRecord',
     'compare_outputs', 'environment', 'get_clock', 'interleaved', 'ratio',
     'rotated', 'BackboneArm', 'arm_summary', 'prepare_arms', 'time_arms'
 ]

@@ -4,6 +4,7 @@ Needs torch, numpy and mmapt's backbones only (no mmcv / mmdet / mmseg):
 the GPU benchmark imports it on a machine with torch and timm.
 """
 import os
+from collections import Counter
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from mmapt.models.backbones import count_tokens
+from mmapt.models.layers.attention import count_attention_calls
 from mmapt.tokenizer.prepare import canvas_content_size, normalise, to_canvas
 
 
@@ -178,6 +180,45 @@ def packed_to(apt: nn.Module, pack_size: Optional[int]) -> Iterator[None]:
         yield
     finally:
         adapter.pack_size = saved
+
+
+def static_arm(apt: nn.Module, batches: Dict[str, torch.Tensor],
+               tokens: Dict[str, Tuple[int, int]], multiple: int) -> dict:
+    """APT's static-shape mode as a benchmark arm, one bucket per image.
+
+    Args:
+        apt (nn.Module): The APT backbone.
+        batches (dict[str, Tensor]): The images by name.
+        tokens (dict[str, tuple[int, int]]): ``(tokens, square-model
+            tokens)`` of each image (:func:`forward_tokens`).
+        multiple (int): Buckets are the packed lengths (prefix tokens
+            included) rounded up to a multiple of this, at most the square
+            model's.
+
+    Returns:
+        dict: ``run(name)`` runs APT on that image padded to its bucket;
+        ``pack_sizes`` per image; ``kernels``: the static attention calls
+        per kernel name (``count_attention_calls``) of one warm-up forward
+        of every image.
+    """
+    require_static_mode(apt)
+    pack_sizes = {
+        name: bucket_size(
+            packed_tokens(apt, n), multiple, packed_tokens(apt, baseline))
+        for name, (n, baseline) in tokens.items()
+    }
+
+    def run(name: str):
+        with packed_to(apt, pack_sizes[name]):
+            return apt(batches[name])
+
+    kernels: Counter = Counter()
+    with torch.no_grad():
+        for name in batches:
+            with count_attention_calls() as calls:
+                run(name)
+            kernels.update({k: n for k, n in calls.items() if n})
+    return dict(run=run, pack_sizes=pack_sizes, kernels=dict(kernels))
 
 
 def bucket_size(packed_tokens: int,

@@ -700,10 +700,25 @@ def check_pack_size(pack_size: int,
             f'{max_pack_size(batch, grid, num_prefix_tokens)})')
 
 
+# Static mode's padding tokens attend within groups of at most this many
+# tokens: under the varlen kernel they cost (padding tokens) x 128 pairs,
+# not (padding tokens)^2, and the window / image bound stays max_seqlen.
+_PADDING_GROUP = 128
+
+
+def padding_group_size(bound: int) -> int:
+    """Tokens per padding group of static mode for groups bounded by
+    ``bound`` (never more than ``bound``, so ``max_seqlen`` holds)."""
+    return min(bound, _PADDING_GROUP)
+
+
 def _with_padding_groups(cu: Tensor, pack_size: int, bound: int) -> Tensor:
-    """Offsets of the real groups, then of padding groups of at most
-    ``bound`` tokens up to ``pack_size`` (as many as the emptiest batch
-    needs, so their number is fixed; trailing ones may be empty)."""
+    """Offsets of the real groups (clamped to ``pack_size``), then of
+    ``ceil(pack_size / padding_group_size(bound))`` padding groups of at
+    most that many tokens up to ``pack_size``: as many as the emptiest
+    batch needs, so the offsets have a length fixed by the group count
+    and ``pack_size``; trailing ones may be empty."""
+    size = padding_group_size(bound)
     steps = torch.arange(
-        1, math.ceil(pack_size / bound) + 1, device=cu.device) * bound
+        1, math.ceil(pack_size / size) + 1, device=cu.device) * size
     return torch.cat([cu, cu[-1:] + steps]).clamp_(max=pack_size)

@@ -25,6 +25,14 @@ resident-set rise sampled every 0.5 ms in a fresh child process). With
 (sums over the images of the per-image medians), ``speedup`` (their ratio)
 and ``token_ratio`` (plain tokens / APT tokens, summed over the images).
 
+``--bucket M``: also time APT in its static-shape mode (``apt_static``, a
+third interleaved arm): each image's packed length (prefix tokens included)
+rounded up to a multiple of M, at most the square canvas's; reported per
+image and summed (``static_ms``, ``static_speedup`` = plain / static,
+``static_vs_exact`` = static time / exact APT time), with the static
+attention kernel that ran (``static_kernels``: calls per kernel name of
+``count_attention_calls``).
+
 ``--count-overhead``: no timing; per image, the aten ops dispatched and
 the host synchronisations of one forward of each model, per stage
 (tokenizer, embedding, context, blocks, unpack; ``other`` outside the
@@ -53,7 +61,7 @@ from torch import nn
 from mmapt.benchmark import (ArmRecord, NotAvailable, bucket_size,
                              build_backbone_pair, count_forward_overhead,
                              forward_tokens, get_clock, interleaved, packed_to,
-                             ratio, static_mode_available)
+                             ratio, static_arm, static_mode_available)
 from mmapt.benchmark.backbones import (generated_photos, image_name,
                                        packed_tokens)
 from mmapt.benchmark.runner import split_of
@@ -137,15 +145,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--bucket',
         type=int,
         default=None,
-        help='--count-overhead: also count APT in static mode, its packed '
-        'length rounded up to a multiple of this')
+        help='also time (or with --count-overhead, count) APT in its '
+        'static-shape mode, its packed length rounded up to a multiple of '
+        'this')
     parser.add_argument('--json', action='store_true')
     parser.add_argument(
         '--measure-memory', choices=['plain', 'apt'],
         help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
-    if args.bucket is not None and not args.count_overhead:
-        parser.error('--bucket goes with --count-overhead')
+    if args.bucket is not None and args.per_block:
+        parser.error('--bucket does not go with --per-block')
     for key, value in BACKBONES[args.backbone]['defaults'].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -297,10 +306,21 @@ def run(argv: List[str]) -> None:
     records = dict(plain=ArmRecord('plain'), apt=ArmRecord('apt'))
     for name, x in batches.items():
         records['apt'].set_tokens(name, *forward_tokens(apt, lambda: apt(x)))
-    models = dict(plain=plain, apt=apt)
-    for _, name, which in interleaved(
-            list(models), list(batches), args.repeat):
-        ms, _ = time_call(lambda: models[which](batches[name]), device, clock)
+    # Every arm runs one image given its name.
+    arms = dict(
+        plain=lambda name: plain(batches[name]),
+        apt=lambda name: apt(batches[name]))
+    static = None
+    if args.bucket:
+        try:
+            static = static_arm(apt, batches, records['apt'].tokens,
+                                args.bucket)
+        except NotAvailable as err:
+            raise SystemExit(f'--bucket: {err}')
+        arms['apt_static'] = static['run']
+        records['apt_static'] = ArmRecord('apt_static')
+    for _, name, which in interleaved(list(arms), list(batches), args.repeat):
+        ms, _ = time_call(lambda: arms[which](name), device, clock)
         records[which].add(name, model_ms=ms)
 
     rows = []
@@ -308,16 +328,22 @@ def run(argv: List[str]) -> None:
         base_ms = statistics.median(records['plain'].times(name))
         apt_ms = statistics.median(records['apt'].times(name))
         tokens, baseline_tokens = records['apt'].tokens[name]
-        rows.append(
-            dict(
-                image=name,
-                tokens=tokens,
-                baseline_tokens=baseline_tokens,
-                keep_ratio=tokens / baseline_tokens,
-                baseline_ms=base_ms,
-                apt_ms=apt_ms,
-                speedup=base_ms / apt_ms,
-                **overhead[name]))
+        row = dict(
+            image=name,
+            tokens=tokens,
+            baseline_tokens=baseline_tokens,
+            keep_ratio=tokens / baseline_tokens,
+            baseline_ms=base_ms,
+            apt_ms=apt_ms,
+            speedup=base_ms / apt_ms,
+            **overhead[name])
+        if static:
+            static_ms = statistics.median(records['apt_static'].times(name))
+            row.update(
+                pack_size=static['pack_sizes'][name],
+                static_ms=static_ms,
+                static_vs_exact=static_ms / apt_ms)
+        rows.append(row)
 
     blocks = []
     if args.per_block:
@@ -361,6 +387,22 @@ def run(argv: List[str]) -> None:
             stage_ms['forward_ms']),
         **memory,
         **settings(args, device, len(rows)))
+    if static:
+        total_static = records['apt_static'].total()
+        summary.update(
+            bucket=args.bucket,
+            static_ms=round(total_static, 3),
+            static_speedup=ratio(total_base, total_static),
+            static_vs_exact=ratio(total_static, total_apt),
+            static_kernels=static['kernels'],
+            per_image_static={
+                r['image']:
+                dict(
+                    pack_size=r['pack_size'],
+                    static_ms=round(r['static_ms'], 1),
+                    static_vs_exact=round(r['static_vs_exact'], 4))
+                for r in rows
+            })
 
     print(f'{"image":<22}{"tokens":>8}{"base":>7}{"keep":>7}'
           f'{"plain ms":>10}{"APT ms":>10}{"speed-up":>9}'
@@ -377,6 +419,16 @@ def run(argv: List[str]) -> None:
           f'{summary["speedup"] / summary["token_ratio"]:.3f}); tokenizer '
           f'{summary["tokenizer_share"]:.1%} of the APT forward, outside '
           f'the blocks {summary["outside_blocks_share"]:.1%}')
+    if static:
+        print(f'static mode (--bucket {args.bucket}, kernels '
+              f'{static["kernels"]}):')
+        for r in rows:
+            print(f'  {r["image"]:<20} pack_size {r["pack_size"]:>6}  '
+                  f'static {r["static_ms"]:>8.0f} ms  static / exact APT '
+                  f'{r["static_vs_exact"]:.3f}')
+        print(f'  total: static {summary["static_ms"]:.0f} ms, speed-up '
+              f'over plain {summary["static_speedup"]:.3f}, static / exact '
+              f'APT {summary["static_vs_exact"]:.3f}')
     if blocks:
         print(f'per block on {args.per_block} (median ms): '
               f'{"block":>6}{"type":>8}{"plain":>10}{"APT":>10}{"ratio":>8}')

@@ -19,17 +19,21 @@ Backends, chosen by :func:`attention_backend` (``'auto'`` by default):
   key mask (none when its lengths are all equal, no gather when it holds one
   group). Padded query rows are computed and thrown away, padded keys are
   masked, so the result equals per-group attention exactly.
-  :class:`StaticPlan` (static-shape mode) pads every group to a fixed bound
-  with device-side index arithmetic only: one SDPA call whose shapes depend
-  on the batch size, grid and ``pack_size`` alone (capturable, compilable,
-  exportable).
+
+Static-shape mode runs a :class:`StaticPlan` instead, whatever the backend:
+shapes that depend on the batch size, grid and ``pack_size`` alone, built
+with device-side index arithmetic only (capturable, compilable,
+exportable), and one kernel chosen by :func:`static_kernel`: torch's varlen
+kernel over offsets of a fixed length on CUDA fp16/bf16
+(``'static_varlen'``), else SDPA calls on capacities bounded by the
+groups' rank and ``pack_size`` (``'static_sdpa'``).
 
 A plan depends only on ``cu_seqlens``: the APT adapter builds it once per
 forward and every block reuses it. Call :meth:`VarlenPlan.prepare` to do its
 host-side work ahead of a timed region.
 """
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,8 +81,16 @@ _call_counters: List[Dict[str, int]] = []
 @contextmanager
 def count_attention_calls() -> Iterator[Dict[str, int]]:
     """Count the :func:`varlen_attention` calls inside the block by the
-    kernel that ran them: ``{'varlen': n, 'padded': m}``."""
-    counter = {'varlen': 0, 'padded': 0}
+    kernel that ran them: exact packing's ``'varlen'`` (torch's kernel) and
+    ``'padded'`` (:class:`VarlenPlan`), static mode's ``'static_varlen'``
+    and ``'static_sdpa'`` (:class:`StaticPlan`, see :func:`static_kernel`).
+    """
+    counter = {
+        'varlen': 0,
+        'padded': 0,
+        'static_varlen': 0,
+        'static_sdpa': 0
+    }
     _call_counters.append(counter)
     try:
         yield counter
@@ -279,14 +291,17 @@ def varlen_attention(q: Tensor,
         q, k, v (Tensor): Packed (N, heads, head_dim) tensors.
         cu_seqlens (Tensor): (G + 1,) int32 group offsets, starting at 0.
         max_seqlen (int): Length of the longest group.
-        plan (VarlenPlan, optional): A plan built from the same
-            ``cu_seqlens``; pass it to reuse it across calls (every block of
-            a forward). Built on the fly when None.
+        plan (VarlenPlan | StaticPlan, optional): A plan built from the
+            same ``cu_seqlens``; pass it to reuse it across calls (every
+            block of a forward). Built on the fly when None. A
+            :class:`StaticPlan` runs its own kernel (static-shape mode).
 
     Returns:
         Tensor: (N, heads, head_dim) attention output.
     """
     global _cuda_varlen_usable
+    if isinstance(plan, StaticPlan):  # static mode: the plan's own kernel
+        return plan(q, k, v)
     if _use_varlen_kernel(q):
         try:
             cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
@@ -322,52 +337,170 @@ def _use_varlen_kernel(q: Tensor) -> bool:
     return applies and _cuda_varlen_usable
 
 
+#: The kernels a :class:`StaticPlan` can run, by the names
+#: :func:`count_attention_calls` counts them under.
+STATIC_KERNELS = ('static_varlen', 'static_sdpa')
+_HALF = (torch.float16, torch.bfloat16)
+
+# Static SDPA capacities are rounded up to a multiple of this, so the long
+# tail of ranks (whose bounds P / i shrink slowly) shares a few calls.
+_CAPACITY_STEP = 64
+
+
+def static_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    """The kernel static-shape mode runs for q, k, v on ``device`` in
+    ``dtype`` under the current :func:`attention_backend`.
+
+    ``'static_varlen'``: torch's flash varlen kernel over the layout's
+    fixed-length offsets (CUDA fp16/bf16 with ``torch.nn.attention.varlen``;
+    ``'auto'`` or ``'varlen'``). ``'static_sdpa'``: the rank-bounded SDPA
+    plan of :class:`StaticPlan` (everywhere else, and always under
+    ``'padded'``). A rule on the inputs only: the plan never switches
+    kernels after a failure.
+    """
+    if _backend == 'padded':
+        return 'static_sdpa'
+    if device.type == 'cuda' and dtype in _HALF and \
+            _torch_varlen_attn is not None:
+        return 'static_varlen'
+    if _backend == 'varlen':
+        raise ValueError(
+            "attention_backend('varlen') needs CUDA fp16/bf16 inputs and "
+            'torch.nn.attention.varlen (torch >= 2.9); got '
+            f"{device.type} {dtype}. Use attention_backend('auto')")
+    return 'static_sdpa'
+
+
+def capacity_classes(num_groups: int, bound: int,
+                     num_tokens: int) -> List[Tuple[int, int]]:
+    """``(ranks, capacity)`` of every SDPA call of a static plan, largest
+    capacity first; a function of its arguments only.
+
+    Groups whose lengths sum to at most ``num_tokens`` (P), sorted by
+    length, have their ``i``-th largest (``i`` from 1) no longer than
+    ``P / i``: rank ``i`` is given ``min(bound, P // i)`` tokens, rounded up
+    to a multiple of 64 (at most ``bound``). Consecutive ranks join one call
+    (padded to its first rank's capacity) while that costs less than a
+    call of their own (the cost model of :class:`VarlenPlan`).
+    """
+    classes: List[List[int]] = []
+    for rank in range(1, num_groups + 1):
+        capacity = max(num_tokens // rank, 1)
+        capacity = min(bound, -(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP)
+        if classes and _group_cost(classes[-1][1]) <= \
+                _group_cost(capacity) + _CALL_OVERHEAD:
+            classes[-1][0] += 1
+        else:
+            classes.append([1, capacity])
+    return [(ranks, capacity) for ranks, capacity in classes]
+
+
 class StaticPlan:
     """Block-diagonal attention with shapes fixed ahead of the data.
 
-    Every one of the first ``num_groups`` groups is padded to
-    ``max_seqlen`` (an upper bound of its length, e.g. a window's cells):
-    one SDPA call on a (groups, heads, max_seqlen, head_dim) batch with a
-    key mask. All indices are computed on the device from ``cu_seqlens``,
-    so building and running the plan reads nothing back to the host, and
-    its shapes depend only on ``(num_groups, max_seqlen, num_tokens)``.
-    Tokens after the last of those groups (the static mode's padding) get
-    a copy of some real token's output, which the caller drops.
+    The first ``num_groups`` groups of ``cu_seqlens`` are the real ones
+    (together at most ``num_tokens`` tokens, each at most ``max_seqlen``);
+    the groups after them (static mode's padding tokens) are attended
+    within, or not at all, and their outputs are dropped by the caller.
+    Every shape depends only on ``(num_groups, max_seqlen, num_tokens)``
+    and nothing is read back to the host, so the plan can be captured,
+    compiled whole and exported. It runs one of two kernels
+    (:attr:`kernel`, chosen by :func:`static_kernel` at the first call
+    unless given):
+
+    * ``'static_varlen'``: torch's flash varlen kernel over the whole
+      ``cu_seqlens`` (a fixed number of offsets, padding groups included)
+      with ``max_seqlen`` as the fixed bound: its work follows the real
+      tokens. CUDA fp16/bf16 only; a failure raises (no fallback).
+    * ``'static_sdpa'``: rank-bounded capacities. The groups are sorted by
+      length on the device; rank ``i`` gets ``min(max_seqlen, P // i)``
+      slots (see :func:`capacity_classes`), so a global group costs about
+      the bucket, not the image's whole grid, and window groups cost about
+      the bucket times a window. Ranks of one capacity class run as one
+      ``scaled_dot_product_attention`` call with a key mask; one gather
+      builds every class's batch and one gather puts the outputs back in
+      packed order.
 
     Args:
-        cu_seqlens (Tensor): Group offsets (at least ``num_groups + 1``).
-        num_groups (int): Groups to attend within.
-        max_seqlen (int): Bound on their lengths.
-        num_tokens (int): Length of the packed sequence.
+        cu_seqlens (Tensor): Group offsets (at least ``num_groups + 1``),
+            clamped to ``num_tokens``.
+        num_groups (int): Real groups, before the padding groups.
+        max_seqlen (int): Bound on every group's length.
+        num_tokens (int): Length of the packed sequence (P).
+        kernel (str, optional): One of :data:`STATIC_KERNELS`; None: chosen
+            from the first call's inputs.
     """
 
-    def __init__(self, cu_seqlens: Tensor, num_groups: int, max_seqlen: int,
-                 num_tokens: int) -> None:
+    def __init__(self,
+                 cu_seqlens: Tensor,
+                 num_groups: int,
+                 max_seqlen: int,
+                 num_tokens: int,
+                 kernel: Optional[str] = None) -> None:
+        if kernel is not None and kernel not in STATIC_KERNELS:
+            raise ValueError(f'kernel must be one of {STATIC_KERNELS} or '
+                             f'None, got {kernel!r}')
+        if min(num_groups, max_seqlen, num_tokens) < 1:
+            raise ValueError(
+                'a static plan needs at least one group, token and slot; got '
+                f'num_groups={num_groups}, max_seqlen={max_seqlen}, '
+                f'num_tokens={num_tokens}')
         self.cu_seqlens = cu_seqlens
+        self.num_groups = num_groups
         self.max_seqlen = max_seqlen
         self.num_tokens = num_tokens
-        self.num_groups = num_groups
-        cu = cu_seqlens[:num_groups + 1].long()
-        starts, ends = cu[:-1], cu[1:]
-        lengths = ends - starts
-        steps = torch.arange(max_seqlen, device=cu.device)
-        # Padding slots read the group's last token (any real token does:
-        # its key is masked and its query row dropped). An empty group keeps
-        # one key so no softmax row is all -inf (no NaN, even in backward).
-        last = (lengths - 1).clamp_(min=0)
-        self.gather = (starts[:, None] +
-                       torch.minimum(steps, last[:, None])).clamp_(
-                           max=num_tokens - 1).view(-1)
-        self.mask = (steps < lengths.clamp(min=1)[:, None])[:, None, None, :]
-        tokens = torch.arange(num_tokens, device=cu.device)
-        group = torch.searchsorted(
-            ends, tokens, right=True).clamp_(max=num_groups - 1)
-        self.rows = group * max_seqlen + (tokens - starts[group]).clamp_(
-            0, max_seqlen - 1)
+        self.kernel = kernel
+        self.classes = capacity_classes(num_groups, max_seqlen, num_tokens)
+        self._tables: Optional[Tuple[Tensor, List[Tensor], Tensor]] = None
+
+    @property
+    def padded_rows(self) -> int:
+        """Query rows of the ``'static_sdpa'`` calls (real tokens and the
+        slots padding them), summed over the capacity classes."""
+        return sum(ranks * capacity for ranks, capacity in self.classes)
 
     def prepare(self) -> 'StaticPlan':
-        """Nothing left to do (built by the constructor)."""
+        """Nothing to do ahead: the plan reads nothing from the host."""
         return self
+
+    def _sdpa_tables(self) -> Tuple[Tensor, List[Tensor], Tensor]:
+        """(gather, masks, rows): the slots' packed tokens, every class's
+        key mask, and every token's row among the classes' outputs."""
+        if self._tables is not None:
+            return self._tables
+        cu = self.cu_seqlens[:self.num_groups + 1].long()
+        starts, ends = cu[:-1], cu[1:]
+        lengths = ends - starts
+        order = torch.argsort(lengths, descending=True, stable=True)
+        rank_start, rank_length = starts[order], lengths[order]
+        gathers, masks, bases = [], [], []
+        rank = row = 0
+        for ranks, capacity in self.classes:
+            steps = torch.arange(capacity, device=cu.device)
+            start = rank_start[rank:rank + ranks, None]
+            length = rank_length[rank:rank + ranks, None]
+            # Padding slots read the group's last token (any real token
+            # does: its key is masked and its query row dropped). An empty
+            # group keeps one key, so no softmax row is all -inf (no NaN,
+            # even in backward).
+            gathers.append(start +
+                           torch.minimum(steps, (length - 1).clamp(min=0)))
+            masks.append((steps < length.clamp(min=1))[:, None, None, :])
+            bases.append(row + capacity *
+                         torch.arange(ranks, device=cu.device))
+            rank, row = rank + ranks, row + ranks * capacity
+        gather = torch.cat([g.reshape(-1) for g in gathers]).clamp_(
+            max=self.num_tokens - 1)
+        # First output row of every group (by group id, not rank).
+        group_base = torch.empty_like(order).scatter_(0, order,
+                                                      torch.cat(bases))
+        tokens = torch.arange(self.num_tokens, device=cu.device)
+        group = torch.searchsorted(
+            ends, tokens, right=True).clamp_(max=self.num_groups - 1)
+        # Tokens after the real groups land on some row: dropped later.
+        rows = (group_base[group] + tokens - starts[group]).clamp_(0, row - 1)
+        self._tables = gather, masks, rows
+        return self._tables
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention of packed (N, heads, head_dim) q, k, v -> same shape."""
@@ -375,14 +508,39 @@ class StaticPlan:
         if num_tokens != self.num_tokens:
             raise ValueError(f'the plan covers {self.num_tokens} tokens, '
                              f'got {num_tokens}')
-        shape = (self.num_groups, self.max_seqlen, heads, head_dim)
-        padded = [
-            t.index_select(0, self.gather).view(shape).transpose(1, 2)
-            for t in (q, k, v)
-        ]
-        out = F.scaled_dot_product_attention(*padded, attn_mask=self.mask)
-        out = out.transpose(1, 2).reshape(-1, heads, v.shape[-1])
-        return out.index_select(0, self.rows)
+        if self.kernel is None:
+            self.kernel = static_kernel(q.device, q.dtype)
+        if _call_counters:
+            _count(self.kernel)
+        if self.kernel == 'static_varlen':
+            return self._run_varlen(q, k, v)
+        gather, masks, rows = self._sdpa_tables()
+        flat = [t.index_select(0, gather) for t in (q, k, v)]
+        outs, row = [], 0
+        for (ranks, capacity), mask in zip(self.classes, masks):
+            stop = row + ranks * capacity
+            q_, k_, v_ = (
+                t[row:stop].view(ranks, capacity, heads, -1).transpose(1, 2)
+                for t in flat)
+            out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask)
+            outs.append(out.transpose(1, 2).reshape(-1, heads, v.shape[-1]))
+            row = stop
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out.index_select(0, rows)
+
+    def _run_varlen(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if _torch_varlen_attn is None:
+            raise ValueError("StaticPlan kernel 'static_varlen' needs "
+                             'torch.nn.attention.varlen (torch >= 2.9)')
+        cu = self.cu_seqlens.to(device=q.device, dtype=torch.int32)
+        try:
+            return _torch_varlen_attn(q, k, v, cu, cu, self.max_seqlen,
+                                      self.max_seqlen)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"static mode's varlen kernel failed ({err}); run static "
+                "mode on the SDPA plan with attention_backend('padded')"
+            ) from err
 
 
 def build_plans(*cu_max: tuple) -> List[VarlenPlan]:
