@@ -17,6 +17,8 @@ Examples:
         configs/toy/toy_apt_det.py work_dirs/toy_apt_det/iter_400.pth
     python demo/image_demo.py demo.jpg configs/apt_upernet_ade20k.py ckpt.pth \
         --out-file outputs/demo_seg.png
+    python demo/image_demo.py demo.jpg configs/apt_vitdet_coco.py ckpt.pth \
+        --accelerate compile
 """
 import argparse
 import os
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 
+from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
 from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import add_cfg_options
 from mmapt.models.data_preprocessors.apt_inputs import split_apt_inputs
@@ -74,6 +77,7 @@ def parse_args(argv=None):
         '--no-map',
         action='store_true',
         help='leave out the panel of the scorer\'s map')
+    add_accelerate_arg(parser)
     add_cfg_options(parser)
     return parser.parse_args(argv)
 
@@ -225,6 +229,7 @@ def main(argv=None):
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_accelerate(cfg, args.accelerate)
     scope = cfg.get('default_scope', 'mmdet')
     # A demo never needs the backbone's pretraining weights.
     cfg.model.backbone.init_cfg = None

@@ -301,11 +301,12 @@ class BaseViT(BaseModule, TokenObservable):
         if '_accelerators' not in self.__dict__:
             object.__setattr__(self, '_accelerators', {})
 
-    def accelerator(self) -> Optional[Accelerator]:
+    def accelerator(self,
+                    mode: Optional[str] = None) -> Optional[Accelerator]:
         """The :class:`~mmapt.models.backbones.accelerate.Accelerator` of
-        the current ``accelerate`` mode (its forwards are kept per mode),
-        or None without one."""
-        mode = self.accelerate
+        ``mode`` (default: the current ``accelerate``; the forwards are
+        kept per mode), or None without a mode."""
+        mode = check_accelerate(mode) or self.accelerate
         if mode is None:
             return None
         if mode not in self._accelerators:
@@ -316,14 +317,20 @@ class BaseViT(BaseModule, TokenObservable):
             self, key: tuple, make_fn: Callable[[], Callable[..., Any]],
             inputs: Sequence[Tensor]) -> Optional[Tuple[Tensor, ...]]:
         """The accelerated forward of ``key`` on ``inputs``; None when
-        this call runs eager (no ``accelerate``, training, autograd on,
-        inside an outer ``torch.compile``, CUDA graphs off CUDA)."""
-        accelerator = self.accelerator()
-        if accelerator is None or self.training or \
-                torch.is_grad_enabled() or torch.compiler.is_compiling() \
-                or not accelerator.available(inputs[0].device):
+        this call runs eager (see :meth:`accelerating`)."""
+        if not self.accelerating(inputs[0].device):
             return None
-        return accelerator(self, key, make_fn, inputs)
+        return self.accelerator()(self, key, make_fn, inputs)
+
+    def accelerating(self, device: torch.device) -> bool:
+        """Whether a forward on ``device`` runs accelerated: ``accelerate``
+        set, eval mode, autograd off, not inside an outer
+        ``torch.compile``, and the mode available on ``device``."""
+        accelerator = self.accelerator()
+        return accelerator is not None and not self.training and \
+            not torch.is_grad_enabled() and \
+            not torch.compiler.is_compiling() and \
+            accelerator.available(device)
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .half() / .cuda() make new weights: the graphs and
