@@ -32,8 +32,8 @@ def pin_cached_values() -> Iterator[List[object]]:
     _scopes.append(pins)
     try:
         yield pins
-    finally:
-        _scopes.remove(pins)
+    finally:  # by identity: two scopes' lists may be equal
+        del _scopes[next(i for i, s in enumerate(_scopes) if s is pins)]
 
 
 def pin(value: T) -> T:
