@@ -21,8 +21,10 @@ SMALL = {
     'model.backbone.arch':
     dict(embed_dims=192, num_layers=4, num_heads=3, scale_mlp=False),
     'model.backbone.global_attn_indexes': (1, 3),
-    'model.test_cfg.rcnn.score_thr': 0.0,
-    'model.test_cfg.rcnn.nms.min_score': 0.0,
+    'model.test_cfg.rcnn.score_thr':
+    0.0,
+    'model.test_cfg.rcnn.nms.min_score':
+    0.0,
 }
 LOADER = [
     f'test_dataloader.{k}'
@@ -63,16 +65,16 @@ def _assert_same_detections(got, want):
     for a, b in zip(got, want):
         a, b = a['pred_instances'], b['pred_instances']
         assert len(a['bboxes']) == len(b['bboxes']) > 0
-        torch.testing.assert_close(a['bboxes'], b['bboxes'], atol=1e-2,
-                                   rtol=1e-4)
-        torch.testing.assert_close(a['scores'], b['scores'], atol=1e-4,
-                                   rtol=1e-3)
+        torch.testing.assert_close(
+            a['bboxes'], b['bboxes'], atol=1e-2, rtol=1e-4)
+        torch.testing.assert_close(
+            a['scores'], b['scores'], atol=1e-4, rtol=1e-3)
         assert torch.equal(a['labels'], b['labels'])
 
 
 @pytest.mark.slow
 def test_test_py_compiled_gives_the_eager_metrics(toy_coco_cwd, random_det,
-                                                   tmp_path):
+                                                  tmp_path):
     config, ckpt = random_det
     results = {}
     for name, extra in (('eager', []), ('compile', ['--accelerate',
@@ -105,8 +107,8 @@ def test_det_inferencer_compiled_equals_eager(random_det, tmp_path):
     images = []
     for i in range(3):  # flat background, a textured square
         img = np.full((200, 300, 3), (40, 160, 90), dtype=np.uint8)
-        img[40 + 20 * i:140, 100:200] = rng.integers(0, 255, (100 - 20 * i,
-                                                           100, 3))
+        img[40 + 20 * i:140, 100:200] = rng.integers(0, 255,
+                                                     (100 - 20 * i, 100, 3))
         images.append(str(tmp_path / f'{i}.png'))
         cv2.imwrite(images[-1], img)
     outputs = {}

@@ -70,8 +70,7 @@ def test_capture_scope_pins_what_caches_evict():
         assert values, f'no {kind} cache entry filled'
         for value in values:
             assert any(p is value for p in pins), f'{kind} entry not pinned'
-    pinned = {id(t): (t, t.data_ptr(), t.clone())
-              for t in _tensors(pins)}
+    pinned = {id(t): (t, t.data_ptr(), t.clone()) for t in _tensors(pins)}
     assert pinned
 
     # More distinct input sizes than any cache keeps (layout constants 32,

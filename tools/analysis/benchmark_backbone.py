@@ -59,10 +59,10 @@ import torch
 from torch import nn
 
 from mmapt.benchmark import (ArmRecord, NotAvailable, accelerated_arm,
-                             bucket_size,
-                             build_backbone_pair, count_forward_overhead,
-                             forward_tokens, get_clock, interleaved, packed_to,
-                             ratio, static_arm, static_mode_available)
+                             bucket_size, build_backbone_pair,
+                             count_forward_overhead, forward_tokens, get_clock,
+                             interleaved, packed_to, ratio, static_arm,
+                             static_mode_available)
 from mmapt.benchmark.backbones import (generated_photos, image_name,
                                        packed_tokens)
 from mmapt.benchmark.runner import split_of
@@ -484,10 +484,14 @@ def accelerated_summary(mode: str, records: Dict[str, ArmRecord],
         speedup=ratio(plain_acc, apt_acc),
         plain_vs_eager=ratio(totals['plain'], plain_acc),
         apt_vs_eager=ratio(totals['apt'], apt_acc),
-        build_s={k: v['build_s']
-                 for k, v in built.items()},
-        keys={k: v['keys']
-              for k, v in built.items()})
+        build_s={
+            k: v['build_s']
+            for k, v in built.items()
+        },
+        keys={
+            k: v['keys']
+            for k, v in built.items()
+        })
 
 
 def print_accelerated(acc: dict) -> None:

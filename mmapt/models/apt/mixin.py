@@ -88,8 +88,9 @@ class APTBackboneMixin:
             return self.forward_accelerated(x, importance)
         return self.apt(x, importance)
 
-    def forward_accelerated(self, x: Tensor,
-                            importance: Optional[Tensor]) -> Tuple[Tensor, ...]:
+    def forward_accelerated(
+            self, x: Tensor,
+            importance: Optional[Tensor]) -> Tuple[Tensor, ...]:
         """The batch's token bucket (one host read), then the compiled /
         graphed static-shape forward of (bucket, input shape, dtype)."""
         self.check_input_size(*x.shape[2:])

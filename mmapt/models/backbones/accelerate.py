@@ -91,8 +91,8 @@ class GraphedForward:
                  fn: Callable[..., object],
                  example: Union[Tensor, Sequence[Tensor]],
                  warmup: int = 3) -> None:
-        examples = (example, ) if isinstance(example, Tensor) else tuple(
-            example)
+        examples = (example, ) if isinstance(example,
+                                             Tensor) else tuple(example)
         self.inputs = tuple(e.clone() for e in examples)
         device = self.inputs[0].device
         with pin_cached_values() as pins, _uncached_autocast(device):
@@ -125,8 +125,7 @@ class GraphedForward:
 
 
 #: ``fn(*inputs) -> (outputs, token reports)``: one accelerated forward.
-Runner = Callable[..., Tuple[Tuple[Tensor, ...], List[Tuple[Tensor,
-                                                            Tensor]]]]
+Runner = Callable[..., Tuple[Tuple[Tensor, ...], List[Tuple[Tensor, Tensor]]]]
 
 
 class Accelerator:

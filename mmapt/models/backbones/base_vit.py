@@ -301,8 +301,7 @@ class BaseViT(BaseModule, TokenObservable):
         if '_accelerators' not in self.__dict__:
             object.__setattr__(self, '_accelerators', {})
 
-    def accelerator(self,
-                    mode: Optional[str] = None) -> Optional[Accelerator]:
+    def accelerator(self, mode: Optional[str] = None) -> Optional[Accelerator]:
         """The :class:`~mmapt.models.backbones.accelerate.Accelerator` of
         ``mode`` (default: the current ``accelerate``; the forwards are
         kept per mode), or None without a mode."""
