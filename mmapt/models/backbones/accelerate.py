@@ -124,8 +124,9 @@ class GraphedForward:
         return self.output
 
 
-#: ``fn(*inputs) -> (outputs, token reports)``: one accelerated forward.
-Runner = Callable[..., Tuple[Tuple[Tensor, ...], List[Tuple[Tensor, Tensor]]]]
+#: ``fn(*inputs) -> (outputs, token reports)``: one accelerated forward; a
+#: report is the arguments of one ``notify_tokens`` call.
+Runner = Callable[..., Tuple[Tuple[Tensor, ...], List[tuple]]]
 
 
 class Accelerator:
@@ -201,9 +202,12 @@ class Accelerator:
                 outs, reports = runner(*inputs)
         if self.mode == 'cuda_graphs':  # the graph's own buffers
             outs = tuple(o.clone() for o in outs)
-            reports = [(t.clone(), b.clone()) for t, b in reports]
-        for tokens, baseline in reports:
-            host.notify_tokens(tokens, baseline)
+            reports = [
+                tuple(None if t is None else t.clone() for t in report)
+                for report in reports
+            ]
+        for report in reports:
+            host.notify_tokens(*report)
         return tuple(outs)
 
     def _build(self, host, fn: Callable[..., Tuple[Tensor, ...]],
