@@ -147,3 +147,14 @@ def test_tools_take_the_switch():
                  'tools/analysis/benchmark_backbone.py'):
         out = run_tool([tool, '--help']).stdout
         assert '--accelerate' in out and 'cuda_graphs' in out, tool
+
+
+def test_mmseg_init_model_takes_the_switch():
+    from mmseg.apis import init_model
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'toy', 'toy_apt_seg.py'))
+    apply_accelerate(cfg, 'compile')
+    model = init_model(cfg, device='cpu')
+    assert model.backbone.accelerate == 'compile'
+    assert model.backbone.accelerating(torch.device('cpu')) is False  # grad
+    with torch.no_grad():
+        assert model.backbone.accelerating(torch.device('cpu'))
