@@ -25,10 +25,12 @@ when it does not fit, the budget still wins (static token count) and the
 highest-scoring of those splits are made.
 """
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from .layout import _upsample2
 
 
 def min_tokens(grid_size: Tuple[int, int], num_scales: int) -> int:
@@ -102,8 +104,8 @@ def resolve_budget(grid_size: Tuple[int, int],
 
 
 def _up2(x: Tensor) -> Tensor:
-    """Nearest 2x upsampling of (B, h, w)."""
-    return x.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    """Nearest 2x upsampling of (B, h, w): one cached-index gather."""
+    return _upsample2(x)
 
 
 def _path_scores(
@@ -178,25 +180,71 @@ def budget_patches(
     sizes = [(height >> s) * (width >> s)
              for s in range(num_scales - 1, 0, -1)]
     num_splits = min((token_budget - least) // 3, sum(sizes))
+    return split_patches(scores, grid_size, num_splits, floor_thresholds)
 
+
+def split_patches(
+        scores: Sequence[Tensor],
+        grid_size: Tuple[int, int],
+        num_splits: Union[int, Tensor],
+        floor_thresholds: Optional[Sequence[float]] = None) -> List[Tensor]:
+    """Keep masks after the ``num_splits`` highest-ranked splits of every
+    image (see the module docstring for the rank).
+
+    Args:
+        scores (Sequence[Tensor]): As for :func:`budget_patches` (checked
+            there).
+        grid_size (tuple[int, int]): The base grid (Hc, Wc).
+        num_splits (int | Tensor): Splits per image: one int for all, or a
+            (B,) long tensor on the scores' device (no host read).
+        floor_thresholds (Sequence[float], optional): As for
+            :func:`budget_patches`.
+
+    Returns:
+        list[Tensor]: ``S`` bool masks, one per scale 0..S-1.
+    """
+    order, _ = _rank_splits(scores, floor_thresholds)
+    return _keep_masks(_choose(order, num_splits), grid_size, len(scores) + 1)
+
+
+def _rank_splits(
+    scores: Sequence[Tensor], floor_thresholds: Optional[Sequence[float]]
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """(B, P) every image's splittable patches (coarsest scale first,
+    row-major) in rank order; with a floor, also (B, P) its "the thresholds
+    split it" flags in the same order."""
     paths, forced = _path_scores(scores, floor_thresholds)
     batch = paths[0].shape[0]
     # Coarsest scale first, row-major inside a scale: the tie-break order,
     # which stable sorts keep.
     keys = torch.cat([p.reshape(batch, -1) for p in paths], dim=1)
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices
-    if forced is not None:
-        flags = torch.cat([f.reshape(batch, -1) for f in forced], dim=1)
-        flags = flags.to(torch.uint8).gather(1, order)
-        order = order.gather(
-            1,
-            torch.sort(flags, dim=1, descending=True, stable=True).indices)
-    chosen = torch.zeros_like(keys, dtype=torch.bool)
-    chosen.scatter_(1, order[:, :num_splits], True)
+    if forced is None:
+        return order, None
+    flags = torch.cat([f.reshape(batch, -1) for f in forced], dim=1)
+    flags = flags.to(torch.uint8).gather(1, order)
+    ranked = torch.sort(flags, dim=1, descending=True, stable=True)
+    return order.gather(1, ranked.indices), ranked.values
 
+
+def _choose(order: Tensor, num_splits: Union[int, Tensor]) -> Tensor:
+    """(B, P) bool: the first ``num_splits`` of ``order`` per image."""
+    chosen = torch.zeros(order.shape, dtype=torch.bool, device=order.device)
+    if isinstance(num_splits, Tensor):
+        ranks = torch.arange(order.shape[1], device=order.device)
+        return chosen.scatter_(1, order, ranks[None, :] < num_splits[:, None])
+    return chosen.scatter_(1, order[:, :num_splits], True)
+
+
+def _keep_masks(chosen: Tensor, grid_size: Tuple[int, int],
+                num_scales: int) -> List[Tensor]:
+    """Split flags (B, P), coarsest scale first -> ``S`` keep masks."""
+    height, width = grid_size
+    batch = chosen.shape[0]
     split = {}
     start = 0
-    for scale, size in zip(range(num_scales - 1, 0, -1), sizes):
+    for scale in range(num_scales - 1, 0, -1):
+        size = (height >> scale) * (width >> scale)
         split[scale] = chosen[:,
                               start:start + size].view(batch, height >> scale,
                                                        width >> scale)
@@ -208,3 +256,94 @@ def budget_patches(
         keep[scale] = _up2(split[scale + 1]) & ~split[scale]
     keep[0] = _up2(split[1])
     return keep
+
+
+def capped_splits(splits: Tensor, total_splits: int) -> Tensor:
+    """Splits per image after capping the batch to ``total_splits``.
+
+    Water filling: every image keeps ``min(splits, level)`` with the
+    highest ``level`` the total allows, and the splits left over go one
+    each to the first images held at the level; images under the level
+    keep all theirs. Device ops only: ``sum(min(s_i, L))`` is the minimum
+    over ``j`` of (the ``j`` smallest ``s_i``) + ``(B - j) L``, so the level
+    is the largest ``floor((total - those j) / (B - j))``.
+
+    Args:
+        splits (Tensor): (B,) long, the splits each image wants.
+        total_splits (int): Splits the batch may make (>= 0).
+
+    Returns:
+        Tensor: (B,) long, at most ``splits`` each and ``total_splits`` in
+        all when ``splits`` asks for more (else ``splits``).
+    """
+    batch = splits.shape[0]
+    ascending = splits.sort().values
+    before = ascending.cumsum(0) - ascending  # sum of the j smallest
+    rest = torch.arange(batch, 0, -1, device=splits.device)
+    level = torch.div(total_splits - before, rest, rounding_mode='floor').max()
+    kept = torch.minimum(splits, level)
+    held = splits > level
+    left = total_splits - kept.sum()
+    extra = held & (held.cumsum(0) <= left)
+    capped = kept + extra.long()
+    return torch.where(splits.sum() > total_splits, capped, splits)
+
+
+def fit_patches(
+        scores: Sequence[Tensor],
+        grid_size: Tuple[int, int],
+        content_tokens: int,
+        floor_thresholds: Optional[Sequence[float]] = None,
+        num_splits: Optional[int] = None) -> Tuple[List[Tensor], Tensor]:
+    """The layout of a batch capped at ``content_tokens`` tokens in all,
+    device-side: the static-shape mode's rule for a batch larger than its
+    bucket.
+
+    The wanted layout is threshold mode's (``floor_thresholds`` given,
+    ``num_splits`` None: the splits the thresholds make) or budget mode's
+    (``num_splits`` per image, the thresholds as a floor or None). When the
+    batch wants more splits than ``content_tokens`` allow, each image gets
+    at most its share (:func:`capped_splits`: images under the share keep
+    their whole layout, the others make their highest-ranked splits
+    first, threshold splits before any other); otherwise every image gets
+    exactly the wanted layout. A threshold layout is the first ``k`` splits
+    of the rank (its splits rank first), so one ranking serves both cases
+    and nothing is read back to the host.
+
+    Args:
+        scores (Sequence[Tensor]): Score maps of scales 1..S-1, as for
+            :func:`budget_patches`.
+        grid_size (tuple[int, int]): The base grid (Hc, Wc).
+        content_tokens (int): Content tokens the batch may have, at least
+            ``B * min_tokens`` (prefix tokens not counted).
+        floor_thresholds (Sequence[float], optional): The thresholds whose
+            splits rank first. Required without ``num_splits``.
+        num_splits (int, optional): Budget mode: splits every image wants.
+
+    Returns:
+        tuple[list[Tensor], Tensor]: The ``S`` keep masks, and a 0-dim bool
+        that is True when the batch was capped.
+    """
+    num_scales = len(scores) + 1
+    batch = scores[0].shape[0]
+    least = min_tokens(grid_size, num_scales)
+    if content_tokens < batch * least:
+        raise ValueError(f'{content_tokens} content tokens cannot hold a '
+                         f'batch of {batch} (at least {batch * least})')
+    if num_splits is None and floor_thresholds is None:
+        raise ValueError('fit_patches needs floor_thresholds (threshold '
+                         'mode) or num_splits (budget mode)')
+    order, flags = _rank_splits(scores, floor_thresholds)
+    if num_splits is None:
+        wanted = flags.sum(1)
+    else:
+        wanted = torch.full((batch, ),
+                            num_splits,
+                            dtype=torch.long,
+                            device=order.device)
+    # A split turns one patch into four: 3 tokens more.
+    total_splits = (content_tokens - batch * least) // 3
+    masks = _keep_masks(
+        _choose(order, capped_splits(wanted, total_splits)), grid_size,
+        num_scales)
+    return masks, wanted.sum() > total_splits

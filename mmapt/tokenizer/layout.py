@@ -12,7 +12,8 @@ when ``pack_size`` fixes the length (static-shape mode).
 """
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import (Callable, Dict, List, Optional, Sequence, Tuple, TypeVar,
+                    Union)
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,16 @@ from torch import Tensor
 from mmapt.utils.cache_pins import pin
 
 T = TypeVar('T')
+
+#: What ``pack_size`` may be set to: None (exact packing), one fixed size,
+#: token buckets (sizes, ascending) or ``'auto'`` (buckets from the canvas).
+PackSizeSpec = Union[None, int, Tuple[int, ...], str]
+
+#: Fractions of the canvas's base tokens the ``'auto'`` buckets hold.
+AUTO_BUCKET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+#: The ``'auto'`` buckets below 100% are rounded up to a multiple of this
+#: many packed tokens (aligned lengths suit the GPU kernels).
+AUTO_BUCKET_MULTIPLE = 64
 
 
 @dataclass
@@ -87,8 +98,13 @@ class PatchLayout:
         packed_image_index (Tensor): (num_packed,) image of every packed
             token (padding tokens: the last image).
         overflow (Tensor, optional): Static mode: 0-dim bool, True when the
-            batch needed more than ``pack_size`` tokens (tokens were dropped;
-            the backbone then returns NaN, see ``APTAdapter``).
+            batch needed more than ``pack_size`` tokens (tokens were dropped).
+            Never True for a :class:`~mmapt.tokenizer.PatchTokenizer`'s
+            layouts, which cap the batch to fit first (see ``capped``).
+        capped (Tensor, optional): Static mode, from the tokenizer: 0-dim
+            bool, True when the selection needed more than ``pack_size``
+            tokens and was capped by score to fit (None: no cap possible,
+            e.g. exact packing or a ``pack_size`` that holds every layout).
     """
 
     batch_size: int
@@ -115,6 +131,7 @@ class PatchLayout:
     overflow: Optional[Tensor]
     token_slot: Tensor  # (num_packed,) slot of every packed token
     slot_code: Tensor  # (slots,) scale of the token at a slot, -1, S=prefix
+    capped: Optional[Tensor] = None
 
     # ------------------------------------------------------- sizes (host)
     @property
@@ -533,6 +550,54 @@ def max_pack_size(batch: int,
     return batch * (num_prefix_tokens + grid[0] * grid[1])
 
 
+def check_pack_size_spec(value: object) -> PackSizeSpec:
+    """``value`` as a ``pack_size`` setting, or a ValueError naming it and
+    the accepted forms. Lists become sorted tuples without repeats."""
+
+    def positive(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if value is None or positive(value) or (isinstance(value, str)
+                                            and value == 'auto'):
+        return value  # type: ignore[return-value]
+    if isinstance(value,
+                  (list, tuple)) and value and all(positive(v) for v in value):
+        return tuple(sorted(set(value)))
+    raise ValueError(
+        f'pack_size={value!r} is not valid: use None (exact packing), a '
+        'positive int (one static size, e.g. 4096), a non-empty list of '
+        'positive ints (token buckets, e.g. [2048, 4096, 6144]) or \'auto\' '
+        '(buckets at 25/50/75/100% of the canvas\'s tokens)')
+
+
+def default_pack_sizes(batch: int,
+                       grid: Tuple[int, int],
+                       num_prefix_tokens: int = 0) -> Tuple[int, ...]:
+    """The ``'auto'`` token buckets of a batch: 25, 50, 75 and 100% of the
+    grid's base tokens per image, plus its prefix tokens, times the batch;
+    each below 100% rounded up to a multiple of
+    :data:`AUTO_BUCKET_MULTIPLE` packed tokens (at most the 100% bucket,
+    which is :func:`max_pack_size` and never overflows)."""
+    cells = grid[0] * grid[1]
+    largest = max_pack_size(batch, grid, num_prefix_tokens)
+    sizes = set()
+    for fraction in AUTO_BUCKET_FRACTIONS:
+        size = batch * (math.ceil(fraction * cells) + num_prefix_tokens)
+        size = -(-size // AUTO_BUCKET_MULTIPLE) * AUTO_BUCKET_MULTIPLE
+        sizes.add(min(size, largest))
+    return tuple(sorted(sizes))
+
+
+def choose_pack_size(packed_tokens: int, buckets: Sequence[int]) -> int:
+    """The smallest of ``buckets`` that holds ``packed_tokens`` (prefix
+    tokens included); the largest when none does (the tokenizer then caps
+    the batch to it)."""
+    if not buckets:
+        raise ValueError('choose_pack_size needs at least one bucket')
+    fitting = [size for size in buckets if size >= packed_tokens]
+    return min(fitting) if fitting else max(buckets)
+
+
 def build_layout(keep_masks: Sequence[Tensor],
                  grid_size: Tuple[int, int],
                  window_size: Optional[int] = None,
@@ -687,10 +752,12 @@ def check_pack_size(pack_size: int,
                     grid: Tuple[int, int],
                     num_scales: int,
                     num_prefix_tokens: int = 0) -> None:
-    """ValueError unless ``pack_size`` can hold a batch of this size."""
-    if isinstance(pack_size, bool) or not isinstance(pack_size, int):
-        raise ValueError(f'pack_size must be an int or None, got '
-                         f'{pack_size!r}')
+    """ValueError unless ``pack_size`` (one int) can hold a batch of this
+    size."""
+    if isinstance(pack_size, bool) or not isinstance(pack_size, int) or \
+            pack_size < 1:
+        raise ValueError(f'pack_size must be a positive int here (one '
+                         f'static size), got {pack_size!r}')
     least = min_pack_size(batch, grid, num_scales, num_prefix_tokens)
     if pack_size < least:
         raise ValueError(

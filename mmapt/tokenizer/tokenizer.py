@@ -9,9 +9,11 @@ import torch
 from torch import Tensor
 
 from .budget import (budget_patches, check_keep_ratio, check_token_budget,
-                     min_tokens, resolve_budget)
+                     fit_patches, min_tokens, resolve_budget)
 from .entropy import entropy_maps, images_to_gray
-from .layout import PatchLayout, build_layout, select_patches
+from .layout import (PackSizeSpec, PatchLayout, build_layout, check_pack_size,
+                     check_pack_size_spec, choose_pack_size,
+                     default_pack_sizes, max_pack_size, select_patches)
 from .scorers import (ImportanceScorer, PatchScorer, ScorerConfig,
                       build_scorer, check_importance, missing_importance)
 
@@ -107,10 +109,15 @@ class PatchTokenizer:
         num_prefix_tokens (int): Class / register tokens the backbone puts
             first in each image's packed slice (``PatchLayout``). Defaults
             to 0.
-        pack_size (int, optional): Static-shape mode: every layout's packed
-            sequence (prefix tokens included) is padded to this many tokens
-            (see :func:`build_layout`); a public attribute, may be changed
-            between calls. None (default): exact packing.
+        pack_size (int | Sequence[int] | str, optional): Static-shape
+            mode: every layout's packed sequence (prefix tokens included) is
+            padded to a fixed number of tokens (see :func:`build_layout`):
+            this int; or token buckets, the smallest of these sizes that
+            holds the batch (one host read); or ``'auto'``, the buckets of
+            :func:`~mmapt.tokenizer.layout.default_pack_sizes`. A batch that
+            needs more than the (largest) size is capped to fit by score
+            (:func:`~mmapt.tokenizer.budget.fit_patches`). Settable between
+            calls. None (default): exact packing.
         scorer (str | dict | PatchScorer, optional): The patch scorer, a
             name or config of :data:`~mmapt.registry.PATCH_SCORERS`
             (``'entropy'``, ``'contrast'``, ``'gradient'``,
@@ -168,7 +175,7 @@ class PatchTokenizer:
                              f'{num_prefix_tokens!r}')
         self.patch_size = patch_size
         self.num_prefix_tokens = num_prefix_tokens
-        self.pack_size = pack_size
+        self.pack_size = pack_size  # type: ignore[assignment]
         self.thresholds = check_thresholds(thresholds, patch_sizes, patch_size)
         self.entropy_bins = entropy_bins
         self.scorer: PatchScorer = build_scorer(scorer, entropy_bins)
@@ -211,6 +218,26 @@ class PatchTokenizer:
                              'patch scales): with one scale the token count '
                              'is fixed')
         self.threshold_floor = bool(threshold_floor)
+
+    @property
+    def pack_size(self) -> PackSizeSpec:
+        """The static-shape setting (see the class docstring)."""
+        return self._pack_size
+
+    @pack_size.setter
+    def pack_size(self, value: PackSizeSpec) -> None:
+        self._pack_size = check_pack_size_spec(value)
+
+    def pack_sizes(self, batch: int,
+                   grid: Tuple[int, int]) -> Optional[Tuple[int, ...]]:
+        """The static sizes in effect for a batch on ``grid``, ascending
+        (None: exact packing)."""
+        spec = self.pack_size
+        if spec is None:
+            return None
+        if spec == 'auto':
+            return default_pack_sizes(batch, grid, self.num_prefix_tokens)
+        return (spec, ) if isinstance(spec, int) else tuple(spec)
 
     @property
     def num_bins(self) -> int:
@@ -326,41 +353,144 @@ class PatchTokenizer:
             importance, images.shape[0], *images.shape[2:], finite=False)
 
     @torch.no_grad()
+    def choose_patches(
+        self,
+        images: Tensor,
+        importance: Optional[Tensor] = None
+    ) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
+        """Keep masks of a batch of normalised images (B, 3, H, W), by
+        thresholds or by the budget, and the score maps they came from
+        (None when no score was needed)."""
+        self._check_images(images, importance)
+        height, width = images.shape[-2:]
+        grid = self.grid_size(height, width)
+        batch, device = images.shape[0], images.device
+        if self.budget_mode:
+            splits = self._budget_splits(height, width)
+            if splits <= 0:  # the budget allows only the coarsest grid
+                return self._uniform_masks(batch, grid, self.num_scales - 1,
+                                           device), None
+            if splits >= self._splittable(grid):
+                return self._uniform_masks(batch, grid, 0, device), None
+        elif not self.can_merge:
+            # "APT off" costs no tokenizer time: the plain grid.
+            return self._uniform_masks(batch, grid, 0, device), None
+        scores = self.score_maps(images, importance)
+        return self.select(scores, grid), scores
+
+    def _check_images(self, images: Tensor,
+                      importance: Optional[Tensor]) -> None:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError('images must have shape (B, 3, H, W), got '
+                             f'{tuple(images.shape)}')
+        self.check_input_size(*images.shape[-2:])
+        self._check_importance(images, importance)
+
+    def _splittable(self, grid: Tuple[int, int]) -> int:
+        """Patches of an image that can be split (every scale above base)."""
+        return sum(
+            (grid[0] >> s) * (grid[1] >> s) for s in range(1, self.num_scales))
+
+    def _budget_splits(self, height: int, width: int) -> int:
+        """Budget mode: the splits every image makes."""
+        grid = self.grid_size(height, width)
+        splits = (self.budget_for(height, width) -
+                  min_tokens(grid, self.num_scales)) // 3
+        return max(0, min(splits, self._splittable(grid)))
+
+    def packed_total(self, masks: Sequence[Tensor]) -> Tensor:
+        """0-dim device tensor: the packed tokens of a layout's masks,
+        prefix tokens included (no host read)."""
+        batch = masks[0].shape[0]
+        return sum(mask.sum() for mask in masks) + \
+            batch * self.num_prefix_tokens
+
+    @torch.no_grad()
+    def select_pack_size(self,
+                         images: Tensor,
+                         importance: Optional[Tensor] = None,
+                         buckets: Optional[Sequence[int]] = None,
+                         masks: Optional[Sequence[Tensor]] = None) -> int:
+        """The smallest bucket that holds the batch (the largest when none
+        does); ``buckets`` default to :meth:`pack_sizes` (the ``'auto'``
+        ones in exact mode). One host read of the packed total, none with a
+        single bucket. ``masks``: the batch's :meth:`choose_patches` masks,
+        if already made."""
+        grid = self.grid_size(*images.shape[-2:])
+        batch = images.shape[0]
+        if buckets is None:
+            buckets = self.pack_sizes(batch, grid) or default_pack_sizes(
+                batch, grid, self.num_prefix_tokens)
+        else:
+            checked = check_pack_size_spec(list(buckets))
+            buckets = checked  # type: ignore[assignment]
+        if len(buckets) == 1:
+            return buckets[0]
+        if masks is None:
+            masks = self.choose_patches(images, importance)[0]
+        return choose_pack_size(int(self.packed_total(masks)), buckets)
+
+    @torch.no_grad()
+    def layout(
+        self,
+        images: Tensor,
+        importance: Optional[Tensor] = None,
+        pack_size: Optional[int] = None,
+        chosen: Optional[Tuple[List[Tensor], Optional[List[Tensor]]]] = None
+    ) -> PatchLayout:
+        """The layout of a batch with ``pack_size`` fixed by the caller
+        (None: exact packing), whatever :attr:`pack_size` says. A batch that
+        needs more than ``pack_size`` tokens is capped to fit by score
+        (:func:`~mmapt.tokenizer.budget.fit_patches`): the layout equals the
+        uncapped one whenever that fits, ``layout.capped`` tells which.
+        ``chosen``: :meth:`choose_patches` of these images, if already
+        made."""
+        grid = self.grid_size(*images.shape[-2:])
+        batch = images.shape[0]
+        capped = None
+        if pack_size is not None:
+            check_pack_size(pack_size, batch, grid, self.num_scales,
+                            self.num_prefix_tokens)
+        if pack_size is not None and pack_size < max_pack_size(
+                batch, grid, self.num_prefix_tokens):
+            # A batch may need more than pack_size: the capped layout (the
+            # wanted one whenever that fits), from the scores alone.
+            scores = chosen[1] if chosen else None
+            if scores is None:
+                self._check_images(images, importance)
+                scores = self.score_maps(images, importance)
+            floor = self.thresholds if self.threshold_floor or \
+                not self.budget_mode else None
+            splits = None
+            if self.budget_mode:
+                splits = self._budget_splits(*images.shape[-2:])
+            masks, capped = fit_patches(
+                scores, grid, pack_size - batch * self.num_prefix_tokens,
+                floor, splits)
+        else:
+            masks = (chosen or self.choose_patches(images, importance))[0]
+        layout = build_layout(masks, grid, self.window_size,
+                              self.num_prefix_tokens, pack_size)
+        layout.capped = capped
+        return layout
+
     def __call__(self,
                  images: Tensor,
                  importance: Optional[Tensor] = None) -> PatchLayout:
-        """Tokenize a batch of normalised images (B, 3, H, W).
+        """Tokenize a batch of normalised images (B, 3, H, W) with the
+        :attr:`pack_size` setting (token buckets: one host read to choose).
 
         Args:
             images (Tensor): Normalised RGB images.
             importance (Tensor, optional): (B, H, W) importance maps, for the
                 ``importance`` scorer.
         """
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError('images must have shape (B, 3, H, W), got '
-                             f'{tuple(images.shape)}')
-        height, width = images.shape[-2:]
-        self.check_input_size(height, width)
-        self._check_importance(images, importance)
-        grid = self.grid_size(height, width)
-        batch, device = images.shape[0], images.device
-        if self.budget_mode:
-            splits = (self.budget_for(height, width) -
-                      min_tokens(grid, self.num_scales)) // 3
-            if splits <= 0:  # the budget allows only the coarsest grid
-                masks = self._uniform_masks(batch, grid, self.num_scales - 1,
-                                            device)
-            elif splits >= sum((grid[0] >> s) * (grid[1] >> s)
-                               for s in range(1, self.num_scales)):
-                masks = self._uniform_masks(batch, grid, 0, device)
-            else:
-                masks = self.select(self.score_maps(images, importance), grid)
-        elif self.can_merge:
-            masks = self.select(self.score_maps(images, importance), grid)
-        else:  # "APT off" costs no tokenizer time: the plain grid.
-            masks = self._uniform_masks(batch, grid, 0, device)
-        return build_layout(masks, grid, self.window_size,
-                            self.num_prefix_tokens, self.pack_size)
+        chosen = self.choose_patches(images, importance)
+        sizes = self.pack_sizes(images.shape[0],
+                                self.grid_size(*images.shape[-2:]))
+        pack_size = None if sizes is None else self.select_pack_size(
+            images, importance, sizes, chosen[0])
+        return self.layout(images, importance, pack_size, chosen)
 
     def __repr__(self) -> str:
         mode = f'thresholds={self.thresholds}'

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
                              PatchTokenizer)
+from mmapt.tokenizer.layout import PackSizeSpec
 from mmapt.utils.cache_pins import pin
 from mmapt.utils.stages import forward_stage
 from ..layers import APTEmbed, ParamCache, build_plans
@@ -96,28 +97,52 @@ class APTAdapter:
         return tuple(own + tokenizer)
 
     @property
-    def pack_size(self) -> Optional[int]:
+    def pack_size(self) -> PackSizeSpec:
         """Static-shape mode: every forward's packed sequence, prefix tokens
-        included, is padded to exactly this many tokens (None: exact
-        packing, one host read per forward). The padding tokens form their
-        own attention groups and their outputs are dropped, so the outputs
-        equal exact packing's; every tensor of the forward has a shape fixed
-        by (batch, input size, ``pack_size``) and nothing is read back to
-        the host, so the forward can be captured as a CUDA graph (one per
-        value), compiled with ``fullgraph=True`` or exported. Tools may set
-        it between forwards. A batch needing more tokens cannot be detected
-        without a host read: its outputs are NaN (``PatchLayout.check_fits``
-        raises the error naming the counts). A ``pack_size`` no batch can
-        fit raises at once."""
+        included, is padded to a fixed number of tokens, so every tensor of
+        the forward after the size is chosen has a shape fixed by (batch,
+        input size, size) and nothing is read back to the host: the forward
+        can be captured as a CUDA graph (one per size), compiled with
+        ``fullgraph=True`` or exported. The padding tokens form their own
+        attention groups and their outputs are dropped, so the outputs
+        equal exact packing's.
+
+        - None: exact packing (one host read per forward);
+        - an int: that size, no host read;
+        - a list of ints (token buckets): each batch takes the smallest
+          that holds it, one host read of its token count per forward,
+          before anything that could be captured runs (:meth:`__call__`);
+        - ``'auto'``: buckets at 25/50/75/100% of the input's base tokens
+          (:func:`~mmapt.tokenizer.layout.default_pack_sizes`).
+
+        A batch needing more tokens than the (largest) size is capped to fit
+        by score (never NaN, see :meth:`PatchTokenizer.layout`); the token
+        observers are told (``capped``). Validated when set; tools may set
+        it between forwards."""
         return self.tokenizer.pack_size
 
     @pack_size.setter
-    def pack_size(self, value: Optional[int]) -> None:
-        if value is not None and (isinstance(value, bool)
-                                  or not isinstance(value, int) or value < 1):
-            raise ValueError(f'pack_size must be a positive int or None, '
-                             f'got {value!r}')
-        self.tokenizer.pack_size = value
+    def pack_size(self, value: PackSizeSpec) -> None:
+        self.tokenizer.pack_size = value  # validated there
+
+    def pack_sizes(self, batch: int, height: int,
+                   width: int) -> Optional[Tuple[int, ...]]:
+        """The static sizes in effect for a (batch, 3, height, width)
+        input, ascending; None: exact packing."""
+        return self.tokenizer.pack_sizes(
+            batch, self.tokenizer.grid_size(height, width))
+
+    def select_pack_size(self,
+                         x: Tensor,
+                         importance: Optional[Tensor] = None,
+                         buckets: Optional[Sequence[int]] = None) -> int:
+        """The pack size a static forward of ``x`` takes: the smallest of
+        ``buckets`` (default: :meth:`pack_sizes`, or the ``'auto'`` buckets
+        in exact mode) that holds the batch, the largest when none does
+        (the batch is then capped to it). One host read; none with a single
+        bucket."""
+        self.check_input_size(*x.shape[2:])
+        return self.tokenizer.select_pack_size(x, importance, buckets)
 
     def check_input_size(self, height: int, width: int) -> None:
         """ValueError naming the fix when the images cannot be tokenized."""
@@ -127,7 +152,8 @@ class APTAdapter:
     def tokenize(self,
                  x: Tensor,
                  importance: Optional[Tensor] = None) -> PatchLayout:
-        """Images (B, 3, H, W) -> :class:`PatchLayout` (no gradients)."""
+        """Images (B, 3, H, W) -> :class:`PatchLayout` (no gradients), with
+        the pack size :meth:`__call__` would take."""
         return self.tokenizer(x, importance)
 
     def position_tables(self, grid: Tuple[int, int],
@@ -257,20 +283,29 @@ class APTAdapter:
 
     def report_tokens(self, layout: PatchLayout) -> None:
         """Publish the per-image token counts of this forward (prefix tokens
-        not counted) through the host's ``notify_tokens``."""
+        not counted) through the host's ``notify_tokens``; in static mode
+        also whether the batch was capped to its pack size."""
         tokens = layout.tokens_per_image
-        self.host.notify_tokens(
-            tokens, torch.full_like(tokens, layout.baseline_tokens))
+        baseline = torch.full_like(tokens, layout.baseline_tokens)
+        if layout.capped is None:
+            self.host.notify_tokens(tokens, baseline)
+        else:
+            self.host.notify_tokens(tokens, baseline, capped=layout.capped)
 
-    def __call__(self,
-                 x: Tensor,
-                 importance: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
-        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index;
-        ``importance`` (B, H, W): maps for the ``importance`` scorer."""
+    def forward_static(self, x: Tensor, importance: Optional[Tensor],
+                       pack_size: int) -> Tuple[Tensor, ...]:
+        """The forward with ``pack_size`` fixed by the caller (e.g. the one
+        :meth:`select_pack_size` chose): no host read, shapes fixed by
+        (batch, input size, ``pack_size``); what to capture or compile per
+        bucket. A batch needing more is capped to fit."""
         self.host.check_input_size(*x.shape[2:])
         self.check_input_size(*x.shape[2:])
         with forward_stage('tokenizer'):
-            layout = self.tokenize(x, importance)
+            layout = self.tokenizer.layout(x, importance, pack_size)
+        return self._forward_layout(x, layout)
+
+    def _forward_layout(self, x: Tensor,
+                        layout: PatchLayout) -> Tuple[Tensor, ...]:
         with forward_stage('embedding'):
             tokens = self.embed(x, layout)
         with forward_stage('context'):
@@ -280,3 +315,22 @@ class APTAdapter:
         with forward_stage('unpack'):
             self.report_tokens(layout)
             return layout.unpack_all(outs)
+
+    def __call__(self,
+                 x: Tensor,
+                 importance: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
+        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index;
+        ``importance`` (B, H, W): maps for the ``importance`` scorer.
+
+        Exact packing when :attr:`pack_size` is None; one int: the static
+        forward at that size; buckets: the smallest that fits (one host
+        read, the selection reused for the layout), then the static
+        forward."""
+        spec = self.pack_size
+        if isinstance(spec, int):
+            return self.forward_static(x, importance, spec)
+        self.host.check_input_size(*x.shape[2:])
+        self.check_input_size(*x.shape[2:])
+        with forward_stage('tokenizer'):
+            layout = self.tokenize(x, importance)
+        return self._forward_layout(x, layout)

@@ -68,10 +68,12 @@ class APTHost(Protocol):
         """(B, P, C) prefix tokens, their positions included; None when
         ``num_prefix_tokens`` is 0."""
 
-    def notify_tokens(self, tokens: Tensor, baseline_tokens: Tensor) -> None:
+    def notify_tokens(self, tokens: Tensor, baseline_tokens: Tensor,
+                      **kwargs) -> None:
         """Called once per forward with the (B,) int64 token counts and
-        base-grid cells per image (prefix tokens counted in neither); see
-        :class:`~mmapt.models.backbones.TokenObservable`."""
+        base-grid cells per image (prefix tokens counted in neither); in
+        static mode with a pack size that may cap, also ``capped=`` a 0-dim
+        bool tensor; see :class:`~mmapt.models.backbones.TokenObservable`."""
 
 
 def missing_host_members(backbone: object) -> List[str]:

@@ -17,8 +17,9 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 #: ``fn(tokens, baseline_tokens)``; both int64, shape (B,), one entry per
-#: image of the backbone call.
-TokenObserver = Callable[[Tensor, Tensor], None]
+#: image of the backbone call. Registered with ``capped=True``:
+#: ``fn(tokens, baseline_tokens, capped)``, ``capped`` a 0-dim bool tensor.
+TokenObserver = Callable[..., None]
 
 
 class TokenObservable:
@@ -38,7 +39,7 @@ class TokenObservable:
         >>> handle.remove()
     """
 
-    def _token_observer_dict(self) -> Dict[int, TokenObserver]:
+    def _token_observer_dict(self) -> Dict[int, Tuple[TokenObserver, bool]]:
         # Created lazily so the mixin needs no __init__ of its own (and
         # object.__setattr__ keeps nn.Module from treating it as state).
         observers = self.__dict__.get('_token_observers')
@@ -47,13 +48,19 @@ class TokenObservable:
             object.__setattr__(self, '_token_observers', observers)
         return observers
 
-    def register_token_observer(self, fn: TokenObserver) -> RemovableHandle:
+    def register_token_observer(self,
+                                fn: TokenObserver,
+                                capped: bool = False) -> RemovableHandle:
         """Call ``fn(tokens, baseline_tokens)`` after every forward.
 
         Args:
             fn (Callable): Receives two int64 tensors of shape (B,) on the
                 device of the input: tokens per image and baseline tokens
                 per image (without prefix tokens).
+            capped (bool): Also pass a third argument, a 0-dim bool tensor on
+                the device: True when the static-shape mode capped this
+                call's tokens to its pack size (the tokens are then fewer
+                than the thresholds asked for). Defaults to False.
 
         Returns:
             torch.utils.hooks.RemovableHandle: ``handle.remove()``
@@ -63,19 +70,25 @@ class TokenObservable:
             raise TypeError(f'token observer must be callable, got {fn!r}')
         observers = self._token_observer_dict()
         handle = RemovableHandle(observers)
-        observers[handle.id] = fn
+        observers[handle.id] = (fn, bool(capped))
         return handle
 
-    def notify_tokens(self, tokens: Tensor, baseline_tokens: Tensor) -> None:
+    def notify_tokens(self,
+                      tokens: Tensor,
+                      baseline_tokens: Tensor,
+                      capped: Optional[Tensor] = None) -> None:
         """Hand this call's per-image counts to every observer.
 
         Args:
             tokens (Tensor): int64 (B,), tokens per image (no prefix tokens).
             baseline_tokens (Tensor): int64 (B,), grid cells per image.
+            capped (Tensor, optional): 0-dim bool, whether the static-shape
+                mode capped this call; None: it could not (False to the
+                observers that ask).
         """
         sink = self.__dict__.get('_token_sink')
         if sink is not None:  # see collect_token_reports
-            sink.append((tokens, baseline_tokens))
+            sink.append((tokens, baseline_tokens, capped))
             return
         observers = self.__dict__.get('_token_observers')
         if not observers:
@@ -87,18 +100,24 @@ class TokenObservable:
         # Counts are bookkeeping, never part of the graph.
         tokens = tokens.detach().to(torch.int64)
         baseline_tokens = baseline_tokens.detach().to(torch.int64)
-        for fn in list(observers.values()):
-            fn(tokens, baseline_tokens)
+        if capped is None:
+            capped = torch.zeros((), dtype=torch.bool, device=tokens.device)
+        capped = capped.detach()
+        for fn, with_capped in list(observers.values()):
+            if with_capped:
+                fn(tokens, baseline_tokens, capped)
+            else:
+                fn(tokens, baseline_tokens)
 
     @contextmanager
-    def collect_token_reports(self) -> Iterator[List[Tuple[Tensor, Tensor]]]:
+    def collect_token_reports(self) -> Iterator[List[tuple]]:
         """Inside the ``with`` block :meth:`notify_tokens` only appends its
-        ``(tokens, baseline_tokens)`` to the yielded list, calling no
+        ``(tokens, baseline_tokens, capped)`` to the yielded list, calling no
         observer: a compiled or captured forward reports its counts as
         tensors it returns, and the caller hands them to the observers
         (:meth:`notify_tokens`) after each call."""
         saved = self.__dict__.get('_token_sink')
-        reports: List[Tuple[Tensor, Tensor]] = []
+        reports: List[tuple] = []
         object.__setattr__(self, '_token_sink', reports)
         try:
             yield reports
@@ -116,22 +135,31 @@ class TokenCounter:
 
     Calls over the same images (slide-inference crops of one batch) are
     summed image by image; calls with different batch sizes are taken as
-    different images and concatenated.
+    different images and concatenated. Register it with ``capped=True``
+    (as :func:`count_tokens` does) to count the capped calls too.
     """
 
     def __init__(self) -> None:
         self.calls: List[Tuple[Tensor, Tensor]] = []
+        self.capped: List[Tensor] = []
 
-    def __call__(self, tokens: Tensor, baseline_tokens: Tensor) -> None:
+    def __call__(self,
+                 tokens: Tensor,
+                 baseline_tokens: Tensor,
+                 capped: Optional[Tensor] = None) -> None:
         self.calls.append((tokens, baseline_tokens))
+        if capped is not None:
+            self.capped.append(capped)
 
     def reset(self) -> None:
         self.calls = []
+        self.capped = []
 
     def per_image(self) -> Optional[Dict[str, Tensor]]:
         """Per image (float64, CPU): ``tokens`` and ``baseline_tokens``
         summed over the calls, ``keep_ratio`` = their ratio; ``calls``
-        the number of calls. None before the first call."""
+        the number of calls and ``capped`` how many of them the
+        static-shape mode capped (0-dim). None before the first call."""
         if not self.calls:
             return None
         tokens = [t.cpu() for t, _ in self.calls]
@@ -146,7 +174,8 @@ class TokenCounter:
             tokens=tokens,
             baseline_tokens=baseline,
             keep_ratio=tokens / baseline.clamp(min=1),
-            calls=torch.tensor(float(len(self.calls))))
+            calls=torch.tensor(float(len(self.calls))),
+            capped=torch.tensor(float(sum(bool(c) for c in self.capped))))
 
 
 @contextmanager
@@ -163,7 +192,7 @@ def count_tokens(backbone: TokenObservable) -> Iterator[TokenCounter]:
                         'counts (no register_token_observer); use an mmapt '
                         'backbone such as EVA02 or APTEVA02')
     counter = TokenCounter()
-    handle = backbone.register_token_observer(counter)
+    handle = backbone.register_token_observer(counter, capped=True)
     try:
         yield counter
     finally:
