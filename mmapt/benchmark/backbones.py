@@ -203,7 +203,8 @@ def static_arm(apt: nn.Module, batches: Dict[str, torch.Tensor],
     """
     require_static_mode(apt)
     pack_sizes = {
-        name: bucket_size(
+        name:
+        bucket_size(
             packed_tokens(apt, n), multiple, packed_tokens(apt, baseline))
         for name, (n, baseline) in tokens.items()
     }

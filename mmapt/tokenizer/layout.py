@@ -51,7 +51,8 @@ class PatchLayout:
 
     With ``pack_size`` (static-shape mode) the packed sequence always has
     ``pack_size`` tokens: the real ones first, then padding tokens that form
-    groups of their own (at the end of ``cu_seqlens_*``) and cover no cell.
+    groups of their own (at the end of ``cu_seqlens_*``, at most 128 tokens
+    each, a number fixed by ``pack_size``) and cover no cell.
     Every tensor then has a shape fixed by the batch size, grid and
     ``pack_size``, and nothing is read back to the host.
 
@@ -451,8 +452,13 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
         order_key = window_id * (window * window) + \
             rows % window * window + cols % window
         perm = torch.argsort(order_key)
-        # Window ends, in cells of the packed order of one image.
-        ends = torch.cumsum(torch.bincount(window_id), 0)
+        # Window ends, in cells of the packed order of one image. Counted
+        # into a table of known size (not bincount): under torch.compile
+        # the number of groups stays a plain int that plans can loop over.
+        cells_per_window = torch.zeros(
+            -(-height // window) * win_cols, dtype=torch.long,
+            device=device).index_add_(0, window_id, torch.ones_like(window_id))
+        ends = torch.cumsum(cells_per_window, 0)
     else:
         perm = torch.arange(cells, device=device)
         ends = torch.tensor([cells], device=device)

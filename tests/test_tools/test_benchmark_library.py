@@ -156,6 +156,24 @@ def test_timing_mode_reports_the_tokenizer_share(monkeypatch, capsys):
     assert overhead['tokenizer_ms'] > 0 and overhead['plain_embed_ms'] > 0
 
 
+def test_timing_mode_times_the_static_arm(monkeypatch, capsys):
+    lines, result = run_backbone_tool(monkeypatch, capsys, '--bucket', '64')
+    per_image = result['per_image_static']
+    assert set(per_image) == {'generated_0', 'generated_1'}
+    for row in per_image.values():
+        # Packed lengths rounded up to 64, at most the 16 x 16 grid.
+        assert row['pack_size'] % 64 == 0 and row['pack_size'] <= 256
+        assert row['static_ms'] > 0
+    # Ratios of the reported sums (rounded to 4 digits).
+    assert result['static_speedup'] == pytest.approx(
+        result['baseline_ms'] / result['static_ms'], rel=1e-3, abs=1e-4)
+    assert result['static_vs_exact'] == pytest.approx(
+        result['static_ms'] / result['apt_ms'], rel=1e-3, abs=1e-4)
+    # Two blocks per forward, one warm-up forward per image, on CPU.
+    assert result['static_kernels'] == {'static_sdpa': 4}
+    assert any(line.startswith('static mode (--bucket 64') for line in lines)
+
+
 def test_gpu_markdown_lists_arms_skips_and_failures():
     arm = dict(
         img_s=2.,

@@ -192,8 +192,10 @@ class APTAdapter:
         """Attention groups, their plans and RoPE tables, for all blocks.
 
         Exact packing: :class:`VarlenPlan` from the offsets the layout read
-        once. Static mode: :class:`StaticPlan` (device-side only) and the
-        fixed ``max_seqlen`` bounds."""
+        once. Static mode: :class:`StaticPlan` (device-side only) on the
+        fixed-length offsets and the fixed ``max_seqlen`` bounds; its
+        ``kernel`` (``'static_varlen'`` or ``'static_sdpa'``) is set by the
+        first block that attends."""
         if layout.static:
             window_plan = StaticPlan(layout.cu_seqlens_window,
                                      layout.num_real_groups_window,

@@ -85,12 +85,7 @@ def count_attention_calls() -> Iterator[Dict[str, int]]:
     ``'padded'`` (:class:`VarlenPlan`), static mode's ``'static_varlen'``
     and ``'static_sdpa'`` (:class:`StaticPlan`, see :func:`static_kernel`).
     """
-    counter = {
-        'varlen': 0,
-        'padded': 0,
-        'static_varlen': 0,
-        'static_sdpa': 0
-    }
+    counter = {'varlen': 0, 'padded': 0, 'static_varlen': 0, 'static_sdpa': 0}
     _call_counters.append(counter)
     try:
         yield counter
@@ -486,11 +481,11 @@ class StaticPlan:
             gathers.append(start +
                            torch.minimum(steps, (length - 1).clamp(min=0)))
             masks.append((steps < length.clamp(min=1))[:, None, None, :])
-            bases.append(row + capacity *
-                         torch.arange(ranks, device=cu.device))
+            bases.append(row +
+                         capacity * torch.arange(ranks, device=cu.device))
             rank, row = rank + ranks, row + ranks * capacity
-        gather = torch.cat([g.reshape(-1) for g in gathers]).clamp_(
-            max=self.num_tokens - 1)
+        gather = torch.cat([g.reshape(-1)
+                            for g in gathers]).clamp_(max=self.num_tokens - 1)
         # First output row of every group (by group id, not rank).
         group_base = torch.empty_like(order).scatter_(0, order,
                                                       torch.cat(bases))

@@ -17,8 +17,10 @@ class AttentionGroups:
     Attributes:
         cu_seqlens (Tensor): (G + 1,) int32 group offsets.
         max_seqlen (int): Longest group.
-        plan (VarlenPlan): The attention plan of ``cu_seqlens``, shared by all
-            blocks that use this grouping.
+        plan (VarlenPlan | StaticPlan): The attention plan of
+            ``cu_seqlens``, shared by all blocks that use this grouping (a
+            :class:`StaticPlan` in static-shape mode: its ``kernel`` says
+            which kernel ran).
         rope (Tensor, optional): (N_packed, head_dim / 2) complex per-token
             RoPE table for this grouping (identity rows for prefix tokens);
             None for models without RoPE.

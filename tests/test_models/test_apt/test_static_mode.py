@@ -1,16 +1,21 @@
 """Static-shape mode (``pack_size``): same outputs as exact packing, fixed
 shapes, no host reads, and a forward torch.compile and torch.export take
 whole."""
+import math
+
 import pytest
 import torch
 from conftest import flat_and_noise_images
 
 from mmapt.models import APTEVA02, APTViT
+from mmapt.models.layers import attention
 from mmapt.models.layers.attention import (StaticPlan, VarlenPlan,
-                                           attention_backend,
+                                           attention_backend, capacity_classes,
+                                           count_attention_calls,
                                            get_attention_backend,
-                                           varlen_attention)
+                                           static_kernel, varlen_attention)
 from mmapt.tokenizer import build_layout, select_patches
+from mmapt.tokenizer.layout import padding_group_size
 from mmapt.utils.overhead import count_overhead
 
 TINY = dict(embed_dims=32, num_layers=2, num_heads=1)
@@ -135,19 +140,203 @@ def test_pack_size_errors_and_overflow_is_capped():
         _assert_maps_equal(static(x), exact(x))
 
 
-@pytest.mark.parametrize('seed', range(3))
+@pytest.mark.parametrize('seed', range(4))
 def test_static_plan_equals_varlen_plan(seed):
     gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(0, 9, (6, ), generator=gen).tolist()
+    # Groups of up to 200 tokens: the rank bounds give several classes.
+    lengths = torch.randint(0, 201, (7, ), generator=gen).tolist()
     lengths[0] = max(lengths[0], 1)
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
     total = int(cu[-1])
     pad = 5  # tokens after the groups (static mode's padding)
-    q, k, v = torch.randn(3, total + pad, 2, 8, generator=gen)
+    q, k, v = (
+        t.requires_grad_() for t in torch.randn(
+            3, total + pad, 2, 8, generator=gen, dtype=torch.float64))
     want = VarlenPlan(cu, max(lengths))(q[:total], k[:total], v[:total])
-    got = StaticPlan(cu, len(lengths), 8, total + pad)(q, k, v)
+    plan = StaticPlan(cu, len(lengths), 200, total + pad)
+    got = plan(q, k, v)
+    assert plan.kernel == 'static_sdpa' and len(plan.classes) > 1
     torch.testing.assert_close(got[:total], want)
     assert bool(got.isfinite().all())
+    # Gradients too: padding rows and padded slots contribute nothing.
+    weight = torch.randn(total, 2, 8, generator=gen, dtype=torch.float64)
+    grads = [
+        torch.autograd.grad((out[:total] * weight).sum(), (q, k, v))
+        for out in (got, want)
+    ]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    assert not any(bool(g[total:].any()) for g in grads[0])
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_capacity_classes_bound_every_rank(seed):
+    """Any groups of at most ``bound`` tokens summing to at most P fit the
+    capacities, sorted by length; the plan's work follows P."""
+    gen = torch.Generator().manual_seed(seed)
+    groups = int(torch.randint(1, 40, (1, ), generator=gen))
+    bound = int(torch.randint(1, 1200, (1, ), generator=gen))
+    pack = int(torch.randint(1, groups * bound + 1, (1, ), generator=gen))
+    # Lengths at the bound first (the worst case), cut to sum to P.
+    lengths = torch.randint(
+        bound // 2, bound + 1, (groups, ), generator=gen).tolist()
+    room = pack
+    for i, n in enumerate(lengths):
+        lengths[i] = min(n, room)
+        room -= lengths[i]
+    classes = capacity_classes(groups, bound, pack)
+    assert sum(ranks for ranks, _ in classes) == groups
+    capacities = [c for ranks, c in classes for _ in range(ranks)]
+    assert capacities == sorted(capacities, reverse=True)
+    assert all(1 <= c <= bound for c in capacities)
+    for n, c in zip(sorted(lengths, reverse=True), capacities):
+        assert n <= c
+    assert capacity_classes(groups, bound, pack) == classes  # no data
+
+
+def test_static_plan_cost_follows_the_bucket():
+    """EVA-02 at 1536 (96 x 96 cells, windows of 32 x 32), one image in a
+    6144-token bucket: the global group costs the bucket, not the grid,
+    and the windows less than all their cells."""
+    image = capacity_classes(1, 96 * 96, 6144)
+    assert image == [(1, 6144)]
+    windows = capacity_classes(9, 1024, 6144)
+    rows = sum(n * c for n, c in windows)
+    assert rows < 9 * 1024
+    work = sum(n * c * c for n, c in windows)
+    assert work < 0.9 * 9 * 1024**2
+    cu = torch.tensor([0, 6000, 6144])  # a real group, a padding group
+    plan = StaticPlan(cu, 1, 96 * 96, 6144)
+    assert plan.padded_rows == 6144
+
+
+def test_static_kernel_choice():
+    cuda, cpu = torch.device('cuda'), torch.device('cpu')
+    flash = attention._torch_varlen_attn is not None
+    for dtype in (torch.float16, torch.bfloat16):
+        assert static_kernel(
+            cuda, dtype) == ('static_varlen' if flash else 'static_sdpa')
+    assert static_kernel(cuda, torch.float32) == 'static_sdpa'
+    assert static_kernel(cpu, torch.bfloat16) == 'static_sdpa'
+    with attention_backend('padded'):
+        assert static_kernel(cuda, torch.bfloat16) == 'static_sdpa'
+    with attention_backend('varlen'), pytest.raises(
+            ValueError, match='needs CUDA'):
+        static_kernel(cpu, torch.float32)
+    with pytest.raises(ValueError, match='kernel must be one of'):
+        StaticPlan(torch.tensor([0, 4]), 1, 4, 4, kernel='flash')
+
+
+def _static_layout(seed=0, pack_size=2 * 16 * 24 + 2):
+    gen = torch.Generator().manual_seed(seed)
+    entropies = [
+        torch.rand(2, 16 >> s, 24 >> s, generator=gen) * 4 for s in (1, 2)
+    ]
+    masks = select_patches(entropies, (2., 2.), (16, 24))
+    exact = build_layout(masks, (16, 24), 8, num_prefix_tokens=1)
+    static = build_layout(
+        masks, (16, 24), 8, num_prefix_tokens=1, pack_size=pack_size)
+    return exact, static
+
+
+def test_fixed_length_offsets_equal_exact_packing():
+    """The offsets static mode hands the varlen kernel: a length fixed by
+    (batch, grid, pack_size), groups within ``max_seqlen``, and a CPU
+    reference of varlen attention over them equals exact packing."""
+    pack = 700
+    shapes = set()
+    for seed in range(3):
+        exact, static = _static_layout(seed, pack)
+        n = exact.num_packed
+        assert n < pack and not bool(static.overflow)
+        for kind in ('window', 'image'):
+            cu = getattr(static, f'cu_seqlens_{kind}')
+            bound = getattr(static, f'max_seqlen_{kind}')
+            real = getattr(static, f'num_real_groups_{kind}')
+            shapes.add((kind, tuple(cu.shape), cu.dtype, bound))
+            lengths = cu.diff()
+            assert int(cu[0]) == 0 and int(cu[-1]) == pack
+            assert bool((lengths >= 0).all())
+            assert int(lengths.max()) <= bound
+            assert int(lengths[real:].max()) <= padding_group_size(bound)
+            assert cu.numel() == real + 1 + math.ceil(
+                pack / padding_group_size(bound))
+            # Reference varlen attention on the padded sequence.
+            gen = torch.Generator().manual_seed(seed)
+            q, k, v = torch.randn(3, pack, 2, 8, generator=gen)
+            got = VarlenPlan(cu, bound)(q, k, v)[:n]
+            reference = VarlenPlan(
+                getattr(exact, f'cu_seqlens_{kind}'),
+                getattr(exact, f'max_seqlen_{kind}'))
+            want = reference(q[:n], k[:n], v[:n])
+            torch.testing.assert_close(got, want)
+    assert len(shapes) == 2  # one shape per grouping, whatever the data
+
+
+def _reference_varlen(calls):
+    """A CPU stand-in for torch's varlen kernel (per-group SDPA), noting
+    the arguments it is called with."""
+
+    def varlen(q, k, v, cu_q, cu_k, max_q, max_k):
+        calls.append((cu_q, cu_k, max_q, max_k))
+        return VarlenPlan(cu_q, max_q)(q, k, v)
+
+    return varlen
+
+
+def test_static_varlen_route_equals_exact(monkeypatch):
+    """What runs on CUDA fp16/bf16, with a CPU reference in place of the
+    kernel: the whole static forward equals exact packing, the kernel gets
+    the layout's fixed-length offsets and bounds, and the calls are
+    counted as 'static_varlen'."""
+    calls = []
+    monkeypatch.setattr(attention, '_torch_varlen_attn',
+                        _reference_varlen(calls))
+    monkeypatch.setattr(attention, 'static_kernel',
+                        lambda device, dtype: 'static_varlen')
+    static, exact = _pair()
+    with torch.no_grad():
+        for x in _two_images():
+            layout = static.tokenize(x)
+            calls.clear()
+            with count_attention_calls() as counted:
+                outs = static(x)
+            _assert_maps_equal(outs, exact(x))
+            assert counted['static_varlen'] == 2 == len(calls)
+            assert counted['static_sdpa'] == counted['varlen'] == 0
+            for cu_q, cu_k, max_q, max_k in calls:
+                assert cu_q is cu_k and cu_q.dtype == torch.int32
+                assert cu_q.shape in {
+                    layout.cu_seqlens_window.shape,
+                    layout.cu_seqlens_image.shape
+                }
+                assert (max_q, max_k) in {(layout.max_seqlen_window, ) * 2,
+                                          (layout.max_seqlen_image, ) * 2}
+
+
+def test_static_varlen_failure_raises(monkeypatch):
+    """No hidden switch: the static plan's kernel failing is an error that
+    names the fix, not a silent fallback."""
+
+    def broken(*args):
+        raise RuntimeError('no kernel image for this GPU')
+
+    monkeypatch.setattr(attention, '_torch_varlen_attn', broken)
+    q = torch.randn(8, 1, 4)
+    cu = torch.tensor([0, 5, 8], dtype=torch.int32)
+    plan = StaticPlan(cu, 1, 5, 8, kernel='static_varlen')
+    with pytest.raises(RuntimeError, match=r"attention_backend\('padded'\)"):
+        varlen_attention(q, q, q, cu, 5, plan=plan)
+    with count_attention_calls() as counted:
+        StaticPlan(cu, 1, 5, 8)(q, q, q)
+    assert counted['static_sdpa'] == 1
+
+
+def test_static_forward_counts_its_kernel():
+    static, _ = _pair()
+    with torch.no_grad(), count_attention_calls() as counted:
+        static(_two_images()[0])
+    assert counted == dict(varlen=0, padded=0, static_varlen=0, static_sdpa=2)
 
 
 def test_attention_backend_is_scoped():
