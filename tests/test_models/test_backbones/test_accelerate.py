@@ -11,7 +11,7 @@ from conftest import flat_and_noise_images
 from mmengine.logging import MMLogger
 from torch._dynamo.utils import counters
 
-from mmapt.models import EVA02
+from mmapt.models import APTEVA02, EVA02, APTViT
 from mmapt.models.backbones import count_tokens
 
 TINY = dict(embed_dims=32, num_layers=2, num_heads=1, scale_mlp=False)
@@ -79,6 +79,56 @@ def test_plain_compiled_equals_eager_without_recompiling():
     assert counters['stats']['unique_graphs'] - graphs == 1
     accelerator = compiled.accelerator()
     assert len(accelerator.runners) == 1 and accelerator.build_seconds
+
+
+def _photos(num, canvas):
+    """The first ``num`` sample photographs on the detection canvas."""
+    pytest.importorskip('skimage')
+    from mmapt.tokenizer.prepare import (load_rgb, normalise,
+                                         sample_photo_paths, to_canvas)
+    paths = sample_photo_paths()[:num]
+    return [normalise([to_canvas(load_rgb(p), canvas)]) for p in paths]
+
+
+def _apt(cls=APTEVA02, **kwargs):
+    torch.manual_seed(0)
+    arch = TINY if cls is APTEVA02 else dict(
+        embed_dims=32, num_layers=2, num_heads=1)
+    cfg = dict(CFG, arch=arch, img_size=256, thresholds=(2, 2))
+    return cls(**cfg, **kwargs).eval()
+
+
+@pytest.mark.slow  # compiling the tokenizer too: ~100 s on a shared CPU
+def test_apt_compiled_equals_eager_over_photos_of_one_bucket():
+    eager, compiled = _apt(), _apt(accelerate='compile')
+    compiled.load_state_dict(eager.state_dict())
+    photos = _photos(5, 256)
+    with torch.no_grad():
+        buckets = {compiled.apt.select_pack_size(x) for x in photos}
+    assert len(buckets) == 1  # the default buckets: one for all five
+    graphs = counters['stats']['unique_graphs']
+    with torch.no_grad():
+        _compare(eager, compiled, photos[0])  # compiles
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for x in photos[1:]:
+                _compare(eager, compiled, x)
+    assert counters['stats']['unique_graphs'] - graphs == 1
+    (key, ) = compiled.accelerator().runners
+    assert key[0][:2] == ('apt', buckets.pop())
+
+
+@pytest.mark.slow
+def test_apt_vit_compiled_per_bucket_equals_eager():
+    # Prefix tokens, two buckets (a flat image needs the smallest).
+    eager = _apt(APTViT, num_register_tokens=2)
+    compiled = _apt(APTViT, num_register_tokens=2, accelerate='compile')
+    compiled.load_state_dict(eager.state_dict())
+    flat = torch.zeros(1, 3, 256, 256)
+    noise = flat_and_noise_images(2, 256, 256, (0, 0))[:1]  # no flat box
+    with torch.no_grad():
+        for x in (flat, noise):
+            _compare(eager, compiled, x)
+    assert len(compiled.accelerator().runners) == 2
 
 
 def test_cuda_graphs_on_cpu_log_once_and_run_eager(warnings_of_mmlogger):
