@@ -33,6 +33,14 @@ image and summed (``static_ms``, ``static_speedup`` = plain / static,
 attention kernel that ran (``static_kernels``: calls per kernel name of
 ``count_attention_calls``).
 
+``--accelerate compile`` (or ``cuda_graphs``): two more interleaved arms,
+``plain_compile`` and ``apt_compile``: both backbones with
+``accelerate=MODE`` (APT: its default token buckets, one compiled graph per
+bucket used); every image runs once per arm first, untimed, and the time of
+those first calls (compile + one forward) is reported apart
+(``accelerated``: totals, compiled plain / compiled APT, each against its
+eager arm, ``build_s``, ``keys``).
+
 ``--count-overhead``: no timing; per image, the aten ops dispatched and
 the host synchronisations of one forward of each model, per stage
 (tokenizer, embedding, context, blocks, unpack; ``other`` outside the
