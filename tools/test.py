@@ -33,8 +33,9 @@ from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
 from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import (add_runner_args, build_runner,
                                     check_checkpoint_path, check_data,
-                                    check_writable_dir, exit_on_input_error,
-                                    load_runner_config, setup_cpu_distributed)
+                                    check_pack_size_option, check_writable_dir,
+                                    exit_on_input_error, load_runner_config,
+                                    setup_cpu_distributed)
 from mmapt.engine.released import apply_released_test_cfg
 
 
@@ -164,6 +165,7 @@ def collect_metrics(runner, metrics: dict) -> dict:
 def main():
     args = parse_args()
     cfg = load_runner_config(args)
+    check_pack_size_option(cfg, args.config, 'test')
     # A full checkpoint is loaded: the backbone's pretraining init is not.
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:

@@ -17,6 +17,7 @@ from mmengine.logging import print_log
 from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import (add_runner_args, build_runner,
                                     check_checkpoints, check_data,
+                                    check_pack_size_option,
                                     exit_on_input_error, load_runner_config,
                                     setup_cpu_distributed, warn_compile)
 
@@ -49,6 +50,7 @@ def parse_args():
 def main():
     args = parse_args()
     cfg = load_runner_config(args)
+    check_pack_size_option(cfg, args.config, 'train')
 
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':

@@ -40,6 +40,15 @@ class TokenStatsHook(Hook):
     distributed runs), which is what the epoch summary line and the metrics
     json show.
 
+    ``{mode}/capped`` counts the backbone calls of the iteration that the
+    static-shape mode (``pack_size``) capped to their pack size (their
+    tokens are fewer than the thresholds asked for, so ``keep_ratio`` alone
+    would hide it): in the training log its window mean is the fraction of
+    capped batches; at the end of a val or test epoch it is the epoch's
+    total. The first capped batch of each mode is also announced with a
+    warning, and the totals are printed at the end of training and of each
+    val / test epoch.
+
     Models whose backbone has no ``register_token_observer`` (any other
     detector or segmentor) are skipped with a single warning.
 
@@ -60,6 +69,9 @@ class TokenStatsHook(Hook):
         self._handle: Optional[RemovableHandle] = None
         self._observed: Optional[nn.Module] = None
         self._counter = TokenCounter()
+        # Per mode: [capped calls, calls] since the run (train) or the
+        # epoch (val / test) began.
+        self._capped: Dict[str, List[int]] = {}
 
     # ------------------------------------------------------------ helpers
     @staticmethod
@@ -88,7 +100,8 @@ class TokenStatsHook(Hook):
                     level=logging.WARNING)
                 self._warned = True
             return False
-        self._handle = backbone.register_token_observer(self._counter)
+        self._handle = backbone.register_token_observer(
+            self._counter, capped=True)
         self._observed = backbone
         return True
 
@@ -106,6 +119,8 @@ class TokenStatsHook(Hook):
                                              stats[key].mean().item())
         runner.message_hub.update_scalar(f'{mode}/backbone_calls',
                                          stats['calls'].item())
+        self._count_capped(runner, mode, int(stats['capped'].item()),
+                           int(stats['calls'].item()))
         if mode != 'train':
             if not self._epoch_sums:
                 self._reset()
@@ -113,6 +128,36 @@ class TokenStatsHook(Hook):
             for key in STAT_KEYS:
                 sums[key][0] += stats[key].sum().item()
             sums['count'][0] += stats['tokens'].numel()
+
+    def _count_capped(self, runner, mode: str, capped: int,
+                      calls: int) -> None:
+        runner.message_hub.update_scalar(f'{mode}/capped', capped)
+        totals = self._capped.setdefault(mode, [0, 0])
+        if capped and not totals[0]:
+            print_log(
+                f'TokenStatsHook: a {mode} batch needed more tokens than '
+                'the backbone\'s pack_size and was capped to fit (fewer '
+                'tokens than its thresholds ask for; counted as '
+                f'{mode}/capped). Raise model.backbone.pack_size, or give '
+                'token buckets (a list of sizes or \'auto\'; '
+                'docs/backbone.md, "Static-shape mode").',
+                logger='current',
+                level=logging.WARNING)
+        totals[0] += capped
+        totals[1] += calls
+
+    def _report_capped(self, runner, mode: str) -> None:
+        """Log and reset the capped total of ``mode`` (a message-hub
+        scalar too, for val and test)."""
+        capped, calls = self._capped.pop(mode, (0, 0))
+        if mode != 'train':
+            runner.message_hub.update_scalar(f'{mode}/capped', capped)
+        if capped:
+            print_log(
+                f'TokenStatsHook: {capped} of {calls} {mode} backbone '
+                'calls were capped to the pack_size.',
+                logger='current',
+                level=logging.WARNING)
 
     def _reset(self) -> None:
         self._epoch_sums = {k: [0.0] for k in (*STAT_KEYS, 'count')}
@@ -134,6 +179,9 @@ class TokenStatsHook(Hook):
     # -------------------------------------------------------------- hooks
     def before_run(self, runner) -> None:
         self._observe(runner)
+
+    def after_train(self, runner) -> None:
+        self._report_capped(runner, 'train')
 
     def after_run(self, runner) -> None:
         if self._handle is not None:
@@ -176,6 +224,7 @@ class TokenStatsHook(Hook):
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         self._finish_epoch(runner, 'val')
+        self._report_capped(runner, 'val')
 
     def before_test_epoch(self, runner) -> None:
         self._reset()
@@ -189,3 +238,4 @@ class TokenStatsHook(Hook):
 
     def after_test_epoch(self, runner, metrics=None) -> None:
         self._finish_epoch(runner, 'test')
+        self._report_capped(runner, 'test')

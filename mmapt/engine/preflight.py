@@ -147,6 +147,80 @@ def check_model_args(cfg: Config, config_path: str) -> None:
         raise BadInputError(f'model.backbone of {config_path}: {err}')
 
 
+def check_pack_size_option(cfg: Config,
+                           config_path: str,
+                           split: Optional[str] = None) -> None:
+    """``model.backbone.pack_size`` checked from the config, before the
+    model is built: its form (the message the backbone gives), and with
+    ``split`` (``'train'`` or ``'test'``) its size against that loader's
+    batch on the backbone's ``img_size`` canvas. A static size (the largest
+    bucket) must hold the coarsest layout of a full batch, and should not
+    cap every batch: in budget mode (``keep_ratio`` / ``token_budget``) it
+    must hold a full batch's budget; in threshold mode at least a quarter of
+    the canvas's base tokens per image (the smallest ``'auto'`` bucket).
+    Below that, the results would measure the cap, not the model."""
+    from mmapt.tokenizer.layout import check_pack_size_spec
+    backbone = _backbone_cfg(cfg)
+    if backbone.get('pack_size') is None:
+        return
+    where = f'model.backbone of {config_path}'
+    try:
+        spec = check_pack_size_spec(backbone['pack_size'])
+    except ValueError as err:
+        raise BadInputError(f'{where}: {err}')
+    if spec == 'auto' or split is None:
+        return
+    need = _pack_size_needs(cfg, backbone, split)
+    if need is None:
+        return
+    largest = spec if isinstance(spec, int) else max(spec)
+    batch, least, floor, why = need
+    if largest >= max(least, floor):
+        return
+    problem = f'are fewer than its coarsest layout needs ({least})' \
+        if largest < least else f'would cap {why} (below {floor})'
+    raise BadInputError(
+        f'{where}: pack_size={backbone["pack_size"]!r} cannot serve a '
+        f'{split} batch of {batch}: {largest} packed tokens {problem}. Use '
+        f'pack_size >= {max(least, floor)}, token buckets (a list of sizes, '
+        "or 'auto'), or None (exact packing); "
+        'docs/backbone.md, "Static-shape mode"')
+
+
+def _pack_size_needs(cfg: Config, backbone: dict,
+                     split: str) -> Optional[Tuple[int, int, int, str]]:
+    """(batch, fewest packed tokens of a full batch, the size below which
+    (nearly) every batch is capped, what that means) of ``split``'s loader
+    on the backbone's canvas; None when the config does not say."""
+    from mmapt.tokenizer.budget import resolve_budget
+    from mmapt.tokenizer.layout import default_pack_sizes, min_pack_size
+    loader = cfg.get(f'{split}_dataloader') or {}
+    batch, img_size = loader.get('batch_size'), backbone.get('img_size')
+    if not isinstance(batch, int) or img_size is None:
+        return None
+    height, width = (img_size, img_size) if isinstance(img_size, int) \
+        else tuple(img_size)
+    patch = backbone.get('patch_size', 16)
+    grid = (height // patch, width // patch)
+    num_scales = len(backbone.get('thresholds', (2, 2, 0.3))) + 1
+    prefix = int(bool(backbone.get('use_cls_token', False))) + \
+        int(backbone.get('num_register_tokens', 0) or 0)
+    least = min_pack_size(batch, grid, num_scales, prefix)
+    budget, ratio = backbone.get('token_budget'), backbone.get('keep_ratio')
+    if budget is not None or ratio is not None:
+        try:
+            per_image = resolve_budget(grid, num_scales, patch, budget, ratio,
+                                       prefix)
+        except ValueError:
+            return None  # the model's own check names that problem
+        return (batch, least, batch * (per_image + prefix),
+                'every batch to fewer tokens than its budget')
+    floor = default_pack_sizes(batch, grid, prefix)[0]
+    return (batch, least, floor,
+            'nearly every batch: a quarter of its base tokens on the '
+            f'{height}x{width} canvas, the smallest \'auto\' bucket')
+
+
 def warn_compile(cfg: Config) -> Optional[str]:
     """One warning line when ``compile`` is asked for with an APT backbone
     outside its static-shape mode (``pack_size``), where torch.compile
@@ -355,7 +429,7 @@ def load_runner_config(args) -> Config:
     the work dir (``--work-dir``, else the config's, else
     ``work_dirs/<config name>``); export ``LOCAL_RANK`` if unset. The config
     path, the APT thresholds and the work dir are checked
-    (:class:`InputError`)."""
+    (:class:`InputError`), and the form of ``pack_size``."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     check_config_path(args.config)
@@ -369,6 +443,7 @@ def load_runner_config(args) -> Config:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     check_model_args(cfg, args.config)
+    check_pack_size_option(cfg, args.config)
     check_writable_dir(cfg.work_dir, 'work dir')
     return cfg
 
