@@ -19,6 +19,8 @@ Examples:
         configs/toy/toy_apt_det.py work_dirs/toy_apt_det/iter_400.pth
     python demo/image_demo.py demo.jpg configs/apt_upernet_ade20k.py ckpt.pth \
         --out-file outputs/demo_seg.png
+    python demo/image_demo.py demo.jpg configs/apt_vitdet_coco.py ckpt.pth \
+        --accelerate compile
 """
 import argparse
 import os
@@ -33,6 +35,7 @@ from mmengine.config import Config
 
 from mmapt.apis import ImageDecodeError, decode_image, pipeline_decode_backend
 from mmapt.apis.inference import drawing_size, predictions_at_size
+from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
 from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import (InputError, add_cfg_options,
                                     check_apt_options, check_model_args,
@@ -79,6 +82,7 @@ def parse_args(argv=None):
         '--no-map',
         action='store_true',
         help='leave out the panel of the scorer\'s map')
+    add_accelerate_arg(parser)
     add_cfg_options(parser)
     return parser.parse_args(argv)
 
@@ -265,6 +269,7 @@ def main(argv=None):
     args = parse_args(argv)
     check_inputs(args)
     cfg = load_config(args)
+    apply_accelerate(cfg, args.accelerate)
     scope = cfg.get('default_scope', 'mmdet')
     tokenizer = tokenizer_from_config(cfg)
     image = read_image(args.image, cfg)

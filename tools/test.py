@@ -10,6 +10,11 @@ CUDA, bf16 on CPU; ``--amp-dtype`` picks), the heads in fp32
 (``--amp-scope model`` autocasts the heads too). The same through the config:
 ``test_cfg = dict(type='AmpTestLoop', dtype='bf16')``.
 
+``--accelerate compile`` runs the backbone compiled (torch.compile,
+inductor; CPU or GPU), ``--accelerate cuda_graphs`` as CUDA graphs (CUDA
+only), one per input shape and, for APT, per token bucket; the same as
+``--cfg-options model.backbone.accelerate=compile``.
+
 Examples:
     python tools/test.py configs/toy/toy_apt_det.py work_dirs/toy/iter_400.pth
     bash tools/dist_test.sh configs/apt_vitdet_coco.py ckpt.pth 8 --amp
@@ -23,6 +28,7 @@ from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
+from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
 from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
 from mmapt.engine.checkpoint import trusted_checkpoints
 from mmapt.engine.preflight import (add_runner_args, build_runner,
@@ -77,6 +83,7 @@ def parse_args():
         "released 1536 detectors with (the config's released_test_cfg: "
         'soft-NMS keeping every score above 0, no per-image cap); see '
         'docs/reproduce.md')
+    add_accelerate_arg(parser)
     add_runner_args(parser)
     return parser.parse_args()
 
@@ -169,6 +176,7 @@ def main():
         apply_amp_test_cfg(cfg, args.amp_dtype, args.amp_scope)
     if args.released_scoring:
         apply_released_test_cfg(cfg, args.config)
+    apply_accelerate(cfg, args.accelerate)
     if args.tta:
         set_up_tta(cfg, args.config)
 

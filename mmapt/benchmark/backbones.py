@@ -222,6 +222,45 @@ def static_arm(apt: nn.Module, batches: Dict[str, torch.Tensor],
     return dict(run=run, pack_sizes=pack_sizes, kernels=dict(kernels))
 
 
+@contextmanager
+def accelerated(backbone: nn.Module, mode: Optional[str]) -> Iterator[None]:
+    """Run ``backbone`` with ``accelerate=mode`` inside the ``with`` block
+    (its compiled forwards / graphs are kept across blocks)."""
+    saved = backbone.accelerate
+    backbone.accelerate = mode
+    try:
+        yield
+    finally:
+        backbone.accelerate = saved
+
+
+def accelerated_arm(backbone: nn.Module, mode: str,
+                    batches: Dict[str, torch.Tensor]) -> dict:
+    """``backbone`` with ``accelerate=mode`` as a benchmark arm.
+
+    Every image runs once first (untimed), so each shape key (APT: each
+    token bucket) is compiled / captured before the timed runs.
+
+    Returns:
+        dict: ``run(name)`` runs the backbone on that image; ``build_s``:
+        seconds of the first call of every key (compiling or capturing and
+        one forward), summed; ``keys``: how many keys were made.
+    """
+    with torch.no_grad(), accelerated(backbone, mode):
+        for x in batches.values():
+            backbone(x)
+    accelerator = backbone.accelerator(mode)
+
+    def run(name: str):
+        with accelerated(backbone, mode):
+            return backbone(batches[name])
+
+    return dict(
+        run=run,
+        build_s=round(sum(accelerator.build_seconds.values()), 1),
+        keys=len(accelerator.build_seconds))
+
+
 def bucket_size(packed_tokens: int,
                 multiple: int,
                 ceiling: Optional[int] = None) -> int:

@@ -5,12 +5,15 @@ launch overhead, but only for the exact shapes it was captured with, and
 only when the forward never waits for the device (no host sync). The
 plain backbone qualifies per input shape; APT qualifies in its static-shape
 mode (``backbone.apt.pack_size``), one graph per bucket of packed length.
+:class:`GraphedForward` is the models' own (a backbone's
+``accelerate='cuda_graphs'``); it is re-exported here.
 """
 from contextlib import nullcontext
 from typing import Callable, Dict, Hashable, List, Optional
 
 import torch
 
+from mmapt.models.backbones.accelerate import GraphedForward
 from mmapt.utils.stages import listen_stages
 
 
@@ -23,41 +26,6 @@ def autocast_for(device: torch.device,
     if dtype is None or dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
-
-
-class GraphedForward:
-    """``fn(x)`` captured once as a CUDA graph, replayed on new inputs of
-    the same shape (copied into the captured input buffer).
-
-    Args:
-        fn (Callable): ``fn(x) -> outputs`` (a tuple of tensors); must not
-            synchronize the host and must give the same shapes every call.
-        example (Tensor): An input of the shape to capture.
-        warmup (int): Eager calls on a side stream before the capture
-            (allocator, cuDNN / cuBLAS handles, caches the forward fills).
-    """
-
-    def __init__(self,
-                 fn: Callable[[torch.Tensor], object],
-                 example: torch.Tensor,
-                 warmup: int = 3) -> None:
-        self.input = example.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):
-                fn(self.input)
-        torch.cuda.current_stream().wait_stream(stream)
-        torch.cuda.synchronize()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = fn(self.input)
-        torch.cuda.synchronize()
-
-    def __call__(self, x: torch.Tensor):
-        self.input.copy_(x)
-        self.graph.replay()
-        return self.output
 
 
 class GraphCache:

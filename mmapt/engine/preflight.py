@@ -360,7 +360,9 @@ def warn_compile(cfg: Config) -> Optional[str]:
            'for every batch (graph breaks at Tensor.item(), recompilation), '
            'so torch.compile makes training slower, not faster; set '
            'model.backbone.pack_size for static shapes or drop compile '
-           '(docs/backbone.md, "torch.compile")')
+           '(docs/backbone.md, "torch.compile"); to run inference compiled, '
+           "set model.backbone.accelerate='compile' (tools/test.py "
+           '--accelerate compile) instead')
     print_log(msg, logger='current', level=logging.WARNING)
     return msg
 

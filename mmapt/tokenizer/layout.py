@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmapt.utils.cache_pins import pin
+
 T = TypeVar('T')
 
 #: What ``pack_size`` may be set to: None (exact packing), one fixed size,
@@ -413,7 +415,9 @@ def cached_constant(key: tuple, compute: Callable[[], T]) -> T:
     """``compute()`` (tensors that depend only on shapes, never on data),
     cached by ``key`` (include the device). Under ``torch.compile`` /
     ``torch.export`` it is computed afresh, so the trace holds it as a
-    constant and no cache state enters the guards."""
+    constant and no cache state enters the guards. Every value returned
+    is pinned for a graph being captured
+    (:mod:`mmapt.utils.cache_pins`)."""
     if torch.compiler.is_compiling():
         return compute()
     value = _CONSTANTS.pop(key, None)
@@ -424,7 +428,7 @@ def cached_constant(key: tuple, compute: Callable[[], T]) -> T:
             del _CONSTANTS[next(iter(_CONSTANTS))]
         value = compute()
     _CONSTANTS[key] = value  # most recently used last
-    return value  # type: ignore[return-value]
+    return pin(value)  # type: ignore[return-value]
 
 
 def _slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],

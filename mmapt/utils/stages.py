@@ -46,3 +46,16 @@ def listen_stages(listener: StageListener) -> Iterator[None]:
         yield
     finally:
         _listeners.remove(listener)
+
+
+@contextmanager
+def stages_unmarked() -> Iterator[None]:
+    """No listener hears the marks inside the ``with`` block: a compiled or
+    captured forward runs as one piece (a listener's Python callback would
+    break the graph, or run once at capture instead of every replay)."""
+    saved = list(_listeners)
+    _listeners.clear()
+    try:
+        yield
+    finally:
+        _listeners[:] = saved

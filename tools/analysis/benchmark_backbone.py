@@ -33,6 +33,14 @@ image and summed (``static_ms``, ``static_speedup`` = plain / static,
 attention kernel that ran (``static_kernels``: calls per kernel name of
 ``count_attention_calls``).
 
+``--accelerate compile`` (or ``cuda_graphs``): two more interleaved arms,
+``plain_compile`` and ``apt_compile``: both backbones with
+``accelerate=MODE`` (APT: its default token buckets, one compiled graph per
+bucket used); every image runs once per arm first, untimed, and the time of
+those first calls (compile + one forward) is reported apart
+(``accelerated``: totals, compiled plain / compiled APT, each against its
+eager arm, ``build_s``, ``keys``).
+
 ``--count-overhead``: no timing; per image, the aten ops dispatched and
 the host synchronisations of one forward of each model, per stage
 (tokenizer, embedding, context, blocks, unpack; ``other`` outside the
@@ -58,14 +66,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmapt.benchmark import (ArmRecord, NotAvailable, bucket_size,
-                             build_backbone_pair, count_forward_overhead,
-                             forward_tokens, get_clock, interleaved, packed_to,
-                             ratio, static_arm, static_mode_available)
+from mmapt.benchmark import (ArmRecord, NotAvailable, accelerated_arm,
+                             bucket_size, build_backbone_pair,
+                             count_forward_overhead, forward_tokens, get_clock,
+                             interleaved, packed_to, ratio, static_arm,
+                             static_mode_available)
 from mmapt.benchmark.backbones import (generated_photos, image_name,
                                        packed_tokens)
 from mmapt.benchmark.runner import split_of
 from mmapt.models import APTEVA02, EVA02, APTViT, ViT
+from mmapt.models.backbones.accelerate import ACCELERATE_MODES
 from mmapt.tokenizer.prepare import list_images, load_rgb, normalise, to_canvas
 from mmapt.utils.memory import peak_memory_mib
 from mmapt.utils.timing import time_call
@@ -148,6 +158,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='also time (or with --count-overhead, count) APT in its '
         'static-shape mode, its packed length rounded up to a multiple of '
         'this')
+    parser.add_argument(
+        '--accelerate',
+        choices=list(ACCELERATE_MODES),
+        default=None,
+        help='also time both backbones with accelerate=MODE (compiled / '
+        'CUDA graphs; APT per token bucket), interleaved with the eager '
+        'arms; the first call of every shape key is timed apart')
     parser.add_argument('--json', action='store_true')
     parser.add_argument(
         '--measure-memory', choices=['plain', 'apt'],
@@ -319,6 +336,14 @@ def run(argv: List[str]) -> None:
             raise SystemExit(f'--bucket: {err}')
         arms['apt_static'] = static['run']
         records['apt_static'] = ArmRecord('apt_static')
+    built = {}
+    if args.accelerate:  # compiled / captured before the timed runs
+        for which, model in (('plain', plain), ('apt', apt)):
+            arm = f'{which}_{args.accelerate}'
+            print(f'{arm}: compiling / capturing ...', file=sys.stderr)
+            built[which] = accelerated_arm(model, args.accelerate, batches)
+            arms[arm] = built[which]['run']
+            records[arm] = ArmRecord(arm)
     for _, name, which in interleaved(list(arms), list(batches), args.repeat):
         ms, _ = time_call(lambda: arms[which](name), device, clock)
         records[which].add(name, model_ms=ms)
@@ -429,6 +454,10 @@ def run(argv: List[str]) -> None:
         print(f'  total: static {summary["static_ms"]:.0f} ms, speed-up '
               f'over plain {summary["static_speedup"]:.3f}, static / exact '
               f'APT {summary["static_vs_exact"]:.3f}')
+    if built:
+        summary['accelerated'] = accelerated_summary(args.accelerate, records,
+                                                     built)
+        print_accelerated(summary['accelerated'])
     if blocks:
         print(f'per block on {args.per_block} (median ms): '
               f'{"block":>6}{"type":>8}{"plain":>10}{"APT":>10}{"ratio":>8}')
@@ -445,6 +474,43 @@ def run(argv: List[str]) -> None:
               f'{memory["apt_peak_mib"]:.0f} MiB')
     if args.json:
         print(json.dumps(summary))
+
+
+def accelerated_summary(mode: str, records: Dict[str, ArmRecord],
+                        built: Dict[str, dict]) -> dict:
+    """Eager and accelerated totals of both backbones, their ratios and
+    the time of the first calls (compiling / capturing)."""
+    totals = {
+        arm: records[arm].total()
+        for arm in ('plain', 'apt', f'plain_{mode}', f'apt_{mode}')
+    }
+    plain_acc, apt_acc = totals[f'plain_{mode}'], totals[f'apt_{mode}']
+    return dict(
+        mode=mode,
+        plain_ms=round(plain_acc, 3),
+        apt_ms=round(apt_acc, 3),
+        speedup=ratio(plain_acc, apt_acc),
+        plain_vs_eager=ratio(totals['plain'], plain_acc),
+        apt_vs_eager=ratio(totals['apt'], apt_acc),
+        build_s={
+            k: v['build_s']
+            for k, v in built.items()
+        },
+        keys={
+            k: v['keys']
+            for k, v in built.items()
+        })
+
+
+def print_accelerated(acc: dict) -> None:
+    mode = acc['mode']
+    print(f'accelerate={mode}: plain {acc["plain_ms"]:.0f} ms, APT '
+          f'{acc["apt_ms"]:.0f} ms, speed-up {acc["speedup"]:.3f}; '
+          f'{mode} vs eager: plain {acc["plain_vs_eager"]:.3f}x, APT '
+          f'{acc["apt_vs_eager"]:.3f}x; first calls (compile / capture + '
+          f'one forward): plain {acc["build_s"]["plain"]:.0f} s over '
+          f'{acc["keys"]["plain"]} shape(s), APT {acc["build_s"]["apt"]:.0f}'
+          f' s over {acc["keys"]["apt"]} key(s)')
 
 
 def settings(args, device: torch.device, images: int) -> dict:

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
                              PatchTokenizer)
 from mmapt.tokenizer.layout import PackSizeSpec
+from mmapt.utils.cache_pins import pin
 from mmapt.utils.stages import forward_stage
 from ..layers import APTEmbed, ParamCache, build_plans
 from ..layers.attention import StaticPlan
@@ -256,8 +257,9 @@ class APTAdapter:
             tables = cache.get(key)
             if tables is None:
                 if len(cache) >= 8:
-                    cache.clear()
+                    cache.clear()  # a captured graph pinned what it reads
                 tables = cache[key] = compute()
+            pin(tables)
         image_table, window_table = tables
         image_rope = image_table.index_select(0, layout.position_index)
         window_rope = image_rope if ws is None else window_table.index_select(

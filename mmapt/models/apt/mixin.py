@@ -86,4 +86,27 @@ class APTBackboneMixin:
         """
         check_image_batch(x, self.patch_embed.proj.weight.dtype, (3, 4))
         x, importance = split_apt_inputs(x, importance)
+        if self.accelerate is not None and self.accelerating(x.device):
+            return self.forward_accelerated(x, importance)
         return self.apt(x, importance)
+
+    def forward_accelerated(
+            self, x: Tensor,
+            importance: Optional[Tensor]) -> Tuple[Tensor, ...]:
+        """The batch's token bucket (one host read), then the compiled /
+        graphed static-shape forward of (bucket, input shape, dtype)."""
+        self.check_input_size(*x.shape[2:])
+        self.apt.check_input_size(*x.shape[2:])
+        pack_size = self.apt.select_pack_size(x, importance)
+        key = ('apt', pack_size, tuple(x.shape), x.dtype, importance is None)
+        adapter = self.apt
+
+        def make_fn():
+
+            def static(x: Tensor, importance: Optional[Tensor] = None):
+                return adapter.forward_static(x, importance, pack_size)
+
+            return static
+
+        inputs = (x, ) if importance is None else (x, importance)
+        return self.run_accelerated(key, make_fn, inputs)

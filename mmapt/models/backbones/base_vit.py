@@ -27,6 +27,7 @@ from mmapt.utils.stages import forward_stage
 from ..layers import (DenseContext, ParamCache, PatchEmbed, identity_rope,
                       pos_embed_map, resize_pos_embed)
 from ..layers.inputs import check_image_batch
+from .accelerate import Accelerator, check_accelerate
 from .token_observer import TokenObservable
 
 #: Where absolute positions are defined, see :meth:`BaseViT.nominal_grid`.
@@ -81,6 +82,14 @@ class BaseViT(BaseModule, TokenObservable):
             ``frozen_stages`` blocks; -1 freezes nothing. Defaults to -1.
         with_cp (bool): Gradient checkpointing of every block while
             training. Defaults to False.
+        accelerate (str, optional): Inference forwards (eval mode, no
+            autograd) through ``'compile'`` (``torch.compile``, inductor,
+            one compiled graph per input shape; CPU and GPU) or
+            ``'cuda_graphs'`` (one captured CUDA graph per input shape; on
+            a CPU it logs one line and runs eager). APT backbones compile
+            or capture their static-shape forward per token bucket.
+            Training forwards are unchanged. Settable later
+            (``backbone.accelerate = 'compile'``). Defaults to None.
         init_cfg (dict | list[dict], optional): mmengine init config.
     """
 
@@ -111,8 +120,10 @@ class BaseViT(BaseModule, TokenObservable):
                  position_grid: str = 'nominal',
                  frozen_stages: int = -1,
                  with_cp: bool = False,
+                 accelerate: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        self.accelerate = accelerate
         if window_size < 0:
             raise ValueError(f'window_size must be >= 0 (0 = no windows), '
                              f'got {window_size}')
@@ -275,7 +286,57 @@ class BaseViT(BaseModule, TokenObservable):
     def train(self, mode: bool = True) -> 'BaseViT':
         super().train(mode)
         self._freeze_stages()
+        if mode:  # the weights will change: graphs read them by address
+            self.__dict__.get('_accelerators', {}).pop('cuda_graphs', None)
         return self
+
+    # ------------------------------------------------------------ accelerate
+    @property
+    def accelerate(self) -> Optional[str]:
+        """None, ``'compile'`` or ``'cuda_graphs'`` (see the class)."""
+        return self.__dict__.get('_accelerate')
+
+    @accelerate.setter
+    def accelerate(self, value: Optional[str]) -> None:
+        object.__setattr__(self, '_accelerate', check_accelerate(value))
+        if '_accelerators' not in self.__dict__:
+            object.__setattr__(self, '_accelerators', {})
+
+    def accelerator(self, mode: Optional[str] = None) -> Optional[Accelerator]:
+        """The :class:`~mmapt.models.backbones.accelerate.Accelerator` of
+        ``mode`` (default: the current ``accelerate``; the forwards are
+        kept per mode), or None without a mode."""
+        mode = check_accelerate(mode) or self.accelerate
+        if mode is None:
+            return None
+        if mode not in self._accelerators:
+            self._accelerators[mode] = Accelerator(mode, type(self).__name__)
+        return self._accelerators[mode]
+
+    def run_accelerated(
+            self, key: tuple, make_fn: Callable[[], Callable[..., Any]],
+            inputs: Sequence[Tensor]) -> Optional[Tuple[Tensor, ...]]:
+        """The accelerated forward of ``key`` on ``inputs``; None when
+        this call runs eager (see :meth:`accelerating`)."""
+        if not self.accelerating(inputs[0].device):
+            return None
+        return self.accelerator()(self, key, make_fn, inputs)
+
+    def accelerating(self, device: torch.device) -> bool:
+        """Whether a forward on ``device`` runs accelerated: ``accelerate``
+        set, eval mode, autograd off, not inside an outer
+        ``torch.compile``, and the mode available on ``device``."""
+        accelerator = self.accelerator()
+        return accelerator is not None and not self.training and \
+            not torch.is_grad_enabled() and \
+            not torch.compiler.is_compiling() and \
+            accelerator.available(device)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .half() / .cuda() make new weights: the graphs and
+        # compiled forwards were made for the old ones.
+        self.__dict__.get('_accelerators', {}).clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def get_layer_depth(self,
                         param_name: str,
@@ -410,8 +471,19 @@ class BaseViT(BaseModule, TokenObservable):
         return ctx
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index."""
+        """(B, 3, H, W) -> one (B, C, H / p, W / p) map per out index;
+        compiled / graphed per input shape with ``accelerate``."""
         check_image_batch(x, self.patch_embed.proj.weight.dtype)
+        if self.accelerate is not None:
+            self.check_input_size(*x.shape[2:])
+            outs = self.run_accelerated(('dense', tuple(x.shape), x.dtype),
+                                        lambda: self.forward_dense, (x, ))
+            if outs is not None:
+                return outs
+        return self.forward_dense(x)
+
+    def forward_dense(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """The eager forward of :meth:`forward`."""
         grid = self.check_input_size(*x.shape[2:])
         with forward_stage('embedding'):
             tokens = self.embed_tokens(x, grid)

@@ -86,6 +86,10 @@ class TokenObservable:
                 mode capped this call; None: it could not (False to the
                 observers that ask).
         """
+        sink = self.__dict__.get('_token_sink')
+        if sink is not None:  # see collect_token_reports
+            sink.append((tokens, baseline_tokens, capped))
+            return
         observers = self.__dict__.get('_token_observers')
         if not observers:
             return
@@ -104,6 +108,21 @@ class TokenObservable:
                 fn(tokens, baseline_tokens, capped)
             else:
                 fn(tokens, baseline_tokens)
+
+    @contextmanager
+    def collect_token_reports(self) -> Iterator[List[tuple]]:
+        """Inside the ``with`` block :meth:`notify_tokens` only appends its
+        ``(tokens, baseline_tokens, capped)`` to the yielded list, calling no
+        observer: a compiled or captured forward reports its counts as
+        tensors it returns, and the caller hands them to the observers
+        (:meth:`notify_tokens`) after each call."""
+        saved = self.__dict__.get('_token_sink')
+        reports: List[tuple] = []
+        object.__setattr__(self, '_token_sink', reports)
+        try:
+            yield reports
+        finally:
+            object.__setattr__(self, '_token_sink', saved)
 
 
 def is_token_observable(module: object) -> bool:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmapt.utils.cache_pins import pin
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patch embedding: one conv, kernel = stride = patch.
@@ -181,7 +183,8 @@ class ParamCache:
 
     Args:
         max_entries (int): Entries kept (a few input sizes); the cache is
-            emptied when full. Defaults to 8.
+            emptied when full; what a captured CUDA graph reads stays alive
+            with the graph (:mod:`mmapt.utils.cache_pins`). Defaults to 8.
     """
 
     def __init__(self, max_entries: int = 8) -> None:
@@ -198,7 +201,7 @@ class ParamCache:
                     param.data_ptr())
         if full_key not in self._store:
             if len(self._store) >= self.max_entries:
-                self._store.clear()
+                self._store.clear()  # a captured graph pinned what it reads
             with torch.no_grad():
                 self._store[full_key] = compute()
-        return self._store[full_key]
+        return pin(self._store[full_key])
