@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 
-from mmapt.engine.checkpoint import trusted_checkpoints
+from mmapt.engine.checkpoint import add_trust_argument, safe_checkpoint_loading
 from mmapt.engine.preflight import add_cfg_options
 from mmapt.models.data_preprocessors.apt_inputs import split_apt_inputs
 from mmapt.tokenizer.image_folder import ImageReadError, check_image_file
@@ -74,6 +74,7 @@ def parse_args(argv=None):
         '--no-map',
         action='store_true',
         help='leave out the panel of the scorer\'s map')
+    add_trust_argument(parser)
     add_cfg_options(parser)
     return parser.parse_args(argv)
 
@@ -91,15 +92,20 @@ def dataset_meta_from_config(cfg: Config, scope: str) -> dict:
     return meta
 
 
-def build_model(cfg: Config, checkpoint: Optional[str], device: str,
-                scope: str):
+def build_model(cfg: Config,
+                checkpoint: Optional[str],
+                device: str,
+                scope: str,
+                trust: Optional[bool] = None):
     if scope == 'mmdet':
         from mmdet.apis import init_detector
-        with trusted_checkpoints():  # a Runner-written (trained) checkpoint
+
+        # A Runner-written (trained) checkpoint, loaded without running code.
+        with safe_checkpoint_loading(trust):
             model = init_detector(cfg, checkpoint, device=device)
     elif scope == 'mmseg':
         from mmseg.apis import init_model
-        with trusted_checkpoints():
+        with safe_checkpoint_loading(trust):
             model = init_model(cfg, checkpoint, device=device)
     else:
         raise ValueError(
@@ -212,11 +218,23 @@ def check_inputs(args) -> None:
                          'as PNG or JPEG')
     if not osp.isfile(args.config):
         raise SystemExit(f'error: config {args.config}: no such file')
-    if args.checkpoint is not None and not osp.isfile(args.checkpoint):
-        raise SystemExit(f'error: checkpoint {args.checkpoint}: no such file')
+    check_checkpoint_loads(args.checkpoint, args.trust_checkpoint)
     if args.max_size < 256:
         raise SystemExit(f'error: --max-size {args.max_size} is too small: '
                          'use at least 256')
+
+
+def check_checkpoint_loads(path: Optional[str], trust: Optional[bool]) -> None:
+    """The checkpoint exists, is whole and loads without running code
+    (tensors mapped, not read), before the model is built."""
+    if path is None:
+        return
+    from mmapt.utils.checkpoint_file import (CheckpointFileError,
+                                             load_checkpoint_file)
+    try:
+        load_checkpoint_file(path, trust=trust, mmap=True)
+    except CheckpointFileError as err:
+        raise SystemExit(f'error: checkpoint {err}')
 
 
 def main(argv=None):
@@ -228,7 +246,8 @@ def main(argv=None):
     scope = cfg.get('default_scope', 'mmdet')
     # A demo never needs the backbone's pretraining weights.
     cfg.model.backbone.init_cfg = None
-    model = build_model(cfg, args.checkpoint, args.device, scope)
+    model = build_model(cfg, args.checkpoint, args.device, scope,
+                        args.trust_checkpoint)
 
     captured = {}
 

@@ -24,7 +24,9 @@ from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
 from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
-from mmapt.engine.checkpoint import trusted_checkpoints
+from mmapt.engine.checkpoint import (add_trust_argument,
+                                     checkpoint_errors_as_input_errors,
+                                     safe_checkpoint_loading)
 from mmapt.engine.preflight import (add_runner_args, build_runner,
                                     check_checkpoint_path, check_data,
                                     check_writable_dir, exit_on_input_error,
@@ -76,6 +78,7 @@ def parse_args():
         "released 1536 detectors with (the config's released_test_cfg: "
         'soft-NMS keeping every score above 0, no per-image cap); see '
         'docs/reproduce.md')
+    add_trust_argument(parser)
     add_runner_args(parser)
     return parser.parse_args()
 
@@ -178,7 +181,8 @@ def main():
     check_data(cfg, args.config, ('test', ))
     setup_cpu_distributed(cfg, args.launcher)
     runner = build_runner(cfg)
-    with trusted_checkpoints():  # a Runner-written (trained) checkpoint
+    # A Runner-written (trained) checkpoint, loaded without running code.
+    with safe_checkpoint_loading(args.trust_checkpoint):
         metrics = runner.test()
 
     if is_main_process():
@@ -190,5 +194,5 @@ def main():
 
 
 if __name__ == '__main__':
-    with exit_on_input_error():
+    with exit_on_input_error(), checkpoint_errors_as_input_errors():
         main()
