@@ -98,8 +98,10 @@ def refused_global(err: BaseException) -> Optional[str]:
     (None when the error is about something else)."""
     text = str(err)
     match = re.search(r'GLOBAL ([\w.]+)', text)
-    if match:
-        return match.group(1)
+    if match:  # torch writes builtins.exec as exec
+        name = match.group(1)
+        return name if '.' in name else f'builtins.{name}'
+
     match = re.search(r'Unsupported global: (\S+)', text)
     if match:
         return match.group(1)
