@@ -135,8 +135,9 @@ def test_train_tool_stops_before_the_first_iteration(how, large_file,
     config = tmp_path / 'wrong_weights.py'
     if how == 'init_cfg':
         config.write_text(
-            f'_base_ = {TOY_DET!r}\nmodel = dict(backbone=dict(init_cfg=dict(_delete_=True, '
-            f'type="Pretrained", checkpoint={large_file[0]!r})))\n')
+            f'_base_ = {TOY_DET!r}\nmodel = dict(backbone=dict(init_cfg=dict('
+            f'_delete_=True, type="Pretrained", '
+            f'checkpoint={large_file[0]!r})))\n')
     else:
         config.write_text(
             f'_base_ = {TOY_DET!r}\nload_from = {large_file[1]!r}\n')
