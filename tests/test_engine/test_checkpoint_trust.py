@@ -242,48 +242,8 @@ def test_runner_checkpoint_with_generator_states_loads_safely(tmp_path):
     AdamW state, a scheduler, numpy / Python / torch generator states)
     loads without the opt-in, resumes the Runner and holds what was
     saved."""
-    from mmengine.model import BaseModel
-    from mmengine.runner import Runner
-    from torch.utils.data import Dataset
-
-    class Data(Dataset):
-
-        def __len__(self):
-            return 4
-
-        def __getitem__(self, i):
-            return dict(inputs=torch.full((4, ), float(i)))
-
-    class Model(BaseModel):
-
-        def __init__(self):
-            super().__init__()
-            self.linear = torch.nn.Linear(4, 1)
-
-        def forward(self, inputs, data_samples=None, mode='tensor'):
-            return dict(loss=self.linear(torch.stack(inputs)).pow(2).mean())
-
-    def runner(resume=False):
-        return Runner(
-            model=Model(),
-            work_dir=str(tmp_path),
-            train_dataloader=dict(
-                dataset=Data(),
-                sampler=dict(type='InfiniteSampler'),
-                batch_size=2,
-                num_workers=0),
-            train_cfg=dict(by_epoch=False, max_iters=2 + 2 * resume),
-            optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
-            param_scheduler=dict(
-                type='LinearLR', by_epoch=False, begin=0, end=4),
-            default_hooks=dict(
-                checkpoint=dict(
-                    type='SafeCheckpointHook', by_epoch=False, interval=2)),
-            resume=resume,
-            default_scope='mmengine',
-            experiment_name=f'safe_{resume}')
-
-    runner().train()
+    from fixtures.tiny_runner import tiny_runner
+    tiny_runner(str(tmp_path)).train()
     path = str(tmp_path / 'iter_2.pth')
     ckpt = load_checkpoint_file(path, trust=False)
     assert set(ckpt) >= {
@@ -294,7 +254,7 @@ def test_runner_checkpoint_with_generator_states_loads_safely(tmp_path):
     assert isinstance(ckpt['rng_state']['numpy'][1], np.ndarray)
     hub = ckpt['message_hub']['log_scalars']
     assert hub['train/loss'].statistics('mean') > 0
-    resumed = runner(resume=True)
+    resumed = tiny_runner(str(tmp_path), max_iters=4, resume=True)
     with safe_checkpoint_loading(trust=False):
         resumed.train()
     assert resumed.iter == 4
