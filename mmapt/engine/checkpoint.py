@@ -33,13 +33,12 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Iterator, Optional
 
-import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from mmapt.utils.checkpoint_file import (CheckpointFileError,
                                          load_checkpoint_file)
-from mmapt.utils.safe_load import (TRUST_ENV, TRUST_FLAG,
-                                   checkpoint_safe_globals, trust_from_env)
+from mmapt.utils.safe_load import (TRUST_ENV, TRUST_FLAG, allowed_globals,
+                                   trust_from_env)
 
 LOCAL = ''
 HTTP = ('http://', 'https://')
@@ -58,7 +57,7 @@ def _load_http_safely(http_loader, filename: str, map_location=None) -> dict:
     """mmengine's download-and-load, ``weights_only=True`` with mmapt's
     allowed globals (download a file you trust and pass its path to load a
     full pickle)."""
-    with torch.serialization.safe_globals(checkpoint_safe_globals()):
+    with allowed_globals():
         return http_loader(filename, map_location=map_location)
 
 

@@ -21,9 +21,8 @@ from typing import Optional
 import torch
 
 from .atomic_file import save_torch_atomically
-from .safe_load import (TRUST_ENV, TRUST_FLAG, TRUST_HINT,
-                        checkpoint_safe_globals, refused_global,
-                        trust_from_env)
+from .safe_load import (TRUST_ENV, TRUST_FLAG, TRUST_HINT, allowed_globals,
+                        refused_global, trust_from_env)
 
 # What to do about a file that is not a whole checkpoint.
 REDO = ('the download or save did not finish or the file is another kind; '
@@ -161,14 +160,16 @@ def _warn_trusted_once(path: str) -> None:
 
 
 def _torch_load(path: str, map_location, trust: bool, mmap: bool):
+    # mmap (torch >= 2.1) only when asked for: older torch lacks the argument.
+    extra = dict(mmap=True) if mmap else {}
     if trust:
         _warn_trusted_once(path)
         return torch.load(
-            path, map_location=map_location, weights_only=False, mmap=mmap)
+            path, map_location=map_location, weights_only=False, **extra)
     try:
-        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        with allowed_globals():
             return torch.load(
-                path, map_location=map_location, weights_only=True, mmap=mmap)
+                path, map_location=map_location, weights_only=True, **extra)
     except pickle.UnpicklingError as err:
         refused = refused_global(err)
         if refused is None:

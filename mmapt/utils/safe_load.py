@@ -25,6 +25,7 @@ can run any code).
 import os
 import pickle
 import re
+from contextlib import nullcontext
 from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
@@ -91,6 +92,15 @@ def checkpoint_safe_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
         HistoryBuffer, (history_buffer_method, 'builtins.getattr'),
         (history_buffer_method, '__builtin__.getattr')
     ] + _numpy_globals()
+
+
+def allowed_globals():
+    """``torch.serialization.safe_globals(checkpoint_safe_globals())``; on
+    torch < 2.5 (no such block) nothing beyond torch's own types, so Runner
+    checkpoints need the opt-in there."""
+    import torch
+    block = getattr(torch.serialization, 'safe_globals', None)
+    return block(checkpoint_safe_globals()) if block else nullcontext()
 
 
 def refused_global(err: BaseException) -> Optional[str]:
