@@ -71,10 +71,15 @@ def history_buffer_method(owner: type, name: str) -> Callable:
 
 
 def _numpy_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
-    from numpy.core import multiarray
-    found: List[Union[Callable, Tuple[Callable, str]]] = [
-        multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype
-    ]
+    try:  # numpy >= 2 (numpy.core is a deprecated alias there)
+        from numpy._core import multiarray
+    except ImportError:
+        from numpy.core import multiarray
+    found: List[Union[Callable, Tuple[Callable, str]]] = [np.ndarray, np.dtype]
+    # A pickle names the module of the numpy that wrote it: accept both.
+    for name in ('_reconstruct', 'scalar'):
+        for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+            found.append((getattr(multiarray, name), f'{module}.{name}'))
     # numpy >= 1.25 may name the dtype classes (numpy.dtypes.Float64DType).
     for code in ('?', 'b', 'B', 'h', 'H', 'i', 'I', 'l', 'L', 'q', 'Q', 'e',
                  'f', 'd', 'g', 'U', 'S', 'O'):

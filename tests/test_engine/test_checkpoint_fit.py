@@ -155,3 +155,18 @@ def test_train_tool_stops_before_the_first_iteration(how, large_file,
     assert 'Traceback' not in out.err and re.search(L_ARCH, last)
     assert 'Iter(train)' not in out.out + out.err
     assert not list((tmp_path / 'work').glob('iter_*.pth'))
+
+
+def test_every_config_checks_what_it_loads():
+    """The load_from check lives in SafeCheckpointHook: every shipped
+    config uses it."""
+    import glob
+
+    from mmengine.config import Config
+    paths = sorted(
+        glob.glob(osp.join(ROOT, 'configs', '*.py')) +
+        glob.glob(osp.join(ROOT, 'configs', 'toy', '*.py')))
+    assert len(paths) > 20
+    for path in paths:
+        hooks = Config.fromfile(path).default_hooks
+        assert hooks.checkpoint.type == 'SafeCheckpointHook', path
