@@ -36,7 +36,7 @@ from mmengine.config import Config
 from mmapt.apis import ImageDecodeError, decode_image, pipeline_decode_backend
 from mmapt.apis.inference import drawing_size, predictions_at_size
 from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
-from mmapt.engine.checkpoint import trusted_checkpoints
+from mmapt.engine.checkpoint import add_trust_argument, safe_checkpoint_loading
 from mmapt.engine.preflight import (InputError, add_cfg_options,
                                     check_apt_options, check_model_args,
                                     check_writable_file)
@@ -83,6 +83,7 @@ def parse_args(argv=None):
         action='store_true',
         help='leave out the panel of the scorer\'s map')
     add_accelerate_arg(parser)
+    add_trust_argument(parser)
     add_cfg_options(parser)
     return parser.parse_args(argv)
 
@@ -100,15 +101,20 @@ def dataset_meta_from_config(cfg: Config, scope: str) -> dict:
     return meta
 
 
-def build_model(cfg: Config, checkpoint: Optional[str], device: str,
-                scope: str):
+def build_model(cfg: Config,
+                checkpoint: Optional[str],
+                device: str,
+                scope: str,
+                trust: Optional[bool] = None):
     if scope == 'mmdet':
         from mmdet.apis import init_detector
-        with trusted_checkpoints():  # a Runner-written (trained) checkpoint
+
+        # A Runner-written (trained) checkpoint, loaded without running code.
+        with safe_checkpoint_loading(trust):
             model = init_detector(cfg, checkpoint, device=device)
     elif scope == 'mmseg':
         from mmseg.apis import init_model
-        with trusted_checkpoints():
+        with safe_checkpoint_loading(trust):
             model = init_model(cfg, checkpoint, device=device)
     else:
         raise ValueError(
@@ -221,8 +227,7 @@ def check_inputs(args) -> None:
         raise SystemExit(f'error: image {args.image}: no such file')
     if not osp.isfile(args.config):
         raise SystemExit(f'error: config {args.config}: no such file')
-    if args.checkpoint is not None and not osp.isfile(args.checkpoint):
-        raise SystemExit(f'error: checkpoint {args.checkpoint}: no such file')
+    check_checkpoint_loads(args.checkpoint, args.trust_checkpoint)
     if args.max_size < 256:
         raise SystemExit(f'error: --max-size {args.max_size} is too small: '
                          'use at least 256')
@@ -265,6 +270,19 @@ def read_image(path: str, cfg: Config) -> np.ndarray:
     return image
 
 
+def check_checkpoint_loads(path: Optional[str], trust: Optional[bool]) -> None:
+    """The checkpoint exists, is whole and loads without running code
+    (tensors mapped, not read), before the model is built."""
+    if path is None:
+        return
+    from mmapt.utils.checkpoint_file import (CheckpointFileError,
+                                             load_checkpoint_file)
+    try:
+        load_checkpoint_file(path, trust=trust, mmap=True)
+    except CheckpointFileError as err:
+        raise SystemExit(f'error: checkpoint {err}')
+
+
 def main(argv=None):
     args = parse_args(argv)
     check_inputs(args)
@@ -275,7 +293,8 @@ def main(argv=None):
     image = read_image(args.image, cfg)
     # A demo never needs the backbone's pretraining weights.
     cfg.model.backbone.init_cfg = None
-    model = build_model(cfg, args.checkpoint, args.device, scope)
+    model = build_model(cfg, args.checkpoint, args.device, scope,
+                        args.trust_checkpoint)
 
     captured = {}
 

@@ -30,7 +30,9 @@ from mmengine.logging import print_log
 
 from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
 from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
-from mmapt.engine.checkpoint import trusted_checkpoints
+from mmapt.engine.checkpoint import (add_trust_argument,
+                                     checkpoint_errors_as_input_errors,
+                                     safe_checkpoint_loading)
 from mmapt.engine.preflight import (add_runner_args, build_runner,
                                     check_checkpoint_path, check_data,
                                     check_pack_size_option, check_writable_dir,
@@ -84,6 +86,7 @@ def parse_args():
         'soft-NMS keeping every score above 0, no per-image cap); see '
         'docs/reproduce.md')
     add_accelerate_arg(parser)
+    add_trust_argument(parser)
     add_runner_args(parser)
     return parser.parse_args()
 
@@ -188,7 +191,8 @@ def main():
     check_data(cfg, args.config, ('test', ))
     setup_cpu_distributed(cfg, args.launcher)
     runner = build_runner(cfg)
-    with trusted_checkpoints():  # a Runner-written (trained) checkpoint
+    # A Runner-written (trained) checkpoint, loaded without running code.
+    with safe_checkpoint_loading(args.trust_checkpoint):
         metrics = runner.test()
 
     if is_main_process():
@@ -200,5 +204,5 @@ def main():
 
 
 if __name__ == '__main__':
-    with exit_on_input_error():
+    with exit_on_input_error(), checkpoint_errors_as_input_errors():
         main()

@@ -4,7 +4,11 @@
 Before the Runner is built, a wrong config path, bad APT thresholds, a
 missing data set, a missing or broken checkpoint or an unwritable work dir
 fails with one line naming the fix (``mmapt.engine.preflight``), and a
-distributed launch without CUDA is switched to gloo on CPU.
+distributed launch without CUDA is switched to gloo on CPU. Checkpoints
+load without running code (``--trust-checkpoint`` for a legacy pickle you
+trust); weights that do not fit the model stop the run before its first
+iteration (``mmapt.engine.checkpoint_checks``,
+``mmapt.utils.checkpoint_fit``).
 
 Examples:
     python tools/train.py configs/toy/toy_apt_det.py --work-dir work_dirs/toy
@@ -14,7 +18,11 @@ import argparse
 
 from mmengine.logging import print_log
 
-from mmapt.engine.checkpoint import trusted_checkpoints
+from mmapt.engine.checkpoint import (add_trust_argument,
+                                     checkpoint_errors_as_input_errors,
+                                     safe_checkpoint_loading)
+from mmapt.engine.checkpoint_checks import (check_checkpoints_load,
+                                            resolve_auto_resume)
 from mmapt.engine.preflight import (add_runner_args, build_runner,
                                     check_checkpoints, check_data,
                                     check_pack_size_option,
@@ -42,7 +50,9 @@ def parse_args():
         type=str,
         const='auto',
         help='resume from the given checkpoint; without a path, resume from '
-        'the latest checkpoint in the work dir')
+        'the latest checkpoint in the work dir (the newest intact one, '
+        'with a warning, when last_checkpoint names a broken file)')
+    add_trust_argument(parser)
     add_runner_args(parser)
     return parser.parse_args()
 
@@ -70,7 +80,8 @@ def main():
 
     if args.resume == 'auto':
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = resolve_auto_resume(cfg.work_dir,
+                                            args.trust_checkpoint)
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
@@ -78,14 +89,16 @@ def main():
     splits = ('train', 'val') if cfg.get('val_cfg') else ('train', )
     check_data(cfg, args.config, splits)
     check_checkpoints(cfg, args.config, check_init=not cfg.get('resume'))
+    check_checkpoints_load(cfg, args.trust_checkpoint)
     warn_compile(cfg)
     setup_cpu_distributed(cfg, args.launcher)
     runner = build_runner(cfg)
-    # --resume and a fine-tune's load_from read Runner-written checkpoints.
-    with trusted_checkpoints():
+    # --resume and a fine-tune's load_from read Runner-written checkpoints;
+    # weights that do not fit the model stop the run before it trains.
+    with safe_checkpoint_loading(args.trust_checkpoint):
         runner.train()
 
 
 if __name__ == '__main__':
-    with exit_on_input_error():
+    with exit_on_input_error(), checkpoint_errors_as_input_errors():
         main()

@@ -1,7 +1,7 @@
 # Copyright (c) mmapt contributors. All rights reserved.
 from .amp import (AmpTestLoop, AmpValLoop, apply_amp_test_cfg, autocast_model,
                   resolve_amp_dtype)
-from .checkpoint import trusted_checkpoints
+from .checkpoint import safe_checkpoint_loading, trusted_checkpoints
 from .hooks import TokenStatsHook
 from .layer_decay import LayerDecayOptimWrapperConstructor
 from .safe_checkpoint import SafeCheckpointHook
@@ -9,5 +9,6 @@ from .safe_checkpoint import SafeCheckpointHook
 __all__ = [
     'LayerDecayOptimWrapperConstructor', 'TokenStatsHook',
     'SafeCheckpointHook', 'AmpTestLoop', 'AmpValLoop', 'autocast_model',
-    'apply_amp_test_cfg', 'resolve_amp_dtype', 'trusted_checkpoints'
+    'apply_amp_test_cfg', 'resolve_amp_dtype', 'safe_checkpoint_loading',
+    'trusted_checkpoints'
 ]

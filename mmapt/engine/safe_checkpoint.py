@@ -27,14 +27,18 @@ files, except that for a local ``out_dir``:
   ``rng_state``, and restored when a run resumes from the checkpoint, right
   before its first iteration.
 
-Temporary files left by a killed save are removed when training starts.
+A save that fails (a full disk, an error while pickling) removes its
+temporary file; those left by a killed save are removed when training
+starts. A checkpoint loaded by the Runner (``load_from``, ``--resume``)
+whose weights do not fit the model stops the run before anything is copied
+(:mod:`mmapt.utils.checkpoint_fit`), unless ``allow_partial_load=True``.
 Remote ``out_dir`` backends keep mmengine's behaviour (their ``put`` is
 already all-or-nothing).
 """
-import glob
 import os
 import os.path as osp
 import random
+import re
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -44,35 +48,18 @@ from mmengine.dist import get_world_size, is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 
 from mmapt.registry import HOOKS
+from mmapt.utils.atomic_file import (flush_to_disk, remove_temp_files,
+                                     removed_on_failure, replace_atomically,
+                                     temp_name)
+from mmapt.utils.checkpoint_fit import check_weight_fit
 
-TMP_SUFFIX = '.tmp'
-
-
-def _temp_name(path: str) -> str:
-    """Hidden sibling of ``path``: not matched by ``iter_*.pth`` globs."""
-    folder, name = osp.split(path)
-    return osp.join(folder, f'.{name}{TMP_SUFFIX}')
-
-
-def _flush_to_disk(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_atomically(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either its old content
-    or all of ``data``, whenever the process dies."""
-    tmp = _temp_name(path)
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# What the hook's switch for a partial load is called in a config.
+PARTIAL_SWITCH = ('default_hooks.checkpoint.allow_partial_load=True (e.g. '
+                  '--cfg-options default_hooks.checkpoint.'
+                  'allow_partial_load=True)')
 
 
 def rng_state() -> dict:
@@ -106,6 +93,10 @@ class SafeCheckpointHook(CheckpointHook):
     Args:
         save_rng_state (bool): Save the generator states in every checkpoint
             and restore them on resume. Defaults to True.
+        allow_partial_load (bool): Load a ``load_from`` / resumed checkpoint
+            whose weights do not fit the model (other architecture, other
+            shapes, under half of the tensors), as mmengine does, instead of
+            stopping. Defaults to False.
         *args, **kwargs: ``mmengine.hooks.CheckpointHook`` arguments.
 
     Note:
@@ -118,9 +109,14 @@ class SafeCheckpointHook(CheckpointHook):
         (mmengine's re-seeding).
     """
 
-    def __init__(self, *args, save_rng_state: bool = True, **kwargs) -> None:
+    def __init__(self,
+                 *args,
+                 save_rng_state: bool = True,
+                 allow_partial_load: bool = False,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.save_rng_state = save_rng_state
+        self.allow_partial_load = allow_partial_load
         self._resumed_rng: Optional[dict] = None
         self._resumed_iter: Optional[int] = None
 
@@ -139,11 +135,14 @@ class SafeCheckpointHook(CheckpointHook):
 
         def save_atomically(out_dir, filename, *args, **kwargs):
             path = osp.join(out_dir, filename)
-            tmp = _temp_name(path)
-            save(out_dir, osp.relpath(tmp, out_dir), *args, **kwargs)
-            if is_main_process():  # save_checkpoint writes on rank 0 only
-                _flush_to_disk(tmp)
-                os.replace(tmp, path)
+            tmp = temp_name(path)
+            # A failed save (full disk, an error while pickling) leaves
+            # no partial file behind to fill the disk further.
+            with removed_on_failure(tmp):
+                save(out_dir, osp.relpath(tmp, out_dir), *args, **kwargs)
+                if is_main_process():  # save_checkpoint writes on rank 0
+                    flush_to_disk(tmp)
+                    os.replace(tmp, path)
 
         # Blocks may nest (a best checkpoint saved through a periodic save):
         # restore exactly what was there, the Runner's method at the end.
@@ -207,9 +206,7 @@ class SafeCheckpointHook(CheckpointHook):
     def before_train(self, runner) -> None:
         super().before_train(runner)
         if self._local() and is_main_process():
-            pattern = osp.join(glob.escape(self.out_dir), f'.*{TMP_SUFFIX}')
-            for stale in glob.glob(pattern):  # from a killed save
-                os.remove(stale)
+            remove_temp_files(self.out_dir)  # from a killed save
 
     # ------------------------------------------------- generator states
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -217,10 +214,25 @@ class SafeCheckpointHook(CheckpointHook):
             checkpoint['rng_state'] = rng_state()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        # Called after the Runner read the file, before it copies weights.
+        if not self.allow_partial_load:
+            self._check_fit(runner, checkpoint)
         # Also called for load_from: restored only if the run continues at
         # the checkpoint's iteration (a resume), in before_train_iter.
         self._resumed_rng = checkpoint.get('rng_state')
         self._resumed_iter = checkpoint.get('meta', {}).get('iter')
+
+    @staticmethod
+    def _check_fit(runner, checkpoint: dict) -> None:
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        state = checkpoint.get('state_dict', checkpoint)
+        # The Runner's default revise_keys strip a DataParallel prefix.
+        state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        path = getattr(runner, '_load_from', None)
+        source = f'checkpoint {path}' if path else 'the resumed checkpoint'
+        check_weight_fit(shapes, state, source, PARTIAL_SWITCH)
 
     def before_train_iter(self,
                           runner,

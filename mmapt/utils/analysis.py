@@ -91,11 +91,13 @@ def image_paths(images: str,
     return paths
 
 
-def build_model_pair(apt_cfg,
-                     base_cfg,
-                     registry,
-                     checkpoint: Optional[str] = None,
-                     seed: int = 0) -> Tuple[nn.Module, nn.Module]:
+def build_model_pair(
+        apt_cfg,
+        base_cfg,
+        registry,
+        checkpoint: Optional[str] = None,
+        seed: int = 0,
+        trust: Optional[bool] = None) -> Tuple[nn.Module, nn.Module]:
     """``(apt, baseline)`` in eval mode, holding the same weights.
 
     Without a checkpoint the baseline keeps its random initialisation and
@@ -108,14 +110,16 @@ def build_model_pair(apt_cfg,
     from mmengine.logging import MMLogger
     from mmengine.runner import load_checkpoint
 
-    from mmapt.engine.checkpoint import trusted_checkpoints
+    from mmapt.engine.checkpoint import safe_checkpoint_loading
     torch.manual_seed(seed)
     for cfg in (apt_cfg, base_cfg):
         cfg.model.backbone.pop('init_cfg', None)
     baseline = registry.build(base_cfg.model)
     apt = registry.build(apt_cfg.model)
     if checkpoint:
-        with trusted_checkpoints():  # may be a Runner-written checkpoint
+        # May be a Runner-written checkpoint; loaded without running code
+        # (``trust``: see safe_checkpoint_loading).
+        with safe_checkpoint_loading(trust):
             load_checkpoint(apt, checkpoint, map_location='cpu')
         source, target = apt, baseline
     else:

@@ -66,6 +66,7 @@ import torch
 
 from mmapt.benchmark import ArmRecord, get_clock, ratio, rotated
 from mmapt.benchmark.core import CLOCKS
+from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
 from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.models.backbones import count_tokens
@@ -82,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='APT config')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint (optional)')
+    add_trust_argument(parser)
     parser.add_argument(
         '--compare', required=True, help='baseline config (the plain model)')
     parser.add_argument(
@@ -336,7 +338,8 @@ def main(argv=None) -> None:
         return train_main(args, apt_cfg, base_cfg, registry, device)
     paths = image_paths(args.images, args.num_images, args.img_prefix)
     apt, baseline = build_model_pair(apt_cfg, base_cfg, registry,
-                                     args.checkpoint, args.seed)
+                                     args.checkpoint, args.seed,
+                                     args.trust_checkpoint)
     apt, baseline = apt.to(device), baseline.to(device)
     dtype = DTYPES[args.dtype]
     split = not args.no_split
@@ -419,7 +422,8 @@ def train_main(args, apt_cfg, base_cfg, registry, device) -> None:
         for cfg in (apt_cfg, base_cfg):
             shrink_canvas(cfg, args.canvas)
     apt, baseline = build_model_pair(apt_cfg, base_cfg, registry,
-                                     args.checkpoint, args.seed)
+                                     args.checkpoint, args.seed,
+                                     args.trust_checkpoint)
     clock = get_clock(args.clock, device)
     prefix = args.img_prefix or os.path.dirname(args.images)
     num_batches = args.num_images

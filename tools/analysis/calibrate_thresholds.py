@@ -47,6 +47,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.tokenizer import PatchTokenizer, build_layout, select_patches
 from mmapt.tokenizer.image_folder import ImageFolder, ImageReadError, Progress
@@ -104,6 +105,7 @@ def parse_args(argv=None):
         type=float,
         default=0.2,
         help='largest mean relative feature error to accept (default 0.2)')
+    add_trust_argument(drift)
     add_entropy_bins_argument(parser)
     parser.add_argument('--json', action='store_true')
     return parser.parse_args(argv)
@@ -236,7 +238,9 @@ def plot_keep_ratios(settings: Sequence[dict], path: str) -> None:
 
 
 # ---------------------------------------------------------- feature drift
-def build_backbones(config: str, checkpoint: str):
+def build_backbones(config: str,
+                    checkpoint: str,
+                    trust: Optional[bool] = None):
     """(plain backbone, APT backbone kwargs, mean, std) of a config, with the
     checkpoint's backbone weights loaded into the plain one."""
     from mmengine.config import Config
@@ -264,7 +268,7 @@ def build_backbones(config: str, checkpoint: str):
                          f'version (APT{kind} is not registered)')
     plain = MODELS.build(dict(type=kind, **kwargs))
     # APT layers (of an APT-trained checkpoint) go to the APT backbone only.
-    state = unwrap_state_dict(load_checkpoint_file(checkpoint))
+    state = unwrap_state_dict(load_checkpoint_file(checkpoint, trust=trust))
     missing, unexpected = plain.load_state_dict(
         {
             k: v
@@ -320,7 +324,7 @@ def measure_drift(args, images: List[torch.Tensor], settings: List[dict],
     """Adds drift_rel_mean / _p90 / cosine_mean to every setting."""
     from mmapt.registry import MODELS
     plain, apt_kwargs, mean, std, state = build_backbones(
-        args.config, args.checkpoint)
+        args.config, args.checkpoint, args.trust_checkpoint)
     plain_sizes = tuple(
         apt_kwargs.get('patch_size', 16) * 2**i
         for i in range(len(patch_sizes)))

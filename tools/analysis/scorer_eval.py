@@ -27,11 +27,12 @@ import json
 import os.path as osp
 import sys
 import tempfile
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.tokenizer.image_folder import Progress
 
@@ -55,6 +56,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--limit', type=int, help='only the first N test batches (smoke)')
     parser.add_argument('--out', help='write the full report as JSON')
+    add_trust_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -115,13 +117,17 @@ def with_box_importance(cfg, batches: list) -> list:
     return out
 
 
-def run_setting(runner, cfg, overrides: dict, checkpoint: str,
-                batches: list) -> dict:
+def run_setting(runner,
+                cfg,
+                overrides: dict,
+                checkpoint: str,
+                batches: list,
+                trust: Optional[bool] = None) -> dict:
     """Predictions of one setting: per-image metric results and tokens."""
     from mmengine.evaluator import Evaluator
     from mmengine.runner import load_checkpoint
 
-    from mmapt.engine import trusted_checkpoints
+    from mmapt.engine import safe_checkpoint_loading
     setting_cfg = cfg.copy()
     overrides = dict(overrides)
     importance = overrides.pop('importance', None)
@@ -132,7 +138,8 @@ def run_setting(runner, cfg, overrides: dict, checkpoint: str,
         raise ValueError(f'importance={importance!r}: only importance=boxes '
                          '(the ground-truth boxes) is built in')
     model = runner.build_model(setting_cfg.model)
-    with trusted_checkpoints():  # a Runner-written (trained) checkpoint
+    # A Runner-written (trained) checkpoint, loaded without running code.
+    with safe_checkpoint_loading(trust):
         load_checkpoint(model, checkpoint, map_location='cpu', strict=False)
     model.eval()
     evaluator = Evaluator(setting_cfg.test_evaluator)
@@ -287,10 +294,13 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    if not osp.isfile(args.checkpoint):
-        print(
-            f'error: checkpoint {args.checkpoint}: no such file',
-            file=sys.stderr)
+    from mmapt.utils.checkpoint_file import (CheckpointFileError,
+                                             load_checkpoint_file)
+    try:  # before any slow work: the file is whole and loads safely
+        load_checkpoint_file(
+            args.checkpoint, trust=args.trust_checkpoint, mmap=True)
+    except CheckpointFileError as err:
+        print(f'error: checkpoint {err}', file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as work_dir:
         cfg, runner = build_runner(args.config, work_dir)
@@ -300,7 +310,8 @@ def main(argv=None) -> int:
         runs = {}
         for label in labels:
             runs[label] = run_setting(runner, cfg, overrides[label],
-                                      args.checkpoint, batches)
+                                      args.checkpoint, batches,
+                                      args.trust_checkpoint)
             print(f'{label}: {runs[label]["summary"]}', file=sys.stderr)
             progress.update()
 

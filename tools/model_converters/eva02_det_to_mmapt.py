@@ -17,10 +17,10 @@ docs/reproduce.md for every released model.
 import argparse
 import sys
 
-import torch
-
+from mmapt.engine.checkpoint import add_trust_argument, check_output_file
+from mmapt.engine.preflight import UnwritableOutputError
 from mmapt.utils import ConversionError, load_checkpoint_file
-from mmapt.utils.checkpoint_file import CheckpointFileError
+from mmapt.utils.checkpoint_file import CheckpointFileError, save_output
 from mmapt.utils.eva02_det_convert import (config_for,
                                            convert_eva02_det_checkpoint)
 
@@ -43,17 +43,21 @@ def parse_args() -> argparse.Namespace:
         "3: the mask head copied into every stage of mmdet's CascadeRoIHead")
     parser.add_argument(
         '--quiet', action='store_true', help='do not list the dropped keys')
+    add_trust_argument(parser)
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
     try:
+        # Before the (slow) conversion: a folder the output can go to.
+        check_output_file(args.dst)
         state, dropped, info = convert_eva02_det_checkpoint(
-            load_checkpoint_file(args.src),
+            load_checkpoint_file(args.src, trust=args.trust_checkpoint),
             use_ema=args.ema,
             mask_heads=args.mask_heads)
-    except CheckpointFileError as err:  # the message names the file
+    except (CheckpointFileError, UnwritableOutputError) as err:
+        # the message names the file
         print(f'error: {err}', file=sys.stderr)
         return 1
     except ConversionError as err:
@@ -63,15 +67,16 @@ def main() -> int:
         for key in dropped:
             print(f'dropped {key}')
     config = config_for(info)
-    torch.save(
-        dict(
-            state_dict=state,
-            meta=dict(
-                source=args.src,
-                ema=args.ema,
-                mask_heads=args.mask_heads,
-                config=config,
-                **info._asdict())), args.dst)
+    output = dict(
+        state_dict=state,
+        meta=dict(
+            source=args.src,
+            ema=args.ema,
+            mask_heads=args.mask_heads,
+            config=config,
+            **info._asdict()))
+    if not save_output(output, args.dst):
+        return 1
     print(f'saved {len(state)} tensors to {args.dst} ({len(dropped)} '
           f'source keys dropped)')
     print(f'architecture: {info}')

@@ -16,11 +16,11 @@ docs/reproduce.md.
 import argparse
 import sys
 
-import torch
-
+from mmapt.engine.checkpoint import add_trust_argument, check_output_file
+from mmapt.engine.preflight import UnwritableOutputError
 from mmapt.utils import (ConversionError, config_for,
                          convert_eva02_seg_checkpoint, load_checkpoint_file)
-from mmapt.utils.checkpoint_file import CheckpointFileError
+from mmapt.utils.checkpoint_file import CheckpointFileError, save_output
 
 
 def parse_args() -> argparse.Namespace:
@@ -30,15 +30,19 @@ def parse_args() -> argparse.Namespace:
         help='released checkpoint, e.g. '
         'eva02_B_ade_seg_upernet_sz512.pth (mmseg 0.x)')
     parser.add_argument('dst', help='output .pth')
+    add_trust_argument(parser)
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
     try:
+        # Before the (slow) conversion: a folder the output can go to.
+        check_output_file(args.dst)
         state, dropped, info = convert_eva02_seg_checkpoint(
-            load_checkpoint_file(args.src))
-    except CheckpointFileError as err:  # the message names the file
+            load_checkpoint_file(args.src, trust=args.trust_checkpoint))
+    except (CheckpointFileError, UnwritableOutputError) as err:
+        # the message names the file
         print(f'error: {err}', file=sys.stderr)
         return 1
     except ConversionError as err:
@@ -47,12 +51,11 @@ def main() -> int:
     for key in dropped:
         print(f'dropped {key}')
     config = config_for(info)
-    torch.save(
-        dict(
-            state_dict=state,
-            meta=dict(
-                source=args.src, config=config, architecture=info._asdict())),
-        args.dst)
+    output = dict(
+        state_dict=state,
+        meta=dict(source=args.src, config=config, architecture=info._asdict()))
+    if not save_output(output, args.dst):
+        return 1
     print(f'saved {len(state)} tensors to {args.dst}')
     print(f'architecture: {info._asdict()}')
     if config:

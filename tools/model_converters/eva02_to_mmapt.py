@@ -12,11 +12,11 @@ backbone, or ``EVA02(...).load_state_dict(ckpt['state_dict'])``.
 import argparse
 import sys
 
-import torch
-
+from mmapt.engine.checkpoint import add_trust_argument, check_output_file
+from mmapt.engine.preflight import UnwritableOutputError
 from mmapt.utils import (ConversionError, convert_eva02_state_dict,
                          load_checkpoint_file)
-from mmapt.utils.checkpoint_file import CheckpointFileError
+from mmapt.utils.checkpoint_file import CheckpointFileError, save_output
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,16 +50,21 @@ def parse_args() -> argparse.Namespace:
         help='keep cls_token and the class row of pos_embed '
         '(for use_cls_token=True backbones: the UperNet '
         'configs); backbones without one ignore them')
+    add_trust_argument(parser)
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
     try:
+        # Before the (slow) conversion: a folder the output can go to.
+        check_output_file(args.dst)
         state, dropped = convert_eva02_state_dict(
-            load_checkpoint_file(args.src), args.patch_size, args.img_size,
-            args.kernel_resize, args.keep_cls_token)
-    except CheckpointFileError as err:  # the message names the file
+            load_checkpoint_file(args.src,
+                                 trust=args.trust_checkpoint), args.patch_size,
+            args.img_size, args.kernel_resize, args.keep_cls_token)
+    except (CheckpointFileError, UnwritableOutputError) as err:
+        # the message names the file
         print(f'error: {err}', file=sys.stderr)
         return 1
     except ConversionError as err:
@@ -67,15 +72,16 @@ def main() -> int:
         return 1
     for key in dropped:
         print(f'dropped {key}')
-    torch.save(
-        dict(
-            state_dict=state,
-            meta=dict(
-                source=args.src,
-                patch_size=args.patch_size,
-                img_size=args.img_size,
-                kernel_resize=args.kernel_resize,
-                keep_cls_token=args.keep_cls_token)), args.dst)
+    output = dict(
+        state_dict=state,
+        meta=dict(
+            source=args.src,
+            patch_size=args.patch_size,
+            img_size=args.img_size,
+            kernel_resize=args.kernel_resize,
+            keep_cls_token=args.keep_cls_token))
+    if not save_output(output, args.dst):
+        return 1
     print(f'saved {len(state)} tensors to {args.dst}')
     return 0
 

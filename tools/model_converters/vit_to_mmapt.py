@@ -15,21 +15,26 @@ backbone built with the arguments printed at the end.
 import argparse
 import sys
 
-import torch
-
+from mmapt.engine.checkpoint import add_trust_argument, check_output_file
+from mmapt.engine.preflight import UnwritableOutputError
 from mmapt.utils import (ConversionError, convert_vit_state_dict,
                          load_checkpoint_file, vit_arch_hint)
-from mmapt.utils.checkpoint_file import CheckpointFileError
+from mmapt.utils.checkpoint_file import CheckpointFileError, save_output
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('src', help='timm or official DINOv2 checkpoint')
     parser.add_argument('dst', help='output .pth')
+    add_trust_argument(parser)
     args = parser.parse_args()
     try:
-        state, dropped = convert_vit_state_dict(load_checkpoint_file(args.src))
-    except CheckpointFileError as err:  # the message names the file
+        # Before the (slow) conversion: a folder the output can go to.
+        check_output_file(args.dst)
+        state, dropped = convert_vit_state_dict(
+            load_checkpoint_file(args.src, trust=args.trust_checkpoint))
+    except (CheckpointFileError, UnwritableOutputError) as err:
+        # the message names the file
         print(f'error: {err}', file=sys.stderr)
         return 1
     except ConversionError as err:
@@ -38,9 +43,9 @@ def main() -> int:
     for key in dropped:
         print(f'dropped {key}')
     hint = vit_arch_hint(state)
-    torch.save(
-        dict(state_dict=state, meta=dict(source=args.src, backbone=hint)),
-        args.dst)
+    output = dict(state_dict=state, meta=dict(source=args.src, backbone=hint))
+    if not save_output(output, args.dst):
+        return 1
     print(f'saved {len(state)} tensors to {args.dst}\nbackbone: {hint}')
     return 0
 

@@ -23,6 +23,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from mmapt.utils.checkpoint_fit import checked_pretrained_init
 from mmapt.utils.stages import forward_stage
 from ..layers import (DenseContext, ParamCache, PatchEmbed, identity_rope,
                       pos_embed_map, resize_pos_embed)
@@ -237,6 +238,15 @@ class BaseViT(BaseModule, TokenObservable):
                 trunc_normal_(module.weight, std=.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    def init_weights(self) -> None:
+        """mmengine's initialisation; a ``Pretrained`` checkpoint that does
+        not fit this backbone (other block count or width, other shapes,
+        under half of the tensors) is refused before anything is copied:
+        ``init_cfg=dict(type='Pretrained', ..., allow_partial=True)``
+        loads what fits instead."""
+        with checked_pretrained_init(self):
+            super().init_weights()
 
     def warn_img_size(self, check: Callable[[int, int], Any]) -> None:
         """Log a warning when ``check(*img_size)`` refuses the nominal
