@@ -109,5 +109,6 @@ if __name__ == '__main__':
         extras_require={
             'tests': parse_requirements('requirements/tests.txt'),
             'vis': parse_requirements('requirements/vis.txt'),
+            'deploy': parse_requirements('requirements/deploy.txt'),
         },
         zip_safe=False)
