@@ -67,9 +67,9 @@ def _assert_same_detections(got, want, top=20):
         a, b = a['pred_instances'], b['pred_instances']
         assert len(a['bboxes']) > top and len(b['bboxes']) > top
         for i in a['scores'].argsort(descending=True)[:top].tolist():
-            twin = ((b['scores'] - a['scores'][i]).abs() < 1e-3) & (
-                b['labels'] == a['labels'][i]) & (
-                    (b['bboxes'] - a['bboxes'][i]).abs().amax(1) < 0.05)
+            twin = ((b['scores'] - a['scores'][i]).abs()
+                    < 1e-3) & (b['labels'] == a['labels'][i]) & (
+                        (b['bboxes'] - a['bboxes'][i]).abs().amax(1) < 0.05)
             assert twin.any(), f'detection {i} has no eager twin'
 
 

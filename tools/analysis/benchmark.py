@@ -66,8 +66,8 @@ import torch
 
 from mmapt.benchmark import ArmRecord, get_clock, ratio, rotated
 from mmapt.benchmark.core import CLOCKS
-from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
+from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.models.backbones import count_tokens
 from mmapt.utils.analysis import (build_model_pair, image_paths,

@@ -46,8 +46,8 @@ one fused kernel), the in-place path is about 1.7x faster in float32 and
 3.6x under bf16 on CPU on an EVA-02-B map at 1536 px, but about 1.8x
 slower in float32 on maps small enough for the allocator to reuse memory
 (1024 px): its arithmetic is three elementwise passes to the complex
-kernel's one. docs/backbone.md ("RoPE without complex numbers") has the numbers and
-the command.
+kernel's one. docs/backbone.md ("RoPE without complex numbers") has the
+numbers and the command.
 
 Precision under autocast: the tables stay float32 and the rotation
 computes in float32 from fp16/bf16 q and k, rounding once when it hands

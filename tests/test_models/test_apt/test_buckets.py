@@ -292,8 +292,8 @@ def test_capping_compiles_whole_and_exports():
         return gm.forward
 
     compiled = torch.compile(static, fullgraph=True, backend=backend)
-    fits, overflows = _images(['flat', 'flat', 'noise']), _images(
-        ['flat', 'noise', 'noise'])
+    fits, overflows = _images(['flat', 'flat',
+                               'noise']), _images(['flat', 'noise', 'noise'])
     with torch.no_grad():
         for x in (fits, overflows):
             for a, b in zip(compiled(x), static(x)):
