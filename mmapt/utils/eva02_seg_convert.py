@@ -228,8 +228,11 @@ def eva02_rope_table(grid: int,
     mmapt computes them (interleaved pairs, row frequencies first)."""
     table = RotaryEmbedding2D(head_dim, ref_grid).grid(grid, grid,
                                                        torch.device('cpu'))
-    return (table.real.repeat_interleave(2, -1),
-            table.imag.repeat_interleave(2, -1))
+    # mmapt's real table: row 0 the interleaved cos, row 1 the interleaved
+    # sin with the rotation's sign folded into the even channels.
+    sin = table[:, 1].clone()
+    sin[:, 0::2] = sin[:, 0::2].neg()
+    return table[:, 0].contiguous(), sin
 
 
 def _check_rope(key: str, table: Tensor, grid: int) -> None:
