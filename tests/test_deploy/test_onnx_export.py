@@ -21,6 +21,11 @@ CFG = dict(
     out_indices=(0, 1))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason='the rank-bounded StaticPlan sorts group lengths on the device '
+    '(aten.sort.stable), which the ONNX exporter of torch 2.14 cannot '
+    'translate yet; the plain backbone exports (next test)')
 def test_static_apt_eva02_runs_in_onnxruntime(tmp_path):
     from mmapt.deploy import export_onnx
     torch.manual_seed(0)

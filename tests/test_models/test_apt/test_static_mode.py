@@ -336,7 +336,8 @@ def test_static_forward_counts_its_kernel():
     static, _ = _pair()
     with torch.no_grad(), count_attention_calls() as counted:
         static(_two_images()[0])
-    assert counted == dict(varlen=0, padded=0, static_varlen=0, static_sdpa=2)
+    assert counted == dict(
+        varlen=0, padded=0, varlen_failed=0, static_varlen=0, static_sdpa=2)
 
 
 def test_attention_backend_is_scoped():
