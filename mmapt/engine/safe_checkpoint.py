@@ -229,7 +229,11 @@ class SafeCheckpointHook(CheckpointHook):
         state = checkpoint.get('state_dict', checkpoint)
         # The Runner's default revise_keys strip a DataParallel prefix.
         state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
-        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        # A test-time-augmentation model holds the detector as ``module``.
+        shapes = {
+            re.sub(r'^module\.', '', k): v.shape
+            for k, v in model.state_dict().items()
+        }
         path = getattr(runner, '_load_from', None)
         source = f'checkpoint {path}' if path else 'the resumed checkpoint'
         check_weight_fit(shapes, state, source, PARTIAL_SWITCH)

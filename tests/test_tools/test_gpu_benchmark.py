@@ -103,7 +103,8 @@ def test_quick_cpu_run_writes_json(tmp_path, images):
     assert arch['attention_path'] == 'padded SDPA plan'
     for name, info in arch['arm_info'].items():
         kernel = info['attention']['kernel']
-        assert kernel == ('none' if name.startswith('plain') else 'padded')
+        expected = 'static_sdpa' if name == 'apt_static' else 'padded'
+        assert kernel == ('none' if name.startswith('plain') else expected)
         assert info['attention']['varlen_failed'] == 0
         assert info['peak_mib'] is None
         assert arch['arms'][name]['attention_kernel'] == kernel
