@@ -42,8 +42,8 @@ from mmapt.engine.preflight import (InputError, add_cfg_options,
                                     check_writable_file)
 from mmapt.models.data_preprocessors.apt_inputs import split_apt_inputs
 from mmapt.tokenizer.score_picture import tokenizer_score_picture
-from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid,
-                                    tokenizer_from_config)
+from mmapt.visualization.patch_grid import (caption_bar, draw_patch_grid,
+                                            tokenizer_from_config)
 
 # Long side of the saved picture: readable patch grids of a 1536 canvas fit,
 # a 40 x 4000 strip no longer becomes a 32000-pixel-wide PNG.
@@ -275,8 +275,8 @@ def check_checkpoint_loads(path: Optional[str], trust: Optional[bool]) -> None:
     (tensors mapped, not read), before the model is built."""
     if path is None:
         return
-    from mmapt.utils.checkpoint_file import (CheckpointFileError,
-                                             load_checkpoint_file)
+    from mmapt.checkpoints.checkpoint_file import (CheckpointFileError,
+                                                   load_checkpoint_file)
     try:
         load_checkpoint_file(path, trust=trust, mmap=True)
     except CheckpointFileError as err:

@@ -8,7 +8,7 @@ distributed launch without CUDA is switched to gloo on CPU. Checkpoints
 load without running code (``--trust-checkpoint`` for a legacy pickle you
 trust); weights that do not fit the model stop the run before its first
 iteration (``mmapt.engine.checkpoint_checks``,
-``mmapt.utils.checkpoint_fit``).
+``mmapt.checkpoints.checkpoint_fit``).
 
 Examples:
     python tools/train.py configs/toy/toy_apt_det.py --work-dir work_dirs/toy

@@ -5,7 +5,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from mmapt.utils.timing import time_call
+from mmapt.benchmark.timing import time_call
 from .budget import Budget, OverBudget
 from .core import ArmRecord, ratio, rotated
 from .cuda import autocast_for

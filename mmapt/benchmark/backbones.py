@@ -126,14 +126,14 @@ def forward_tokens(backbone: nn.Module,
 
 # ------------------------------------------------------------ overhead
 def overhead_counter() -> Callable:
-    """:func:`mmapt.utils.overhead.count_overhead`, or :class:`NotAvailable`
-    naming what is missing."""
+    """:func:`~mmapt.benchmark.overhead.count_overhead`, or
+    :class:`NotAvailable` naming what is missing."""
     try:
-        from mmapt.utils.overhead import count_overhead
+        from mmapt.benchmark.overhead import count_overhead
     except ImportError as err:
         raise NotAvailable(
-            'the overhead counter (mmapt.utils.overhead.count_overhead) is '
-            f'not available in this build of mmapt ({err})') from err
+            'the overhead counter (mmapt.benchmark.overhead.count_overhead)'
+            f' is not available in this build of mmapt ({err})') from err
     return count_overhead
 
 

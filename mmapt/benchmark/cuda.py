@@ -14,7 +14,7 @@ from typing import Callable, Dict, Hashable, List, Optional
 import torch
 
 from mmapt.models.backbones.accelerate import GraphedForward
-from mmapt.utils.stages import listen_stages
+from mmapt.models.stages import listen_stages
 
 
 def autocast_for(device: torch.device,
@@ -112,11 +112,11 @@ def profile_forward(fn: Callable[[], object],
         else:
             ranges.pop().__exit__(None, None, None)
 
-    from mmapt.utils.timing import time_call
+    from mmapt.benchmark.timing import time_call
     with profile(activities=activities) as prof, listen_stages(on_stage):
         forward_ms, _ = time_call(fn, device)
     averages = prof.key_averages()
-    from mmapt.utils.stages import STAGES
+    from mmapt.models.stages import STAGES
     stages = {}
     for event in averages:
         if event.key in STAGES:

@@ -8,8 +8,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from mmapt.utils.memory import peak_memory_mib
-from mmapt.utils.timing import time_call
+from mmapt.benchmark.memory import peak_memory_mib
+from mmapt.benchmark.timing import time_call
 from .backbones import forward_tokens
 from .budget import Budget, OverBudget
 from .core import ArmRecord, rotated
@@ -233,8 +233,9 @@ def arm_summary(record: ArmRecord,
 def split_of(call: Callable[[], object], device: torch.device,
              clock: Callable[[], float]) -> Tuple[float, Dict[str, float]]:
     """``(forward ms, exclusive ms per marked stage)`` of one call, stages
-    timed without synchronizing (:class:`~mmapt.utils.timing.StageClock`)."""
-    from mmapt.utils.timing import StageClock
+    timed without synchronizing
+    (:class:`~mmapt.benchmark.timing.StageClock`)."""
+    from mmapt.benchmark.timing import StageClock
     stage_clock = StageClock(device, clock)
     with torch.no_grad(), stage_clock.listen():
         ms, _ = time_call(call, device, clock)

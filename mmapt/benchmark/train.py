@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmapt.utils.timing import StageTimer, module_stage
+from mmapt.benchmark.timing import StageTimer, module_stage
 
 
 def shrink_canvas(cfg, canvas: int) -> None:

@@ -21,8 +21,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import TestLoop, ValLoop
 from torch.utils.data import DataLoader
 
+from mmapt.engine.precision import AMP_DTYPES, resolve_amp_dtype
 from mmapt.registry import LOOPS
-from mmapt.utils.precision import AMP_DTYPES, resolve_amp_dtype
 
 AMP_SCOPES = ('features', 'model')
 

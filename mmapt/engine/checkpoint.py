@@ -11,11 +11,11 @@ and scalars), so a plain ``weights_only`` load refuses them: ``tools/test.py``,
 
 ``import mmapt`` leaves mmengine's loader alone. Inside
 :func:`safe_checkpoint_loading`, mmengine loads local files (and http(s)
-URLs) through :func:`mmapt.utils.load_checkpoint_file`: still
+URLs) through :func:`mmapt.checkpoints.load_checkpoint_file`: still
 ``weights_only=True``, with the few data classes such checkpoints hold
-allowed (:mod:`mmapt.utils.safe_load`). A pickle that names anything else is
-refused with an error naming the file, the refused global and the opt-in;
-its code never runs. ``tools/train.py``, ``tools/test.py``,
+allowed (:mod:`mmapt.checkpoints.safe_load`). A pickle that names anything
+else is refused with an error naming the file, the refused global and the
+opt-in; its code never runs. ``tools/train.py``, ``tools/test.py``,
 ``demo/image_demo.py`` and the analysis tools use it; in your own scripts::
 
     from mmapt.engine import safe_checkpoint_loading
@@ -35,10 +35,10 @@ from typing import Iterator, Optional
 
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from mmapt.utils.checkpoint_file import (CheckpointFileError,
-                                         load_checkpoint_file)
-from mmapt.utils.safe_load import (TRUST_ENV, TRUST_FLAG, allowed_globals,
-                                   trust_from_env)
+from mmapt.checkpoints.checkpoint_file import (CheckpointFileError,
+                                               load_checkpoint_file)
+from mmapt.checkpoints.safe_load import (TRUST_ENV, TRUST_FLAG,
+                                         allowed_globals, trust_from_env)
 
 LOCAL = ''
 HTTP = ('http://', 'https://')
@@ -48,7 +48,7 @@ def load_local_safely(filename: str,
                       map_location=None,
                       trust: Optional[bool] = None) -> dict:
     """mmengine's loader of local files, without running code (see
-    :func:`mmapt.utils.load_checkpoint_file`; ``~`` is expanded)."""
+    :func:`mmapt.checkpoints.load_checkpoint_file`; ``~`` is expanded)."""
     return load_checkpoint_file(
         osp.expanduser(filename), map_location=map_location, trust=trust)
 
@@ -115,8 +115,8 @@ def checkpoint_errors_as_input_errors() -> Iterator[None]:
     loaded safely, weights that do not fit the model) as an
     :class:`~mmapt.engine.preflight.InputError`, which the tools print as
     one line."""
+    from mmapt.checkpoints.checkpoint_fit import CheckpointFitError
     from mmapt.engine.preflight import BadInputError
-    from mmapt.utils.checkpoint_fit import CheckpointFitError
     try:
         yield
     except (CheckpointFileError, CheckpointFitError) as err:

@@ -18,10 +18,10 @@ from typing import List, Optional
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from mmapt.utils.atomic_file import remove_temp_files
-from mmapt.utils.checkpoint_file import (CheckpointFileError,
-                                         UntrustedCheckpointError,
-                                         load_checkpoint_file)
+from mmapt.checkpoints.atomic_file import remove_temp_files
+from mmapt.checkpoints.checkpoint_file import (CheckpointFileError,
+                                               UntrustedCheckpointError,
+                                               load_checkpoint_file)
 from .preflight import REMOTE_PREFIXES, BadInputError
 
 _CHECKPOINT_NAME = re.compile(r'(iter|epoch)_(\d+)\.pth')

@@ -15,7 +15,7 @@ from typing import Iterator, List, Optional, Tuple
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
-from mmapt.utils.checkpoint_file import checkpoint_file_problem
+from mmapt.checkpoints.checkpoint_file import checkpoint_file_problem
 
 # What each OpenMMLab scope expects on disk, and how to make a toy stand-in.
 DATA_HELP = {
@@ -144,7 +144,7 @@ def check_writable_file(path: str, what: str) -> None:
 
 def check_checkpoint_path(path: str, what: str) -> None:
     """A local checkpoint that exists and is whole (size and framing only,
-    see :func:`~mmapt.utils.checkpoint_file.checkpoint_file_problem`);
+    see :func:`~mmapt.checkpoints.checkpoint_file.checkpoint_file_problem`);
     remote URLs are left to the loader."""
     if not path or str(path).startswith(REMOTE_PREFIXES):
         return

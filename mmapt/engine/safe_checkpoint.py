@@ -31,7 +31,7 @@ A save that fails (a full disk, an error while pickling) removes its
 temporary file; those left by a killed save are removed when training
 starts. A checkpoint loaded by the Runner (``load_from``, ``--resume``)
 whose weights do not fit the model stops the run before anything is copied
-(:mod:`mmapt.utils.checkpoint_fit`), unless ``allow_partial_load=True``.
+(:mod:`mmapt.checkpoints.checkpoint_fit`), unless ``allow_partial_load=True``.
 Remote ``out_dir`` backends keep mmengine's behaviour (their ``put`` is
 already all-or-nothing).
 """
@@ -50,11 +50,11 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
+from mmapt.checkpoints.atomic_file import (flush_to_disk, remove_temp_files,
+                                           removed_on_failure,
+                                           replace_atomically, temp_name)
+from mmapt.checkpoints.checkpoint_fit import check_weight_fit
 from mmapt.registry import HOOKS
-from mmapt.utils.atomic_file import (flush_to_disk, remove_temp_files,
-                                     removed_on_failure, replace_atomically,
-                                     temp_name)
-from mmapt.utils.checkpoint_fit import check_weight_fit
 
 # What the hook's switch for a partial load is called in a config.
 PARTIAL_SWITCH = ('default_hooks.checkpoint.allow_partial_load=True (e.g. '

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmapt.utils.cache_pins import pin
+from mmapt.tokenizer.cache_pins import pin
 
 T = TypeVar('T')
 
@@ -417,7 +417,7 @@ def cached_constant(key: tuple, compute: Callable[[], T]) -> T:
     ``torch.export`` it is computed afresh, so the trace holds it as a
     constant and no cache state enters the guards. Every value returned
     is pinned for a graph being captured
-    (:mod:`mmapt.utils.cache_pins`)."""
+    (:mod:`mmapt.tokenizer.cache_pins`)."""
     if torch.compiler.is_compiling():
         return compute()
     value = _CONSTANTS.pop(key, None)

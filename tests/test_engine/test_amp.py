@@ -16,9 +16,9 @@ import torch
 from conftest import ROOT
 
 import mmapt.models.layers.context as packed_context
+from mmapt.engine.precision import resolve_amp_dtype
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
-from mmapt.utils.precision import resolve_amp_dtype
 
 BF16_REL_TOL = 2e-2
 ARCH = dict(embed_dims=64, num_layers=4, num_heads=2)

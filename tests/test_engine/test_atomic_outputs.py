@@ -47,7 +47,7 @@ def _hidden(folder):
 
 @pytest.fixture
 def seg_source(tmp_path):
-    from test_utils.test_seg_converter import _small_state, mmseg0_file
+    from test_converters.test_seg_converter import _small_state, mmseg0_file
     path = str(tmp_path / 'released.pth')
     torch.save(mmseg0_file(_small_state()), path)
     return path

@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import ROOT
 
+from mmapt.checkpoints.checkpoint_fit import CheckpointFitError
 from mmapt.engine import SafeCheckpointHook, safe_checkpoint_loading
 from mmapt.models import APTEVA02, EVA02
-from mmapt.utils.checkpoint_fit import CheckpointFitError
 
 TOY_DET = osp.join(ROOT, 'configs', 'toy', 'toy_apt_det.py')
 L_ARCH = (r'the checkpoint has 24 blocks of 1024 channels( \(backbone\))?, '

@@ -23,11 +23,11 @@ from conftest import ROOT
 from mmengine.config import Config
 from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
 
+from mmapt.checkpoints import checkpoint_file
+from mmapt.checkpoints.checkpoint_file import (UntrustedCheckpointError,
+                                               load_checkpoint_file)
+from mmapt.checkpoints.safe_load import TRUST_ENV, TRUST_FLAG
 from mmapt.engine import safe_checkpoint_loading, trusted_checkpoints
-from mmapt.utils import checkpoint_file
-from mmapt.utils.checkpoint_file import (UntrustedCheckpointError,
-                                         load_checkpoint_file)
-from mmapt.utils.safe_load import TRUST_ENV, TRUST_FLAG
 
 TOY_DET = osp.join(ROOT, 'configs', 'toy', 'toy_apt_det.py')
 TOY_PLAIN_DET = osp.join(ROOT, 'configs', 'toy', 'toy_eva02_det.py')
@@ -206,9 +206,9 @@ def test_inference_apis_refuse(evil):
 def test_pretrained_init_and_model_pair_refuse(evil):
     """A backbone's Pretrained init_cfg; the analysis tools' model pair
     (benchmark.py, get_flops.py)."""
+    from mmapt.benchmark.analysis import build_model_pair
     from mmapt.models import EVA02
     from mmapt.registry import MODELS
-    from mmapt.utils.analysis import build_model_pair
     backbone = EVA02(
         arch='tiny',
         img_size=64,
@@ -264,8 +264,8 @@ def test_released_and_converted_layouts_load_safely(tmp_path, monkeypatch):
     """The layouts the converters document (detectron2 training dict, mmseg
     0.x runner dict, timm / official state dicts) and the converters'
     outputs load without the opt-in."""
-    from test_utils.test_released_det import d2_detector_state
-    from test_utils.test_seg_converter import _small_state, mmseg0_file
+    from test_converters.test_released_det import d2_detector_state
+    from test_converters.test_seg_converter import _small_state, mmseg0_file
     layouts = {
         'd2.pth':
         dict(
@@ -315,7 +315,7 @@ def test_opt_in_loads_a_legacy_pickle_and_warns_once(tmp_path, monkeypatch,
 
 
 def test_trust_flag_of_a_converter(tmp_path, monkeypatch, capsys):
-    from test_utils.test_seg_converter import _small_state, mmseg0_file
+    from test_converters.test_seg_converter import _small_state, mmseg0_file
     src, dst = str(tmp_path / 'src.pth'), str(tmp_path / 'dst.pth')
     ckpt = mmseg0_file(_small_state())
     ckpt['meta']['args'] = argparse.Namespace(seed=0)

@@ -12,9 +12,9 @@ from conftest import ROOT
 from mmapt.benchmark import ArmRecord, bucket_size, interleaved, ratio
 from mmapt.benchmark.cuda import profile_forward
 from mmapt.benchmark.report import gpu_markdown
+from mmapt.benchmark.timing import StageClock, StageTimer
 from mmapt.models import APTEVA02, EVA02
-from mmapt.utils.stages import forward_stage
-from mmapt.utils.timing import StageClock, StageTimer
+from mmapt.models.stages import forward_stage
 
 TINY = dict(embed_dims=64, num_layers=2, num_heads=1)
 

@@ -110,8 +110,8 @@ def test_flops_counts_attention_by_groups(images):
     tool = load_tool('get_flops.py')
     from mmengine.dataset import Compose
 
-    from mmapt.utils.analysis import (build_model_pair, load_config_pair,
-                                      test_pipeline)
+    from mmapt.benchmark.analysis import (build_model_pair, load_config_pair,
+                                          test_pipeline)
     apt_cfg, base_cfg, registry = load_config_pair(
         osp.join(ROOT, TOY_DET[0]), osp.join(ROOT, TOY_DET[1]))
     apt_cfg.model.backbone.thresholds = (-1, -1, -1)  # nothing merges
@@ -181,8 +181,8 @@ def test_train_mode_needs_annotations(images):
 
 
 def test_shrink_canvas_rewrites_every_canvas_size():
+    from mmapt.benchmark.analysis import load_config
     from mmapt.benchmark.train import shrink_canvas, train_pipeline_of
-    from mmapt.utils.analysis import load_config
     cfg = load_config(osp.join(ROOT, 'configs/apt_vitdet_coco.py'))
     shrink_canvas(cfg, 512)
     pre = cfg.model.data_preprocessor

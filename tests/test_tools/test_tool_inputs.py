@@ -15,7 +15,8 @@ from test_tokenizer_tools import load_tool
 
 from mmapt.engine.preflight import exit_on_input_error
 from mmapt.models.apt import is_apt_backbone, is_apt_backbone_cfg
-from mmapt.utils.patch_grid import draw_patch_grid, tokenizer_from_config
+from mmapt.visualization.patch_grid import (draw_patch_grid,
+                                            tokenizer_from_config)
 
 TOY_DET = osp.join(ROOT, 'configs', 'toy', 'toy_apt_det.py')
 

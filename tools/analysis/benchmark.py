@@ -32,7 +32,7 @@ data pipeline / preprocess / backbone (APT: tokenizer, embedding, context =
 attention plans + RoPE tables, blocks, unpack) / neck / heads, tokens and
 keep ratio (the backbone's token observer; slide crops summed per image),
 peak memory (CUDA ``max_memory_allocated``; not measured on CPU). The
-backbone's split comes from its stage marks (``mmapt.utils.stages``); it
+backbone's split comes from its stage marks (``mmapt.models.stages``); it
 synchronises at stage boundaries on CUDA (``--no-split`` times without
 it). ``--json``: the last line is one JSON object.
 
@@ -65,15 +65,15 @@ from typing import Callable, Dict, List
 import torch
 
 from mmapt.benchmark import ArmRecord, get_clock, ratio, rotated
+from mmapt.benchmark.analysis import (build_model_pair, image_paths,
+                                      load_config_pair, prepare, test_pipeline)
 from mmapt.benchmark.core import CLOCKS
+from mmapt.benchmark.flops import count_flops
+from mmapt.benchmark.timing import StageTimer, module_stage, sync, time_call
 from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
 from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.models.backbones import count_tokens
-from mmapt.utils.analysis import (build_model_pair, image_paths,
-                                  load_config_pair, prepare, test_pipeline)
-from mmapt.utils.flops import count_flops
-from mmapt.utils.timing import StageTimer, module_stage, sync, time_call
 
 DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -125,7 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--flops',
         action='store_true',
-        help='also count FLOPs (mmapt.utils.flops) in the '
+        help='also count FLOPs (mmapt.benchmark.flops) in the '
         'first timed run of every image and arm; its '
         'per-op bookkeeping adds well under 1%% to a CPU '
         'forward at 1536, more on a GPU')

@@ -44,7 +44,7 @@ eager arm, ``build_s``, ``keys``).
 ``--count-overhead``: no timing; per image, the aten ops dispatched and
 the host synchronisations of one forward of each model, per stage
 (tokenizer, embedding, context, blocks, unpack; ``other`` outside the
-marks), with the source line of every sync (``mmapt.utils.overhead``; on
+marks), with the source line of every sync (``mmapt.benchmark.overhead``; on
 CPU the syncs are the reads of tensor values and data-dependent ops that
 would wait on a GPU, on CUDA what the sync debug mode reports). With
 ``--bucket M`` APT is counted in its static-shape mode too (packed length
@@ -73,12 +73,12 @@ from mmapt.benchmark import (ArmRecord, NotAvailable, accelerated_arm,
                              static_mode_available)
 from mmapt.benchmark.backbones import (generated_photos, image_name,
                                        packed_tokens)
+from mmapt.benchmark.memory import peak_memory_mib
 from mmapt.benchmark.runner import split_of
+from mmapt.benchmark.timing import time_call
 from mmapt.models import APTEVA02, EVA02, APTViT, ViT
 from mmapt.models.backbones.accelerate import ACCELERATE_MODES
 from mmapt.tokenizer.prepare import list_images, load_rgb, normalise, to_canvas
-from mmapt.utils.memory import peak_memory_mib
-from mmapt.utils.timing import time_call
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -226,7 +226,7 @@ def stage_times(plain: nn.Module, apt: nn.Module, x: torch.Tensor,
                 device: torch.device,
                 clock: Callable[[], float]) -> Dict[str, float]:
     """APT's own stages inside one real forward of each model (the marks of
-    mmapt.utils.stages; the blocks are timed by the interleaved runs)."""
+    mmapt.models.stages; the blocks are timed by the interleaved runs)."""
     _, apt_stages = split_of(lambda: apt(x), device, clock)
     _, plain_stages = split_of(lambda: plain(x), device, clock)
     return dict(

@@ -28,9 +28,9 @@ import time
 
 import torch
 
+from mmapt.benchmark.memory import peak_memory_mib
 from mmapt.tokenizer import (PatchTokenizer, images_to_gray, patch_entropy,
                              scorer_names)
-from mmapt.utils.memory import peak_memory_mib
 
 
 def parse_args(argv=None):

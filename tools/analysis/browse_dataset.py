@@ -29,8 +29,9 @@ from mmengine.config import Config
 from mmapt.engine.preflight import (add_cfg_options, check_apt_options,
                                     check_data, exit_on_input_error)
 from mmapt.tokenizer import PatchTokenizer
-from mmapt.utils.patch_grid import (caption_bar, draw_patch_grid, side_by_side,
-                                    tokenizer_from_config)
+from mmapt.visualization.patch_grid import (caption_bar, draw_patch_grid,
+                                            side_by_side,
+                                            tokenizer_from_config)
 
 
 def parse_args():

@@ -246,8 +246,8 @@ def build_backbones(config: str,
     from mmengine.config import Config
 
     import mmapt.models  # noqa: F401  (registers the backbones)
+    from mmapt.converters import load_checkpoint_file, unwrap_state_dict
     from mmapt.registry import MODELS
-    from mmapt.utils import load_checkpoint_file, unwrap_state_dict
     cfg = Config.fromfile(config)
     kwargs = dict(cfg.model.backbone)
     kind = kwargs.pop('type')

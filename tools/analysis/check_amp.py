@@ -29,9 +29,9 @@ from typing import Dict, List, Optional
 import torch
 
 import mmapt.models.layers.attention as attention
+from mmapt.engine.precision import resolve_amp_dtype
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.backbones import count_tokens
-from mmapt.utils.precision import resolve_amp_dtype
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

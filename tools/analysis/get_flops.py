@@ -40,9 +40,9 @@ from typing import Dict, List
 
 import torch
 
-from mmapt.utils.analysis import (build_model_pair, image_paths,
-                                  load_config_pair, prepare, test_pipeline)
-from mmapt.utils.flops import count_flops
+from mmapt.benchmark.analysis import (build_model_pair, image_paths,
+                                      load_config_pair, prepare, test_pipeline)
+from mmapt.benchmark.flops import count_flops
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -51,7 +51,7 @@ synchronize, CPU times wall clock.
 Also measured: outputs of the graph / static / no-merge arms against their
 eager references (``checks``); per-stage times of APT's forward (stage
 boundaries as CUDA events, no synchronize) and the tokenizer's share; the
-aten ops and host syncs of one forward per stage (``mmapt.utils.overhead``,
+aten ops and host syncs of one forward per stage (``mmapt.benchmark.overhead``,
 CUDA sync debug mode on a GPU); a ``torch.profiler`` table of one APT
 forward with GPU idle time (first architecture); and training speed, a
 forward + backward per arm (``--train-archs``, EVA-02-B by default).

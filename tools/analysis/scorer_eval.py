@@ -294,8 +294,8 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    from mmapt.utils.checkpoint_file import (CheckpointFileError,
-                                             load_checkpoint_file)
+    from mmapt.checkpoints.checkpoint_file import (CheckpointFileError,
+                                                   load_checkpoint_file)
     try:  # before any slow work: the file is whole and loads safely
         load_checkpoint_file(
             args.checkpoint, trust=args.trust_checkpoint, mmap=True)

@@ -17,12 +17,12 @@ docs/reproduce.md for every released model.
 import argparse
 import sys
 
+from mmapt.checkpoints.checkpoint_file import CheckpointFileError, save_output
+from mmapt.converters import ConversionError, load_checkpoint_file
+from mmapt.converters.eva02_det_convert import (config_for,
+                                                convert_eva02_det_checkpoint)
 from mmapt.engine.checkpoint import add_trust_argument, check_output_file
 from mmapt.engine.preflight import UnwritableOutputError
-from mmapt.utils import ConversionError, load_checkpoint_file
-from mmapt.utils.checkpoint_file import CheckpointFileError, save_output
-from mmapt.utils.eva02_det_convert import (config_for,
-                                           convert_eva02_det_checkpoint)
 
 
 def parse_args() -> argparse.Namespace:

@@ -16,11 +16,12 @@ docs/reproduce.md.
 import argparse
 import sys
 
+from mmapt.checkpoints.checkpoint_file import CheckpointFileError, save_output
+from mmapt.converters import (ConversionError, config_for,
+                              convert_eva02_seg_checkpoint,
+                              load_checkpoint_file)
 from mmapt.engine.checkpoint import add_trust_argument, check_output_file
 from mmapt.engine.preflight import UnwritableOutputError
-from mmapt.utils import (ConversionError, config_for,
-                         convert_eva02_seg_checkpoint, load_checkpoint_file)
-from mmapt.utils.checkpoint_file import CheckpointFileError, save_output
 
 
 def parse_args() -> argparse.Namespace:

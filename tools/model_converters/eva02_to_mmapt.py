@@ -12,11 +12,11 @@ backbone, or ``EVA02(...).load_state_dict(ckpt['state_dict'])``.
 import argparse
 import sys
 
+from mmapt.checkpoints.checkpoint_file import CheckpointFileError, save_output
+from mmapt.converters import (ConversionError, convert_eva02_state_dict,
+                              load_checkpoint_file)
 from mmapt.engine.checkpoint import add_trust_argument, check_output_file
 from mmapt.engine.preflight import UnwritableOutputError
-from mmapt.utils import (ConversionError, convert_eva02_state_dict,
-                         load_checkpoint_file)
-from mmapt.utils.checkpoint_file import CheckpointFileError, save_output
 
 
 def parse_args() -> argparse.Namespace:

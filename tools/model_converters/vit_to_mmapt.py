@@ -15,11 +15,11 @@ backbone built with the arguments printed at the end.
 import argparse
 import sys
 
+from mmapt.checkpoints.checkpoint_file import CheckpointFileError, save_output
+from mmapt.converters import (ConversionError, convert_vit_state_dict,
+                              load_checkpoint_file, vit_arch_hint)
 from mmapt.engine.checkpoint import add_trust_argument, check_output_file
 from mmapt.engine.preflight import UnwritableOutputError
-from mmapt.utils import (ConversionError, convert_vit_state_dict,
-                         load_checkpoint_file, vit_arch_hint)
-from mmapt.utils.checkpoint_file import CheckpointFileError, save_output
 
 
 def main() -> int:

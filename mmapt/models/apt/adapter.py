@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from mmapt.models.stages import forward_stage
 from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
                              PatchTokenizer)
+from mmapt.tokenizer.cache_pins import pin
 from mmapt.tokenizer.layout import PackSizeSpec
-from mmapt.utils.cache_pins import pin
-from mmapt.utils.stages import forward_stage
 from ..layers import APTEmbed, ParamCache, build_plans
 from ..layers.attention import StaticPlan
 from ..layers.context import AttentionGroups, PackedContext

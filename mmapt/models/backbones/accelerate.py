@@ -15,10 +15,10 @@ What a captured or compiled region must not do, and what is done instead:
   :meth:`~mmapt.models.backbones.TokenObservable.notify_tokens` calls are
   collected as tensors (``collect_token_reports``) and the accelerator
   hands them to the observers after each call;
-* mark forward stages (``mmapt.utils.stages``): no marks inside (a
+* mark forward stages (``mmapt.models.stages``): no marks inside (a
   profiler sees the accelerated forward as one piece);
 * let a cache free a tensor the graph reads: every cached value touched
-  during a capture is pinned by the graph (:mod:`mmapt.utils.cache_pins`).
+  during a capture is pinned by the graph (:mod:`mmapt.tokenizer.cache_pins`).
 """
 import time
 from contextlib import contextmanager, nullcontext
@@ -29,8 +29,8 @@ import torch
 from mmengine.logging import MMLogger
 from torch import Tensor
 
-from mmapt.utils.cache_pins import pin_cached_values
-from mmapt.utils.stages import stages_unmarked
+from mmapt.models.stages import stages_unmarked
+from mmapt.tokenizer.cache_pins import pin_cached_values
 
 #: The values of a backbone's ``accelerate`` argument besides None.
 ACCELERATE_MODES = ('compile', 'cuda_graphs')

@@ -23,8 +23,8 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from mmapt.utils.checkpoint_fit import checked_pretrained_init
-from mmapt.utils.stages import forward_stage
+from mmapt.checkpoints.checkpoint_fit import checked_pretrained_init
+from mmapt.models.stages import forward_stage
 from ..layers import (DenseContext, ParamCache, PatchEmbed, identity_rope,
                       pos_embed_map, resize_pos_embed)
 from ..layers.inputs import check_image_batch

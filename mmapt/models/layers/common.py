@@ -30,7 +30,7 @@ class SelfAttentionBase(BaseModule):
     A subclass attends, in its dense ``forward(x (B, L, C), ...)``, among
     the L tokens of each of B sequences (images or windows), and in
     ``forward_packed(x (N, C), groups)`` within the packed ``groups``. Tools
-    recognise attention by this class (``mmapt.utils.flops`` counts its
+    recognise attention by this class (``mmapt.benchmark.flops`` counts its
     FLOPs analytically), never by a family's class name.
     """
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmapt.utils.cache_pins import pin
+from mmapt.tokenizer.cache_pins import pin
 
 
 class PatchEmbed(nn.Module):
@@ -184,7 +184,7 @@ class ParamCache:
     Args:
         max_entries (int): Entries kept (a few input sizes); the cache is
             emptied when full; what a captured CUDA graph reads stays alive
-            with the graph (:mod:`mmapt.utils.cache_pins`). Defaults to 8.
+            with the graph (:mod:`mmapt.tokenizer.cache_pins`). Defaults to 8.
     """
 
     def __init__(self, max_entries: int = 8) -> None:

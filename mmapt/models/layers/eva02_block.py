@@ -3,7 +3,7 @@
 Parameter names follow the official EVA-02 tiny/small checkpoints (fused
 ``qkv`` + ``q_bias``/``v_bias``, ``mlp.w12``/``mlp.w3``), with timm's short
 names for the optional norms (``attn.norm``, ``mlp.norm``), so official and
-timm weights load through a small key mapping (``mmapt.utils``).
+timm weights load through a small key mapping (``mmapt.converters``).
 
 Both paths run the same modules in the same order; only the token layout and
 the attention call differ. With every APT token base-sized the packed path

@@ -4,7 +4,7 @@ Pre-norm block with fused, biased ``qkv``, a GELU MLP and optional
 LayerScale: ``x + ls1(attn(norm1(x)))``, ``x + ls2(mlp(norm2(x)))``.
 Parameter names are timm's and DINOv2's (``attn.qkv``, ``attn.proj``,
 ``ls1.gamma``, ``mlp.fc1``, ``mlp.fc2``), so both checkpoints load with
-hardly any renaming (``mmapt.utils.vit_convert``).
+hardly any renaming (``mmapt.converters.vit_convert``).
 
 Dense sequences start with P prefix tokens (class and register tokens)
 followed by an ``H x W`` grid of patch tokens, and follow the attention

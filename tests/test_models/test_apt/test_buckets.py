@@ -5,12 +5,12 @@ exact packing's outputs."""
 import pytest
 import torch
 
+from mmapt.benchmark.overhead import count_overhead
 from mmapt.models import APTEVA02, APTViT
 from mmapt.tokenizer import PatchTokenizer, select_patches
 from mmapt.tokenizer.budget import capped_splits, fit_patches, min_tokens
 from mmapt.tokenizer.layout import (check_pack_size_spec, choose_pack_size,
                                     default_pack_sizes, max_pack_size)
-from mmapt.utils.overhead import count_overhead
 
 TINY = dict(embed_dims=32, num_layers=2, num_heads=1)
 CFG = dict(

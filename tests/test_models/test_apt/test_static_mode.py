@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import flat_and_noise_images
 
+from mmapt.benchmark.overhead import count_overhead
 from mmapt.models import APTEVA02, APTViT
 from mmapt.models.layers import attention
 from mmapt.models.layers.attention import (StaticPlan, VarlenPlan,
@@ -16,7 +17,6 @@ from mmapt.models.layers.attention import (StaticPlan, VarlenPlan,
                                            static_kernel, varlen_attention)
 from mmapt.tokenizer import build_layout, select_patches
 from mmapt.tokenizer.layout import padding_group_size
-from mmapt.utils.overhead import count_overhead
 
 TINY = dict(embed_dims=32, num_layers=2, num_heads=1)
 CFG = dict(

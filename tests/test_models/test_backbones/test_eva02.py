@@ -2,10 +2,10 @@
 import pytest
 import torch
 
+from mmapt.converters import convert_eva02_state_dict
 from mmapt.models import EVA02
 from mmapt.models.layers import DenseContext, RotaryEmbedding2D
 from mmapt.registry import MODELS
-from mmapt.utils import convert_eva02_state_dict
 
 timm = pytest.importorskip('timm')
 

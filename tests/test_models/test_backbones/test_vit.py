@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_batch_equals_alone, run_tool
 
+from mmapt.converters import ConversionError, convert_vit_state_dict
 from mmapt.models import ViT
 from mmapt.models.layers import DenseContext, ViTBlock
 from mmapt.registry import MODELS
-from mmapt.utils import ConversionError, convert_vit_state_dict
 
 timm = pytest.importorskip('timm')
 

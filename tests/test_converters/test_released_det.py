@@ -22,9 +22,9 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
 
-from mmapt.utils import ConversionError
-from mmapt.utils.eva02_det_convert import (config_for,
-                                           convert_eva02_det_checkpoint)
+from mmapt.converters import ConversionError
+from mmapt.converters.eva02_det_convert import (config_for,
+                                                convert_eva02_det_checkpoint)
 
 # detectron2 Box2BoxTransform weights of the three cascade stages.
 STAGE_WEIGHTS = ((10., 10., 5., 5.), (20., 20., 10., 10.), (30., 30., 15.,

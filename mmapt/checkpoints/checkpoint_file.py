@@ -7,7 +7,7 @@ and safetensors with a header error. :func:`checkpoint_file_problem` looks at
 the file's size and framing only (no tensor is read), so tools can reject a
 missing, empty, truncated or foreign file before any slow work;
 :func:`load_checkpoint_file` loads it without running code (see
-:mod:`mmapt.utils.safe_load`) and turns what the readers raise into a
+:mod:`mmapt.checkpoints.safe_load`) and turns what the readers raise into a
 :class:`CheckpointFileError` naming the file, the problem and what to do.
 """
 import json
@@ -187,9 +187,9 @@ def load_checkpoint_file(path: str,
                          mmap: bool = False) -> dict:
     """A checkpoint, loaded without running code: ``.safetensors``, or a
     torch file through ``torch.load(weights_only=True)`` with
-    :func:`~mmapt.utils.safe_load.checkpoint_safe_globals` allowed (mmengine
-    Runner checkpoints, the converters' outputs and the released EVA-02
-    files load this way).
+    :func:`~mmapt.checkpoints.safe_load.checkpoint_safe_globals` allowed
+    (mmengine Runner checkpoints, the converters' outputs and the released
+    EVA-02 files load this way).
 
     Args:
         path (str): The file.

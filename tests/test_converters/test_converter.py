@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT
 
+from mmapt.converters import ConversionError, convert_eva02_state_dict
 from mmapt.models import EVA02
 from mmapt.models.layers import resize_patch_kernel
-from mmapt.utils import ConversionError, convert_eva02_state_dict
 
 REPO = ROOT
 ARCH = dict(

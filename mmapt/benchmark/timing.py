@@ -11,7 +11,7 @@ a host clock elsewhere. Stages inside a call are timed two ways:
   left as it runs (a stage that waits for the host is charged the wait).
 
 Both attribute time to the forward stages the backbones mark
-(:mod:`mmapt.utils.stages`), exclusively: a stage inside another is charged
+(:mod:`mmapt.models.stages`), exclusively: a stage inside another is charged
 to itself only.
 """
 import time
@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .stages import listen_stages
+from mmapt.models.stages import listen_stages
 
 
 def sync(device: torch.device) -> None:
@@ -100,7 +100,7 @@ class StageTimer:
     @contextmanager
     def listen(self) -> Iterator['StageTimer']:
         """Also time the forward stages the backbones mark
-        (:func:`mmapt.utils.stages.forward_stage`)."""
+        (:func:`mmapt.models.stages.forward_stage`)."""
 
         def on_stage(name: str, entering: bool) -> None:
             if entering:

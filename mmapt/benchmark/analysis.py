@@ -3,7 +3,7 @@
 An APT config and its plain baseline are built as mmdet or mmseg models
 holding the same weights, and images are run through a config's own test
 pipeline. mmdet / mmseg / mmcv are imported inside the functions, so
-``mmapt.utils`` itself stays importable with torch and mmengine only.
+this module stays importable with torch and mmengine only.
 """
 import copy
 import json

@@ -1,7 +1,7 @@
 """Count what a forward dispatches and where it waits for the device.
 
 :func:`count_overhead` runs a callable once and reports, per stage of the
-forward (the marks of :mod:`mmapt.utils.stages`; code outside every mark is
+forward (the marks of :mod:`mmapt.models.stages`; code outside every mark is
 ``'other'``):
 
 * **ops**: every aten op a ``TorchDispatchMode`` sees, views included. On a
@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .stages import listen_stages
+from mmapt.models.stages import listen_stages
 
 #: Stage of the code that runs outside every ``forward_stage`` mark.
 OTHER = 'other'

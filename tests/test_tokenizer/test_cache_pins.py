@@ -9,7 +9,7 @@ from conftest import flat_and_noise_images
 
 from mmapt.models import APTEVA02
 from mmapt.tokenizer import layout as layout_module
-from mmapt.utils.cache_pins import pin, pin_cached_values
+from mmapt.tokenizer.cache_pins import pin, pin_cached_values
 
 
 def _tiny_apt():

@@ -1,9 +1,9 @@
-"""Stage marks of the backbone forwards (mmapt.utils.stages)."""
+"""Stage marks of the backbone forwards (mmapt.models.stages)."""
 import pytest
 import torch
 
 from mmapt.models import APTEVA02, EVA02
-from mmapt.utils.stages import STAGES, forward_stage, listen_stages
+from mmapt.models.stages import STAGES, forward_stage, listen_stages
 
 TINY = dict(embed_dims=64, num_layers=2, num_heads=2)
 

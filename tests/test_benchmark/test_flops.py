@@ -1,11 +1,11 @@
-"""mmapt.utils.flops counts the attention of every block family (dense and
+"""mmapt.benchmark.flops counts the attention of every block family (dense and
 packed), here the DINOv2 baseline ViT and its APT version."""
 import pytest
 import torch
 from torch import nn
 
+from mmapt.benchmark.flops import count_flops
 from mmapt.models import APTViT, ViT
-from mmapt.utils.flops import count_flops
 
 ARCH = dict(embed_dims=32, num_layers=2, num_heads=2)
 # 4 registers + class token; block 0 windowed (4 x 4), block 1 global.

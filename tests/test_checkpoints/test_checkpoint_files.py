@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import run_tool
 
-from mmapt.utils.checkpoint_file import (CheckpointFileError,
-                                         checkpoint_file_problem)
-from mmapt.utils.eva02_convert import load_checkpoint_file
+from mmapt.checkpoints.checkpoint_file import (CheckpointFileError,
+                                               checkpoint_file_problem)
+from mmapt.converters.eva02_convert import load_checkpoint_file
 
 CONVERTERS = [
     ['tools/model_converters/eva02_to_mmapt.py'],

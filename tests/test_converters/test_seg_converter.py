@@ -34,8 +34,8 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmapt  # noqa: F401
-from mmapt.utils import (ConversionError, config_for,
-                         convert_eva02_seg_checkpoint)
+from mmapt.converters import (ConversionError, config_for,
+                              convert_eva02_seg_checkpoint)
 
 FIXTURES = osp.join(TESTS_DIR, 'fixtures')
 NUM_CLASSES = 150
@@ -511,9 +511,9 @@ def test_mim_weights_with_the_class_token_initialise_the_seg_backbone():
     position row reach a use_cls_token backbone (the grid is resampled to
     the fine-tune grid on load); a backbone without a class token loads the
     same file ignoring both."""
+    from mmapt.converters import convert_eva02_state_dict
     from mmapt.models import EVA02
     from mmapt.models.layers import resize_pos_embed
-    from mmapt.utils import convert_eva02_state_dict
     mim = {
         k[len('backbone.'):]: v
         for k, v in released_state(32, 2, 2, 3, 16, 8).items()

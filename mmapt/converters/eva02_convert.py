@@ -33,10 +33,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from mmapt.models.layers import resize_patch_kernel, resize_pos_embed
 # Re-exported: the converters' reader of source files.
-from .checkpoint_file import CheckpointFileError  # noqa: F401
-from .checkpoint_file import load_checkpoint_file  # noqa: F401
+from mmapt.checkpoints.checkpoint_file import CheckpointFileError  # noqa: F401
+from mmapt.checkpoints.checkpoint_file import \
+    load_checkpoint_file  # noqa: F401
+from mmapt.models.layers import resize_patch_kernel, resize_pos_embed
 
 # Checkpoint containers, outermost first.
 _WRAPPERS = ('module', 'model', 'state_dict', 'model_ema')

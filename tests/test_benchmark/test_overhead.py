@@ -1,12 +1,12 @@
-"""The overhead counter (mmapt.utils.overhead) on functions whose ops and
+"""The overhead counter (mmapt.benchmark.overhead) on functions whose ops and
 host syncs are known, and the floors APT's forward must stay under."""
 import os
 
 import pytest
 import torch
 
-from mmapt.utils.overhead import OverheadCounts, count_overhead
-from mmapt.utils.stages import forward_stage
+from mmapt.benchmark.overhead import OverheadCounts, count_overhead
+from mmapt.models.stages import forward_stage
 
 
 def test_counts_ops_per_stage_innermost_mark_wins():
