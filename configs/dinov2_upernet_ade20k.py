@@ -38,6 +38,10 @@ model = dict(
             type='Pretrained',
             checkpoint='checkpoints/dinov2_vitb14_reg4_mmapt.pth')),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(336, 336)))
+# The APT twin (apt_dinov2_upernet_ade20k.py): patches 14 and 28, the
+# segmentation threshold 5.75 of the base.
+apt_backbone = dict(
+    type='APTViT', patch_sizes=(14, 28), mean=imagenet_mean, std=imagenet_std)
 
 # The base's train pipeline with 504 crops (lists: see
 # _base_/default_runtime.py).

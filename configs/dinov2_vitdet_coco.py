@@ -45,6 +45,9 @@ model = dict(
         init_cfg=dict(
             type='Pretrained',
             checkpoint='checkpoints/dinov2_vitb14_reg4_mmapt.pth')))
+# The APT twin (apt_dinov2_vitdet_coco.py): patches 14/28/56/112, the
+# detection thresholds of the base.
+apt_backbone = dict(type='APTViT', patch_sizes=(14, 28, 56, 112))
 
 # The base's train pipeline with the 1568 canvas (lists: see
 # _base_/default_runtime.py).

@@ -99,6 +99,8 @@ model = dict(
     auxiliary_head=dict(
         in_channels=192, channels=32, num_classes=6, norm_cfg=norm_cfg),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(171, 171)))
+# The APT twin (toy_apt_seg.py) un-normalises with these statistics.
+apt_backbone = dict(mean=clip_mean, std=clip_std)
 
 # ------------------------------------------------------------- schedule
 max_iters = 300
