@@ -155,12 +155,9 @@ def test_apt_config_is_its_baseline_with_apt_keys(apt_name):
     }) == []
     # The APT settings are the baseline's `apt_backbone` (an APT config is
     # its twin plus `model = dict(backbone=_base_.apt_backbone)`).
-    assert _differences(
-        {
-            k: v
-            for k, v in apt_backbone.items()
-            if k in APT_KEYS + ('type', 'mean', 'std')
-        }, plain['apt_backbone']) == []
+    apt_settings = APT_KEYS + ('type', 'mean', 'std')
+    applied = {k: v for k, v in apt_backbone.items() if k in apt_settings}
+    assert _differences(applied, plain['apt_backbone']) == []
     # ... nor anything outside it. The segmentation baselines have no token
     # statistics hook (the detection runtime has it for all).
     del apt['model']['backbone'], plain['model']['backbone']
