@@ -13,6 +13,7 @@
 _base_ = [
     '../_base_/models/upernet_eva02.py',
     '../_base_/seg_default_runtime.py',
+    '../_base_/default_hooks.py',
 ]
 
 # ----------------------------------------------------------------- data
@@ -132,13 +133,11 @@ train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
+# Logs every 5 iterations (a CPU run shows progress within a minute), one
+# checkpoint at the end.
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=5, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(
-        type='SafeCheckpointHook', by_epoch=False, interval=max_iters),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
+    logger=dict(interval=5),
+    checkpoint=dict(interval=max_iters),
     visualization=dict(type='SegVisualizationHook'))
 custom_hooks = [dict(type='TokenStatsHook')]
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
