@@ -4,14 +4,5 @@
 # padding (504) are multiples of the largest patch (28).
 #   bash tools/dist_train.sh configs/apt_dinov2_upernet_ade20k.py 8
 _base_ = ['./dinov2_upernet_ade20k.py']
-model = dict(
-    backbone=dict(
-        type='APTViT',
-        thresholds=(5.75, ),
-        patch_sizes=(14, 28),
-        entropy_bins=512,
-        # The data preprocessor's mean/std (the tokenizer un-normalises the
-        # images to score entropy on 0-255 grey levels).
-        mean=_base_.model.data_preprocessor.mean,
-        std=_base_.model.data_preprocessor.std))
+model = dict(backbone=_base_.apt_backbone)
 custom_hooks = [dict(type='TokenStatsHook')]

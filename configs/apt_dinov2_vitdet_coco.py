@@ -5,13 +5,4 @@
 #   bash tools/dist_train.sh configs/apt_dinov2_vitdet_coco.py 8 \
 #       --auto-scale-lr
 _base_ = ['./dinov2_vitdet_coco.py']
-model = dict(
-    backbone=dict(
-        type='APTViT',
-        thresholds=(2.0, 2.0, 0.3),
-        patch_sizes=(14, 28, 56, 112),
-        entropy_bins=512,
-        # The data preprocessor's mean/std (the tokenizer un-normalises the
-        # images to score entropy on 0-255 grey levels).
-        mean=_base_.model.data_preprocessor.mean,
-        std=_base_.model.data_preprocessor.std))
+model = dict(backbone=_base_.apt_backbone)

@@ -10,14 +10,5 @@
 # (tests/test_configs/test_segmentation_configs.py checks it for every APT
 # config).
 _base_ = ['./eva02_upernet_ade20k.py']
-model = dict(
-    backbone=dict(
-        type='APTEVA02',
-        thresholds=(5.75, ),
-        patch_sizes=(16, 32),
-        entropy_bins=512,
-        # The data preprocessor's mean/std (the tokenizer un-normalises the
-        # images to score entropy on 0-255 grey levels).
-        mean=_base_.model.data_preprocessor.mean,
-        std=_base_.model.data_preprocessor.std))
+model = dict(backbone=_base_.apt_backbone)
 custom_hooks = [dict(type='TokenStatsHook')]

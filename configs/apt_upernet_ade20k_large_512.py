@@ -2,12 +2,5 @@
 # sizes 16/32, threshold 5.75; see apt_upernet_ade20k.py for the choice).
 # Published: 59.70 mIoU vs 59.77 for the baseline, +11% img/s.
 _base_ = ['./eva02_upernet_ade20k_large_512.py']
-model = dict(
-    backbone=dict(
-        type='APTEVA02',
-        thresholds=(5.75, ),
-        patch_sizes=(16, 32),
-        entropy_bins=512,
-        mean=_base_.model.data_preprocessor.mean,
-        std=_base_.model.data_preprocessor.std))
+model = dict(backbone=_base_.apt_backbone)
 custom_hooks = [dict(type='TokenStatsHook')]

@@ -12,14 +12,9 @@
 _base_ = ['./eva02_upernet_ade20k.py']
 
 crop_size = (504, 504)
-imagenet_mean = [123.675, 116.28, 103.53]
-imagenet_std = [58.395, 57.12, 57.375]
+# The base's ImageNet statistics.
 model = dict(
-    data_preprocessor=dict(
-        mean=imagenet_mean,
-        std=imagenet_std,
-        size=crop_size,
-        test_cfg=dict(size=crop_size)),
+    data_preprocessor=dict(size=crop_size, test_cfg=dict(size=crop_size)),
     backbone=dict(
         _delete_=True,
         type='ViT',
@@ -38,6 +33,9 @@ model = dict(
             type='Pretrained',
             checkpoint='checkpoints/dinov2_vitb14_reg4_mmapt.pth')),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(336, 336)))
+# The APT twin (apt_dinov2_upernet_ade20k.py): patches 14 and 28, the
+# segmentation threshold 5.75 of the base.
+apt_backbone = dict(type='APTViT', patch_sizes=(14, 28))
 
 # The base's train pipeline with 504 crops (lists: see
 # _base_/default_runtime.py).

@@ -45,6 +45,9 @@ model = dict(
         init_cfg=dict(
             type='Pretrained',
             checkpoint='checkpoints/dinov2_vitb14_reg4_mmapt.pth')))
+# The APT twin (apt_dinov2_vitdet_coco.py): patches 14/28/56/112, the
+# detection thresholds of the base.
+apt_backbone = dict(type='APTViT', patch_sizes=(14, 28, 56, 112))
 
 # The base's train pipeline with the 1568 canvas (lists: see
 # _base_/default_runtime.py).
@@ -56,11 +59,7 @@ train_pipeline[4].update(crop_size=canvas_size)  # RandomCrop
 test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
     dict(type='Resize', scale=canvas_size, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor')),
+    *_base_.test_pipeline[2:],
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))

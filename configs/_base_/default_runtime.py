@@ -9,6 +9,11 @@
 #   replaces the base's list whole; to change one item, a config copies the
 #   base's list (`_base_.x`: mmengine runs a config with `_base_` bound to its
 #   merged bases) and edits the copy, e.g. datasets/ade20k_640.py;
+# - each model base (models/*.py) also sets `apt_backbone`, the backbone
+#   settings of the APT twin (type, thresholds, patch sizes, the data
+#   preprocessor's mean/std); a config that changes the family or the
+#   statistics updates it, and an APT config is its plain twin plus
+#   `model = dict(backbone=_base_.apt_backbone)`;
 # - two bases of one config may not set the same key (mmengine refuses it),
 #   so a schedule cannot be mixed into a config whose base already has one:
 #   the fine-tune configs restate their schedule.

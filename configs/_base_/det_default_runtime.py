@@ -1,20 +1,10 @@
 # Runtime of the mmapt detection (mmdet) configs: default_runtime.py with
-# mmdet's scope, hooks and visualizer.
-_base_ = './default_runtime.py'
+# mmdet's scope, hooks (default_hooks.py: a checkpoint every 5000 iterations,
+# the last 3 kept) and visualizer.
+_base_ = ['./default_runtime.py', './default_hooks.py']
 default_scope = 'mmdet'
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    # mmengine's CheckpointHook with atomic writes and generator states for
-    # an exact --resume (docs/reliability.md).
-    checkpoint=dict(
-        type='SafeCheckpointHook',
-        by_epoch=False,
-        interval=5000,
-        max_keep_ckpts=3,
-        save_last=True),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
+    checkpoint=dict(interval=5000, max_keep_ckpts=3, save_last=True),
     visualization=dict(type='DetVisualizationHook'))
 # Tokens kept / keep ratio in the logs, scalars and metrics files.
 custom_hooks = [dict(type='TokenStatsHook')]

@@ -3,11 +3,4 @@
 #   python tools/misc/make_toy_coco.py data/toy_coco
 #   python tools/train.py configs/toy/toy_apt_dinov2_det.py
 _base_ = ['./toy_dinov2_det.py']
-model = dict(
-    backbone=dict(
-        type='APTViT',
-        thresholds=(2.0, 2.0, 0.3),
-        patch_sizes=(14, 28, 56, 112),
-        entropy_bins=512,
-        mean=_base_.model.data_preprocessor.mean,
-        std=_base_.model.data_preprocessor.std))
+model = dict(backbone=_base_.apt_backbone)

@@ -7,7 +7,6 @@
 #   python tools/misc/make_toy_coco.py data/toy_coco
 #   python tools/train.py configs/toy/toy_apt_importance_det.py
 _base_ = ['./toy_apt_det.py']
-custom_imports = dict(imports=['mmapt'], allow_failed_imports=False)
 model = dict(
     # The toy preprocessor (mean, std, padding) plus the importance maps as
     # a 4th input channel.
@@ -18,24 +17,9 @@ model = dict(
         # score = entropy * (1 + importance): doubled inside boxes.
         scorer=dict(type='importance', base=dict(type='entropy'), alpha=1.0)))
 importance = dict(type='BoxImportanceMap', value=1.0, background=0.0)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(256, 256), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-    importance,
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(256, 256), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor')),
-    importance,
-]
+# The toy pipelines, each followed by the map.
+train_pipeline = [*_base_.train_pipeline, importance]
+test_pipeline = [*_base_.test_pipeline, importance]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

@@ -5,11 +5,4 @@
 #   python tools/misc/make_toy_ade.py data/toy_ade
 #   python tools/train.py configs/toy/toy_apt_seg.py
 _base_ = ['./toy_eva02_seg.py']
-model = dict(
-    backbone=dict(
-        type='APTEVA02',
-        thresholds=(5.75, ),
-        patch_sizes=(16, 32),
-        entropy_bins=512,
-        mean=_base_.model.data_preprocessor.mean,
-        std=_base_.model.data_preprocessor.std))
+model = dict(backbone=_base_.apt_backbone)

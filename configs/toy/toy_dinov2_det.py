@@ -31,6 +31,8 @@ model = dict(
         layer_scale=True,
         position_grid='nominal',
         init_cfg=None))  # trained from scratch
+# The APT twin (toy_apt_dinov2_det.py): patches 14/28/56/112.
+apt_backbone = dict(type='APTViT', patch_sizes=(14, 28, 56, 112))
 
 # The toy pipelines at 224 (lists: see _base_/default_runtime.py).
 train_pipeline = [dict(step) for step in _base_.train_pipeline]

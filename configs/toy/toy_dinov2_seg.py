@@ -10,8 +10,8 @@ _base_ = ['./toy_eva02_seg.py']
 crop_size = (224, 224)
 model = dict(
     data_preprocessor=dict(
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
+        mean=_base_.imagenet_mean,
+        std=_base_.imagenet_std,
         size=crop_size,
         test_cfg=dict(size=crop_size)),
     backbone=dict(
@@ -29,6 +29,13 @@ model = dict(
         layer_scale=True,
         init_cfg=None),  # from scratch: no weights are needed
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(154, 154)))
+# The APT twin (toy_apt_dinov2_seg.py): patches 14 and 28, with this
+# preprocessor's statistics.
+apt_backbone = dict(
+    type='APTViT',
+    patch_sizes=(14, 28),
+    mean=_base_.imagenet_mean,
+    std=_base_.imagenet_std)
 
 # The toy pipelines at 224 (lists: see _base_/default_runtime.py).
 train_pipeline = [dict(step) for step in _base_.train_pipeline]

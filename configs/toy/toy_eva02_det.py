@@ -98,14 +98,13 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
+# Test images are read and resized with cv2 (the base's Pillow reader and
+# bilinear resize follow the released EVA-02 detectors); the annotations and
+# packing are the base's.
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor')),
+    *_base_.test_pipeline[2:],
 ]
 train_dataloader = dict(
     batch_size=4,

@@ -13,6 +13,7 @@
 _base_ = [
     '../_base_/models/upernet_eva02.py',
     '../_base_/seg_default_runtime.py',
+    '../_base_/default_hooks.py',
 ]
 
 # ----------------------------------------------------------------- data
@@ -99,6 +100,8 @@ model = dict(
     auxiliary_head=dict(
         in_channels=192, channels=32, num_classes=6, norm_cfg=norm_cfg),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(171, 171)))
+# The APT twin (toy_apt_seg.py) un-normalises with these statistics.
+apt_backbone = dict(mean=clip_mean, std=clip_std)
 
 # ------------------------------------------------------------- schedule
 max_iters = 300
@@ -130,13 +133,11 @@ train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
+# Logs every 5 iterations (a CPU run shows progress within a minute), one
+# checkpoint at the end.
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=5, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(
-        type='SafeCheckpointHook', by_epoch=False, interval=max_iters),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
+    logger=dict(interval=5),
+    checkpoint=dict(interval=max_iters),
     visualization=dict(type='SegVisualizationHook'))
 custom_hooks = [dict(type='TokenStatsHook')]
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))

@@ -4,7 +4,9 @@ must stay what it claims to be:
 - every APT config resolves to its plain baseline with only the backbone's
   type and APT keys changed (same data, heads, schedule, runtime), so the two
   cannot drift apart;
-- an APT backbone un-normalises with the data preprocessor's mean / std;
+- an APT backbone un-normalises with the data preprocessor's mean / std,
+  and so do the APT settings every config carries (``apt_backbone``, what
+  an APT twin applies to its backbone);
 - every fine-tune config is its APT config started from a trained baseline
   (same model and data; only the schedule and the start differ);
 - every APT config of the tree is covered by the tables below.
@@ -151,12 +153,33 @@ def test_apt_config_is_its_baseline_with_apt_keys(apt_name):
         k: v
         for k, v in plain_backbone.items() if k != 'type'
     }) == []
+    # The APT settings are the baseline's `apt_backbone` (an APT config is
+    # its twin plus `model = dict(backbone=_base_.apt_backbone)`).
+    apt_settings = APT_KEYS + ('type', 'mean', 'std')
+    applied = {k: v for k, v in apt_backbone.items() if k in apt_settings}
+    assert _differences(applied, plain['apt_backbone']) == []
     # ... nor anything outside it. The segmentation baselines have no token
     # statistics hook (the detection runtime has it for all).
     del apt['model']['backbone'], plain['model']['backbone']
     if apt.get('custom_hooks') == [dict(type='TokenStatsHook')]:
         plain.setdefault('custom_hooks', [dict(type='TokenStatsHook')])
     assert _differences(apt, plain) == []
+
+
+@pytest.mark.parametrize('name', _all_configs())
+def test_apt_backbone_matches_the_data_preprocessor(name):
+    """Every config's ``apt_backbone`` (the settings its APT twin, or a
+    user's ``--cfg-options``, takes) names an APT type of its backbone's
+    family and un-normalises with its data preprocessor's mean / std."""
+    cfg = _load(name)
+    apt = cfg['apt_backbone']
+    plain_type = cfg['model']['backbone']['type']
+    assert PLAIN_OF_APT_TYPE[apt['type']] == PLAIN_OF_APT_TYPE.get(
+        plain_type, plain_type)
+    preprocessor = cfg['model']['data_preprocessor']
+    assert apt['mean'] == preprocessor['mean']
+    assert apt['std'] == preprocessor['std']
+    assert set(apt) - {'type', 'mean', 'std'} <= set(APT_KEYS)
 
 
 @pytest.mark.parametrize('name', sorted(FINETUNES))

@@ -197,3 +197,15 @@ model = dict(
 # --released-scoring applies it (not the default: a randomly initialised
 # detector would keep tens of thousands of near-uniform detections).
 released_test_cfg = dict(rcnn=dict(score_thr=0.0, max_per_img=-1))
+# The backbone settings of the APT twin (apt_*.py: `model =
+# dict(backbone=_base_.apt_backbone)`): patches 16/32/64/128 with the APT
+# paper's detection thresholds (tau_32, tau_64, tau_128) = (2, 2, 0.3). The
+# tokenizer un-normalises with the data preprocessor's mean/std: a config
+# that changes those changes these too.
+apt_backbone = dict(
+    type='APTEVA02',
+    thresholds=(2.0, 2.0, 0.3),
+    patch_sizes=(16, 32, 64, 128),
+    entropy_bins=512,
+    mean=img_mean,
+    std=img_std)

@@ -86,3 +86,16 @@ model = dict(
             type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
     train_cfg=dict(),
     test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))
+# The backbone settings of the APT twin (apt_*.py: `model =
+# dict(backbone=_base_.apt_backbone)`): patch sizes 16 and 32 with the APT
+# paper's segmentation threshold 5.75 for the 32-pixel scale. The tokenizer
+# un-normalises with the data preprocessor's mean/std: a config that changes
+# those changes these too (tests/test_configs/test_config_inheritance.py
+# checks every twin).
+apt_backbone = dict(
+    type='APTEVA02',
+    thresholds=(5.75, ),
+    patch_sizes=(16, 32),
+    entropy_bins=512,
+    mean=imagenet_mean,
+    std=imagenet_std)

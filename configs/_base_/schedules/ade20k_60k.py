@@ -1,5 +1,6 @@
 # EVA-02-B UperNet schedule: AdamW lr 6e-5, wd 0.05, layer-wise lr decay 0.85,
 # 1500 linear warm-up iterations then poly decay, 60k iterations at batch 32.
+_base_ = '../default_hooks.py'
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(
@@ -20,17 +21,9 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=60000, val_interval=6000)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
+# A checkpoint every 6000 iterations, the last 2 and the best mIoU kept.
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(
-        type='SafeCheckpointHook',
-        by_epoch=False,
-        interval=6000,
-        max_keep_ckpts=2,
-        save_best='mIoU'),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
+    checkpoint=dict(interval=6000, max_keep_ckpts=2, save_best='mIoU'),
     visualization=dict(type='SegVisualizationHook'))
 # The recipe's total batch; `tools/train.py --auto-scale-lr` rescales lr.
 auto_scale_lr = dict(enable=False, base_batch_size=32)
