@@ -14,7 +14,7 @@ from torch import nn
 
 from mmapt.models.backbones import count_tokens
 from mmapt.models.layers.attention import count_attention_calls
-from mmapt.tokenizer.prepare import canvas_content_size, normalise, to_canvas
+from mmapt.apis.views import canvas_content_size, normalise, to_canvas
 
 
 class NotAvailable(RuntimeError):

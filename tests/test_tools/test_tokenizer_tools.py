@@ -101,8 +101,8 @@ def test_calibration_reaches_target(image_dir, capsys):
     # Just below the found thresholds the target is missed: it is the
     # boundary, not any setting that merges everything.
     from mmapt.tokenizer import PatchTokenizer
-    from mmapt.tokenizer.prepare import (list_images, load_rgb, normalise,
-                                         to_canvas)
+    from mmapt.apis.images import list_images, load_rgb
+    from mmapt.apis.views import normalise, to_canvas
     tok = PatchTokenizer(16, [t * 0.97 for t in thresholds])
     keeps = [
         float(tok(normalise([to_canvas(load_rgb(p), 256)])).keep_ratio[0])

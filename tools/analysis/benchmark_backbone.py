@@ -78,7 +78,8 @@ from mmapt.benchmark.runner import split_of
 from mmapt.benchmark.timing import time_call
 from mmapt.models import APTEVA02, EVA02, APTViT, ViT
 from mmapt.models.backbones.accelerate import ACCELERATE_MODES
-from mmapt.tokenizer.prepare import list_images, load_rgb, normalise, to_canvas
+from mmapt.apis.images import list_images, load_rgb
+from mmapt.apis.views import normalise, to_canvas
 
 
 def parse_args(argv=None) -> argparse.Namespace:
