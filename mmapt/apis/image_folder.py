@@ -13,8 +13,8 @@ from typing import IO, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (BarColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from .images import ImageReadError, list_images, read_image
 
@@ -38,15 +38,18 @@ def progress_bar(total: int,
     def say(note: Optional[str] = None) -> None:
         if note is not None:
             console.print(
-                note, markup=False, highlight=False, emoji=False,
+                note,
+                markup=False,
+                highlight=False,
+                emoji=False,
                 soft_wrap=True)
 
     if not show:
         yield say
         return
     columns = (TextColumn(
-        '{task.description}: {task.completed}/{task.total}', markup=False),
-               BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        '{task.description}: {task.completed}/{task.total}',
+        markup=False), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(
             *columns,
             console=console,
@@ -97,8 +100,9 @@ class ImageFolder:
 
     def __iter__(self) -> Iterator[Tuple[str, np.ndarray]]:
         self.skipped, self.read = [], []
-        with progress_bar(len(self.paths), self.desc, self.stream,
-                          self.progress) as advance:
+        with progress_bar(
+                len(self.paths), self.desc, self.stream,
+                self.progress) as advance:
             for path in self.paths:
                 try:
                     image = read_image(path)

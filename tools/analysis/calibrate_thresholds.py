@@ -195,9 +195,9 @@ def main(argv=None) -> int:
         skipped=[path for path, _ in folder.skipped],
         patch_sizes=list(first.patch_sizes))
     try:
-        settings = sweep_settings(scores, references, grids,
-                                  first.patch_size, args.target_keep,
-                                  args.keep_ratios or (), args.entropy_bins)
+        settings = sweep_settings(scores, references, grids, first.patch_size,
+                                  args.target_keep, args.keep_ratios or (),
+                                  args.entropy_bins)
         if args.checkpoint is not None:
             measure_drift(args.config, args.checkpoint, views, settings,
                           first.patch_sizes, args.trust_checkpoint)
