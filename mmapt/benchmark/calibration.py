@@ -7,6 +7,7 @@ from the plain one's) ranks them. ``tools/analysis/calibrate_thresholds.py``
 is the command line.
 """
 import math
+import os
 import statistics
 from typing import Dict, List, Optional, Sequence
 
@@ -194,6 +195,8 @@ def plot_keep_ratios(settings: Sequence[dict], path: str) -> None:
     ax.grid(axis='y', alpha=0.3)
     ax.set_title(f'keep-ratio distribution over {len(values[0])} images')
     fig.tight_layout()
+    # The tool checked that the folder can be created; it may not exist.
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -147,7 +147,7 @@ def test_visualize_scorer_and_budget(image_dir, tmp_path, capsys):
 def test_calibration_of_scorers_and_budgets_with_plot(image_dir, tmp_path,
                                                       capsys):
     tool = load_tool('tools/analysis/calibrate_thresholds.py')
-    plot = tmp_path / 'keep.png'
+    plot = tmp_path / 'not_yet' / 'keep.png'  # the folder is created
     assert tool.main([
         str(image_dir), '--canvas', '256', '--patch-sizes', '16', '32', '64',
         '--scorers', 'entropy', 'gradient', '--target-keep', '0.3',

@@ -23,6 +23,7 @@ importance map can buy, not a deployable setting.
 """
 import argparse
 import json
+import os
 import sys
 import tempfile
 
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
         **bootstrap_report(runs, overrides, scope, args.bootstrap, args.seed,
                            args.reference))
     print_table(report, args.reference)
-    if args.out:
+    if args.out:  # checked writable above; its folder may not exist yet
+        os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
         with open(args.out, 'w') as f:
             json.dump(report, f, indent=1)
         print(f'saved {args.out}', file=sys.stderr)
