@@ -100,9 +100,9 @@ def test_calibration_reaches_target(image_dir, capsys):
     assert thresholds[0] == pytest.approx(2 * thresholds[1], rel=1e-3)
     # Just below the found thresholds the target is missed: it is the
     # boundary, not any setting that merges everything.
-    from mmapt.tokenizer import PatchTokenizer
     from mmapt.apis.images import list_images, load_rgb
     from mmapt.apis.views import normalise, to_canvas
+    from mmapt.tokenizer import PatchTokenizer
     tok = PatchTokenizer(16, [t * 0.97 for t in thresholds])
     keeps = [
         float(tok(normalise([to_canvas(load_rgb(p), 256)])).keep_ratio[0])
