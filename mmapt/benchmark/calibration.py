@@ -123,6 +123,18 @@ def setting_label(setting: dict) -> str:
     return f'{setting["scorer"]} keep {setting["keep_ratio"]:g}'
 
 
+def setting(scorer: str, ratios: List[float], **mode) -> dict:
+    """One setting's record: its scorer, its mode (``thresholds=...`` or
+    ``keep_ratio=...``), the per-image keep ratios and their
+    :func:`distribution`."""
+    return dict(
+        scorer=scorer,
+        mode=next(iter(mode)),
+        **mode,
+        per_image=ratios,
+        **distribution(ratios))
+
+
 def sweep_settings(scores: Dict[str, list],
                    references: Dict[str, List[float]],
                    grids: list,
@@ -140,14 +152,11 @@ def sweep_settings(scores: Dict[str, list],
         if target_keep is not None:
             scale, _ = calibrate(maps, reference, grids, target_keep)
             thresholds = [round_up(scale * t) for t in reference]
-            ratios = keep_ratios(maps, thresholds, grids)
             settings.append(
-                dict(
-                    scorer=name,
-                    mode='thresholds',
-                    thresholds=thresholds,
-                    per_image=ratios,
-                    **distribution(ratios)))
+                setting(
+                    name,
+                    keep_ratios(maps, thresholds, grids),
+                    thresholds=thresholds))
         for ratio in budget_ratios:
             tokenizer = PatchTokenizer(
                 patch_size,
@@ -155,14 +164,11 @@ def sweep_settings(scores: Dict[str, list],
                 entropy_bins=entropy_bins,
                 scorer=name,
                 keep_ratio=ratio)
-            ratios = budget_keep_ratios(tokenizer, maps, grids)
             settings.append(
-                dict(
-                    scorer=name,
-                    mode='keep_ratio',
-                    keep_ratio=ratio,
-                    per_image=ratios,
-                    **distribution(ratios)))
+                setting(
+                    name,
+                    budget_keep_ratios(tokenizer, maps, grids),
+                    keep_ratio=ratio))
     return settings
 
 
