@@ -41,9 +41,9 @@ from mmapt.engine.preflight import (InputError, add_cfg_options,
                                     check_apt_options, check_model_args,
                                     check_writable_file)
 from mmapt.models.data_preprocessors.apt_inputs import split_apt_inputs
-from mmapt.tokenizer.score_picture import tokenizer_score_picture
 from mmapt.visualization.patch_grid import (caption_bar, draw_patch_grid,
                                             tokenizer_from_config)
+from mmapt.visualization.score_picture import tokenizer_score_picture
 
 # Long side of the saved picture: readable patch grids of a 1536 canvas fit,
 # a 40 x 4000 strip no longer becomes a 32000-pixel-wide PNG.

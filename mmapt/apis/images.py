@@ -11,11 +11,14 @@ clipped, alpha dropped, CMYK and gray converted to RGB.
 Without mmcv (the GPU benchmark needs torch only) the ``cv2`` backend makes
 the OpenCV call that ``mmcv.imfrombytes`` makes; ``pillow`` needs mmcv.
 Without OpenCV too, Pillow decodes, with a warning.
+
+The tools read a user's files with :func:`read_image` (one-line errors that
+name the file and the fix) and find them with :func:`list_images`.
 """
 import functools
 import os
 import warnings
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 import numpy as np
 
@@ -23,10 +26,21 @@ import numpy as np
 #: pipeline of the configs.
 DEFAULT_DECODE_BACKEND = 'cv2'
 DECODE_BACKENDS = ('cv2', 'pillow')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.npy')
+# The real photographs scikit-image ships (no synthetic or microscopy
+# images), RGB and gray: what the analysis tools are measured on.
+SAMPLE_PHOTOS = ('astronaut.png', 'camera.png', 'chelsea.png', 'coffee.png',
+                 'rocket.jpg', 'motorcycle_left.png', 'hubble_deep_field.jpg',
+                 'moon.png')
 
 
 class ImageDecodeError(ValueError):
     """The file's bytes are not an image the backend can decode."""
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image; the message is one line that
+    names the file and the problem."""
 
 
 def _bgr_decoder(backend: str) -> Callable[[bytes], Optional[np.ndarray]]:
@@ -139,3 +153,84 @@ def pipeline_decode_backend(cfg: Mapping[str, Any],
         if kind.split('.')[-1] == 'LoadImageFromFile':
             return step.get('imdecode_backend', DEFAULT_DECODE_BACKEND)
     return DEFAULT_DECODE_BACKEND
+
+
+def sample_photo_paths() -> List[str]:
+    """Paths of :data:`SAMPLE_PHOTOS` inside the installed scikit-image."""
+    try:
+        import skimage
+    except ImportError as err:
+        raise FileNotFoundError(
+            'the sample photographs come with scikit-image, which is not '
+            'installed: pass a folder of images instead (write one on a '
+            'machine with scikit-image: python tools/misc/sample_photos.py '
+            'DIR)') from err
+    source = os.path.join(os.path.dirname(skimage.__file__), 'data')
+    return [os.path.join(source, name) for name in SAMPLE_PHOTOS]
+
+
+def list_images(path: str) -> List[str]:
+    """An image file, or every image in a folder (sorted)."""
+    if os.path.isdir(path):
+        files = [
+            os.path.join(path, name) for name in sorted(os.listdir(path))
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+        if not files:
+            raise FileNotFoundError(
+                f'no images ({", ".join(IMAGE_EXTENSIONS)}) in folder {path}')
+        return files
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is neither an image nor a folder')
+    return [path]
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: :func:`decode_image` with the default backend
+    (EXIF orientation, 16-bit, alpha, gray and CMYK as the model sees them).
+
+    ``.npy`` files hold an (H, W), (H, W, 3) or (H, W, 4) uint8 array (RGB).
+    """
+    if not path.lower().endswith('.npy'):
+        return decode_image(path)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ImageDecodeError(f'{path}: empty file (0 bytes)')
+    array = np.load(path)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
+            array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(f'{path}: expected an (H, W[, 3 or 4]) uint8 '
+                         f'array, got {array.dtype} {array.shape}')
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
+
+
+def read_image(path: str) -> np.ndarray:
+    """:func:`load_rgb`, every failure an :class:`ImageReadError` whose one
+    line names the file, the problem and what to do.
+
+    Raises:
+        ImageReadError: the file is missing or a directory, empty,
+            truncated, not an image the pipeline's decoder reads, or has no
+            pixels.
+    """
+    try:
+        image = load_rgb(path)
+    except IsADirectoryError:
+        raise ImageReadError(f'{path} is a directory, not an image file: '
+                             'give one image file') from None
+    except FileNotFoundError:
+        raise ImageReadError(f'{path}: no such file') from None
+    except ImageDecodeError as err:
+        raise ImageReadError(f'{err}; export it again or re-save it as PNG '
+                             'or JPEG') from None
+    except (OSError, ValueError, SyntaxError) as err:
+        # .npy loading: ValueError (not an array file) or OSError.
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageReadError(
+            f'{path}: cannot be read ({message}); the file may be truncated '
+            'or corrupt') from None
+    if image.size == 0:
+        raise ImageReadError(f'{path}: the image has no pixels '
+                             f'({image.shape[0]} x {image.shape[1]})')
+    return image

@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from mmapt.tokenizer.prepare import list_images
+from mmapt.apis.images import list_images
 
 
 def load_config(path: str, options: Optional[dict] = None):

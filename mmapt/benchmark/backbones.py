@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmapt.apis.views import canvas_content_size, normalise, to_canvas
 from mmapt.models.backbones import count_tokens
 from mmapt.models.layers.attention import count_attention_calls
-from mmapt.tokenizer.prepare import canvas_content_size, normalise, to_canvas
 
 
 class NotAvailable(RuntimeError):

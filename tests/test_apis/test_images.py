@@ -10,9 +10,8 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
-from mmapt.apis import ImageDecodeError, decode_image, pipeline_decode_backend
-from mmapt.tokenizer.image_folder import ImageReadError, read_image
-from mmapt.tokenizer.prepare import load_rgb
+from mmapt.apis import (ImageDecodeError, ImageReadError, decode_image,
+                        load_rgb, pipeline_decode_backend, read_image)
 
 ORIENTATION = 0x0112
 
@@ -86,8 +85,8 @@ def test_sixteen_bit_gray_is_scaled_not_clipped(odd_files):
 def test_the_tokens_follow_the_pipelines_pixels(odd_files):
     """The calibrating tools count the tokens of the image the model sees:
     the 16-bit image's texture keeps its base patches."""
+    from mmapt.apis.views import normalise, prepare_view
     from mmapt.tokenizer import PatchTokenizer
-    from mmapt.tokenizer.prepare import normalise, prepare_view
     tokenizer = PatchTokenizer(16, (1.0, 1.0), patch_sizes=(16, 32, 64))
     path = str(odd_files / 'gray16.png')
     layouts = [

@@ -159,8 +159,8 @@ MAX_OPS_OUTSIDE_BLOCKS = 153
 def photo_1536():
     """The scikit-image astronaut on the 1536 canvas, normalised."""
     pytest.importorskip('skimage')
-    from mmapt.tokenizer.prepare import (load_rgb, normalise,
-                                         sample_photo_paths, to_canvas)
+    from mmapt.apis.images import load_rgb, sample_photo_paths
+    from mmapt.apis.views import normalise, to_canvas
     return normalise([to_canvas(load_rgb(sample_photo_paths()[0]), 1536)])
 
 

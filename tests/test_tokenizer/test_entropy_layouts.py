@@ -104,7 +104,7 @@ def synthetic_images() -> dict:
 
 def photo_images(paths=None) -> dict:
     """The scikit-image photographs, centre-cropped to <= PHOTO_SIDE."""
-    from mmapt.tokenizer.prepare import load_rgb, sample_photo_paths
+    from mmapt.apis.images import load_rgb, sample_photo_paths
     images = {}
     for path in paths or sample_photo_paths():
         image = load_rgb(path)
@@ -177,14 +177,14 @@ def make_tokenizer(setting: dict):
 
 
 def view(image: np.ndarray, setting: dict) -> np.ndarray:
-    from mmapt.tokenizer.prepare import prepare_view
+    from mmapt.apis.views import prepare_view
     multiple = setting['patch_size'] * 2**len(setting['thresholds'])
     return prepare_view(image, multiple=multiple)
 
 
 def compute_case(name: str, images: list, setting_name: str, tokenize):
     """One fixture entry: ``tokenize(tokenizer, batch) -> PatchLayout``."""
-    from mmapt.tokenizer.prepare import normalise
+    from mmapt.apis.views import normalise
     setting = SETTINGS[setting_name]
     views = [view(image, setting) for image in images]
     layout = tokenize(make_tokenizer(setting), normalise(views))
@@ -350,7 +350,7 @@ def test_budget_with_threshold_floor_reproduces_layouts(reference):
 def _write(photo_dir=None) -> None:
     paths = None
     if photo_dir:
-        from mmapt.tokenizer.prepare import SAMPLE_PHOTOS
+        from mmapt.apis.images import SAMPLE_PHOTOS
         paths = [os.path.join(photo_dir, name) for name in SAMPLE_PHOTOS]
     cases = all_cases(photo_images(paths), _default_tokenize)
     with open(FIXTURE, 'w') as f:

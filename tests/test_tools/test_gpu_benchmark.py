@@ -57,7 +57,7 @@ def test_backbones_import_without_openmmlab_packages():
             'for name in ("mmcv", "mmdet", "mmseg"):\n'
             '    sys.modules[name] = None\n'
             'import mmapt.models.backbones as b\n'
-            'from mmapt.tokenizer import prepare\n'
+            'from mmapt.apis import image_folder, images, views\n'
             'from mmapt.benchmark import analysis, memory, timing\n'
             'print(b.APTEVA02.__name__, b.EVA02.__name__)\n')
     proc = subprocess.run([sys.executable, '-c', code],

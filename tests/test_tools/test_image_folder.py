@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from test_tokenizer_tools import ROOT, load_tool
 
-from mmapt.tokenizer.image_folder import (ImageFolder, ImageReadError,
-                                          Progress, read_image)
+from mmapt.apis import ImageReadError, read_image
+from mmapt.apis.image_folder import ImageFolder, progress_bar
 
 
 @pytest.fixture(scope='module')
@@ -72,14 +72,42 @@ def test_image_folder_skips_and_reports(mixed_dir, capsys):
     folder.check_some_read()  # two were read: no error
 
 
-def test_progress_prints_about_ten_lines():
+def test_progress_in_a_log_is_one_final_line_with_the_notes():
     import io
     stream = io.StringIO()
-    bar = Progress(100, 'work', stream)
-    for _ in range(100):
-        bar.update()
+    with progress_bar(100, 'work', stream) as advance:
+        for step in range(100):
+            advance('warning: odd step' if step == 40 else None)
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 10 and lines[-1].startswith('work: 100/100')
+    # Not a terminal: the note, then the bar once, at its end.
+    assert len(lines) == 2 and lines[0] == 'warning: odd step'
+    assert lines[1].startswith('work: 100/100')
+
+
+def test_progress_on_a_terminal_is_redrawn_in_place():
+    import io
+
+    class Terminal(io.StringIO):
+
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    with progress_bar(3, 'work', stream) as advance:
+        for _ in range(3):
+            advance()
+    text = stream.getvalue()
+    assert 'work: 3/3' in text
+    assert '\x1b[' in text  # cursor control: the line is rewritten
+
+
+def test_no_progress_still_prints_the_warnings(mixed_dir):
+    import io
+    stream = io.StringIO()
+    folder = ImageFolder(str(mixed_dir), progress=False, stream=stream)
+    assert len(list(folder)) == 2
+    log = stream.getvalue()
+    assert log.count('warning: skipping') == 3 and '5/5' not in log
 
 
 def test_visualize_skips_unreadable_files(mixed_dir, tmp_path, capsys):

@@ -55,7 +55,7 @@ def test_plain_configs_get_the_plain_grid():
 
 
 def test_drawn_layout_of_an_apt_config_has_merged_patches():
-    from mmapt.tokenizer.prepare import normalise
+    from mmapt.apis.views import normalise
     tokenizer = tokenizer_from_config(_cfg('toy/toy_apt_det.py'))
     image = np.full((256, 256, 3), 120, np.uint8)  # flat top half
     image[128:] = np.random.default_rng(0).integers(0, 255, (128, 256, 3))

@@ -66,6 +66,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmapt.apis.images import list_images, load_rgb
+from mmapt.apis.views import normalise, to_canvas
 from mmapt.benchmark import (ArmRecord, NotAvailable, accelerated_arm,
                              bucket_size, build_backbone_pair,
                              count_forward_overhead, forward_tokens, get_clock,
@@ -78,7 +80,6 @@ from mmapt.benchmark.runner import split_of
 from mmapt.benchmark.timing import time_call
 from mmapt.models import APTEVA02, EVA02, APTViT, ViT
 from mmapt.models.backbones.accelerate import ACCELERATE_MODES
-from mmapt.tokenizer.prepare import list_images, load_rgb, normalise, to_canvas
 
 
 def parse_args(argv=None) -> argparse.Namespace:

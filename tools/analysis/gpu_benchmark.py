@@ -73,6 +73,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from mmapt.apis.images import list_images, load_rgb, sample_photo_paths
 from mmapt.benchmark import (bucket_size, build_backbone_pair, packed_to,
                              photo_views, static_mode_available)
 from mmapt.benchmark.arch_summary import (ARM_NAMES, arch_summary,
@@ -92,7 +93,6 @@ from mmapt.benchmark.runner import (ArmOutcomes, BackboneArm, arm_summary, log,
 from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.layers import attention
-from mmapt.tokenizer.prepare import list_images, load_rgb, sample_photo_paths
 
 # Backbone settings of configs/eva02_vitdet_coco{,_large}.py.
 ARCHS = {

@@ -22,19 +22,16 @@ its ground-truth boxes as importance map: an oracle upper bound of what an
 importance map can buy, not a deployable setting.
 """
 import argparse
-import ast
 import json
-import os.path as osp
+import os
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-import torch
-
+from mmapt.benchmark.scorer_eval import (bootstrap_report, build_runner,
+                                         cached_batches, parse_overrides,
+                                         print_table, run_settings)
 from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.preflight import InputError, check_writable_file
-from mmapt.tokenizer.image_folder import Progress
 
 
 def parse_args(argv=None):
@@ -58,218 +55,6 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='write the full report as JSON')
     add_trust_argument(parser)
     return parser.parse_args(argv)
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict:
-    """``KEY=VALUE`` strings -> a dict for ``Config.merge_from_dict``; the
-    values are Python literals where they parse as one, else strings."""
-    options = {}
-    for pair in pairs:
-        if '=' not in pair:
-            raise ValueError(f'override {pair!r} is not KEY=VALUE')
-        key, value = pair.split('=', 1)
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
-    return options
-
-
-def build_runner(config: str, work_dir: str):
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-    cfg = Config.fromfile(config)
-    cfg.work_dir = work_dir
-    cfg.load_from = None
-    cfg.model.backbone.init_cfg = None
-    cfg.default_hooks.pop('visualization', None)
-    cfg.custom_hooks = []
-    return cfg, Runner.from_cfg(cfg)
-
-
-def cached_batches(runner, limit=None) -> list:
-    """The test batches after the data pipeline, once for all settings."""
-    batches = []
-    for i, batch in enumerate(runner.test_dataloader):
-        if limit is not None and i >= limit:
-            break
-        batches.append(batch)
-    return batches
-
-
-def with_box_importance(cfg, batches: list) -> list:
-    """The ``importance=boxes`` setting: the ground-truth boxes as each
-    image's importance map (an oracle: what importance can buy at best),
-    delivered by APTDataPreprocessor as the pipeline would."""
-    import copy
-
-    from mmapt.datasets.importance import BoxImportanceMap
-    wrapped = cfg.model.data_preprocessor.to_dict()
-    cfg.model.data_preprocessor = dict(
-        type='APTDataPreprocessor', wraps=wrapped.pop('type'), **wrapped)
-    transform = BoxImportanceMap()
-    out = []
-    for batch in batches:
-        batch = copy.deepcopy(batch)
-        for inputs, sample in zip(batch['inputs'], batch['data_samples']):
-            transform(dict(inputs=inputs, data_samples=sample))
-        out.append(batch)
-    return out
-
-
-def run_setting(runner,
-                cfg,
-                overrides: dict,
-                checkpoint: str,
-                batches: list,
-                trust: Optional[bool] = None) -> dict:
-    """Predictions of one setting: per-image metric results and tokens."""
-    from mmengine.evaluator import Evaluator
-    from mmengine.runner import load_checkpoint
-
-    from mmapt.engine import safe_checkpoint_loading
-    setting_cfg = cfg.copy()
-    overrides = dict(overrides)
-    importance = overrides.pop('importance', None)
-    setting_cfg.merge_from_dict(overrides)
-    if importance == 'boxes':
-        batches = with_box_importance(setting_cfg, batches)
-    elif importance is not None:
-        raise ValueError(f'importance={importance!r}: only importance=boxes '
-                         '(the ground-truth boxes) is built in')
-    model = runner.build_model(setting_cfg.model)
-    # A Runner-written (trained) checkpoint, loaded without running code.
-    with safe_checkpoint_loading(trust):
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=False)
-    model.eval()
-    evaluator = Evaluator(setting_cfg.test_evaluator)
-    evaluator.dataset_meta = runner.test_dataloader.dataset.metainfo
-    tokens: List[int] = []
-    baseline: List[int] = []
-    calls: List[tuple] = []
-    handle = model.backbone.register_token_observer(lambda t, b: calls.append(
-        (t.cpu(), b.cpu())))
-    with torch.no_grad():
-        for batch in batches:
-            calls.clear()
-            outputs = model.test_step(batch)
-            evaluator.process(data_samples=outputs, data_batch=batch)
-            # Slide inference calls the backbone once per crop: sum them.
-            per_image_t = torch.zeros(len(outputs), dtype=torch.long)
-            per_image_b = torch.zeros(len(outputs), dtype=torch.long)
-            for t, b in calls:
-                if len(t) == len(outputs):
-                    per_image_t += t
-                    per_image_b += b
-                else:  # one image per call (slide windows of batch 1)
-                    per_image_t += t.sum()
-                    per_image_b += b.sum()
-            tokens += per_image_t.tolist()
-            baseline += per_image_b.tolist()
-    handle.remove()
-    metric = evaluator.metrics[0]
-    results = list(metric.results)
-    summary = evaluator.evaluate(len(results))
-    return dict(
-        results=results,
-        metric=metric,
-        summary={
-            k: float(v)
-            for k, v in summary.items() if isinstance(v, (int, float))
-        },
-        tokens=tokens,
-        baseline_tokens=baseline)
-
-
-# ------------------------------------------------------------ bootstrap
-class CocoBootstrap:
-    """COCO AP of resampled image sets from one ``evaluate()``.
-
-    ``COCOeval.evaluate`` matches detections per image and category; AP of
-    any multiset of images is then ``accumulate`` over those per-image
-    matches, so the matching runs once and each resample costs only the
-    accumulation.
-    """
-
-    def __init__(self, metric, results: list, iou_type: str) -> None:
-        from mmdet.datasets.api_wrappers import COCOeval
-
-        # CocoMetric keeps (ground truth, prediction) per image.
-        preds = [r[1] if isinstance(r, tuple) else r for r in results]
-        with tempfile.TemporaryDirectory() as tmp:
-            files = metric.results2json(preds, osp.join(tmp, 'r'))
-            with open(files[iou_type]) as f:
-                predictions = json.load(f)
-        if iou_type == 'segm':  # as mmdet: mask areas, not box areas
-            for p in predictions:
-                p.pop('bbox', None)
-        coco_dt = self._quiet(lambda: metric._coco_api.loadRes(predictions))
-        self.eval = COCOeval(metric._coco_api, coco_dt, iou_type)
-        self.eval.params.catIds = metric.cat_ids
-        self.img_ids = [p['img_id'] for p in preds]
-        self.eval.params.imgIds = self.img_ids
-        self.eval.params.maxDets = list(metric.proposal_nums)
-        self.eval.params.iouThrs = metric.iou_thrs
-        self._quiet(self.eval.evaluate)
-        self.matches = list(self.eval.evalImgs)
-        self.num_images = len(self.img_ids)
-        self.params = self.eval._paramsEval
-
-    @staticmethod
-    def _quiet(fn):
-        import contextlib
-        import io
-        with contextlib.redirect_stdout(io.StringIO()):
-            return fn()
-
-    def ap(self, indices: Sequence[int]) -> float:
-        """AP@[.5:.95] (``stats[0]``) over the images at ``indices``
-        (repeats allowed)."""
-        n0 = self.num_images
-        num_areas = len(self.params.areaRng)
-        num_cats = len(self.params.catIds)
-        picked = []
-        for k in range(num_cats):
-            for a in range(num_areas):
-                base = k * num_areas * n0 + a * n0
-                picked.extend(self.matches[base + i] for i in indices)
-        ids = [self.img_ids[i] for i in indices]
-        # accumulate() reads the image list of both parameter sets.
-        self.eval.params.imgIds = ids
-        self.params.imgIds = ids
-        self.eval.evalImgs = picked
-        self._quiet(self.eval.accumulate)
-        self._quiet(self.eval.summarize)
-        return float(self.eval.stats[0])
-
-
-def seg_miou(results: list, indices: Sequence[int]) -> float:
-    """mmseg's mIoU over the images at ``indices`` (IoUMetric results:
-    per-image areas of intersection, union, prediction and label)."""
-    inter = sum(results[i][0] for i in indices)
-    union = sum(results[i][1] for i in indices)
-    iou = (inter / union).numpy()
-    return float(np.nanmean(iou))
-
-
-def scorers_of(run: dict, scope: str) -> Dict[str, callable]:
-    """Metric name -> function of image indices, in %."""
-    if scope == 'mmseg':
-        return dict(mIoU=lambda idx: 100 * seg_miou(run['results'], idx))
-    out = {}
-    for iou_type, name in (('bbox', 'box_AP'), ('segm', 'mask_AP')):
-        if iou_type in run['metric'].metrics:
-            boot = CocoBootstrap(run['metric'], run['results'], iou_type)
-            out[name] = lambda idx, b=boot: 100 * b.ap(idx)
-    return out
-
-
-def summarise(values: np.ndarray) -> dict:
-    low, high = np.percentile(values, [2.5, 97.5])
-    return dict(
-        std=round(float(values.std()), 2),
-        ci95=[round(float(low), 2),
-              round(float(high), 2)])
 
 
 def main(argv=None) -> int:
@@ -306,105 +91,20 @@ def main(argv=None) -> int:
         cfg, runner = build_runner(args.config, work_dir)
         scope = cfg.get('default_scope', 'mmdet')
         batches = cached_batches(runner, args.limit)
-        progress = Progress(len(labels), 'settings')
-        runs = {}
-        for label in labels:
-            runs[label] = run_setting(runner, cfg, overrides[label],
-                                      args.checkpoint, batches,
-                                      args.trust_checkpoint)
-            print(f'{label}: {runs[label]["summary"]}', file=sys.stderr)
-            progress.update()
-
-    num_images = len(runs[labels[0]]['tokens'])
-    rng = np.random.default_rng(args.seed)
-    samples = rng.integers(0, num_images, (args.bootstrap, num_images))
-    everything = np.arange(num_images)
+        runs = run_settings(runner, cfg, overrides, args.checkpoint, batches,
+                            args.trust_checkpoint)
     report = dict(
         config=args.config,
         checkpoint=args.checkpoint,
-        images=num_images,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        settings={})
-    boot_values = {}
-    for label in labels:
-        run = runs[label]
-        tokens = np.array(run['tokens'], dtype=float)
-        base = np.array(run['baseline_tokens'], dtype=float)
-        entry = dict(
-            overrides={
-                k: repr(v)
-                for k, v in overrides[label].items()
-            },
-            tokens_per_image=round(float(tokens.mean()), 1),
-            keep_ratio=round(float(tokens.sum() / base.sum()), 4),
-            keep_ratio_per_image_min_max=[
-                round(float((tokens / base).min()), 3),
-                round(float((tokens / base).max()), 3)
-            ],
-            mmengine_metrics=run['summary'],
-            metrics={})
-        boot_values[label] = {}
-        for name, fn in scorers_of(run, scope).items():
-            values = np.array([fn(s) for s in samples])
-            boot_values[label][name] = values
-            entry['metrics'][name] = dict(
-                value=round(fn(everything), 2), **summarise(values))
-        report['settings'][label] = entry
-        print(f'bootstrapped {label}', file=sys.stderr, flush=True)
-    # Every pair, so any two settings can be compared afterwards.
-    for label in labels:
-        paired = report['settings'][label]['paired'] = {}
-        for other in labels:
-            if other == label:
-                continue
-            paired[other] = {}
-            for name, values in boot_values[label].items():
-                delta = values - boot_values[other][name]
-                paired[other][name] = dict(
-                    delta=round(
-                        report['settings'][label]['metrics'][name]['value'] -
-                        report['settings'][other]['metrics'][name]['value'],
-                        2),
-                    p_better=round(float((delta > 0).mean()), 3),
-                    **summarise(delta))
-    if args.reference:
-        ref = boot_values[args.reference]
-        for label in labels:
-            diffs = {}
-            for name, values in boot_values[label].items():
-                delta = values - ref[name]
-                point = (
-                    report['settings'][label]['metrics'][name]['value'] -
-                    report['settings'][
-                        args.reference]['metrics'][name]['value'])
-                diffs[name] = dict(
-                    delta=round(point, 2),
-                    p_better=round(float((delta > 0).mean()), 3),
-                    **summarise(delta))
-            report['settings'][label]['vs_' + args.reference] = diffs
+        **bootstrap_report(runs, overrides, scope, args.bootstrap, args.seed,
+                           args.reference))
     print_table(report, args.reference)
-    if args.out:
+    if args.out:  # checked writable above; its folder may not exist yet
+        os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
         with open(args.out, 'w') as f:
             json.dump(report, f, indent=1)
         print(f'saved {args.out}', file=sys.stderr)
     return 0
-
-
-def print_table(report: dict, reference=None) -> None:
-    for label, entry in report['settings'].items():
-        parts = [
-            f'{label:<18} keep {entry["keep_ratio"]:.3f} '
-            f'({entry["tokens_per_image"]} tokens)'
-        ]
-        for name, m in entry['metrics'].items():
-            part = f'{name} {m["value"]:.2f} [{m["ci95"][0]}, {m["ci95"][1]}]'
-            if reference and reference != label:
-                d = entry['vs_' + reference][name]
-                part += (f' d={d["delta"]:+.2f} [{d["ci95"][0]}, '
-                         f'{d["ci95"][1]}]')
-            parts.append(part)
-        print(' | '.join(parts))
 
 
 if __name__ == '__main__':

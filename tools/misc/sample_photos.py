@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 
-from mmapt.tokenizer.prepare import load_rgb, sample_photo_paths
+from mmapt.apis.images import load_rgb, sample_photo_paths
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ def check_image_batch(
         raise ValueError(
             f'the backbone takes {expected}, got {x.dtype} pixels: subtract '
             'the mean and divide by the std in float32 (mmdet / mmseg data '
-            'preprocessors do; mmapt.tokenizer.prepare.normalise in scripts)')
+            'preprocessors do; mmapt.apis.views.normalise in scripts)')
     if x.dtype != weight_dtype and \
             not torch.is_autocast_enabled(x.device.type):
         raise ValueError(

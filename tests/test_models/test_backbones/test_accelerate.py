@@ -84,8 +84,8 @@ def test_plain_compiled_equals_eager_without_recompiling():
 def _photos(num, canvas):
     """The first ``num`` sample photographs on the detection canvas."""
     pytest.importorskip('skimage')
-    from mmapt.tokenizer.prepare import (load_rgb, normalise,
-                                         sample_photo_paths, to_canvas)
+    from mmapt.apis.images import load_rgb, sample_photo_paths
+    from mmapt.apis.views import normalise, to_canvas
     paths = sample_photo_paths()[:num]
     return [normalise([to_canvas(load_rgb(p), canvas)]) for p in paths]
 

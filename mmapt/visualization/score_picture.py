@@ -1,8 +1,7 @@
 """A patch scorer's map as a picture, to draw beside the patch layout.
 
-numpy only (no cv2 / matplotlib), like :mod:`.prepare`, so that
-``tools/analysis/visualize_patches.py`` runs on a machine with torch only;
-``demo/image_demo.py`` uses the same pictures.
+numpy only (no cv2 / matplotlib): ``tools/analysis/visualize_patches.py``
+and ``demo/image_demo.py`` draw the same pictures.
 """
 from typing import Optional, Tuple
 
