@@ -2,7 +2,6 @@
 by thresholds or by a token budget)."""
 import math
 import numbers
-import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -10,7 +9,7 @@ from torch import Tensor
 
 from .budget import (budget_patches, check_keep_ratio, check_token_budget,
                      fit_patches, min_tokens, resolve_budget)
-from .entropy import entropy_maps, images_to_gray
+from .entropy import ENTROPY_BINS, images_to_gray
 from .layout import (PackSizeSpec, PatchLayout, build_layout, check_pack_size,
                      check_pack_size_spec, choose_pack_size,
                      default_pack_sizes, max_pack_size, select_patches)
@@ -99,7 +98,8 @@ class PatchTokenizer:
             mode they only count the scales, unless ``threshold_floor``.
         entropy_bins (int): Histogram bins over [0, 255] of the entropy
             scorer (the default one, or an ``entropy`` scorer config without
-            ``bins``). Defaults to 512.
+            ``entropy_bins``). Defaults to :data:`~mmapt.tokenizer.entropy.
+            ENTROPY_BINS`.
         mean (Sequence[float]): RGB mean the images were normalised with.
         std (Sequence[float]): RGB std the images were normalised with.
         window_size (int, optional): Window side in base cells, for window
@@ -131,13 +131,12 @@ class PatchTokenizer:
         threshold_floor (bool): Budget mode only: the splits the thresholds
             make come first (thresholds as a floor of detail). Defaults to
             False (score order only).
-        num_bins (int, optional): Deprecated name of ``entropy_bins``.
     """
 
     def __init__(self,
                  patch_size: int = 16,
                  thresholds: Sequence[float] = (2.0, 2.0, 0.3),
-                 entropy_bins: Optional[int] = None,
+                 entropy_bins: int = ENTROPY_BINS,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
                  window_size: Optional[int] = None,
@@ -147,21 +146,7 @@ class PatchTokenizer:
                  token_budget: Optional[int] = None,
                  keep_ratio: Optional[float] = None,
                  threshold_floor: bool = False,
-                 num_bins: Optional[int] = None,
                  pack_size: Optional[int] = None) -> None:
-        if num_bins is not None:
-            warnings.warn(
-                'PatchTokenizer(num_bins=...) is deprecated: use '
-                'entropy_bins=..., the name the backbones use',
-                DeprecationWarning,
-                stacklevel=2)
-            if entropy_bins is not None and entropy_bins != num_bins:
-                raise ValueError(f'entropy_bins={entropy_bins} and the '
-                                 f'deprecated num_bins={num_bins} disagree: '
-                                 'give entropy_bins only')
-            entropy_bins = num_bins
-        if entropy_bins is None:
-            entropy_bins = 512
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f'patch_size must be a positive int, got '
                              f'{patch_size!r}')
@@ -240,15 +225,6 @@ class PatchTokenizer:
         return (spec, ) if isinstance(spec, int) else tuple(spec)
 
     @property
-    def num_bins(self) -> int:
-        """Deprecated name of :attr:`entropy_bins`."""
-        warnings.warn(
-            'PatchTokenizer.num_bins is deprecated: use entropy_bins',
-            DeprecationWarning,
-            stacklevel=2)
-        return self.entropy_bins
-
-    @property
     def patch_sizes(self) -> Tuple[int, ...]:
         return tuple(self.patch_size * 2**i for i in range(self.num_scales))
 
@@ -299,13 +275,6 @@ class PatchTokenizer:
                 f'size=(H, W) multiples of it) in the mmseg '
                 f'SegDataPreProcessor.')
         self.budget_for(height, width)
-
-    @torch.no_grad()
-    def entropy_maps(self, images: Tensor) -> list:
-        """Entropy maps of the scales above the base one (smallest first),
-        with :attr:`entropy_bins` bins, whatever the scorer."""
-        gray = images_to_gray(images, self.mean, self.std)
-        return entropy_maps(gray, self.patch_sizes[1:], self.entropy_bins)
 
     @torch.no_grad()
     def score_maps(self,
