@@ -303,8 +303,7 @@ class APTAdapter:
         (batch, input size, ``pack_size``); what to capture or compile per
         bucket. A batch needing more is capped to fit."""
         self.host.check_input_size(*x.shape[2:])
-        self.check_input_size(*x.shape[2:])
-        with forward_stage('tokenizer'):
+        with forward_stage('tokenizer'):  # the tokenizer checks x once
             layout = self.tokenizer.layout(x, importance, pack_size)
         return self._forward_layout(x, layout)
 
@@ -334,7 +333,6 @@ class APTAdapter:
         if isinstance(spec, int):
             return self.forward_static(x, importance, spec)
         self.host.check_input_size(*x.shape[2:])
-        self.check_input_size(*x.shape[2:])
-        with forward_stage('tokenizer'):
+        with forward_stage('tokenizer'):  # the tokenizer checks x once
             layout = self.tokenize(x, importance)
         return self._forward_layout(x, layout)
