@@ -6,13 +6,14 @@ the GPU benchmark imports it on a machine with torch and timm.
 import os
 from collections import Counter
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from mmapt.apis.views import canvas_content_size, normalise, to_canvas
+from mmapt.models.apt import is_apt_backbone
 from mmapt.models.backbones import count_tokens
 from mmapt.models.layers.attention import count_attention_calls
 
@@ -157,8 +158,7 @@ def padded_attention_scope():
 def static_mode_available(apt: nn.Module) -> bool:
     """Whether the APT backbone has the static-shape mode (a settable
     ``apt.pack_size``: the packed sequence padded to that many tokens)."""
-    adapter = getattr(apt, 'apt', None)
-    return adapter is not None and hasattr(adapter, 'pack_size')
+    return is_apt_backbone(apt) and hasattr(apt.apt, 'pack_size')
 
 
 def require_static_mode(apt: nn.Module) -> None:
@@ -290,11 +290,3 @@ def stage_split(stages_ms: Dict[str, float]) -> Dict[str, float]:
     out['tokenizer_share'] = round(stages_ms.get('tokenizer', 0.) /
                                    total, 4) if total else None
     return out
-
-
-def mean_share(splits: List[Dict[str, float]], stage: str) -> Optional[float]:
-    """``stage``'s share of the summed forward time over several splits."""
-    total = sum(s['forward_ms'] for s in splits)
-    if not total:
-        return None
-    return round(sum(s.get(stage, 0.) for s in splits) / total, 4)

@@ -6,6 +6,7 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
 
+from mmapt.models.apt import is_apt_backbone
 from mmapt.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 
@@ -148,7 +149,9 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         backbone = self._find_backbone(module)
         bb_prefix = 'backbone.'
         apt_prefixes = tuple(
-            bb_prefix + p for p in getattr(backbone, 'apt_param_prefixes', ()))
+            bb_prefix + p
+            for p in backbone.apt_param_prefixes) if is_apt_backbone(
+                backbone) else ()
         groups: Dict[str, dict] = {}
         num_layers = None
         for name, param in module.named_parameters():

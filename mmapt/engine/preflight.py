@@ -157,10 +157,8 @@ def check_checkpoint_path(path: str, what: str) -> None:
 
 
 def _backbone_cfg(cfg: Config) -> dict:
-    model = cfg.get('model') or {}
-    if 'backbone' not in model and 'module' in model:  # a TTA wrapper
-        model = model['module'] or {}
-    return model.get('backbone') or {}
+    from mmapt.models.apt import backbone_cfg_of
+    return backbone_cfg_of({'model': cfg.get('model')}) or {}
 
 
 def check_model_args(cfg: Config, config_path: str) -> None:
@@ -177,23 +175,30 @@ def check_model_args(cfg: Config, config_path: str) -> None:
         raise BadInputError(f'model.backbone of {config_path}: {err}')
 
 
+def _config_tokenizer(backbone: dict, **overrides):
+    """The tokenizer an APT backbone config builds (its checks run, no
+    weights built); None for a plain backbone. KeyError: a backbone type
+    mmapt does not register."""
+    from mmapt.models.apt import apt_tokenizer_args
+    from mmapt.tokenizer import PatchTokenizer
+    args = apt_tokenizer_args(backbone)
+    return None if args is None else PatchTokenizer(**args, **overrides)
+
+
 def check_apt_options(cfg: Config, config_path: str) -> None:
     """Every APT option of the backbone (``keep_ratio``, ``token_budget``
     at the backbone's ``img_size``, ``scorer``, ``threshold_floor``,
     ``window_size`` against the largest patch, ...) checked from the config
     by the tokenizer's own validation, before the model is built."""
+    from mmapt.models.apt import backbone_class, init_default
     backbone = _backbone_cfg(cfg)
     if 'type' not in backbone:
         return
-    from mmapt.models.apt import (apt_tokenizer_args, backbone_class,
-                                  init_default)
-    from mmapt.tokenizer import PatchTokenizer
     where = f'model.backbone of {config_path}'
     try:
-        args = apt_tokenizer_args(backbone)
-        if args is None:
+        tokenizer = _config_tokenizer(backbone)
+        if tokenizer is None:
             return
-        tokenizer = PatchTokenizer(**args)
         img_size = backbone.get(
             'img_size',
             init_default(backbone_class(backbone['type']), 'img_size'))
@@ -317,7 +322,6 @@ def _pack_size_needs(cfg: Config, backbone: dict,
     """(batch, fewest packed tokens of a full batch, the size below which
     (nearly) every batch is capped, what that means) of ``split``'s loader
     on the backbone's canvas; None when the config does not say."""
-    from mmapt.tokenizer.budget import resolve_budget
     from mmapt.tokenizer.layout import default_pack_sizes, min_pack_size
     loader = cfg.get(f'{split}_dataloader') or {}
     batch, img_size = loader.get('batch_size'), backbone.get('img_size')
@@ -325,19 +329,18 @@ def _pack_size_needs(cfg: Config, backbone: dict,
         return None
     height, width = (img_size, img_size) if isinstance(img_size, int) \
         else tuple(img_size)
-    patch = backbone.get('patch_size', 16)
-    grid = (height // patch, width // patch)
-    num_scales = len(backbone.get('thresholds', (2, 2, 0.3))) + 1
     prefix = int(bool(backbone.get('use_cls_token', False))) + \
         int(backbone.get('num_register_tokens', 0) or 0)
-    least = min_pack_size(batch, grid, num_scales, prefix)
-    budget, ratio = backbone.get('token_budget'), backbone.get('keep_ratio')
-    if budget is not None or ratio is not None:
-        try:
-            per_image = resolve_budget(grid, num_scales, patch, budget, ratio,
-                                       prefix)
-        except ValueError:
-            return None  # the model's own check names that problem
+    try:  # the backbone's own tokenizer settings, defaults included
+        tokenizer = _config_tokenizer(backbone, num_prefix_tokens=prefix)
+        per_image = tokenizer and tokenizer.budget_for(height, width)
+    except (KeyError, ValueError):
+        return None  # the model's own check names that problem
+    if tokenizer is None:
+        return None  # a plain backbone has no pack size
+    grid = tokenizer.grid_size(height, width)
+    least = min_pack_size(batch, grid, tokenizer.num_scales, prefix)
+    if per_image is not None:
         return (batch, least, batch * (per_image + prefix),
                 'every batch to fewer tokens than its budget')
     floor = default_pack_sizes(batch, grid, prefix)[0]
@@ -351,10 +354,10 @@ def warn_compile(cfg: Config) -> Optional[str]:
     outside its static-shape mode (``pack_size``), where torch.compile
     recompiles or breaks its graph every batch; returns the line (None when
     there is nothing to say)."""
+    from mmapt.models.apt import is_apt_backbone_cfg
     backbone = _backbone_cfg(cfg)
-    backbone_type = str(backbone.get('type', ''))
-    is_apt = 'thresholds' in backbone or backbone_type.startswith('APT')
-    if not cfg.get('compile') or not is_apt or backbone.get('pack_size'):
+    if not cfg.get('compile') or backbone.get('pack_size') or \
+            not is_apt_backbone_cfg(cfg):
         return None
     msg = ('compile: the APT backbone makes a different number of tokens '
            'for every batch (graph breaks at Tensor.item(), recompilation), '

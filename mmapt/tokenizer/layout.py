@@ -16,7 +16,6 @@ from typing import (Callable, Dict, List, Optional, Sequence, Tuple, TypeVar,
                     Union)
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mmapt.tokenizer.cache_pins import pin
@@ -307,32 +306,6 @@ class PatchLayout:
         dense = dense.view(self.batch_size, height, width, len(outputs),
                            dims).permute(3, 0, 4, 1, 2).contiguous()
         return dense.unbind(0)
-
-    def pool(self, dense: Tensor) -> Tensor:
-        """Dense map (B or 1, C, Hc, Wc) -> content tokens (N, C).
-
-        Test reference only (the forward never pools): each token takes the
-        mean of the cells it covers. A map with batch 1 (e.g. a position
-        table) is shared by every image.
-        """
-        height, width = self.grid_size
-        if dense.dim() != 4 or tuple(dense.shape[2:]) != (height, width):
-            raise ValueError(f'expected a (B, C, {height}, {width}) map, got '
-                             f'{tuple(dense.shape)}')
-        if dense.shape[0] not in (1, self.batch_size):
-            raise ValueError(f'batch of {dense.shape[0]} maps does not match '
-                             f'the layout batch {self.batch_size}')
-        out = dense.new_zeros(self.num_tokens, dense.shape[1])
-        for scale in range(self.num_scales):
-            index = (self.scale_index == scale).nonzero(as_tuple=True)[0]
-            factor = 1 << scale
-            pooled = F.avg_pool2d(dense, factor, factor)
-            images = self.image_index[index] if dense.shape[0] > 1 else \
-                torch.zeros_like(index)
-            value = pooled[images, :, self.row[index] >> scale,
-                           self.col[index] >> scale]
-            out = out.index_copy(0, index, value)
-        return out
 
     def _check_tokens(self, tokens: Tensor) -> None:
         if tokens.dim() != 2 or tokens.shape[0] != self.num_packed:

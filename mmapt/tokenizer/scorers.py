@@ -27,6 +27,7 @@ Registered in :data:`mmapt.registry.PATCH_SCORERS`:
   per-image importance map (see :class:`ImportanceScorer` for the rule).
 """
 import math
+import warnings
 from typing import List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmapt.registry import PATCH_SCORERS
-from .entropy import entropy_maps
+from .entropy import ENTROPY_BINS, entropy_maps
 
 
 def scorer_names() -> List[str]:
@@ -150,22 +151,35 @@ class EntropyScorer(PatchScorer):
     own score, :func:`~mmapt.tokenizer.entropy.entropy_maps`.
 
     Args:
-        bins (int): Histogram bins over [0, 255]. Defaults to 512.
+        entropy_bins (int): Histogram bins over [0, 255]. Defaults to
+            :data:`~mmapt.tokenizer.entropy.ENTROPY_BINS`.
+        bins (int, optional): Deprecated name of ``entropy_bins``.
     """
     _registered_name = 'entropy'
     unit = 'bits'
 
-    def __init__(self, bins: int = 512) -> None:
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+    def __init__(self,
+                 entropy_bins: int = ENTROPY_BINS,
+                 bins: Optional[int] = None) -> None:
+        if bins is not None:  # a config may still say bins=
+            warnings.warn(
+                "the entropy scorer's bins=... is deprecated: use "
+                'entropy_bins=...',
+                DeprecationWarning,
+                stacklevel=2)
+            entropy_bins = bins
+        if isinstance(
+                entropy_bins,
+                bool) or not isinstance(entropy_bins, int) or entropy_bins < 1:
             raise ValueError(
-                f'entropy bins must be a positive int, got {bins!r}')
-        self.bins = bins
+                f'entropy_bins must be a positive int, got {entropy_bins!r}')
+        self.entropy_bins = entropy_bins
 
     def score(self, gray: Tensor, patch_sizes: Sequence[int]) -> List[Tensor]:
-        return entropy_maps(gray, patch_sizes, self.bins)
+        return entropy_maps(gray, patch_sizes, self.entropy_bins)
 
     def __repr__(self) -> str:
-        return f'{type(self).__name__}(bins={self.bins})'
+        return f'{type(self).__name__}(entropy_bins={self.entropy_bins})'
 
 
 @PATCH_SCORERS.register_module('contrast')
@@ -321,8 +335,8 @@ def build_scorer(cfg: ScorerConfig = None,
             ``type`` and the scorer's arguments; or a scorer, returned as is.
         entropy_bins (int, optional): Histogram bins for every entropy
             scorer in ``cfg`` (the importance scorer's base included) that
-            does not set ``bins`` itself: the backbone's and tokenizer's
-            ``entropy_bins``.
+            does not set ``entropy_bins`` itself: the backbone's and
+            tokenizer's.
 
     Returns:
         PatchScorer: The scorer.
@@ -349,7 +363,8 @@ def build_scorer(cfg: ScorerConfig = None,
     if issubclass(cls, ImportanceScorer):
         args['base'] = build_scorer(args.get('base', 'entropy'), entropy_bins)
     if entropy_bins is not None and issubclass(cls, EntropyScorer):
-        args.setdefault('bins', entropy_bins)
+        if 'bins' not in args:  # the deprecated spelling wins if given
+            args.setdefault('entropy_bins', entropy_bins)
     try:
         return cls(**args)
     except TypeError as err:

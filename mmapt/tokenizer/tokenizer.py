@@ -2,7 +2,6 @@
 by thresholds or by a token budget)."""
 import math
 import numbers
-import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -10,7 +9,7 @@ from torch import Tensor
 
 from .budget import (budget_patches, check_keep_ratio, check_token_budget,
                      fit_patches, min_tokens, resolve_budget)
-from .entropy import entropy_maps, images_to_gray
+from .entropy import ENTROPY_BINS, images_to_gray
 from .layout import (PackSizeSpec, PatchLayout, build_layout, check_pack_size,
                      check_pack_size_spec, choose_pack_size,
                      default_pack_sizes, max_pack_size, select_patches)
@@ -99,7 +98,8 @@ class PatchTokenizer:
             mode they only count the scales, unless ``threshold_floor``.
         entropy_bins (int): Histogram bins over [0, 255] of the entropy
             scorer (the default one, or an ``entropy`` scorer config without
-            ``bins``). Defaults to 512.
+            ``entropy_bins``). Defaults to :data:`~mmapt.tokenizer.entropy.
+            ENTROPY_BINS`.
         mean (Sequence[float]): RGB mean the images were normalised with.
         std (Sequence[float]): RGB std the images were normalised with.
         window_size (int, optional): Window side in base cells, for window
@@ -131,13 +131,12 @@ class PatchTokenizer:
         threshold_floor (bool): Budget mode only: the splits the thresholds
             make come first (thresholds as a floor of detail). Defaults to
             False (score order only).
-        num_bins (int, optional): Deprecated name of ``entropy_bins``.
     """
 
     def __init__(self,
                  patch_size: int = 16,
                  thresholds: Sequence[float] = (2.0, 2.0, 0.3),
-                 entropy_bins: Optional[int] = None,
+                 entropy_bins: int = ENTROPY_BINS,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
                  window_size: Optional[int] = None,
@@ -147,21 +146,7 @@ class PatchTokenizer:
                  token_budget: Optional[int] = None,
                  keep_ratio: Optional[float] = None,
                  threshold_floor: bool = False,
-                 num_bins: Optional[int] = None,
                  pack_size: Optional[int] = None) -> None:
-        if num_bins is not None:
-            warnings.warn(
-                'PatchTokenizer(num_bins=...) is deprecated: use '
-                'entropy_bins=..., the name the backbones use',
-                DeprecationWarning,
-                stacklevel=2)
-            if entropy_bins is not None and entropy_bins != num_bins:
-                raise ValueError(f'entropy_bins={entropy_bins} and the '
-                                 f'deprecated num_bins={num_bins} disagree: '
-                                 'give entropy_bins only')
-            entropy_bins = num_bins
-        if entropy_bins is None:
-            entropy_bins = 512
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f'patch_size must be a positive int, got '
                              f'{patch_size!r}')
@@ -240,15 +225,6 @@ class PatchTokenizer:
         return (spec, ) if isinstance(spec, int) else tuple(spec)
 
     @property
-    def num_bins(self) -> int:
-        """Deprecated name of :attr:`entropy_bins`."""
-        warnings.warn(
-            'PatchTokenizer.num_bins is deprecated: use entropy_bins',
-            DeprecationWarning,
-            stacklevel=2)
-        return self.entropy_bins
-
-    @property
     def patch_sizes(self) -> Tuple[int, ...]:
         return tuple(self.patch_size * 2**i for i in range(self.num_scales))
 
@@ -281,8 +257,9 @@ class PatchTokenizer:
             self.grid_size(height, width), self.num_scales, self.patch_size,
             self.token_budget, self.keep_ratio, self.num_prefix_tokens)
 
-    def check_input_size(self, height: int, width: int) -> None:
-        """Raise a ValueError naming the fix when H or W does not fit.
+    def check_input_size(self, height: int, width: int) -> Optional[int]:
+        """Raise a ValueError naming the fix when H or W does not fit;
+        return :meth:`budget_for` of this size (resolved here, once).
 
         Inputs must be a multiple of the largest patch; with windows they
         need not be a multiple of the window (windows at the bottom/right
@@ -298,14 +275,7 @@ class PatchTokenizer:
                 f'mmdet DetDataPreprocessor, or size_divisor={multiple} (or '
                 f'size=(H, W) multiples of it) in the mmseg '
                 f'SegDataPreProcessor.')
-        self.budget_for(height, width)
-
-    @torch.no_grad()
-    def entropy_maps(self, images: Tensor) -> list:
-        """Entropy maps of the scales above the base one (smallest first),
-        with :attr:`entropy_bins` bins, whatever the scorer."""
-        gray = images_to_gray(images, self.mean, self.std)
-        return entropy_maps(gray, self.patch_sizes[1:], self.entropy_bins)
+        return self.budget_for(height, width)
 
     @torch.no_grad()
     def score_maps(self,
@@ -316,14 +286,18 @@ class PatchTokenizer:
         gray = images_to_gray(images, self.mean, self.std)
         return self.scorer(gray, self.patch_sizes[1:], importance)
 
-    def select(self, scores: Sequence[Tensor],
-               grid: Tuple[int, int]) -> List[Tensor]:
-        """Score maps -> keep masks, by thresholds or by the budget."""
+    def select(self,
+               scores: Sequence[Tensor],
+               grid: Tuple[int, int],
+               budget: Optional[int] = None) -> List[Tensor]:
+        """Score maps -> keep masks, by thresholds or by the budget
+        (``budget``: the :meth:`budget_for` of this grid, if resolved)."""
         if not self.budget_mode:
             return select_patches(scores, self.thresholds, grid)
-        budget = resolve_budget(grid, self.num_scales, self.patch_size,
-                                self.token_budget, self.keep_ratio,
-                                self.num_prefix_tokens)
+        if budget is None:
+            budget = resolve_budget(grid, self.num_scales, self.patch_size,
+                                    self.token_budget, self.keep_ratio,
+                                    self.num_prefix_tokens)
         floor = self.thresholds if self.threshold_floor else None
         return budget_patches(scores, grid, budget, floor)
 
@@ -361,12 +335,12 @@ class PatchTokenizer:
         """Keep masks of a batch of normalised images (B, 3, H, W), by
         thresholds or by the budget, and the score maps they came from
         (None when no score was needed)."""
-        self._check_images(images, importance)
+        budget = self._check_images(images, importance)
         height, width = images.shape[-2:]
         grid = self.grid_size(height, width)
         batch, device = images.shape[0], images.device
         if self.budget_mode:
-            splits = self._budget_splits(height, width)
+            splits = self._budget_splits(grid, budget)
             if splits <= 0:  # the budget allows only the coarsest grid
                 return self._uniform_masks(batch, grid, self.num_scales - 1,
                                            device), None
@@ -376,26 +350,27 @@ class PatchTokenizer:
             # "APT off" costs no tokenizer time: the plain grid.
             return self._uniform_masks(batch, grid, 0, device), None
         scores = self.score_maps(images, importance)
-        return self.select(scores, grid), scores
+        return self.select(scores, grid, budget), scores
 
     def _check_images(self, images: Tensor,
-                      importance: Optional[Tensor]) -> None:
+                      importance: Optional[Tensor]) -> Optional[int]:
+        """Shape, size and importance checks; the budget of this size."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError('images must have shape (B, 3, H, W), got '
                              f'{tuple(images.shape)}')
-        self.check_input_size(*images.shape[-2:])
+        budget = self.check_input_size(*images.shape[-2:])
         self._check_importance(images, importance)
+        return budget
 
     def _splittable(self, grid: Tuple[int, int]) -> int:
         """Patches of an image that can be split (every scale above base)."""
         return sum(
             (grid[0] >> s) * (grid[1] >> s) for s in range(1, self.num_scales))
 
-    def _budget_splits(self, height: int, width: int) -> int:
-        """Budget mode: the splits every image makes."""
-        grid = self.grid_size(height, width)
-        splits = (self.budget_for(height, width) -
-                  min_tokens(grid, self.num_scales)) // 3
+    def _budget_splits(self, grid: Tuple[int, int], budget: int) -> int:
+        """Budget mode: the splits every image makes on ``grid`` with
+        ``budget`` tokens per image."""
+        splits = (budget - min_tokens(grid, self.num_scales)) // 3
         return max(0, min(splits, self._splittable(grid)))
 
     def packed_total(self, masks: Sequence[Tensor]) -> Tensor:
@@ -446,8 +421,8 @@ class PatchTokenizer:
         uncapped one whenever that fits, ``layout.capped`` tells which.
         ``chosen``: :meth:`choose_patches` of these images, if already
         made."""
-        if chosen is None:
-            self._check_images(images, importance)
+        budget = self._check_images(images, importance) \
+            if chosen is None else None
         grid = self.grid_size(*images.shape[-2:])
         batch = images.shape[0]
         capped = None
@@ -465,7 +440,9 @@ class PatchTokenizer:
                 not self.budget_mode else None
             splits = None
             if self.budget_mode:
-                splits = self._budget_splits(*images.shape[-2:])
+                if budget is None:
+                    budget = self.budget_for(*images.shape[-2:])
+                splits = self._budget_splits(grid, budget)
             masks, capped = fit_patches(
                 scores, grid, pack_size - batch * self.num_prefix_tokens,
                 floor, splits)

@@ -2,7 +2,7 @@
 """Draw APT's patch grid on the tensor a backbone sees (after the data
 pipeline and the data preprocessor): used by ``demo/image_demo.py`` and
 ``tools/analysis/browse_dataset.py``."""
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -10,39 +10,51 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 
-from mmapt.tokenizer import PatchLayout, PatchTokenizer
+from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
+                             PatchTokenizer)
 
 # One colour per patch scale (RGB): 16, 32, 64, 128, 256 px.
 SCALE_COLORS = [(235, 235, 235), (0, 220, 0), (0, 140, 255), (255, 0, 200),
                 (255, 200, 0)]
 
 
-def tokenizer_from_config(cfg: Config) -> PatchTokenizer:
+def tokenizer_from_config(
+        cfg: Config,
+        thresholds: Optional[Sequence[float]] = None) -> PatchTokenizer:
     """A PatchTokenizer with the settings of ``cfg.model.backbone``, without
-    building the backbone (windows ignored: they change the token order, not
-    the patches). An APT backbone (:func:`~mmapt.models.apt.is_apt_backbone`)
-    gets its APT arguments (:meth:`~mmapt.models.apt.APTAdapter.arg_names`,
-    the tokenizer's defaults for those not set); a plain one a tokenizer
-    that keeps every base patch, with the data preprocessor's mean/std."""
+    building the backbone. An APT backbone
+    (:func:`~mmapt.models.apt.is_apt_backbone`) gets its APT arguments, the
+    tokenizer's defaults for those not set; a plain one a tokenizer that
+    keeps every base patch, with the data preprocessor's mean/std.
+
+    Args:
+        cfg (Config): An mmdet / mmseg config of mmapt.
+        thresholds (Sequence[float], optional): Replace the config's
+            thresholds (their own number of scales: the config's explicit
+            ``patch_sizes`` are dropped); a plain backbone gets them too.
+    """
     from mmapt.models.apt import (apt_tokenizer_args, backbone_cfg_of,
                                   backbone_class, init_default)
     backbone = backbone_cfg_of(cfg)
     args = apt_tokenizer_args(backbone)
-    if args is not None:
-        # Drawn per image, without windows (they order the tokens, not the
-        # patches) or static-shape padding (it adds no patch).
-        args.pop('window_size')
-        args.pop('pack_size', None)
-        return PatchTokenizer(**args)
-    patch_size = backbone.get(
-        'patch_size',
-        init_default(backbone_class(backbone['type']), 'patch_size', 16))
-    pre = cfg.model.get('data_preprocessor', {})
-    return PatchTokenizer(
-        patch_size=patch_size,
-        thresholds=(),
-        mean=pre.get('mean', (123.675, 116.28, 103.53)),
-        std=pre.get('std', (58.395, 57.12, 57.375)))
+    if args is None:
+        pre = cfg.model.get('data_preprocessor', {})
+        args = dict(
+            patch_size=backbone.get(
+                'patch_size',
+                init_default(
+                    backbone_class(backbone['type']), 'patch_size', 16)),
+            thresholds=(),
+            mean=pre.get('mean', IMAGENET_MEAN),
+            std=pre.get('std', IMAGENET_STD))
+    # Drawn per image, without windows (they order the tokens, not the
+    # patches) or static-shape padding (it adds no patch).
+    args.pop('window_size', None)
+    args.pop('pack_size', None)
+    if thresholds is not None:
+        args['thresholds'] = tuple(thresholds)
+        args.pop('patch_sizes', None)
+    return PatchTokenizer(**args)
 
 
 def draw_patch_grid(

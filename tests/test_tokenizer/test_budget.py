@@ -246,3 +246,27 @@ def test_budget_below_minimum_names_it():
     # The backbone-facing size check raises the same error.
     with pytest.raises(ValueError, match='below the minimum of 12'):
         tok.check_input_size(512, 384)
+
+
+@pytest.mark.parametrize('pack_size,resolved', [(None, 1), ('auto', 2)])
+def test_budget_is_resolved_once_per_call(pack_size, resolved, monkeypatch):
+    """The size check, the split count and the selection share one
+    resolved budget (exact packing); token buckets resolve it once more
+    for the capped layout."""
+    import mmapt.tokenizer.tokenizer as tokenizer_module
+    calls = []
+    resolve = tokenizer_module.resolve_budget
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_module, 'resolve_budget', counted)
+    tokenizer = PatchTokenizer(16, (2, 2), keep_ratio=0.5, pack_size=pack_size)
+    images = flat_and_noise_images(2, 128, 128, (64, 64))
+    layout = tokenizer(images)
+    assert len(calls) == resolved
+    budget = tokenizer.budget_for(128, 128)  # 0.5 * 64 cells
+    assert budget == 32
+    assert all(budget - 2 <= n <= budget
+               for n in layout.tokens_per_image.tolist())

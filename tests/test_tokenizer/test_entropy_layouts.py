@@ -310,7 +310,7 @@ def _explicit_entropy_scorer(tokenizer, batch):
         tokenizer.thresholds,
         window_size=tokenizer.window_size,
         num_prefix_tokens=tokenizer.num_prefix_tokens,
-        scorer=dict(type='entropy', bins=512))
+        scorer=dict(type='entropy', entropy_bins=512))
     return explicit(batch)
 
 

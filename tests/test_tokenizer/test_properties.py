@@ -28,6 +28,7 @@ import torch
 # missing install fails loudly instead of dropping the properties.
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from layout_pool import pool
 
 from mmapt.models import APTEVA02, EVA02, APTViT, ViT, varlen_attention
 from mmapt.models.backbones import count_tokens
@@ -220,7 +221,7 @@ def test_tokenizer_layout_tiles_images(num_scales, size, batch, windowed,
     tokenizer = PatchTokenizer(
         patch_size=2,
         thresholds=thresholds,
-        num_bins=64,
+        entropy_bins=64,
         window_size=largest if windowed else None,
         num_prefix_tokens=prefix)
     px = 2 * largest * 2  # two largest patches per unit of `size`
@@ -261,14 +262,14 @@ def test_pool_then_unpack_is_identity_on_base_layout(case, channels):
     assert layout.all_base and layout.num_tokens == batch * height * width
     gen = torch.Generator().manual_seed(len(case['thresholds']))
     dense = torch.randn(batch, channels, height, width, generator=gen)
-    content = layout.pool(dense)
+    content = pool(layout, dense)
     assert content.shape == (layout.num_tokens, channels)
     # Each base token reads exactly its own cell.
     images, rows, cols, _ = _tokens(layout)
     assert torch.equal(content, dense[images, :, rows, cols])
     assert torch.equal(layout.unpack(_packed(layout, content, gen)), dense)
     # A map shared by all images (a position table) is read by each.
-    shared = layout.pool(dense[:1])
+    shared = pool(layout, dense[:1])
     assert torch.equal(shared, dense[0][:, rows, cols].T)
 
 
@@ -286,7 +287,7 @@ def test_unpack_then_pool_is_identity_on_any_layout(case, channels):
     for i, (b, r, c, s) in enumerate(zip(*_tokens(layout))):
         patch = dense[b, :, r:r + s, c:c + s]
         assert torch.equal(patch, content[i][:, None, None].expand_as(patch))
-    assert torch.equal(layout.pool(dense), content)
+    assert torch.equal(pool(layout, dense), content)
 
 
 # ------------------------------------------------------ groups / windows

@@ -11,6 +11,7 @@ from mmapt.registry import PATCH_SCORERS
 from mmapt.tokenizer import (ContrastScorer, EntropyScorer, GradientScorer,
                              ImportanceScorer, PatchTokenizer, build_scorer,
                              entropy_maps, images_to_gray, scorer_names)
+from mmapt.tokenizer.entropy import ENTROPY_BINS
 
 
 def _gray(batch=2, height=128, width=192, seed=0):
@@ -30,11 +31,12 @@ def test_registry_lists_and_builds_the_scorers():
     same = GradientScorer()
     assert build_scorer(same) is same
     # entropy_bins reaches every entropy scorer that does not set bins.
-    assert build_scorer('entropy', entropy_bins=64).bins == 64
-    assert build_scorer(dict(type='entropy', bins=8), entropy_bins=64).bins \
+    assert build_scorer('entropy', entropy_bins=64).entropy_bins == 64
+    assert build_scorer(
+        dict(type='entropy', entropy_bins=8), entropy_bins=64).entropy_bins \
         == 8
-    assert build_scorer(dict(type='importance'), entropy_bins=32).base.bins \
-        == 32
+    assert build_scorer(
+        dict(type='importance'), entropy_bins=32).base.entropy_bins == 32
 
 
 def test_unknown_scorer_lists_the_registered_ones():
@@ -55,7 +57,7 @@ def test_unknown_scorer_lists_the_registered_ones():
 def test_entropy_scorer_is_entropy_maps():
     gray = _gray()
     for got, want in zip(
-            EntropyScorer(bins=128)(gray, (32, 64)),
+            EntropyScorer(entropy_bins=128)(gray, (32, 64)),
             entropy_maps(gray, (32, 64), 128)):
         assert torch.equal(got, want)
 
@@ -237,16 +239,18 @@ def test_importance_bad_arguments(kwargs, match):
 
 
 # ------------------------------------------------ tokenizer integration
-def test_num_bins_is_deprecated_for_entropy_bins():
+def test_entropy_bins_is_the_one_name():
+    tok = PatchTokenizer(16, (2, ), entropy_bins=64)
+    assert tok.entropy_bins == 64 and tok.scorer.entropy_bins == 64
+    assert PatchTokenizer(16, (2, )).scorer.entropy_bins == ENTROPY_BINS
+    with pytest.raises(TypeError, match='num_bins'):
+        PatchTokenizer(16, (2, ), num_bins=64)  # never a config's spelling
+    # A config's scorer=dict(type='entropy', bins=...) still works, warned.
     with pytest.warns(DeprecationWarning, match='use entropy_bins'):
-        tok = PatchTokenizer(16, (2, ), num_bins=64)
-    assert tok.entropy_bins == 64 and tok.scorer.bins == 64
-    with pytest.warns(DeprecationWarning, match='use entropy_bins'):
-        assert tok.num_bins == 64
-    with pytest.raises(
-            ValueError, match='disagree'), warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        PatchTokenizer(16, (2, ), entropy_bins=32, num_bins=64)
+        scorer = build_scorer(dict(type='entropy', bins=32), 64)
+    assert scorer.entropy_bins == 32
+    with pytest.raises(ValueError, match='entropy_bins must be a positive'):
+        EntropyScorer(entropy_bins=0)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         # The third positional argument is entropy_bins, silently.

@@ -28,7 +28,6 @@ from mmengine.config import Config
 
 from mmapt.engine.preflight import (add_cfg_options, check_apt_options,
                                     check_data, exit_on_input_error)
-from mmapt.tokenizer import PatchTokenizer
 from mmapt.visualization.patch_grid import (caption_bar, draw_patch_grid,
                                             side_by_side,
                                             tokenizer_from_config)
@@ -109,14 +108,7 @@ def main():
     with exit_on_input_error():
         check_apt_options(cfg, args.config)
         check_data(cfg, args.config, (args.split, ))
-    tokenizer = tokenizer_from_config(cfg)
-    if args.thresholds:
-        tokenizer = PatchTokenizer(
-            patch_size=tokenizer.patch_size,
-            thresholds=tuple(args.thresholds),
-            entropy_bins=tokenizer.entropy_bins,
-            mean=tokenizer.mean,
-            std=tokenizer.std)
+    tokenizer = tokenizer_from_config(cfg, args.thresholds or None)
     dataset, preprocessor, visualizer = build_parts(cfg, args.split)
     os.makedirs(args.output_dir, exist_ok=True)
 

@@ -31,6 +31,7 @@ import torch
 import mmapt.models.layers.attention as attention
 from mmapt.engine.precision import resolve_amp_dtype
 from mmapt.models import APTEVA02, EVA02
+from mmapt.models.apt import is_apt_backbone
 from mmapt.models.backbones import count_tokens
 
 
@@ -150,7 +151,7 @@ def run_case(model, x, device, dtype, repeat, ref=None) -> Dict:
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     row['train_finite'] = bool(torch.isfinite(loss)) and all(
         g is not None and bool(torch.isfinite(g).all()) for g in grads)
-    if hasattr(model, 'apt_embed'):
+    if is_apt_backbone(model):
         row['apt_grads_nonzero'] = all(
             p.grad is not None and bool(p.grad.abs().sum() > 0)
             for p in model.apt_embed.parameters())

@@ -20,6 +20,7 @@ from mmapt.models.stages import forward_stage
 from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
                              PatchTokenizer)
 from mmapt.tokenizer.cache_pins import pin
+from mmapt.tokenizer.entropy import ENTROPY_BINS
 from mmapt.tokenizer.layout import PackSizeSpec
 from ..layers import APTEmbed, ParamCache, build_plans
 from ..layers.attention import StaticPlan
@@ -27,10 +28,10 @@ from ..layers.context import AttentionGroups, PackedContext
 from ..layers.rope import identity_rope, patch_centers
 from .host import APTHost, missing_host_members
 
-# Tokenizer arguments the host decides (``entropy_bins`` is the adapter's
-# name for ``num_bins``); every other tokenizer argument is an APT argument.
+# Tokenizer arguments the host decides; every other tokenizer argument is
+# an APT argument.
 _HOST_TOKENIZER_ARGS = ('self', 'patch_size', 'window_size',
-                        'num_prefix_tokens', 'num_bins')
+                        'num_prefix_tokens')
 
 
 class APTAdapter:
@@ -46,7 +47,8 @@ class APTAdapter:
             base one, smallest first; patch sizes are ``patch_size * 2**i``
             for ``i = 0..len(thresholds)``; -1 disables a scale. Defaults to
             the paper's detection setting (2, 2, 0.3).
-        entropy_bins (int): Histogram bins of the entropy. Defaults to 512.
+        entropy_bins (int): Histogram bins of the entropy. Defaults to
+            :data:`~mmapt.tokenizer.entropy.ENTROPY_BINS`.
         mean (Sequence[float]): RGB mean the images were normalised with
             (undone to measure entropy on 0-255 gray levels).
         std (Sequence[float]): RGB std the images were normalised with.
@@ -59,7 +61,7 @@ class APTAdapter:
                  host: APTHost,
                  apt_embed: APTEmbed,
                  thresholds: Sequence[float] = (2.0, 2.0, 0.3),
-                 entropy_bins: int = 512,
+                 entropy_bins: int = ENTROPY_BINS,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
                  **tokenizer_kwargs) -> None:
@@ -301,8 +303,7 @@ class APTAdapter:
         (batch, input size, ``pack_size``); what to capture or compile per
         bucket. A batch needing more is capped to fit."""
         self.host.check_input_size(*x.shape[2:])
-        self.check_input_size(*x.shape[2:])
-        with forward_stage('tokenizer'):
+        with forward_stage('tokenizer'):  # the tokenizer checks x once
             layout = self.tokenizer.layout(x, importance, pack_size)
         return self._forward_layout(x, layout)
 
@@ -332,7 +333,6 @@ class APTAdapter:
         if isinstance(spec, int):
             return self.forward_static(x, importance, spec)
         self.host.check_input_size(*x.shape[2:])
-        self.check_input_size(*x.shape[2:])
-        with forward_stage('tokenizer'):
+        with forward_stage('tokenizer'):  # the tokenizer checks x once
             layout = self.tokenize(x, importance)
         return self._forward_layout(x, layout)

@@ -1,13 +1,13 @@
 """The one public answer to "is this an APT backbone?".
 
-A backbone is APT when its constructor takes the APT arguments
-(:meth:`APTAdapter.arg_names`): the classes built with
-:class:`APTBackboneMixin` hand exactly those to their adapter, and a
-backbone written without the mixin names ``thresholds`` in its own
-``__init__``. Tools ask this from a config, before anything is built.
+A backbone is APT when its registered class is built with
+:class:`APTBackboneMixin` (``class APTMyViT(APTBackboneMixin, MyViT)``);
+its APT arguments are then exactly :meth:`APTAdapter.arg_names`. Nothing
+else decides it: not a ``thresholds`` argument, not a name starting with
+``APT``. Tools ask this from a config, before anything is built.
 """
 import inspect
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 from .adapter import APTAdapter
 from .mixin import APTBackboneMixin
@@ -30,20 +30,12 @@ def backbone_class(backbone_type: Union[str, type]) -> type:
     return cls
 
 
-def apt_arg_names_of(cls: Type) -> Tuple[str, ...]:
-    """The APT arguments the backbone class ``cls`` takes (empty for a
-    plain backbone)."""
-    if issubclass(cls, APTBackboneMixin):
-        return APTAdapter.arg_names()
-    params = inspect.signature(cls.__init__).parameters
-    if 'thresholds' not in params:
-        return ()
-    return tuple(name for name in APTAdapter.arg_names() if name in params)
-
-
-def is_apt_backbone(backbone_type: Union[str, type]) -> bool:
-    """Whether a backbone (registered name or class) is an APT backbone."""
-    return bool(apt_arg_names_of(backbone_class(backbone_type)))
+def is_apt_backbone(backbone: Union[str, type, object]) -> bool:
+    """Whether a backbone (registered name, class or built instance) is an
+    APT backbone: its class is an :class:`APTBackboneMixin` subclass."""
+    if not isinstance(backbone, (str, type)):
+        backbone = type(backbone)
+    return issubclass(backbone_class(backbone), APTBackboneMixin)
 
 
 def backbone_cfg_of(cfg: Mapping) -> Optional[Mapping]:
@@ -59,7 +51,8 @@ def backbone_cfg_of(cfg: Mapping) -> Optional[Mapping]:
 
 def init_default(cls: type, name: str, default: Any = None) -> Any:
     """The default of ``name`` in the first ``__init__`` of ``cls``'s MRO
-    that names it (an APT class's own ``__init__`` takes ``**kwargs``)."""
+    that names it (an APT class's own ``__init__`` takes ``**kwargs``, so
+    the plain class's constructor states the default)."""
     for klass in cls.__mro__:
         if '__init__' not in vars(klass):
             continue
@@ -73,26 +66,31 @@ def init_default(cls: type, name: str, default: Any = None) -> Any:
 def apt_tokenizer_args(backbone: Mapping) -> Optional[Dict[str, Any]]:
     """The :class:`~mmapt.tokenizer.PatchTokenizer` arguments an APT
     backbone config gives its tokenizer (its APT arguments, base patch size
-    and window); None for a plain backbone. ``PatchTokenizer(**args)`` runs
-    the backbone's own checks of every APT option, with no weights built.
+    and window); None for a plain backbone (:func:`is_apt_backbone`).
+    ``PatchTokenizer(**args)`` runs the backbone's own checks of every APT
+    option, with no weights built.
     """
     cls = backbone_class(backbone['type'])
-    names = apt_arg_names_of(cls)
-    if not names:
+    if not is_apt_backbone(cls):
         return None
-    args = {name: backbone[name] for name in names if name in backbone}
+    args = {
+        name: backbone[name]
+        for name in APTAdapter.arg_names() if name in backbone
+    }
     if 'thresholds' in args:
         args['thresholds'] = tuple(args['thresholds'])
-    args['patch_size'] = backbone.get('patch_size',
-                                      init_default(cls, 'patch_size', 16))
-    args['window_size'] = backbone.get('window_size',
-                                       init_default(cls, 'window_size'))
+    for name, fallback in (('patch_size', 16), ('window_size', 0)):
+        args[name] = backbone.get(name, init_default(cls, name, fallback))
     return args
 
 
 def is_apt_backbone_cfg(cfg: Mapping) -> bool:
-    """Whether a config (or a backbone config dict) has an APT backbone."""
+    """Whether a config (or a backbone config dict) has an APT backbone;
+    False for a backbone type mmapt does not register (another scope's)."""
     backbone: Optional[Mapping[str, Any]] = backbone_cfg_of(cfg)
     if not backbone or 'type' not in backbone:
         return False
-    return is_apt_backbone(backbone['type'])
+    try:
+        return is_apt_backbone(backbone['type'])
+    except KeyError:
+        return False

@@ -96,8 +96,7 @@ class APTBackboneMixin:
         """The batch's token bucket (one host read), then the compiled /
         graphed static-shape forward of (bucket, input shape, dtype)."""
         self.check_input_size(*x.shape[2:])
-        self.apt.check_input_size(*x.shape[2:])
-        pack_size = self.apt.select_pack_size(x, importance)
+        pack_size = self.apt.select_pack_size(x, importance)  # checks x
         key = ('apt', pack_size, tuple(x.shape), x.dtype, importance is None)
         adapter = self.apt
 

@@ -46,7 +46,7 @@ def test_apt_arguments_go_to_the_adapter_not_the_module():
             'std'} <= set(APTAdapter.arg_names())
     model = APTViT(thresholds=(3., -1), entropy_bins=64, **DINO)
     assert model.tokenizer.thresholds == (3., -1.)
-    assert model.tokenizer.num_bins == 64
+    assert model.tokenizer.entropy_bins == 64
     assert model.tokenizer.num_prefix_tokens == 5
     assert model.apt.apt_embed is model.apt_embed
     assert not hasattr(model, '_apt_args')
