@@ -63,7 +63,8 @@ def stage_splits(
         per_image, total_ms, stage_ms = {}, 0., {}
         for image, views in inputs.items():
             ms, stages = split_of(
-                arm.make(views[arm.view]), device, time.perf_counter)
+                arm.make(views[arm.view]), device, time.perf_counter,
+                arm.model)
             per_image[image] = dict(
                 forward_ms=round(ms, 3),
                 **{

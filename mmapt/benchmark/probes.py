@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional
 
 import torch
+from torch import nn
 
 from mmapt.models.layers.attention import (VarlenFallbackWarning,
                                            count_attention_calls)
@@ -23,14 +24,14 @@ def attention_summary(counts: Dict[str, int], errors: List[str]) -> dict:
 
 
 @contextmanager
-def attention_probe() -> Iterator[dict]:
-    """Count the packed-attention calls inside the block by kernel; the
-    yielded dict is filled with :func:`attention_summary` on exit (the
+def attention_probe(model: nn.Module) -> Iterator[dict]:
+    """Count ``model``'s packed-attention calls inside the block by kernel;
+    the yielded dict is filled with :func:`attention_summary` on exit (the
     messages of the varlen kernel's refusals included)."""
     record: dict = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', VarlenFallbackWarning)
-        with count_attention_calls() as counts:
+        with count_attention_calls(model) as counts:
             yield record
     errors = []
     for w in caught:

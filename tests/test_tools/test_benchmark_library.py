@@ -7,7 +7,7 @@ import os.path as osp
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, marked_module
 
 from mmapt.benchmark import ArmRecord, bucket_size, interleaved, ratio
 from mmapt.benchmark.cuda import profile_forward
@@ -17,6 +17,7 @@ from mmapt.models import APTEVA02, EVA02
 from mmapt.models.stages import forward_stage
 
 TINY = dict(embed_dims=64, num_layers=2, num_heads=1)
+OWNER = marked_module()
 
 
 def test_interleaved_rotates_the_first_arm():
@@ -66,10 +67,10 @@ class FakeClock:
 
 
 def marked_work():
-    with forward_stage('tokenizer'):
+    with forward_stage(OWNER, 'tokenizer'):
         pass
-    with forward_stage('blocks'):
-        with forward_stage('unpack'):
+    with forward_stage(OWNER, 'blocks'):
+        with forward_stage(OWNER, 'unpack'):
             pass
 
 
@@ -79,12 +80,12 @@ def test_stage_times_are_exclusive(kind):
     cpu = torch.device('cpu')
     if kind == 'timer':
         timer = StageTimer(cpu, clock)
-        with timer.listen():
+        with timer.listen(OWNER):
             marked_work()
         times = timer.reset()
     else:
         stage_clock = StageClock(cpu, clock)
-        with stage_clock.listen():
+        with stage_clock.listen(OWNER):
             marked_work()
         times = stage_clock.result()
     # Reads: tokenizer in/out = 1 s; blocks in, unpack in, unpack out,
@@ -96,12 +97,12 @@ def test_profile_forward_has_a_row_per_stage():
     x = torch.randn(64, 64)
 
     def work():
-        with forward_stage('tokenizer'):
+        with forward_stage(OWNER, 'tokenizer'):
             x.mm(x)
-        with forward_stage('blocks'):
+        with forward_stage(OWNER, 'blocks'):
             x.mm(x).relu()
 
-    prof = profile_forward(work, torch.device('cpu'))
+    prof = profile_forward(work, torch.device('cpu'), OWNER)
     assert set(prof['stages']) == {'tokenizer', 'blocks'}
     assert prof['forward_ms'] > 0 and prof['gpu_idle_ms'] is None
     assert 'aten::mm' in prof['table']

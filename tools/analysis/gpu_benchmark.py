@@ -278,7 +278,7 @@ class ArchBench:
 
             def run():
                 with autocast_for(self.device, self.dtype), \
-                        (padded_attention_scope() if padded
+                        (padded_attention_scope(model) if padded
                          else nullcontext()):
                     return model(x)
 
@@ -537,7 +537,7 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
 def profile_arm(arm: BackboneArm, views: Dict[str, torch.Tensor],
                 device: torch.device) -> dict:
     try:
-        return profile_forward(arm.make(views[arm.view]), device)
+        return profile_forward(arm.make(views[arm.view]), device, arm.model)
     except Exception as err:  # noqa: BLE001 - reported in the profile
         return dict(error=f'{type(err).__name__}: {err}')
 
