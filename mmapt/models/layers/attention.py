@@ -37,6 +37,7 @@ forward and every block reuses it. Call :meth:`VarlenPlan.prepare` to do its
 host-side work ahead of a timed region.
 """
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -152,19 +153,40 @@ def attention_backend(model: nn.Module, name: str) -> Iterator[None]:
             module.attention_backend = previous
 
 
-class AttentionCallCounter:
-    """An attention observer counting the calls by kernel
-    (:data:`ATTENTION_CALLS`) in :attr:`counts`."""
+class AttentionCallCounter(Mapping):
+    """An attention observer counting the calls by kernel: a read-only
+    mapping of every name of :data:`ATTENTION_CALLS` to its count.
+
+    The counts live in a small CPU tensor, added to in place: a compiled
+    forward mutates it like any buffer and reads no Python int (an int read
+    would be a constant dynamo guards on and recompiles for at every call).
+    """
 
     def __init__(self) -> None:
-        self.counts: Dict[str, int] = {kind: 0 for kind in ATTENTION_CALLS}
+        self.tally = torch.zeros(len(ATTENTION_CALLS), dtype=torch.int64)
 
     def __call__(self, kernel: str, q: Tensor, cu_seqlens: Tensor) -> None:
-        self.counts[kernel] += 1
+        self.tally[ATTENTION_CALLS.index(kernel)] += 1
+
+    def __getitem__(self, kernel: str) -> int:
+        if kernel not in ATTENTION_CALLS:
+            raise KeyError(kernel)
+        return int(self.tally[ATTENTION_CALLS.index(kernel)])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ATTENTION_CALLS)
+
+    def __len__(self) -> int:
+        return len(ATTENTION_CALLS)
+
+    @property
+    def counts(self) -> Dict[str, int]:
+        return dict(zip(ATTENTION_CALLS, self.tally.tolist()))
 
 
 @contextmanager
-def count_attention_calls(model: nn.Module) -> Iterator[Dict[str, int]]:
+def count_attention_calls(
+        model: nn.Module) -> Iterator[AttentionCallCounter]:
     """Count ``model``'s packed attention calls inside the block by the
     kernel that ran them (:data:`ATTENTION_CALLS`; a fallback counts as
     ``'varlen_failed'`` and ``'padded'``). Other models are not counted.
@@ -172,7 +194,7 @@ def count_attention_calls(model: nn.Module) -> Iterator[Dict[str, int]]:
     counter = AttentionCallCounter()
     with attach_to_modules(model, 'register_attention_observer', counter,
                            'packed attention calls'):
-        yield counter.counts
+        yield counter
 
 
 def _notify(observers: AttentionObservers, kernel: str, q: Tensor,
