@@ -80,7 +80,6 @@ def toy_coco_cwd(tmp_path_factory):
     return cwd
 
 
-
 def marked_module():
     """A bare module that marks stages by hand (``with forward_stage(owner,
     'tokenizer'): ...``), for tests of the stage listeners."""

@@ -89,7 +89,7 @@ def stage_splits(
 
 
 def overhead_counts(image: str, runs: Dict[str, Tuple[nn.Module,
-                                                     Callable[[], object]]],
+                                                      Callable[[], object]]],
                     device: torch.device,
                     dtype: Optional[torch.dtype]) -> dict:
     """Aten ops and host syncs of one forward per run (e.g. plain, APT,
@@ -105,8 +105,7 @@ def overhead_counts(image: str, runs: Dict[str, Tuple[nn.Module,
         count = overhead_counter()
         for name, (model, run) in runs.items():
             with torch.no_grad(), autocast_for(device, dtype):
-                result[name] = count(
-                    run, device=device, model=model).as_dict()
+                result[name] = count(run, device=device, model=model).as_dict()
     except NotAvailable as err:
         result['error'] = str(err)
     return result

@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmapt.models.stages import observe_stages
 

@@ -107,8 +107,9 @@ class StageTimer:
             yield self
 
     @contextmanager
-    def attach(self, stages: Sequence[Tuple[str, nn.Module]]
-               ) -> Iterator['StageTimer']:
+    def attach(
+            self,
+            stages: Sequence[Tuple[str, nn.Module]]) -> Iterator['StageTimer']:
         """Time the forward of ``module`` as stage ``name`` for each
         ``(name, module)`` (:func:`module_stage`); None modules are skipped.
         """
@@ -121,8 +122,7 @@ class StageTimer:
                                 'module forwards, got '
                                 f'{type(module).__name__}')
             handles.append(
-                module.register_forward_pre_hook(
-                    lambda *_: self._enter()))
+                module.register_forward_pre_hook(lambda *_: self._enter()))
             handles.append(
                 module.register_forward_hook(
                     lambda *_, _name=name: self._leave(_name),

@@ -89,8 +89,7 @@ def stages_unmarked(owner: object) -> Iterator[None]:
         object.__setattr__(owner, _MUTED, saved)
 
 
-def observe_stages(model: nn.Module,
-                   listener: StageListener) -> HandleGroup:
+def observe_stages(model: nn.Module, listener: StageListener) -> HandleGroup:
     """Register ``listener`` on every module of ``model`` that marks stages
     (its backbone(s)); the returned handle detaches it from all of them.
 
@@ -102,8 +101,7 @@ def observe_stages(model: nn.Module,
 
 
 @contextmanager
-def listen_stages(model: nn.Module,
-                  listener: StageListener) -> Iterator[None]:
+def listen_stages(model: nn.Module, listener: StageListener) -> Iterator[None]:
     """Call ``listener`` at every stage boundary of ``model``'s forwards
     inside the ``with`` block (:func:`observe_stages`)."""
     with observe_stages(model, listener):

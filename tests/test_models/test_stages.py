@@ -1,7 +1,6 @@
 """Stage marks of the backbone forwards (mmapt.models.stages)."""
 import pytest
 import torch
-
 from conftest import marked_module
 
 from mmapt.models import APTEVA02, EVA02
@@ -13,8 +12,11 @@ TINY = dict(embed_dims=64, num_layers=2, num_heads=2)
 
 def _record(model, x):
     events = []
-    with listen_stages(model,
-                       lambda name, entering: events.append((name, entering))):
+
+    def listener(name, entering):
+        events.append((name, entering))
+
+    with listen_stages(model, listener):
         model(x)
     return events
 

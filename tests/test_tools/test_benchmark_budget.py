@@ -212,9 +212,11 @@ def test_compile_watch_counts_graph_breaks_and_recompiles():
 
 def test_attention_probe_keeps_other_warnings(recwarn):
     import warnings
+
     from mmapt.models import EVA02
-    with attention_probe(EVA02(arch=dict(
-            embed_dims=8, num_layers=1, num_heads=1))) as record:
+    with attention_probe(
+            EVA02(
+                arch=dict(embed_dims=8, num_layers=1, num_heads=1))) as record:
         warnings.warn('unrelated', UserWarning)
     assert record['kernel'] == 'none'
     assert [str(w.message) for w in recwarn] == ['unrelated']

@@ -198,11 +198,12 @@ class APTAdapter:
         first block that attends."""
         backend, observers = attention_settings(self.host)
         if layout.static:
-            window_plan = StaticPlan(layout.cu_seqlens_window,
-                                     layout.num_real_groups_window,
-                                     layout.max_seqlen_window,
-                                     layout.num_packed,
-                                     backend=backend)
+            window_plan = StaticPlan(
+                layout.cu_seqlens_window,
+                layout.num_real_groups_window,
+                layout.max_seqlen_window,
+                layout.num_packed,
+                backend=backend)
             image_plan = window_plan \
                 if layout.cu_seqlens_window is layout.cu_seqlens_image \
                 else StaticPlan(layout.cu_seqlens_image,

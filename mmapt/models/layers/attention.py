@@ -107,8 +107,8 @@ class AttentionObservable:
     def attention_backend(self, name: str) -> None:
         object.__setattr__(self, _BACKEND, check_backend(name))
 
-    def register_attention_observer(
-            self, fn: AttentionObserver) -> RemovableHandle:
+    def register_attention_observer(self,
+                                    fn: AttentionObserver) -> RemovableHandle:
         """Call ``fn(kernel, q, cu_seqlens)`` after every packed attention
         call of this backbone's forwards; ``handle.remove()`` stops it."""
         if not callable(fn):
@@ -185,8 +185,7 @@ class AttentionCallCounter(Mapping):
 
 
 @contextmanager
-def count_attention_calls(
-        model: nn.Module) -> Iterator[AttentionCallCounter]:
+def count_attention_calls(model: nn.Module) -> Iterator[AttentionCallCounter]:
     """Count ``model``'s packed attention calls inside the block by the
     kernel that ran them (:data:`ATTENTION_CALLS`; a fallback counts as
     ``'varlen_failed'`` and ``'padded'``). Other models are not counted.
@@ -377,7 +376,7 @@ def varlen_attention(q: Tensor,
                      max_seqlen: int,
                      plan: Optional[VarlenPlan] = None,
                      backend: str = 'auto',
-                     observers: AttentionObservers = ()) -> Tensor:
+                     observers: tuple = ()) -> Tensor:
     """Block-diagonal attention on packed sequences.
 
     Token ``i`` attends to every token of its own group

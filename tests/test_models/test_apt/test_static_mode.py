@@ -325,8 +325,8 @@ def test_static_varlen_failure_raises(monkeypatch):
     q = torch.randn(8, 1, 4)
     cu = torch.tensor([0, 5, 8], dtype=torch.int32)
     plan = StaticPlan(cu, 1, 5, 8, kernel='static_varlen')
-    with pytest.raises(RuntimeError,
-                       match=r"attention_backend\(model, 'padded'\)"):
+    with pytest.raises(
+            RuntimeError, match=r"attention_backend\(model, 'padded'\)"):
         varlen_attention(q, q, q, cu, 5, plan=plan)
     counter = AttentionCallCounter()
     StaticPlan(cu, 1, 5, 8)(q, q, q, (counter, ))
