@@ -12,7 +12,7 @@ from conftest import ROOT, marked_module
 from mmapt.benchmark import ArmRecord, bucket_size, interleaved, ratio
 from mmapt.benchmark.cuda import profile_forward
 from mmapt.benchmark.report import gpu_markdown
-from mmapt.benchmark.timing import StageClock, StageTimer
+from mmapt.benchmark.timing import StageClock, StageTimer, module_stage
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.stages import forward_stage
 
@@ -198,3 +198,27 @@ def test_gpu_markdown_lists_arms_skips_and_failures():
     assert '| apt_square | 2.00 | 500.00 | 100 | 0.500 | 1.500x |' in text
     assert 'skipped `apt_static_graph`: needs CUDA' in text
     assert '**failed** `apt_static`: RuntimeError: boom' in text
+
+
+def test_stage_timer_attach_times_module_forwards_through_hooks():
+    """Module stages are timed by forward hooks, exclusively, also when the
+    forward raises; the hooks are gone afterwards (nothing patched)."""
+    inner = torch.nn.Linear(2, 2)
+    outer = torch.nn.Sequential(inner)
+    clock = FakeClock()
+    timer = StageTimer(torch.device('cpu'), clock)
+    with timer.attach([
+            module_stage('outer', outer),
+            module_stage('inner', inner),
+            module_stage('missing', None)
+    ]):
+        outer(torch.ones(1, 2))
+        with pytest.raises(RuntimeError):
+            inner(torch.ones(1, 3))
+    # outer: in, (inner in, inner out), out = 3 s, 1 of them inner's.
+    assert timer.reset() == {'outer': 2000., 'inner': 2000.}
+    assert not inner._forward_hooks and not inner._forward_pre_hooks
+    assert 'forward' not in inner.__dict__
+    with pytest.raises(TypeError, match='times module forwards'):
+        with timer.attach([('f', object())]):
+            pass
