@@ -78,3 +78,14 @@ def toy_coco_cwd(tmp_path_factory):
         str(cwd / 'data' / 'toy_coco'), '--num-train', '24', '--num-val', '8'
     ])
     return cwd
+
+
+def marked_module():
+    """A bare module that marks stages by hand (``with forward_stage(owner,
+    'tokenizer'): ...``), for tests of the stage listeners."""
+    from mmapt.models.stages import StageMarks
+
+    class Marked(torch.nn.Module, StageMarks):
+        pass
+
+    return Marked()

@@ -4,6 +4,7 @@ import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 
 from .backbones import NotAvailable, overhead_counter
 from .core import compare_outputs
@@ -63,7 +64,8 @@ def stage_splits(
         per_image, total_ms, stage_ms = {}, 0., {}
         for image, views in inputs.items():
             ms, stages = split_of(
-                arm.make(views[arm.view]), device, time.perf_counter)
+                arm.make(views[arm.view]), device, time.perf_counter,
+                arm.model)
             per_image[image] = dict(
                 forward_ms=round(ms, 3),
                 **{
@@ -86,11 +88,13 @@ def stage_splits(
     return out
 
 
-def overhead_counts(image: str, runs: Dict[str, Callable[[], object]],
+def overhead_counts(image: str, runs: Dict[str, Tuple[nn.Module,
+                                                      Callable[[], object]]],
                     device: torch.device,
                     dtype: Optional[torch.dtype]) -> dict:
     """Aten ops and host syncs of one forward per run (e.g. plain, APT,
-    APT static) of ``image``.
+    APT static) of ``image``; ``runs`` maps a name to ``(model, call)``,
+    the model whose stage marks split the counts.
 
     Each run is counted in an autocast context of its own: a shared one
     would hand a later run of the same model the weight casts an earlier
@@ -99,9 +103,9 @@ def overhead_counts(image: str, runs: Dict[str, Callable[[], object]],
     result: dict = dict(image=image)
     try:
         count = overhead_counter()
-        for name, run in runs.items():
+        for name, (model, run) in runs.items():
             with torch.no_grad(), autocast_for(device, dtype):
-                result[name] = count(run, device=device).as_dict()
+                result[name] = count(run, device=device, model=model).as_dict()
     except NotAvailable as err:
         result['error'] = str(err)
     return result

@@ -144,14 +144,15 @@ def count_forward_overhead(backbone: nn.Module, x: torch.Tensor) -> dict:
     ``outside_blocks``)."""
     count = overhead_counter()
     with torch.no_grad():
-        return count(lambda: backbone(x), device=x.device).as_dict()
+        return count(
+            lambda: backbone(x), device=x.device, model=backbone).as_dict()
 
 
-def padded_attention_scope():
-    """A context forcing the padded SDPA attention plan on every device
-    (to compare with or time against torch's varlen kernel)."""
+def padded_attention_scope(model: nn.Module):
+    """A context forcing ``model``'s padded SDPA attention plan on every
+    device (to compare with or time against torch's varlen kernel)."""
     from mmapt.models.layers.attention import attention_backend
-    return attention_backend('padded')
+    return attention_backend(model, 'padded')
 
 
 # ------------------------------------------------------------ static mode
@@ -216,7 +217,7 @@ def static_arm(apt: nn.Module, batches: Dict[str, torch.Tensor],
     kernels: Counter = Counter()
     with torch.no_grad():
         for name in batches:
-            with count_attention_calls() as calls:
+            with count_attention_calls(apt) as calls:
                 run(name)
             kernels.update({k: n for k, n in calls.items() if n})
     return dict(run=run, pack_sizes=pack_sizes, kernels=dict(kernels))

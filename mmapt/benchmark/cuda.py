@@ -12,6 +12,7 @@ from contextlib import nullcontext
 from typing import Callable, Dict, Hashable, List, Optional
 
 import torch
+from torch import nn
 
 from mmapt.models.backbones.accelerate import GraphedForward
 from mmapt.models.stages import listen_stages
@@ -86,9 +87,10 @@ def _kernel_busy_ms(prof) -> float:
 
 def profile_forward(fn: Callable[[], object],
                     device: torch.device,
+                    model: nn.Module,
                     row_limit: int = 25) -> dict:
-    """One call of ``fn`` under ``torch.profiler``, every marked forward
-    stage a ``record_function`` range.
+    """One call of ``fn`` under ``torch.profiler``, every forward stage
+    ``model`` marks a ``record_function`` range.
 
     Returns a dict: ``table`` (the profiler's table, sorted by device time
     on CUDA, CPU time otherwise), ``stages`` (per stage: CPU time and, on
@@ -113,7 +115,8 @@ def profile_forward(fn: Callable[[], object],
             ranges.pop().__exit__(None, None, None)
 
     from mmapt.benchmark.timing import time_call
-    with profile(activities=activities) as prof, listen_stages(on_stage):
+    with profile(activities=activities) as prof, \
+            listen_stages(model, on_stage):
         forward_ms, _ = time_call(fn, device)
     averages = prof.key_averages()
     from mmapt.models.stages import STAGES

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmapt.models.layers import AttentionGroups, SelfAttentionBase
+from mmapt.models.layers import SelfAttentionBase
+from mmapt.models.observers import HandleGroup, modules_with
 
 # Ops of the backbone that the analytic attention count replaces.
 _ATTENTION_OPS = ('bmm', 'baddbmm', 'scaled_dot_product')
@@ -27,8 +28,9 @@ class AttentionCount:
     """Analytic FLOPs of every dense or packed attention call of a model.
 
     Dense calls are those of the model's :class:`SelfAttentionBase` modules
-    (every block family's attention derives from it); packed calls go
-    through :meth:`AttentionGroups.attend`.
+    (every block family's attention derives from it), heard by forward
+    pre-hooks; packed calls are heard by an attention observer on every
+    backbone of the model (``register_attention_observer``).
     """
 
     def __init__(self) -> None:
@@ -38,30 +40,29 @@ class AttentionCount:
         batch, length, channels = args[0].shape  # whole windows / images
         self.flops += 4 * batch * length * length * channels
 
+    def _packed(self, kernel: str, q: torch.Tensor,
+                cu_seqlens: torch.Tensor) -> None:
+        if kernel == 'varlen_failed':  # the padded call that follows counts
+            return
+        lengths = cu_seqlens.diff().to(torch.int64)
+        heads, head_dim = q.shape[1], q.shape[2]
+        self.flops += 4 * heads * head_dim * int((lengths**2).sum())
+
     @contextmanager
     def attach(self, model: nn.Module) -> Iterator['AttentionCount']:
-        packed = AttentionGroups.attend
-
-        def packed_attend(groups, q, k, v):
-            lengths = groups.cu_seqlens.diff().to(torch.int64)
-            heads, head_dim = q.shape[1], q.shape[2]
-            self.flops += 4 * heads * head_dim * int((lengths**2).sum())
-            return packed(groups, q, k, v)
-
         # Module hooks fire on module calls: the dense path, not
-        # forward_packed (counted by its groups below).
+        # forward_packed (heard by the attention observers).
         handles = [
             module.register_forward_pre_hook(self._dense)
             for module in model.modules()
             if isinstance(module, SelfAttentionBase)
         ]
-        AttentionGroups.attend = packed_attend
-        try:
+        handles += [
+            module.register_attention_observer(self._packed)
+            for module in modules_with(model, 'register_attention_observer')
+        ]
+        with HandleGroup(handles):
             yield self
-        finally:
-            AttentionGroups.attend = packed
-            for handle in handles:
-                handle.remove()
 
 
 @contextmanager

@@ -1,8 +1,8 @@
 """Count what a forward dispatches and where it waits for the device.
 
 :func:`count_overhead` runs a callable once and reports, per stage of the
-forward (the marks of :mod:`mmapt.models.stages`; code outside every mark is
-``'other'``):
+forward (the marks of :mod:`mmapt.models.stages` of the model it is given;
+code outside every mark is ``'other'``):
 
 * **ops**: every aten op a ``TorchDispatchMode`` sees, views included. On a
   GPU each is (at least) a kernel launch or a few microseconds of host work,
@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mmapt.models.stages import listen_stages
+from mmapt.models.stages import observe_stages
 
 #: Stage of the code that runs outside every ``forward_stage`` mark.
 OTHER = 'other'
@@ -223,9 +224,9 @@ def _cuda_sync_warnings(counter: _Counter,
             torch.cuda.synchronize(device)
 
 
-def count_overhead(
-        fn: Callable[[], Any],
-        device: Optional[Union[str, torch.device]] = None) -> OverheadCounts:
+def count_overhead(fn: Callable[[], Any],
+                   device: Optional[Union[str, torch.device]] = None,
+                   model: Optional[nn.Module] = None) -> OverheadCounts:
     """Call ``fn()`` once and count its ops and host syncs per stage.
 
     Args:
@@ -235,6 +236,9 @@ def count_overhead(
             reports; otherwise (None, CPU) they are the Python-level reads
             and data-dependent ops listed in the module docstring, i.e. the
             places that would synchronise on a GPU.
+        model (nn.Module, optional): The model whose marked stages split
+            the counts (its backbones are listened to while ``fn`` runs);
+            None: everything is counted under ``'other'``.
 
     Returns:
         OverheadCounts: The counts; ``fn``'s result is not kept.
@@ -244,7 +248,8 @@ def count_overhead(
     counts = OverheadCounts()
     counter = _Counter(counts, cpu_rules=not cuda)
     with ExitStack() as stack:
-        stack.enter_context(listen_stages(counter.on_stage))
+        if model is not None:
+            stack.enter_context(observe_stages(model, counter.on_stage))
         if cuda:
             stack.enter_context(_cuda_sync_warnings(counter, device))
         else:

@@ -5,9 +5,11 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional
 
 import torch
+from torch import nn
 
-from mmapt.models.layers.attention import (VarlenFallbackWarning,
-                                           count_attention_calls)
+from mmapt.models.layers.attention import (AttentionCallCounter,
+                                           VarlenFallbackWarning)
+from mmapt.models.observers import HandleGroup, modules_with
 
 
 def attention_summary(counts: Dict[str, int], errors: List[str]) -> dict:
@@ -23,15 +25,21 @@ def attention_summary(counts: Dict[str, int], errors: List[str]) -> dict:
 
 
 @contextmanager
-def attention_probe() -> Iterator[dict]:
-    """Count the packed-attention calls inside the block by kernel; the
-    yielded dict is filled with :func:`attention_summary` on exit (the
-    messages of the varlen kernel's refusals included)."""
+def attention_probe(model: nn.Module) -> Iterator[dict]:
+    """Count ``model``'s packed-attention calls inside the block by kernel;
+    the yielded dict is filled with :func:`attention_summary` on exit (the
+    messages of the varlen kernel's refusals included). A model without
+    packed attention (no mmapt backbone in it) records ``'none'``."""
     record: dict = {}
+    counter = AttentionCallCounter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', VarlenFallbackWarning)
-        with count_attention_calls() as counts:
+        with HandleGroup([
+                m.register_attention_observer(counter)
+                for m in modules_with(model, 'register_attention_observer')
+        ]):
             yield record
+    counts = counter.counts
     errors = []
     for w in caught:
         if issubclass(w.category, VarlenFallbackWarning):

@@ -107,7 +107,7 @@ def prepare_arm(arm: BackboneArm,
         def warm() -> None:
             for i in range(warmup):
                 if index == 0 and i == 0:
-                    with attention_probe() as info['attention']:
+                    with attention_probe(arm.model) as info['attention']:
                         call()
                     if watch is not None:
                         watch.first_call_done()
@@ -231,12 +231,13 @@ def arm_summary(record: ArmRecord,
 
 
 def split_of(call: Callable[[], object], device: torch.device,
-             clock: Callable[[], float]) -> Tuple[float, Dict[str, float]]:
-    """``(forward ms, exclusive ms per marked stage)`` of one call, stages
-    timed without synchronizing
+             clock: Callable[[], float],
+             model: nn.Module) -> Tuple[float, Dict[str, float]]:
+    """``(forward ms, exclusive ms per stage ``model`` marks)`` of one
+    call, stages timed without synchronizing
     (:class:`~mmapt.benchmark.timing.StageClock`)."""
     from mmapt.benchmark.timing import StageClock
     stage_clock = StageClock(device, clock)
-    with torch.no_grad(), stage_clock.listen():
+    with torch.no_grad(), stage_clock.listen(model):
         ms, _ = time_call(call, device, clock)
     return ms, stage_clock.result()

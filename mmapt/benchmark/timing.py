@@ -10,9 +10,10 @@ a host clock elsewhere. Stages inside a call are timed two ways:
   synchronize until the end: the stream time between boundaries, the queue
   left as it runs (a stage that waits for the host is charged the wait).
 
-Both attribute time to the forward stages the backbones mark
+Both attribute time to the forward stages a model's backbones mark
 (:mod:`mmapt.models.stages`), exclusively: a stage inside another is charged
-to itself only.
+to itself only. They attach to the model they are given through its
+observers and forward hooks (removable handles): nothing is patched.
 """
 import time
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from mmapt.models.observers import HandleGroup
 from mmapt.models.stages import listen_stages
 
 
@@ -53,10 +55,10 @@ def time_call(
 class StageTimer:
     """Exclusive time of named stages, nested calls subtracted.
 
-    Stages are methods (of an object or a class) or module forwards,
-    wrapped only inside :meth:`attach`. A stage called inside another is
-    charged to itself and not to its caller, so the stages of one forward
-    add up to at most its time.
+    Stages are module forwards (:meth:`attach`, through forward hooks) and
+    the stages a model marks (:meth:`listen`). A stage called inside
+    another is charged to itself and not to its caller, so the stages of
+    one forward add up to at most its time.
 
     Args:
         device (torch.device): Device the stages run on (synchronized at
@@ -90,16 +92,9 @@ class StageTimer:
         self.totals[name] = self.totals.get(name, 0.) + \
             (elapsed - frame[1]) * 1e3
 
-    def _run(self, name: str, fn: Callable, *args, **kwargs):
-        self._enter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self._leave(name)
-
     @contextmanager
-    def listen(self) -> Iterator['StageTimer']:
-        """Also time the forward stages the backbones mark
+    def listen(self, model: nn.Module) -> Iterator['StageTimer']:
+        """Also time the forward stages ``model``'s backbones mark
         (:func:`mmapt.models.stages.forward_stage`)."""
 
         def on_stage(name: str, entering: bool) -> None:
@@ -108,47 +103,37 @@ class StageTimer:
             else:
                 self._leave(name)
 
-        with listen_stages(on_stage):
+        with listen_stages(model, on_stage):
             yield self
 
     @contextmanager
     def attach(
-            self, stages: Sequence[Tuple[str, object,
-                                         str]]) -> Iterator['StageTimer']:
-        """Time ``getattr(owner, attr)`` as stage ``name`` for each
-        ``(name, owner, attr)``; owners may be modules (``'forward'``),
-        objects or classes. Missing attributes are skipped."""
-        restore = []
-        for name, owner, attr in stages:
-            if owner is None or not hasattr(owner, attr):
+            self,
+            stages: Sequence[Tuple[str, nn.Module]]) -> Iterator['StageTimer']:
+        """Time the forward of ``module`` as stage ``name`` for each
+        ``(name, module)`` (:func:`module_stage`); None modules are skipped.
+        """
+        handles = []
+        for name, module in stages:
+            if module is None:
                 continue
-            inner = getattr(owner, attr)
-            if isinstance(owner, type):
-                original = owner.__dict__.get(attr)
-
-                def wrapper(obj, *args, _name=name, _fn=inner, **kwargs):
-                    return self._run(_name, _fn, obj, *args, **kwargs)
-            else:
-                original = owner.__dict__.get(attr)
-
-                def wrapper(*args, _name=name, _fn=inner, **kwargs):
-                    return self._run(_name, _fn, *args, **kwargs)
-
-            setattr(owner, attr, wrapper)
-            restore.append((owner, attr, original))
-        try:
+            if not isinstance(module, nn.Module):
+                raise TypeError(f'stage {name!r}: StageTimer.attach times '
+                                'module forwards, got '
+                                f'{type(module).__name__}')
+            handles.append(
+                module.register_forward_pre_hook(lambda *_: self._enter()))
+            handles.append(
+                module.register_forward_hook(
+                    lambda *_, _name=name: self._leave(_name),
+                    always_call=True))
+        with HandleGroup(handles):
             yield self
-        finally:
-            for owner, attr, original in reversed(restore):
-                if original is None:
-                    delattr(owner, attr)
-                else:
-                    setattr(owner, attr, original)
 
 
-def module_stage(name: str, module: nn.Module) -> Tuple[str, object, str]:
+def module_stage(name: str, module: nn.Module) -> Tuple[str, nn.Module]:
     """A :meth:`StageTimer.attach` entry timing a module's ``forward``."""
-    return (name, module, 'forward')
+    return (name, module)
 
 
 class StageClock:
@@ -195,8 +180,9 @@ class StageClock:
         self._done.append(entry)
 
     @contextmanager
-    def listen(self) -> Iterator['StageClock']:
-        with listen_stages(self._on_stage):
+    def listen(self, model: nn.Module) -> Iterator['StageClock']:
+        """Record the stages ``model``'s backbones mark inside the block."""
+        with listen_stages(model, self._on_stage):
             yield self
 
     def result(self) -> Dict[str, float]:

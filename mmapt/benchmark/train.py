@@ -146,7 +146,7 @@ class TrainArm:
             inputs = model.data_preprocessor(data, True)
         preprocessed = clock()
         with count_tokens(model.backbone) as counter, \
-                timer.attach(stages), timer.listen(), \
+                timer.attach(stages), timer.listen(model), \
                 self.optim_wrapper.optim_context(model):
             losses = model(**inputs, mode='loss')
         loss, _ = model.parse_losses(losses)

@@ -4,9 +4,12 @@ import os
 
 import pytest
 import torch
+from conftest import marked_module
 
 from mmapt.benchmark.overhead import OverheadCounts, count_overhead
 from mmapt.models.stages import forward_stage
+
+OWNER = marked_module()
 
 
 def test_counts_ops_per_stage_innermost_mark_wins():
@@ -14,15 +17,15 @@ def test_counts_ops_per_stage_innermost_mark_wins():
 
     def fn():
         x.add(1)  # other: 1
-        with forward_stage('tokenizer'):
+        with forward_stage(OWNER, 'tokenizer'):
             y = x.mul(2)  # tokenizer: 1
             y.view(2, 5)  # a view is an op too
-            with forward_stage('embedding'):
+            with forward_stage(OWNER, 'embedding'):
                 y.sub(1)
                 y.neg()
             y.exp()
 
-    counts = count_overhead(fn)
+    counts = count_overhead(fn, model=OWNER)
     assert counts.ops == {'other': 1, 'tokenizer': 3, 'embedding': 2}
     assert counts.op_names['tokenizer'] == {
         'aten.mul.Tensor': 1,
@@ -38,11 +41,11 @@ def test_blocks_are_not_outside_blocks():
     x = torch.ones(3)
 
     def fn():
-        with forward_stage('blocks'):
+        with forward_stage(OWNER, 'blocks'):
             x.add(1).add(2)
         x.add(3)
 
-    counts = count_overhead(fn)
+    counts = count_overhead(fn, model=OWNER)
     assert counts.ops == {'blocks': 2, 'other': 1}
     assert counts.outside_blocks == 1
 
@@ -51,7 +54,7 @@ def test_python_reads_count_once_each():
     x = torch.arange(6.)
 
     def fn():
-        with forward_stage('context'):
+        with forward_stage(OWNER, 'context'):
             int(x.sum())  # sum + _local_scalar_dense: one read
             x.tolist()
             x[1].item()
@@ -60,7 +63,7 @@ def test_python_reads_count_once_each():
             range(10)[torch.tensor(2)]  # __index__
             x.numpy()
 
-    counts = count_overhead(fn)
+    counts = count_overhead(fn, model=OWNER)
     assert counts.syncs == {'context': 7}
     kinds = [site.split(' at ')[0] for site in counts.sync_sites]
     assert kinds == [
@@ -83,21 +86,21 @@ def test_data_dependent_ops_are_syncs_static_ones_are_not():
     repeats = torch.tensor([1, 2])
 
     def fn():
-        with forward_stage('tokenizer'):
+        with forward_stage(OWNER, 'tokenizer'):
             mask.nonzero()
             x[mask]
             x.masked_select(mask)
             torch.unique(x)
             torch.repeat_interleave(repeats)
             torch.bincount(repeats)
-        with forward_stage('embedding'):
+        with forward_stage(OWNER, 'embedding'):
             torch.nonzero_static(mask, size=4)
             torch.repeat_interleave(repeats, output_size=3)
             x.cumsum(0)
             torch.searchsorted(x.sort().values, x)
             x.index_select(0, repeats)
 
-    counts = count_overhead(fn)
+    counts = count_overhead(fn, model=OWNER)
     assert counts.syncs == {'tokenizer': 6}
     assert counts.ops['tokenizer'] >= 6
     assert counts.ops['embedding'] >= 5
@@ -129,12 +132,12 @@ def test_cuda_sync_debug_mode_is_counted():
     x = torch.arange(8., device='cuda')
 
     def fn():
-        with forward_stage('tokenizer'):
+        with forward_stage(OWNER, 'tokenizer'):
             x.nonzero()
             int(x.sum())
             torch.nonzero_static(x, size=8)
 
-    counts = count_overhead(fn, device='cuda')
+    counts = count_overhead(fn, device='cuda', model=OWNER)
     assert counts.syncs == {'tokenizer': 2}
 
 
@@ -181,7 +184,7 @@ def floor_models(pack_size=None):
 def forward_counts(model, x):
     with torch.no_grad():
         model(x)  # caches (position tables) as at steady state
-        return count_overhead(lambda: model(x))
+        return count_overhead(lambda: model(x), model=model)
 
 
 @pytest.fixture(scope='module')

@@ -176,13 +176,14 @@ def test_overhead_of_each_run_in_its_own_autocast():
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         apt(x)  # the model's per-grid caches filled: both counts alike
-    counts = overhead_counts('a',
-                             dict(first=lambda: apt(x), again=lambda: apt(x)),
-                             CPU, torch.bfloat16)
+    counts = overhead_counts(
+        'a', dict(first=(apt, lambda: apt(x)), again=(apt, lambda: apt(x))),
+        CPU, torch.bfloat16)
     # The same forward twice: in one shared autocast context the second
     # would reuse the first's cached weight casts and count fewer ops.
     assert counts['first']['ops'] == counts['again']['ops']
     assert counts['first']['total_ops'] > 0
+    assert counts['first']['ops']['tokenizer'] > 0  # split by APT's marks
 
 
 def test_compile_watch_counts_graph_breaks_and_recompiles():
@@ -211,7 +212,11 @@ def test_compile_watch_counts_graph_breaks_and_recompiles():
 
 def test_attention_probe_keeps_other_warnings(recwarn):
     import warnings
-    with attention_probe() as record:
+
+    from mmapt.models import EVA02
+    with attention_probe(
+            EVA02(
+                arch=dict(embed_dims=8, num_layers=1, num_heads=1))) as record:
         warnings.warn('unrelated', UserWarning)
     assert record['kernel'] == 'none'
     assert [str(w.message) for w in recwarn] == ['unrelated']

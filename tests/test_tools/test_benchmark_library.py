@@ -7,16 +7,17 @@ import os.path as osp
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, marked_module
 
 from mmapt.benchmark import ArmRecord, bucket_size, interleaved, ratio
 from mmapt.benchmark.cuda import profile_forward
 from mmapt.benchmark.report import gpu_markdown
-from mmapt.benchmark.timing import StageClock, StageTimer
+from mmapt.benchmark.timing import StageClock, StageTimer, module_stage
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.stages import forward_stage
 
 TINY = dict(embed_dims=64, num_layers=2, num_heads=1)
+OWNER = marked_module()
 
 
 def test_interleaved_rotates_the_first_arm():
@@ -66,10 +67,10 @@ class FakeClock:
 
 
 def marked_work():
-    with forward_stage('tokenizer'):
+    with forward_stage(OWNER, 'tokenizer'):
         pass
-    with forward_stage('blocks'):
-        with forward_stage('unpack'):
+    with forward_stage(OWNER, 'blocks'):
+        with forward_stage(OWNER, 'unpack'):
             pass
 
 
@@ -79,12 +80,12 @@ def test_stage_times_are_exclusive(kind):
     cpu = torch.device('cpu')
     if kind == 'timer':
         timer = StageTimer(cpu, clock)
-        with timer.listen():
+        with timer.listen(OWNER):
             marked_work()
         times = timer.reset()
     else:
         stage_clock = StageClock(cpu, clock)
-        with stage_clock.listen():
+        with stage_clock.listen(OWNER):
             marked_work()
         times = stage_clock.result()
     # Reads: tokenizer in/out = 1 s; blocks in, unpack in, unpack out,
@@ -96,12 +97,12 @@ def test_profile_forward_has_a_row_per_stage():
     x = torch.randn(64, 64)
 
     def work():
-        with forward_stage('tokenizer'):
+        with forward_stage(OWNER, 'tokenizer'):
             x.mm(x)
-        with forward_stage('blocks'):
+        with forward_stage(OWNER, 'blocks'):
             x.mm(x).relu()
 
-    prof = profile_forward(work, torch.device('cpu'))
+    prof = profile_forward(work, torch.device('cpu'), OWNER)
     assert set(prof['stages']) == {'tokenizer', 'blocks'}
     assert prof['forward_ms'] > 0 and prof['gpu_idle_ms'] is None
     assert 'aten::mm' in prof['table']
@@ -197,3 +198,27 @@ def test_gpu_markdown_lists_arms_skips_and_failures():
     assert '| apt_square | 2.00 | 500.00 | 100 | 0.500 | 1.500x |' in text
     assert 'skipped `apt_static_graph`: needs CUDA' in text
     assert '**failed** `apt_static`: RuntimeError: boom' in text
+
+
+def test_stage_timer_attach_times_module_forwards_through_hooks():
+    """Module stages are timed by forward hooks, exclusively, also when the
+    forward raises; the hooks are gone afterwards (nothing patched)."""
+    inner = torch.nn.Linear(2, 2)
+    outer = torch.nn.Sequential(inner)
+    clock = FakeClock()
+    timer = StageTimer(torch.device('cpu'), clock)
+    with timer.attach([
+            module_stage('outer', outer),
+            module_stage('inner', inner),
+            module_stage('missing', None)
+    ]):
+        outer(torch.ones(1, 2))
+        with pytest.raises(RuntimeError):
+            inner(torch.ones(1, 3))
+    # outer: in, (inner in, inner out), out = 3 s, 1 of them inner's.
+    assert timer.reset() == {'outer': 2000., 'inner': 2000.}
+    assert not inner._forward_hooks and not inner._forward_pre_hooks
+    assert 'forward' not in inner.__dict__
+    with pytest.raises(TypeError, match='times module forwards'):
+        with timer.attach([('f', object())]):
+            pass

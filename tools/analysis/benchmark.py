@@ -261,7 +261,7 @@ class Arm(ArmRecord):
 
         split = timer.attach(model_stages(model)) if self.split \
             else nullcontext()
-        listen = timer.listen() if self.split else nullcontext()
+        listen = timer.listen(model) if self.split else nullcontext()
         flops = count_flops(model) if (
             record and self.count_flops and path not in self.flops) \
             else nullcontext()

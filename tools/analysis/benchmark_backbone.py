@@ -228,8 +228,8 @@ def stage_times(plain: nn.Module, apt: nn.Module, x: torch.Tensor,
                 clock: Callable[[], float]) -> Dict[str, float]:
     """APT's own stages inside one real forward of each model (the marks of
     mmapt.models.stages; the blocks are timed by the interleaved runs)."""
-    _, apt_stages = split_of(lambda: apt(x), device, clock)
-    _, plain_stages = split_of(lambda: plain(x), device, clock)
+    _, apt_stages = split_of(lambda: apt(x), device, clock, apt)
+    _, plain_stages = split_of(lambda: plain(x), device, clock, plain)
     return dict(
         tokenizer_ms=apt_stages.get('tokenizer', 0.),
         embed_ms=apt_stages.get('embedding', 0.),

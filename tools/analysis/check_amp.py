@@ -96,10 +96,10 @@ def build(args, device: torch.device):
 
 
 class KernelCounter:
-    """Counts calls of torch's flash varlen kernel made by mmapt."""
+    """Counts calls of torch's flash varlen kernel made by ``model``."""
 
-    def __init__(self) -> None:
-        self._counting = attention.count_attention_calls()
+    def __init__(self, model) -> None:
+        self._counting = attention.count_attention_calls(model)
         self._counts = {'varlen': 0}
 
     @property
@@ -125,7 +125,7 @@ def run_case(model, x, device, dtype, repeat, ref=None) -> Dict:
         device_type=device.type, dtype=dtype or torch.float32, enabled=enabled)
     model.eval()
     times = []
-    with torch.no_grad(), KernelCounter() as kernel:
+    with torch.no_grad(), KernelCounter(model) as kernel:
         for _ in range(repeat + 1):  # the first run warms up
             sync(device)
             start = time.perf_counter()

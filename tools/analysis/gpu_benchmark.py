@@ -278,7 +278,7 @@ class ArchBench:
 
             def run():
                 with autocast_for(self.device, self.dtype), \
-                        (padded_attention_scope() if padded
+                        (padded_attention_scope(model) if padded
                          else nullcontext()):
                     return model(x)
 
@@ -512,9 +512,12 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
         step('counting overhead')
         image = next(iter(bench.inputs))
         x = bench.inputs[image]['square']
-        runs = dict(plain=lambda: bench.plain(x), apt=lambda: bench.apt(x))
+        runs = dict(
+            plain=(bench.plain, lambda: bench.plain(x)),
+            apt=(bench.apt, lambda: bench.apt(x)))
         if 'apt_static' in by_name:
-            runs['apt_static'] = by_name['apt_static'].make(x)
+            static = by_name['apt_static']
+            runs['apt_static'] = (static.model, static.make(x))
         out['overhead'] = overhead_counts(image, runs, device, bench.dtype)
         if report.get('profiled') is None:
             report['profiled'] = name
@@ -537,7 +540,7 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
 def profile_arm(arm: BackboneArm, views: Dict[str, torch.Tensor],
                 device: torch.device) -> dict:
     try:
-        return profile_forward(arm.make(views[arm.view]), device)
+        return profile_forward(arm.make(views[arm.view]), device, arm.model)
     except Exception as err:  # noqa: BLE001 - reported in the profile
         return dict(error=f'{type(err).__name__}: {err}')
 

@@ -23,7 +23,7 @@ from mmapt.tokenizer.cache_pins import pin
 from mmapt.tokenizer.entropy import ENTROPY_BINS
 from mmapt.tokenizer.layout import PackSizeSpec
 from ..layers import APTEmbed, ParamCache, build_plans
-from ..layers.attention import StaticPlan
+from ..layers.attention import StaticPlan, attention_settings
 from ..layers.context import AttentionGroups, PackedContext
 from ..layers.rope import identity_rope, patch_centers
 from .host import APTHost, missing_host_members
@@ -198,16 +198,20 @@ class APTAdapter:
         fixed-length offsets and the fixed ``max_seqlen`` bounds; its
         ``kernel`` (``'static_varlen'`` or ``'static_sdpa'``) is set by the
         first block that attends."""
+        backend, observers = attention_settings(self.host)
         if layout.static:
-            window_plan = StaticPlan(layout.cu_seqlens_window,
-                                     layout.num_real_groups_window,
-                                     layout.max_seqlen_window,
-                                     layout.num_packed)
+            window_plan = StaticPlan(
+                layout.cu_seqlens_window,
+                layout.num_real_groups_window,
+                layout.max_seqlen_window,
+                layout.num_packed,
+                backend=backend)
             image_plan = window_plan \
                 if layout.cu_seqlens_window is layout.cu_seqlens_image \
                 else StaticPlan(layout.cu_seqlens_image,
                                 layout.num_real_groups_image,
-                                layout.max_seqlen_image, layout.num_packed)
+                                layout.max_seqlen_image, layout.num_packed,
+                                backend=backend)
         else:
             window_plan, image_plan = build_plans(
                 (layout.cu_seqlens_window, layout.max_seqlen_window,
@@ -221,10 +225,10 @@ class APTAdapter:
             layout=layout,
             window=AttentionGroups(layout.cu_seqlens_window,
                                    layout.max_seqlen_window, window_plan,
-                                   window_rope),
+                                   window_rope, backend, observers),
             image=AttentionGroups(layout.cu_seqlens_image,
                                   layout.max_seqlen_image, image_plan,
-                                  image_rope),
+                                  image_rope, backend, observers),
             packed_image_index=layout.packed_image_index,
             num_images=layout.batch_size,
             num_prefix_tokens=layout.num_prefix_tokens)
@@ -303,19 +307,19 @@ class APTAdapter:
         (batch, input size, ``pack_size``); what to capture or compile per
         bucket. A batch needing more is capped to fit."""
         self.host.check_input_size(*x.shape[2:])
-        with forward_stage('tokenizer'):  # the tokenizer checks x once
+        with forward_stage(self.host, 'tokenizer'):  # tokenizer checks x once
             layout = self.tokenizer.layout(x, importance, pack_size)
         return self._forward_layout(x, layout)
 
     def _forward_layout(self, x: Tensor,
                         layout: PatchLayout) -> Tuple[Tensor, ...]:
-        with forward_stage('embedding'):
+        with forward_stage(self.host, 'embedding'):
             tokens = self.embed(x, layout)
-        with forward_stage('context'):
+        with forward_stage(self.host, 'context'):
             ctx = self.packed_context(layout)
-        with forward_stage('blocks'):
+        with forward_stage(self.host, 'blocks'):
             outs = self.forward_blocks(tokens, ctx)
-        with forward_stage('unpack'):
+        with forward_stage(self.host, 'unpack'):
             self.report_tokens(layout)
             return layout.unpack_all(outs)
 
@@ -333,6 +337,6 @@ class APTAdapter:
         if isinstance(spec, int):
             return self.forward_static(x, importance, spec)
         self.host.check_input_size(*x.shape[2:])
-        with forward_stage('tokenizer'):  # the tokenizer checks x once
+        with forward_stage(self.host, 'tokenizer'):  # tokenizer checks x once
             layout = self.tokenize(x, importance)
         return self._forward_layout(x, layout)

@@ -191,7 +191,7 @@ class Accelerator:
         device = inputs[0].device
         full_key = (key, str(device), autocast_state(device))
         runner = self.runners.get(full_key)
-        with stages_unmarked():
+        with stages_unmarked(host):
             if runner is None:
                 start = time.perf_counter()
                 runner = self._build(host, make_fn(), inputs)

@@ -24,9 +24,10 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from mmapt.checkpoints.checkpoint_fit import checked_pretrained_init
-from mmapt.models.stages import forward_stage
+from mmapt.models.stages import StageMarks, forward_stage
 from ..layers import (DenseContext, ParamCache, PatchEmbed, identity_rope,
                       pos_embed_map, resize_pos_embed)
+from ..layers.attention import AttentionObservable
 from ..layers.inputs import check_image_batch
 from .accelerate import Accelerator, check_accelerate
 from .token_observer import TokenObservable
@@ -45,7 +46,7 @@ def to_2tuple(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return value  # type: ignore[return-value]
 
 
-class BaseViT(BaseModule, TokenObservable):
+class BaseViT(BaseModule, TokenObservable, StageMarks, AttentionObservable):
     """A plain ViT for dense prediction, without its blocks.
 
     Subclasses set ``arch_zoo`` (and ``arch_defaults``), implement
@@ -495,12 +496,12 @@ class BaseViT(BaseModule, TokenObservable):
     def forward_dense(self, x: Tensor) -> Tuple[Tensor, ...]:
         """The eager forward of :meth:`forward`."""
         grid = self.check_input_size(*x.shape[2:])
-        with forward_stage('embedding'):
+        with forward_stage(self, 'embedding'):
             tokens = self.embed_tokens(x, grid)
             ctx = self.dense_context(grid, x.device)
-        with forward_stage('blocks'):
+        with forward_stage(self, 'blocks'):
             outs = self.forward_blocks(tokens, ctx)
-        with forward_stage('unpack'):  # as the APT adapter reports them
+        with forward_stage(self, 'unpack'):  # as the APT adapter reports them
             cells = torch.full((x.shape[0], ),
                                grid[0] * grid[1],
                                dtype=torch.int64,
@@ -521,7 +522,7 @@ class BaseViT(BaseModule, TokenObservable):
             else:
                 x = block(x, ctx)
             if i in wanted:
-                with forward_stage('unpack'):  # nested: counted apart
+                with forward_stage(self, 'unpack'):  # nested: counted apart
                     maps[i] = x[:, num_prefix:].transpose(1, 2).reshape(
                         batch, self.embed_dims, *ctx.grid)
         return tuple(maps[i] for i in self.out_indices)

@@ -6,15 +6,17 @@ a hook read whatever the last call left there: slide inference (one call per
 crop) then reported only the last crop. Instead, a backbone announces the
 counts of every call to registered observers, and each observer decides how
 to combine them (``TokenStatsHook`` sums the calls of an iteration per
-image).
+image). Stage marks and attention calls are observed the same way
+(:mod:`mmapt.models.observers`).
 """
-from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
+
+from mmapt.models.observers import add_observer
 
 #: ``fn(tokens, baseline_tokens)``; both int64, shape (B,), one entry per
 #: image of the backbone call. Registered with ``capped=True``:
@@ -39,15 +41,6 @@ class TokenObservable:
         >>> handle.remove()
     """
 
-    def _token_observer_dict(self) -> Dict[int, Tuple[TokenObserver, bool]]:
-        # Created lazily so the mixin needs no __init__ of its own (and
-        # object.__setattr__ keeps nn.Module from treating it as state).
-        observers = self.__dict__.get('_token_observers')
-        if observers is None:
-            observers = OrderedDict()
-            object.__setattr__(self, '_token_observers', observers)
-        return observers
-
     def register_token_observer(self,
                                 fn: TokenObserver,
                                 capped: bool = False) -> RemovableHandle:
@@ -68,10 +61,7 @@ class TokenObservable:
         """
         if not callable(fn):
             raise TypeError(f'token observer must be callable, got {fn!r}')
-        observers = self._token_observer_dict()
-        handle = RemovableHandle(observers)
-        observers[handle.id] = (fn, bool(capped))
-        return handle
+        return add_observer(self, '_token_observers', (fn, bool(capped)))
 
     def notify_tokens(self,
                       tokens: Tensor,

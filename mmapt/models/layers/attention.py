@@ -5,7 +5,11 @@ each token may only attend to the tokens of its own group (an image, or an
 (image, window) pair). ``cu_seqlens`` holds the group offsets, as in
 flash-attention's varlen API.
 
-Backends, chosen by :func:`attention_backend` (``'auto'`` by default):
+Backends, chosen per model (``backbone.attention_backend``, or scoped with
+:func:`attention_backend`; ``'auto'`` by default) and read where the forward
+runs: the APT adapter hands the backbone's choice and its attention observers
+to every block through the :class:`~mmapt.models.layers.AttentionGroups` of
+the forward (:func:`attention_settings`).
 
 * ``'varlen'``: torch's own ``torch.nn.attention.varlen`` (the
   flash-attention varlen kernel, no padding at all; CUDA with fp16/bf16
@@ -33,12 +37,17 @@ forward and every block reuses it. Call :meth:`VarlenPlan.prepare` to do its
 host-side work ahead of a timed region.
 """
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from mmapt.models.observers import (add_observer, attach_to_modules,
+                                    modules_with)
 
 try:  # torch >= 2.9 ships a flash-attention varlen entry point (CUDA only).
     from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
@@ -53,64 +62,144 @@ class VarlenFallbackWarning(RuntimeWarning):
 
 #: The values :func:`attention_backend` accepts.
 ATTENTION_BACKENDS = ('auto', 'varlen', 'padded')
-_backend = 'auto'
+
+#: The kernels an attention observer hears, by name: exact packing's
+#: ``'varlen'`` (torch's kernel) and ``'padded'`` (:class:`VarlenPlan`),
+#: static mode's ``'static_varlen'`` and ``'static_sdpa'``
+#: (:class:`StaticPlan`, see :func:`static_kernel`), and
+#: ``'varlen_failed'``: ``'auto'`` tried torch's kernel, it raised, and the
+#: padded plan ran instead (heard as ``'padded'`` too).
+ATTENTION_CALLS = ('varlen', 'padded', 'varlen_failed', 'static_varlen',
+                   'static_sdpa')
+
+#: ``fn(kernel, q, cu_seqlens)`` after every packed attention call:
+#: ``kernel`` one of :data:`ATTENTION_CALLS`, ``q`` the (N, heads,
+#: head_dim) queries, ``cu_seqlens`` the group offsets attended.
+AttentionObserver = Callable[[str, Tensor, Tensor], None]
+AttentionObservers = Tuple[AttentionObserver, ...]
+
+_BACKEND = '_attention_backend'
+_OBSERVERS = '_attention_observers'
+
+
+def check_backend(name: str) -> str:
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f'attention backend must be one of '
+                         f'{ATTENTION_BACKENDS}, got {name!r}')
+    return name
+
+
+class AttentionObservable:
+    """Mixin for backbones whose packed attention is observable and whose
+    kernel is chosen per instance.
+
+    ``attention_backend`` (``'auto'``, ``'varlen'`` or ``'padded'``, see
+    :func:`attention_backend`) is read at every forward;
+    :meth:`register_attention_observer` hears every packed attention call
+    of this backbone, and no other's.
+    """
+
+    @property
+    def attention_backend(self) -> str:
+        return self.__dict__.get(_BACKEND, 'auto')
+
+    @attention_backend.setter
+    def attention_backend(self, name: str) -> None:
+        object.__setattr__(self, _BACKEND, check_backend(name))
+
+    def register_attention_observer(self,
+                                    fn: AttentionObserver) -> RemovableHandle:
+        """Call ``fn(kernel, q, cu_seqlens)`` after every packed attention
+        call of this backbone's forwards; ``handle.remove()`` stops it."""
+        if not callable(fn):
+            raise TypeError(f'attention observer must be callable, got {fn!r}')
+        return add_observer(self, _OBSERVERS, fn)
+
+
+def attention_settings(owner: object) -> Tuple[str, AttentionObservers]:
+    """``(backend, observers)`` of ``owner``'s forward as it starts: what
+    the forward hands to its attention calls (``'auto'`` and none for an
+    object without :class:`AttentionObservable`)."""
+    observers = owner.__dict__.get(_OBSERVERS)
+    return (owner.__dict__.get(_BACKEND, 'auto'),
+            tuple(observers.values()) if observers else ())
 
 
 @contextmanager
-def attention_backend(name: str) -> Iterator[None]:
-    """Choose the kernel of :func:`varlen_attention` inside the block.
+def attention_backend(model: nn.Module, name: str) -> Iterator[None]:
+    """Choose the packed-attention kernel of ``model`` (every backbone in
+    it) inside the block; the previous choice comes back on exit.
 
     Args:
+        model (nn.Module): A backbone or a model holding one.
         name (str): ``'auto'`` (torch's varlen kernel on CUDA fp16/bf16 when
             it works, else the padded SDPA plan), ``'varlen'`` (the kernel;
             an error where it does not apply) or ``'padded'`` (the plan, on
             every device: to compare or time it).
     """
-    global _backend
-    if name not in ATTENTION_BACKENDS:
-        raise ValueError(f'attention backend must be one of '
-                         f'{ATTENTION_BACKENDS}, got {name!r}')
-    saved, _backend = _backend, name
+    check_backend(name)
+    modules = list(modules_with(model, 'register_attention_observer'))
+    if not modules:
+        raise TypeError(f'{type(model).__name__} has no backbone with a '
+                        'packed-attention backend; pass an mmapt backbone or '
+                        'a model holding one')
+    saved = [(m, m.attention_backend) for m in modules]
+    for module in modules:
+        module.attention_backend = name
     try:
         yield
     finally:
-        _backend = saved
+        for module, previous in saved:
+            module.attention_backend = previous
 
 
-_call_counters: List[Dict[str, int]] = []
+class AttentionCallCounter(Mapping):
+    """An attention observer counting the calls by kernel: a read-only
+    mapping of every name of :data:`ATTENTION_CALLS` to its count.
+
+    The counts live in a small CPU tensor, added to in place: a compiled
+    forward mutates it like any buffer and reads no Python int (an int read
+    would be a constant dynamo guards on and recompiles for at every call).
+    """
+
+    def __init__(self) -> None:
+        self.tally = torch.zeros(len(ATTENTION_CALLS), dtype=torch.int64)
+
+    def __call__(self, kernel: str, q: Tensor, cu_seqlens: Tensor) -> None:
+        self.tally[ATTENTION_CALLS.index(kernel)] += 1
+
+    def __getitem__(self, kernel: str) -> int:
+        if kernel not in ATTENTION_CALLS:
+            raise KeyError(kernel)
+        return int(self.tally[ATTENTION_CALLS.index(kernel)])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ATTENTION_CALLS)
+
+    def __len__(self) -> int:
+        return len(ATTENTION_CALLS)
+
+    @property
+    def counts(self) -> Dict[str, int]:
+        return dict(zip(ATTENTION_CALLS, self.tally.tolist()))
 
 
 @contextmanager
-def count_attention_calls() -> Iterator[Dict[str, int]]:
-    """Count the :func:`varlen_attention` calls inside the block by the
-    kernel that ran them: exact packing's ``'varlen'`` (torch's kernel) and
-    ``'padded'`` (:class:`VarlenPlan`), static mode's ``'static_varlen'``
-    and ``'static_sdpa'`` (:class:`StaticPlan`, see :func:`static_kernel`),
-    and ``'varlen_failed'``: calls where ``'auto'`` tried torch's kernel, it
-    raised, and the padded plan ran instead (those count as ``padded`` too).
+def count_attention_calls(model: nn.Module) -> Iterator[AttentionCallCounter]:
+    """Count ``model``'s packed attention calls inside the block by the
+    kernel that ran them (:data:`ATTENTION_CALLS`; a fallback counts as
+    ``'varlen_failed'`` and ``'padded'``). Other models are not counted.
     """
-    counter = {
-        'varlen': 0,
-        'padded': 0,
-        'varlen_failed': 0,
-        'static_varlen': 0,
-        'static_sdpa': 0
-    }
-    _call_counters.append(counter)
-    try:
+    counter = AttentionCallCounter()
+    with attach_to_modules(model, 'register_attention_observer', counter,
+                           'packed attention calls'):
         yield counter
-    finally:
-        _call_counters.remove(counter)
 
 
-def _count(kind: str) -> None:
-    for counter in _call_counters:
-        counter[kind] += 1
-
-
-def get_attention_backend() -> str:
-    """The backend :func:`attention_backend` set (``'auto'`` outside)."""
-    return _backend
+def _notify(observers: AttentionObservers, kernel: str, q: Tensor,
+            cu_seqlens: Tensor) -> None:
+    for fn in observers:
+        fn(kernel, q, cu_seqlens)
 
 
 # Bucketing cost model. CPU SDPA (6 heads of 64, 2 cores) costs about
@@ -285,7 +374,9 @@ def varlen_attention(q: Tensor,
                      v: Tensor,
                      cu_seqlens: Tensor,
                      max_seqlen: int,
-                     plan: Optional[VarlenPlan] = None) -> Tensor:
+                     plan: Optional[VarlenPlan] = None,
+                     backend: str = 'auto',
+                     observers: tuple = ()) -> Tensor:
     """Block-diagonal attention on packed sequences.
 
     Token ``i`` attends to every token of its own group
@@ -300,51 +391,63 @@ def varlen_attention(q: Tensor,
             same ``cu_seqlens``; pass it to reuse it across calls (every
             block of a forward). Built on the fly when None. A
             :class:`StaticPlan` runs its own kernel (static-shape mode).
+        backend (str): One of :data:`ATTENTION_BACKENDS` (see
+            :func:`attention_backend`). Defaults to ``'auto'``.
+        observers (tuple[Callable]): Called ``fn(kernel, q, cu_seqlens)``
+            after the call (:data:`AttentionObserver`).
 
     Returns:
         Tensor: (N, heads, head_dim) attention output.
     """
     if isinstance(plan, StaticPlan):  # static mode: the plan's own kernel
-        return plan(q, k, v)
-    if _use_varlen_kernel(q):
+        return plan(q, k, v, observers)
+    if _use_varlen_kernel(q, backend):
         try:
             cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
             out = _torch_varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen)
-            if _call_counters:
-                _count('varlen')
+            _notify(observers, 'varlen', q, cu_seqlens)
             return out
         except RuntimeError as err:  # no flash kernel for this GPU / build
-            if _backend == 'varlen':
+            if backend == 'varlen':
                 raise
             # This call alone falls back; the next one tries the kernel
             # again, so a timing never mixes kernels without a count of it.
-            if _call_counters:
-                _count('varlen_failed')
+            _notify(observers, 'varlen_failed', q, cu_seqlens)
             warnings.warn(
                 f'torch varlen attention failed ({err}); this call ran the '
-                "padded SDPA plan (attention_backend('varlen') raises "
-                'instead)',
+                "padded SDPA plan (attention_backend(model, 'varlen') "
+                'raises instead)',
                 VarlenFallbackWarning,
                 stacklevel=2)
     if plan is None:
         plan = VarlenPlan(cu_seqlens, max_seqlen)
-    if _call_counters:
-        _count('padded')
-    return plan(q, k, v)
+    out = plan(q, k, v)
+    _notify(observers, 'padded', q, cu_seqlens)
+    return out
 
 
-def _use_varlen_kernel(q: Tensor) -> bool:
-    if _backend == 'padded':
+def varlen_kernel_applies(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's varlen kernel can run q, k, v on ``device`` in
+    ``dtype``: CUDA, fp16 / bf16, and ``torch.nn.attention.varlen`` in
+    this torch build (:func:`cuda_varlen_enabled`)."""
+    return device.type == 'cuda' and dtype in _HALF and \
+        _torch_varlen_attn is not None
+
+
+def _refuse_varlen(device: torch.device, dtype: torch.dtype) -> None:
+    raise ValueError(
+        "attention backend 'varlen' needs CUDA fp16/bf16 inputs and "
+        'torch.nn.attention.varlen (torch >= 2.9); got '
+        f"{device.type} {dtype}. Use attention_backend(model, 'auto')")
+
+
+def _use_varlen_kernel(q: Tensor, backend: str) -> bool:
+    if backend == 'padded':
         return False
-    applies = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-    if _backend == 'varlen':
-        if not applies or _torch_varlen_attn is None:
-            raise ValueError(
-                "attention_backend('varlen') needs CUDA fp16/bf16 inputs and "
-                'torch.nn.attention.varlen (torch >= 2.9); got '
-                f'{q.device.type} {q.dtype}. Use attention_backend(\'auto\')')
-        return True
-    return applies and _torch_varlen_attn is not None
+    applies = varlen_kernel_applies(q.device, q.dtype)
+    if backend == 'varlen' and not applies:
+        _refuse_varlen(q.device, q.dtype)
+    return applies
 
 
 #: The kernels a :class:`StaticPlan` can run, by the names
@@ -357,9 +460,11 @@ _HALF = (torch.float16, torch.bfloat16)
 _CAPACITY_STEP = 64
 
 
-def static_kernel(device: torch.device, dtype: torch.dtype) -> str:
+def static_kernel(device: torch.device,
+                  dtype: torch.dtype,
+                  backend: str = 'auto') -> str:
     """The kernel static-shape mode runs for q, k, v on ``device`` in
-    ``dtype`` under the current :func:`attention_backend`.
+    ``dtype`` under attention backend ``backend``.
 
     ``'static_varlen'``: torch's flash varlen kernel over the layout's
     fixed-length offsets (CUDA fp16/bf16 with ``torch.nn.attention.varlen``;
@@ -368,16 +473,12 @@ def static_kernel(device: torch.device, dtype: torch.dtype) -> str:
     ``'padded'``). A rule on the inputs only: the plan never switches
     kernels after a failure.
     """
-    if _backend == 'padded':
+    if backend == 'padded':
         return 'static_sdpa'
-    if device.type == 'cuda' and dtype in _HALF and \
-            _torch_varlen_attn is not None:
+    if varlen_kernel_applies(device, dtype):
         return 'static_varlen'
-    if _backend == 'varlen':
-        raise ValueError(
-            "attention_backend('varlen') needs CUDA fp16/bf16 inputs and "
-            'torch.nn.attention.varlen (torch >= 2.9); got '
-            f"{device.type} {dtype}. Use attention_backend('auto')")
+    if backend == 'varlen':
+        _refuse_varlen(device, dtype)
     return 'static_sdpa'
 
 
@@ -440,6 +541,8 @@ class StaticPlan:
         num_tokens (int): Length of the packed sequence (P).
         kernel (str, optional): One of :data:`STATIC_KERNELS`; None: chosen
             from the first call's inputs.
+        backend (str): The attention backend the kernel is chosen under
+            (:func:`static_kernel`). Defaults to ``'auto'``.
     """
 
     def __init__(self,
@@ -447,7 +550,8 @@ class StaticPlan:
                  num_groups: int,
                  max_seqlen: int,
                  num_tokens: int,
-                 kernel: Optional[str] = None) -> None:
+                 kernel: Optional[str] = None,
+                 backend: str = 'auto') -> None:
         if kernel is not None and kernel not in STATIC_KERNELS:
             raise ValueError(f'kernel must be one of {STATIC_KERNELS} or '
                              f'None, got {kernel!r}')
@@ -461,6 +565,7 @@ class StaticPlan:
         self.max_seqlen = max_seqlen
         self.num_tokens = num_tokens
         self.kernel = kernel
+        self.backend = check_backend(backend)
         self.classes = capacity_classes(num_groups, max_seqlen, num_tokens)
         self._tables: Optional[Tuple[Tensor, List[Tensor], Tensor]] = None
 
@@ -513,16 +618,20 @@ class StaticPlan:
         self._tables = gather, masks, rows
         return self._tables
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention of packed (N, heads, head_dim) q, k, v -> same shape."""
+    def __call__(self,
+                 q: Tensor,
+                 k: Tensor,
+                 v: Tensor,
+                 observers: AttentionObservers = ()) -> Tensor:
+        """Attention of packed (N, heads, head_dim) q, k, v -> same shape;
+        ``observers`` hear the call (:data:`AttentionObserver`)."""
         num_tokens, heads, head_dim = q.shape
         if num_tokens != self.num_tokens:
             raise ValueError(f'the plan covers {self.num_tokens} tokens, '
                              f'got {num_tokens}')
         if self.kernel is None:
-            self.kernel = static_kernel(q.device, q.dtype)
-        if _call_counters:
-            _count(self.kernel)
+            self.kernel = static_kernel(q.device, q.dtype, self.backend)
+        _notify(observers, self.kernel, q, self.cu_seqlens)
         if self.kernel == 'static_varlen':
             return self._run_varlen(q, k, v)
         gather, masks, rows = self._sdpa_tables()
@@ -550,7 +659,7 @@ class StaticPlan:
         except RuntimeError as err:
             raise RuntimeError(
                 f"static mode's varlen kernel failed ({err}); run static "
-                "mode on the SDPA plan with attention_backend('padded')"
+                "mode on the SDPA plan with attention_backend(model, 'padded')"
             ) from err
 
 
@@ -580,7 +689,7 @@ def build_plans(*cu_max: tuple) -> List[VarlenPlan]:
 
 def cuda_varlen_enabled() -> bool:
     """Whether ``'auto'`` tries torch's varlen kernel for CUDA fp16/bf16
-    calls (it is importable in this torch build). Whether it then ran is
-    per call: :func:`count_attention_calls` counts the calls it refused
-    (``varlen_failed``)."""
+    calls (it is importable in this torch build: the one probe of it).
+    Whether it then ran is per call: :func:`count_attention_calls` counts
+    the calls it refused (``varlen_failed``)."""
     return _torch_varlen_attn is not None

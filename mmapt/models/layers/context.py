@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 from torch import Tensor
 
 from mmapt.tokenizer import PatchLayout
-from .attention import VarlenPlan, varlen_attention
+from .attention import AttentionObservers, VarlenPlan, varlen_attention
 
 
 @dataclass
@@ -24,18 +24,31 @@ class AttentionGroups:
         rope (Tensor, optional): (N_packed, 2, head_dim) per-token
             RoPE table for this grouping (identity rows for prefix tokens);
             None for models without RoPE.
+        backend (str): The backbone's attention backend for this forward
+            (``'auto'``, ``'varlen'`` or ``'padded'``).
+        observers (tuple[Callable]): The backbone's attention observers,
+            told of every call (``fn(kernel, q, cu_seqlens)``).
     """
 
     cu_seqlens: Tensor
     max_seqlen: int
     plan: VarlenPlan
     rope: Optional[Tensor] = None
+    backend: str = 'auto'
+    observers: AttentionObservers = ()
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention within the groups of packed (N, heads, head_dim) q, k,
         v (RoPE, if any, already applied)."""
         return varlen_attention(
-            q, k, v, self.cu_seqlens, self.max_seqlen, plan=self.plan)
+            q,
+            k,
+            v,
+            self.cu_seqlens,
+            self.max_seqlen,
+            plan=self.plan,
+            backend=self.backend,
+            observers=self.observers)
 
 
 @dataclass

@@ -140,14 +140,14 @@ def test_buckets_forward_equals_exact_one_read(cls, kwargs):
             assert not bool(layout.capped)
             for a, b in zip(static(x), exact(x)):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-            counts = count_overhead(lambda: static(x))
+            counts = count_overhead(lambda: static(x), model=static)
             assert counts.total_syncs == 1, counts.sync_sites
             assert counts.syncs.get('tokenizer') == 1
     # forward_static at a given size: no read, same maps.
     x = _images(['flat', 'noise'])
     with torch.no_grad():
         counts = count_overhead(
-            lambda: static.apt.forward_static(x, None, 600))
+            lambda: static.apt.forward_static(x, None, 600), model=static)
         assert counts.total_syncs == 0, counts.sync_sites
         for a, b in zip(static.apt.forward_static(x, None, 600), exact(x)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

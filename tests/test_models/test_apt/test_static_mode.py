@@ -10,10 +10,10 @@ from conftest import flat_and_noise_images
 from mmapt.benchmark.overhead import count_overhead
 from mmapt.models import APTEVA02, APTViT
 from mmapt.models.layers import attention
-from mmapt.models.layers.attention import (StaticPlan, VarlenPlan,
-                                           attention_backend, capacity_classes,
+from mmapt.models.layers.attention import (AttentionCallCounter, StaticPlan,
+                                           VarlenPlan, attention_backend,
+                                           capacity_classes,
                                            count_attention_calls,
-                                           get_attention_backend,
                                            static_kernel, varlen_attention)
 from mmapt.tokenizer import build_layout, select_patches
 from mmapt.tokenizer.layout import padding_group_size
@@ -218,11 +218,11 @@ def test_static_kernel_choice():
             cuda, dtype) == ('static_varlen' if flash else 'static_sdpa')
     assert static_kernel(cuda, torch.float32) == 'static_sdpa'
     assert static_kernel(cpu, torch.bfloat16) == 'static_sdpa'
-    with attention_backend('padded'):
-        assert static_kernel(cuda, torch.bfloat16) == 'static_sdpa'
-    with attention_backend('varlen'), pytest.raises(
-            ValueError, match='needs CUDA'):
-        static_kernel(cpu, torch.float32)
+    assert static_kernel(cuda, torch.bfloat16, 'padded') == 'static_sdpa'
+    with pytest.raises(ValueError, match='needs CUDA'):
+        static_kernel(cpu, torch.float32, 'varlen')
+    with pytest.raises(ValueError, match='backend must be one of'):
+        StaticPlan(torch.tensor([0, 4]), 1, 4, 4, backend='flash')
     with pytest.raises(ValueError, match='kernel must be one of'):
         StaticPlan(torch.tensor([0, 4]), 1, 4, 4, kernel='flash')
 
@@ -293,13 +293,13 @@ def test_static_varlen_route_equals_exact(monkeypatch):
     monkeypatch.setattr(attention, '_torch_varlen_attn',
                         _reference_varlen(calls))
     monkeypatch.setattr(attention, 'static_kernel',
-                        lambda device, dtype: 'static_varlen')
+                        lambda device, dtype, backend: 'static_varlen')
     static, exact = _pair()
     with torch.no_grad():
         for x in _two_images():
             layout = static.tokenize(x)
             calls.clear()
-            with count_attention_calls() as counted:
+            with count_attention_calls(static) as counted:
                 outs = static(x)
             _assert_maps_equal(outs, exact(x))
             assert counted['static_varlen'] == 2 == len(calls)
@@ -325,34 +325,52 @@ def test_static_varlen_failure_raises(monkeypatch):
     q = torch.randn(8, 1, 4)
     cu = torch.tensor([0, 5, 8], dtype=torch.int32)
     plan = StaticPlan(cu, 1, 5, 8, kernel='static_varlen')
-    with pytest.raises(RuntimeError, match=r"attention_backend\('padded'\)"):
+    with pytest.raises(
+            RuntimeError, match=r"attention_backend\(model, 'padded'\)"):
         varlen_attention(q, q, q, cu, 5, plan=plan)
-    with count_attention_calls() as counted:
-        StaticPlan(cu, 1, 5, 8)(q, q, q)
-    assert counted['static_sdpa'] == 1
+    counter = AttentionCallCounter()
+    StaticPlan(cu, 1, 5, 8)(q, q, q, (counter, ))
+    assert counter.counts['static_sdpa'] == 1
 
 
 def test_static_forward_counts_its_kernel():
     static, _ = _pair()
-    with torch.no_grad(), count_attention_calls() as counted:
+    with torch.no_grad(), count_attention_calls(static) as counted:
         static(_two_images()[0])
     assert counted == dict(
         varlen=0, padded=0, varlen_failed=0, static_varlen=0, static_sdpa=2)
 
 
-def test_attention_backend_is_scoped():
-    assert get_attention_backend() == 'auto'
-    with attention_backend('padded'):
-        assert get_attention_backend() == 'padded'
-    assert get_attention_backend() == 'auto'
+def test_attention_backend_is_scoped_to_a_model():
+    static, exact = _pair()
+    assert static.attention_backend == 'auto'
+    with attention_backend(torch.nn.Sequential(static), 'padded'):
+        assert static.attention_backend == 'padded'
+        assert exact.attention_backend == 'auto'  # another model
+    assert static.attention_backend == 'auto'
     with pytest.raises(ValueError, match='one of'):
-        with attention_backend('flash'):
+        with attention_backend(static, 'flash'):
+            pass
+    with pytest.raises(ValueError, match='one of'):
+        static.attention_backend = 'flash'
+    with pytest.raises(TypeError, match='packed-attention backend'):
+        with attention_backend(torch.nn.Linear(2, 2), 'padded'):
             pass
     q = torch.randn(4, 1, 8)
     cu = torch.tensor([0, 4], dtype=torch.int32)
-    with attention_backend('varlen'), pytest.raises(
-            ValueError, match='needs CUDA'):
-        varlen_attention(q, q, q, cu, 4)
+    with pytest.raises(ValueError, match='needs CUDA'):
+        varlen_attention(q, q, q, cu, 4, backend='varlen')
+    # The forward reads the model's choice: 'varlen' cannot run on a CPU.
+    x = _two_images()[0]
+    exact.attention_backend = 'varlen'
+    with torch.no_grad(), pytest.raises(ValueError, match='needs CUDA'):
+        exact(x)
+    with torch.no_grad(), attention_backend(static, 'varlen'), \
+            pytest.raises(ValueError, match='needs CUDA'):
+        static(x)
+    with torch.no_grad(), count_attention_calls(static) as counted:
+        static(x)  # 'auto' again
+    assert counted['static_sdpa'] == 2
 
 
 def test_build_layout_static_matches_exact():

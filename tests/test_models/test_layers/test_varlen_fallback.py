@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from mmapt.models.layers import attention
-from mmapt.models.layers.attention import (VarlenFallbackWarning, VarlenPlan,
-                                           attention_backend,
-                                           count_attention_calls,
+from mmapt.models.layers.attention import (AttentionCallCounter,
+                                           VarlenFallbackWarning, VarlenPlan,
                                            varlen_attention)
 
 LENGTHS = [5, 3, 8]
@@ -39,7 +38,8 @@ def kernel(monkeypatch):
         return VarlenPlan(cu_q, max_q)(q, k, v)
 
     monkeypatch.setattr(attention, '_torch_varlen_attn', fake)
-    monkeypatch.setattr(attention, '_use_varlen_kernel', lambda q: True)
+    monkeypatch.setattr(attention, '_use_varlen_kernel',
+                        lambda q, backend: True)
     return state
 
 
@@ -47,9 +47,13 @@ def test_failure_falls_back_for_that_call_only(kernel):
     q, k, v, cu = _inputs()
     reference = VarlenPlan(cu, 8)(q, k, v)
     kernel['fail'] = {0, 1}
-    with count_attention_calls() as counts, \
-            pytest.warns(VarlenFallbackWarning, match='this call ran'):
-        outs = [varlen_attention(q, k, v, cu, 8) for _ in range(3)]
+    counter = AttentionCallCounter()
+    with pytest.warns(VarlenFallbackWarning, match='this call ran'):
+        outs = [
+            varlen_attention(q, k, v, cu, 8, observers=(counter, ))
+            for _ in range(3)
+        ]
+    counts = counter.counts
     # Every call tried the kernel: the failures were not remembered.
     assert kernel['calls'] == 3
     assert (counts['varlen'], counts['padded'],
@@ -62,17 +66,19 @@ def test_failure_falls_back_for_that_call_only(kernel):
 def test_varlen_backend_raises_instead(kernel):
     q, k, v, cu = _inputs()
     kernel['fail'] = {0}
-    with attention_backend('varlen'), count_attention_calls() as counts, \
-            pytest.raises(RuntimeError, match='no kernel image'):
-        varlen_attention(q, k, v, cu, 8)
-    assert not any(counts.values())
+    counter = AttentionCallCounter()
+    with pytest.raises(RuntimeError, match='no kernel image'):
+        varlen_attention(
+            q, k, v, cu, 8, backend='varlen', observers=(counter, ))
+    assert not any(counter.counts.values())
 
 
 def test_no_kernel_in_this_build(monkeypatch):
     monkeypatch.setattr(attention, '_torch_varlen_attn', None)
     assert not attention.cuda_varlen_enabled()
     q, k, v, cu = _inputs()
-    with count_attention_calls() as counts:
-        varlen_attention(q, k, v, cu, 8)
+    counter = AttentionCallCounter()
+    varlen_attention(q, k, v, cu, 8, observers=(counter, ))
+    counts = counter.counts
     assert (counts['varlen'], counts['padded'],
             counts['varlen_failed']) == (0, 1, 0)
