@@ -56,10 +56,15 @@ def interleaved(arms: Sequence[T], items: Sequence[K],
                 yield rep, item, arm
 
 
-class ArmRecord:
-    """Timings (and token counts) of one arm, item by item.
+class Arm:
+    """One arm: its name and its timings (and token counts), item by item.
 
-    Every run of an item adds one entry: a dict of millisecond values
+    The one arm concept of every benchmark: subclasses say how an arm runs
+    (:class:`~mmapt.benchmark.runner.BackboneArm`: a backbone call on an
+    input view; :class:`~mmapt.benchmark.pipeline.PipelineArm`: a whole
+    model through its test pipeline; :class:`~mmapt.benchmark.train.
+    TrainArm`: a training iteration), this class what they record. Every
+    run of an item adds one entry: a dict of millisecond values
     (``model_ms`` and any split of it). Summaries take the median over an
     item's entries, then sum or take the median over the items.
 
