@@ -64,22 +64,24 @@ def make_images(batch: int, size: int, device: torch.device) -> torch.Tensor:
         batch, 3, size, size).clone()
     for b in range(batch):
         for _ in range(4):
-            h, w = (int(v) for v in torch.randint(
-                size // 8, size // 3, (2, ), generator=g))
-            top, left = (int(v) for v in torch.randint(
-                0, size - max(h, w), (2, ), generator=g))
+            h, w = (
+                int(v) for v in torch.randint(
+                    size // 8, size // 3, (2, ), generator=g))
+            top, left = (
+                int(v) for v in torch.randint(
+                    0, size - max(h, w), (2, ), generator=g))
             x[b, :, top:top + h, left:left + w] += torch.randn(
                 3, h, w, generator=g)
         x[b, :, :size // 5] = 0.3  # flat band
     return x.to(device)
 
 
-def check_case(model: nn.Module,
-               x: torch.Tensor,
-               dtype: Optional[torch.dtype],
-               repeat: int,
-               ref: Optional[torch.Tensor] = None
-               ) -> Tuple[Dict, torch.Tensor]:
+def check_case(
+        model: nn.Module,
+        x: torch.Tensor,
+        dtype: Optional[torch.dtype],
+        repeat: int,
+        ref: Optional[torch.Tensor] = None) -> Tuple[Dict, torch.Tensor]:
     """Inference and one training step of ``model`` under autocast to
     ``dtype`` (None: fp32): ``(row, first output)``."""
     device = x.device

@@ -38,7 +38,7 @@ from mmapt.tokenizer.prepare import list_images, load_rgb, sample_photo_paths
 from .arch_summary import ARM_NAMES, arch_summary, attention_path
 from .arm_checks import overhead_counts, run_checks, stage_splits
 from .backbone_training import train_arms
-from .backbones import (build_backbone_pair, bucket_size, image_name,
+from .backbones import (bucket_size, build_backbone_pair, image_name,
                         packed_to, packed_tokens, padded_attention_scope,
                         photo_views, same_weights_copy)
 from .budget import Budget
@@ -258,8 +258,7 @@ class ArchBench:
         return fn
 
 
-def arm_entry(record: Arm, square_tokens: Optional[int],
-              info: dict) -> dict:
+def arm_entry(record: Arm, square_tokens: Optional[int], info: dict) -> dict:
     """An arm's summary with the kernel it ran and its peak memory."""
     entry = arm_summary(record, square_tokens)
     entry.update(
@@ -330,9 +329,7 @@ def bench_arch(name: str, args, views: List[dict], device: torch.device,
         def on_repeat(done: int) -> None:
             out['repeats_done'] = done
             out['arms'] = {
-                a.name:
-                arm_entry(a, square_tokens,
-                          outcomes.info[a.name])
+                a.name: arm_entry(a, square_tokens, outcomes.info[a.name])
                 for a in ready
             }
             step(f'timed {done} of {args.repeat} repeats')

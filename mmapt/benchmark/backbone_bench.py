@@ -285,8 +285,8 @@ def per_block_times(plain: nn.Module, apt: nn.Module, x: torch.Tensor,
 def child_memory(argv: Sequence[str], which: str) -> float:
     """One model's peak memory, measured in a fresh process (this mode
     again, ``--measure-memory``) that imports this same mmapt."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
+    root = os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
         p for p in (root, env.get('PYTHONPATH')) if p)

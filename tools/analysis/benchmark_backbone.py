@@ -1,19 +1,12 @@
 """APT vs plain backbones: ``benchmark.py --backbone-only``, old name.
 
 Every argument goes on to ``tools/analysis/benchmark.py --backbone-only``
-(``--help`` lists them).
+(``--help`` lists them); its exit status is this script's.
 """
 import os.path as osp
 import runpy
 import sys
 
-BENCHMARK = osp.join(osp.dirname(osp.abspath(__file__)), 'benchmark.py')
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    return runpy.run_path(BENCHMARK)['main'](['--backbone-only', *argv])
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+sys.argv.insert(1, '--backbone-only')
+runpy.run_path(
+    osp.join(osp.dirname(__file__), 'benchmark.py'), run_name='__main__')
