@@ -42,7 +42,7 @@ from .backbones import (bucket_size, build_backbone_pair, image_name,
                         packed_to, packed_tokens, padded_attention_scope,
                         photo_views, same_weights_copy)
 from .budget import Budget
-from .core import Arm, environment
+from .core import Arm, environment, settings_of
 from .cuda import GraphCache, autocast_for, profile_forward
 from .report import gpu_text_summary, write_report
 from .runner import (ArmOutcomes, BackboneArm, arm_summary, log, prepare_arms,
@@ -415,14 +415,8 @@ def run_gpu_benchmark(args) -> None:
     report = dict(
         environment=env,
         settings=dict(
-            canvas=args.canvas,
-            dtype=args.dtype,
-            thresholds=args.thresholds,
-            bucket=args.bucket,
-            repeat=args.repeat,
-            warmup=args.warmup,
-            train_repeat=args.train_repeat,
-            budget_s=args.budget_s,
+            **settings_of(args, 'canvas', 'dtype', 'thresholds', 'bucket',
+                          'repeat', 'warmup', 'train_repeat', 'budget_s'),
             batch_size=1,
             command=' '.join(sys.argv),
             images=[

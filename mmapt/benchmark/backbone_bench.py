@@ -77,7 +77,8 @@ from .backbones import (accelerated_arm, bucket_size, build_backbone_pair,
                         count_forward_overhead, forward_tokens,
                         generated_photos, image_name, packed_to, packed_tokens,
                         static_arm)
-from .core import CLOCKS, Arm, get_clock, interleaved, ratio
+from .core import (Arm, add_clock_argument, get_clock, interleaved, ratio,
+                   settings_of)
 from .runner import split_of
 
 #: What the memory child runs (its command line follows).
@@ -133,13 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '--num-images', type=int, default=None, help='use the first N images')
     parser.add_argument('--num-generated', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None)
-    parser.add_argument(
-        '--clock',
-        choices=sorted(CLOCKS),
-        default='wall',
-        help='wall: elapsed time (default); cpu: CPU time '
-        'of this process, all threads summed (steadier on a '
-        'machine shared with other jobs)')
+    add_clock_argument(parser)
     parser.add_argument('--device', default='cpu')
     parser.add_argument(
         '--per-block',
@@ -534,13 +529,8 @@ def print_accelerated(acc: dict) -> None:
 def settings(args, device: torch.device, images: int) -> dict:
     return dict(
         images=images,
-        backbone=args.backbone,
-        arch=args.arch,
-        canvas=args.canvas,
-        thresholds=args.thresholds,
-        window_size=args.window_size,
-        repeat=args.repeat,
-        clock=args.clock,
+        **settings_of(args, 'backbone', 'arch', 'canvas', 'thresholds',
+                      'window_size', 'repeat', 'clock'),
         threads=torch.get_num_threads(),
         device=str(device))
 

@@ -28,6 +28,17 @@ T = TypeVar('T')
 K = TypeVar('K')
 
 
+def add_clock_argument(parser) -> None:
+    """``--clock`` of the benchmark modes (one of :data:`CLOCKS`)."""
+    parser.add_argument(
+        '--clock',
+        choices=sorted(CLOCKS),
+        default='wall',
+        help='wall: elapsed time (default); cpu: CPU time of this '
+        'process, all threads summed (steadier on a machine shared with '
+        'other jobs; CPU runs only)')
+
+
 def get_clock(name: str, device: torch.device) -> Callable[[], float]:
     """The host clock ``name``; CUDA work is timed with events, so only the
     wall clock makes sense beside it."""
@@ -138,6 +149,11 @@ def ratio(num: Optional[float],
     if num is None or not den:
         return None
     return round(num / den, digits)
+
+
+def settings_of(args, *names: str) -> dict:
+    """The command-line settings ``names`` of ``args``, for a report."""
+    return {name: getattr(args, name) for name in names}
 
 
 def compare_outputs(a: torch.Tensor, b: torch.Tensor) -> dict:

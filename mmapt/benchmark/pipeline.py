@@ -74,7 +74,7 @@ from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.models.backbones import count_tokens
 from .analysis import (build_model_pair, image_paths, load_config_pair,
                        model_stages, prepare, test_pipeline)
-from .core import CLOCKS, Arm, get_clock, ratio, rotated
+from .core import Arm, add_clock_argument, get_clock, ratio, rotated
 from .cuda import autocast_for
 from .train import run_training
 
@@ -152,13 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help='--train: images per iteration')
     parser.add_argument('--threads', type=int, default=None)
-    parser.add_argument(
-        '--clock',
-        choices=sorted(CLOCKS),
-        default='wall',
-        help='CPU only: wall clock, or this process\'s CPU '
-        'time (all threads summed; steadier on a shared '
-        'machine)')
+    add_clock_argument(parser)
     parser.add_argument('--seed', type=int, default=0)
     add_accelerate_arg(parser)
     parser.add_argument(
