@@ -152,3 +152,16 @@ def prepare(pipeline, path: str) -> dict:
     """One image through a built test pipeline, collated as a batch of 1."""
     from mmengine.dataset import pseudo_collate
     return pseudo_collate([pipeline(dict(img_path=path, img_id=0))])
+
+
+def model_stages(model) -> list:
+    """:class:`~mmapt.benchmark.timing.StageTimer` stages of a detector or
+    segmentor: the backbone (what its marked stages leave: input checks,
+    glue) and the neck. The backbone's own stages (plain: embedding,
+    blocks, unpack; APT: tokenizer, embedding, context, blocks, unpack)
+    come from its stage marks."""
+    from mmapt.benchmark.timing import module_stage
+    stages = [module_stage('backbone_rest', model.backbone)]
+    if getattr(model, 'neck', None) is not None:
+        stages.append(module_stage('neck', model.neck))
+    return stages

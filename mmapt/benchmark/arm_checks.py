@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .backbones import NotAvailable, overhead_counter
+from mmapt.benchmark.overhead import count_overhead
 from .core import compare_outputs
 from .cuda import autocast_for
 from .runner import BackboneArm, split_of
@@ -101,11 +101,8 @@ def overhead_counts(image: str, runs: Dict[str, Tuple[nn.Module,
     one cached, and count fewer ops than that run issues alone.
     """
     result: dict = dict(image=image)
-    try:
-        count = overhead_counter()
-        for name, (model, run) in runs.items():
-            with torch.no_grad(), autocast_for(device, dtype):
-                result[name] = count(run, device=device, model=model).as_dict()
-    except NotAvailable as err:
-        result['error'] = str(err)
+    for name, (model, run) in runs.items():
+        with torch.no_grad(), autocast_for(device, dtype):
+            result[name] = count_overhead(
+                run, device=device, model=model).as_dict()
     return result

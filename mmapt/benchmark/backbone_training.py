@@ -7,7 +7,7 @@ from torch import nn
 
 from mmapt.benchmark.timing import time_call
 from .budget import Budget, OverBudget
-from .core import ArmRecord, ratio, rotated
+from .core import Arm, ratio, rotated
 from .cuda import autocast_for
 from .runner import arm_summary
 
@@ -64,7 +64,7 @@ def train_arms(models: Dict[str, nn.Module],
                     steps[name, image] = train_step(models[key], views[view],
                                                     device, dtype)
                     steps[name, image]()  # warm-up
-                records[name] = ArmRecord(name)
+                records[name] = Arm(name)
             except OverBudget as err:
                 cut[name] = str(err)
             except Exception as err:  # noqa: BLE001

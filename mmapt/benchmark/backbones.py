@@ -13,13 +13,9 @@ import torch
 from torch import nn
 
 from mmapt.apis.views import canvas_content_size, normalise, to_canvas
-from mmapt.models.apt import is_apt_backbone
+from mmapt.benchmark.overhead import count_overhead
 from mmapt.models.backbones import count_tokens
 from mmapt.models.layers.attention import count_attention_calls
-
-
-class NotAvailable(RuntimeError):
-    """A feature the benchmark needs is not in this build of mmapt."""
 
 
 def build_backbone_pair(plain_cls: type,
@@ -126,25 +122,12 @@ def forward_tokens(backbone: nn.Module,
 
 
 # ------------------------------------------------------------ overhead
-def overhead_counter() -> Callable:
-    """:func:`~mmapt.benchmark.overhead.count_overhead`, or
-    :class:`NotAvailable` naming what is missing."""
-    try:
-        from mmapt.benchmark.overhead import count_overhead
-    except ImportError as err:
-        raise NotAvailable(
-            'the overhead counter (mmapt.benchmark.overhead.count_overhead)'
-            f' is not available in this build of mmapt ({err})') from err
-    return count_overhead
-
-
 def count_forward_overhead(backbone: nn.Module, x: torch.Tensor) -> dict:
     """Aten ops and host syncs of one forward, per stage (a dict:
     ``ops``, ``syncs``, ``sync_sites``, ``total_ops``, ``total_syncs``,
     ``outside_blocks``)."""
-    count = overhead_counter()
     with torch.no_grad():
-        return count(
+        return count_overhead(
             lambda: backbone(x), device=x.device, model=backbone).as_dict()
 
 
@@ -156,24 +139,10 @@ def padded_attention_scope(model: nn.Module):
 
 
 # ------------------------------------------------------------ static mode
-def static_mode_available(apt: nn.Module) -> bool:
-    """Whether the APT backbone has the static-shape mode (a settable
-    ``apt.pack_size``: the packed sequence padded to that many tokens)."""
-    return is_apt_backbone(apt) and hasattr(apt.apt, 'pack_size')
-
-
-def require_static_mode(apt: nn.Module) -> None:
-    if not static_mode_available(apt):
-        raise NotAvailable(
-            'the static-shape mode (backbone.apt.pack_size) is not '
-            'available in this build of mmapt')
-
-
 @contextmanager
 def packed_to(apt: nn.Module, pack_size: Optional[int]) -> Iterator[None]:
     """Run ``apt`` with its packed sequence padded to ``pack_size`` tokens
     (None: unpadded) inside the ``with`` block."""
-    require_static_mode(apt)
     adapter = apt.apt
     saved = adapter.pack_size
     adapter.pack_size = pack_size
@@ -202,7 +171,6 @@ def static_arm(apt: nn.Module, batches: Dict[str, torch.Tensor],
         per kernel name (``count_attention_calls``) of one warm-up forward
         of every image.
     """
-    require_static_mode(apt)
     pack_sizes = {
         name:
         bucket_size(

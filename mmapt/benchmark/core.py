@@ -28,6 +28,17 @@ T = TypeVar('T')
 K = TypeVar('K')
 
 
+def add_clock_argument(parser) -> None:
+    """``--clock`` of the benchmark modes (one of :data:`CLOCKS`)."""
+    parser.add_argument(
+        '--clock',
+        choices=sorted(CLOCKS),
+        default='wall',
+        help='wall: elapsed time (default); cpu: CPU time of this '
+        'process, all threads summed (steadier on a machine shared with '
+        'other jobs; CPU runs only)')
+
+
 def get_clock(name: str, device: torch.device) -> Callable[[], float]:
     """The host clock ``name``; CUDA work is timed with events, so only the
     wall clock makes sense beside it."""
@@ -56,10 +67,15 @@ def interleaved(arms: Sequence[T], items: Sequence[K],
                 yield rep, item, arm
 
 
-class ArmRecord:
-    """Timings (and token counts) of one arm, item by item.
+class Arm:
+    """One arm: its name and its timings (and token counts), item by item.
 
-    Every run of an item adds one entry: a dict of millisecond values
+    The one arm concept of every benchmark: subclasses say how an arm runs
+    (:class:`~mmapt.benchmark.runner.BackboneArm`: a backbone call on an
+    input view; :class:`~mmapt.benchmark.pipeline.PipelineArm`: a whole
+    model through its test pipeline; :class:`~mmapt.benchmark.train.
+    TrainArm`: a training iteration), this class what they record. Every
+    run of an item adds one entry: a dict of millisecond values
     (``model_ms`` and any split of it). Summaries take the median over an
     item's entries, then sum or take the median over the items.
 
@@ -133,6 +149,11 @@ def ratio(num: Optional[float],
     if num is None or not den:
         return None
     return round(num / den, digits)
+
+
+def settings_of(args, *names: str) -> dict:
+    """The command-line settings ``names`` of ``args``, for a report."""
+    return {name: getattr(args, name) for name in names}
 
 
 def compare_outputs(a: torch.Tensor, b: torch.Tensor) -> dict:

@@ -12,18 +12,18 @@ from mmapt.benchmark.memory import peak_memory_mib
 from mmapt.benchmark.timing import time_call
 from .backbones import forward_tokens
 from .budget import Budget, OverBudget
-from .core import ArmRecord, rotated
+from .core import Arm, rotated
 from .probes import CompileWatch, attention_probe
 
 #: ``make(x) -> call``: the zero-argument call an arm times on input ``x``.
 CallFactory = Callable[[torch.Tensor], Callable[[], object]]
 
 
-@dataclass
-class BackboneArm:
-    """One way of running a backbone on an image.
+class BackboneArm(Arm):
+    """An :class:`~mmapt.benchmark.core.Arm` that runs a backbone on one
+    view of an image.
 
-    Attributes:
+    Args:
         name (str): Its name in reports.
         model (nn.Module): The backbone whose tokens are counted.
         view (str): Which view of an image it takes (e.g. ``'square'``).
@@ -38,14 +38,23 @@ class BackboneArm:
             cannot be stopped midway must not start near the end).
     """
 
-    name: str
-    model: nn.Module
-    view: str
-    make: CallFactory
-    count_tokens: bool = True
-    tokens_from: Optional[str] = None
-    compiled: bool = False
-    needs_s: float = 0.
+    def __init__(self,
+                 name: str,
+                 model: nn.Module,
+                 view: str,
+                 make: CallFactory,
+                 count_tokens: bool = True,
+                 tokens_from: Optional[str] = None,
+                 compiled: bool = False,
+                 needs_s: float = 0.) -> None:
+        super().__init__(name)
+        self.model = model
+        self.view = view
+        self.make = make
+        self.count_tokens = count_tokens
+        self.tokens_from = tokens_from
+        self.compiled = compiled
+        self.needs_s = needs_s
 
 
 @dataclass
@@ -80,11 +89,11 @@ def log(message: str) -> None:
 def prepare_arm(arm: BackboneArm,
                 inputs: Dict[str, Dict[str, torch.Tensor]],
                 warmup: int,
-                record: ArmRecord,
-                records: Dict[str, ArmRecord],
+                ready: Dict[str, Arm],
                 device: torch.device,
                 budget: Optional[Budget] = None) -> dict:
-    """Warm ``arm`` up on every image and count its tokens.
+    """Warm ``arm`` up on every image and count its tokens (those of
+    ``ready[arm.tokens_from]`` for an arm that does not count its own).
 
     Returns what it ran: ``attention`` (the kernels of its first call, by
     :func:`~mmapt.benchmark.probes.attention_probe`; a graph arm's first
@@ -122,9 +131,9 @@ def prepare_arm(arm: BackboneArm,
             info.setdefault('peak_mib', None)  # not measured off CUDA
             warm()
         if arm.count_tokens:
-            record.set_tokens(image, *forward_tokens(arm.model, call))
-        elif arm.tokens_from in records:
-            record.tokens[image] = records[arm.tokens_from].tokens[image]
+            arm.set_tokens(image, *forward_tokens(arm.model, call))
+        elif arm.tokens_from in ready:
+            arm.tokens[image] = ready[arm.tokens_from].tokens[image]
     info['prepare_s'] = round(time.perf_counter() - start, 2)
     if watch is not None:
         info['compile'] = watch.record()
@@ -135,18 +144,18 @@ def prepare_arms(
         arms: Sequence[BackboneArm],
         inputs: Dict[str, Dict[str, torch.Tensor]],
         warmup: int,
-        records: Dict[str, ArmRecord],
+        ready: Dict[str, Arm],
         outcomes: ArmOutcomes,
         device: torch.device = torch.device('cpu'),
         budget: Optional[Budget] = None,
         on_arm: Optional[Callable[[str], None]] = None) -> List[BackboneArm]:
     """:func:`prepare_arm` for every arm; an arm that raises is left out
     (``outcomes.failed``), not fatal; one the budget ends, before or during
-    its warm-up, goes to ``outcomes.cut``. ``on_arm(name)`` runs after
-    each arm (e.g. to write the report so far)."""
-    ready = []
+    its warm-up, goes to ``outcomes.cut``. The arms that are ready join
+    ``ready`` by name and are returned. ``on_arm(name)`` runs after each
+    arm (e.g. to write the report so far)."""
+    done = []
     for arm in arms:
-        record = records.setdefault(arm.name, ArmRecord(arm.name))
         try:
             if budget is not None:
                 budget.check('before its warm-up')
@@ -155,34 +164,34 @@ def prepare_arms(
                         f'not started: it needs about {arm.needs_s:g} s, '
                         f'{budget.left():.0f} s of the time budget '
                         f'({budget.seconds:g} s) were left')
-            outcomes.info[arm.name] = prepare_arm(arm, inputs, warmup, record,
-                                                  records, device, budget)
+            outcomes.info[arm.name] = prepare_arm(arm, inputs, warmup, ready,
+                                                  device, budget)
         except OverBudget as err:
             outcomes.cut[arm.name] = str(err)
         except Exception as err:  # noqa: BLE001 - one arm must not end all
             outcomes.failed[arm.name] = f'{type(err).__name__}: {err}'
         else:
-            ready.append(arm)
-        if arm not in ready:
-            records.pop(arm.name, None)
+            done.append(arm)
+            ready[arm.name] = arm
+        if arm not in done:
             why = outcomes.cut.get(arm.name) or outcomes.failed[arm.name]
             log(f'arm {arm.name} left out: {why}')
         if on_arm is not None:
             on_arm(arm.name)
-    return ready
+    return done
 
 
 def time_arms(arms: Sequence[BackboneArm],
               inputs: Dict[str, Dict[str, torch.Tensor]],
               repeat: int,
               device: torch.device,
-              records: Dict[str, ArmRecord],
               clock: Callable[[], float] = time.perf_counter,
               key: str = 'model_ms',
               budget: Optional[Budget] = None,
               on_repeat: Optional[Callable[[int], None]] = None) -> int:
     """Every repeat runs every image through every arm (first arm
-    rotating); each call timed alone (CUDA events after a synchronize).
+    rotating); each call timed alone (CUDA events after a synchronize) and
+    added to its arm under ``key``.
     ``on_repeat(done)`` runs after each repeat; once ``budget`` is spent
     the timing stops after a whole repeat. Returns the repeats done."""
     calls = {
@@ -194,7 +203,7 @@ def time_arms(arms: Sequence[BackboneArm],
         for image in inputs:
             for arm in rotated(arms, rep):
                 ms, _ = time_call(calls[arm.name, image], device, clock)
-                records[arm.name].add(image, **{key: ms})
+                arm.add(image, **{key: ms})
         if on_repeat is not None:
             on_repeat(rep + 1)
         if budget is not None and budget.over():
@@ -202,7 +211,7 @@ def time_arms(arms: Sequence[BackboneArm],
     return repeat
 
 
-def arm_summary(record: ArmRecord,
+def arm_summary(record: Arm,
                 square_tokens: Optional[int],
                 key: str = 'model_ms') -> dict:
     """The GPU benchmark's per-arm summary: per image times and median,

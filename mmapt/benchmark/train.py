@@ -9,14 +9,18 @@ mmdet / mmseg are imported inside the functions only.
 """
 import copy
 import json
+import os
 import random
+import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmapt.benchmark.timing import StageTimer, module_stage
+from mmapt.benchmark.timing import StageTimer
+from .analysis import build_model_pair, model_stages
+from .core import Arm, get_clock, ratio, rotated
 
 
 def shrink_canvas(cfg, canvas: int) -> None:
@@ -105,8 +109,10 @@ def build_optim_wrapper(model: nn.Module, cfg, fp32: bool = True):
     return build(model, wrapper)
 
 
-class TrainArm:
-    """One detector training on its own batches, iteration by iteration.
+class TrainArm(Arm):
+    """An :class:`~mmapt.benchmark.core.Arm` that trains a detector on its
+    own batches, iteration by iteration: it holds the optimizer wrapper and
+    the batches, and records every step it runs.
 
     Args:
         name (str): The arm's name.
@@ -120,15 +126,18 @@ class TrainArm:
     def __init__(self, name: str, model: nn.Module, optim_wrapper,
                  batches: List[dict], device: torch.device,
                  clock: Callable[[], float]) -> None:
-        self.name = name
+        super().__init__(name)
         self.model = model.train()
         self.optim_wrapper = optim_wrapper
         self.batches = batches
         self.device = device
         self.clock = clock
 
-    def step(self, index: int) -> Tuple[Dict[str, float], Optional[int]]:
-        """One iteration on batch ``index``: ``(ms per part, tokens)``.
+    def step(self,
+             index: int,
+             record: bool = True) -> Tuple[Dict[str, float], Optional[int]]:
+        """One iteration on batch ``index``: ``(ms per part, tokens)``,
+        recorded under ``index`` unless ``record`` is False (a warm-up).
 
         Parts: ``preprocess_ms``, ``forward_ms`` (losses), ``backward_ms``
         (backward + optimizer step + zero grad), ``iter_ms`` (all), and the
@@ -137,16 +146,13 @@ class TrainArm:
         from mmapt.models.backbones import count_tokens
         model, clock = self.model, self.clock
         timer = StageTimer(self.device, clock)
-        stages = [module_stage('backbone_rest', model.backbone)]
-        if getattr(model, 'neck', None) is not None:
-            stages.append(module_stage('neck', model.neck))
         data = copy.copy(self.batches[index])
         start = clock()
         with self.optim_wrapper.optim_context(model):
             inputs = model.data_preprocessor(data, True)
         preprocessed = clock()
         with count_tokens(model.backbone) as counter, \
-                timer.attach(stages), timer.listen(model), \
+                timer.attach(model_stages(model)), timer.listen(model), \
                 self.optim_wrapper.optim_context(model):
             losses = model(**inputs, mode='loss')
         loss, _ = model.parse_losses(losses)
@@ -168,4 +174,102 @@ class TrainArm:
                 f'{k}_ms': v
                 for k, v in stage_ms.items()
             })
+        if record:
+            self.add(index, **entry)
+            self.set_tokens(index, tokens or 0, 0)
         return entry, tokens
+
+
+def run_training(args, apt_cfg, base_cfg, registry,
+                 device: torch.device) -> None:
+    """``benchmark.py --train``: training iterations of both models of the
+    config pair, interleaved; prints a summary (``--json``: one JSON line,
+    ``--out``: a file)."""
+    if not args.images.endswith('.json'):
+        raise SystemExit('--train needs a COCO-style annotation JSON '
+                         '(--images ANN.json --img-prefix IMAGE_DIR): the '
+                         'losses need ground truth')
+    if args.canvas:
+        for cfg in (apt_cfg, base_cfg):
+            shrink_canvas(cfg, args.canvas)
+    apt, baseline = build_model_pair(apt_cfg, base_cfg, registry,
+                                     args.checkpoint, args.seed,
+                                     args.trust_checkpoint)
+    clock = get_clock(args.clock, device)
+    prefix = args.img_prefix or os.path.dirname(args.images)
+    num_batches = args.num_images
+    arms = [
+        TrainArm(
+            name, model.to(device),
+            build_optim_wrapper(model, cfg, fp32=device.type != 'cuda'),
+            train_batches(cfg, args.images, prefix, num_batches,
+                          args.train_batch, args.seed), device, clock)
+        for name, model, cfg in (('baseline', baseline, base_cfg), ('apt', apt,
+                                                                    apt_cfg))
+    ]
+    records = {arm.name: arm for arm in arms}
+    for arm in arms:
+        for _ in range(args.warmup):
+            arm.step(0, record=False)
+    for rep in range(args.repeat):
+        for index in range(num_batches):
+            for arm in rotated(arms, rep):
+                entry, tokens = arm.step(index)
+                print(
+                    f'[{rep + 1}/{args.repeat}] {arm.name:<10} batch '
+                    f'{index} {tokens} tokens {entry["iter_ms"]:>10.0f} ms '
+                    f'(forward {entry["forward_ms"]:.0f}, backward + step '
+                    f'{entry["backward_ms"]:.0f})',
+                    file=sys.stderr,
+                    flush=True)
+    totals = {name: r.totals() for name, r in records.items()}
+
+    def speedup(key: str):
+        return ratio(totals['baseline'].get(key), totals['apt'].get(key))
+
+    summary = dict(
+        mode='train',
+        baseline_iter_ms=round(totals['baseline']['iter_ms'], 1),
+        apt_iter_ms=round(totals['apt']['iter_ms'], 1),
+        speedup=speedup('iter_ms'),
+        forward_speedup=speedup('forward_ms'),
+        backward_speedup=speedup('backward_ms'),
+        backbone_forward_speedup=speedup('backbone_ms'),
+        token_ratio=ratio(records['baseline'].total_tokens(),
+                          records['apt'].total_tokens()),
+        canvas=args.canvas or apt_cfg.model.backbone.img_size,
+        batches=num_batches,
+        train_batch=args.train_batch,
+        repeat=args.repeat,
+        config=args.config,
+        compare=args.compare,
+        device=str(device),
+        clock=args.clock,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        arms={
+            name:
+            dict(
+                total_ms={
+                    k: round(v, 1)
+                    for k, v in totals[name].items()
+                },
+                tokens=records[name].total_tokens(),
+                iter_ms=[[
+                    round(t, 1) for t in records[name].times(i, 'iter_ms')
+                ] for i in range(num_batches)])
+            for name in records
+        })
+    print(f'training iteration (sum over {num_batches} batches of the '
+          'median): ' +
+          ', '.join(f'{name} {totals[name]["iter_ms"]:.0f} ms (forward '
+                    f'{totals[name]["forward_ms"]:.0f}, backward + step '
+                    f'{totals[name]["backward_ms"]:.0f})'
+                    for name in records) +
+          f'; speed-up {summary["speedup"]}, token ratio '
+          f'{summary["token_ratio"]}')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(summary, f, indent=1)
+    if args.json:
+        print(json.dumps(summary))

@@ -28,3 +28,15 @@ def resolve_amp_dtype(dtype: Optional[Union[str, torch.dtype]],
         raise ValueError(f'unknown autocast dtype {dtype!r}; use one of '
                          f'{sorted(AMP_DTYPES)}')
     return AMP_DTYPES[key]
+
+
+#: The tools' ``--dtype`` choices: ``fp32`` runs without autocast.
+PRECISION_CHOICES = ('bf16', 'fp16', 'fp32')
+
+
+def precision_dtype(name: str) -> Optional[torch.dtype]:
+    """A tool's ``--dtype`` as the autocast dtype: None for ``'fp32'`` (no
+    autocast), else :func:`resolve_amp_dtype`'s (the one table)."""
+    if str(name).lower() in ('fp32', 'float32'):
+        return None
+    return resolve_amp_dtype(name, 'cpu')

@@ -289,16 +289,17 @@ def test_amp_test_loop_in_a_runner(tmp_path):
 
 
 def test_check_amp_tool_cpu(capsys):
-    """tools/analysis/check_amp.py end to end on a tiny CPU setting."""
+    """benchmark.py --check-amp (check_amp.py's mode) end to end on a
+    tiny CPU setting."""
     import importlib.util
     import json
     import os.path as osp
-    path = osp.join(ROOT, 'tools', 'analysis', 'check_amp.py')
-    spec = importlib.util.spec_from_file_location('check_amp', path)
+    path = osp.join(ROOT, 'tools', 'analysis', 'benchmark.py')
+    spec = importlib.util.spec_from_file_location('benchmark', path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     status = tool.main([
-        '--device', 'cpu', '--arch', 'tiny', '--canvas', '128',
+        '--check-amp', '--device', 'cpu', '--arch', 'tiny', '--canvas', '128',
         '--window-size', '8', '--global-attn-indexes', '11', '--dtypes',
         'bf16', '--repeat', '1', '--json'
     ])

@@ -148,6 +148,9 @@ def test_tools_take_the_switch():
                  'tools/analysis/benchmark_backbone.py'):
         out = run_tool([tool, '--help']).stdout
         assert '--accelerate' in out and 'cuda_graphs' in out, tool
+    # The old names forward to benchmark.py's modes.
+    out = run_tool(['tools/analysis/check_amp.py', '--help']).stdout
+    assert '--dtypes' in out and '--compare' not in out
 
 
 def test_mmseg_init_model_takes_the_switch():

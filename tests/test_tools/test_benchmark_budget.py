@@ -11,7 +11,6 @@ from torch import nn
 from mmapt.benchmark.arm_checks import overhead_counts
 from mmapt.benchmark.backbone_training import train_arms
 from mmapt.benchmark.budget import Budget, OverBudget
-from mmapt.benchmark.core import ArmRecord
 from mmapt.benchmark.probes import CompileWatch, attention_probe
 from mmapt.benchmark.report import write_report
 from mmapt.benchmark.runner import (ArmOutcomes, BackboneArm, prepare_arms,
@@ -138,7 +137,6 @@ def test_time_arms_stops_after_a_whole_repeat_once_over_budget():
     clock = Clock()
     model = Ticking(clock)
     arms = [_arm('a', model), _arm('b', model)]
-    records = {'a': ArmRecord('a'), 'b': ArmRecord('b')}
     written = []
     # A repeat is 2 images x 2 arms = 4 s: over the 5 s budget after two.
     done = time_arms(
@@ -146,12 +144,11 @@ def test_time_arms_stops_after_a_whole_repeat_once_over_budget():
         _inputs(),
         10,
         CPU,
-        records,
         clock,
         budget=Budget(5, clock),
         on_repeat=written.append)
     assert done == 2 and written == [1, 2]
-    assert all(len(records[a].times('img0')) == 2 for a in 'ab')
+    assert all(len(arm.times('img0')) == 2 for arm in arms)
 
 
 def test_train_arms_cut_inside_warm_up_and_after_a_repeat():

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import ROOT, marked_module
 
-from mmapt.benchmark import ArmRecord, bucket_size, interleaved, ratio
+from mmapt.benchmark import (Arm, backbone_bench, bucket_size, interleaved,
+                             ratio)
 from mmapt.benchmark.cuda import profile_forward
 from mmapt.benchmark.report import gpu_markdown
 from mmapt.benchmark.timing import StageClock, StageTimer, module_stage
@@ -29,7 +30,7 @@ def test_interleaved_rotates_the_first_arm():
 
 
 def test_arm_record_sums_per_item_medians():
-    record = ArmRecord('x')
+    record = Arm('x')
     for ms in (10., 30., 20.):
         record.add('a', model_ms=ms)
     record.add('b', model_ms=5.)
@@ -117,15 +118,15 @@ def load_tool(name):
 
 
 def run_backbone_tool(monkeypatch, capsys, *extra):
-    tool = load_tool('benchmark_backbone.py')
-    monkeypatch.setitem(tool.BACKBONES['eva02'], 'classes',
+    tool = load_tool('benchmark.py')
+    monkeypatch.setitem(backbone_bench.BACKBONES['eva02'], 'classes',
                         (lambda arch, **kw: EVA02(arch=TINY, **kw),
                          lambda arch, **kw: APTEVA02(arch=TINY, **kw)))
     tool.main([
-        '--canvas', '256', '--patch-sizes', '16', '32', '64', '--thresholds',
-        '2', '2', '--window-size', '8', '--global-attn-indexes', '1',
-        '--repeat', '1', '--num-generated', '2', '--no-memory', '--json',
-        *extra
+        '--backbone-only', '--canvas', '256', '--patch-sizes', '16', '32',
+        '64', '--thresholds', '2', '2', '--window-size', '8',
+        '--global-attn-indexes', '1', '--repeat', '1', '--num-generated', '2',
+        '--no-memory', '--json', *extra
     ])
     out = capsys.readouterr().out.strip().splitlines()
     return out, json.loads(out[-1])
@@ -222,3 +223,21 @@ def test_stage_timer_attach_times_module_forwards_through_hooks():
     with pytest.raises(TypeError, match='times module forwards'):
         with timer.attach([('f', object())]):
             pass
+
+
+def test_one_dtype_table_and_one_command_line():
+    from mmapt.benchmark import amp_check, pipeline
+    from mmapt.engine.precision import precision_dtype
+    assert precision_dtype('fp32') is None  # no autocast
+    assert precision_dtype('bf16') is torch.bfloat16
+    assert precision_dtype('fp16') is torch.float16
+    with pytest.raises(ValueError, match='autocast dtype'):
+        precision_dtype('fp8')
+    tool = load_tool('benchmark.py')
+    args = tool.parse_args(['--check-amp', '--device', 'cpu'])
+    assert args.mode is amp_check and args.device == 'cpu'
+    args = tool.parse_args(['--canvas', '256', '--backbone-only'])
+    assert args.mode is backbone_bench and args.argv == ['--canvas', '256']
+    assert args.patch_sizes == [16, 32, 64, 128]  # the family's defaults
+    args = tool.parse_args(['a.py', '--compare', 'b.py', '--images', 'x'])
+    assert args.mode is pipeline and args.dtype == 'fp32'

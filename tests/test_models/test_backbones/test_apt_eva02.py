@@ -246,23 +246,25 @@ def test_frozen_stage_zero_freezes_apt_embedding():
 
 
 def test_benchmark_tool_smoke(monkeypatch, capsys):
-    """tools/analysis/benchmark_backbone.py end to end on a tiny setting."""
+    """benchmark.py --backbone-only end to end on a tiny setting."""
     import importlib.util
     import json
     import os
     root = ROOT
-    path = os.path.join(root, 'tools', 'analysis', 'benchmark_backbone.py')
-    spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
+    path = os.path.join(root, 'tools', 'analysis', 'benchmark.py')
+    spec = importlib.util.spec_from_file_location('benchmark', path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     tiny = dict(embed_dims=64, num_layers=2, num_heads=1)
-    monkeypatch.setitem(tool.BACKBONES['eva02'], 'classes',
+    from mmapt.benchmark.backbone_bench import BACKBONES
+    monkeypatch.setitem(BACKBONES['eva02'], 'classes',
                         (lambda arch, **kw: EVA02(arch=tiny, **kw),
                          lambda arch, **kw: APTEVA02(arch=tiny, **kw)))
     tool.main([
-        '--canvas', '256', '--patch-sizes', '16', '32', '64', '--thresholds',
-        '2', '2', '--window-size', '8', '--global-attn-indexes', '1',
-        '--repeat', '1', '--num-generated', '2', '--no-memory', '--json'
+        '--backbone-only', '--canvas', '256', '--patch-sizes', '16', '32',
+        '64', '--thresholds', '2', '2', '--window-size', '8',
+        '--global-attn-indexes', '1', '--repeat', '1', '--num-generated', '2',
+        '--no-memory', '--json'
     ])
     assert torch.is_grad_enabled()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -104,8 +104,8 @@ def test_benchmark_tool_vit_smoke(monkeypatch, capsys):
     import json
     import os
     root = ROOT
-    path = os.path.join(root, 'tools', 'analysis', 'benchmark_backbone.py')
-    spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
+    path = os.path.join(root, 'tools', 'analysis', 'benchmark.py')
+    spec = importlib.util.spec_from_file_location('benchmark', path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     built = []
@@ -118,11 +118,11 @@ def test_benchmark_tool_vit_smoke(monkeypatch, capsys):
 
         return build
 
-    monkeypatch.setitem(tool.BACKBONES['vit'], 'classes',
-                        (tiny(ViT), tiny(APTViT)))
+    from mmapt.benchmark.backbone_bench import BACKBONES
+    monkeypatch.setitem(BACKBONES['vit'], 'classes', (tiny(ViT), tiny(APTViT)))
     tool.main([
-        '--backbone', 'vit', '--canvas', '448', '--repeat', '1',
-        '--num-generated', '1', '--no-memory', '--json'
+        '--backbone-only', '--backbone', 'vit', '--canvas', '448', '--repeat',
+        '1', '--num-generated', '1', '--no-memory', '--json'
     ])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result['backbone'] == 'vit' and result['window_size'] == 16
