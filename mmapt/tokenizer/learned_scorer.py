@@ -5,7 +5,7 @@ whose maps predict how far merging a patch moves the backbone's output
 features (relative feature drift), so thresholds and budgets keep small
 patches where merging would change the features. It is trained by
 :class:`~mmapt.models.distillers.ScorerDistiller` (``tools/train.py
-configs/toy/toy_learned_scorer_det.py``; docs/scorers_eval.md).
+configs/toy/toy_learned_scorer_coco.py``; docs/scorers_eval.md).
 
 Weights: the APT backbones register the network as ``apt_scorer`` (frozen),
 so a detector's or segmentor's checkpoint carries it and ``init_cfg`` /
@@ -110,7 +110,7 @@ class LearnedScorer(PatchScorer):
                 'the learned scorer has no trained weights: give '
                 'scorer=dict(type=\'learned\', checkpoint=PATH) with a '
                 'checkpoint of tools/train.py on a scorer-distiller config '
-                '(configs/toy/toy_learned_scorer_det.py), or load a model '
+                '(configs/toy/toy_learned_scorer_coco.py), or load a model '
                 'checkpoint that holds backbone.apt_scorer.* (init_cfg / '
                 'load_from) before the first forward')
 

@@ -76,7 +76,7 @@ class ScorerNet(nn.Module):
                 f'{self.patch_sizes} but is asked for {tuple(patch_sizes)}: '
                 f'set scorer=dict(type=\'learned\', patch_sizes=...) to the '
                 f'backbone\'s patch sizes above the base and train a scorer '
-                f'for them (configs/toy/toy_learned_scorer_det.py)')
+                f'for them (configs/toy/toy_learned_scorer_coco.py)')
 
     def features(self, gray: Tensor) -> Tensor:
         """(B, H, W) gray levels -> (B, C, H / cell, W / cell)."""

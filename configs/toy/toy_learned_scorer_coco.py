@@ -5,9 +5,10 @@
 # training images are read (no annotations); evaluation uses the val images.
 #   python tools/misc/make_toy_coco.py data/toy_coco
 #   python tools/train.py configs/toy/toy_eva02_det.py
-#   python tools/train.py configs/toy/toy_learned_scorer_det.py
+#   python tools/train.py configs/toy/toy_learned_scorer_coco.py
+# (another detector: --cfg-options model.backbone.init_cfg.checkpoint=PATH)
 # then use it: model.backbone.scorer=dict(type='learned',
-#   checkpoint='work_dirs/toy_learned_scorer_det/iter_200.pth')
+#   checkpoint='work_dirs/toy_learned_scorer_coco/iter_200.pth')
 _base_ = ['./toy_apt_det.py']
 
 detector_checkpoint = 'work_dirs/toy_eva02_det/iter_300.pth'
