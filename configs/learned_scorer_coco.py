@@ -73,6 +73,5 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(interval=50),
-    visualization=None,
     checkpoint=dict(interval=1000, max_keep_ckpts=2))
 custom_hooks = []

@@ -69,6 +69,5 @@ param_scheduler = [
         eta_min=1e-5)
 ]
 default_hooks = dict(
-    visualization=None,
     checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
 custom_hooks = []

@@ -46,17 +46,45 @@ from mmapt.tokenizer.scorer_net import ScorerNet
 from ..apt import is_apt_backbone
 
 
-def uniform_layout(backbone, images: Tensor, scale: int) -> PatchLayout:
-    """The layout that covers every image with patches of one scale
-    (0: the plain model's grid)."""
+def checkerboard(rows: int, cols: int, parity: int,
+                 device: torch.device) -> Tensor:
+    """(rows, cols) bool: True where (row + col) % 2 == parity."""
+    index = torch.arange(rows, device=device)[:, None] + \
+        torch.arange(cols, device=device)
+    return index % 2 == parity
+
+
+def merged_layout(backbone,
+                  images: Tensor,
+                  scale: int,
+                  parity: Optional[int] = None) -> PatchLayout:
+    """Patches of one scale over the images, base cells elsewhere.
+
+    Args:
+        scale (int): The scale merged (0: the plain model's grid).
+        parity (int, optional): None: every patch of the scale merges.
+            0 or 1: only the patches whose (row + col) % 2 is ``parity``
+            (a checkerboard): each merged patch keeps its four neighbours
+            at base resolution.
+    """
     tokenizer = backbone.tokenizer
     grid = tokenizer.grid_size(*images.shape[-2:])
-    masks = [
-        torch.full((images.shape[0], grid[0] >> i, grid[1] >> i),
-                   i == scale,
-                   dtype=torch.bool,
-                   device=images.device) for i in range(tokenizer.num_scales)
-    ]
+    batch, device = images.shape[0], images.device
+    rows, cols = grid[0] >> scale, grid[1] >> scale
+    merged = torch.ones(rows, cols, dtype=torch.bool, device=device)
+    if scale and parity is not None:
+        merged = checkerboard(rows, cols, parity, device)
+    masks = []
+    for i in range(tokenizer.num_scales):
+        if i == scale:
+            mask = merged
+        elif i == 0:  # base cells wherever no patch of ``scale`` merged
+            mask = ~merged.repeat_interleave(1 << scale, 0).repeat_interleave(
+                1 << scale, 1)
+        else:
+            mask = torch.zeros(grid[0] >> i, grid[1] >> i, dtype=torch.bool,
+                               device=device)
+        masks.append(mask.expand(batch, -1, -1))
     return build_layout(masks, grid, tokenizer.window_size,
                         tokenizer.num_prefix_tokens)
 
@@ -80,6 +108,21 @@ def cell_drift(plain: Sequence[Tensor], merged: Sequence[Tensor]) -> Tensor:
     return total / len(plain)
 
 
+@torch.no_grad()
+def image_drift(backbone, images: Tensor) -> Tensor:
+    """(B,) relative feature drift of the APT backbone's own layout (its
+    scorer, thresholds or budget) against the plain layout, same weights:
+    ``|F_apt - F| / |F|`` over all output maps of each image (the measure
+    of ``tools/analysis/calibrate_thresholds.py --max-drift``)."""
+    plain = forward_layout(backbone, images,
+                           merged_layout(backbone, images, 0))
+    apt = backbone(images)
+    num = sum((a.float() - p.float()).square().sum(dim=(1, 2, 3))
+              for a, p in zip(apt, plain))
+    den = sum(p.float().square().sum(dim=(1, 2, 3)) for p in plain)
+    return (num / den.clamp(min=1e-12)).sqrt()
+
+
 @MODELS.register_module()
 class ScorerDistiller(BaseModel):
     """A frozen APT backbone teaching a :class:`ScorerNet` its feature drift.
@@ -95,9 +138,14 @@ class ScorerDistiller(BaseModel):
             its thresholds / scorer are not used.
         scorer (dict, optional): :class:`ScorerNet` arguments other than the
             patch sizes (taken from the backbone), e.g. ``channels``.
+        merge_pattern (str): Which patches of a size merge in one target
+            forward: ``'checkerboard'`` (default; two forwards per size,
+            each merged patch among base-resolution neighbours) or
+            ``'all'`` (one forward, everything merged: the patch's drift
+            includes its merged context's).
         eps (float): Added to the drift before the log, so patches that
             do not move the features (padding, flat areas) do not dominate
-            the loss. Defaults to 1e-3.
+            the loss. Defaults to 0.01.
         data_preprocessor (dict, optional): The detector's / segmentor's
             data preprocessor (normalisation and padding must match the
             backbone's ``mean`` / ``std`` and the largest patch).
@@ -107,7 +155,8 @@ class ScorerDistiller(BaseModel):
     def __init__(self,
                  backbone: dict,
                  scorer: Optional[dict] = None,
-                 eps: float = 1e-3,
+                 merge_pattern: str = 'checkerboard',
+                 eps: float = 0.01,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(
@@ -116,6 +165,9 @@ class ScorerDistiller(BaseModel):
             raise ValueError(
                 f'ScorerDistiller needs an APT backbone (APTEVA02, APTViT, '
                 f'...) to merge patches; got type={backbone.get("type")!r}')
+        if merge_pattern not in ('checkerboard', 'all'):
+            raise ValueError(f'merge_pattern must be \'checkerboard\' or '
+                             f'\'all\', got {merge_pattern!r}')
         if not eps > 0:
             raise ValueError(f'eps must be > 0, got {eps!r}')
         self.backbone = MODELS.build(backbone)
@@ -126,6 +178,7 @@ class ScorerDistiller(BaseModel):
                              'merge, nothing to score (give it thresholds)')
         self.scorer = ScorerNet(sizes[1:], cell_size=sizes[0],
                                 **(scorer or {}))
+        self.merge_pattern = merge_pattern
         self.eps = float(eps)
 
     def train(self, mode: bool = True) -> 'ScorerDistiller':
@@ -140,13 +193,22 @@ class ScorerDistiller(BaseModel):
         backbone = self.backbone
         backbone.apt.check_input_size(*images.shape[-2:])
         plain = forward_layout(backbone, images,
-                               uniform_layout(backbone, images, 0))
+                               merged_layout(backbone, images, 0))
         targets = []
         for scale in range(1, backbone.tokenizer.num_scales):
-            merged = forward_layout(backbone, images,
-                                    uniform_layout(backbone, images, scale))
-            drift = F.avg_pool2d(cell_drift(plain, merged)[:, None], 1 << scale)
-            targets.append(drift[:, 0].sqrt())
+            parities = (None, ) if self.merge_pattern == 'all' else (0, 1)
+            target = 0
+            for parity in parities:
+                layout = merged_layout(backbone, images, scale, parity)
+                drift = cell_drift(plain,
+                                   forward_layout(backbone, images, layout))
+                drift = F.avg_pool2d(drift[:, None], 1 << scale)[:, 0].sqrt()
+                if parity is None:
+                    target = drift
+                else:  # this pass's merged patches only
+                    target = target + drift * checkerboard(
+                        *drift.shape[-2:], parity, drift.device)
+            targets.append(target)
         return targets
 
     def predict_log_drift(self, images: Tensor) -> List[Tensor]:

@@ -8,7 +8,7 @@ from conftest import ROOT, flat_and_noise_images
 
 from mmapt.models.distillers import ScorerDistiller
 from mmapt.models.distillers.scorer_distiller import (forward_layout,
-                                                      uniform_layout)
+                                                      merged_layout)
 from mmapt.tokenizer import build_scorer, images_to_gray
 
 BACKBONE = dict(
@@ -47,7 +47,7 @@ def test_targets_shapes_and_plain_layout_is_the_plain_model():
     backbone.tokenizer.thresholds = (-1.0, -1.0)
     with torch.no_grad():
         plain = backbone(x)
-        ours = forward_layout(backbone, x, uniform_layout(backbone, x, 0))
+        ours = forward_layout(backbone, x, merged_layout(backbone, x, 0))
     for a, b in zip(ours, plain):
         torch.testing.assert_close(a, b)
 
