@@ -15,7 +15,7 @@ checkpoint holding exactly one copy of the network. A learned scorer whose
 weights were never loaded refuses to score: random weights would give a
 random layout without any sign of it.
 """
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from torch import Tensor
 
@@ -129,3 +129,40 @@ class LearnedScorer(PatchScorer):
         return (f'{type(self).__name__}(checkpoint={self.checkpoint!r}, '
                 f'patch_sizes={self.network.patch_sizes})')
 
+
+
+def with_checkpoint(scorer: Union[str, Mapping, None],
+                    checkpoint: str) -> Union[str, Mapping, None]:
+    """A scorer config with ``checkpoint`` filled in where it is a
+    ``learned`` scorer without one (also as an ``importance`` base); other
+    configs are returned as they are."""
+    if scorer == 'learned':
+        return dict(type='learned', checkpoint=checkpoint)
+    if not isinstance(scorer, Mapping):
+        return scorer
+    out = dict(scorer)
+    if out.get('type') == 'learned':
+        out.setdefault('checkpoint', checkpoint)
+    elif 'base' in out:
+        out['base'] = with_checkpoint(out['base'], checkpoint)
+    return out
+
+
+def learned_scorer_cfg(scorer: str, checkpoint: Optional[str],
+                       patch_sizes: Sequence[int]) -> Union[str, dict]:
+    """A tool's ``--scorer NAME [--checkpoint PATH]`` as a scorer config:
+    ``learned`` needs the checkpoint (scoring ``patch_sizes``, the sizes
+    above the base); the other scorers take none."""
+    if scorer != 'learned':
+        if checkpoint is not None:
+            raise ValueError(f'--checkpoint holds learned-scorer weights: '
+                             f'use it with --scorer learned, not {scorer!r}')
+        return scorer
+    if checkpoint is None:
+        raise ValueError('--scorer learned needs --checkpoint PATH: the '
+                         'weights written by tools/train.py on a scorer-'
+                         'distiller config')
+    return dict(
+        type='learned',
+        checkpoint=checkpoint,
+        patch_sizes=tuple(patch_sizes))

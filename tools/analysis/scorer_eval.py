@@ -15,6 +15,21 @@ difference between two settings has its own (smaller) confidence interval::
             model.backbone.scorer=gradient \
         --reference entropy_k50 --bootstrap 1000 --out work_dirs/eval.json
 
+A ``learned`` scorer takes its weights from ``--scorer-checkpoint`` (every
+setting with ``model.backbone.scorer=learned``); ``--drift`` also reports,
+per setting, the relative feature drift of the backbone's output against
+the plain layout with the same weights (``feature_drift``, %, per image,
+bootstrapped like the metrics; lower is better, so its ``p_better`` is the
+probability of *more* drift)::
+
+    python tools/analysis/scorer_eval.py configs/toy/toy_apt_det.py \
+        work_dirs/toy_eva02_det/iter_120.pth --drift \
+        --scorer-checkpoint work_dirs/toy_learned_scorer_coco/iter_200.pth \
+        --setting learned_k50 model.backbone.keep_ratio=0.5 \
+            model.backbone.scorer=learned \
+        --setting contrast_k50 model.backbone.keep_ratio=0.5 \
+            model.backbone.scorer=contrast
+
 The token counts per image come from the backbone's token observer (the
 numbers ``TokenStatsHook`` logs). The special override ``importance=boxes``
 (with ``model.backbone.scorer=dict(type='importance')``) gives every image
@@ -56,6 +71,14 @@ def parse_args(argv=None):
     parser.add_argument(
         '--limit', type=int, help='only the first N test batches (smoke)')
     parser.add_argument('--out', help='write the full report as JSON')
+    parser.add_argument(
+        '--scorer-checkpoint',
+        help='weights of the learned scorer (settings with '
+        'model.backbone.scorer=learned)')
+    parser.add_argument(
+        '--drift',
+        action='store_true',
+        help='also report the feature drift against the plain layout')
     add_trust_argument(parser)
     return parser.parse_args(argv)
 
@@ -122,12 +145,14 @@ def run_setting(runner,
                 overrides: dict,
                 checkpoint: str,
                 batches: list,
-                trust: Optional[bool] = None) -> dict:
+                trust: Optional[bool] = None,
+                drift: bool = False) -> dict:
     """Predictions of one setting: per-image metric results and tokens."""
     from mmengine.evaluator import Evaluator
     from mmengine.runner import load_checkpoint
 
     from mmapt.engine import safe_checkpoint_loading
+    from mmapt.models.distillers.scorer_distiller import image_drift
     setting_cfg = cfg.copy()
     overrides = dict(overrides)
     importance = overrides.pop('importance', None)
@@ -147,12 +172,16 @@ def run_setting(runner,
     tokens: List[int] = []
     baseline: List[int] = []
     calls: List[tuple] = []
+    drifts: List[float] = []
     handle = model.backbone.register_token_observer(lambda t, b: calls.append(
         (t.cpu(), b.cpu())))
     with torch.no_grad():
         for batch in batches:
             calls.clear()
             outputs = model.test_step(batch)
+            if drift:
+                inputs = model.data_preprocessor(batch, False)['inputs']
+                drifts += image_drift(model.backbone, inputs).tolist()
             evaluator.process(data_samples=outputs, data_batch=batch)
             # Slide inference calls the backbone once per crop: sum them.
             per_image_t = torch.zeros(len(outputs), dtype=torch.long)
@@ -178,7 +207,8 @@ def run_setting(runner,
             for k, v in summary.items() if isinstance(v, (int, float))
         },
         tokens=tokens,
-        baseline_tokens=baseline)
+        baseline_tokens=baseline,
+        drift=drifts)
 
 
 # ------------------------------------------------------------ bootstrap
@@ -254,9 +284,13 @@ def seg_miou(results: list, indices: Sequence[int]) -> float:
 
 def scorers_of(run: dict, scope: str) -> Dict[str, callable]:
     """Metric name -> function of image indices, in %."""
-    if scope == 'mmseg':
-        return dict(mIoU=lambda idx: 100 * seg_miou(run['results'], idx))
     out = {}
+    if run['drift']:
+        drift = np.array(run['drift'])
+        out['feature_drift'] = lambda idx: 100 * float(drift[idx].mean())
+    if scope == 'mmseg':
+        return dict(
+            mIoU=lambda idx: 100 * seg_miou(run['results'], idx), **out)
     for iou_type, name in (('bbox', 'box_AP'), ('segm', 'mask_AP')):
         if iou_type in run['metric'].metrics:
             boot = CocoBootstrap(run['metric'], run['results'], iou_type)
@@ -291,6 +325,13 @@ def main(argv=None) -> int:
             return 2
     try:
         overrides = {s[0]: parse_overrides(s[1:]) for s in args.setting}
+        if args.scorer_checkpoint:
+            from mmapt.tokenizer.learned_scorer import with_checkpoint
+            for options in overrides.values():
+                key = 'model.backbone.scorer'
+                if key in options:
+                    options[key] = with_checkpoint(options[key],
+                                                   args.scorer_checkpoint)
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -311,7 +352,7 @@ def main(argv=None) -> int:
         for label in labels:
             runs[label] = run_setting(runner, cfg, overrides[label],
                                       args.checkpoint, batches,
-                                      args.trust_checkpoint)
+                                      args.trust_checkpoint, args.drift)
             print(f'{label}: {runs[label]["summary"]}', file=sys.stderr)
             progress.update()
 

@@ -8,6 +8,9 @@ paper's detection setting, then the gradient scorer in budget mode)::
         --patch-sizes 16 32 64 128 --thresholds 2 2 0.3 --out outputs/patches
     python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
         --scorer gradient --keep-ratio 0.5 --out outputs/patches_gradient
+    python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
+        --scorer learned --checkpoint work_dirs/learned_scorer_coco/iter_5000.pth \
+        --keep-ratio 0.5 --out outputs/patches_learned
 
 A folder with unreadable files is processed without them (a warning names
 each); progress goes to stderr, so ``--json`` output stays clean.
@@ -23,6 +26,7 @@ from PIL import Image, ImageDraw
 
 from mmapt.engine.preflight import InputError, check_writable_dir
 from mmapt.tokenizer.image_folder import ImageFolder, ImageReadError
+from mmapt.tokenizer.learned_scorer import learned_scorer_cfg
 from mmapt.tokenizer.prepare import (add_scorer_arguments, normalise,
                                      prepare_view, scorer_arguments,
                                      tokenizer_and_images)
@@ -50,6 +54,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
     add_scorer_arguments(parser)
+    parser.add_argument(
+        '--checkpoint', help='weights of the learned scorer (--scorer learned)')
     parser.add_argument(
         '--no-map',
         action='store_true',
@@ -100,9 +106,13 @@ def draw_layout(image: np.ndarray, layout, patch_size: int,
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        options = scorer_arguments(args)
+        options['scorer'] = learned_scorer_cfg(options['scorer'],
+                                               args.checkpoint,
+                                               args.patch_sizes[1:])
         tokenizer, _ = tokenizer_and_images(args.path, args.patch_sizes,
                                             args.thresholds, args.entropy_bins,
-                                            **scorer_arguments(args))
+                                            **options)
         if tokenizer.scorer.name == 'importance':
             raise ValueError('the importance scorer needs a map per image, '
                              'which this tool does not read: use the demo '
