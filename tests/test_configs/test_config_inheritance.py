@@ -54,6 +54,7 @@ FINETUNES = {
 # settings and per-image inputs (data preprocessor, pipelines).
 VARIANTS = {
     'toy/toy_apt_importance_det.py': 'toy/toy_apt_det.py',
+    'apt_vitdet_coco_learned.py': 'apt_vitdet_coco.py',
 }
 # Scorer distiller config -> the APT config whose backbone it distils.
 DISTILLERS = {
