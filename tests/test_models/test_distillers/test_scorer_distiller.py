@@ -97,20 +97,22 @@ def test_bad_arguments_named():
         _distiller()(_images(), mode='bogus')
 
 
-def test_toy_config_builds():
+@pytest.mark.parametrize('name, sizes',
+                         [('toy_learned_scorer_coco.py', (32, 64, 128)),
+                          ('toy_learned_scorer_ade.py', (32, ))])
+def test_toy_config_builds(name, sizes):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
     from mmapt.registry import MODELS
-    cfg = Config.fromfile(
-        osp.join(ROOT, 'configs/toy/toy_learned_scorer_coco.py'))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'toy', name))
     init_default_scope(cfg.default_scope)
     assert cfg.val_dataloader is None and cfg.test_dataloader is None
     steps = [t['type'] for t in cfg.train_dataloader.dataset.pipeline]
     assert 'LoadAnnotations' not in steps  # label-free
     model = MODELS.build(cfg.model)
     assert isinstance(model, ScorerDistiller)
-    assert model.scorer.patch_sizes == (32, 64, 128)
+    assert model.scorer.patch_sizes == sizes
     assert model.backbone.init_cfg['prefix'] == 'backbone.'
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith('scorer.') for n in trainable)
