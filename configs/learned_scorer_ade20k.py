@@ -4,10 +4,12 @@
 # the scorer network how far merging each 32-px patch moves its output
 # features (mmapt/models/distillers/scorer_distiller.py). Reads the training
 # images only (no annotations).
+#   D=work_dirs/eva02_upernet_ade20k/iter_60000.pth
 #   python tools/train.py configs/learned_scorer_ade20k.py \
-#       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/eva02_upernet_ade20k/iter_60000.pth
+#       --cfg-options model.backbone.init_cfg.checkpoint=$D
 # then segment with it: model.backbone.scorer=dict(type='learned',
-#   patch_sizes=(32, ), checkpoint='work_dirs/learned_scorer_ade20k/iter_5000.pth')
+#   patch_sizes=(32, ),
+#   checkpoint='work_dirs/learned_scorer_ade20k/iter_5000.pth')
 _base_ = ['./apt_upernet_ade20k.py']
 
 segmentor_checkpoint = 'work_dirs/eva02_upernet_ade20k/iter_60000.pth'
@@ -46,8 +48,7 @@ test_dataloader = None
 test_cfg = None
 test_evaluator = None
 
-train_cfg = dict(
-    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
@@ -63,6 +64,5 @@ param_scheduler = [
         eta_min=1e-5)
 ]
 default_hooks = dict(
-    logger=dict(interval=50),
-    checkpoint=dict(interval=1000, max_keep_ckpts=2))
+    logger=dict(interval=50), checkpoint=dict(interval=1000, max_keep_ckpts=2))
 custom_hooks = []

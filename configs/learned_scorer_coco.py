@@ -3,14 +3,17 @@
 # weights of your trained detector (plain or APT-fine-tuned), teaches the
 # scorer network how far merging each patch moves its output features
 # (mmapt/models/distillers/scorer_distiller.py). Reads the train2017 images
-# only (no annotations). Each iteration runs the backbone once per patch size
-# (4 forwards without gradients) and trains only the small scorer.
+# only (no annotations). Each iteration runs the frozen backbone 7 times
+# without gradients (plain, then two checkerboards per patch size above the
+# base) and trains only the small scorer.
+#   D=work_dirs/eva02_vitdet_coco/iter_60000.pth
 #   python tools/train.py configs/learned_scorer_coco.py \
-#       --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/eva02_vitdet_coco/iter_60000.pth
+#       --cfg-options model.backbone.init_cfg.checkpoint=$D
 # then detect with it:
 #   model.backbone.scorer=dict(type='learned',
 #       checkpoint='work_dirs/learned_scorer_coco/iter_5000.pth')
-# and calibrate thresholds / a keep ratio as for any scorer (docs/tokenizer.md).
+# (configs/apt_vitdet_coco_learned.py) and calibrate thresholds or a keep
+# ratio as for any scorer (docs/tokenizer.md).
 _base_ = ['./apt_vitdet_coco.py']
 
 detector_checkpoint = 'checkpoints/eva02_B_coco_sys_mmapt.pth'
@@ -55,8 +58,7 @@ test_dataloader = None
 test_cfg = None
 test_evaluator = None
 
-train_cfg = dict(
-    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
@@ -72,6 +74,5 @@ param_scheduler = [
         eta_min=1e-5)
 ]
 default_hooks = dict(
-    logger=dict(interval=50),
-    checkpoint=dict(interval=1000, max_keep_ckpts=2))
+    logger=dict(interval=50), checkpoint=dict(interval=1000, max_keep_ckpts=2))
 custom_hooks = []

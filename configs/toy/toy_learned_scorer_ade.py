@@ -45,8 +45,7 @@ test_dataloader = None
 test_cfg = None
 test_evaluator = None
 
-train_cfg = dict(
-    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',

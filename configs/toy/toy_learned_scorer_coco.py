@@ -52,8 +52,7 @@ test_dataloader = None
 test_cfg = None
 test_evaluator = None
 
-train_cfg = dict(
-    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
@@ -68,6 +67,5 @@ param_scheduler = [
         end=max_iters,
         eta_min=1e-5)
 ]
-default_hooks = dict(
-    checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
+default_hooks = dict(checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
 custom_hooks = []

@@ -40,8 +40,7 @@ def find_scorer_weights(state: Dict[str, Any],
     anchor = names[0]
     prefixes = sorted({
         key[:-len(anchor)]
-        for key in state
-        if key.endswith(anchor) and (
+        for key in state if key.endswith(anchor) and (
             len(key) == len(anchor) or key[-len(anchor) - 1] == '.')
     })
     found = [p for p in prefixes if all(p + n in state for n in names)]
@@ -130,7 +129,6 @@ class LearnedScorer(PatchScorer):
                 f'patch_sizes={self.network.patch_sizes})')
 
 
-
 def with_checkpoint(scorer: Union[str, Mapping, None],
                     checkpoint: str) -> Union[str, Mapping, None]:
     """A scorer config with ``checkpoint`` filled in where it is a
@@ -163,6 +161,4 @@ def learned_scorer_cfg(scorer: str, checkpoint: Optional[str],
                          'weights written by tools/train.py on a scorer-'
                          'distiller config')
     return dict(
-        type='learned',
-        checkpoint=checkpoint,
-        patch_sizes=tuple(patch_sizes))
+        type='learned', checkpoint=checkpoint, patch_sizes=tuple(patch_sizes))

@@ -33,9 +33,10 @@ def _scorer_file(tmp_path, prefix='scorer.', seed=0) -> str:
     net = _trained_scorer(seed).network
     path = str(tmp_path / 'scorer.pth')
     torch.save(
-        dict(
-            state_dict={prefix + k: v
-                        for k, v in net.state_dict().items()}), path)
+        dict(state_dict={
+            prefix + k: v
+            for k, v in net.state_dict().items()
+        }), path)
     return path
 
 
@@ -98,9 +99,7 @@ def test_checkpoint_argument_and_state_dict_round_trip(tmp_path):
     want = _trained_scorer()(_gray(), SIZES[1:])
     loaded = build_scorer(
         dict(
-            type='learned',
-            checkpoint=path,
-            patch_sizes=SIZES[1:],
+            type='learned', checkpoint=path, patch_sizes=SIZES[1:],
             channels=8))
     for a, b in zip(loaded(_gray(), SIZES[1:]), want):
         torch.testing.assert_close(a, b)
@@ -116,11 +115,10 @@ def test_checkpoint_argument_and_state_dict_round_trip(tmp_path):
     assert not any(p.requires_grad for p in source.apt_scorer.parameters())
     model_file = str(tmp_path / 'model.pth')
     torch.save(
-        dict(
-            state_dict={
-                'backbone.' + k: v
-                for k, v in source.state_dict().items()
-            }), model_file)
+        dict(state_dict={
+            'backbone.' + k: v
+            for k, v in source.state_dict().items()
+        }), model_file)
     # The weights come with the model checkpoint (init_cfg Pretrained).
     target = APTEVA02(
         thresholds=(1, 1),
@@ -145,8 +143,16 @@ def test_checkpoint_argument_and_state_dict_round_trip(tmp_path):
 def test_find_scorer_weights_needs_exactly_one_copy():
     net = _trained_scorer().network
     state = net.state_dict()
-    two = {**{'a.' + k: v for k, v in state.items()},
-           **{'b.' + k: v for k, v in state.items()}}
+    two = {
+        **{
+            'a.' + k: v
+            for k, v in state.items()
+        },
+        **{
+            'b.' + k: v
+            for k, v in state.items()
+        }
+    }
     with pytest.raises(ValueError, match=r'2 \(\[\'a\.\', \'b\.\'\]\)'):
         find_scorer_weights(two, net)
     with pytest.raises(ValueError, match='holds no learned-scorer'):

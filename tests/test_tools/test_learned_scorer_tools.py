@@ -20,8 +20,10 @@ def scorer_file(tmp_path_factory):
     net = build_scorer(dict(type='learned', patch_sizes=(32, 64))).network
     path = tmp_path_factory.mktemp('scorer') / 'iter_1.pth'
     torch.save(
-        dict(state_dict={'scorer.' + k: v
-                         for k, v in net.state_dict().items()}), path)
+        dict(state_dict={
+            'scorer.' + k: v
+            for k, v in net.state_dict().items()
+        }), path)
     return str(path)
 
 
@@ -36,8 +38,7 @@ def test_visualize_patches_learned(scorer_file, tmp_path, capsys):
     out = tmp_path / 'vis'
     args = [
         str(folder), '--patch-sizes', '16', '32', '64', '--thresholds', '0.1',
-        '0.1', '--scorer', 'learned',
-        '--keep-ratio', '0.5', '--out',
+        '0.1', '--scorer', 'learned', '--keep-ratio', '0.5', '--out',
         str(out), '--json'
     ]
     assert tool.main(args + ['--checkpoint', scorer_file]) == 0

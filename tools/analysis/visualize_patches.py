@@ -9,8 +9,8 @@ paper's detection setting, then the gradient scorer in budget mode)::
     python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
         --scorer gradient --keep-ratio 0.5 --out outputs/patches_gradient
     python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
-        --scorer learned --checkpoint work_dirs/learned_scorer_coco/iter_5000.pth \
-        --keep-ratio 0.5 --out outputs/patches_learned
+        --scorer learned --keep-ratio 0.5 --out outputs/patches_learned \
+        --checkpoint work_dirs/learned_scorer_coco/iter_5000.pth
 
 A folder with unreadable files is processed without them (a warning names
 each); progress goes to stderr, so ``--json`` output stays clean.
@@ -55,7 +55,8 @@ def parse_args(argv=None):
         '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
     add_scorer_arguments(parser)
     parser.add_argument(
-        '--checkpoint', help='weights of the learned scorer (--scorer learned)')
+        '--checkpoint',
+        help='weights of the learned scorer (--scorer learned)')
     parser.add_argument(
         '--no-map',
         action='store_true',

@@ -82,8 +82,8 @@ def merged_layout(backbone,
             mask = ~merged.repeat_interleave(1 << scale, 0).repeat_interleave(
                 1 << scale, 1)
         else:
-            mask = torch.zeros(grid[0] >> i, grid[1] >> i, dtype=torch.bool,
-                               device=device)
+            mask = torch.zeros(
+                grid[0] >> i, grid[1] >> i, dtype=torch.bool, device=device)
         masks.append(mask.expand(batch, -1, -1))
     return build_layout(masks, grid, tokenizer.window_size,
                         tokenizer.num_prefix_tokens)
@@ -176,8 +176,8 @@ class ScorerDistiller(BaseModel):
         if len(sizes) < 2:
             raise ValueError('the backbone has one patch size: nothing to '
                              'merge, nothing to score (give it thresholds)')
-        self.scorer = ScorerNet(sizes[1:], cell_size=sizes[0],
-                                **(scorer or {}))
+        self.scorer = ScorerNet(
+            sizes[1:], cell_size=sizes[0], **(scorer or {}))
         self.merge_pattern = merge_pattern
         self.eps = float(eps)
 
@@ -231,11 +231,12 @@ class ScorerDistiller(BaseModel):
             out[f'drift_{size}'] = target.mean().detach()
         return out
 
-    def forward(self,
-                inputs: Tensor,
-                data_samples: Optional[list] = None,
-                mode: str = 'tensor'
-                ) -> Union[Dict[str, Tensor], List[Tensor], Tuple]:
+    def forward(
+            self,
+            inputs: Tensor,
+            data_samples: Optional[list] = None,
+            mode: str = 'tensor'
+    ) -> Union[Dict[str, Tensor], List[Tensor], Tuple]:
         """``mode='loss'``: the loss dict; ``'tensor'``: the predicted
         log-drift maps; ``'predict'``: (predicted, target) drift maps."""
         if mode == 'loss':

@@ -40,8 +40,8 @@ def test_targets_shapes_and_plain_layout_is_the_plain_model():
     assert [tuple(t.shape) for t in targets] == [(2, 4, 4), (2, 2, 2)]
     assert all(bool((t >= 0).all()) for t in targets)
     # Merging the flat corner moves the features less than merging noise.
-    assert float(targets[0][0, :2, :2].mean()) < float(
-        targets[0][0, 2:, 2:].mean())
+    assert float(targets[0][0, :2, :2].mean()) < float(targets[0][0, 2:,
+                                                                  2:].mean())
     # The scale-0 layout is the backbone's own forward with nothing merged.
     backbone = model.backbone
     backbone.tokenizer.thresholds = (-1.0, -1.0)
@@ -77,10 +77,7 @@ def test_checkpoint_is_the_learned_scorer(tmp_path):
     torch.save(dict(state_dict=model.state_dict(), meta={}), path)
     scorer = build_scorer(
         dict(
-            type='learned',
-            checkpoint=path,
-            patch_sizes=(32, 64),
-            channels=8))
+            type='learned', checkpoint=path, patch_sizes=(32, 64), channels=8))
     x = _images()
     gray = images_to_gray(x, model.backbone.tokenizer.mean,
                           model.backbone.tokenizer.std)
