@@ -7,11 +7,11 @@
 #   python tools/train.py configs/toy/toy_learned_scorer_ade.py
 # (another segmentor: --cfg-options model.backbone.init_cfg.checkpoint=PATH)
 # then use it: model.backbone.scorer=dict(type='learned', patch_sizes=(32, ),
-#   checkpoint='work_dirs/toy_learned_scorer_ade/iter_200.pth')
+#   checkpoint='work_dirs/toy_learned_scorer_ade/iter_400.pth')
 _base_ = ['./toy_apt_seg.py']
 
 segmentor_checkpoint = 'work_dirs/toy_eva02_seg/iter_300.pth'
-max_iters = 200
+max_iters = 400
 
 model = dict(
     _delete_=True,

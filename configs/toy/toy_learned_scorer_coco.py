@@ -8,11 +8,11 @@
 #   python tools/train.py configs/toy/toy_learned_scorer_coco.py
 # (another detector: --cfg-options model.backbone.init_cfg.checkpoint=PATH)
 # then use it: model.backbone.scorer=dict(type='learned',
-#   checkpoint='work_dirs/toy_learned_scorer_coco/iter_200.pth')
+#   checkpoint='work_dirs/toy_learned_scorer_coco/iter_400.pth')
 _base_ = ['./toy_apt_det.py']
 
 detector_checkpoint = 'work_dirs/toy_eva02_det/iter_300.pth'
-max_iters = 200
+max_iters = 400
 
 model = dict(
     _delete_=True,
