@@ -179,9 +179,6 @@ def run_setting(runner,
         for batch in batches:
             calls.clear()
             outputs = model.test_step(batch)
-            if drift:
-                inputs = model.data_preprocessor(batch, False)['inputs']
-                drifts += image_drift(model.backbone, inputs).tolist()
             evaluator.process(data_samples=outputs, data_batch=batch)
             # Slide inference calls the backbone once per crop: sum them.
             per_image_t = torch.zeros(len(outputs), dtype=torch.long)
@@ -195,6 +192,9 @@ def run_setting(runner,
                     per_image_b += b.sum()
             tokens += per_image_t.tolist()
             baseline += per_image_b.tolist()
+            if drift:  # after the token tally: its forward is not counted
+                inputs = model.data_preprocessor(batch, False)['inputs']
+                drifts += image_drift(model.backbone, inputs).tolist()
     handle.remove()
     metric = evaluator.metrics[0]
     results = list(metric.results)
