@@ -8,5 +8,5 @@
 # (or a checkpoint that already holds backbone.apt_scorer.*). Without them
 # the first forward stops with an error naming this option.
 _base_ = ['./apt_vitdet_coco.py']
-learned_scorer = dict(type='learned', patch_sizes=(32, 64, 128))
-model = dict(backbone=dict(keep_ratio=0.7, scorer=learned_scorer))
+# (the learned scorer's default patch sizes are this model's: 32, 64, 128)
+model = dict(backbone=dict(keep_ratio=0.7, scorer=dict(type='learned')))
