@@ -88,7 +88,7 @@ class LearnedScorer(PatchScorer):
 
     def load_file(self, path: str) -> None:
         """Load the network's weights from a checkpoint file."""
-        from mmapt.utils.checkpoint_file import load_checkpoint_file
+        from mmapt.checkpoints.checkpoint_file import load_checkpoint_file
         state = load_checkpoint_file(path)
         self.network.load_state_dict(
             find_scorer_weights(state, self.network, path))

@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import flat_and_noise_images
 
+from mmapt.benchmark.overhead import count_overhead
 from mmapt.models import APTEVA02
 from mmapt.tokenizer import LearnedScorer, build_scorer, scorer_names
 from mmapt.tokenizer.learned_scorer import find_scorer_weights
-from mmapt.utils.overhead import count_overhead
 
 SIZES = (16, 32, 64)
 CFG = dict(
