@@ -31,10 +31,10 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from mmapt.apis.images import list_images, load_rgb, sample_photo_paths
 from mmapt.engine.precision import precision_dtype
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.layers import attention
-from mmapt.tokenizer.prepare import list_images, load_rgb, sample_photo_paths
 from .arch_summary import ARM_NAMES, arch_summary, attention_path
 from .arm_checks import overhead_counts, run_checks, stage_splits
 from .backbone_training import train_arms

@@ -68,11 +68,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmapt.apis.images import list_images, load_rgb
+from mmapt.apis.views import normalise, to_canvas
 from mmapt.benchmark.memory import peak_memory_mib
 from mmapt.benchmark.timing import time_call
 from mmapt.models import APTEVA02, EVA02, APTViT, ViT
 from mmapt.models.backbones.accelerate import ACCELERATE_MODES
-from mmapt.tokenizer.prepare import list_images, load_rgb, normalise, to_canvas
 from .backbones import (accelerated_arm, bucket_size, build_backbone_pair,
                         count_forward_overhead, forward_tokens,
                         generated_photos, image_name, packed_to, packed_tokens,

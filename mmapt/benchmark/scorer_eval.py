@@ -78,12 +78,16 @@ def run_setting(runner,
                 overrides: dict,
                 checkpoint: str,
                 batches: list,
-                trust: Optional[bool] = None) -> dict:
-    """Predictions of one setting: per-image metric results and tokens."""
+                trust: Optional[bool] = None,
+                drift: bool = False) -> dict:
+    """Predictions of one setting: per-image metric results and tokens
+    (and, with ``drift``, each image's feature drift against the plain
+    layout with the same weights)."""
     from mmengine.evaluator import Evaluator
     from mmengine.runner import load_checkpoint
 
     from mmapt.engine import safe_checkpoint_loading
+    from mmapt.models.distillers.scorer_distiller import image_drift
     setting_cfg = cfg.copy()
     overrides = dict(overrides)
     importance = overrides.pop('importance', None)
@@ -103,6 +107,7 @@ def run_setting(runner,
     tokens: List[int] = []
     baseline: List[int] = []
     calls: List[tuple] = []
+    drifts: List[float] = []
     handle = model.backbone.register_token_observer(lambda t, b: calls.append(
         (t.cpu(), b.cpu())))
     with torch.no_grad():
@@ -122,6 +127,9 @@ def run_setting(runner,
                     per_image_b += b.sum()
             tokens += per_image_t.tolist()
             baseline += per_image_b.tolist()
+            if drift:  # after the token tally: its forward is not counted
+                inputs = model.data_preprocessor(batch, False)['inputs']
+                drifts += image_drift(model.backbone, inputs).tolist()
     handle.remove()
     metric = evaluator.metrics[0]
     results = list(metric.results)
@@ -134,7 +142,8 @@ def run_setting(runner,
             for k, v in summary.items() if isinstance(v, (int, float))
         },
         tokens=tokens,
-        baseline_tokens=baseline)
+        baseline_tokens=baseline,
+        drift=drifts)
 
 
 class CocoBootstrap:
@@ -210,9 +219,13 @@ def seg_miou(results: list, indices: Sequence[int]) -> float:
 def scorers_of(run: dict,
                scope: str) -> Dict[str, Callable[[Sequence[int]], float]]:
     """Metric name -> function of image indices, in %."""
-    if scope == 'mmseg':
-        return dict(mIoU=lambda idx: 100 * seg_miou(run['results'], idx))
     out = {}
+    if run.get('drift'):
+        drift = np.array(run['drift'])
+        out['feature_drift'] = lambda idx: 100 * float(drift[idx].mean())
+    if scope == 'mmseg':
+        return dict(
+            mIoU=lambda idx: 100 * seg_miou(run['results'], idx), **out)
     for iou_type, name in (('bbox', 'box_AP'), ('segm', 'mask_AP')):
         if iou_type in run['metric'].metrics:
             boot = CocoBootstrap(run['metric'], run['results'], iou_type)
@@ -233,14 +246,15 @@ def run_settings(runner,
                  overrides: Dict[str, dict],
                  checkpoint: str,
                  batches: list,
-                 trust: Optional[bool] = None) -> Dict[str, dict]:
+                 trust: Optional[bool] = None,
+                 drift: bool = False) -> Dict[str, dict]:
     """:func:`run_setting` for every label of ``overrides``, in order, with
     progress and each setting's summary on stderr."""
     runs = {}
     with progress_bar(len(overrides), 'settings') as advance:
         for label, options in overrides.items():
             runs[label] = run_setting(runner, cfg, options, checkpoint,
-                                      batches, trust)
+                                      batches, trust, drift)
             advance(f'{label}: {runs[label]["summary"]}')
     return runs
 

@@ -25,6 +25,9 @@ Registered in :data:`mmapt.registry.PATCH_SCORERS`:
   structure, weighted by their contrast.
 * ``importance``: any of the above, raised or lowered per patch by a
   per-image importance map (see :class:`ImportanceScorer` for the rule).
+* ``learned``: a small network's prediction of how far merging the patch
+  moves the backbone's features, trained without labels
+  (:mod:`~mmapt.tokenizer.learned_scorer`).
 """
 import math
 import warnings
@@ -112,6 +115,10 @@ class PatchScorer:
     min_score: float = 0.0
     #: Unit of the scores, for tables and plots.
     unit: str = ''
+    #: The weights of a learned scorer (an ``nn.Module`` the APT backbones
+    #: register as ``apt_scorer``, so checkpoints carry it); None for the
+    #: hand-made scorers.
+    network = None
 
     @property
     def name(self) -> str:
@@ -287,6 +294,7 @@ class ImportanceScorer(PatchScorer):
         self.combine = combine
         self.reduce = reduce
         self.unit = self.base.unit
+        self.network = self.base.network
         self.min_score = self.base.min_score if combine == 'multiply' \
             else -math.inf
 

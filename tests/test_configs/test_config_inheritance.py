@@ -56,6 +56,14 @@ FINETUNES = {
 # settings and per-image inputs (data preprocessor, pipelines).
 VARIANTS = {
     'toy/toy_apt_importance_det.py': 'toy/toy_apt_det.py',
+    'apt_vitdet_coco_learned.py': 'apt_vitdet_coco.py',
+}
+# Scorer distiller config -> the APT config whose backbone it distils.
+DISTILLERS = {
+    'learned_scorer_coco.py': 'apt_vitdet_coco.py',
+    'toy/toy_learned_scorer_coco.py': 'toy/toy_apt_det.py',
+    'learned_scorer_ade20k.py': 'apt_upernet_ade20k.py',
+    'toy/toy_learned_scorer_ade.py': 'toy/toy_apt_seg.py',
 }
 VARIANT_KEYS = ('train_pipeline', 'test_pipeline', 'importance',
                 'train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -110,7 +118,8 @@ def test_every_apt_config_is_covered():
         for name in _all_configs()
         if _load(name)['model']['backbone']['type'] in PLAIN_OF_APT_TYPE
     }
-    covered = set(APT_BASELINES) | set(FINETUNES) | set(VARIANTS)
+    covered = set(APT_BASELINES) | set(FINETUNES) | set(VARIANTS) | set(
+        DISTILLERS)
     assert apt == covered, (
         f'APT configs without a baseline or fine-tune entry in '
         f'{osp.basename(__file__)}: {sorted(apt - covered)}; entries for '
@@ -208,3 +217,21 @@ def test_differences_finds_a_changed_list_item():
                                 y=(1, 2))) == ['x.1.t']
     assert _differences(a, dict(x=a['x'])) == ['y']
     assert _differences(a, dict(x=a['x'], y=[1, 2])) == ['y']
+
+
+@pytest.mark.parametrize('name', sorted(DISTILLERS))
+def test_distiller_backbone_is_its_apt_backbone(name):
+    """A scorer distiller trains for the APT backbone it serves: the same
+    backbone (and normalisation), only its weights' source and the drop
+    path (off: the backbone is frozen) may differ."""
+    distiller, apt = _load(name), _load(DISTILLERS[name])
+    assert distiller['model']['type'] == 'ScorerDistiller'
+    ours, theirs = (dict(cfg['model']['backbone']) for cfg in (distiller, apt))
+    assert ours.pop('init_cfg')['prefix'] == 'backbone.'
+    for backbone in (ours, theirs):
+        backbone.pop('init_cfg', None)
+        backbone.pop('drop_path_rate', None)
+    assert _differences(ours, theirs) == []
+    for key in ('mean', 'std'):
+        assert distiller['model']['data_preprocessor'][key] == \
+            apt['model']['data_preprocessor'][key]

@@ -20,6 +20,21 @@ numbers ``TokenStatsHook`` logs). The special override ``importance=boxes``
 (with ``model.backbone.scorer=dict(type='importance')``) gives every image
 its ground-truth boxes as importance map: an oracle upper bound of what an
 importance map can buy, not a deployable setting.
+
+A ``learned`` scorer takes its weights from ``--scorer-checkpoint`` (every
+setting with ``model.backbone.scorer=learned``); ``--drift`` also reports,
+per setting, the relative feature drift of the backbone's output against
+the plain layout with the same weights (``feature_drift``, %, per image,
+bootstrapped like the metrics; lower is better, so its ``p_better`` is the
+probability of *more* drift)::
+
+    python tools/analysis/scorer_eval.py configs/toy/toy_apt_det.py \
+        work_dirs/toy_eva02_det/iter_120.pth --drift \
+        --scorer-checkpoint work_dirs/toy_learned_scorer_coco/iter_200.pth \
+        --setting learned_k50 model.backbone.keep_ratio=0.5 \
+            model.backbone.scorer=learned \
+        --setting contrast_k50 model.backbone.keep_ratio=0.5 \
+            model.backbone.scorer=contrast
 """
 import argparse
 import json
@@ -53,6 +68,14 @@ def parse_args(argv=None):
     parser.add_argument(
         '--limit', type=int, help='only the first N test batches (smoke)')
     parser.add_argument('--out', help='write the full report as JSON')
+    parser.add_argument(
+        '--scorer-checkpoint',
+        help='weights of the learned scorer (settings with '
+        'model.backbone.scorer=learned)')
+    parser.add_argument(
+        '--drift',
+        action='store_true',
+        help='also report the feature drift against the plain layout')
     add_trust_argument(parser)
     return parser.parse_args(argv)
 
@@ -76,6 +99,13 @@ def main(argv=None) -> int:
             return 2
     try:
         overrides = {s[0]: parse_overrides(s[1:]) for s in args.setting}
+        if args.scorer_checkpoint:
+            from mmapt.tokenizer.learned_scorer import with_checkpoint
+            for options in overrides.values():
+                key = 'model.backbone.scorer'
+                if key in options:
+                    options[key] = with_checkpoint(options[key],
+                                                   args.scorer_checkpoint)
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -92,7 +122,7 @@ def main(argv=None) -> int:
         scope = cfg.get('default_scope', 'mmdet')
         batches = cached_batches(runner, args.limit)
         runs = run_settings(runner, cfg, overrides, args.checkpoint, batches,
-                            args.trust_checkpoint)
+                            args.trust_checkpoint, args.drift)
     report = dict(
         config=args.config,
         checkpoint=args.checkpoint,

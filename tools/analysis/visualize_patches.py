@@ -8,6 +8,9 @@ paper's detection setting, then the gradient scorer in budget mode)::
         --patch-sizes 16 32 64 128 --thresholds 2 2 0.3 --out outputs/patches
     python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
         --scorer gradient --keep-ratio 0.5 --out outputs/patches_gradient
+    python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
+        --scorer learned --keep-ratio 0.5 --out outputs/patches_learned \
+        --checkpoint work_dirs/learned_scorer_coco/iter_5000.pth
 
 A folder with unreadable files is processed without them (a warning names
 each); progress goes to stderr, so ``--json`` output stays clean.
@@ -26,6 +29,7 @@ from mmapt.apis.tool_args import (add_scorer_arguments, scorer_arguments,
                                   tokenizer_and_images)
 from mmapt.apis.views import normalise, prepare_view
 from mmapt.engine.preflight import InputError, check_writable_dir
+from mmapt.tokenizer.learned_scorer import learned_scorer_cfg
 from mmapt.visualization.layout_picture import (beside, draw_layout,
                                                 with_caption)
 from mmapt.visualization.score_picture import tokenizer_score_picture
@@ -49,6 +53,9 @@ def parse_args(argv=None):
         '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
     add_scorer_arguments(parser)
     parser.add_argument(
+        '--checkpoint',
+        help='weights of the learned scorer (--scorer learned)')
+    parser.add_argument(
         '--no-map',
         action='store_true',
         help='draw the layout only, without the score map beside it')
@@ -63,9 +70,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        options = scorer_arguments(args)
+        options['scorer'] = learned_scorer_cfg(options['scorer'],
+                                               args.checkpoint,
+                                               args.patch_sizes[1:])
         tokenizer, _ = tokenizer_and_images(args.path, args.patch_sizes,
                                             args.thresholds, args.entropy_bins,
-                                            **scorer_arguments(args))
+                                            **options)
         if tokenizer.scorer.name == 'importance':
             raise ValueError('the importance scorer needs a map per image, '
                              'which this tool does not read: use the demo '

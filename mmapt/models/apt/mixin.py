@@ -8,8 +8,9 @@ The plain class must be an :class:`~mmapt.models.apt.APTHost` (every
 :class:`~mmapt.models.backbones.base_vit.BaseViT` is) with a
 ``warn_img_size(check)``, an ``embedding_names`` tuple and a
 ``_freeze_stages()`` (the base's). The mixin builds the plain model first,
-then its own parts: ``apt_embed`` and the :class:`APTAdapter` that drives
-the forward.
+then its own parts: ``apt_embed``, the :class:`APTAdapter` that drives
+the forward and, with a ``learned`` scorer, its frozen network as
+``apt_scorer``.
 """
 from typing import Optional, Tuple
 
@@ -49,6 +50,10 @@ class APTBackboneMixin:
         super().__init__(*args, **kwargs)
         self.apt_embed = APTEmbed(self.embed_dims)
         self.apt = APTAdapter(self, self.apt_embed, **apt_kwargs)
+        if self.apt.tokenizer.scorer.network is not None:
+            # A learned scorer's weights: in the state dict (checkpoints,
+            # init_cfg, load_from) and moved by .to(), never trained here.
+            self.apt_scorer = self.apt.tokenizer.scorer.network
         attach_layout_record(self)  # patch sizes into state dicts
         self.warn_img_size(self.apt.check_input_size)
         self._freeze_stages()  # again: apt_embed is part of stage 0

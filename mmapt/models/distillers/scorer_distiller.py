@@ -1,0 +1,250 @@
+"""ScorerDistiller: train the ``learned`` patch scorer without labels.
+
+What the scorer should predict is what merging a patch does to the
+backbone's output features. The frozen APT backbone (the plain model's
+weights; APT layers as loaded, zero-initialised for a plain checkpoint)
+gives that directly, per batch and without labels:
+
+1. the plain forward: every token a base patch (exactly the plain model);
+2. for every patch size ``s`` above the base, the forward with *every*
+   region merged into patches of size ``s`` (a uniform layout);
+3. per base cell, the squared distance between the two output features,
+   divided by the image's mean squared feature norm (averaged over the
+   backbone's ``out_indices``); averaged over each patch of size ``s`` and
+   square-rooted: the relative RMS feature drift of merging that patch,
+   ``target_s`` of shape (B, H / s, W / s), the quantity
+   ``tools/analysis/calibrate_thresholds.py --max-drift`` reports per image.
+
+The scorer network (:class:`~mmapt.tokenizer.scorer_net.ScorerNet`) sees
+only the gray image and regresses ``log(target_s + eps)`` per patch (mean
+squared error over all patches and sizes). The targets are constants of the
+frozen backbone, so the gradient flows through the scorer alone: no
+differentiable patch selection is needed, and the trained scorer's
+``exp(output)`` is in drift units, comparable across patch sizes (budget
+mode compares them) and thresholdable (``thresholds=(0.2, 0.2, 0.2)`` merges
+where the predicted drift is under 20%).
+
+The one approximation: in step 2 the neighbours of a patch merge too, so a
+patch's target also holds the effect of its merged context through
+attention. Real layouts merge fewer patches; the ranking of patches, which is
+what thresholds and budgets use, is what the scorer has to get right.
+
+No labels are read: any image folder / dataset works (the toy config uses
+the training images of the toy detection set; evaluation uses its val
+images).
+"""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from torch import Tensor
+
+from mmapt.registry import MODELS
+from mmapt.tokenizer import PatchLayout, build_layout, images_to_gray
+from mmapt.tokenizer.scorer_net import ScorerNet
+from ..apt import is_apt_backbone
+
+
+def checkerboard(rows: int, cols: int, parity: int,
+                 device: torch.device) -> Tensor:
+    """(rows, cols) bool: True where (row + col) % 2 == parity."""
+    index = torch.arange(rows, device=device)[:, None] + \
+        torch.arange(cols, device=device)
+    return index % 2 == parity
+
+
+def merged_layout(backbone,
+                  images: Tensor,
+                  scale: int,
+                  parity: Optional[int] = None) -> PatchLayout:
+    """Patches of one scale over the images, base cells elsewhere.
+
+    Args:
+        scale (int): The scale merged (0: the plain model's grid).
+        parity (int, optional): None: every patch of the scale merges.
+            0 or 1: only the patches whose (row + col) % 2 is ``parity``
+            (a checkerboard): each merged patch keeps its four neighbours
+            at base resolution.
+    """
+    tokenizer = backbone.tokenizer
+    grid = tokenizer.grid_size(*images.shape[-2:])
+    batch, device = images.shape[0], images.device
+    rows, cols = grid[0] >> scale, grid[1] >> scale
+    merged = torch.ones(rows, cols, dtype=torch.bool, device=device)
+    if scale and parity is not None:
+        merged = checkerboard(rows, cols, parity, device)
+    masks = []
+    for i in range(tokenizer.num_scales):
+        if i == scale:
+            mask = merged
+        elif i == 0:  # base cells wherever no patch of ``scale`` merged
+            mask = ~merged.repeat_interleave(1 << scale, 0).repeat_interleave(
+                1 << scale, 1)
+        else:
+            mask = torch.zeros(
+                grid[0] >> i, grid[1] >> i, dtype=torch.bool, device=device)
+        masks.append(mask.expand(batch, -1, -1))
+    return build_layout(masks, grid, tokenizer.window_size,
+                        tokenizer.num_prefix_tokens)
+
+
+def forward_layout(backbone, images: Tensor,
+                   layout: PatchLayout) -> List[Tensor]:
+    """The APT backbone's dense output maps for a given layout."""
+    tokens = backbone.embed(images, layout)
+    outs = backbone.apt.forward_blocks(tokens, backbone.packed_context(layout))
+    return list(layout.unpack_all(outs))
+
+
+def cell_drift(plain: Sequence[Tensor], merged: Sequence[Tensor]) -> Tensor:
+    """(B, h, w) squared feature distance per base cell over the image's
+    mean squared feature norm, averaged over the output maps."""
+    total = 0
+    for p, m in zip(plain, merged):
+        p, m = p.float(), m.float()
+        energy = p.square().sum(1).mean(dim=(1, 2), keepdim=True)
+        total = total + (m - p).square().sum(1) / energy.clamp(min=1e-12)
+    return total / len(plain)
+
+
+@torch.no_grad()
+def image_drift(backbone, images: Tensor) -> Tensor:
+    """(B,) relative feature drift of the APT backbone's own layout (its
+    scorer, thresholds or budget) against the plain layout, same weights:
+    ``|F_apt - F| / |F|`` over all output maps of each image (the measure
+    of ``tools/analysis/calibrate_thresholds.py --max-drift``)."""
+    plain = forward_layout(backbone, images,
+                           merged_layout(backbone, images, 0))
+    apt = backbone(images)
+    num = sum((a.float() - p.float()).square().sum(dim=(1, 2, 3))
+              for a, p in zip(apt, plain))
+    den = sum(p.float().square().sum(dim=(1, 2, 3)) for p in plain)
+    return (num / den.clamp(min=1e-12)).sqrt()
+
+
+@MODELS.register_module()
+class ScorerDistiller(BaseModel):
+    """A frozen APT backbone teaching a :class:`ScorerNet` its feature drift.
+
+    Train with ``tools/train.py`` on any images (no labels read); the
+    checkpoint's ``scorer.*`` tensors are what
+    ``scorer=dict(type='learned', checkpoint=...)`` loads.
+
+    Args:
+        backbone (dict): An APT backbone config (``APTEVA02``, ``APTViT``)
+            with the trained model's weights, e.g. ``init_cfg=dict(type=
+            'Pretrained', checkpoint=..., prefix='backbone.')``. Frozen;
+            its thresholds / scorer are not used.
+        scorer (dict, optional): :class:`ScorerNet` arguments other than the
+            patch sizes (taken from the backbone), e.g. ``channels``.
+        merge_pattern (str): Which patches of a size merge in one target
+            forward: ``'checkerboard'`` (default; two forwards per size,
+            each merged patch among base-resolution neighbours) or
+            ``'all'`` (one forward, everything merged: the patch's drift
+            includes its merged context's).
+        eps (float): Added to the drift before the log, so patches that
+            do not move the features (padding, flat areas) do not dominate
+            the loss. Defaults to 0.01.
+        data_preprocessor (dict, optional): The detector's / segmentor's
+            data preprocessor (normalisation and padding must match the
+            backbone's ``mean`` / ``std`` and the largest patch).
+        init_cfg (dict, optional): mmengine initialisation.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 scorer: Optional[dict] = None,
+                 merge_pattern: str = 'checkerboard',
+                 eps: float = 0.01,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(
+            data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if not is_apt_backbone(backbone.get('type', '')):
+            raise ValueError(
+                f'ScorerDistiller needs an APT backbone (APTEVA02, APTViT, '
+                f'...) to merge patches; got type={backbone.get("type")!r}')
+        if merge_pattern not in ('checkerboard', 'all'):
+            raise ValueError(f'merge_pattern must be \'checkerboard\' or '
+                             f'\'all\', got {merge_pattern!r}')
+        if not eps > 0:
+            raise ValueError(f'eps must be > 0, got {eps!r}')
+        self.backbone = MODELS.build(backbone)
+        self.backbone.requires_grad_(False)
+        sizes = self.backbone.tokenizer.patch_sizes
+        if len(sizes) < 2:
+            raise ValueError('the backbone has one patch size: nothing to '
+                             'merge, nothing to score (give it thresholds)')
+        self.scorer = ScorerNet(
+            sizes[1:], cell_size=sizes[0], **(scorer or {}))
+        self.merge_pattern = merge_pattern
+        self.eps = float(eps)
+
+    def train(self, mode: bool = True) -> 'ScorerDistiller':
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout / drop path
+        return self
+
+    @torch.no_grad()
+    def drift_targets(self, images: Tensor) -> List[Tensor]:
+        """One (B, H / s, W / s) relative-drift map per patch size ``s``
+        above the base (see the module docstring)."""
+        backbone = self.backbone
+        backbone.apt.check_input_size(*images.shape[-2:])
+        plain = forward_layout(backbone, images,
+                               merged_layout(backbone, images, 0))
+        targets = []
+        for scale in range(1, backbone.tokenizer.num_scales):
+            parities = (None, ) if self.merge_pattern == 'all' else (0, 1)
+            target = 0
+            for parity in parities:
+                layout = merged_layout(backbone, images, scale, parity)
+                drift = cell_drift(plain,
+                                   forward_layout(backbone, images, layout))
+                drift = F.avg_pool2d(drift[:, None], 1 << scale)[:, 0].sqrt()
+                if parity is None:
+                    target = drift
+                else:  # this pass's merged patches only
+                    target = target + drift * checkerboard(
+                        *drift.shape[-2:], parity, drift.device)
+            targets.append(target)
+        return targets
+
+    def predict_log_drift(self, images: Tensor) -> List[Tensor]:
+        """The scorer's log-drift maps of normalised images."""
+        tokenizer = self.backbone.tokenizer
+        return self.scorer(
+            images_to_gray(images, tokenizer.mean, tokenizer.std))
+
+    def loss(self, images: Tensor) -> Dict[str, Tensor]:
+        """Mean squared error of the predicted log drift, over all patches
+        of all sizes (each size weighted equally)."""
+        targets = self.drift_targets(images)
+        preds = self.predict_log_drift(images)
+        losses = [
+            F.mse_loss(pred, (target + self.eps).log())
+            for pred, target in zip(preds, targets)
+        ]
+        out = dict(loss=sum(losses) / len(losses))
+        for size, target in zip(self.scorer.patch_sizes, targets):
+            out[f'drift_{size}'] = target.mean().detach()
+        return out
+
+    def forward(
+            self,
+            inputs: Tensor,
+            data_samples: Optional[list] = None,
+            mode: str = 'tensor'
+    ) -> Union[Dict[str, Tensor], List[Tensor], Tuple]:
+        """``mode='loss'``: the loss dict; ``'tensor'``: the predicted
+        log-drift maps; ``'predict'``: (predicted, target) drift maps."""
+        if mode == 'loss':
+            return self.loss(inputs)
+        if mode == 'tensor':
+            return self.predict_log_drift(inputs)
+        if mode == 'predict':
+            preds = [p.exp() for p in self.predict_log_drift(inputs)]
+            return preds, self.drift_targets(inputs)
+        raise ValueError(f'mode must be \'loss\', \'tensor\' or '
+                         f'\'predict\', got {mode!r}')
