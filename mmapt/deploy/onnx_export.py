@@ -53,7 +53,23 @@ def _translations() -> Dict[Any, Any]:
             op.Cast(before, to=7), op.Constant(value_ints=[-1]), keepdims=0)
         return op.Cast(count, to=6) if out_int32 else count
 
+    def sort(self, dim: int = -1, descending: bool = False, stable=None):
+        # TopK over the whole axis: ONNX breaks ties by the lower index
+        # first, ascending or descending, which is what a stable sort does.
+        length = op.Gather(op.Shape(self), op.Constant(value_ints=[dim]))
+        values, indices = op.TopK(
+            self, length, axis=dim, largest=int(descending), sorted=1)
+        return values, indices
+
+    def sort_stable(self,
+                    stable=None,
+                    dim: int = -1,
+                    descending: bool = False):
+        return sort(self, dim, descending)
+
     return {
+        torch.ops.aten.sort.default: sort,
+        torch.ops.aten.sort.stable: sort_stable,
         torch.ops.aten.nonzero_static.default: nonzero_static,
         torch.ops.aten.searchsorted.Tensor: searchsorted,
     }
