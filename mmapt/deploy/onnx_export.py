@@ -21,7 +21,7 @@ needs nothing from the model code:
 
 Needs ``onnx``, ``onnxscript`` and (to run the result) ``onnxruntime``.
 """
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -105,16 +105,21 @@ def _int64_scatter_indices(model) -> int:
 def export_onnx(backbone: nn.Module,
                 example: Tensor,
                 path: str,
-                opset_version: int = 18) -> str:
+                opset_version: int = 18,
+                input_names: Optional[List[str]] = None,
+                output_names: Optional[List[str]] = None) -> str:
     """Export ``backbone`` for inputs shaped like ``example`` to ``path``.
 
     Args:
         backbone (nn.Module): An ``EVA02`` / ``ViT``, or an APT backbone in
-            its static-shape mode (``pack_size`` set); put in eval mode.
+            its static-shape mode (``pack_size`` one int), or a module
+            holding one (:mod:`mmapt.deploy.graphs`); put in eval mode.
         example (Tensor): (B, 3, H, W) input; the graph takes this shape
             only.
         path (str): Where to write the ``.onnx`` file.
         opset_version (int): ONNX opset, 18 or newer. Defaults to 18.
+        input_names (list[str], optional): Name of the graph's input.
+        output_names (list[str], optional): Names of its outputs.
 
     Returns:
         str: ``path``. The graph's outputs are the backbone's maps, in
@@ -123,12 +128,15 @@ def export_onnx(backbone: nn.Module,
     if opset_version < 18:
         raise ValueError(f'opset_version must be >= 18 (the dynamo '
                          f'exporter), got {opset_version}')
-    apt = getattr(backbone, 'apt', None)
-    if apt is not None and apt.pack_size is None:
-        raise ValueError(
-            'an APT backbone exports only in its static-shape mode: set '
-            'backbone.apt.pack_size (or pack_size=... in the config) to a '
-            'packed length every batch of this input size fits in')
+    for module in backbone.modules():
+        apt = getattr(module, 'apt', None)
+        if apt is not None and not isinstance(apt.pack_size, int):
+            raise ValueError(
+                'an APT backbone exports only in its static-shape mode at one '
+                f'size (pack_size is {apt.pack_size!r}): set '
+                'backbone.apt.pack_size (or pack_size=... in the config) to '
+                'one packed length; export one graph per bucket '
+                '(mmapt.deploy.export_deployment)')
     import onnx
     backbone.eval()
     with torch.no_grad():
@@ -136,6 +144,8 @@ def export_onnx(backbone: nn.Module,
             backbone, (example, ),
             dynamo=True,
             opset_version=opset_version,
+            input_names=input_names,
+            output_names=output_names,
             custom_translation_table=_translations())
     model = program.model_proto
     _int64_scatter_indices(model)
