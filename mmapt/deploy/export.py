@@ -180,6 +180,7 @@ def export_deployment(config: Union[str, Any],
     cfg = Config.fromfile(config) if isinstance(config, str) else config
     name = osp.splitext(osp.basename(cfg.filename or 'config'))[0]
     task = task_of(cfg)
+    digest = config_hash(cfg)  # before building: builders edit cfg.model
     if model is None:
         model = build_model(cfg, checkpoint, trust)
     model.eval()
@@ -198,7 +199,6 @@ def export_deployment(config: Union[str, Any],
         FeatureGraph(backbone, getattr(model, 'neck', None))
     sizes = resolve_buckets(backbone, batch_size, height, width, buckets)
     example = torch.zeros(batch_size, 3, height, width)
-    digest = config_hash(cfg)
     metadata = {HASH_KEY: digest, 'mmapt_config': name}
     os.makedirs(out_dir, exist_ok=True)
     files, outputs = [], None

@@ -5,9 +5,10 @@ then every shape is fixed by the input size, and one ONNX graph runs any
 image of that size. Plain backbones (``EVA02``, ``ViT``) have static shapes
 anyway. Tested: the tiny ``APTEVA02`` with ``pack_size`` runs in
 onnxruntime (CPU) and matches eager to 1e-4 on two images with different
-token counts (``tests/test_deploy/test_onnx_export.py``).
+token counts (``tests/test_deploy/test_onnx_export.py``); whole configs
+export through :mod:`mmapt.deploy.export`.
 
-Three gaps of torch 2.14's ONNX converter are filled here, so the export
+Four gaps of torch 2.14's ONNX converter are filled here, so the export
 needs nothing from the model code:
 
 * ``aten.nonzero_static`` (the static-shape packing) has no ONNX
@@ -15,6 +16,10 @@ needs nothing from the model code:
   to ``size``;
 * ``aten.searchsorted`` (the token of every slot) has none either: written
   as a count of ``sorted <= value`` (``right=True``) or ``<`` (left);
+* ``aten.sort`` (``StaticPlan`` sorts its groups by length with a stable
+  argsort) has none either: written as ``TopK`` over the whole axis, which
+  ONNX defines to put equal values in index order, ascending or
+  descending, i.e. a stable sort;
 * ``index_put`` with int32 indices becomes a ``ScatterND`` whose indices
   stay int32, which ONNX requires to be int64 (onnxruntime refuses the
   model): the indices are cast after export.
