@@ -233,3 +233,30 @@ def test_onnx_infer_cli_prints_bucket_and_saves(exported, runtime, tmp_path):
                      os.path.join(ROOT, 'configs/toy/toy_apt_det.py')],
                     check=False)
     assert proc.returncode != 0 and 'hash' in proc.stderr
+
+
+def test_heads_in_pytorch_on_ort_features(exported, runtime):
+    """The detector's RPN and cascade RoI heads (mmcv ops, not exported)
+    on ONNX Runtime features give eager mmdet's detections."""
+    from mmapt.deploy.heads import det_data_sample, detect
+    from mmapt.tokenizer.prepare import load_rgb, sample_photo_paths
+    _, _, model = exported
+    path = [p for p in sample_photo_paths() if p.endswith('coffee.png')][0]
+    rgb = load_rgb(path)
+    got = detect(runtime, model, rgb)
+    assert got['pack_size'] == 192
+    x = torch.from_numpy(photo('coffee.png', runtime.manifest))
+    adapter = model.backbone.apt
+    adapter.pack_size = list(BUCKETS)
+    try:
+        with torch.no_grad():
+            want = model.predict(
+                x, [det_data_sample(rgb.shape[:2], (256, 256))])[0]
+    finally:
+        adapter.pack_size = None
+    got, want = got['pred_instances'], want.pred_instances
+    assert len(want) > 0 and len(got) == len(want)
+    assert got.bboxes[:, 2].max() > 256  # rescaled to the 400 x 600 photo
+    np.testing.assert_allclose(got.bboxes, want.bboxes, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-4)
+    assert torch.equal(got.labels, want.labels)
