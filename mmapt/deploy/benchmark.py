@@ -76,8 +76,10 @@ def benchmark_onnx(apt_dir: str,
                 bucket=result.pack_size,
                 packed_tokens=result.packed_tokens,
                 capped=result.capped,
-                **{f'{k}_ms': float(np.median(v))
-                   for k, v in times.items()}))
+                **{
+                    f'{k}_ms': float(np.median(v))
+                    for k, v in times.items()
+                }))
     total = {k: sum(r[f'{k}_ms'] for r in rows) for k in arms}
     summary = dict(ort_apt_speedup=total['ort_plain'] / total['ort_apt'])
     if 'torch_apt' in total:
@@ -85,14 +87,14 @@ def benchmark_onnx(apt_dir: str,
     if 'torch_plain' in total:
         summary['ort_vs_torch_plain'] = \
             total['torch_plain'] / total['ort_plain']
-    return dict(
-        threads=threads, repeat=repeat, images=rows, summary=summary)
+    return dict(threads=threads, repeat=repeat, images=rows, summary=summary)
 
 
 def _eager_arm(model: nn.Module, runtime: ONNXRuntimeModel):
     """The exported graph's forward in eager PyTorch: the feature graph of
     a detector, tensor mode of a segmentor; APT in the runtime's bucket."""
     if runtime.manifest['task'] == 'segmentation':
+
         def forward(t):
             return model(t, mode='tensor')
     else:

@@ -86,6 +86,7 @@ def build_model(cfg: Any,
     """The config's detector / segmentor in eval mode on the CPU, weights
     from ``checkpoint`` (loaded without running code unless ``trust``)."""
     from mmengine.registry import init_default_scope
+
     import mmapt.models  # noqa: F401  (registers the backbones)
     task = task_of(cfg)
     init_default_scope('mmseg' if task == 'segmentation' else 'mmdet')
@@ -188,8 +189,8 @@ def export_deployment(config: Union[str, Any],
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     backbone = model.backbone
-    scorer = getattr(getattr(apt_adapter(backbone), 'tokenizer', None),
-                     'scorer', None)
+    scorer = getattr(
+        getattr(apt_adapter(backbone), 'tokenizer', None), 'scorer', None)
     if getattr(scorer, 'name', None) == 'importance':
         raise ValueError(
             'the importance scorer needs a per-image importance map as a '
@@ -208,17 +209,25 @@ def export_deployment(config: Union[str, Any],
         with fixed_pack_size(backbone, size):
             with torch.no_grad():
                 outputs = graph(example)
-            export_onnx(graph, example, path, input_names=[INPUT_NAME],
-                        output_names=_output_names(outputs, task))
+            export_onnx(
+                graph,
+                example,
+                path,
+                input_names=[INPUT_NAME],
+                output_names=_output_names(outputs, task))
         _stamp(path, dict(metadata, mmapt_pack_size=str(size or 0)))
-        files.append(dict(pack_size=size, file=fname,
-                          sha256=file_sha256(path)))
+        files.append(
+            dict(pack_size=size, file=fname, sha256=file_sha256(path)))
     count = None
     if apt_adapter(backbone) is not None:
         fname = f'{name}_count.onnx'
         path = osp.join(out_dir, fname)
-        export_onnx(TokenCountGraph(backbone), example, path,
-                    input_names=[INPUT_NAME], output_names=[COUNT_OUTPUT])
+        export_onnx(
+            TokenCountGraph(backbone),
+            example,
+            path,
+            input_names=[INPUT_NAME],
+            output_names=[COUNT_OUTPUT])
         _stamp(path, metadata)
         count = dict(file=fname, sha256=file_sha256(path))
     outs = outputs if isinstance(outputs, (tuple, list)) else (outputs, )

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 
 @contextmanager
-def features_from(detector: nn.Module,
-                  features: Tuple[Tensor, ...]) -> Iterator[None]:
+def features_from(detector: nn.Module, features: Tuple[Tensor,
+                                                       ...]) -> Iterator[None]:
     """Inside the block ``detector.extract_feat`` returns ``features``
     instead of running the backbone and neck."""
     detector.extract_feat = lambda inputs: features

@@ -225,8 +225,10 @@ class ONNXRuntimeModel:
         size, needed, capped = self.select_bucket(images)
         session = self.sessions[size]
         raw = session.run(None, {session.get_inputs()[0].name: images})
-        outputs = {o.name: value for o, value in zip(session.get_outputs(),
-                                                     raw)}
+        outputs = {
+            o.name: value
+            for o, value in zip(session.get_outputs(), raw)
+        }
         return DeployResult(outputs, size, needed, capped)
 
 

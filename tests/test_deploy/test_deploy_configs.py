@@ -32,8 +32,7 @@ model = dict(
 def test_apt_segmentor_exports_whole_in_tensor_mode(tmp_path):
     from mmengine.config import Config
 
-    from mmapt.deploy import (ONNXRuntimeModel, build_model,
-                              export_deployment)
+    from mmapt.deploy import ONNXRuntimeModel, build_model, export_deployment
     config = write_config(tmp_path, TINY_SEG, 'configs/toy/toy_apt_seg.py')
     cfg = Config.fromfile(config)
     torch.manual_seed(0)
@@ -59,8 +58,7 @@ def test_apt_segmentor_exports_whole_in_tensor_mode(tmp_path):
 def test_plain_detector_exports_one_graph(tmp_path):
     from mmengine.config import Config
 
-    from mmapt.deploy import (ONNXRuntimeModel, build_model,
-                              export_deployment)
+    from mmapt.deploy import ONNXRuntimeModel, build_model, export_deployment
     from mmapt.deploy.graphs import FeatureGraph
     config = write_config(tmp_path, TINY_PLAIN_DET,
                           'configs/toy/toy_eva02_det.py')

@@ -97,8 +97,9 @@ def eager(model, x: np.ndarray, pack_size):
 
 
 def test_manifest_lists_files_and_outputs(exported):
-    from mmapt.deploy import config_hash, read_manifest
     from mmengine.config import Config
+
+    from mmapt.deploy import config_hash, read_manifest
     out, config, _ = exported
     manifest = read_manifest(out)
     assert manifest['config'] == 'tiny_toy_apt_det'
@@ -116,8 +117,8 @@ def test_ort_equals_eager_static_mode_per_bucket(exported, runtime, bucket):
     _, _, model = exported
     for name in PHOTOS[bucket]:
         x = photo(name, runtime.manifest)
-        want_size = model.backbone.apt.select_pack_size(torch.from_numpy(x),
-                                                        buckets=BUCKETS)
+        want_size = model.backbone.apt.select_pack_size(
+            torch.from_numpy(x), buckets=BUCKETS)
         result = runtime(x)
         assert result.pack_size == want_size == bucket, name
         assert not result.capped
@@ -125,8 +126,7 @@ def test_ort_equals_eager_static_mode_per_bucket(exported, runtime, bucket):
             model.backbone.tokenize(torch.from_numpy(x)).num_tokens
         static = eager(model, x, list(BUCKETS))
         exact = eager(model, x, None)
-        for got, want, unpadded in zip(result.outputs.values(), static,
-                                       exact):
+        for got, want, unpadded in zip(result.outputs.values(), static, exact):
             np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-4)
             # in a bucket that holds it, static mode equals exact packing
             np.testing.assert_allclose(
@@ -229,8 +229,10 @@ def test_onnx_infer_cli_prints_bucket_and_saves(exported, runtime, tmp_path):
     saved = np.load(tmp_path / 'camera.npz')
     want = runtime(photo('camera.png', runtime.manifest)).outputs
     np.testing.assert_array_equal(saved['feat0'], want['feat0'])
-    proc = run_tool(['tools/deployment/onnx_infer.py', out, path, '--config',
-                     os.path.join(ROOT, 'configs/toy/toy_apt_det.py')],
+    proc = run_tool([
+        'tools/deployment/onnx_infer.py', out, path, '--config',
+        os.path.join(ROOT, 'configs/toy/toy_apt_det.py')
+    ],
                     check=False)
     assert proc.returncode != 0 and 'hash' in proc.stderr
 
@@ -250,8 +252,9 @@ def test_heads_in_pytorch_on_ort_features(exported, runtime):
     adapter.pack_size = list(BUCKETS)
     try:
         with torch.no_grad():
-            want = model.predict(
-                x, [det_data_sample(rgb.shape[:2], (256, 256))])[0]
+            want = model.predict(x,
+                                 [det_data_sample(rgb.shape[:2],
+                                                  (256, 256))])[0]
     finally:
         adapter.pack_size = None
     got, want = got['pred_instances'], want.pred_instances

@@ -59,8 +59,8 @@ def test_stable_sort_translation_keeps_ties_in_order(tmp_path):
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     for _ in range(5):
         lengths = torch.randint(0, 4, (300, ), generator=make)
-        got = session.run(None, {session.get_inputs()[0].name:
-                                 lengths.numpy()})
+        got = session.run(None,
+                          {session.get_inputs()[0].name: lengths.numpy()})
         for a, b in zip(got, Sorts()(lengths)):
             np.testing.assert_array_equal(a, b.numpy())
 

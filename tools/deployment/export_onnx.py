@@ -68,12 +68,14 @@ def main(argv=None) -> int:
             trust=args.trust_checkpoint)
     except (ValueError, ImportError, FileNotFoundError) as err:
         sys.exit(f'export_onnx: {err}')
-    print(json.dumps(
-        dict(out=args.out, buckets=[b['pack_size'] for b in
-                                    manifest['buckets']],
-             files=[b['file'] for b in manifest['buckets']],
-             outputs=[o['name'] for o in manifest['outputs']]),
-        indent=2))
+    print(
+        json.dumps(
+            dict(
+                out=args.out,
+                buckets=[b['pack_size'] for b in manifest['buckets']],
+                files=[b['file'] for b in manifest['buckets']],
+                outputs=[o['name'] for o in manifest['outputs']]),
+            indent=2))
     return 0
 
 

@@ -62,13 +62,17 @@ def main(argv=None) -> int:
             os.makedirs(args.save, exist_ok=True)
         for path in args.images:
             result = model(prepare_image(load_rgb(path), model.manifest))
-            print(json.dumps(dict(
-                image=path,
-                bucket=result.pack_size,
-                packed_tokens=result.packed_tokens,
-                capped=result.capped,
-                outputs={k: list(v.shape)
-                         for k, v in result.outputs.items()})))
+            print(
+                json.dumps(
+                    dict(
+                        image=path,
+                        bucket=result.pack_size,
+                        packed_tokens=result.packed_tokens,
+                        capped=result.capped,
+                        outputs={
+                            k: list(v.shape)
+                            for k, v in result.outputs.items()
+                        })))
             if args.save:
                 name = osp.splitext(osp.basename(path))[0]
                 np.savez(osp.join(args.save, f'{name}.npz'), **result.outputs)
