@@ -5,9 +5,10 @@ then every shape is fixed by the input size, and one ONNX graph runs any
 image of that size. Plain backbones (``EVA02``, ``ViT``) have static shapes
 anyway. Tested: the tiny ``APTEVA02`` with ``pack_size`` runs in
 onnxruntime (CPU) and matches eager to 1e-4 on two images with different
-token counts (``tests/test_deploy/test_onnx_export.py``).
+token counts (``tests/test_deploy/test_onnx_export.py``); whole configs
+export through :mod:`mmapt.deploy.export`.
 
-Three gaps of torch 2.14's ONNX converter are filled here, so the export
+Four gaps of torch 2.14's ONNX converter are filled here, so the export
 needs nothing from the model code:
 
 * ``aten.nonzero_static`` (the static-shape packing) has no ONNX
@@ -15,13 +16,17 @@ needs nothing from the model code:
   to ``size``;
 * ``aten.searchsorted`` (the token of every slot) has none either: written
   as a count of ``sorted <= value`` (``right=True``) or ``<`` (left);
+* ``aten.sort`` (``StaticPlan`` sorts its groups by length with a stable
+  argsort) has none either: written as ``TopK`` over the whole axis, which
+  ONNX defines to put equal values in index order, ascending or
+  descending, i.e. a stable sort;
 * ``index_put`` with int32 indices becomes a ``ScatterND`` whose indices
   stay int32, which ONNX requires to be int64 (onnxruntime refuses the
   model): the indices are cast after export.
 
 Needs ``onnx``, ``onnxscript`` and (to run the result) ``onnxruntime``.
 """
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +58,23 @@ def _translations() -> Dict[Any, Any]:
             op.Cast(before, to=7), op.Constant(value_ints=[-1]), keepdims=0)
         return op.Cast(count, to=6) if out_int32 else count
 
+    def sort(self, dim: int = -1, descending: bool = False, stable=None):
+        # TopK over the whole axis: ONNX breaks ties by the lower index
+        # first, ascending or descending, which is what a stable sort does.
+        length = op.Gather(op.Shape(self), op.Constant(value_ints=[dim]))
+        values, indices = op.TopK(
+            self, length, axis=dim, largest=int(descending), sorted=1)
+        return values, indices
+
+    def sort_stable(self,
+                    stable=None,
+                    dim: int = -1,
+                    descending: bool = False):
+        return sort(self, dim, descending)
+
     return {
+        torch.ops.aten.sort.default: sort,
+        torch.ops.aten.sort.stable: sort_stable,
         torch.ops.aten.nonzero_static.default: nonzero_static,
         torch.ops.aten.searchsorted.Tensor: searchsorted,
     }
@@ -89,16 +110,21 @@ def _int64_scatter_indices(model) -> int:
 def export_onnx(backbone: nn.Module,
                 example: Tensor,
                 path: str,
-                opset_version: int = 18) -> str:
+                opset_version: int = 18,
+                input_names: Optional[List[str]] = None,
+                output_names: Optional[List[str]] = None) -> str:
     """Export ``backbone`` for inputs shaped like ``example`` to ``path``.
 
     Args:
         backbone (nn.Module): An ``EVA02`` / ``ViT``, or an APT backbone in
-            its static-shape mode (``pack_size`` set); put in eval mode.
+            its static-shape mode (``pack_size`` one int), or a module
+            holding one (:mod:`mmapt.deploy.graphs`); put in eval mode.
         example (Tensor): (B, 3, H, W) input; the graph takes this shape
             only.
         path (str): Where to write the ``.onnx`` file.
         opset_version (int): ONNX opset, 18 or newer. Defaults to 18.
+        input_names (list[str], optional): Name of the graph's input.
+        output_names (list[str], optional): Names of its outputs.
 
     Returns:
         str: ``path``. The graph's outputs are the backbone's maps, in
@@ -107,12 +133,15 @@ def export_onnx(backbone: nn.Module,
     if opset_version < 18:
         raise ValueError(f'opset_version must be >= 18 (the dynamo '
                          f'exporter), got {opset_version}')
-    apt = getattr(backbone, 'apt', None)
-    if apt is not None and apt.pack_size is None:
-        raise ValueError(
-            'an APT backbone exports only in its static-shape mode: set '
-            'backbone.apt.pack_size (or pack_size=... in the config) to a '
-            'packed length every batch of this input size fits in')
+    for module in backbone.modules():
+        apt = getattr(module, 'apt', None)
+        if apt is not None and not isinstance(apt.pack_size, int):
+            raise ValueError(
+                'an APT backbone exports only in its static-shape mode at one '
+                f'size (pack_size is {apt.pack_size!r}): set '
+                'backbone.apt.pack_size (or pack_size=... in the config) to '
+                'one packed length; export one graph per bucket '
+                '(mmapt.deploy.export_deployment)')
     import onnx
     backbone.eval()
     with torch.no_grad():
@@ -120,6 +149,8 @@ def export_onnx(backbone: nn.Module,
             backbone, (example, ),
             dynamo=True,
             opset_version=opset_version,
+            input_names=input_names,
+            output_names=output_names,
             custom_translation_table=_translations())
     model = program.model_proto
     _int64_scatter_indices(model)

@@ -21,11 +21,6 @@ CFG = dict(
     out_indices=(0, 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='the rank-bounded StaticPlan sorts group lengths on the device '
-    '(aten.sort.stable), which the ONNX exporter of torch 2.14 cannot '
-    'translate yet; the plain backbone exports (next test)')
 def test_static_apt_eva02_runs_in_onnxruntime(tmp_path):
     from mmapt.deploy import export_onnx
     torch.manual_seed(0)
@@ -45,6 +40,29 @@ def test_static_apt_eva02_runs_in_onnxruntime(tmp_path):
         for a, b in zip(got, want):
             assert a.shape == tuple(b.shape)
             np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-4)
+
+
+def test_stable_sort_translation_keeps_ties_in_order(tmp_path):
+    """StaticPlan's stable argsort of group lengths (many ties) becomes
+    ONNX TopK; ties must keep index order, ascending and descending."""
+    from mmapt.deploy import export_onnx
+
+    class Sorts(torch.nn.Module):
+
+        def forward(self, lengths):
+            return (torch.argsort(lengths, descending=True, stable=True),
+                    torch.sort(lengths, stable=True)[1])
+
+    make = torch.Generator().manual_seed(0)
+    example = torch.randint(0, 4, (300, ), generator=make)
+    path = export_onnx(Sorts(), example, str(tmp_path / 'sort.onnx'))
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    for _ in range(5):
+        lengths = torch.randint(0, 4, (300, ), generator=make)
+        got = session.run(None,
+                          {session.get_inputs()[0].name: lengths.numpy()})
+        for a, b in zip(got, Sorts()(lengths)):
+            np.testing.assert_array_equal(a, b.numpy())
 
 
 def test_plain_eva02_runs_in_onnxruntime(tmp_path):

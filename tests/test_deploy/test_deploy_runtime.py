@@ -1,0 +1,265 @@
+"""Export a tiny APT detector config to ONNX (one graph per bucket) with
+tools/deployment/export_onnx.py and run it in ONNX Runtime: outputs equal
+eager static mode on photographs in each bucket, the bucket is the one
+static mode picks, capping follows static mode, and bad inputs are refused
+with a message naming the fix."""
+import json
+import os
+import os.path as osp
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_tool
+
+pytest.importorskip('onnxruntime', reason='pip install .[deploy]')
+pytest.importorskip('skimage', reason='the sample photographs')
+
+BUCKETS = (144, 192)
+# Packed tokens of the sample photographs on the 256 canvas with the
+# thresholds below: camera 133, rocket 130, hubble 73 (bucket 144);
+# chelsea 172, coffee 169, motorcycle 172 (bucket 192); astronaut 229 (no
+# bucket holds it: capped to 192).
+PHOTOS = {
+    144: ('camera.png', 'rocket.jpg', 'hubble_deep_field.jpg'),
+    192: ('chelsea.png', 'coffee.png', 'motorcycle_left.png'),
+}
+OVERFLOWING = 'astronaut.png'
+TINY_DET = """
+_base_ = [{base!r}]
+model = dict(
+    backbone=dict(
+        arch=dict(_delete_=True, embed_dims=48, num_layers=2, num_heads=2),
+        global_attn_indexes=(1, ),
+        thresholds=(5.0, 5.0, 0.3)),
+    neck=dict(backbone_channel=48, in_channels=[12, 24, 48, 48]))
+"""
+
+
+def write_config(folder, text: str, base: str) -> str:
+    path = osp.join(str(folder), 'tiny_' + osp.basename(base))
+    with open(path, 'w') as f:
+        f.write(text.format(base=osp.join(ROOT, base)))
+    return path
+
+
+def photo(name: str, manifest: dict) -> np.ndarray:
+    from mmapt.deploy.runtime import prepare_image
+    from mmapt.tokenizer.prepare import load_rgb, sample_photo_paths
+    path = [p for p in sample_photo_paths() if p.endswith(name)][0]
+    return prepare_image(load_rgb(path), manifest)
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """(export folder, config path, eager model) of the tiny APT detector,
+    exported by the CLI from a saved checkpoint."""
+    from mmengine.config import Config
+
+    from mmapt.deploy import build_model
+    folder = tmp_path_factory.mktemp('deploy')
+    config = write_config(folder, TINY_DET, 'configs/toy/toy_apt_det.py')
+    torch.manual_seed(0)
+    model = build_model(Config.fromfile(config))
+    checkpoint = str(folder / 'tiny.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), checkpoint)
+    out = str(folder / 'onnx')
+    proc = run_tool([
+        'tools/deployment/export_onnx.py', config, checkpoint, '--bucket',
+        str(BUCKETS[1]), '--bucket',
+        str(BUCKETS[0]), '--out', out
+    ])
+    printed = json.loads(proc.stdout[proc.stdout.index('{'):])
+    assert printed['buckets'] == list(BUCKETS)
+    return out, config, model
+
+
+@pytest.fixture(scope='module')
+def runtime(exported):
+    from mmapt.deploy import ONNXRuntimeModel
+    return ONNXRuntimeModel(exported[0], intra_op_num_threads=1)
+
+
+def eager(model, x: np.ndarray, pack_size):
+    """Backbone + neck in eager PyTorch, APT pack size as given."""
+    from mmapt.deploy.graphs import FeatureGraph
+    adapter = model.backbone.apt
+    saved = adapter.pack_size
+    adapter.pack_size = pack_size
+    try:
+        with torch.no_grad():
+            return FeatureGraph(model.backbone, model.neck)(
+                torch.from_numpy(x))
+    finally:
+        adapter.pack_size = saved
+
+
+def test_manifest_lists_files_and_outputs(exported):
+    from mmengine.config import Config
+
+    from mmapt.deploy import config_hash, read_manifest
+    out, config, _ = exported
+    manifest = read_manifest(out)
+    assert manifest['config'] == 'tiny_toy_apt_det'
+    assert manifest['config_hash'] == config_hash(Config.fromfile(config))
+    assert manifest['input']['shape'] == [1, 3, 256, 256]
+    assert [b['pack_size'] for b in manifest['buckets']] == list(BUCKETS)
+    assert [o['name'] for o in manifest['outputs']] == \
+        [f'feat{i}' for i in range(5)]
+    for entry in manifest['buckets'] + [manifest['count_graph']]:
+        assert osp.isfile(osp.join(out, entry['file']))
+
+
+@pytest.mark.parametrize('bucket', BUCKETS)
+def test_ort_equals_eager_static_mode_per_bucket(exported, runtime, bucket):
+    _, _, model = exported
+    for name in PHOTOS[bucket]:
+        x = photo(name, runtime.manifest)
+        want_size = model.backbone.apt.select_pack_size(
+            torch.from_numpy(x), buckets=BUCKETS)
+        result = runtime(x)
+        assert result.pack_size == want_size == bucket, name
+        assert not result.capped
+        assert result.packed_tokens == \
+            model.backbone.tokenize(torch.from_numpy(x)).num_tokens
+        static = eager(model, x, list(BUCKETS))
+        exact = eager(model, x, None)
+        for got, want, unpadded in zip(result.outputs.values(), static, exact):
+            np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-4)
+            # in a bucket that holds it, static mode equals exact packing
+            np.testing.assert_allclose(
+                got, unpadded.numpy(), rtol=0, atol=1e-4)
+
+
+def test_overflow_caps_like_static_mode(exported, runtime):
+    _, _, model = exported
+    x = photo(OVERFLOWING, runtime.manifest)
+    with pytest.warns(UserWarning, match='capped'):
+        result = runtime(x)
+    assert result.capped and result.pack_size == BUCKETS[-1]
+    assert result.packed_tokens > BUCKETS[-1]
+    capped = eager(model, x, BUCKETS[-1])
+    for got, want in zip(result.outputs.values(), capped):
+        np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-4)
+
+
+def test_overflow_error_names_the_fix(exported):
+    from mmapt.deploy import ONNXRuntimeModel
+    strict = ONNXRuntimeModel(exported[0], on_overflow='error')
+    with pytest.raises(ValueError, match='export a larger bucket'):
+        strict(photo(OVERFLOWING, strict.manifest))
+
+
+def test_bad_images_are_refused(runtime):
+    with pytest.raises(ValueError, match='larger than the exported canvas'):
+        runtime(np.zeros((1, 3, 320, 256), np.float32))
+    with pytest.raises(ValueError, match='smaller than the exported canvas'):
+        runtime(np.zeros((1, 3, 128, 256), np.float32))
+    with pytest.raises(ValueError, match='batches of 1'):
+        runtime(np.zeros((2, 3, 256, 256), np.float32))
+
+
+def test_another_config_is_refused(exported, tmp_path):
+    from mmapt.deploy import ONNXRuntimeModel
+    out, config, _ = exported
+    other = tmp_path / 'other.py'
+    other.write_text(open(config).read().replace('5.0, 5.0', '4.0, 4.0'))
+    with pytest.raises(ValueError, match='hash'):
+        ONNXRuntimeModel(out, config=str(other))
+    ONNXRuntimeModel(out, config=config)  # its own config passes
+
+
+def test_replaced_file_is_refused(exported, tmp_path):
+    from mmapt.deploy import ONNXRuntimeModel
+    from mmapt.deploy.manifest import read_manifest, write_manifest
+    copy = tmp_path / 'copy'
+    shutil.copytree(exported[0], copy)
+    manifest = read_manifest(str(copy))
+    # a graph of another config in place of a bucket file
+    foreign = tmp_path / 'foreign.onnx'
+    import onnx
+    model = onnx.load(str(copy / manifest['buckets'][0]['file']))
+    for entry in model.metadata_props:
+        if entry.key == 'mmapt_config_hash':
+            entry.value = '0' * 64
+    onnx.save(model, str(foreign))
+    shutil.copy(foreign, copy / manifest['buckets'][0]['file'])
+    with pytest.raises(ValueError, match='SHA-256 differs'):
+        ONNXRuntimeModel(str(copy))
+    with pytest.raises(ValueError, match='exported from another config'):
+        ONNXRuntimeModel(str(copy), check_files=False)
+    manifest['format'] = 'something-else'
+    write_manifest(str(copy), manifest)
+    with pytest.raises(ValueError, match='format'):
+        ONNXRuntimeModel(str(copy))
+    with pytest.raises(FileNotFoundError, match='deploy.json'):
+        ONNXRuntimeModel(str(tmp_path))
+
+
+def test_missing_provider_is_named(exported):
+    from mmapt.deploy import ONNXRuntimeModel, available_providers
+    assert 'CPUExecutionProvider' in available_providers()
+    with pytest.raises(ValueError, match='not available.*onnxruntime-gpu'):
+        ONNXRuntimeModel(exported[0], providers=['NoSuchExecutionProvider'])
+
+
+def test_missing_onnxruntime_names_the_extra(exported, monkeypatch):
+    from mmapt.deploy import ONNXRuntimeModel, require_deploy_packages
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+    with pytest.raises(ImportError, match=r'pip install \.\[deploy\]'):
+        ONNXRuntimeModel(exported[0])
+    with pytest.raises(ImportError, match=r'onnxruntime.*\.\[deploy\]'):
+        require_deploy_packages()
+
+
+def test_onnx_infer_cli_prints_bucket_and_saves(exported, runtime, tmp_path):
+    from mmapt.tokenizer.prepare import sample_photo_paths
+    out, config, _ = exported
+    path = [p for p in sample_photo_paths() if p.endswith('camera.png')][0]
+    proc = run_tool([
+        'tools/deployment/onnx_infer.py', out, path, '--config', config,
+        '--threads', '1', '--save',
+        str(tmp_path)
+    ])
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert line['bucket'] == 144 and line['capped'] is False
+    assert line['outputs']['feat0'] == [1, 32, 64, 64]
+    saved = np.load(tmp_path / 'camera.npz')
+    want = runtime(photo('camera.png', runtime.manifest)).outputs
+    np.testing.assert_array_equal(saved['feat0'], want['feat0'])
+    proc = run_tool([
+        'tools/deployment/onnx_infer.py', out, path, '--config',
+        os.path.join(ROOT, 'configs/toy/toy_apt_det.py')
+    ],
+                    check=False)
+    assert proc.returncode != 0 and 'hash' in proc.stderr
+
+
+def test_heads_in_pytorch_on_ort_features(exported, runtime):
+    """The detector's RPN and cascade RoI heads (mmcv ops, not exported)
+    on ONNX Runtime features give eager mmdet's detections."""
+    from mmapt.deploy.heads import det_data_sample, detect
+    from mmapt.tokenizer.prepare import load_rgb, sample_photo_paths
+    _, _, model = exported
+    path = [p for p in sample_photo_paths() if p.endswith('coffee.png')][0]
+    rgb = load_rgb(path)
+    got = detect(runtime, model, rgb)
+    assert got['pack_size'] == 192
+    x = torch.from_numpy(photo('coffee.png', runtime.manifest))
+    adapter = model.backbone.apt
+    adapter.pack_size = list(BUCKETS)
+    try:
+        with torch.no_grad():
+            want = model.predict(x,
+                                 [det_data_sample(rgb.shape[:2],
+                                                  (256, 256))])[0]
+    finally:
+        adapter.pack_size = None
+    got, want = got['pred_instances'], want.pred_instances
+    assert len(want) > 0 and len(got) == len(want)
+    assert got.bboxes[:, 2].max() > 256  # rescaled to the 400 x 600 photo
+    np.testing.assert_allclose(got.bboxes, want.bboxes, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-4)
+    assert torch.equal(got.labels, want.labels)
