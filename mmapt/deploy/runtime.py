@@ -239,7 +239,7 @@ def prepare_image(rgb: np.ndarray, manifest: Dict[str, Any]) -> np.ndarray:
     config's channel order, normalised; (1, 3, H, W) float32."""
     from PIL import Image
 
-    from mmapt.tokenizer.prepare import CANVAS_PAD_VALUE
+    from mmapt.apis.views import CANVAS_PAD_VALUE
     _, _, height, width = manifest['input']['shape']
     scale = min(height / rgb.shape[0], width / rgb.shape[1])
     new_h = max(1, min(height, round(rgb.shape[0] * scale)))

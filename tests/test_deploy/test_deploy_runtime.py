@@ -46,8 +46,8 @@ def write_config(folder, text: str, base: str) -> str:
 
 
 def photo(name: str, manifest: dict) -> np.ndarray:
+    from mmapt.apis.images import load_rgb, sample_photo_paths
     from mmapt.deploy.runtime import prepare_image
-    from mmapt.tokenizer.prepare import load_rgb, sample_photo_paths
     path = [p for p in sample_photo_paths() if p.endswith(name)][0]
     return prepare_image(load_rgb(path), manifest)
 
@@ -215,7 +215,7 @@ def test_missing_onnxruntime_names_the_extra(exported, monkeypatch):
 
 
 def test_onnx_infer_cli_prints_bucket_and_saves(exported, runtime, tmp_path):
-    from mmapt.tokenizer.prepare import sample_photo_paths
+    from mmapt.apis.images import sample_photo_paths
     out, config, _ = exported
     path = [p for p in sample_photo_paths() if p.endswith('camera.png')][0]
     proc = run_tool([
@@ -240,8 +240,8 @@ def test_onnx_infer_cli_prints_bucket_and_saves(exported, runtime, tmp_path):
 def test_heads_in_pytorch_on_ort_features(exported, runtime):
     """The detector's RPN and cascade RoI heads (mmcv ops, not exported)
     on ONNX Runtime features give eager mmdet's detections."""
+    from mmapt.apis.images import load_rgb, sample_photo_paths
     from mmapt.deploy.heads import det_data_sample, detect
-    from mmapt.tokenizer.prepare import load_rgb, sample_photo_paths
     _, _, model = exported
     path = [p for p in sample_photo_paths() if p.endswith('coffee.png')][0]
     rgb = load_rgb(path)

@@ -14,8 +14,8 @@ from conftest import ROOT
 from mmengine.config import Config
 from test_tokenizer_tools import load_tool
 
-from mmapt.models.apt import is_apt_backbone_cfg
 from mmapt.apis.views import normalise
+from mmapt.models.apt import is_apt_backbone_cfg
 from mmapt.visualization import patch_grid
 from mmapt.visualization.patch_grid import tokenizer_from_config
 

@@ -33,8 +33,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mmapt.tokenizer.prepare import (list_images, load_rgb,
-                                         sample_photo_paths)
+    from mmapt.apis.images import list_images, load_rgb, sample_photo_paths
     paths = list_images(args.images) if args.images else sample_photo_paths()
     images = [load_rgb(p) for p in paths[:args.num_images]]
     models = {}

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     if args.list_providers:
         print(json.dumps(available_providers()))
         return 0
-    from mmapt.tokenizer.prepare import load_rgb
+    from mmapt.apis.images import load_rgb
     try:
         model = ONNXRuntimeModel(
             args.export,
