@@ -17,18 +17,15 @@ docs/reproduce.md for every released model.
 import argparse
 import sys
 
-from mmapt.checkpoints.checkpoint_file import CheckpointFileError, save_output
-from mmapt.converters import ConversionError, load_checkpoint_file
 from mmapt.converters.eva02_det_convert import (config_for,
                                                 convert_eva02_det_checkpoint)
-from mmapt.engine.checkpoint import add_trust_argument, check_output_file
-from mmapt.engine.preflight import UnwritableOutputError
+from mmapt.engine.conversion import (convert_file, converter_parser,
+                                     print_dropped, save_converted)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('src', help='released detectron2 checkpoint (.pth)')
-    parser.add_argument('dst', help='output .pth')
+    parser = converter_parser(
+        __doc__.split('\n')[0], 'released detectron2 checkpoint (.pth)')
     parser.add_argument(
         '--ema',
         action='store_true',
@@ -43,42 +40,29 @@ def parse_args() -> argparse.Namespace:
         "3: the mask head copied into every stage of mmdet's CascadeRoIHead")
     parser.add_argument(
         '--quiet', action='store_true', help='do not list the dropped keys')
-    add_trust_argument(parser)
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
-    try:
-        # Before the (slow) conversion: a folder the output can go to.
-        check_output_file(args.dst)
-        state, dropped, info = convert_eva02_det_checkpoint(
-            load_checkpoint_file(args.src, trust=args.trust_checkpoint),
-            use_ema=args.ema,
-            mask_heads=args.mask_heads)
-    except (CheckpointFileError, UnwritableOutputError) as err:
-        # the message names the file
-        print(f'error: {err}', file=sys.stderr)
+    converted = convert_file(
+        args, lambda ckpt: convert_eva02_det_checkpoint(
+            ckpt, use_ema=args.ema, mask_heads=args.mask_heads))
+    if converted is None:
         return 1
-    except ConversionError as err:
-        print(f'error: {args.src}: {err}', file=sys.stderr)
-        return 1
+    state, dropped, info = converted
     if not args.quiet:
-        for key in dropped:
-            print(f'dropped {key}')
+        print_dropped(dropped)
     config = config_for(info)
-    output = dict(
-        state_dict=state,
-        meta=dict(
-            source=args.src,
-            ema=args.ema,
-            mask_heads=args.mask_heads,
-            config=config,
-            **info._asdict()))
-    if not save_output(output, args.dst):
+    meta = dict(
+        source=args.src,
+        ema=args.ema,
+        mask_heads=args.mask_heads,
+        config=config,
+        **info._asdict())
+    if not save_converted(state, meta, args.dst,
+                          f' ({len(dropped)} source keys dropped)'):
         return 1
-    print(f'saved {len(state)} tensors to {args.dst} ({len(dropped)} '
-          f'source keys dropped)')
     print(f'architecture: {info}')
     if config:
         print(f'loads into {config} (and its APT version)')

@@ -12,20 +12,15 @@ backbone, or ``EVA02(...).load_state_dict(ckpt['state_dict'])``.
 import argparse
 import sys
 
-from mmapt.checkpoints.checkpoint_file import CheckpointFileError, save_output
-from mmapt.converters import (ConversionError, convert_eva02_state_dict,
-                              load_checkpoint_file)
-from mmapt.engine.checkpoint import add_trust_argument, check_output_file
-from mmapt.engine.preflight import UnwritableOutputError
+from mmapt.converters import convert_eva02_state_dict
+from mmapt.engine.conversion import (convert_file, converter_parser,
+                                     print_dropped, save_converted)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument(
-        'src',
-        help='official (.pt, weights under "module") '
+    parser = converter_parser(
+        __doc__.split('\n')[0], 'official (.pt, weights under "module") '
         'or timm (.pth / .bin / .safetensors) checkpoint')
-    parser.add_argument('dst', help='output .pth')
     parser.add_argument(
         '--patch-size',
         type=int,
@@ -50,40 +45,26 @@ def parse_args() -> argparse.Namespace:
         help='keep cls_token and the class row of pos_embed '
         '(for use_cls_token=True backbones: the UperNet '
         'configs); backbones without one ignore them')
-    add_trust_argument(parser)
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
-    try:
-        # Before the (slow) conversion: a folder the output can go to.
-        check_output_file(args.dst)
-        state, dropped = convert_eva02_state_dict(
-            load_checkpoint_file(args.src,
-                                 trust=args.trust_checkpoint), args.patch_size,
-            args.img_size, args.kernel_resize, args.keep_cls_token)
-    except (CheckpointFileError, UnwritableOutputError) as err:
-        # the message names the file
-        print(f'error: {err}', file=sys.stderr)
+    converted = convert_file(
+        args, lambda ckpt:
+        convert_eva02_state_dict(ckpt, args.patch_size, args.img_size, args.
+                                 kernel_resize, args.keep_cls_token))
+    if converted is None:
         return 1
-    except ConversionError as err:
-        print(f'error: {args.src}: {err}', file=sys.stderr)
-        return 1
-    for key in dropped:
-        print(f'dropped {key}')
-    output = dict(
-        state_dict=state,
-        meta=dict(
-            source=args.src,
-            patch_size=args.patch_size,
-            img_size=args.img_size,
-            kernel_resize=args.kernel_resize,
-            keep_cls_token=args.keep_cls_token))
-    if not save_output(output, args.dst):
-        return 1
-    print(f'saved {len(state)} tensors to {args.dst}')
-    return 0
+    state, dropped = converted
+    print_dropped(dropped)
+    meta = dict(
+        source=args.src,
+        patch_size=args.patch_size,
+        img_size=args.img_size,
+        kernel_resize=args.kernel_resize,
+        keep_cls_token=args.keep_cls_token)
+    return 0 if save_converted(state, meta, args.dst) else 1
 
 
 if __name__ == '__main__':
