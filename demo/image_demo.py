@@ -289,12 +289,13 @@ def main(argv=None):
     cfg = load_config(args)
     apply_accelerate(cfg, args.accelerate)
     scope = cfg.get('default_scope', 'mmdet')
-    tokenizer = tokenizer_from_config(cfg)
     image = read_image(args.image, cfg)
     # A demo never needs the backbone's pretraining weights.
     cfg.model.backbone.init_cfg = None
     model = build_model(cfg, args.checkpoint, args.device, scope,
                         args.trust_checkpoint)
+    # The model's own scorer: a learned one has the checkpoint's weights.
+    tokenizer = tokenizer_from_config(cfg, backbone=model.backbone)
 
     captured = {}
 

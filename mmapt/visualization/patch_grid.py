@@ -20,7 +20,8 @@ SCALE_COLORS = [(235, 235, 235), (0, 220, 0), (0, 140, 255), (255, 0, 200),
 
 def tokenizer_from_config(
         cfg: Config,
-        thresholds: Optional[Sequence[float]] = None) -> PatchTokenizer:
+        thresholds: Optional[Sequence[float]] = None,
+        backbone: Optional[torch.nn.Module] = None) -> PatchTokenizer:
     """A PatchTokenizer with the settings of ``cfg.model.backbone``, without
     building the backbone. An APT backbone
     (:func:`~mmapt.models.apt.is_apt_backbone`) gets its APT arguments, the
@@ -32,18 +33,22 @@ def tokenizer_from_config(
         thresholds (Sequence[float], optional): Replace the config's
             thresholds (their own number of scales: the config's explicit
             ``patch_sizes`` are dropped); a plain backbone gets them too.
+        backbone (nn.Module, optional): The built APT backbone of ``cfg``:
+            the tokenizer then scores with its scorer, i.e. with the weights
+            its checkpoint loaded (a ``learned`` scorer has no others).
     """
     from mmapt.models.apt import (apt_tokenizer_args, backbone_cfg_of,
-                                  backbone_class, init_default)
-    backbone = backbone_cfg_of(cfg)
-    args = apt_tokenizer_args(backbone)
+                                  backbone_class, init_default,
+                                  is_apt_backbone)
+    backbone_cfg = backbone_cfg_of(cfg)
+    args = apt_tokenizer_args(backbone_cfg)
     if args is None:
         pre = cfg.model.get('data_preprocessor', {})
         args = dict(
-            patch_size=backbone.get(
+            patch_size=backbone_cfg.get(
                 'patch_size',
                 init_default(
-                    backbone_class(backbone['type']), 'patch_size', 16)),
+                    backbone_class(backbone_cfg['type']), 'patch_size', 16)),
             thresholds=(),
             mean=pre.get('mean', IMAGENET_MEAN),
             std=pre.get('std', IMAGENET_STD))
@@ -51,6 +56,8 @@ def tokenizer_from_config(
     # patches) or static-shape padding (it adds no patch).
     args.pop('window_size', None)
     args.pop('pack_size', None)
+    if backbone is not None and is_apt_backbone(backbone):
+        args['scorer'] = backbone.apt.tokenizer.scorer
     if thresholds is not None:
         args['thresholds'] = tuple(thresholds)
         args.pop('patch_sizes', None)

@@ -95,7 +95,24 @@ def busy_width(tokenizer) -> int:
     return tokenizer.largest_patch * (1 if tokenizer.budget_mode else 2)
 
 
-@pytest.mark.parametrize('name', APT_CONFIGS)
+def learned_scorer_config(name: str) -> bool:
+    scorer = _cfg(name).model.backbone.get('scorer')
+    return isinstance(scorer, dict) and scorer.get('type') == 'learned'
+
+
+# A learned scorer's layout depends on its trained weights: those configs
+# are tested by test_drawn_learned_scorer_is_the_model_scorer.
+HAND_MADE_SCORER_CONFIGS = [
+    name for name in APT_CONFIGS if not learned_scorer_config(name)
+]
+
+
+def test_learned_scorer_configs_are_found():
+    assert 'apt_vitdet_coco_learned.py' in APT_CONFIGS
+    assert 'apt_vitdet_coco_learned.py' not in HAND_MADE_SCORER_CONFIGS
+
+
+@pytest.mark.parametrize('name', HAND_MADE_SCORER_CONFIGS)
 def test_drawn_layout_merges_flat_and_keeps_noise(name, monkeypatch):
     """Through the calls demo/image_demo.py makes: tokenizer_from_config,
     then draw_patch_grid (with the importance map the demo passes)."""
@@ -109,6 +126,37 @@ def test_drawn_layout_merges_flat_and_keeps_noise(name, monkeypatch):
         inputs, tokenizer, importance=importance if uses_maps else None)
     check_flat_and_busy(tokenizer, layout, busy)
     assert f'{tokenizer.largest_patch}px:' in caption
+
+
+def test_drawn_learned_scorer_is_the_model_scorer():
+    """A learned-scorer config: from the config alone the drawing stops with
+    the no-weights error; with the built backbone (as the demo passes it,
+    after its checkpoint loaded) the drawn tokenizer scores with that
+    backbone's network and draws the layout the backbone's own tokenizer
+    makes."""
+    from mmapt.registry import MODELS
+    cfg = _cfg('apt_vitdet_coco_learned.py')
+    inputs, _ = flat_and_noise(tokenizer_from_config(cfg), 128)
+    with pytest.raises(ValueError, match='no trained weights'):
+        patch_grid.draw_patch_grid(inputs, tokenizer_from_config(cfg))
+    backbone_cfg = dict(cfg.model.backbone, init_cfg=None)
+    backbone_cfg['arch'] = dict(embed_dims=32, num_layers=2, num_heads=1)
+    backbone_cfg.update(global_attn_indexes=(1, ), out_indices=(1, ))
+    torch.manual_seed(0)
+    backbone = MODELS.build(backbone_cfg)
+    network = backbone.apt_scorer
+    # What a checkpoint load does: the network's weights arrive through the
+    # backbone's state dict.
+    state = {k: torch.randn_like(v) for k, v in network.state_dict().items()}
+    backbone.load_state_dict(
+        {f'apt_scorer.{k}': v
+         for k, v in state.items()}, strict=False)
+    tokenizer = tokenizer_from_config(cfg, backbone=backbone)
+    assert tokenizer.scorer.network is network
+    _, _, layout = patch_grid.draw_patch_grid(inputs, tokenizer)
+    own = backbone.apt.tokenizer(inputs)
+    assert torch.equal(layout.side, own.side)
+    assert torch.equal(layout.row, own.row)
 
 
 def _run_demo_capturing_the_grid(demo, config: str, photo, out):
