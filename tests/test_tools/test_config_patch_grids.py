@@ -148,9 +148,11 @@ def test_drawn_learned_scorer_is_the_model_scorer():
     # What a checkpoint load does: the network's weights arrive through the
     # backbone's state dict.
     state = {k: torch.randn_like(v) for k, v in network.state_dict().items()}
-    backbone.load_state_dict(
-        {f'apt_scorer.{k}': v
-         for k, v in state.items()}, strict=False)
+    backbone.load_state_dict({
+        f'apt_scorer.{k}': v
+        for k, v in state.items()
+    },
+                             strict=False)
     tokenizer = tokenizer_from_config(cfg, backbone=backbone)
     assert tokenizer.scorer.network is network
     _, _, layout = patch_grid.draw_patch_grid(inputs, tokenizer)
