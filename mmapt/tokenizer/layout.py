@@ -490,11 +490,18 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
     # the one whose code is s there.
     dense_r = rows[None, :]
     dense_c = cols[None, :]
-    candidates = []
+    candidates, mask_slots, mask_codes = [], [], []
     for s in range(num_scales):
         aligned = (dense_r >> s << s) * width + (dense_c >> s << s)
         candidates.append(images[:, None] * per_image + num_prefix +
                           inverse[aligned])
+        top_left = (
+            torch.arange(0, height, 1 << s, device=device)[:, None] * width +
+            torch.arange(0, width, 1 << s, device=device)).view(-1)
+        slots_s = images[:, None] * per_image + num_prefix + \
+            inverse[top_left]
+        mask_slots.append(slots_s.view(-1))
+        mask_codes.append(torch.full_like(mask_slots[-1], s))
     tables = dict(
         perm=perm,
         image_bounds=image_bounds,
@@ -504,12 +511,18 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
         candidates=torch.stack(candidates).reshape(-1),
         scales=torch.arange(num_scales, device=device)[:, None],
         scale_ids=torch.arange(num_scales, device=device),
-        # Source of every slot in [cells of all images..., prefix code].
-        slot_source=torch.cat([
-            torch.full((batch, num_prefix), batch * cells, device=device),
-            images[:, None] * cells + perm
+        # The slot of the top-left cell of every mask entry, scale by
+        # scale (image-major, row-major), and that scale.
+        mask_slots=torch.cat(mask_slots),
+        mask_codes=torch.cat(mask_codes),
+        # -1 as a tensor: a Python scalar would cost a conversion op.
+        no_code=torch.full((), -1, device=device),
+        # Code of every slot before any mask is read: S at prefix slots,
+        # -1 at cells.
+        slot_template=torch.cat([
+            torch.full((batch, num_prefix), num_scales, device=device),
+            torch.full((batch, cells), -1, device=device)
         ], 1).view(-1),
-        prefix_code=torch.full((1, ), num_scales, device=device),
     )
     return tables
 
@@ -619,23 +632,15 @@ def build_layout(keep_masks: Sequence[Tensor],
                           num_scales, device)
     per_image = num_prefix_tokens + height * width
 
-    # Scale code of every cell: s where a scale-s token has its top-left
-    # cell, -1 elsewhere; prefix slots get code S.
-    code = torch.full((batch, height, width),
-                      -1,
-                      dtype=torch.long,
-                      device=device)
-    for scale, mask in enumerate(keep_masks):
-        factor = 1 << scale
-        # The cells at multiples of 2**scale, as one strided slice (not
-        # as_strided, which ONNX export cannot convert).
-        rows, cols = mask.shape[1:]
-        target = code[:, :rows * factor:factor, :cols * factor:factor]
-        target.masked_fill_(mask, scale)
-    code = code.view(-1)
-    if num_prefix_tokens:
-        code = torch.cat([code, tables['prefix_code']])
-    code = code.index_select(0, tables['slot_source'])
+    # Scale code of every slot: s where a scale-s token has its top-left
+    # cell, -1 at the other cells, S at prefix slots. Every mask entry
+    # writes into its top-left cell's slot (a constant index): s where
+    # the mask is set, -1 elsewhere, and the largest write wins, which is
+    # the one scale with a token there (the masks tile the grid).
+    flat = torch.cat([mask.reshape(-1) for mask in keep_masks])
+    writes = torch.where(flat, tables['mask_codes'], tables['no_code'])
+    code = tables['slot_template'].clone().scatter_reduce_(
+        0, tables['mask_slots'], writes, 'amax')
     is_token = code >= 0
     # int32 like the kernels' offsets, so they need no conversion.
     running = torch.cumsum(is_token, 0, dtype=torch.int32)
