@@ -335,7 +335,15 @@ class PatchTokenizer:
         """Keep masks of a batch of normalised images (B, 3, H, W), by
         thresholds or by the budget, and the score maps they came from
         (None when no score was needed)."""
-        budget = self._check_images(images, importance)
+        return self._choose(images, importance,
+                            self._check_images(images, importance))
+
+    def _choose(
+            self, images: Tensor, importance: Optional[Tensor],
+            budget: Optional[int]
+    ) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
+        """:meth:`choose_patches` of images already checked (``budget``:
+        what the check resolved)."""
         height, width = images.shape[-2:]
         grid = self.grid_size(height, width)
         batch, device = images.shape[0], images.device
@@ -390,7 +398,9 @@ class PatchTokenizer:
         does); ``buckets`` default to :meth:`pack_sizes` (the ``'auto'``
         ones in exact mode). One host read of the packed total, none with a
         single bucket. ``masks``: the batch's :meth:`choose_patches` masks,
-        if already made."""
+        if already made (the images are then not checked again)."""
+        budget = self._check_images(images, importance) \
+            if masks is None else None
         grid = self.grid_size(*images.shape[-2:])
         batch = images.shape[0]
         if buckets is None:
@@ -403,7 +413,7 @@ class PatchTokenizer:
         if len(buckets) == 1:
             return buckets[0]
         if masks is None:
-            masks = self.choose_patches(images, importance)[0]
+            masks = self._choose(images, importance, budget)[0]
         return choose_pack_size(int(self.packed_total(masks)), buckets)
 
     @torch.no_grad()
@@ -412,17 +422,25 @@ class PatchTokenizer:
         images: Tensor,
         importance: Optional[Tensor] = None,
         pack_size: Optional[int] = None,
-        chosen: Optional[Tuple[List[Tensor], Optional[List[Tensor]]]] = None
     ) -> PatchLayout:
         """The layout of a batch with ``pack_size`` fixed by the caller
         (None: exact packing), whatever :attr:`pack_size` says. A batch that
         needs more than ``pack_size`` tokens is capped to fit by score
         (:func:`~mmapt.tokenizer.budget.fit_patches`): the layout equals the
-        uncapped one whenever that fits, ``layout.capped`` tells which.
-        ``chosen``: :meth:`choose_patches` of these images, if already
-        made."""
-        budget = self._check_images(images, importance) \
-            if chosen is None else None
+        uncapped one whenever that fits, ``layout.capped`` tells which."""
+        budget = self._check_images(images, importance)
+        return self._layout(images, importance, pack_size, budget)
+
+    def _layout(
+        self,
+        images: Tensor,
+        importance: Optional[Tensor],
+        pack_size: Optional[int],
+        budget: Optional[int],
+        chosen: Optional[Tuple[List[Tensor], Optional[List[Tensor]]]] = None
+    ) -> PatchLayout:
+        """:meth:`layout` of images already checked (``budget``: what the
+        check resolved); ``chosen``: their :meth:`_choose`, if made."""
         grid = self.grid_size(*images.shape[-2:])
         batch = images.shape[0]
         capped = None
@@ -440,14 +458,12 @@ class PatchTokenizer:
                 not self.budget_mode else None
             splits = None
             if self.budget_mode:
-                if budget is None:
-                    budget = self.budget_for(*images.shape[-2:])
                 splits = self._budget_splits(grid, budget)
             masks, capped = fit_patches(
                 scores, grid, pack_size - batch * self.num_prefix_tokens,
                 floor, splits)
         else:
-            masks = (chosen or self.choose_patches(images, importance))[0]
+            masks = (chosen or self._choose(images, importance, budget))[0]
         layout = build_layout(masks, grid, self.window_size,
                               self.num_prefix_tokens, pack_size)
         layout.capped = capped
@@ -464,12 +480,13 @@ class PatchTokenizer:
             importance (Tensor, optional): (B, H, W) importance maps, for the
                 ``importance`` scorer.
         """
-        chosen = self.choose_patches(images, importance)
+        budget = self._check_images(images, importance)  # the one check
+        chosen = self._choose(images, importance, budget)
         sizes = self.pack_sizes(images.shape[0],
                                 self.grid_size(*images.shape[-2:]))
         pack_size = None if sizes is None else self.select_pack_size(
             images, importance, sizes, chosen[0])
-        return self.layout(images, importance, pack_size, chosen)
+        return self._layout(images, importance, pack_size, budget, chosen)
 
     def __repr__(self) -> str:
         mode = f'thresholds={self.thresholds}'

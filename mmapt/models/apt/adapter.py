@@ -142,12 +142,16 @@ class APTAdapter:
         ``buckets`` (default: :meth:`pack_sizes`, or the ``'auto'`` buckets
         in exact mode) that holds the batch, the largest when none does
         (the batch is then capped to it). One host read; none with a single
-        bucket."""
-        self.check_input_size(*x.shape[2:])
+        bucket. Checks ``x`` (once)."""
         return self.tokenizer.select_pack_size(x, importance, buckets)
 
     def check_input_size(self, height: int, width: int) -> None:
-        """ValueError naming the fix when the images cannot be tokenized."""
+        """ValueError naming the fix when the images cannot be tokenized:
+        a side not a multiple of the largest patch (so a multiple of the
+        host's patch size too), or, in budget mode, a budget below the
+        minimum of this size. The one input check of an APT forward,
+        made by the tokenizer (the window was checked when it was
+        built)."""
         self.tokenizer.check_input_size(height, width)
 
     # ---------------------------------------------------------------- stages
@@ -306,7 +310,6 @@ class APTAdapter:
         :meth:`select_pack_size` chose): no host read, shapes fixed by
         (batch, input size, ``pack_size``); what to capture or compile per
         bucket. A batch needing more is capped to fit."""
-        self.host.check_input_size(*x.shape[2:])
         with forward_stage(self.host, 'tokenizer'):  # tokenizer checks x once
             layout = self.tokenizer.layout(x, importance, pack_size)
         return self._forward_layout(x, layout)
@@ -336,7 +339,6 @@ class APTAdapter:
         spec = self.pack_size
         if isinstance(spec, int):
             return self.forward_static(x, importance, spec)
-        self.host.check_input_size(*x.shape[2:])
         with forward_stage(self.host, 'tokenizer'):  # tokenizer checks x once
             layout = self.tokenize(x, importance)
         return self._forward_layout(x, layout)
