@@ -11,7 +11,7 @@ from .budget import (budget_patches, check_keep_ratio, check_token_budget,
                      fit_patches, min_tokens, resolve_budget)
 from .entropy import ENTROPY_BINS, images_to_gray
 from .layout import (PackSizeSpec, PatchLayout, build_layout, check_pack_size,
-                     check_pack_size_spec, choose_pack_size,
+                     check_pack_size_spec, check_window_size, choose_pack_size,
                      default_pack_sizes, max_pack_size, select_patches)
 from .scorers import (ImportanceScorer, PatchScorer, ScorerConfig,
                       build_scorer, check_importance, missing_importance)
@@ -102,8 +102,9 @@ class PatchTokenizer:
             ENTROPY_BINS`.
         mean (Sequence[float]): RGB mean the images were normalised with.
         std (Sequence[float]): RGB std the images were normalised with.
-        window_size (int, optional): Window side in base cells, for window
-            attention. Must be a multiple of the largest patch in cells.
+        window_size (int): Window side in base cells, for window
+            attention; a multiple of the largest patch in cells. 0 (default)
+            = no windows, as the hosts spell it.
         patch_sizes (Sequence[int], optional): Explicit patch sizes, checked
             against ``patch_size`` and ``thresholds``.
         num_prefix_tokens (int): Class / register tokens the backbone puts
@@ -139,7 +140,7 @@ class PatchTokenizer:
                  entropy_bins: int = ENTROPY_BINS,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
-                 window_size: Optional[int] = None,
+                 window_size: int = 0,
                  patch_sizes: Optional[Sequence[int]] = None,
                  num_prefix_tokens: int = 0,
                  scorer: ScorerConfig = None,
@@ -168,20 +169,9 @@ class PatchTokenizer:
         self.std = tuple(float(s) for s in std)
         self.num_scales = len(self.thresholds) + 1
         self._init_budget(token_budget, keep_ratio, threshold_floor)
-        largest_cells = 2**(self.num_scales - 1)
-        if window_size is not None and window_size != 0:
-            if window_size < 0 or window_size % largest_cells:
-                suggested = max(largest_cells,
-                                window_size // largest_cells * largest_cells)
-                raise ValueError(
-                    f'window_size {window_size} (in {patch_size}-px cells) '
-                    f'must be a multiple of the largest patch, '
-                    f'{largest_cells} cells ({self.largest_patch} px), so no '
-                    f'patch straddles two windows; e.g. window_size='
-                    f'{suggested}')
-            self.window_size: Optional[int] = window_size
-        else:
-            self.window_size = None
+        self.window_size = check_window_size(window_size,
+                                             2**(self.num_scales - 1),
+                                             patch_size)
 
     def _init_budget(self, token_budget: Optional[int],
                      keep_ratio: Optional[float],

@@ -251,14 +251,13 @@ class APTAdapter:
             centers = patch_centers(grid, layout.num_scales, device)
             image = rope(centers, self.host.nominal_grid(grid))
             window = image
-            if ws is not None:
+            if ws:
                 origin = (centers.long() // ws * ws).to(centers.dtype)
                 window = rope(centers - origin, (ws, ws))
             # cos 1, sin 0 rotates nothing: exact, no branch.
             identity = identity_rope(1, image)
             image = torch.cat([image, identity])
-            return image, (
-                image if ws is None else torch.cat([window, identity]))
+            return image, (torch.cat([window, identity]) if ws else image)
 
         if torch.compiler.is_compiling():
             tables = compute()
@@ -272,8 +271,8 @@ class APTAdapter:
             pin(tables)
         image_table, window_table = tables
         image_rope = image_table.index_select(0, layout.position_index)
-        window_rope = image_rope if ws is None else window_table.index_select(
-            0, layout.position_index)
+        window_rope = window_table.index_select(
+            0, layout.position_index) if ws else image_rope
         return image_rope, window_rope
 
     def forward_blocks(self, tokens: Tensor,

@@ -92,3 +92,29 @@ def test_the_check_names_the_fix(settings, size, message):
 def test_window_not_a_multiple_of_the_largest_patch():
     with pytest.raises(ValueError, match='multiple of the largest patch'):
         _model(window_size=6)
+
+
+@pytest.mark.parametrize('window', [0, 4])
+def test_window_size_passes_unchanged_to_the_layout(window):
+    """The config's value (0 = global attention, as the configs and ViTDet
+    spell it) reaches the tokenizer and its layouts as it is."""
+    from mmapt.registry import MODELS
+    model = MODELS.build(
+        dict(
+            type='APTEVA02',
+            arch=TINY,
+            img_size=256,
+            window_size=window,
+            global_attn_indexes=(1, ),
+            thresholds=(2, 2)))
+    assert model.window_size == window
+    assert model.apt.tokenizer.window_size == window
+    layout = model.tokenize(flat_and_noise_images(1, 256, 256, (64, 64)))
+    assert layout.window_size == window
+    assert (layout.cu_seqlens_window is layout.cu_seqlens_image) == (
+        window == 0)
+
+
+def test_negative_window_is_refused():
+    with pytest.raises(ValueError, match='window_size must be >= 0'):
+        _model(window_size=-4)
