@@ -64,7 +64,8 @@ class PatchLayout:
         grid_size (tuple[int, int]): Base grid (Hc, Wc) in cells.
         num_scales (int): Number of patch scales; scale ``i`` covers
             ``2**i x 2**i`` cells.
-        window_size (int, optional): Window side in cells; None = no windows.
+        window_size (int): Window side in cells; 0 = no windows (the
+            hosts' and ViTDet's spelling, passed through unchanged).
         num_prefix_tokens (int): Prefix tokens per image.
         pack_size (int, optional): Fixed packed length; None = exact packing.
         num_packed (int): Length of the packed sequence (``pack_size`` in
@@ -110,7 +111,7 @@ class PatchLayout:
     batch_size: int
     grid_size: Tuple[int, int]
     num_scales: int
-    window_size: Optional[int]
+    window_size: int
     num_prefix_tokens: int
     pack_size: Optional[int]
     num_packed: int
@@ -231,7 +232,7 @@ class PatchLayout:
     @property
     def window_index(self) -> Tensor:
         """(N,) global window group id (the image without windows)."""
-        if self.window_size is None:
+        if not self.window_size:
             return self.image_index
         ws = self.window_size
         win_rows, win_cols = (-(-n // ws) for n in self.grid_size)
@@ -247,7 +248,7 @@ class PatchLayout:
 
     def window_origin(self) -> Tensor:
         """(N, 2) long top-left cell of each token's window (0 without)."""
-        if self.window_size is None:
+        if not self.window_size:
             return torch.zeros(
                 self.num_tokens, 2, dtype=torch.long, device=self.row.device)
         ws = self.window_size
@@ -404,9 +405,9 @@ def cached_constant(key: tuple, compute: Callable[[], T]) -> T:
     return pin(value)  # type: ignore[return-value]
 
 
-def _slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
-                 num_prefix: int, num_scales: int,
-                 device: torch.device) -> Dict[str, Tensor]:
+def _slot_tables(batch: int, grid: Tuple[int,
+                                         int], window: int, num_prefix: int,
+                 num_scales: int, device: torch.device) -> Dict[str, Tensor]:
     key = ('slots', batch, tuple(grid), window, num_prefix, num_scales,
            str(device))
     return cached_constant(
@@ -414,7 +415,7 @@ def _slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
                                        num_scales, device))
 
 
-def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
+def _make_slot_tables(batch: int, grid: Tuple[int, int], window: int,
                       num_prefix: int, num_scales: int,
                       device: torch.device) -> Dict[str, Tensor]:
     height, width = grid
@@ -422,7 +423,7 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
     per_image = num_prefix + cells
     rows = torch.arange(height, device=device).repeat_interleave(width)
     cols = torch.arange(width, device=device).repeat(height)
-    if window is not None:
+    if window:
         win_cols = -(-width // window)
         window_id = rows // window * win_cols + cols // window
         order_key = window_id * (window * window) + \
@@ -445,7 +446,7 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
     # Group boundaries in slots (exclusive ends): per image its prefix
     # group (with windows), then its windows; images end at per_image.
     image_ends = (images + 1) * per_image
-    if window is not None:
+    if window:
         starts = images[:, None] * per_image + num_prefix
         window_ends = starts + ends[None, :]
         if num_prefix:
@@ -490,28 +491,67 @@ def _make_slot_tables(batch: int, grid: Tuple[int, int], window: Optional[int],
     # the one whose code is s there.
     dense_r = rows[None, :]
     dense_c = cols[None, :]
-    candidates = []
+    candidates, mask_slots, mask_codes = [], [], []
     for s in range(num_scales):
         aligned = (dense_r >> s << s) * width + (dense_c >> s << s)
         candidates.append(images[:, None] * per_image + num_prefix +
                           inverse[aligned])
+        top_left = (
+            torch.arange(0, height, 1 << s, device=device)[:, None] * width +
+            torch.arange(0, width, 1 << s, device=device)).view(-1)
+        slots_s = images[:, None] * per_image + num_prefix + \
+            inverse[top_left]
+        mask_slots.append(slots_s.view(-1))
+        mask_codes.append(torch.full_like(mask_slots[-1], s))
     tables = dict(
         perm=perm,
         image_bounds=image_bounds,
-        window_bounds=window_bounds if window is not None else image_bounds,
+        window_bounds=window_bounds if window else image_bounds,
         embed_rows=torch.stack(embed_rows).reshape(-1),
         pos_rows=torch.stack(pos_rows).reshape(-1),
         candidates=torch.stack(candidates).reshape(-1),
         scales=torch.arange(num_scales, device=device)[:, None],
         scale_ids=torch.arange(num_scales, device=device),
-        # Source of every slot in [cells of all images..., prefix code].
-        slot_source=torch.cat([
-            torch.full((batch, num_prefix), batch * cells, device=device),
-            images[:, None] * cells + perm
+        # The slot of the top-left cell of every mask entry, scale by
+        # scale (image-major, row-major), and that scale.
+        mask_slots=torch.cat(mask_slots),
+        mask_codes=torch.cat(mask_codes),
+        # -1 as a tensor: a Python scalar would cost a conversion op.
+        no_code=torch.full((), -1, device=device),
+        # Code of every slot before any mask is read: S at prefix slots,
+        # -1 at cells.
+        slot_template=torch.cat([
+            torch.full((batch, num_prefix), num_scales, device=device),
+            torch.full((batch, cells), -1, device=device)
         ], 1).view(-1),
-        prefix_code=torch.full((1, ), num_scales, device=device),
     )
     return tables
+
+
+def check_window_size(window_size: int,
+                      largest_cells: int,
+                      patch_size: Optional[int] = None) -> int:
+    """``window_size`` (window side in cells; 0 = no windows) if a layout
+    can use it, else a ValueError naming the fix: an int >= 0 that is a
+    multiple of ``largest_cells``, the largest patch's side in cells, so
+    no patch straddles two windows (``patch_size``: the cell side in
+    pixels, for the message)."""
+    if isinstance(window_size, bool) or not isinstance(window_size, int) \
+            or window_size < 0:
+        raise ValueError(
+            f'window_size must be an int >= 0 (the window side in cells; '
+            f'0 = no windows, global attention), got {window_size!r}')
+    if window_size % largest_cells:
+        suggested = max(largest_cells,
+                        window_size // largest_cells * largest_cells)
+        cell = '' if patch_size is None else f'{patch_size}-px '
+        largest = '' if patch_size is None else \
+            f' ({largest_cells * patch_size} px)'
+        raise ValueError(
+            f'window_size {window_size} (in {cell}cells) must be a multiple '
+            f'of the largest patch, {largest_cells} cells{largest}, so no '
+            f'patch straddles two windows; e.g. window_size={suggested}')
+    return window_size
 
 
 def min_pack_size(batch: int,
@@ -582,7 +622,7 @@ def choose_pack_size(packed_tokens: int, buckets: Sequence[int]) -> int:
 
 def build_layout(keep_masks: Sequence[Tensor],
                  grid_size: Tuple[int, int],
-                 window_size: Optional[int] = None,
+                 window_size: int = 0,
                  num_prefix_tokens: int = 0,
                  pack_size: Optional[int] = None) -> PatchLayout:
     """Pack the selected patches of every scale into one ordered sequence.
@@ -591,8 +631,9 @@ def build_layout(keep_masks: Sequence[Tensor],
         keep_masks (Sequence[Tensor]): Per scale ``i``, a (B, Hc / 2**i,
             Wc / 2**i) bool mask of the patches that are tokens.
         grid_size (tuple[int, int]): The base grid (Hc, Wc).
-        window_size (int, optional): Window side in cells, a multiple of
-            the largest patch side in cells; windows at the bottom/right
+        window_size (int): Window side in cells, a multiple of the largest
+            patch side in cells; 0 (default): no windows. Windows at the
+            bottom/right
             border may be partial.
         num_prefix_tokens (int): Class / register tokens opening each image's
             slice of the packed sequence. Defaults to 0.
@@ -612,6 +653,7 @@ def build_layout(keep_masks: Sequence[Tensor],
     if num_prefix_tokens < 0:
         raise ValueError(f'num_prefix_tokens must be >= 0, got '
                          f'{num_prefix_tokens}')
+    check_window_size(window_size, 1 << (num_scales - 1))
     if pack_size is not None:
         check_pack_size(pack_size, batch, grid_size, num_scales,
                         num_prefix_tokens)
@@ -619,31 +661,23 @@ def build_layout(keep_masks: Sequence[Tensor],
                           num_scales, device)
     per_image = num_prefix_tokens + height * width
 
-    # Scale code of every cell: s where a scale-s token has its top-left
-    # cell, -1 elsewhere; prefix slots get code S.
-    code = torch.full((batch, height, width),
-                      -1,
-                      dtype=torch.long,
-                      device=device)
-    for scale, mask in enumerate(keep_masks):
-        factor = 1 << scale
-        # The cells at multiples of 2**scale, as one strided slice (not
-        # as_strided, which ONNX export cannot convert).
-        rows, cols = mask.shape[1:]
-        target = code[:, :rows * factor:factor, :cols * factor:factor]
-        target.masked_fill_(mask, scale)
-    code = code.view(-1)
-    if num_prefix_tokens:
-        code = torch.cat([code, tables['prefix_code']])
-    code = code.index_select(0, tables['slot_source'])
+    # Scale code of every slot: s where a scale-s token has its top-left
+    # cell, -1 at the other cells, S at prefix slots. Every mask entry
+    # writes into its top-left cell's slot (a constant index): s where
+    # the mask is set, -1 elsewhere, and the largest write wins, which is
+    # the one scale with a token there (the masks tile the grid).
+    flat = torch.cat([mask.reshape(-1) for mask in keep_masks])
+    writes = torch.where(flat, tables['mask_codes'], tables['no_code'])
+    code = tables['slot_template'].clone().scatter_reduce_(
+        0, tables['mask_slots'], writes, 'amax')
     is_token = code >= 0
     # int32 like the kernels' offsets, so they need no conversion.
     running = torch.cumsum(is_token, 0, dtype=torch.int32)
     # Tokens before each slot boundary = the group offsets.
     counts = torch.cat([running.new_zeros(1), running])
     cu_image = counts.index_select(0, tables['image_bounds'])
-    cu_window = cu_image if window_size is None else counts.index_select(
-        0, tables['window_bounds'])
+    cu_window = counts.index_select(0, tables['window_bounds']) \
+        if window_size else cu_image
     real_image_groups = cu_image.numel() - 1
     real_window_groups = cu_window.numel() - 1
 
@@ -652,7 +686,7 @@ def build_layout(keep_masks: Sequence[Tensor],
     if pack_size is None:
         scale_counts = (code[:, None] == tables['scale_ids']).sum(0)
         # The one host read of the forward: offsets and scale counts.
-        windows = [] if window_size is None else [cu_window]
+        windows = [cu_window] if window_size else []
         host = torch.cat([cu_image, *windows, scale_counts]).tolist()
         host_image = host[:cu_image.numel()]
         host_window = host[cu_image.numel():-num_scales] or host_image
@@ -666,10 +700,10 @@ def build_layout(keep_masks: Sequence[Tensor],
         total = cu_image[-1]  # real packed tokens
         overflow = total > pack_size
         max_image = per_image
-        max_window = per_image if window_size is None else max(
+        max_window = per_image if not window_size else max(
             window_size * window_size, num_prefix_tokens)
         cu_image = _with_padding_groups(cu_image, pack_size, max_image)
-        cu_window = cu_image if window_size is None else \
+        cu_window = cu_image if not window_size else \
             _with_padding_groups(cu_window, pack_size, max_window)
         # Padding tokens read the last image's first slot, which always
         # holds a token (a prefix token, or the one at cell (0, 0)); any

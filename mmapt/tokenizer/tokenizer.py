@@ -11,7 +11,7 @@ from .budget import (budget_patches, check_keep_ratio, check_token_budget,
                      fit_patches, min_tokens, resolve_budget)
 from .entropy import ENTROPY_BINS, images_to_gray
 from .layout import (PackSizeSpec, PatchLayout, build_layout, check_pack_size,
-                     check_pack_size_spec, choose_pack_size,
+                     check_pack_size_spec, check_window_size, choose_pack_size,
                      default_pack_sizes, max_pack_size, select_patches)
 from .scorers import (ImportanceScorer, PatchScorer, ScorerConfig,
                       build_scorer, check_importance, missing_importance)
@@ -102,8 +102,9 @@ class PatchTokenizer:
             ENTROPY_BINS`.
         mean (Sequence[float]): RGB mean the images were normalised with.
         std (Sequence[float]): RGB std the images were normalised with.
-        window_size (int, optional): Window side in base cells, for window
-            attention. Must be a multiple of the largest patch in cells.
+        window_size (int): Window side in base cells, for window
+            attention; a multiple of the largest patch in cells. 0 (default)
+            = no windows, as the hosts spell it.
         patch_sizes (Sequence[int], optional): Explicit patch sizes, checked
             against ``patch_size`` and ``thresholds``.
         num_prefix_tokens (int): Class / register tokens the backbone puts
@@ -139,7 +140,7 @@ class PatchTokenizer:
                  entropy_bins: int = ENTROPY_BINS,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
-                 window_size: Optional[int] = None,
+                 window_size: int = 0,
                  patch_sizes: Optional[Sequence[int]] = None,
                  num_prefix_tokens: int = 0,
                  scorer: ScorerConfig = None,
@@ -168,20 +169,9 @@ class PatchTokenizer:
         self.std = tuple(float(s) for s in std)
         self.num_scales = len(self.thresholds) + 1
         self._init_budget(token_budget, keep_ratio, threshold_floor)
-        largest_cells = 2**(self.num_scales - 1)
-        if window_size is not None and window_size != 0:
-            if window_size < 0 or window_size % largest_cells:
-                suggested = max(largest_cells,
-                                window_size // largest_cells * largest_cells)
-                raise ValueError(
-                    f'window_size {window_size} (in {patch_size}-px cells) '
-                    f'must be a multiple of the largest patch, '
-                    f'{largest_cells} cells ({self.largest_patch} px), so no '
-                    f'patch straddles two windows; e.g. window_size='
-                    f'{suggested}')
-            self.window_size: Optional[int] = window_size
-        else:
-            self.window_size = None
+        self.window_size = check_window_size(window_size,
+                                             2**(self.num_scales - 1),
+                                             patch_size)
 
     def _init_budget(self, token_budget: Optional[int],
                      keep_ratio: Optional[float],
@@ -335,7 +325,15 @@ class PatchTokenizer:
         """Keep masks of a batch of normalised images (B, 3, H, W), by
         thresholds or by the budget, and the score maps they came from
         (None when no score was needed)."""
-        budget = self._check_images(images, importance)
+        return self._choose(images, importance,
+                            self._check_images(images, importance))
+
+    def _choose(
+            self, images: Tensor, importance: Optional[Tensor],
+            budget: Optional[int]
+    ) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
+        """:meth:`choose_patches` of images already checked (``budget``:
+        what the check resolved)."""
         height, width = images.shape[-2:]
         grid = self.grid_size(height, width)
         batch, device = images.shape[0], images.device
@@ -390,7 +388,9 @@ class PatchTokenizer:
         does); ``buckets`` default to :meth:`pack_sizes` (the ``'auto'``
         ones in exact mode). One host read of the packed total, none with a
         single bucket. ``masks``: the batch's :meth:`choose_patches` masks,
-        if already made."""
+        if already made (the images are then not checked again)."""
+        budget = self._check_images(images, importance) \
+            if masks is None else None
         grid = self.grid_size(*images.shape[-2:])
         batch = images.shape[0]
         if buckets is None:
@@ -403,7 +403,7 @@ class PatchTokenizer:
         if len(buckets) == 1:
             return buckets[0]
         if masks is None:
-            masks = self.choose_patches(images, importance)[0]
+            masks = self._choose(images, importance, budget)[0]
         return choose_pack_size(int(self.packed_total(masks)), buckets)
 
     @torch.no_grad()
@@ -412,17 +412,25 @@ class PatchTokenizer:
         images: Tensor,
         importance: Optional[Tensor] = None,
         pack_size: Optional[int] = None,
-        chosen: Optional[Tuple[List[Tensor], Optional[List[Tensor]]]] = None
     ) -> PatchLayout:
         """The layout of a batch with ``pack_size`` fixed by the caller
         (None: exact packing), whatever :attr:`pack_size` says. A batch that
         needs more than ``pack_size`` tokens is capped to fit by score
         (:func:`~mmapt.tokenizer.budget.fit_patches`): the layout equals the
-        uncapped one whenever that fits, ``layout.capped`` tells which.
-        ``chosen``: :meth:`choose_patches` of these images, if already
-        made."""
-        budget = self._check_images(images, importance) \
-            if chosen is None else None
+        uncapped one whenever that fits, ``layout.capped`` tells which."""
+        budget = self._check_images(images, importance)
+        return self._layout(images, importance, pack_size, budget)
+
+    def _layout(
+        self,
+        images: Tensor,
+        importance: Optional[Tensor],
+        pack_size: Optional[int],
+        budget: Optional[int],
+        chosen: Optional[Tuple[List[Tensor], Optional[List[Tensor]]]] = None
+    ) -> PatchLayout:
+        """:meth:`layout` of images already checked (``budget``: what the
+        check resolved); ``chosen``: their :meth:`_choose`, if made."""
         grid = self.grid_size(*images.shape[-2:])
         batch = images.shape[0]
         capped = None
@@ -440,14 +448,12 @@ class PatchTokenizer:
                 not self.budget_mode else None
             splits = None
             if self.budget_mode:
-                if budget is None:
-                    budget = self.budget_for(*images.shape[-2:])
                 splits = self._budget_splits(grid, budget)
             masks, capped = fit_patches(
                 scores, grid, pack_size - batch * self.num_prefix_tokens,
                 floor, splits)
         else:
-            masks = (chosen or self.choose_patches(images, importance))[0]
+            masks = (chosen or self._choose(images, importance, budget))[0]
         layout = build_layout(masks, grid, self.window_size,
                               self.num_prefix_tokens, pack_size)
         layout.capped = capped
@@ -464,12 +470,13 @@ class PatchTokenizer:
             importance (Tensor, optional): (B, H, W) importance maps, for the
                 ``importance`` scorer.
         """
-        chosen = self.choose_patches(images, importance)
+        budget = self._check_images(images, importance)  # the one check
+        chosen = self._choose(images, importance, budget)
         sizes = self.pack_sizes(images.shape[0],
                                 self.grid_size(*images.shape[-2:]))
         pack_size = None if sizes is None else self.select_pack_size(
             images, importance, sizes, chosen[0])
-        return self.layout(images, importance, pack_size, chosen)
+        return self._layout(images, importance, pack_size, budget, chosen)
 
     def __repr__(self) -> str:
         mode = f'thresholds={self.thresholds}'

@@ -248,11 +248,10 @@ def test_budget_below_minimum_names_it():
         tok.check_input_size(512, 384)
 
 
-@pytest.mark.parametrize('pack_size,resolved', [(None, 1), ('auto', 2)])
-def test_budget_is_resolved_once_per_call(pack_size, resolved, monkeypatch):
-    """The size check, the split count and the selection share one
-    resolved budget (exact packing); token buckets resolve it once more
-    for the capped layout."""
+@pytest.mark.parametrize('pack_size', [None, 'auto', 64])
+def test_budget_is_resolved_once_per_call(pack_size, monkeypatch):
+    """The size check, the split count, the selection and (token buckets,
+    a fixed size) the capped layout share one resolved budget."""
     import mmapt.tokenizer.tokenizer as tokenizer_module
     calls = []
     resolve = tokenizer_module.resolve_budget
@@ -265,7 +264,7 @@ def test_budget_is_resolved_once_per_call(pack_size, resolved, monkeypatch):
     tokenizer = PatchTokenizer(16, (2, 2), keep_ratio=0.5, pack_size=pack_size)
     images = flat_and_noise_images(2, 128, 128, (64, 64))
     layout = tokenizer(images)
-    assert len(calls) == resolved
+    assert len(calls) == 1
     budget = tokenizer.budget_for(128, 128)  # 0.5 * 64 cells
     assert budget == 32
     assert all(budget - 2 <= n <= budget

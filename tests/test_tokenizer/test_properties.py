@@ -60,8 +60,7 @@ def layout_cases(draw, max_batch=3):
     batch = draw(st.integers(1, max_batch))
     # Windows of 1 or 2 largest patches: larger than a small grid, or not
     # dividing it, gives partial windows at the bottom/right border.
-    window = draw(
-        st.one_of(st.none(), st.sampled_from([largest, 2 * largest])))
+    window = draw(st.sampled_from([0, largest, 2 * largest]))
     prefix = draw(st.integers(0, 3))
     thresholds = draw(
         st.lists(
@@ -222,7 +221,7 @@ def test_tokenizer_layout_tiles_images(num_scales, size, batch, windowed,
         patch_size=2,
         thresholds=thresholds,
         entropy_bins=64,
-        window_size=largest if windowed else None,
+        window_size=largest if windowed else 0,
         num_prefix_tokens=prefix)
     px = 2 * largest * 2  # two largest patches per unit of `size`
     images = _image_batch(torch.Generator().manual_seed(seed), batch,
@@ -293,7 +292,7 @@ def test_unpack_then_pool_is_identity_on_any_layout(case, channels):
 # ------------------------------------------------------ groups / windows
 def _straddlers(layout):
     """Tokens whose first and last cell lie in different windows."""
-    if layout.window_size is None:
+    if not layout.window_size:
         return []
     ws = layout.window_size
     _, rows, cols, sides = _tokens(layout)
@@ -345,7 +344,7 @@ def test_cu_seqlens_match_image_and_window_counts(case):
     assert layout.max_seqlen_window == int(wlengths.max())
     for g in range(len(wlengths)):
         assert len(set(image_group[window_group == g])) <= 1
-    if layout.window_size is None:
+    if not layout.window_size:
         assert torch.equal(layout.cu_seqlens_window, layout.cu_seqlens_image)
         return
     ws = layout.window_size
@@ -378,7 +377,7 @@ def test_no_token_straddles_a_window(case):
     assert not _straddlers(layout)
     origin = layout.window_origin()
     assert origin.shape == (layout.num_tokens, 2)
-    if layout.window_size is None:
+    if not layout.window_size:
         assert not origin.any()
         return
     ws = layout.window_size
@@ -433,7 +432,7 @@ def test_varlen_attention_on_layout_groups(case, heads, windows, seed):
     q, k, v = _qkv(layout.num_packed, heads, 8, seed)
     image = layout.packed_image_index
     same = image[:, None] == image[None, :]
-    if windows and layout.window_size is not None:
+    if windows and layout.window_size:
         cu, max_len = layout.cu_seqlens_window, layout.max_seqlen_window
         ws = layout.window_size
         # Window of every packed token; prefix tokens: a window of their own

@@ -101,7 +101,7 @@ def test_minus_one_thresholds_give_plain_grid():
     assert layout.col.tolist() == list(range(16)) * 8
 
 
-def random_layout(seed, height=8 * 6, width=8 * 5, window=None, scales=4):
+def random_layout(seed, height=8 * 6, width=8 * 5, window=0, scales=4):
     gen = torch.Generator().manual_seed(seed)
     batch = 3
     entropies = [
@@ -114,7 +114,7 @@ def random_layout(seed, height=8 * 6, width=8 * 5, window=None, scales=4):
 
 
 @pytest.mark.parametrize('seed', range(6))
-@pytest.mark.parametrize('window', [None, 8])
+@pytest.mark.parametrize('window', [0, 8])
 def test_tokens_tile_the_grid_exactly_once(seed, window):
     _, layout = random_layout(seed, window=window)
     height, width = layout.grid_size
@@ -209,7 +209,7 @@ def test_pool_shared_map_and_mean():
 
 def test_unpack_pool_is_identity_when_all_base():
     masks = [torch.ones(2, 6, 10, dtype=torch.bool)]
-    layout = build_layout(masks, (6, 10), None)
+    layout = build_layout(masks, (6, 10), 0)
     dense = torch.randn(2, 4, 6, 10)
     torch.testing.assert_close(layout.unpack(pool(layout, dense)), dense)
 
@@ -220,7 +220,7 @@ def test_centers_of_large_patches():
         torch.zeros(1, 2, 2, dtype=torch.bool),
         torch.ones(1, 1, 1, dtype=torch.bool)
     ]
-    layout = build_layout(masks, (4, 4), None)
+    layout = build_layout(masks, (4, 4), 0)
     assert layout.centers().tolist() == [[1.5, 1.5]]
 
 
@@ -255,6 +255,26 @@ def test_window_not_multiple_of_largest_patch_raises():
             ValueError, match='multiple of the largest patch, 8 '
             'cells'):
         PatchTokenizer(16, (2, 2, 0.3), window_size=12)
+
+
+@pytest.mark.parametrize('window', [-8, 8.0, None, True, '8'])
+def test_window_size_must_be_an_int_at_least_zero(window):
+    for make in (lambda: PatchTokenizer(16, (2, 2, 0.3), window_size=window),
+                 lambda: build_layout(
+                     random_layout(0)[0], (48, 40), window_size=window)):
+        with pytest.raises(ValueError, match='0 = no windows'):
+            make()
+
+
+def test_window_size_zero_means_no_windows():
+    masks, layout = random_layout(1)
+    assert layout.window_size == 0 and PatchTokenizer().window_size == 0
+    # One group per image: the window offsets are the image offsets.
+    assert layout.cu_seqlens_window is layout.cu_seqlens_image
+    assert torch.equal(layout.window_index, layout.image_index)
+    assert not layout.window_origin().any()
+    with pytest.raises(ValueError, match='multiple of the largest patch'):
+        build_layout(masks, (48, 40), window_size=12)
 
 
 def test_partial_windows_at_the_border():

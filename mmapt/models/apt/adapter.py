@@ -142,12 +142,16 @@ class APTAdapter:
         ``buckets`` (default: :meth:`pack_sizes`, or the ``'auto'`` buckets
         in exact mode) that holds the batch, the largest when none does
         (the batch is then capped to it). One host read; none with a single
-        bucket."""
-        self.check_input_size(*x.shape[2:])
+        bucket. Checks ``x`` (once)."""
         return self.tokenizer.select_pack_size(x, importance, buckets)
 
     def check_input_size(self, height: int, width: int) -> None:
-        """ValueError naming the fix when the images cannot be tokenized."""
+        """ValueError naming the fix when the images cannot be tokenized:
+        a side not a multiple of the largest patch (so a multiple of the
+        host's patch size too), or, in budget mode, a budget below the
+        minimum of this size. The one input check of an APT forward,
+        made by the tokenizer (the window was checked when it was
+        built)."""
         self.tokenizer.check_input_size(height, width)
 
     # ---------------------------------------------------------------- stages
@@ -247,14 +251,13 @@ class APTAdapter:
             centers = patch_centers(grid, layout.num_scales, device)
             image = rope(centers, self.host.nominal_grid(grid))
             window = image
-            if ws is not None:
+            if ws:
                 origin = (centers.long() // ws * ws).to(centers.dtype)
                 window = rope(centers - origin, (ws, ws))
             # cos 1, sin 0 rotates nothing: exact, no branch.
             identity = identity_rope(1, image)
             image = torch.cat([image, identity])
-            return image, (
-                image if ws is None else torch.cat([window, identity]))
+            return image, (torch.cat([window, identity]) if ws else image)
 
         if torch.compiler.is_compiling():
             tables = compute()
@@ -268,8 +271,8 @@ class APTAdapter:
             pin(tables)
         image_table, window_table = tables
         image_rope = image_table.index_select(0, layout.position_index)
-        window_rope = image_rope if ws is None else window_table.index_select(
-            0, layout.position_index)
+        window_rope = window_table.index_select(
+            0, layout.position_index) if ws else image_rope
         return image_rope, window_rope
 
     def forward_blocks(self, tokens: Tensor,
@@ -306,7 +309,6 @@ class APTAdapter:
         :meth:`select_pack_size` chose): no host read, shapes fixed by
         (batch, input size, ``pack_size``); what to capture or compile per
         bucket. A batch needing more is capped to fit."""
-        self.host.check_input_size(*x.shape[2:])
         with forward_stage(self.host, 'tokenizer'):  # tokenizer checks x once
             layout = self.tokenizer.layout(x, importance, pack_size)
         return self._forward_layout(x, layout)
@@ -336,7 +338,6 @@ class APTAdapter:
         spec = self.pack_size
         if isinstance(spec, int):
             return self.forward_static(x, importance, spec)
-        self.host.check_input_size(*x.shape[2:])
         with forward_stage(self.host, 'tokenizer'):  # tokenizer checks x once
             layout = self.tokenize(x, importance)
         return self._forward_layout(x, layout)

@@ -100,7 +100,6 @@ class APTBackboneMixin:
             importance: Optional[Tensor]) -> Tuple[Tensor, ...]:
         """The batch's token bucket (one host read), then the compiled /
         graphed static-shape forward of (bucket, input shape, dtype)."""
-        self.check_input_size(*x.shape[2:])
         pack_size = self.apt.select_pack_size(x, importance)  # checks x
         key = ('apt', pack_size, tuple(x.shape), x.dtype, importance is None)
         adapter = self.apt

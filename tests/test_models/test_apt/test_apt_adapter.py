@@ -60,7 +60,7 @@ def _masks(batch=2, grid=(8, 8)):
     return [base, large]
 
 
-@pytest.mark.parametrize('window', [None, 4])
+@pytest.mark.parametrize('window', [0, 4])
 def test_layout_prefix_groups_and_unpack(window):
     plain = build_layout(_masks(), (8, 8), window)
     layout = build_layout(_masks(), (8, 8), window, num_prefix_tokens=2)
@@ -71,7 +71,7 @@ def test_layout_prefix_groups_and_unpack(window):
     assert layout.prefix_index.tolist() == [0, 1, n0 + 2, n0 + 3]
     assert layout.packed_image_index.tolist() == [0] * (n0 + 2) + \
         [1] * (n1 + 2)
-    if window is None:
+    if not window:
         assert torch.equal(layout.cu_seqlens_window, layout.cu_seqlens_image)
     else:  # per image: its prefix group, then its 4 windows
         sizes = layout.cu_seqlens_window.diff().tolist()
