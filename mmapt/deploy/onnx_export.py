@@ -8,8 +8,9 @@ onnxruntime (CPU) and matches eager to 1e-4 on two images with different
 token counts (``tests/test_deploy/test_onnx_export.py``); whole configs
 export through :mod:`mmapt.deploy.export`.
 
-Four gaps of torch 2.14's ONNX converter are filled here, so the export
-needs nothing from the model code:
+Four gaps of torch 2.14's ONNX converter are filled here, and one of its
+translations is replaced for speed, so the export needs nothing from the
+model code:
 
 * ``aten.nonzero_static`` (the static-shape packing) has no ONNX
   translation: written as ``NonZero``, padded with ``fill_value`` and cut
@@ -23,11 +24,25 @@ needs nothing from the model code:
 * ``index_put`` with int32 indices becomes a ``ScatterND`` whose indices
   stay int32, which ONNX requires to be int64 (onnxruntime refuses the
   model): the indices are cast after export.
+* ``aten.scaled_dot_product_attention`` with a boolean key mask (static
+  mode's capacity classes and padded windows) is translated by the
+  converter as scores + additive mask, softmax, then ``IsNaN`` / ``Where``
+  over the whole (groups, heads, L, L) score tensor: three extra passes
+  over it, which made the APT graph slower in ONNX Runtime than the plain
+  one. Here the key mask rides in the score product instead: the queries
+  get one more channel of ones, the keys one channel holding 0 (key kept)
+  or -inf (key masked), so ``MatMul`` yields the masked scores directly
+  (one channel more than the head size, no pass over the scores); a group
+  with no key at all gives zeros, as torch does, through a ``Where`` on
+  the (groups, 1, 1, 1) output scale. Other masks keep a ``Where`` on the
+  scores.
 
 Needs ``onnx``, ``onnxscript`` and (to run the result) ``onnxruntime``.
 """
+import math
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -73,11 +88,65 @@ def _translations() -> Dict[Any, Any]:
         return sort(self, dim, descending)
 
     return {
+        torch.ops.aten.scaled_dot_product_attention.default: _attention,
         torch.ops.aten.sort.default: sort,
         torch.ops.aten.sort.stable: sort_stable,
         torch.ops.aten.nonzero_static.default: nonzero_static,
         torch.ops.aten.searchsorted.Tensor: searchsorted,
     }
+
+
+def _attention(query,
+               key,
+               value,
+               attn_mask=None,
+               dropout_p: float = 0.0,
+               is_causal: bool = False,
+               scale: Optional[float] = None,
+               enable_gqa: bool = False):
+    """``aten.scaled_dot_product_attention`` at inference, 4-D inputs."""
+    from onnxscript import ir
+    from onnxscript import opset18 as op
+    if dropout_p or is_causal or enable_gqa:
+        raise ValueError(
+            'the ONNX export translates scaled_dot_product_attention without '
+            'dropout, is_causal or enable_gqa (mmapt backbones use none at '
+            'inference): export the model in eval mode')
+
+    def scalar(value: float):
+        return op.Constant(value=ir.tensor(np.array(value, np.float32)))
+
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    query = op.Mul(query, scalar(scale))
+    mask_shape = None if attn_mask is None else attn_mask.shape
+    key_mask = attn_mask is not None and attn_mask.dtype == ir.DataType.BOOL \
+        and len(mask_shape) == 4 and mask_shape[-2] == 1
+    if key_mask:
+        # (G|1, 1, 1, L) -> a key channel (G, heads, L, 1): 0 kept, -inf not
+        bias = op.Where(attn_mask, scalar(0.0), scalar(-math.inf))
+        one = op.Constant(value_ints=[1])
+        bias = op.Expand(
+            op.Transpose(bias, perm=[0, 1, 3, 2]),
+            op.Concat(op.Shape(key, start=0, end=3), one, axis=0))
+        ones = op.Expand(
+            scalar(1.0), op.Concat(op.Shape(query, start=0, end=3), one,
+                                   axis=0))
+        query = op.Concat(query, ones, axis=-1)
+        key = op.Concat(key, bias, axis=-1)
+    scores = op.MatMul(query, op.Transpose(key, perm=[0, 1, 3, 2]))
+    if attn_mask is not None and not key_mask:
+        scores = op.Where(attn_mask, scores, scalar(-math.inf)) \
+            if attn_mask.dtype == ir.DataType.BOOL else op.Add(scores, attn_mask)
+    out = op.MatMul(op.Softmax(scores, axis=-1), value)
+    if key_mask:  # a group without keys: zeros, not NaN
+        kept = op.ReduceMax(
+            op.Cast(attn_mask, to=ir.DataType.FLOAT),
+            op.Constant(value_ints=[-1]),
+            keepdims=1)
+        out = op.Where(op.Cast(kept, to=ir.DataType.BOOL), out, scalar(0.0))
+    elif attn_mask is not None and attn_mask.dtype == ir.DataType.BOOL:
+        out = op.Where(op.IsNaN(out), scalar(0.0), out)
+    return out
 
 
 def _int64_scatter_indices(model) -> int:

@@ -40,6 +40,56 @@ def test_static_apt_eva02_runs_in_onnxruntime(tmp_path):
         for a, b in zip(got, want):
             assert a.shape == tuple(b.shape)
             np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-4)
+    # The key masks ride in the score product: no pass of IsNaN / Where
+    # over the (groups, heads, L, L) scores (what made ORT slow).
+    import onnx
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert 'IsNaN' not in ops and ops.count('Softmax') == 2
+
+
+def test_attention_translation_equals_torch(tmp_path):
+    """scaled_dot_product_attention with a key mask (one group with no
+    key at all: zeros, as torch), a full boolean mask, a float mask and no
+    mask: ONNX Runtime equals torch."""
+    import torch.nn.functional as F
+
+    from mmapt.deploy.onnx_export import _translations
+
+    class Attend(torch.nn.Module):
+
+        def forward(self, q, k, v, key_mask, full_mask, bias):
+            return (F.scaled_dot_product_attention(
+                q, k, v, attn_mask=key_mask),
+                    F.scaled_dot_product_attention(
+                        q, k, v, attn_mask=full_mask),
+                    F.scaled_dot_product_attention(q, k, v, attn_mask=bias),
+                    F.scaled_dot_product_attention(q, k, v, scale=0.3))
+
+    make = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 10, 8, generator=make) * 3
+               for _ in range(3))
+    key_mask = torch.rand(3, 1, 1, 10, generator=make) > 0.4
+    key_mask[0] = True
+    key_mask[2] = False  # a padding group: no key
+    full_mask = torch.rand(3, 1, 10, 10, generator=make) > 0.3
+    bias = torch.randn(3, 2, 10, 10, generator=make)
+    inputs = (q, k, v, key_mask, full_mask, bias)
+    path = str(tmp_path / 'attend.onnx')
+    torch.onnx.export(
+        Attend(),
+        inputs,
+        path,
+        dynamo=True,
+        custom_translation_table=_translations())
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    got = session.run(None, {
+        i.name: t.numpy()
+        for i, t in zip(session.get_inputs(), inputs)
+    })
+    want = Attend()(*inputs)
+    assert not want[0][2].any()  # torch: zeros for the group without keys
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-4)
 
 
 def test_stable_sort_translation_keeps_ties_in_order(tmp_path):
