@@ -180,7 +180,7 @@ def test_static_mode_no_host_sync(tmp_path):
     exact = _static_backbone(tmp_path, pack_size=None)
     x = flat_and_noise_images(1, 256, 256, (128, 128))
     with torch.no_grad():
-        counts = count_overhead(lambda: static(x))
+        counts = count_overhead(lambda: static(x), model=static)
         assert counts.total_syncs == 0, counts.sync_sites
         assert counts.ops['tokenizer'] > 0
         for a, b in zip(static(x), exact(x)):
