@@ -1,4 +1,4 @@
-"""ScorerDistiller: train the ``learned`` patch scorer without labels.
+"""ScorerDistiller: train the ``learned`` patch scorer (labels optional).
 
 What the scorer should predict is what merging a patch does to the
 backbone's output features. The frozen APT backbone (the plain model's
@@ -6,8 +6,9 @@ weights; APT layers as loaded, zero-initialised for a plain checkpoint)
 gives that directly, per batch and without labels:
 
 1. the plain forward: every token a base patch (exactly the plain model);
-2. for every patch size ``s`` above the base, the forward with *every*
-   region merged into patches of size ``s`` (a uniform layout);
+2. for every patch size ``s`` above the base, the forwards with patches of
+   size ``s`` merged: a checkerboard of them and then the other half
+   (default), or every region at once (``merge_pattern='all'``);
 3. per base cell, the squared distance between the two output features,
    divided by the image's mean squared feature norm (averaged over the
    backbone's ``out_indices``); averaged over each patch of size ``s`` and
@@ -24,14 +25,24 @@ differentiable patch selection is needed, and the trained scorer's
 mode compares them) and thresholdable (``thresholds=(0.2, 0.2, 0.2)`` merges
 where the predicted drift is under 20%).
 
-The one approximation: in step 2 the neighbours of a patch merge too, so a
-patch's target also holds the effect of its merged context through
-attention. Real layouts merge fewer patches; the ranking of patches, which is
-what thresholds and budgets use, is what the scorer has to get right.
+The one approximation: in step 2 other patches merge too (the diagonal
+neighbours in a checkerboard, all of them with ``'all'``), so a patch's
+target also holds the effect of its merged context through attention.
+Real layouts merge other patches; the ranking of patches, which is what
+thresholds and budgets use, is what the scorer has to get right.
 
-No labels are read: any image folder / dataset works (the toy config uses
-the training images of the toy detection set; evaluation uses its val
-images).
+No labels are read by default: any image folder / dataset works (the toy
+config uses the training images of the toy detection set; evaluation uses
+its val images).
+
+The optional task term (``task_weight > 0``, for datasets with labels)
+weights each base cell's squared drift by ``1 + task_weight * m`` before the
+patch average, ``m`` in [0, 1] being how much the cell matters to the task
+(:mod:`~mmapt.models.distillers.task_maps`: object coverage for detection, a
+class-boundary indicator for segmentation). A patch on an object or a class
+boundary then gets up to ``sqrt(1 + task_weight)`` times its drift, so the
+scorer learns to keep fine patches where the task needs them; background
+patches keep their label-free target.
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -44,6 +55,7 @@ from mmapt.registry import MODELS
 from mmapt.tokenizer import PatchLayout, build_layout, images_to_gray
 from mmapt.tokenizer.scorer_net import ScorerNet
 from ..apt import is_apt_backbone
+from .task_maps import task_cells
 
 
 def checkerboard(rows: int, cols: int, parity: int,
@@ -146,6 +158,10 @@ class ScorerDistiller(BaseModel):
         eps (float): Added to the drift before the log, so patches that
             do not move the features (padding, flat areas) do not dominate
             the loss. Defaults to 0.01.
+        task_weight (float): The task term's weight (module docstring):
+            0 (default) is label-free; above 0 the training pipeline must
+            load labels (``LoadAnnotations``), and each cell's squared drift
+            is multiplied by ``1 + task_weight * m``.
         data_preprocessor (dict, optional): The detector's / segmentor's
             data preprocessor (normalisation and padding must match the
             backbone's ``mean`` / ``std`` and the largest patch).
@@ -157,6 +173,7 @@ class ScorerDistiller(BaseModel):
                  scorer: Optional[dict] = None,
                  merge_pattern: str = 'checkerboard',
                  eps: float = 0.01,
+                 task_weight: float = 0.,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(
@@ -170,6 +187,9 @@ class ScorerDistiller(BaseModel):
                              f'\'all\', got {merge_pattern!r}')
         if not eps > 0:
             raise ValueError(f'eps must be > 0, got {eps!r}')
+        if not task_weight >= 0:
+            raise ValueError(f'task_weight must be >= 0 (0: label-free), '
+                             f'got {task_weight!r}')
         self.backbone = MODELS.build(backbone)
         self.backbone.requires_grad_(False)
         sizes = self.backbone.tokenizer.patch_sizes
@@ -180,16 +200,31 @@ class ScorerDistiller(BaseModel):
             sizes[1:], cell_size=sizes[0], **(scorer or {}))
         self.merge_pattern = merge_pattern
         self.eps = float(eps)
+        self.task_weight = float(task_weight)
 
     def train(self, mode: bool = True) -> 'ScorerDistiller':
         super().train(mode)
         self.backbone.eval()  # frozen: no dropout / drop path
         return self
 
+    def task_map(self, images: Tensor,
+                 data_samples: Optional[list]) -> Optional[Tensor]:
+        """(B, H / cell, W / cell) task map of the batch's labels, or None
+        when the task term is off (``task_weight == 0``)."""
+        if not self.task_weight:
+            return None
+        return task_cells(data_samples, tuple(images.shape[-2:]),
+                          self.backbone.tokenizer.patch_sizes[0],
+                          images.device)
+
     @torch.no_grad()
-    def drift_targets(self, images: Tensor) -> List[Tensor]:
+    def drift_targets(self,
+                      images: Tensor,
+                      task: Optional[Tensor] = None) -> List[Tensor]:
         """One (B, H / s, W / s) relative-drift map per patch size ``s``
-        above the base (see the module docstring)."""
+        above the base (see the module docstring); ``task``, a
+        (B, H / cell, W / cell) map of :meth:`task_map`, weights the cells'
+        squared drift by ``1 + task_weight * task``."""
         backbone = self.backbone
         backbone.apt.check_input_size(*images.shape[-2:])
         plain = forward_layout(backbone, images,
@@ -202,6 +237,8 @@ class ScorerDistiller(BaseModel):
                 layout = merged_layout(backbone, images, scale, parity)
                 drift = cell_drift(plain,
                                    forward_layout(backbone, images, layout))
+                if task is not None:
+                    drift = drift * (1 + self.task_weight * task)
                 drift = F.avg_pool2d(drift[:, None], 1 << scale)[:, 0].sqrt()
                 if parity is None:
                     target = drift
@@ -217,10 +254,14 @@ class ScorerDistiller(BaseModel):
         return self.scorer(
             images_to_gray(images, tokenizer.mean, tokenizer.std))
 
-    def loss(self, images: Tensor) -> Dict[str, Tensor]:
+    def loss(self,
+             images: Tensor,
+             data_samples: Optional[list] = None) -> Dict[str, Tensor]:
         """Mean squared error of the predicted log drift, over all patches
-        of all sizes (each size weighted equally)."""
-        targets = self.drift_targets(images)
+        of all sizes (each size weighted equally); ``data_samples`` carry
+        the labels of the task term (unused when ``task_weight == 0``)."""
+        targets = self.drift_targets(images,
+                                     self.task_map(images, data_samples))
         preds = self.predict_log_drift(images)
         losses = [
             F.mse_loss(pred, (target + self.eps).log())
@@ -240,11 +281,12 @@ class ScorerDistiller(BaseModel):
         """``mode='loss'``: the loss dict; ``'tensor'``: the predicted
         log-drift maps; ``'predict'``: (predicted, target) drift maps."""
         if mode == 'loss':
-            return self.loss(inputs)
+            return self.loss(inputs, data_samples)
         if mode == 'tensor':
             return self.predict_log_drift(inputs)
         if mode == 'predict':
             preds = [p.exp() for p in self.predict_log_drift(inputs)]
-            return preds, self.drift_targets(inputs)
+            return preds, self.drift_targets(
+                inputs, self.task_map(inputs, data_samples))
         raise ValueError(f'mode must be \'loss\', \'tensor\' or '
                          f'\'predict\', got {mode!r}')

@@ -1,0 +1,130 @@
+"""The scorer distiller's optional task term: the label maps per base cell,
+and the drift target changed exactly where the labels are, off without."""
+import numpy as np
+import pytest
+import torch
+from conftest import flat_and_noise_images
+from mmdet.structures import DetDataSample
+from mmdet.structures.mask import BitmapMasks
+from mmengine.structures import InstanceData, PixelData
+from mmseg.structures import SegDataSample
+from test_scorer_distiller import BACKBONE
+
+from mmapt.models.distillers import ScorerDistiller
+from mmapt.models.distillers.task_maps import (class_boundaries,
+                                               object_coverage, task_cells)
+
+
+def _det_sample(boxes, masks=None) -> DetDataSample:
+    instances = InstanceData()
+    instances.bboxes = torch.tensor(boxes, dtype=torch.float32).view(-1, 4)
+    instances.labels = torch.zeros(len(instances.bboxes), dtype=torch.long)
+    if masks is not None:
+        instances.masks = masks
+    return DetDataSample(gt_instances=instances)
+
+
+def _seg_sample(labels) -> SegDataSample:
+    return SegDataSample(gt_sem_seg=PixelData(data=labels[None]))
+
+
+def test_object_coverage_prefers_masks_over_boxes():
+    box = _det_sample([[16, 0, 48, 16]])
+    cover = object_coverage(box.gt_instances, (32, 64), torch.device('cpu'))
+    assert cover.sum() == 32 * 16 and cover[:16, 16:48].all()
+    mask = np.zeros((1, 20, 40), dtype=np.uint8)  # unpadded image, 20 x 40
+    mask[0, 2:4, 3:8] = 1
+    both = _det_sample([[16, 0, 48, 16]], BitmapMasks(mask, 20, 40))
+    cover = object_coverage(both.gt_instances, (32, 64), torch.device('cpu'))
+    assert cover.sum() == 10 and cover[2:4, 3:8].all()
+    empty = object_coverage(
+        _det_sample([]).gt_instances, (32, 64), torch.device('cpu'))
+    assert not empty.any()
+
+
+def test_class_boundaries_mark_both_sides_and_skip_ignored():
+    labels = torch.zeros(4, 6, dtype=torch.long)
+    labels[:, 3:] = 1
+    labels[0, :] = 255  # ignored row: no boundary against it
+    edges = class_boundaries(labels)
+    want = torch.zeros(4, 6)
+    want[1:, 2:4] = 1
+    torch.testing.assert_close(edges, want)
+
+
+def test_task_cells_per_task_and_error_without_labels():
+    cpu = torch.device('cpu')
+    det = task_cells([_det_sample([[0, 0, 8, 16]]),
+                      _det_sample([])], (32, 32), 16, cpu)
+    torch.testing.assert_close(
+        det, torch.tensor([[[0.5, 0.], [0., 0.]], [[0., 0.], [0., 0.]]]))
+    labels = torch.zeros(32, 32, dtype=torch.long)
+    labels[20:, :] = 2  # boundary between rows 19 and 20: the lower cells
+    seg = task_cells([_seg_sample(labels)], (32, 32), 16, cpu)
+    torch.testing.assert_close(seg, torch.tensor([[[0., 0.], [1., 1.]]]))
+    with pytest.raises(ValueError, match='add LoadAnnotations'):
+        task_cells([DetDataSample()], (32, 32), 16, cpu)
+    with pytest.raises(ValueError, match='needs labels'):
+        task_cells(None, (32, 32), 16, cpu)
+
+
+def _images():
+    return flat_and_noise_images(2, 128, 128, (64, 64), seed=0)
+
+
+def test_task_term_changes_the_target_only_where_the_labels_are():
+    torch.manual_seed(0)
+    plain = ScorerDistiller(BACKBONE, scorer=dict(channels=8)).eval()
+    task = ScorerDistiller(
+        BACKBONE, scorer=dict(channels=8), task_weight=3.).eval()
+    task.load_state_dict(plain.state_dict())
+    x = _images()
+    # Image 0: an object over the top-left 32 x 32 patch; image 1: none.
+    samples = [_det_sample([[0, 0, 32, 32]]), _det_sample([])]
+    assert plain.task_map(x, samples) is None  # label-free: labels unread
+    want = plain.drift_targets(x)
+    got = task.drift_targets(x, task.task_map(x, samples))
+    # 32-px patch (0, 0) is all object: its drift doubles (sqrt(1 + 3)).
+    torch.testing.assert_close(got[0][0, 0, 0], 2 * want[0][0, 0, 0])
+    changed = ~torch.isclose(got[0], want[0])
+    assert changed.sum() == 1 and changed[0, 0, 0]
+    # The 64-px patch holding it (a quarter covered): more, at most doubled;
+    # the rest, and the image without objects, unchanged.
+    assert want[1][0, 0, 0] < got[1][0, 0, 0] < 2 * want[1][0, 0, 0]
+    torch.testing.assert_close(got[1][1], want[1][1])
+    torch.testing.assert_close(got[1][0, 1:], want[1][0, 1:])
+    # The losses differ by the target only: same scorer, same images.
+    assert plain(
+        x, samples, mode='loss')['loss'] != task(
+            x, samples, mode='loss')['loss']
+    torch.testing.assert_close(
+        plain(x, samples, mode='loss')['loss'],
+        plain(x, None, mode='loss')['loss'])
+
+
+def test_task_term_needs_labels_and_a_valid_weight():
+    task = ScorerDistiller(
+        BACKBONE, scorer=dict(channels=8), task_weight=1.).eval()
+    with pytest.raises(ValueError, match='task_weight > 0 needs labels'):
+        task(_images(), None, mode='loss')
+    with pytest.raises(ValueError, match='task_weight must be >= 0'):
+        ScorerDistiller(BACKBONE, task_weight=-1.)
+
+
+@pytest.mark.parametrize(
+    'name',
+    ['toy_learned_scorer_coco_task.py', 'toy_learned_scorer_ade_task.py'])
+def test_task_configs_load_labels_and_differ_only_by_the_term(name):
+    import os.path as osp
+
+    from conftest import ROOT
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'toy', name))
+    base = Config.fromfile(
+        osp.join(ROOT, 'configs', 'toy', name.replace('_task', '')))
+    assert cfg.model.task_weight > 0 and 'task_weight' not in base.model
+    steps = [t['type'] for t in cfg.train_dataloader.dataset.pipeline]
+    base_steps = [t['type'] for t in base.train_dataloader.dataset.pipeline]
+    assert steps == base_steps[:1] + ['LoadAnnotations'] + base_steps[1:]
+    assert cfg.model.backbone == base.model.backbone
+    assert cfg.train_cfg == base.train_cfg
