@@ -69,7 +69,7 @@ from mmapt.benchmark.flops import count_flops
 from mmapt.benchmark.timing import StageTimer, sync, time_call
 from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
 from mmapt.engine.checkpoint import add_trust_argument
-from mmapt.engine.precision import PRECISION_CHOICES, precision_dtype
+from mmapt.engine.precision import add_device_dtype_arguments, precision_dtype
 from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.models.backbones import count_tokens
 from .analysis import (build_model_pair, image_paths, load_config_pair,
@@ -106,12 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help='untimed runs per arm, on the first image')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument(
-        '--dtype',
-        choices=PRECISION_CHOICES,
-        default='fp32',
-        help='autocast dtype (fp32: none)')
+    add_device_dtype_arguments(parser, device='cpu', dtype='fp32')
     parser.add_argument(
         '--baseline-pad',
         choices=['config', 'window'],

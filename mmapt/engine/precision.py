@@ -1,5 +1,6 @@
 # Copyright (c) mmapt contributors. All rights reserved.
 """Autocast dtype names (torch only, shared by the engine and the tools)."""
+import argparse
 from typing import Dict, Optional, Union
 
 import torch
@@ -32,6 +33,19 @@ def resolve_amp_dtype(dtype: Optional[Union[str, torch.dtype]],
 
 #: The tools' ``--dtype`` choices: ``fp32`` runs without autocast.
 PRECISION_CHOICES = ('bf16', 'fp16', 'fp32')
+
+
+def add_device_dtype_arguments(parser: argparse.ArgumentParser,
+                               device: str = 'cpu',
+                               dtype: str = 'fp32') -> None:
+    """The tools' ``--device`` and ``--dtype`` (autocast; one of
+    :data:`PRECISION_CHOICES`) options, with these defaults."""
+    parser.add_argument('--device', default=device)
+    parser.add_argument(
+        '--dtype',
+        choices=PRECISION_CHOICES,
+        default=dtype,
+        help='autocast dtype (fp32: no autocast)')
 
 
 def precision_dtype(name: str) -> Optional[torch.dtype]:

@@ -10,9 +10,15 @@ there since. The rule: every cache hands each value it returns to
 around the capture and keeps the returned list for the graph's life. A
 cache may then evict whatever it likes: the graph's list holds the pinned
 tensors, so their storage is never freed or reused while the graph lives.
+
+:class:`BoundedCache` is the one cache of the forward (layout constants,
+RoPE tables and, through ``ParamCache``, values derived from parameters):
+bounded, least recently used out first, every value pinned.
 """
 from contextlib import contextmanager
-from typing import Iterator, List, TypeVar
+from typing import Any, Callable, Dict, Hashable, Iterator, List, TypeVar
+
+import torch
 
 T = TypeVar('T')
 
@@ -42,3 +48,46 @@ def pin(value: T) -> T:
     for pins in _scopes:
         pins.append(value)
     return value
+
+
+class BoundedCache:
+    """``compute()`` results by key, at most ``max_entries`` of them.
+
+    The least recently used entry goes first when full (clearing all
+    would make the next forward rebuild what it had just used). Under
+    ``torch.compile`` / ``torch.export`` values are computed afresh, so the
+    trace holds them as constants and no cache state enters the guards.
+    Every value returned is :func:`pin` ned.
+
+    Args:
+        max_entries (int): Entries kept. Defaults to 8 (a few input sizes).
+    """
+
+    def __init__(self, max_entries: int = 8) -> None:
+        if max_entries < 1:
+            raise ValueError(f'max_entries must be >= 1, got {max_entries}')
+        self.max_entries = max_entries
+        self._store: Dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, from the cache when ``key`` was seen (a key that
+        includes everything the value depends on: shapes, device, ...)."""
+        if torch.compiler.is_compiling():
+            return compute()
+        value = self._store.pop(key, None)
+        if value is None:
+            if len(self._store) >= self.max_entries:
+                del self._store[next(iter(self._store))]
+            value = compute()
+        self._store[key] = value  # most recently used last
+        return pin(value)
+
+    def values(self) -> List[Any]:
+        """The values held now, least recently used first."""
+        return list(self._store.values())
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def __len__(self) -> int:
+        return len(self._store)

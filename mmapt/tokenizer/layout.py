@@ -12,13 +12,14 @@ when ``pack_size`` fixes the length (static-shape mode).
 """
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import (Callable, Dict, List, Optional, Sequence, Tuple, TypeVar,
                     Union)
 
 import torch
 from torch import Tensor
 
-from mmapt.tokenizer.cache_pins import pin
+from mmapt.tokenizer.cache_pins import BoundedCache
 
 T = TypeVar('T')
 
@@ -168,10 +169,11 @@ class PatchLayout:
         return self.num_tokens == self.batch_size * self.baseline_tokens
 
     # ------------------------------------- per content token (lazy, host)
-    def _content(self) -> Dict[str, Tensor]:
-        cached = self.__dict__.get('_content_cache')
-        if cached is not None:
-            return cached
+    @cached_property
+    def _content_tables(self) -> Dict[str, Tensor]:
+        # Computed once per layout and gone with it (a memo, not a bounded
+        # cache: one value per object, nothing to evict or to pin, since
+        # no captured graph reads the per-token host-side tables).
         height, width = self.grid_size
         per_image = self.num_prefix_tokens + height * width
         real = self.num_real_packed
@@ -187,42 +189,40 @@ class PatchLayout:
         prefix = (
             self.slot_code[self.token_slot[:real]] == self.num_scales).nonzero(
                 as_tuple=True)[0]
-        cached = dict(
+        return dict(
             content_index=position,
             prefix_index=prefix,
             image_index=image,
             scale_index=code,
             row=cell // width,
             col=cell % width)
-        self.__dict__['_content_cache'] = cached
-        return cached
 
     @property
     def content_index(self) -> Tensor:
         """(N,) packed position of each content token."""
-        return self._content()['content_index']
+        return self._content_tables['content_index']
 
     @property
     def prefix_index(self) -> Tensor:
         """(B * P,) packed positions of the prefix tokens, image-major."""
-        return self._content()['prefix_index']
+        return self._content_tables['prefix_index']
 
     @property
     def image_index(self) -> Tensor:
-        return self._content()['image_index']
+        return self._content_tables['image_index']
 
     @property
     def scale_index(self) -> Tensor:
-        return self._content()['scale_index']
+        return self._content_tables['scale_index']
 
     @property
     def row(self) -> Tensor:
         """(N,) top-left cell row of each content token."""
-        return self._content()['row']
+        return self._content_tables['row']
 
     @property
     def col(self) -> Tensor:
-        return self._content()['col']
+        return self._content_tables['col']
 
     @property
     def side(self) -> Tensor:
@@ -381,28 +381,14 @@ def _upsample2_index(height: int, width: int, device: torch.device) -> Tensor:
 # image content. A "slot" is a place a packed token may come from: per image,
 # its P prefix slots, then its cells in packed (window) order. The packed
 # sequence is the slots that hold a token, in slot order.
-_CONSTANTS: Dict[tuple, object] = {}
-_CONSTANTS_MAX = 32
+_CONSTANTS = BoundedCache(32)
 
 
 def cached_constant(key: tuple, compute: Callable[[], T]) -> T:
     """``compute()`` (tensors that depend only on shapes, never on data),
-    cached by ``key`` (include the device). Under ``torch.compile`` /
-    ``torch.export`` it is computed afresh, so the trace holds it as a
-    constant and no cache state enters the guards. Every value returned
-    is pinned for a graph being captured
-    (:mod:`mmapt.tokenizer.cache_pins`)."""
-    if torch.compiler.is_compiling():
-        return compute()
-    value = _CONSTANTS.pop(key, None)
-    if value is None:
-        if len(_CONSTANTS) >= _CONSTANTS_MAX:
-            # Least recently used first: clearing everything would make
-            # the next forward rebuild the tables it had just used.
-            del _CONSTANTS[next(iter(_CONSTANTS))]
-        value = compute()
-    _CONSTANTS[key] = value  # most recently used last
-    return pin(value)  # type: ignore[return-value]
+    cached by ``key`` (include the device) in the tokenizer's constants
+    (:class:`~mmapt.tokenizer.cache_pins.BoundedCache`)."""
+    return _CONSTANTS.get(key, compute)
 
 
 def _slot_tables(batch: int, grid: Tuple[int,

@@ -4,12 +4,13 @@ caches (layout constants, RoPE tables, position tables) may evict it while
 a graph still reads it (CPU: the capture itself needs CUDA)."""
 import itertools
 
+import pytest
 import torch
 from conftest import flat_and_noise_images
 
 from mmapt.models import APTEVA02
 from mmapt.tokenizer import layout as layout_module
-from mmapt.tokenizer.cache_pins import pin, pin_cached_values
+from mmapt.tokenizer.cache_pins import BoundedCache, pin, pin_cached_values
 
 
 def _tiny_apt():
@@ -26,10 +27,9 @@ def _tiny_apt():
 def _cache_values(model):
     """Every value the three kinds of cache hold now, by kind."""
     return dict(
-        layout=list(layout_module._CONSTANTS.values()),
-        rope=list(model.apt.__dict__.get('_rope_cache', {}).values()),
-        params=list(model.apt._tables._store.values()) +
-        list(model._pos_cache._store.values()))
+        layout=layout_module._CONSTANTS.values(),
+        rope=model.apt._rope_cache.values(),
+        params=model.apt._tables.values() + model._pos_cache.values())
 
 
 def _tensors(value):
@@ -43,10 +43,9 @@ def _tensors(value):
 
 
 def _clear_caches(model):
-    layout_module._CONSTANTS.clear()
-    model.apt.__dict__.get('_rope_cache', {}).clear()
-    model.apt._tables._store.clear()
-    model._pos_cache._store.clear()
+    for cache in (layout_module._CONSTANTS, model.apt._rope_cache,
+                  model.apt._tables, model._pos_cache):
+        cache.clear()
 
 
 def test_pin_records_only_inside_scopes():
@@ -57,6 +56,28 @@ def test_pin_records_only_inside_scopes():
             pin(value)
         pin('after')
     assert inner == [value] and outer == [value, 'after']
+
+
+def test_bounded_cache_evicts_least_recently_used_and_pins():
+    cache = BoundedCache(2)
+    made = []
+
+    def compute(name):
+        made.append(name)
+        return torch.tensor(len(made))
+
+    with pin_cached_values() as pins:
+        a = cache.get('a', lambda: compute('a'))
+        cache.get('b', lambda: compute('b'))
+        assert cache.get('a', lambda: compute('again')) is a  # a: recent
+        cache.get('c', lambda: compute('c'))  # full: b goes, not a
+    assert made == ['a', 'b', 'c'] and len(cache) == 2
+    assert cache.values()[0] is a
+    cache.get('b', lambda: compute('b'))
+    assert made[-1] == 'b'  # evicted, computed again
+    assert [p.item() for p in pins] == [1, 2, 1, 3]
+    with pytest.raises(ValueError, match='max_entries'):
+        BoundedCache(0)
 
 
 def test_capture_scope_pins_what_caches_evict():

@@ -38,7 +38,7 @@ import sys
 import torch
 
 from mmapt.benchmark.arch_bench import run_gpu_benchmark
-from mmapt.engine.precision import PRECISION_CHOICES
+from mmapt.engine.precision import add_device_dtype_arguments
 from mmapt.engine.preflight import InputError, check_writable_file
 
 
@@ -53,12 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         required=True,
         help='JSON file to write (a folder: FOLDER/gpu_benchmark.json); '
         'the Markdown summary goes next to it')
-    parser.add_argument('--device', default='cuda')
-    parser.add_argument(
-        '--dtype',
-        choices=PRECISION_CHOICES,
-        default='bf16',
-        help='autocast dtype (fp32: no autocast)')
+    add_device_dtype_arguments(parser, device='cuda', dtype='bf16')
     parser.add_argument(
         '--archs',
         nargs='+',

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from mmapt.models.stages import forward_stage
 from mmapt.tokenizer import (IMAGENET_MEAN, IMAGENET_STD, PatchLayout,
                              PatchTokenizer)
-from mmapt.tokenizer.cache_pins import pin
+from mmapt.tokenizer.cache_pins import BoundedCache
 from mmapt.tokenizer.entropy import ENTROPY_BINS
 from mmapt.tokenizer.layout import PackSizeSpec
 from ..layers import APTEmbed, ParamCache, build_plans
@@ -38,7 +38,7 @@ class APTAdapter:
     """Adaptive Patch Transformer tokens for a plain ViT backbone.
 
     Not an ``nn.Module``: it holds no weights of its own (the APT layers are
-    the host's ``apt_embed``), only the tokenizer and a position-table cache.
+    the host's ``apt_embed``), only the tokenizer and its table caches.
 
     Args:
         host (APTHost): The backbone.
@@ -81,6 +81,9 @@ class APTAdapter:
             num_prefix_tokens=host.num_prefix_tokens,
             **tokenizer_kwargs)
         self._tables = ParamCache()
+        # RoPE tables depend on the grid and the host's frequencies (fixed
+        # at build), not on a parameter: a plain bounded cache.
+        self._rope_cache = BoundedCache(8)
 
     @classmethod
     def arg_names(cls) -> Tuple[str, ...]:
@@ -259,17 +262,7 @@ class APTAdapter:
             image = torch.cat([image, identity])
             return image, (torch.cat([window, identity]) if ws else image)
 
-        if torch.compiler.is_compiling():
-            tables = compute()
-        else:
-            cache = self.__dict__.setdefault('_rope_cache', {})
-            tables = cache.get(key)
-            if tables is None:
-                if len(cache) >= 8:
-                    cache.clear()  # a captured graph pinned what it reads
-                tables = cache[key] = compute()
-            pin(tables)
-        image_table, window_table = tables
+        image_table, window_table = self._rope_cache.get(key, compute)
         image_rope = image_table.index_select(0, layout.position_index)
         window_rope = window_table.index_select(
             0, layout.position_index) if ws else image_rope

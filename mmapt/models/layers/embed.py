@@ -1,12 +1,12 @@
 """Patch embedding and absolute position table helpers."""
 import math
-from typing import Any, Callable, Dict, Hashable, Optional, Tuple
+from typing import Any, Callable, Hashable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmapt.tokenizer.cache_pins import pin
+from mmapt.tokenizer.cache_pins import BoundedCache
 
 
 class PatchEmbed(nn.Module):
@@ -173,35 +173,31 @@ def resize_patch_kernel(weight: Tensor,
     return out.to(weight.dtype)
 
 
-class ParamCache:
+class ParamCache(BoundedCache):
     """Values derived from one parameter, cached while it is unchanged.
 
     Only without autograd (inference, or a frozen parameter): e.g. bicubic
     resampling of a position table to a 96 x 96 grid costs about as much as
     the patch embedding itself on CPU, and the result only changes with the
-    grid or the parameter (``_version`` counts in-place updates).
+    grid or the parameter (``_version`` counts in-place updates). A
+    :class:`~mmapt.tokenizer.cache_pins.BoundedCache` whose keys include
+    the parameter's state.
 
     Args:
-        max_entries (int): Entries kept (a few input sizes); the cache is
-            emptied when full; what a captured CUDA graph reads stays alive
-            with the graph (:mod:`mmapt.tokenizer.cache_pins`). Defaults to 8.
+        max_entries (int): Entries kept (a few input sizes); least recently
+            used out first; what a captured CUDA graph reads stays alive
+            with the graph (:mod:`mmapt.tokenizer.cache_pins`). Defaults
+            to 8.
     """
 
-    def __init__(self, max_entries: int = 8) -> None:
-        self.max_entries = max_entries
-        self._store: Dict[tuple, Any] = {}
-
-    def get(self, param: Tensor, key: Hashable, compute: Callable[[],
+    def get(  # type: ignore[override]
+            self, param: Tensor, key: Hashable, compute: Callable[[],
                                                                   Any]) -> Any:
         """``compute()``, from the cache when ``param`` and ``key`` match."""
         if (torch.is_grad_enabled() and param.requires_grad) or \
                 torch.compiler.is_compiling():  # traced, not cached
-            return compute()
+            return compute()  # (and the gradient reaches the parameter)
         full_key = (key, param._version, param.device, param.dtype,
                     param.data_ptr())
-        if full_key not in self._store:
-            if len(self._store) >= self.max_entries:
-                self._store.clear()  # a captured graph pinned what it reads
-            with torch.no_grad():
-                self._store[full_key] = compute()
-        return pin(self._store[full_key])
+        with torch.no_grad():
+            return super().get(full_key, compute)
