@@ -8,10 +8,11 @@ import json
 import os.path as osp
 import sys
 import tempfile
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from mmapt.apis.image_folder import progress_bar
 
@@ -73,6 +74,38 @@ def with_box_importance(cfg, batches: list) -> list:
     return out
 
 
+def slide_crops(inputs: Tensor, crop_size: Sequence[int],
+                stride: Sequence[int]) -> Iterator[Tensor]:
+    """The windows of mmseg's slide inference over a (B, C, H, W) batch,
+    in its order and at its positions."""
+    (h_crop, w_crop), (h_stride, w_stride) = crop_size, stride
+    h_img, w_img = inputs.shape[-2:]
+    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y2 = min(h_idx * h_stride + h_crop, h_img)
+            x2 = min(w_idx * w_stride + w_crop, w_img)
+            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+            yield inputs[:, :, y1:y2, x1:x2]
+
+
+def feature_drift(model, inputs: Tensor) -> Tensor:
+    """(B,) relative feature drift of each image under the model's APT
+    setting; a segmentor with slide inference over the windows its
+    backbone sees (drift summed over all windows of the image)."""
+    from mmapt.models.distillers.scorer_distiller import (drift_sums,
+                                                          image_drift)
+    test_cfg = getattr(model, 'test_cfg', None) or {}
+    if test_cfg.get('mode') != 'slide':
+        return image_drift(model.backbone, inputs)
+    num = den = 0
+    for crop in slide_crops(inputs, test_cfg['crop_size'], test_cfg['stride']):
+        n, d = drift_sums(model.backbone, crop)
+        num, den = num + n, den + d
+    return (num / den.clamp(min=1e-12)).sqrt()
+
+
 def run_setting(runner,
                 cfg,
                 overrides: dict,
@@ -87,7 +120,6 @@ def run_setting(runner,
     from mmengine.runner import load_checkpoint
 
     from mmapt.engine import safe_checkpoint_loading
-    from mmapt.models.distillers.scorer_distiller import image_drift
     setting_cfg = cfg.copy()
     overrides = dict(overrides)
     importance = overrides.pop('importance', None)
@@ -129,7 +161,7 @@ def run_setting(runner,
             baseline += per_image_b.tolist()
             if drift:  # after the token tally: its forward is not counted
                 inputs = model.data_preprocessor(batch, False)['inputs']
-                drifts += image_drift(model.backbone, inputs).tolist()
+                drifts += feature_drift(model, inputs).tolist()
     handle.remove()
     metric = evaluator.metrics[0]
     results = list(metric.results)

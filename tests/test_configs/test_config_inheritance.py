@@ -64,6 +64,8 @@ DISTILLERS = {
     'toy/toy_learned_scorer_coco.py': 'toy/toy_apt_det.py',
     'learned_scorer_ade20k.py': 'apt_upernet_ade20k.py',
     'toy/toy_learned_scorer_ade.py': 'toy/toy_apt_seg.py',
+    'toy/toy_learned_scorer_coco_task.py': 'toy/toy_apt_det.py',
+    'toy/toy_learned_scorer_ade_task.py': 'toy/toy_apt_seg.py',
 }
 VARIANT_KEYS = ('train_pipeline', 'test_pipeline', 'importance',
                 'train_dataloader', 'val_dataloader', 'test_dataloader')

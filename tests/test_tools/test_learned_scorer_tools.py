@@ -73,3 +73,35 @@ def test_scorer_eval_parses_the_new_options():
         '--scorer-checkpoint', 's.pth', '--drift'
     ])
     assert args.scorer_checkpoint == 's.pth' and args.drift
+
+
+def test_feature_drift_over_slide_windows():
+    """A segmentor's drift is taken over the windows of its slide
+    inference: mmseg's positions, 0 with nothing merged, and the windows'
+    sums combined (not the mean of per-window drifts)."""
+    from types import SimpleNamespace
+
+    from conftest import flat_and_noise_images
+    from test_models.test_distillers.test_scorer_distiller import BACKBONE
+
+    from mmapt.benchmark.scorer_eval import feature_drift, slide_crops
+    from mmapt.models.distillers.scorer_distiller import drift_sums
+    from mmapt.registry import MODELS
+    x = flat_and_noise_images(2, 128, 200, (64, 64), seed=0)
+    crops = list(slide_crops(x, (128, 128), (64, 64)))
+    # Columns 0, 64, then 72 (the last window flush with the border).
+    assert [tuple(c.shape[-2:]) for c in crops] == [(128, 128)] * 3
+    torch.testing.assert_close(crops[1], x[..., 64:192])
+    torch.testing.assert_close(crops[2], x[..., 72:])
+    torch.manual_seed(0)
+    backbone = MODELS.build(BACKBONE).eval()
+    model = SimpleNamespace(
+        backbone=backbone,
+        test_cfg=dict(mode='slide', crop_size=(128, 128), stride=(64, 64)))
+    got = feature_drift(model, x)
+    sums = [drift_sums(backbone, c) for c in crops]
+    want = (sum(n for n, _ in sums) / sum(d for _, d in sums)).sqrt()
+    torch.testing.assert_close(got, want)
+    assert bool((got > 0).all())
+    backbone.tokenizer.thresholds = (-1.0, -1.0)
+    assert float(feature_drift(model, x).abs().max()) < 1e-6

@@ -121,17 +121,25 @@ def cell_drift(plain: Sequence[Tensor], merged: Sequence[Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def image_drift(backbone, images: Tensor) -> Tensor:
-    """(B,) relative feature drift of the APT backbone's own layout (its
-    scorer, thresholds or budget) against the plain layout, same weights:
-    ``|F_apt - F| / |F|`` over all output maps of each image (the measure
-    of ``tools/analysis/calibrate_thresholds.py --max-drift``)."""
+def drift_sums(backbone, images: Tensor) -> Tuple[Tensor, Tensor]:
+    """(B,) ``|F_apt - F|^2`` and ``|F|^2`` over all output maps of each
+    image: the APT backbone's own layout (its scorer, thresholds or budget)
+    against the plain layout, same weights. Sums over several crops of an
+    image (slide windows) give the image's drift."""
     plain = forward_layout(backbone, images,
                            merged_layout(backbone, images, 0))
     apt = backbone(images)
     num = sum((a.float() - p.float()).square().sum(dim=(1, 2, 3))
               for a, p in zip(apt, plain))
     den = sum(p.float().square().sum(dim=(1, 2, 3)) for p in plain)
+    return num, den
+
+
+def image_drift(backbone, images: Tensor) -> Tensor:
+    """(B,) relative feature drift ``|F_apt - F| / |F|`` of each image (see
+    :func:`drift_sums`; the measure of
+    ``tools/analysis/calibrate_thresholds.py --max-drift``)."""
+    num, den = drift_sums(backbone, images)
     return (num / den.clamp(min=1e-12)).sqrt()
 
 
