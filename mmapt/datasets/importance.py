@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mmengine.structures import PixelData
 from torch import Tensor
 
+from mmapt.choices import check_choice
 from mmapt.registry import TRANSFORMS
 
 
@@ -126,12 +127,8 @@ class LoadImportanceMap:
                  suffix: str = '.npy',
                  pad_value: float = 0.0,
                  missing: str = 'error') -> None:
-        if suffix not in ('.npy', '.png'):
-            raise ValueError(f'importance map suffix must be .npy or .png, '
-                             f'got {suffix!r}')
-        if missing not in ('error', 'neutral'):
-            raise ValueError(f'missing must be \'error\' or \'neutral\', got '
-                             f'{missing!r}')
+        check_choice('importance map suffix', suffix, ('.npy', '.png'))
+        check_choice('missing', missing, ('error', 'neutral'))
         self.folder = folder
         self.suffix = suffix
         self.pad_value = float(pad_value)

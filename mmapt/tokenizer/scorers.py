@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmapt.choices import check_choice
 from mmapt.registry import PATCH_SCORERS
 from .entropy import ENTROPY_BINS, entropy_maps
 
@@ -284,12 +285,8 @@ class ImportanceScorer(PatchScorer):
             raise ValueError(
                 f'importance alpha must be a finite number >= 0, got '
                 f'{alpha!r} (lower importance with negative map values)')
-        if combine not in ('multiply', 'add'):
-            raise ValueError(f'importance combine must be \'multiply\' or '
-                             f'\'add\', got {combine!r}')
-        if reduce not in ('max', 'mean'):
-            raise ValueError(f'importance reduce must be \'max\' or '
-                             f'\'mean\', got {reduce!r}')
+        check_choice('importance combine', combine, ('multiply', 'add'))
+        check_choice('importance reduce', reduce, ('max', 'mean'))
         self.alpha = float(alpha)
         self.combine = combine
         self.reduce = reduce

@@ -97,7 +97,7 @@ def test_importance_settings(tmp_path):
                                    type='LoadImportanceMap',
                                    folder=str(tmp_path),
                                    suffix='.jpg'), BadInputError,
-                                'suffix must be .npy or .png')):
+                                "suffix must be '.npy' or '.png'")):
         bad = Config.fromfile(TOY_IMPORTANCE)
         for split in ('train', 'test'):
             loader = bad[f'{split}_dataloader']

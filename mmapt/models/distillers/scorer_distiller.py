@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 from torch import Tensor
 
+from mmapt.choices import check_choice
 from mmapt.registry import MODELS
 from mmapt.tokenizer import PatchLayout, build_layout, images_to_gray
 from mmapt.tokenizer.scorer_net import ScorerNet
@@ -190,9 +191,7 @@ class ScorerDistiller(BaseModel):
             raise ValueError(
                 f'ScorerDistiller needs an APT backbone (APTEVA02, APTViT, '
                 f'...) to merge patches; got type={backbone.get("type")!r}')
-        if merge_pattern not in ('checkerboard', 'all'):
-            raise ValueError(f'merge_pattern must be \'checkerboard\' or '
-                             f'\'all\', got {merge_pattern!r}')
+        check_choice('merge_pattern', merge_pattern, ('checkerboard', 'all'))
         if not eps > 0:
             raise ValueError(f'eps must be > 0, got {eps!r}')
         if not task_weight >= 0:
