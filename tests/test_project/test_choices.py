@@ -13,8 +13,7 @@ def test_a_listed_value_passes():
     (('a', 'b'), "'a' or 'b'"),
     (('a', 'b', 'c'), "'a', 'b' or 'c'"),
 ])
-def test_the_error_names_the_option_the_values_and_the_input(
-        choices, allowed):
+def test_the_error_names_the_option_the_values_and_the_input(choices, allowed):
     with pytest.raises(ValueError) as err:
         check_choice('mode', 'z', choices)
     assert str(err.value) == f"mode must be {allowed}, got 'z'"
