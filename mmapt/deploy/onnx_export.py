@@ -129,14 +129,16 @@ def _attention(query,
             op.Transpose(bias, perm=[0, 1, 3, 2]),
             op.Concat(op.Shape(key, start=0, end=3), one, axis=0))
         ones = op.Expand(
-            scalar(1.0), op.Concat(op.Shape(query, start=0, end=3), one,
-                                   axis=0))
+            scalar(1.0),
+            op.Concat(op.Shape(query, start=0, end=3), one, axis=0))
         query = op.Concat(query, ones, axis=-1)
         key = op.Concat(key, bias, axis=-1)
     scores = op.MatMul(query, op.Transpose(key, perm=[0, 1, 3, 2]))
-    if attn_mask is not None and not key_mask:
-        scores = op.Where(attn_mask, scores, scalar(-math.inf)) \
-            if attn_mask.dtype == ir.DataType.BOOL else op.Add(scores, attn_mask)
+    boolean = attn_mask is not None and attn_mask.dtype == ir.DataType.BOOL
+    if boolean and not key_mask:
+        scores = op.Where(attn_mask, scores, scalar(-math.inf))
+    elif attn_mask is not None and not boolean:
+        scores = op.Add(scores, attn_mask)
     out = op.MatMul(op.Softmax(scores, axis=-1), value)
     if key_mask:  # a group without keys: zeros, not NaN
         kept = op.ReduceMax(
@@ -144,7 +146,7 @@ def _attention(query,
             op.Constant(value_ints=[-1]),
             keepdims=1)
         out = op.Where(op.Cast(kept, to=ir.DataType.BOOL), out, scalar(0.0))
-    elif attn_mask is not None and attn_mask.dtype == ir.DataType.BOOL:
+    elif boolean:
         out = op.Where(op.IsNaN(out), scalar(0.0), out)
     return out
 

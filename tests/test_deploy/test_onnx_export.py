@@ -66,8 +66,7 @@ def test_attention_translation_equals_torch(tmp_path):
                     F.scaled_dot_product_attention(q, k, v, scale=0.3))
 
     make = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 2, 10, 8, generator=make) * 3
-               for _ in range(3))
+    q, k, v = (torch.randn(3, 2, 10, 8, generator=make) * 3 for _ in range(3))
     key_mask = torch.rand(3, 1, 1, 10, generator=make) > 0.4
     key_mask[0] = True
     key_mask[2] = False  # a padding group: no key
