@@ -42,7 +42,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
     parser.add_argument('--bins', type=int, default=512)
-    parser.add_argument('--window-size', type=int, default=None)
+    parser.add_argument(
+        '--window-size', type=int, default=0, help='0: no windows')
     parser.add_argument('--repeat', type=int, default=5)
     parser.add_argument('--device', default='cpu')
     parser.add_argument(
