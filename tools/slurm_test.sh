@@ -4,11 +4,4 @@
 #       bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py ARGS]
 # e.g. bash tools/slurm_test.sh p1 apt_upernet configs/apt_upernet_ade20k.py ckpt.pth --tta
 set -euo pipefail
-if [ $# -lt 4 ]; then
-  echo "usage: bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py ARGS]" >&2
-  exit 2
-fi
-PARTITION=$1
-JOB_NAME=$2
-shift 2
-exec bash "$(dirname "$0")/slurm_run.sh" test.py "$PARTITION" "$JOB_NAME" "$@"
+exec bash "$(dirname "$0")/slurm_run.sh" test.py "$@"

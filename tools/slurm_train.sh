@@ -4,15 +4,7 @@
 #       bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [WORK_DIR] [train.py ARGS]
 # e.g. GPUS=64 bash tools/slurm_train.sh p1 apt_vitdet configs/apt_vitdet_coco.py
 set -euo pipefail
-if [ $# -lt 3 ]; then
-  echo "usage: bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [WORK_DIR] [train.py ARGS]" >&2
-  exit 2
+if [ $# -gt 3 ] && [ "${4#-}" = "$4" ]; then  # a WORK_DIR, not an option
+  set -- "${@:1:3}" --work-dir "${@:4}"
 fi
-PARTITION=$1
-JOB_NAME=$2
-CONFIG=$3
-shift 3
-if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then  # a WORK_DIR, not an option
-  set -- --work-dir "$@"
-fi
-exec bash "$(dirname "$0")/slurm_run.sh" train.py "$PARTITION" "$JOB_NAME" "$CONFIG" "$@"
+exec bash "$(dirname "$0")/slurm_run.sh" train.py "$@"

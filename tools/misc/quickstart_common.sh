@@ -8,6 +8,23 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   exit 2
 fi
 
+# quickstart_run DEFAULT_CONFIG FAST SLOW FIXED_SEC TEST_SEC: sets CONFIG (the
+# CONFIG environment variable, else DEFAULT_CONFIG), WORK_DIR (the WORK_DIR
+# environment variable, else work_dirs/<config name>) and the numbers of the
+# time estimates printed: tenths of a second per training iteration on a
+# 2-core CPU, from a lightly loaded machine (FAST) to one shared with two
+# other trainings (SLOW), and the seconds of start-up + validation
+# (FIXED_SEC) and of the test (TEST_SEC), as measured for README's "Quick
+# start".
+quickstart_run() {
+  CONFIG=${CONFIG:-$1}
+  WORK_DIR=${WORK_DIR:-work_dirs/$(basename "$CONFIG" .py)}
+  FAST=$2
+  SLOW=$3
+  FIXED_SEC=$4
+  TEST_SEC=$5
+}
+
 # training_options CONFIG [KEY=VALUE ...]: sets ITERATIONS (ITERS when given,
 # else the config's train_cfg.max_iters) and TRAIN_OPTIONS (`--cfg-options
 # ...` with the overrides, or nothing). ITERS also moves the checkpoint and

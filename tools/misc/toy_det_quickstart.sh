@@ -19,17 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tools/misc/quickstart_common.sh
 
-CONFIG=${CONFIG:-configs/toy/toy_apt_det.py}
-NAME=$(basename "$CONFIG" .py)
-WORK_DIR=${WORK_DIR:-work_dirs/$NAME}
-# Tenths of a second per training iteration on a 2-core CPU, from a lightly
-# loaded machine to one shared with two other trainings, and the seconds of
-# start-up + validation and of the test (README, "Quick start"); used only
-# for the estimates printed.
-FAST=15
-SLOW=60
-FIXED_SEC=60
-TEST_SEC=70
+# 1.5-6 s an iteration, 60 s start-up + validation, 70 s test (2-core CPU)
+quickstart_run configs/toy/toy_apt_det.py 15 60 60 70
 training_options "$CONFIG" "$@"
 
 # The toy configs read data/toy_coco/ (COCO 2017 layout).

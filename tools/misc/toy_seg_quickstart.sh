@@ -14,17 +14,8 @@ cd "$(dirname "$0")/../.."
 source tools/misc/quickstart_common.sh
 
 DATA=${DATA:-data/toy_ade}
-CONFIG=${CONFIG:-configs/toy/toy_apt_seg.py}
-NAME=$(basename "$CONFIG" .py)
-WORK_DIR=${WORK_DIR:-work_dirs/$NAME}
-# Tenths of a second per training iteration on a 2-core CPU, from a lightly
-# loaded machine to one shared with two other trainings, and the seconds of
-# start-up + validation and of the test (README, "Quick start"); used only
-# for the estimates printed.
-FAST=25
-SLOW=60
-FIXED_SEC=60
-TEST_SEC=50
+# 2.5-6 s an iteration, 60 s start-up + validation, 50 s test (2-core CPU)
+quickstart_run configs/toy/toy_apt_seg.py 25 60 60 50
 DATA_OPTS=(train_dataloader.dataset.data_root="$DATA"
            val_dataloader.dataset.data_root="$DATA"
            test_dataloader.dataset.data_root="$DATA")

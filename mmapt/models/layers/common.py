@@ -1,5 +1,5 @@
-"""What every block family shares: stochastic depth, windows and the dense
-attention rule.
+"""What every block family shares: stochastic depth, windows, the dense
+attention rule and the pre-norm block around a family's attention and MLP.
 
 A dense block runs ``block(x, ctx)`` on (B, P + H * W, C) tokens (each
 image's P prefix tokens first, then its H x W grid row-major) with a
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .context import DenseContext
+from .context import DenseContext, PackedContext
 
 #: ``attention(tokens (B', L', C), rope (L', 2, hd) or None,
 #: key_mask (B', 1, 1, L') or None) -> (B', L', C)``.
@@ -149,3 +149,82 @@ def window_unpartition(windows: Tensor, window_size: int,
     if (hp, wp) != tuple(size):
         x = x[:, :size[0], :size[1]]
     return x
+
+
+class PreNormBlock(BaseModule):
+    """Pre-norm block of every family, dense or packed:
+    ``x + ls1(attn(norm1(x)))``, then ``x + ls2(mlp(norm2(x)))``, each
+    branch through per-image stochastic depth.
+
+    A family builds its own attention and MLP (and LayerScale) and hands them
+    over. The submodules register in the order ``norm1, attn, norm2, mlp,
+    ls1, ls2, drop_path``: the state-dict order of the official and timm
+    checkpoints, which the converters and saved checkpoints rely on.
+
+    Args:
+        embed_dims (int): Channels.
+        attn (SelfAttentionBase): The family's attention; its dense
+            ``forward`` follows :data:`DenseAttention`.
+        mlp (nn.Module): The family's MLP on (..., C) tokens.
+        window_size (int): Window side in tokens; 0 means global attention.
+        layer_scale (Tuple[nn.Module, nn.Module], optional): ``ls1`` and
+            ``ls2``, applied to the attention and MLP branches; None: no
+            scaling and no weights.
+        drop_path (float): Stochastic depth rate.
+        norm_eps (float): LayerNorm epsilon.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 attn: SelfAttentionBase,
+                 mlp: nn.Module,
+                 window_size: int = 0,
+                 layer_scale: Optional[Tuple[nn.Module, nn.Module]] = None,
+                 drop_path: float = 0.,
+                 norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(embed_dims, eps=norm_eps)
+        self.attn = attn
+        self.norm2 = nn.LayerNorm(embed_dims, eps=norm_eps)
+        self.mlp = mlp
+        self.ls1, self.ls2 = layer_scale or (nn.Identity(), nn.Identity())
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, ctx: DenseContext) -> Tensor:
+        """Dense path on (B, P + H * W, C) tokens (prefix first).
+
+        Window blocks attend within windows (partial border windows padded,
+        padded keys masked, like ViTDet), global blocks over the whole
+        image; prefix tokens follow :func:`attend_dense`.
+
+        Args:
+            x (Tensor): (B, P + H * W, C) tokens, patch tokens row-major.
+            ctx (DenseContext): Grid, prefix count and RoPE tables, shared
+                by all blocks.
+
+        Returns:
+            Tensor: (B, P + H * W, C).
+        """
+        y = attend_dense(self.attn, self.norm1(x), ctx, self.window_size)
+        x = x + self.drop_path(self.ls1(y))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+    def forward_packed(self, x: Tensor, ctx: PackedContext) -> Tensor:
+        """Packed path on (N, C) tokens; norms and MLP see no padding.
+
+        Args:
+            x (Tensor): (N, C) packed tokens, each image's prefix first.
+            ctx (PackedContext): The batch's attention groups, plans and
+                RoPE tables and the per-token image index (per-image
+                stochastic depth), shared by all blocks.
+
+        Returns:
+            Tensor: (N, C).
+        """
+        y = self.attn.forward_packed(
+            self.norm1(x), ctx.groups(self.window_size))
+        images = ctx.packed_image_index
+        x = x + self.drop_path(self.ls1(y), images, ctx.num_images)
+        y = self.ls2(self.mlp(self.norm2(x)))
+        return x + self.drop_path(y, images, ctx.num_images)

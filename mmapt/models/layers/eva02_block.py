@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .common import DropPath, SelfAttentionBase, attend_dense
-from .context import AttentionGroups, DenseContext, PackedContext
+from .common import PreNormBlock, SelfAttentionBase
+from .context import AttentionGroups
 from .rope import apply_rope
 
 
@@ -134,8 +134,13 @@ class SwiGLU(BaseModule):
         return self.w3(self.norm(F.silu(gate) * value))
 
 
-class EVA02Block(BaseModule):
-    """Pre-norm EVA-02 block: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))``.
+class EVA02Block(PreNormBlock):
+    """Pre-norm EVA-02 block: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))``
+    (:class:`~mmapt.models.layers.common.PreNormBlock`, no LayerScale).
+
+    Attention carries RoPE: window blocks rotate by window-relative
+    positions, global blocks by those of the nominal grid; prefix tokens
+    (class token) get none.
 
     Args:
         embed_dims (int): Channels.
@@ -157,49 +162,10 @@ class EVA02Block(BaseModule):
                  attn_inner_norm: bool = False,
                  drop_path: float = 0.,
                  norm_eps: float = 1e-6) -> None:
-        super().__init__()
-        self.window_size = window_size
-        self.norm1 = nn.LayerNorm(embed_dims, eps=norm_eps)
-        self.attn = EVA02Attention(embed_dims, num_heads, attn_inner_norm,
-                                   norm_eps)
-        self.norm2 = nn.LayerNorm(embed_dims, eps=norm_eps)
-        self.mlp = SwiGLU(embed_dims, mlp_hidden_dims, scale_mlp, norm_eps)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: Tensor, ctx: DenseContext) -> Tensor:
-        """Dense path on (B, P + H * W, C) tokens (prefix first).
-
-        Window blocks attend within windows with window-relative RoPE
-        (partial border windows padded, padded keys masked, like ViTDet);
-        global blocks over the whole image with the RoPE of the nominal
-        grid. Prefix tokens (class token) get no RoPE; they attend with the
-        whole image in global blocks and among themselves in window blocks
-        (:func:`~mmapt.models.layers.common.attend_dense`).
-
-        Args:
-            x (Tensor): (B, P + H * W, C) tokens.
-            ctx (DenseContext): Grid, prefix count and RoPE tables, shared
-                by all blocks.
-
-        Returns:
-            Tensor: (B, P + H * W, C).
-        """
-        y = attend_dense(self.attn, self.norm1(x), ctx, self.window_size)
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def forward_packed(self, x: Tensor, ctx: PackedContext) -> Tensor:
-        """Packed path on (N, C) tokens; norms and MLP see no padding.
-
-        Args:
-            x (Tensor): (N, C) packed tokens.
-            ctx (PackedContext): The batch's groups, attention plans, RoPE
-                tables and per-token image index (for per-image stochastic
-                depth), shared by all blocks.
-        """
-        groups = ctx.groups(self.window_size)
-        y = self.attn.forward_packed(self.norm1(x), groups)
-        images = ctx.packed_image_index
-        x = x + self.drop_path(y, images, ctx.num_images)
-        y = self.mlp(self.norm2(x))
-        return x + self.drop_path(y, images, ctx.num_images)
+        super().__init__(
+            embed_dims,
+            EVA02Attention(embed_dims, num_heads, attn_inner_norm, norm_eps),
+            SwiGLU(embed_dims, mlp_hidden_dims, scale_mlp, norm_eps),
+            window_size=window_size,
+            drop_path=drop_path,
+            norm_eps=norm_eps)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .common import DropPath, SelfAttentionBase, attend_dense
-from .context import AttentionGroups, DenseContext, PackedContext
+from .common import PreNormBlock, SelfAttentionBase
+from .context import AttentionGroups
 
 
 class LayerScale(nn.Module):
@@ -60,11 +60,17 @@ class ViTAttention(SelfAttentionBase):
         self.qkv = nn.Linear(embed_dims, embed_dims * 3)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
-        """Dense path: (B, L, C) sequences -> (B, L, C).
+    def forward(self,
+                x: Tensor,
+                rope: Optional[Tensor] = None,
+                key_mask: Optional[Tensor] = None) -> Tensor:
+        """Dense path (a :data:`~mmapt.models.layers.common.DenseAttention`):
+        (B, L, C) sequences -> (B, L, C).
 
         Args:
             x (Tensor): B sequences (images or windows) of L tokens.
+            rope (Tensor, optional): Unused: this family has no RoPE (the
+                dense context's tables are None for it).
             key_mask (Tensor, optional): (B, 1, 1, L) bool, False for padded
                 keys.
         """
@@ -106,8 +112,9 @@ class ViTMlp(BaseModule):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class ViTBlock(BaseModule):
-    """Pre-norm ViT block with optional LayerScale, dense or packed.
+class ViTBlock(PreNormBlock):
+    """Pre-norm ViT block with optional LayerScale, dense or packed
+    (:class:`~mmapt.models.layers.common.PreNormBlock`; no RoPE).
 
     Args:
         embed_dims (int): Channels.
@@ -128,45 +135,14 @@ class ViTBlock(BaseModule):
                  layer_scale_init: Optional[float] = 1e-5,
                  drop_path: float = 0.,
                  norm_eps: float = 1e-6) -> None:
-        super().__init__()
-        self.window_size = window_size
-        self.norm1 = nn.LayerNorm(embed_dims, eps=norm_eps)
-        self.attn = ViTAttention(embed_dims, num_heads)
-        self.norm2 = nn.LayerNorm(embed_dims, eps=norm_eps)
-        self.mlp = ViTMlp(embed_dims, mlp_hidden_dims)
-        if layer_scale_init is None:
-            self.ls1, self.ls2 = nn.Identity(), nn.Identity()
-        else:
-            self.ls1 = LayerScale(embed_dims, layer_scale_init)
-            self.ls2 = LayerScale(embed_dims, layer_scale_init)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: Tensor, ctx: DenseContext) -> Tensor:
-        """Dense path on (B, P + H * W, C) tokens (prefix first).
-
-        Args:
-            x (Tensor): Tokens, prefix first, patch tokens row-major.
-            ctx (DenseContext): Grid and prefix count, shared by all blocks.
-        """
-        y = attend_dense(self._attention, self.norm1(x), ctx, self.window_size)
-        x = x + self.drop_path(self.ls1(y))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
-
-    def _attention(self, x: Tensor, rope: Optional[Tensor],
-                   key_mask: Optional[Tensor]) -> Tensor:
-        return self.attn(x, key_mask)  # no RoPE in this family
-
-    def forward_packed(self, x: Tensor, ctx: PackedContext) -> Tensor:
-        """Packed path on (N, C) tokens; norms and MLP see no padding.
-
-        Args:
-            x (Tensor): (N, C) packed tokens, each image's prefix first.
-            ctx (PackedContext): The batch's attention groups and plans and
-                the per-token image index (per-image stochastic depth).
-        """
-        y = self.attn.forward_packed(
-            self.norm1(x), ctx.groups(self.window_size))
-        images = ctx.packed_image_index
-        x = x + self.drop_path(self.ls1(y), images, ctx.num_images)
-        y = self.ls2(self.mlp(self.norm2(x)))
-        return x + self.drop_path(y, images, ctx.num_images)
+        layer_scale = None if layer_scale_init is None else (
+            LayerScale(embed_dims, layer_scale_init),
+            LayerScale(embed_dims, layer_scale_init))
+        super().__init__(
+            embed_dims,
+            ViTAttention(embed_dims, num_heads),
+            ViTMlp(embed_dims, mlp_hidden_dims),
+            window_size=window_size,
+            layer_scale=layer_scale,
+            drop_path=drop_path,
+            norm_eps=norm_eps)
