@@ -1,7 +1,9 @@
-"""Command-line options the tokenizer tools share (``visualize_patches``,
-``calibrate_thresholds``), and the tokenizer they describe."""
+"""Command-line options several tools share, each declared once with one
+help text and one default: the tokenizer tools' images, views, patch sizes,
+thresholds and scorers (``visualize_patches``, ``calibrate_thresholds``,
+``benchmark_tokenizer``), ``--json``, and the tokenizer they describe."""
 import argparse
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from mmapt.tokenizer import PatchTokenizer
 from .images import list_images
@@ -24,6 +26,67 @@ def tokenizer_and_images(path: str, patch_sizes: Sequence[int],
         patch_sizes=patch_sizes,
         **tokenizer_args)
     return tokenizer, list_images(path)
+
+
+def add_image_view_arguments(parser: argparse.ArgumentParser) -> None:
+    """``path`` (an image or a folder) and the view a tool sees each image
+    in: ``--canvas`` or ``--crop`` (:func:`mmapt.apis.views.prepare_view`;
+    neither: the image as it is)."""
+    parser.add_argument('path', help='an image file or a folder of images')
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument(
+        '--canvas',
+        type=int,
+        help='detection view: long side to N, pad to N x N')
+    view.add_argument(
+        '--crop',
+        type=int,
+        help='segmentation view: short side to N, centre crop')
+
+
+def add_patch_arguments(parser: argparse.ArgumentParser,
+                        thresholds: bool = True) -> None:
+    """``--patch-sizes`` and (``thresholds``) ``--thresholds``, with the
+    paper's detection setting as defaults."""
+    parser.add_argument(
+        '--patch-sizes',
+        type=int,
+        nargs='+',
+        default=[16, 32, 64, 128],
+        help='patch sides in pixels, smallest first')
+    if thresholds:
+        add_thresholds_argument(parser)
+
+
+def add_thresholds_argument(parser: argparse.ArgumentParser) -> None:
+    """``--thresholds``: one per merged scale (patch sizes after the
+    first)."""
+    parser.add_argument(
+        '--thresholds',
+        type=float,
+        nargs='*',
+        default=[2.0, 2.0, 0.3],
+        help='score thresholds, one per patch size after the first '
+        '(default: 2 2 0.3)')
+
+
+def add_num_images_argument(parser: argparse.ArgumentParser,
+                            default: Optional[int] = None) -> None:
+    """``--num-images``: only the first N images of the input."""
+    parser.add_argument(
+        '--num-images',
+        type=int,
+        default=default,
+        help='use the first N images' +
+        ('' if default is None else f' (default {default})'))
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    """``--json``: the result as one JSON object on the last line."""
+    parser.add_argument(
+        '--json',
+        action='store_true',
+        help='print one JSON object as the last line')
 
 
 def add_entropy_bins_argument(parser: argparse.ArgumentParser) -> None:

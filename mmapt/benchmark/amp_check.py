@@ -24,6 +24,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from mmapt.apis.tool_args import add_json_argument, add_thresholds_argument
 from mmapt.benchmark.timing import time_call
 from mmapt.engine.precision import resolve_amp_dtype
 from mmapt.models import APTEVA02, EVA02
@@ -43,18 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--window-size', type=int, default=16)
     parser.add_argument(
         '--global-attn-indexes', type=int, nargs='*', default=[2, 5, 8, 11])
-    parser.add_argument(
-        '--thresholds', type=float, nargs='+', default=[2.0, 2.0, 0.3])
+    add_thresholds_argument(parser)
     parser.add_argument(
         '--dtypes',
         nargs='+',
         default=['fp16', 'bf16'],
         choices=['fp16', 'bf16'])
     parser.add_argument('--repeat', type=int, default=5)
-    parser.add_argument(
-        '--json',
-        action='store_true',
-        help='print one JSON object as the last line')
+    add_json_argument(parser)
 
 
 def make_images(batch: int, size: int, device: torch.device) -> torch.Tensor:

@@ -5,6 +5,7 @@ holding the same weights, and images are run through a config's own test
 pipeline. mmdet / mmseg / mmcv are imported inside the functions, so
 this module stays importable with torch and mmengine only.
 """
+import argparse
 import copy
 import json
 import logging
@@ -15,6 +16,35 @@ import torch
 from torch import nn
 
 from mmapt.apis.images import list_images
+from mmapt.apis.tool_args import add_num_images_argument
+
+
+def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the config-driven tools read (:func:`load_config_pair`,
+    :func:`image_paths`): the APT ``config``, its baseline ``--compare``,
+    the images (``--images``, ``--img-prefix``, ``--num-images``) and
+    ``--cfg-options`` for both configs."""
+    from mmengine.config import DictAction
+    parser.add_argument('config', help='APT config')
+    parser.add_argument(
+        '--compare', required=True, help='baseline config (the plain model)')
+    parser.add_argument(
+        '--images',
+        required=True,
+        help='folder of images, one image, or a COCO-style '
+        'annotation JSON (its images[].file_name, relative '
+        'to --img-prefix)')
+    parser.add_argument(
+        '--img-prefix',
+        default=None,
+        help='folder of the JSON\'s images (default: the '
+        'JSON\'s folder)')
+    add_num_images_argument(parser, default=5)
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of both configs, key=value')
 
 
 def load_config(path: str, options: Optional[dict] = None):

@@ -69,6 +69,8 @@ import torch
 from torch import nn
 
 from mmapt.apis.images import list_images, load_rgb
+from mmapt.apis.tool_args import (add_json_argument, add_num_images_argument,
+                                  add_thresholds_argument)
 from mmapt.apis.views import normalise, to_canvas
 from mmapt.benchmark.memory import peak_memory_mib
 from mmapt.benchmark.timing import time_call
@@ -78,8 +80,8 @@ from .backbones import (accelerated_arm, bucket_size, build_backbone_pair,
                         count_forward_overhead, forward_tokens,
                         generated_photos, image_name, packed_to, packed_tokens,
                         static_arm)
-from .core import (Arm, add_clock_argument, get_clock, interleaved, ratio,
-                   settings_of)
+from .core import (Arm, add_clock_argument, add_threads_argument, get_clock,
+                   interleaved, ratio, set_threads, settings_of)
 from .runner import split_of
 
 #: What the memory child runs (its command line follows).
@@ -112,8 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs='+',
         default=None,
         help='eva02: 16 32 64 128, vit: 14 28 56 112')
-    parser.add_argument(
-        '--thresholds', type=float, nargs='+', default=[2.0, 2.0, 0.3])
+    add_thresholds_argument(parser)
     parser.add_argument(
         '--window-size',
         type=int,
@@ -131,10 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[1, 3, 5, 7, 9, 11])
     parser.add_argument('--out-indices', type=int, nargs='+', default=[-1])
     parser.add_argument('--repeat', type=int, default=2)
-    parser.add_argument(
-        '--num-images', type=int, default=None, help='use the first N images')
+    add_num_images_argument(parser)
     parser.add_argument('--num-generated', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=None)
+    add_threads_argument(parser)
     add_clock_argument(parser)
     parser.add_argument('--device', default='cpu')
     parser.add_argument(
@@ -165,7 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='also time both backbones with accelerate=MODE (compiled / '
         'CUDA graphs; APT per token bucket), interleaved with the eager '
         'arms; the first call of every shape key is timed apart')
-    parser.add_argument('--json', action='store_true')
+    add_json_argument(parser)
     parser.add_argument(
         '--measure-memory', choices=['plain', 'apt'],
         help=argparse.SUPPRESS)  # child-process mode
@@ -313,8 +313,7 @@ def run(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     clock = get_clock(args.clock, device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     plain, apt = build_models(args)
     batches = {
         name: normalise([img]).to(device)

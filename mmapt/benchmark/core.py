@@ -28,15 +28,30 @@ T = TypeVar('T')
 K = TypeVar('K')
 
 
-def add_clock_argument(parser) -> None:
+def add_clock_argument(parser, default: str = 'wall') -> None:
     """``--clock`` of the benchmark modes (one of :data:`CLOCKS`)."""
     parser.add_argument(
         '--clock',
         choices=sorted(CLOCKS),
-        default='wall',
-        help='wall: elapsed time (default); cpu: CPU time of this '
-        'process, all threads summed (steadier on a machine shared with '
-        'other jobs; CPU runs only)')
+        default=default,
+        help='wall: elapsed time; cpu: CPU time of this process, all '
+        'threads summed (steadier on a machine shared with other jobs; CPU '
+        f'runs only); default: {default}')
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads``: torch's CPU threads for the run (:func:`set_threads`)."""
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help="torch CPU threads (torch.set_num_threads); default: torch's")
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Apply ``--threads`` (None or 0: leave torch's setting)."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def get_clock(name: str, device: torch.device) -> Callable[[], float]:

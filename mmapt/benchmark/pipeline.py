@@ -65,6 +65,7 @@ from typing import Callable, Dict, List
 
 import torch
 
+from mmapt.apis.tool_args import add_json_argument
 from mmapt.benchmark.flops import count_flops
 from mmapt.benchmark.timing import StageTimer, sync, time_call
 from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
@@ -72,33 +73,19 @@ from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.precision import add_device_dtype_arguments, precision_dtype
 from mmapt.engine.preflight import InputError, check_writable_file
 from mmapt.models.backbones import count_tokens
-from .analysis import (build_model_pair, image_paths, load_config_pair,
-                       model_stages, prepare, test_pipeline)
-from .core import Arm, add_clock_argument, get_clock, ratio, rotated
+from .analysis import (add_model_pair_arguments, build_model_pair, image_paths,
+                       load_config_pair, model_stages, prepare, test_pipeline)
+from .core import (Arm, add_clock_argument, add_threads_argument, get_clock,
+                   ratio, rotated, set_threads)
 from .cuda import autocast_for
 from .train import run_training
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The whole-model benchmark's command line."""
-    from mmengine.config import DictAction
-    parser.add_argument('config', help='APT config')
+    add_model_pair_arguments(parser)
     parser.add_argument('checkpoint', nargs='?', help='checkpoint (optional)')
     add_trust_argument(parser)
-    parser.add_argument(
-        '--compare', required=True, help='baseline config (the plain model)')
-    parser.add_argument(
-        '--images',
-        required=True,
-        help='folder of images, one image, or a COCO-style '
-        'annotation JSON (its images[].file_name, relative '
-        'to --img-prefix)')
-    parser.add_argument(
-        '--img-prefix',
-        default=None,
-        help='folder of the JSON\'s images (default: the '
-        'JSON\'s folder)')
-    parser.add_argument('--num-images', type=int, default=5)
     parser.add_argument(
         '--repeat', type=int, default=2, help='timed runs per image and arm')
     parser.add_argument(
@@ -146,23 +133,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help='--train: images per iteration')
-    parser.add_argument('--threads', type=int, default=None)
+    add_threads_argument(parser)
     add_clock_argument(parser)
     parser.add_argument('--seed', type=int, default=0)
     add_accelerate_arg(parser)
     parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of both configs')
-    parser.add_argument(
         '--out',
         help='also write the JSON summary here, '
         'updated after every image of the first repeat')
-    parser.add_argument(
-        '--json',
-        action='store_true',
-        help='print one JSON object as the last line')
+    add_json_argument(parser)
 
 
 def check_args(parser: argparse.ArgumentParser,
@@ -320,8 +299,7 @@ class PipelineArm(Arm):
 
 def run(args: argparse.Namespace) -> None:
     """The whole-model benchmark of ``args`` (training with ``--train``)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     apt_cfg, base_cfg, registry = load_config_pair(args.config, args.compare,
                                                    args.cfg_options)

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from mmapt.models.layers.rope import RotaryEmbedding2D, apply_rope
-from .core import CLOCKS, interleaved
+from .core import (CLOCKS, add_clock_argument, add_threads_argument,
+                   interleaved, set_threads)
 
 
 def complex_rope(x: Tensor, table: Tensor) -> Tensor:
@@ -132,17 +133,12 @@ def main(argv=None) -> None:
     parser.add_argument('--heads', type=int, default=12)
     parser.add_argument('--head-dim', type=int, default=64)
     parser.add_argument('--repeat', type=int, default=15)
-    parser.add_argument(
-        '--clock',
-        default='cpu',
-        choices=sorted(CLOCKS),
-        help='process CPU time (steadier on a shared machine) or wall')
-    parser.add_argument('--threads', type=int, default=None)
+    add_clock_argument(parser, default='cpu')
+    add_threads_argument(parser)
     parser.add_argument(
         '--compile', action='store_true', help='torch.compile both arms')
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     print(
         json.dumps(
             time_rope(

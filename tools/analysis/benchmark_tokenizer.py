@@ -9,7 +9,8 @@ holds; on CPU, the highest resident set size sampled every 0.5 ms from
 child process per setting (torch releases the GIL inside its kernels, so the
 sampling thread runs while they allocate).
 
-Scorers and budget mode: ``--scorer gradient``, ``--token-budget N`` or
+Scorers and budget mode: ``--scorer gradient`` (``importance`` runs with a
+random smooth map), ``--token-budget N`` or
 ``--keep-ratio R`` (and ``--threshold-floor``). ``--compare-budget`` times
 threshold mode and budget mode interleaved in this process (A, B, A, B, ...)
 at the same mean token count (the budget is the threshold layouts' mean
@@ -28,38 +29,22 @@ import time
 
 import torch
 
+from mmapt.apis.tool_args import (add_patch_arguments, add_scorer_arguments,
+                                  scorer_arguments)
 from mmapt.benchmark.memory import peak_memory_mib
-from mmapt.tokenizer import (PatchTokenizer, images_to_gray, patch_entropy,
-                             scorer_names)
+from mmapt.tokenizer import PatchTokenizer, images_to_gray, patch_entropy
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--size', type=int, default=1536)
-    parser.add_argument(
-        '--patch-sizes', type=int, nargs='+', default=[16, 32, 64, 128])
-    parser.add_argument(
-        '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
-    parser.add_argument('--bins', type=int, default=512)
+    add_patch_arguments(parser)
     parser.add_argument(
         '--window-size', type=int, default=0, help='0: no windows')
     parser.add_argument('--repeat', type=int, default=5)
     parser.add_argument('--device', default='cpu')
-    parser.add_argument(
-        '--scorer',
-        default='entropy',
-        help=f'patch scorer: {", ".join(scorer_names())} (importance: with a '
-        'random map)')
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument(
-        '--token-budget', type=int, help='budget mode: tokens per image')
-    budget.add_argument(
-        '--keep-ratio', type=float, help='budget mode: fraction kept')
-    parser.add_argument(
-        '--threshold-floor',
-        action='store_true',
-        help='budget mode: thresholds as a floor of detail')
+    add_scorer_arguments(parser)
     parser.add_argument(
         '--compare-budget',
         action='store_true',
@@ -88,15 +73,13 @@ def make_tokenizer(args, budget_mode: bool = True, **overrides):
     kwargs = dict(
         window_size=args.window_size,
         patch_sizes=args.patch_sizes,
-        scorer=args.scorer)
-    if budget_mode:
+        **scorer_arguments(args))
+    if not budget_mode:
         kwargs.update(
-            token_budget=args.token_budget,
-            keep_ratio=args.keep_ratio,
-            threshold_floor=args.threshold_floor)
+            token_budget=None, keep_ratio=None, threshold_floor=False)
     kwargs.update(overrides)
-    return PatchTokenizer(args.patch_sizes[0], args.thresholds, args.bins,
-                          **kwargs)
+    return PatchTokenizer(args.patch_sizes[0], args.thresholds,
+                          args.entropy_bins, **kwargs)
 
 
 def make_importance(args, images: torch.Tensor):
@@ -120,7 +103,7 @@ def measure_memory(args) -> float:
         gray = images_to_gray(images[:1], tokenizer.mean, tokenizer.std)
 
         def call():
-            return patch_entropy(gray, args.patch_sizes[1], args.bins)
+            return patch_entropy(gray, args.patch_sizes[1], args.entropy_bins)
 
     else:
         call = lambda: tokenizer(images, importance)  # noqa
@@ -131,8 +114,8 @@ def child(args, mode: str) -> float:
     cmd = [
         sys.executable, __file__, '--measure', mode, '--batch',
         str(args.batch), '--size',
-        str(args.size), '--bins',
-        str(args.bins), '--device', args.device, '--patch-sizes',
+        str(args.size), '--entropy-bins',
+        str(args.entropy_bins), '--device', args.device, '--patch-sizes',
         *map(str, args.patch_sizes), '--thresholds',
         *map(str, args.thresholds)
     ]

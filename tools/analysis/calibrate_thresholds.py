@@ -46,7 +46,8 @@ from typing import Dict, List, Optional
 from mmapt.apis import ImageReadError
 from mmapt.apis.image_folder import ImageFolder
 from mmapt.apis.tool_args import (add_entropy_bins_argument,
-                                  tokenizer_and_images)
+                                  add_image_view_arguments, add_json_argument,
+                                  add_patch_arguments, tokenizer_and_images)
 from mmapt.apis.views import normalise, prepare_view
 from mmapt.benchmark.calibration import (DRIFT_KEEP_RATIOS, MAX_SAFE_THRESHOLD,
                                          keep_ratios, measure_drift,
@@ -60,14 +61,8 @@ from mmapt.tokenizer import PatchTokenizer
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('path', help='an image file or a folder of images')
-    view = parser.add_mutually_exclusive_group()
-    view.add_argument(
-        '--canvas', type=int, help='detection view (pad to N x N)')
-    view.add_argument(
-        '--crop', type=int, help='segmentation view (crop N x N)')
-    parser.add_argument(
-        '--patch-sizes', type=int, nargs='+', default=[16, 32, 64, 128])
+    add_image_view_arguments(parser)
+    add_patch_arguments(parser, thresholds=False)
     parser.add_argument(
         '--reference',
         type=float,
@@ -106,7 +101,7 @@ def parse_args(argv=None):
         help='largest mean relative feature error to accept (default 0.2)')
     add_trust_argument(drift)
     add_entropy_bins_argument(parser)
-    parser.add_argument('--json', action='store_true')
+    add_json_argument(parser)
     return parser.parse_args(argv)
 
 

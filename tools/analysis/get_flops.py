@@ -40,28 +40,17 @@ from typing import Dict, List
 
 import torch
 
-from mmapt.benchmark.analysis import (build_model_pair, image_paths,
+from mmapt.apis.tool_args import add_json_argument
+from mmapt.benchmark.analysis import (add_model_pair_arguments,
+                                      build_model_pair, image_paths,
                                       load_config_pair, prepare, test_pipeline)
 from mmapt.benchmark.flops import count_flops
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config', help='APT config')
-    parser.add_argument('--compare', required=True, help='baseline config')
-    parser.add_argument(
-        '--images',
-        required=True,
-        help='folder of images, one image, or a COCO-style '
-        'annotation JSON')
-    parser.add_argument('--img-prefix', default=None)
-    parser.add_argument('--num-images', type=int, default=5)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    parser.add_argument(
-        '--json',
-        action='store_true',
-        help='print one JSON object as the last line')
+    add_model_pair_arguments(parser)
+    add_json_argument(parser)
     return parser.parse_args(argv)
 
 

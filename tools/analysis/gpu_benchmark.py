@@ -37,6 +37,8 @@ import sys
 
 import torch
 
+from mmapt.apis.tool_args import (add_num_images_argument,
+                                  add_thresholds_argument)
 from mmapt.benchmark.arch_bench import run_gpu_benchmark
 from mmapt.engine.precision import add_device_dtype_arguments
 from mmapt.engine.preflight import InputError, check_writable_file
@@ -66,8 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=['base', 'large'],
         help='architectures whose forward + backward is timed too')
     parser.add_argument('--canvas', type=int, default=1536)
-    parser.add_argument(
-        '--thresholds', type=float, nargs='+', default=[2.0, 2.0, 0.3])
+    add_thresholds_argument(parser)
     parser.add_argument(
         '--bucket',
         type=int,
@@ -90,8 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=3,
         help='timed forward + backward per image and training arm')
-    parser.add_argument(
-        '--num-images', type=int, default=None, help='use the first N images')
+    add_num_images_argument(parser)
     parser.add_argument(
         '--no-compile',
         action='store_true',

@@ -25,8 +25,9 @@ from PIL import Image
 
 from mmapt.apis import ImageReadError
 from mmapt.apis.image_folder import ImageFolder
-from mmapt.apis.tool_args import (add_scorer_arguments, scorer_arguments,
-                                  tokenizer_and_images)
+from mmapt.apis.tool_args import (add_image_view_arguments,
+                                  add_patch_arguments, add_scorer_arguments,
+                                  scorer_arguments, tokenizer_and_images)
 from mmapt.apis.views import normalise, prepare_view
 from mmapt.engine.preflight import InputError, check_writable_dir
 from mmapt.tokenizer.learned_scorer import learned_scorer_cfg
@@ -37,20 +38,8 @@ from mmapt.visualization.score_picture import tokenizer_score_picture
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('path', help='an image file or a folder of images')
-    view = parser.add_mutually_exclusive_group()
-    view.add_argument(
-        '--canvas',
-        type=int,
-        help='detection view: long side to N, pad to N x N')
-    view.add_argument(
-        '--crop',
-        type=int,
-        help='segmentation view: short side to N, centre crop')
-    parser.add_argument(
-        '--patch-sizes', type=int, nargs='+', default=[16, 32, 64, 128])
-    parser.add_argument(
-        '--thresholds', type=float, nargs='*', default=[2.0, 2.0, 0.3])
+    add_image_view_arguments(parser)
+    add_patch_arguments(parser)
     add_scorer_arguments(parser)
     parser.add_argument(
         '--checkpoint',

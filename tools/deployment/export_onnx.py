@@ -12,10 +12,11 @@ import argparse
 import json
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
 from mmapt.deploy import export_deployment
 from mmapt.engine.checkpoint import add_trust_argument
+from mmapt.engine.preflight import add_cfg_options
 
 
 def parse_args(argv=None):
@@ -38,11 +39,7 @@ def parse_args(argv=None):
         'the crop size for segmentors)')
     parser.add_argument(
         '--batch-size', type=int, default=1, help='images per run')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config settings, key=value')
+    add_cfg_options(parser)
     add_trust_argument(parser)
     return parser.parse_args(argv)
 

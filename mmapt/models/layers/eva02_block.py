@@ -146,26 +146,24 @@ class EVA02Block(PreNormBlock):
         embed_dims (int): Channels.
         num_heads (int): Attention heads.
         mlp_hidden_dims (int): SwiGLU hidden channels.
-        window_size (int): Window side in tokens; 0 means global attention.
         scale_mlp (bool): LayerNorm inside the MLP.
         attn_inner_norm (bool): LayerNorm inside attention.
-        drop_path (float): Stochastic depth rate.
-        norm_eps (float): LayerNorm epsilon.
+        norm_eps (float): LayerNorm epsilon (all norms).
+        **kwargs: ``window_size`` and ``drop_path`` of
+            :class:`~mmapt.models.layers.common.PreNormBlock`.
     """
 
     def __init__(self,
                  embed_dims: int,
                  num_heads: int,
                  mlp_hidden_dims: int,
-                 window_size: int = 0,
                  scale_mlp: bool = False,
                  attn_inner_norm: bool = False,
-                 drop_path: float = 0.,
-                 norm_eps: float = 1e-6) -> None:
+                 norm_eps: float = 1e-6,
+                 **kwargs) -> None:
         super().__init__(
             embed_dims,
             EVA02Attention(embed_dims, num_heads, attn_inner_norm, norm_eps),
             SwiGLU(embed_dims, mlp_hidden_dims, scale_mlp, norm_eps),
-            window_size=window_size,
-            drop_path=drop_path,
-            norm_eps=norm_eps)
+            norm_eps=norm_eps,
+            **kwargs)

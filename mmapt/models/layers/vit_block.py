@@ -120,21 +120,18 @@ class ViTBlock(PreNormBlock):
         embed_dims (int): Channels.
         num_heads (int): Attention heads.
         mlp_hidden_dims (int): MLP hidden channels.
-        window_size (int): Window side in tokens; 0 means global attention.
         layer_scale_init (float, optional): Initial LayerScale value; None
             builds no LayerScale (no ``ls1``/``ls2`` weights).
-        drop_path (float): Stochastic depth rate.
-        norm_eps (float): LayerNorm epsilon.
+        **kwargs: ``window_size``, ``drop_path`` and ``norm_eps`` of
+            :class:`~mmapt.models.layers.common.PreNormBlock`.
     """
 
     def __init__(self,
                  embed_dims: int,
                  num_heads: int,
                  mlp_hidden_dims: int,
-                 window_size: int = 0,
                  layer_scale_init: Optional[float] = 1e-5,
-                 drop_path: float = 0.,
-                 norm_eps: float = 1e-6) -> None:
+                 **kwargs) -> None:
         layer_scale = None if layer_scale_init is None else (
             LayerScale(embed_dims, layer_scale_init),
             LayerScale(embed_dims, layer_scale_init))
@@ -142,7 +139,5 @@ class ViTBlock(PreNormBlock):
             embed_dims,
             ViTAttention(embed_dims, num_heads),
             ViTMlp(embed_dims, mlp_hidden_dims),
-            window_size=window_size,
             layer_scale=layer_scale,
-            drop_path=drop_path,
-            norm_eps=norm_eps)
+            **kwargs)
