@@ -35,6 +35,14 @@ class SelfAttentionBase(BaseModule):
     """
 
 
+def head_dim_of(embed_dims: int, num_heads: int) -> int:
+    """Channels per head; ``embed_dims`` must divide among the heads."""
+    if embed_dims % num_heads:
+        raise ValueError(f'embed_dims {embed_dims} is not divisible by '
+                         f'num_heads {num_heads}')
+    return embed_dims // num_heads
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample (image), for dense or packed tokens.
 

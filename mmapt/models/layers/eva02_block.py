@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .common import PreNormBlock, SelfAttentionBase
+from .common import PreNormBlock, SelfAttentionBase, head_dim_of
 from .context import AttentionGroups
 from .rope import apply_rope
 
@@ -38,11 +38,8 @@ class EVA02Attention(SelfAttentionBase):
                  inner_norm: bool = False,
                  norm_eps: float = 1e-6) -> None:
         super().__init__()
-        if embed_dims % num_heads:
-            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
-                             f'num_heads {num_heads}')
         self.num_heads = num_heads
-        self.head_dim = embed_dims // num_heads
+        self.head_dim = head_dim_of(embed_dims, num_heads)
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(embed_dims))
         self.v_bias = nn.Parameter(torch.zeros(embed_dims))

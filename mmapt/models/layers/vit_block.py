@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .common import PreNormBlock, SelfAttentionBase
+from .common import PreNormBlock, SelfAttentionBase, head_dim_of
 from .context import AttentionGroups
 
 
@@ -52,11 +52,8 @@ class ViTAttention(SelfAttentionBase):
 
     def __init__(self, embed_dims: int, num_heads: int) -> None:
         super().__init__()
-        if embed_dims % num_heads:
-            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
-                             f'num_heads {num_heads}')
         self.num_heads = num_heads
-        self.head_dim = embed_dims // num_heads
+        self.head_dim = head_dim_of(embed_dims, num_heads)
         self.qkv = nn.Linear(embed_dims, embed_dims * 3)
         self.proj = nn.Linear(embed_dims, embed_dims)
 

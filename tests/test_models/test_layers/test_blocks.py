@@ -1,6 +1,7 @@
 """The block families' state-dict keys, in order: the contract with the
 official / timm checkpoints, the converters and saved checkpoints, kept
 while both families share :class:`PreNormBlock`."""
+import pytest
 import torch
 
 from mmapt.models.layers import DenseContext, EVA02Block, ViTBlock
@@ -62,3 +63,9 @@ def test_layer_scale_scales_both_branches():
         torch.testing.assert_close(block(x, DenseContext((3, 4), 1)), x)
         block.ls2.gamma.fill_(1.)
         assert not torch.allclose(block(x, DenseContext((3, 4), 1)), x)
+
+
+def test_heads_must_divide_the_channels():
+    for block in (EVA02Block, ViTBlock):
+        with pytest.raises(ValueError, match='embed_dims 10 is not divisible'):
+            block(10, 3, 12)
