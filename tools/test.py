@@ -28,6 +28,7 @@ from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
+from mmapt.apis.tool_args import add_config_arguments
 from mmapt.engine.accelerate import add_accelerate_arg, apply_accelerate
 from mmapt.engine.amp import AMP_SCOPES, apply_amp_test_cfg
 from mmapt.engine.checkpoint import (add_trust_argument,
@@ -44,8 +45,7 @@ from mmapt.engine.released import apply_released_test_cfg
 def parse_args():
     parser = argparse.ArgumentParser(
         description='Test a detector or segmentor (mmdet or mmseg config)')
-    parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    add_config_arguments(parser, checkpoint='required')
     parser.add_argument(
         '--out',
         help='detection: dump the predictions to this .pkl file; '

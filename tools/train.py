@@ -18,6 +18,7 @@ import argparse
 
 from mmengine.logging import print_log
 
+from mmapt.apis.tool_args import add_config_arguments
 from mmapt.engine.checkpoint import (add_trust_argument,
                                      checkpoint_errors_as_input_errors,
                                      safe_checkpoint_loading)
@@ -33,7 +34,7 @@ from mmapt.engine.preflight import (add_runner_args, build_runner,
 def parse_args():
     parser = argparse.ArgumentParser(
         description='Train a detector or segmentor (mmdet or mmseg config)')
-    parser.add_argument('config', help='train config file path')
+    add_config_arguments(parser)
     parser.add_argument(
         '--amp',
         action='store_true',

@@ -28,6 +28,24 @@ def tokenizer_and_images(path: str, patch_sizes: Sequence[int],
     return tokenizer, list_images(path)
 
 
+def add_config_arguments(parser: argparse.ArgumentParser,
+                         checkpoint: str = 'none') -> None:
+    """The positional ``config`` and, with ``checkpoint`` ``'required'`` or
+    ``'optional'``, ``checkpoint`` after it."""
+    if checkpoint not in ('none', 'required', 'optional'):
+        raise ValueError("checkpoint must be 'none', 'required' or "
+                         f"'optional', got {checkpoint!r}")
+    parser.add_argument('config', help='config file (mmdet or mmseg)')
+    if checkpoint == 'required':
+        parser.add_argument('checkpoint', help='checkpoint file')
+    elif checkpoint == 'optional':
+        parser.add_argument(
+            'checkpoint',
+            nargs='?',
+            help='checkpoint file (optional: without it, the weights the '
+            'config initialises)')
+
+
 def add_image_view_arguments(parser: argparse.ArgumentParser) -> None:
     """``path`` (an image or a folder) and the view a tool sees each image
     in: ``--canvas`` or ``--crop`` (:func:`mmapt.apis.views.prepare_view`;
@@ -79,6 +97,19 @@ def add_num_images_argument(parser: argparse.ArgumentParser,
         default=default,
         help='use the first N images' +
         ('' if default is None else f' (default {default})'))
+
+
+def add_scorer_checkpoint_argument(parser: argparse.ArgumentParser, *aliases:
+                                   str) -> None:
+    """``--scorer-checkpoint`` (and ``aliases``, a tool's former names):
+    the weights of a ``learned`` scorer, as ``args.scorer_checkpoint``."""
+    parser.add_argument(
+        '--scorer-checkpoint',
+        *aliases,
+        dest='scorer_checkpoint',
+        help='weights of the learned scorer: a checkpoint of tools/train.py '
+        'on a scorer-distiller config, or a detector / segmentor '
+        'checkpoint holding backbone.apt_scorer.*')
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:

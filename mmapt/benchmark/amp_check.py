@@ -26,7 +26,7 @@ from torch import nn
 
 from mmapt.apis.tool_args import add_json_argument, add_thresholds_argument
 from mmapt.benchmark.timing import time_call
-from mmapt.engine.precision import resolve_amp_dtype
+from mmapt.engine.precision import add_device_argument, resolve_amp_dtype
 from mmapt.models import APTEVA02, EVA02
 from mmapt.models.apt import is_apt_backbone
 from mmapt.models.backbones import count_tokens
@@ -37,7 +37,7 @@ from .cuda import autocast_for
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The mixed-precision check's command line."""
-    parser.add_argument('--device', default='cuda')
+    add_device_argument(parser, 'cuda')
     parser.add_argument('--arch', default='base')
     parser.add_argument('--canvas', type=int, default=1024)
     parser.add_argument('--batch', type=int, default=2)

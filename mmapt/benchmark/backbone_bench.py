@@ -74,6 +74,7 @@ from mmapt.apis.tool_args import (add_json_argument, add_num_images_argument,
 from mmapt.apis.views import normalise, to_canvas
 from mmapt.benchmark.memory import peak_memory_mib
 from mmapt.benchmark.timing import time_call
+from mmapt.engine.precision import add_device_argument
 from mmapt.models import APTEVA02, EVA02, APTViT, ViT
 from mmapt.models.backbones.accelerate import ACCELERATE_MODES
 from .backbones import (accelerated_arm, bucket_size, build_backbone_pair,
@@ -100,26 +101,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '--backbone',
         choices=sorted(BACKBONES),
         default='eva02',
-        help='eva02: EVA02 vs APTEVA02; vit: the DINOv2-style '
-        'ViT vs APTViT')
+        help=family_classes())
     parser.add_argument('--arch', default='small')
-    parser.add_argument(
-        '--canvas',
-        type=int,
-        default=None,
-        help='eva02: 1536, vit: 1568 (= 14 x 112)')
-    parser.add_argument(
-        '--patch-sizes',
-        type=int,
-        nargs='+',
-        default=None,
-        help='eva02: 16 32 64 128, vit: 14 28 56 112')
+    # Settings whose default depends on --backbone (BACKBONES' defaults).
+    for key, what, kind in (('canvas', 'square canvas side in pixels', {}),
+                            ('patch_sizes', 'patch sides in pixels',
+                             dict(nargs='+')), ('window_size',
+                                                'window side in cells', {})):
+        parser.add_argument(
+            '--' + key.replace('_', '-'),
+            type=int,
+            default=None,
+            help=f'{what} (default: {family_defaults(key)})',
+            **kind)
     add_thresholds_argument(parser)
-    parser.add_argument(
-        '--window-size',
-        type=int,
-        default=None,
-        help='eva02: 32, vit: 16 (cells)')
     parser.add_argument(
         '--registers',
         type=int,
@@ -136,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--num-generated', type=int, default=3)
     add_threads_argument(parser)
     add_clock_argument(parser)
-    parser.add_argument('--device', default='cpu')
+    add_device_argument(parser)
     parser.add_argument(
         '--per-block',
         metavar='IMAGE',
@@ -186,6 +181,26 @@ def check_args(parser: argparse.ArgumentParser,
     if len(args.thresholds) != len(args.patch_sizes) - 1:
         parser.error(f'{len(args.patch_sizes)} patch sizes need '
                      f'{len(args.patch_sizes) - 1} thresholds')
+
+
+def family_classes() -> str:
+    """The families and the models they compare, for the help:
+    ``'eva02: EVA02 vs APTEVA02; vit: ViT vs APTViT'``."""
+    pairs = ((name, *spec['classes']) for name, spec in BACKBONES.items())
+    return '; '.join(f'{name}: {plain.__name__} vs {apt.__name__}'
+                     for name, plain, apt in pairs)
+
+
+def family_defaults(key: str) -> str:
+    """Each family's default of ``key``, for the help: ``'eva02: 1536,
+    vit: 1568'``."""
+    shown = []
+    for name, spec in BACKBONES.items():
+        value = spec['defaults'][key]
+        if isinstance(value, list):
+            value = ' '.join(map(str, value))
+        shown.append(f'{name}: {value}')
+    return ', '.join(shown)
 
 
 # Plain and APT class of each family, and its argument defaults.

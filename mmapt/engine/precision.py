@@ -35,12 +35,21 @@ def resolve_amp_dtype(dtype: Optional[Union[str, torch.dtype]],
 PRECISION_CHOICES = ('bf16', 'fp16', 'fp32')
 
 
+def add_device_argument(parser: argparse.ArgumentParser,
+                        device: str = 'cpu') -> None:
+    """The tools' ``--device``, with this default."""
+    parser.add_argument(
+        '--device',
+        default=device,
+        help=f'torch device, e.g. cpu, cuda, cuda:1 (default: {device})')
+
+
 def add_device_dtype_arguments(parser: argparse.ArgumentParser,
                                device: str = 'cpu',
                                dtype: str = 'fp32') -> None:
     """The tools' ``--device`` and ``--dtype`` (autocast; one of
     :data:`PRECISION_CHOICES`) options, with these defaults."""
-    parser.add_argument('--device', default=device)
+    add_device_argument(parser, device)
     parser.add_argument(
         '--dtype',
         choices=PRECISION_CHOICES,

@@ -34,6 +34,12 @@ AUTO_BUCKET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 AUTO_BUCKET_MULTIPLE = 64
 
 
+def _content_table(key: str, doc: str) -> property:
+    """A read-only :class:`PatchLayout` attribute: one of its per-content-token
+    tables (``_content_tables``, computed on first use)."""
+    return property(lambda layout: layout._content_tables[key], doc=doc)
+
+
 @dataclass
 class PatchLayout:
     """The multi-scale token layout of a batch, in packed order.
@@ -197,32 +203,20 @@ class PatchLayout:
             row=cell // width,
             col=cell % width)
 
-    @property
-    def content_index(self) -> Tensor:
-        """(N,) packed position of each content token."""
-        return self._content_tables['content_index']
-
-    @property
-    def prefix_index(self) -> Tensor:
-        """(B * P,) packed positions of the prefix tokens, image-major."""
-        return self._content_tables['prefix_index']
-
-    @property
-    def image_index(self) -> Tensor:
-        return self._content_tables['image_index']
-
-    @property
-    def scale_index(self) -> Tensor:
-        return self._content_tables['scale_index']
-
-    @property
-    def row(self) -> Tensor:
-        """(N,) top-left cell row of each content token."""
-        return self._content_tables['row']
-
-    @property
-    def col(self) -> Tensor:
-        return self._content_tables['col']
+    # Views of the tables above, each documented once.
+    content_index = _content_table(
+        'content_index', '(N,) packed position of each content token.')
+    prefix_index = _content_table(
+        'prefix_index',
+        '(B * P,) packed positions of the prefix tokens, image-major.')
+    image_index = _content_table('image_index',
+                                 '(N,) image of each content token.')
+    scale_index = _content_table(
+        'scale_index', '(N,) scale of each content token (0: base patches).')
+    row = _content_table('row',
+                         '(N,) top-left cell row of each content token.')
+    col = _content_table('col',
+                         '(N,) top-left cell column of each content token.')
 
     @property
     def side(self) -> Tensor:

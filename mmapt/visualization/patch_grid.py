@@ -21,7 +21,8 @@ SCALE_COLORS = [(235, 235, 235), (0, 220, 0), (0, 140, 255), (255, 0, 200),
 def tokenizer_from_config(
         cfg: Config,
         thresholds: Optional[Sequence[float]] = None,
-        backbone: Optional[torch.nn.Module] = None) -> PatchTokenizer:
+        backbone: Optional[torch.nn.Module] = None,
+        scorer_checkpoint: Optional[str] = None) -> PatchTokenizer:
     """A PatchTokenizer with the settings of ``cfg.model.backbone``, without
     building the backbone. An APT backbone
     (:func:`~mmapt.models.apt.is_apt_backbone`) gets its APT arguments, the
@@ -36,6 +37,13 @@ def tokenizer_from_config(
         backbone (nn.Module, optional): The built APT backbone of ``cfg``:
             the tokenizer then scores with its scorer, i.e. with the weights
             its checkpoint loaded (a ``learned`` scorer has no others).
+        scorer_checkpoint (str, optional): Without a built backbone, the
+            weights of the config's ``learned`` scorer: a scorer-distiller
+            checkpoint, or a model checkpoint holding ``backbone.apt_scorer``.
+
+    Raises:
+        ValueError: ``scorer_checkpoint`` for a config without a learned
+            scorer (:func:`check_scorer_weights` refuses the opposite).
     """
     from mmapt.models.apt import (apt_tokenizer_args, backbone_cfg_of,
                                   backbone_class, init_default,
@@ -58,10 +66,49 @@ def tokenizer_from_config(
     args.pop('pack_size', None)
     if backbone is not None and is_apt_backbone(backbone):
         args['scorer'] = backbone.apt.tokenizer.scorer
+    elif scorer_checkpoint is not None:
+        args['scorer'] = _scorer_with_weights(
+            args.get('scorer'), scorer_checkpoint)
     if thresholds is not None:
         args['thresholds'] = tuple(thresholds)
         args.pop('patch_sizes', None)
     return PatchTokenizer(**args)
+
+
+def _scorer_with_weights(scorer, checkpoint: str):
+    """The config's learned scorer with ``checkpoint`` as its weights."""
+    from mmapt.tokenizer.learned_scorer import with_checkpoint
+    filled = with_checkpoint(scorer, checkpoint)
+    if filled == scorer:  # with_checkpoint fills only a learned scorer
+        raise ValueError(
+            'a scorer checkpoint was given, but the config\'s scorer, '
+            f'{"entropy (the default)" if scorer is None else repr(scorer)}, '
+            'is not a learned scorer without weights: drop the checkpoint, '
+            'or use a config with scorer=dict(type=\'learned\')')
+    return filled
+
+
+def check_scorer_weights(cfg: Config,
+                         scorer_checkpoint: Optional[str] = None) -> None:
+    """For a tool that builds no model (so loads no model checkpoint): the
+    config's learned scorer, if any, must get its weights from the config's
+    ``checkpoint`` or from ``scorer_checkpoint``.
+
+    Raises:
+        ValueError: A learned scorer left without weights, naming the fix.
+    """
+    from mmapt.models.apt import apt_tokenizer_args, backbone_cfg_of
+    from mmapt.tokenizer.learned_scorer import with_checkpoint
+    args = apt_tokenizer_args(backbone_cfg_of(cfg)) or {}
+    scorer = args.get('scorer')
+    if scorer_checkpoint is None and with_checkpoint(scorer, '') != scorer:
+        raise ValueError(
+            'the config\'s learned scorer has no weights here (no model is '
+            'built to load backbone.apt_scorer.* into): give the scorer '
+            'checkpoint (browse_dataset.py --scorer-checkpoint PATH), '
+            'written by tools/train.py on a scorer-distiller config '
+            '(configs/toy/toy_learned_scorer_coco.py), or a detector / '
+            'segmentor checkpoint that holds backbone.apt_scorer.*')
 
 
 def draw_patch_grid(

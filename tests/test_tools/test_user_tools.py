@@ -121,6 +121,50 @@ def test_browse_dataset_segmentation_and_thresholds(toy_ade_cwd):
             assert int(tokens) * 4 == int(base.split()[0])
 
 
+def test_browse_dataset_learned_scorer_weights(toy_coco_cwd, tmp_path):
+    """No model is built, so a learned scorer's weights come from
+    --scorer-checkpoint; without them the tool stops with the fix, not a
+    traceback from the first image."""
+    config = tmp_path / 'toy_apt_det_learned.py'
+    config.write_text(f'_base_ = [{osp.join(ROOT, TOY_APT_DET)!r}]\n'
+                      'model = dict(backbone=dict(keep_ratio=0.5, '
+                      "scorer=dict(type='learned')))\n")
+    from mmapt.tokenizer import build_scorer
+    torch.manual_seed(0)
+    net = build_scorer(dict(type='learned')).network
+    weights = tmp_path / 'scorer.pth'
+    torch.save(
+        dict(state_dict={
+            'scorer.' + k: v
+            for k, v in net.state_dict().items()
+        }), weights)
+    out = tmp_path / 'browse'
+    command = [
+        'tools/analysis/browse_dataset.py',
+        str(config), '--num', '2', '--output-dir',
+        str(out)
+    ]
+    refused = run_tool(command, cwd=str(toy_coco_cwd), check=False)
+    assert refused.returncode == 2
+    assert '--scorer-checkpoint PATH' in refused.stderr
+    assert 'Traceback' not in refused.stderr
+    proc = run_tool(
+        command + ['--scorer-checkpoint', str(weights)], cwd=str(toy_coco_cwd))
+    lines = [line for line in proc.stdout.splitlines() if 'tokens /' in line]
+    # Budget mode: about half of the 16 x 16 base cells of the toy canvas
+    # (at most the budget; merges are 4, 16 or 64 cells at a time).
+    assert len(lines) == 2
+    assert all(120 <= int(x.split(': ')[1].split()[0]) <= 128 for x in lines)
+    assert len(glob.glob(str(out / '*.png'))) == 2
+    wrong = run_tool([
+        'tools/analysis/browse_dataset.py', TOY_APT_DET, '--scorer-checkpoint',
+        str(weights)
+    ],
+                     cwd=str(toy_coco_cwd),
+                     check=False)
+    assert wrong.returncode == 2 and 'not a learned scorer' in wrong.stderr
+
+
 def test_browse_dataset_names_the_missing_data(tmp_path):
     proc = run_tool(['tools/analysis/browse_dataset.py', TOY_APT_DET],
                     cwd=str(tmp_path),

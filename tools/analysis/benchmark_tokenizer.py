@@ -32,6 +32,7 @@ import torch
 from mmapt.apis.tool_args import (add_patch_arguments, add_scorer_arguments,
                                   scorer_arguments)
 from mmapt.benchmark.memory import peak_memory_mib
+from mmapt.engine.precision import add_device_argument
 from mmapt.tokenizer import PatchTokenizer, images_to_gray, patch_entropy
 
 
@@ -43,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--window-size', type=int, default=0, help='0: no windows')
     parser.add_argument('--repeat', type=int, default=5)
-    parser.add_argument('--device', default='cpu')
+    add_device_argument(parser)
     add_scorer_arguments(parser)
     parser.add_argument(
         '--compare-budget',

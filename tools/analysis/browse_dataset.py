@@ -14,6 +14,15 @@ Examples:
         --output-dir outputs/browse --num 10
     python tools/analysis/browse_dataset.py configs/toy/toy_apt_seg.py \
         --split val --output-dir outputs/browse_toy
+
+A config whose backbone uses the ``learned`` scorer needs its weights, since
+no model is built here: ``--scorer-checkpoint PATH`` (the scorer-distiller
+checkpoint of tools/train.py, or a detector / segmentor checkpoint that holds
+``backbone.apt_scorer.*``)::
+
+    python tools/analysis/browse_dataset.py \
+        configs/apt_vitdet_coco_learned.py \
+        --scorer-checkpoint work_dirs/learned_scorer_coco/iter_5000.pth
 """
 import argparse
 import copy
@@ -26,10 +35,13 @@ import numpy as np
 import torch.nn.functional as F
 from mmengine.config import Config
 
-from mmapt.engine.preflight import (add_cfg_options, check_apt_options,
-                                    check_data, exit_on_input_error)
-from mmapt.visualization.patch_grid import (caption_bar, draw_patch_grid,
-                                            side_by_side,
+from mmapt.apis.tool_args import (add_config_arguments,
+                                  add_scorer_checkpoint_argument)
+from mmapt.engine.preflight import (BadInputError, add_cfg_options,
+                                    check_apt_options, check_data,
+                                    exit_on_input_error)
+from mmapt.visualization.patch_grid import (caption_bar, check_scorer_weights,
+                                            draw_patch_grid, side_by_side,
                                             tokenizer_from_config)
 
 
@@ -37,7 +49,7 @@ def parse_args():
     parser = argparse.ArgumentParser(
         description='Browse a data set after the pipeline and the data '
         'preprocessor, with ground truth and APT patch grid')
-    parser.add_argument('config', help='mmdet or mmseg config file')
+    add_config_arguments(parser)
     parser.add_argument(
         '--split',
         choices=('train', 'val', 'test'),
@@ -53,6 +65,7 @@ def parse_args():
         nargs='+',
         help='entropy thresholds to draw instead of the backbone\'s (also '
         'for a plain EVA-02 config); patch sizes 16 * 2**i')
+    add_scorer_checkpoint_argument(parser)
     add_cfg_options(parser)
     return parser.parse_args()
 
@@ -108,7 +121,14 @@ def main():
     with exit_on_input_error():
         check_apt_options(cfg, args.config)
         check_data(cfg, args.config, (args.split, ))
-    tokenizer = tokenizer_from_config(cfg, args.thresholds or None)
+        try:  # no model is built: a learned scorer needs its weights here
+            check_scorer_weights(cfg, args.scorer_checkpoint)
+            tokenizer = tokenizer_from_config(
+                cfg,
+                args.thresholds or None,
+                scorer_checkpoint=args.scorer_checkpoint)
+        except ValueError as err:
+            raise BadInputError(f'{args.config}: {err}') from err
     dataset, preprocessor, visualizer = build_parts(cfg, args.split)
     os.makedirs(args.output_dir, exist_ok=True)
 

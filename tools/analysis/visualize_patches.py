@@ -27,6 +27,7 @@ from mmapt.apis import ImageReadError
 from mmapt.apis.image_folder import ImageFolder
 from mmapt.apis.tool_args import (add_image_view_arguments,
                                   add_patch_arguments, add_scorer_arguments,
+                                  add_scorer_checkpoint_argument,
                                   scorer_arguments, tokenizer_and_images)
 from mmapt.apis.views import normalise, prepare_view
 from mmapt.engine.preflight import InputError, check_writable_dir
@@ -41,9 +42,7 @@ def parse_args(argv=None):
     add_image_view_arguments(parser)
     add_patch_arguments(parser)
     add_scorer_arguments(parser)
-    parser.add_argument(
-        '--checkpoint',
-        help='weights of the learned scorer (--scorer learned)')
+    add_scorer_checkpoint_argument(parser, '--checkpoint')
     parser.add_argument(
         '--no-map',
         action='store_true',
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
     try:
         options = scorer_arguments(args)
         options['scorer'] = learned_scorer_cfg(options['scorer'],
-                                               args.checkpoint,
+                                               args.scorer_checkpoint,
                                                args.patch_sizes[1:])
         tokenizer, _ = tokenizer_and_images(args.path, args.patch_sizes,
                                             args.thresholds, args.entropy_bins,

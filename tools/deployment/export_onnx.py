@@ -14,6 +14,7 @@ import sys
 
 from mmengine.config import Config
 
+from mmapt.apis.tool_args import add_config_arguments
 from mmapt.deploy import export_deployment
 from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.preflight import add_cfg_options
@@ -21,8 +22,7 @@ from mmapt.engine.preflight import add_cfg_options
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', nargs='?', help='weights (optional)')
+    add_config_arguments(parser, checkpoint='optional')
     parser.add_argument(
         '--bucket',
         type=int,

@@ -10,12 +10,13 @@ import argparse
 
 from mmengine.config import Config
 
+from mmapt.apis.tool_args import add_config_arguments
 from mmapt.engine.preflight import add_cfg_options
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Print the full config')
-    parser.add_argument('config', help='config file path')
+    add_config_arguments(parser)
     parser.add_argument(
         '--save-path', help='also write the merged config to this .py file')
     add_cfg_options(parser)
