@@ -112,12 +112,15 @@ def add_scorer_checkpoint_argument(parser: argparse.ArgumentParser, *aliases:
         'checkpoint holding backbone.apt_scorer.*')
 
 
-def add_json_argument(parser: argparse.ArgumentParser) -> None:
-    """``--json``: the result as one JSON object on the last line."""
+def add_json_argument(parser: argparse.ArgumentParser,
+                      per_image: bool = False) -> None:
+    """``--json``: the result as one JSON object on the last line, or
+    (``per_image``) one JSON line per image in place of the table."""
     parser.add_argument(
         '--json',
         action='store_true',
-        help='print one JSON object as the last line')
+        help='print one JSON object per image instead of a table'
+        if per_image else 'print one JSON object as the last line')
 
 
 def add_entropy_bins_argument(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,7 @@ import os
 import sys
 import tempfile
 
+from mmapt.apis.tool_args import add_scorer_checkpoint_argument
 from mmapt.benchmark.scorer_eval import (bootstrap_report, build_runner,
                                          cached_batches, parse_overrides,
                                          print_table, run_settings)
@@ -68,10 +69,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--limit', type=int, help='only the first N test batches (smoke)')
     parser.add_argument('--out', help='write the full report as JSON')
-    parser.add_argument(
-        '--scorer-checkpoint',
-        help='weights of the learned scorer (settings with '
-        'model.backbone.scorer=learned)')
+    add_scorer_checkpoint_argument(parser)
     parser.add_argument(
         '--drift',
         action='store_true',

@@ -25,7 +25,7 @@ from PIL import Image
 
 from mmapt.apis import ImageReadError
 from mmapt.apis.image_folder import ImageFolder
-from mmapt.apis.tool_args import (add_image_view_arguments,
+from mmapt.apis.tool_args import (add_image_view_arguments, add_json_argument,
                                   add_patch_arguments, add_scorer_arguments,
                                   add_scorer_checkpoint_argument,
                                   scorer_arguments, tokenizer_and_images)
@@ -48,10 +48,7 @@ def parse_args(argv=None):
         action='store_true',
         help='draw the layout only, without the score map beside it')
     parser.add_argument('--out', help='folder for the annotated PNGs')
-    parser.add_argument(
-        '--json',
-        action='store_true',
-        help='print one JSON object per image instead of a table')
+    add_json_argument(parser, per_image=True)
     return parser.parse_args(argv)
 
 
