@@ -262,24 +262,17 @@ class ONNXRuntimeModel:
 
 
 def prepare_image(rgb: np.ndarray, manifest: Dict[str, Any]) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB image as the graphs take it: resized to fit
-    the exported canvas keeping its aspect ratio (bilinear), padded
-    bottom/right with 114 (the detection test pipeline's canvas), in the
-    config's channel order, normalised; (1, 3, H, W) float32."""
-    from PIL import Image
-
-    from mmapt.apis.views import CANVAS_PAD_VALUE
+    """An (H, W, 3) uint8 RGB image as the graphs take it: placed on the
+    exported canvas as the PyTorch tools place it
+    (:func:`mmapt.apis.views.to_canvas`: resized to fit keeping its aspect
+    ratio, bilinear, padded bottom/right with 114, the detection test
+    pipeline's canvas), in the config's channel order, normalised;
+    (1, 3, H, W) float32."""
+    from mmapt.apis.views import normalise, to_canvas
     _, _, height, width = manifest['input']['shape']
-    scale = min(height / rgb.shape[0], width / rgb.shape[1])
-    new_h = max(1, min(height, round(rgb.shape[0] * scale)))
-    new_w = max(1, min(width, round(rgb.shape[1] * scale)))
-    resized = np.asarray(
-        Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
-    canvas = np.full((height, width, 3), CANVAS_PAD_VALUE, dtype=np.uint8)
-    canvas[:new_h, :new_w] = resized
+    canvas = to_canvas(rgb, (height, width))
     if manifest['input'].get('channel_order', 'rgb') == 'bgr':
         canvas = canvas[..., ::-1]
-    mean = np.asarray(manifest['input']['mean'], dtype=np.float32)
-    std = np.asarray(manifest['input']['std'], dtype=np.float32)
-    out = (canvas.astype(np.float32) - mean) / std
-    return np.ascontiguousarray(out.transpose(2, 0, 1)[None])
+    batch = normalise([canvas], manifest['input']['mean'],
+                      manifest['input']['std'])
+    return np.ascontiguousarray(batch.numpy())

@@ -402,3 +402,31 @@ def test_benchmark_cli_names_its_arms(exported, plain_exported):
         parse([f'a={out}', f'a={plain_out}'])
     with pytest.raises(SystemExit, match='other than "plain"'):
         parse([f'plain={out}'])
+
+
+def test_deploy_places_photographs_as_the_pytorch_tools_do(runtime):
+    """prepare_image (ONNX Runtime's input) is the analysis tools' canvas
+    view of the photograph, normalised; a non-square export canvas fits
+    the photograph inside it the same way."""
+    from mmapt.apis.images import load_rgb, sample_photo_paths
+    from mmapt.apis.views import (CANVAS_PAD_VALUE, canvas_content_size,
+                                  normalise, prepare_view)
+    from mmapt.deploy.runtime import prepare_image
+    path = [p for p in sample_photo_paths() if p.endswith('coffee.png')][0]
+    rgb = load_rgb(path)  # 400 x 600
+    manifest = runtime.manifest
+    view = prepare_view(rgb, canvas=256)
+    want = normalise([view], manifest['input']['mean'],
+                     manifest['input']['std']).numpy()
+    np.testing.assert_array_equal(prepare_image(rgb, manifest), want)
+    assert (view[171:] == CANVAS_PAD_VALUE).all()  # 600 -> 256: 171 rows
+    wide = dict(
+        manifest, input=dict(manifest['input'], shape=[1, 3, 128, 256]))
+    x = prepare_image(rgb, wide)
+    assert x.shape == (1, 3, 128, 256)
+    assert canvas_content_size(400, 600, (128, 256)) == (128, 192)
+    pad = normalise([np.full((1, 1, 3), CANVAS_PAD_VALUE, np.uint8)],
+                    manifest['input']['mean'], manifest['input']['std'])
+    np.testing.assert_allclose(x[0, :, :, 192:],
+                               np.broadcast_to(pad.numpy()[0], (3, 128, 64)))
+    assert not np.allclose(x[0, :, :, 191], pad.numpy()[0, :, :, 0])
