@@ -3,7 +3,7 @@ them (detection canvas, segmentation crop), and their normalisation.
 
 Kept free of mmdet/mmseg so the tools also run on a machine with torch only.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -14,22 +14,32 @@ from mmapt.tokenizer import IMAGENET_MEAN, IMAGENET_STD
 # mmdet's Pad value for ViTDet-style square canvases.
 CANVAS_PAD_VALUE = 114
 
+Canvas = Union[int, Tuple[int, int]]
+
+
+def _canvas_hw(canvas: Canvas) -> Tuple[int, int]:
+    return (canvas, canvas) if isinstance(canvas, int) else \
+        (int(canvas[0]), int(canvas[1]))
+
 
 def canvas_content_size(height: int, width: int,
-                        canvas: int) -> Tuple[int, int]:
-    """Size of an image's content on the :func:`to_canvas` canvas."""
-    scale = canvas / max(height, width)
-    return (max(1, min(canvas, round(height * scale))),
-            max(1, min(canvas, round(width * scale))))
+                        canvas: Canvas) -> Tuple[int, int]:
+    """Size of an image's content on the :func:`to_canvas` canvas (a side,
+    or (H, W))."""
+    canvas_h, canvas_w = _canvas_hw(canvas)
+    scale = min(canvas_h / height, canvas_w / width)
+    return (max(1, min(canvas_h, round(height * scale))),
+            max(1, min(canvas_w, round(width * scale))))
 
 
-def to_canvas(image: np.ndarray, canvas: int) -> np.ndarray:
-    """Detection test pipeline: long side to ``canvas`` keeping the aspect
-    ratio (bilinear), then pad bottom/right with 114 to canvas x canvas."""
+def to_canvas(image: np.ndarray, canvas: Canvas) -> np.ndarray:
+    """Detection test pipeline: resized to fit ``canvas`` (a side, or
+    (H, W)) keeping the aspect ratio (bilinear), then padded bottom/right
+    with 114 to the canvas."""
     new_h, new_w = canvas_content_size(*image.shape[:2], canvas)
     resized = np.asarray(
         Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    out = np.full((canvas, canvas, 3), CANVAS_PAD_VALUE, dtype=np.uint8)
+    out = np.full(_canvas_hw(canvas) + (3, ), CANVAS_PAD_VALUE, dtype=np.uint8)
     out[:new_h, :new_w] = resized
     return out
 

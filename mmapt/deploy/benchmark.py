@@ -2,92 +2,74 @@
 
 The arms run interleaved (A B A B ...) per photograph and repeat, in one
 process with fixed ``intra_op_num_threads`` (ONNX Runtime) and torch
-threads, so that load on a shared machine hits every arm alike. The APT
-export runs each photograph in the bucket the runtime chooses (the token
-count graph included in its time).
+threads, so that load on a shared machine hits every arm alike. Every APT
+export runs each photograph in the bucket its runtime chooses (the token
+count graph included in its time). Each graph (arm and bucket) gets one
+untimed warm-up run the first time a photograph needs it.
+
+Besides the time, every arm's peak memory during its runs is read from the
+kernel (``VmHWM`` of ``/proc/self/status``, reset before each run through
+``/proc/self/clear_refs``; Linux only, else not reported): the peak
+resident size of the whole process minus its size just before the run,
+i.e. what the run itself adds on top of the loaded models.
 """
+import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .graphs import FeatureGraph, fixed_pack_size
-from .runtime import ONNXRuntimeModel, prepare_image
+from .runtime import LOW_MEMORY_OPTIONS, ONNXRuntimeModel, prepare_image
+
+_STATUS = '/proc/self/status'
+_CLEAR_REFS = '/proc/self/clear_refs'
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def _status_gib(key: str) -> Optional[float]:
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith(key + ':'):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak resident size (Linux >= 4.0)."""
+    try:
+        with open(_CLEAR_REFS, 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def timed_run(fn: Callable[[], object]) -> Tuple[float, Optional[float]]:
+    """Milliseconds of ``fn()`` and the GiB its run added to the process's
+    peak resident size (None where the kernel does not tell)."""
+    measured = _reset_peak()
+    before = _status_gib('VmRSS')
     start = time.perf_counter()
     fn()
-    return (time.perf_counter() - start) * 1e3
+    ms = (time.perf_counter() - start) * 1e3
+    peak = _status_gib('VmHWM') if measured else None
+    extra = None if peak is None or before is None else max(0., peak - before)
+    return ms, extra
 
 
-def benchmark_onnx(apt_dir: str,
-                   plain_dir: str,
-                   images: Sequence[np.ndarray],
-                   threads: int,
-                   repeat: int = 2,
-                   apt_model: Optional[nn.Module] = None,
-                   plain_model: Optional[nn.Module] = None) -> Dict:
-    """Milliseconds per image of each arm, interleaved.
+def _ort_arm(runtime: ONNXRuntimeModel):
+    """(graph key, call) of an export on one prepared input."""
 
-    Args:
-        apt_dir (str): Export folder of the APT config.
-        plain_dir (str): Export folder of the plain config (same exporter).
-        images (Sequence[np.ndarray]): RGB uint8 photographs.
-        threads (int): ``intra_op_num_threads`` and ``torch`` threads.
-        repeat (int): Timed runs per image and arm (after one warm-up).
-        apt_model (nn.Module, optional): The APT detector / segmentor for
-            the eager PyTorch arm (static mode, same buckets).
-        plain_model (nn.Module, optional): The plain one, likewise.
+    def make(x: np.ndarray):
+        key = runtime.select_bucket(runtime.check_input(x))[0]
+        return key, lambda: runtime(x)
 
-    Returns:
-        dict: per image: bucket, packed tokens and the median ms of each
-        arm; ``summary``: the ratios of the summed medians.
-    """
-    torch.set_num_threads(threads)
-    apt = ONNXRuntimeModel(apt_dir, intra_op_num_threads=threads)
-    plain = ONNXRuntimeModel(plain_dir, intra_op_num_threads=threads)
-    arms: Dict[str, Callable[[np.ndarray], Callable[[], object]]] = {
-        'ort_apt': lambda x: (lambda: apt(x)),
-        'ort_plain': lambda x: (lambda: plain(x)),
-    }
-    for name, model, runtime in (('torch_apt', apt_model, apt),
-                                 ('torch_plain', plain_model, plain)):
-        if model is not None:
-            arms[name] = _eager_arm(model, runtime)
-    rows: List[Dict] = []
-    for rgb in images:
-        x = prepare_image(rgb, apt.manifest)
-        if x.shape != prepare_image(rgb, plain.manifest).shape:
-            raise ValueError('the APT and plain exports take different '
-                             'input shapes: export both with the same --shape')
-        calls = {name: make(x) for name, make in arms.items()}
-        for call in calls.values():
-            call()  # warm-up: first-run allocations, graph optimisation
-        times: Dict[str, List[float]] = {name: [] for name in calls}
-        for _ in range(repeat):
-            for name, call in calls.items():
-                times[name].append(_timed(call))
-        result = apt(x)
-        rows.append(
-            dict(
-                bucket=result.pack_size,
-                packed_tokens=result.packed_tokens,
-                capped=result.capped,
-                **{
-                    f'{k}_ms': float(np.median(v))
-                    for k, v in times.items()
-                }))
-    total = {k: sum(r[f'{k}_ms'] for r in rows) for k in arms}
-    summary = dict(ort_apt_speedup=total['ort_plain'] / total['ort_apt'])
-    if 'torch_apt' in total:
-        summary['ort_vs_torch_apt'] = total['torch_apt'] / total['ort_apt']
-    if 'torch_plain' in total:
-        summary['ort_vs_torch_plain'] = \
-            total['torch_plain'] / total['ort_plain']
-    return dict(threads=threads, repeat=repeat, images=rows, summary=summary)
+    return make
 
 
 def _eager_arm(model: nn.Module, runtime: ONNXRuntimeModel):
@@ -100,7 +82,7 @@ def _eager_arm(model: nn.Module, runtime: ONNXRuntimeModel):
     else:
         forward = FeatureGraph(model.backbone, getattr(model, 'neck', None))
 
-    def make(x: np.ndarray) -> Callable[[], object]:
+    def make(x: np.ndarray):
         tensor = torch.from_numpy(x)
         size = runtime.select_bucket(x)[0]
 
@@ -108,6 +90,129 @@ def _eager_arm(model: nn.Module, runtime: ONNXRuntimeModel):
             with fixed_pack_size(model.backbone, size), torch.no_grad():
                 return forward(tensor)
 
-        return run
+        return size, run
 
     return make
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    return float(np.exp(np.mean(np.log(np.asarray(values, dtype=float)))))
+
+
+def benchmark_onnx(apt_dirs: Dict[str, str],
+                   plain_dir: str,
+                   images: Sequence[np.ndarray],
+                   threads: int,
+                   repeat: int = 2,
+                   apt_model: Optional[nn.Module] = None,
+                   plain_model: Optional[nn.Module] = None,
+                   session_options: Optional[Dict[str, Any]] = None,
+                   on_row: Optional[Callable[[Dict], None]] = None) -> Dict:
+    """Milliseconds per image of each arm, interleaved, and its memory.
+
+    Args:
+        apt_dirs (dict[str, str]): Export folders of the APT config by arm
+            label (e.g. ``{'apt': DIR, 'apt_fine': DIR2}``: other bucket
+            sets, or a budget-mode export). The first one is the one the
+            eager APT arm runs (in its buckets).
+        plain_dir (str): Export folder of the plain config (same exporter).
+        images (Sequence[np.ndarray]): RGB uint8 photographs.
+        threads (int): ``intra_op_num_threads`` and ``torch`` threads.
+        repeat (int): Timed runs per image and arm (after the warm-up).
+        apt_model (nn.Module, optional): The APT detector / segmentor for
+            the eager PyTorch arm (static mode, same buckets).
+        plain_model (nn.Module, optional): The plain one, likewise.
+        session_options (dict, optional): ``SessionOptions`` attributes for
+            every ONNX Runtime arm alike; None: :data:`LOW_MEMORY_OPTIONS`.
+        on_row (callable, optional): Called with each image's row as soon
+            as it is measured (long runs keep what they measured).
+
+    Returns:
+        dict: per image: bucket and packed tokens of each APT export, the
+        median ms of each arm; per arm the largest memory a run added;
+        ``summary``: total ms per arm, the plain / APT ratios of the totals
+        and their geometric means over the images, ORT vs eager.
+    """
+    if not apt_dirs:
+        raise ValueError('give at least one APT export folder')
+    if session_options is None:
+        session_options = LOW_MEMORY_OPTIONS
+    torch.set_num_threads(threads)
+
+    def load(directory: str) -> ONNXRuntimeModel:
+        return ONNXRuntimeModel(
+            directory,
+            intra_op_num_threads=threads,
+            session_options=session_options)
+
+    apts = {f'ort_{label}': load(d) for label, d in apt_dirs.items()}
+    plain = load(plain_dir)
+    first = next(iter(apts.values()))
+    arms = {name: _ort_arm(runtime) for name, runtime in apts.items()}
+    arms['ort_plain'] = _ort_arm(plain)
+    if apt_model is not None:
+        arms['torch_apt'] = _eager_arm(apt_model, first)
+    if plain_model is not None:
+        arms['torch_plain'] = _eager_arm(plain_model, plain)
+    warmed = set()
+    memory: Dict[str, float] = {}
+    rows: List[Dict] = []
+    for rgb in images:
+        x = prepare_image(rgb, plain.manifest)
+        for runtime in apts.values():
+            if prepare_image(rgb, runtime.manifest).shape != x.shape:
+                raise ValueError(
+                    'the APT and plain exports take different input '
+                    'shapes: export all with the same --shape')
+        calls = {name: make(x) for name, make in arms.items()}
+        for name, (key, call) in calls.items():
+            if (name, key) not in warmed:  # first run of this graph
+                call()
+                warmed.add((name, key))
+        times: Dict[str, List[float]] = {name: [] for name in calls}
+        for _ in range(repeat):
+            for name, (_, call) in calls.items():
+                ms, extra = timed_run(call)
+                times[name].append(ms)
+                if extra is not None:
+                    memory[name] = max(memory.get(name, 0.), extra)
+        row: Dict[str, Any] = {}
+        for name, runtime in apts.items():
+            size, needed, capped = runtime.select_bucket(x)
+            row[f'{name}_bucket'] = size
+            row[f'{name}_capped'] = capped
+            row['packed_tokens'] = row.get('packed_tokens', needed)
+        row.update({f'{k}_ms': float(np.median(v)) for k, v in times.items()})
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return dict(
+        threads=threads,
+        repeat=repeat,
+        session_options=dict(session_options),
+        images=rows,
+        run_memory_gib=memory,
+        loaded_gib=_status_gib('VmRSS'),
+        pid=os.getpid(),
+        summary=summarise(rows, list(arms), list(apts)))
+
+
+def summarise(rows: Sequence[Dict], arms: Sequence[str],
+              apt_arms: Sequence[str]) -> Dict[str, float]:
+    """Totals per arm; plain / APT of the totals and the geometric mean of
+    the per-image ratios for every APT export; eager / ORT."""
+    total = {k: sum(r[f'{k}_ms'] for r in rows) for k in arms}
+    summary: Dict[str, float] = {f'{k}_total_ms': v for k, v in total.items()}
+    for name in apt_arms:
+        summary[f'{name}_speedup'] = total['ort_plain'] / total[name]
+        summary[f'{name}_speedup_geomean'] = geometric_mean(
+            [r['ort_plain_ms'] / r[f'{name}_ms'] for r in rows])
+    if 'torch_apt' in total:
+        apt = apt_arms[0]
+        summary['ort_vs_torch_apt'] = total['torch_apt'] / total[apt]
+        summary['torch_apt_speedup'] = \
+            total.get('torch_plain', float('nan')) / total['torch_apt']
+    if 'torch_plain' in total:
+        summary['ort_vs_torch_plain'] = \
+            total['torch_plain'] / total['ort_plain']
+    return summary

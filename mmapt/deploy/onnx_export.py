@@ -3,10 +3,10 @@
 APT backbones export only in their static-shape mode (``pack_size`` set):
 then every shape is fixed by the input size, and one ONNX graph runs any
 image of that size. Plain backbones (``EVA02``, ``ViT``) have static shapes
-anyway. Tested: the tiny ``APTEVA02`` with ``pack_size`` runs in
-onnxruntime (CPU) and matches eager to 1e-4 on two images with different
-token counts (``tests/test_deploy/test_onnx_export.py``); whole configs
-export through :mod:`mmapt.deploy.export`.
+anyway. Whole configs export through :mod:`mmapt.deploy.export`; tested:
+a tiny APT-EVA02 detector config runs in onnxruntime (CPU) and matches
+eager to 1e-4 on photographs of different token counts in every bucket
+(``tests/test_deploy/test_deploy_runtime.py``).
 
 Four gaps of torch 2.14's ONNX converter are filled here, and one of its
 translations is replaced for speed, so the export needs nothing from the

@@ -29,6 +29,11 @@ from .manifest import HASH_KEY, check_config, file_sha256, read_manifest
 PREFERRED_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider',
                        'CPUExecutionProvider')
 OVERFLOW_RULES = ('cap', 'error')
+#: Session settings for graphs whose activations run to gigabytes (global
+#: attention over thousands of tokens): without onnxruntime's CPU arena
+#: every tensor goes back to the system when freed, instead of the arena
+#: keeping (and rounding up) its largest extension between runs.
+LOW_MEMORY_OPTIONS = dict(enable_cpu_mem_arena=False)
 
 
 def import_onnxruntime():
@@ -63,6 +68,24 @@ def check_providers(providers: Sequence[str]) -> List[str]:
     return list(providers)
 
 
+def session_options_of(settings: Dict[str, Any]):
+    """``onnxruntime.SessionOptions`` with ``settings`` (attribute: value;
+    None values are left at onnxruntime's default); ValueError naming the
+    valid attributes for an unknown one."""
+    options = import_onnxruntime().SessionOptions()
+    for name, value in settings.items():
+        if name.startswith('_') or not hasattr(options, name) or callable(
+                getattr(options, name)):
+            valid = sorted(
+                n for n in dir(options)
+                if not n.startswith('_') and not callable(getattr(options, n)))
+            raise ValueError(f'{name!r} is not an onnxruntime SessionOptions '
+                             f'attribute; valid: {", ".join(valid)}')
+        if value is not None:
+            setattr(options, name, value)
+    return options
+
+
 @dataclass
 class DeployResult:
     """One run: the graph's outputs by name, the bucket it ran in (None for
@@ -91,6 +114,10 @@ class ONNXRuntimeModel:
             capped by score, with a warning) or ``'error'``.
         check_files (bool): Compare every file's SHA-256 with the manifest.
             Defaults to True.
+        session_options (dict, optional): Further ``SessionOptions``
+            attributes for every session, e.g. ``enable_cpu_mem_arena=False``
+            (:data:`LOW_MEMORY_OPTIONS`: large graphs then need a fraction
+            of the memory, docs/deploy.md).
     """
 
     def __init__(self,
@@ -99,7 +126,8 @@ class ONNXRuntimeModel:
                  config: Optional[Any] = None,
                  intra_op_num_threads: Optional[int] = None,
                  on_overflow: str = 'cap',
-                 check_files: bool = True) -> None:
+                 check_files: bool = True,
+                 session_options: Optional[Dict[str, Any]] = None) -> None:
         ort = import_onnxruntime()
         if on_overflow not in OVERFLOW_RULES:
             raise ValueError(f'on_overflow must be one of {OVERFLOW_RULES}, '
@@ -112,9 +140,10 @@ class ONNXRuntimeModel:
             config = Config.fromfile(config)
         check_config(self.manifest, config, f'{root}')
         self.providers = check_providers(providers or ['CPUExecutionProvider'])
-        options = ort.SessionOptions()
-        if intra_op_num_threads is not None:
-            options.intra_op_num_threads = intra_op_num_threads
+        options = session_options_of(
+            dict(
+                session_options or {},
+                intra_op_num_threads=intra_op_num_threads))
         self.options = options
 
         def session(entry: Dict[str, Any]):
@@ -233,24 +262,17 @@ class ONNXRuntimeModel:
 
 
 def prepare_image(rgb: np.ndarray, manifest: Dict[str, Any]) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB image as the graphs take it: resized to fit
-    the exported canvas keeping its aspect ratio (bilinear), padded
-    bottom/right with 114 (the detection test pipeline's canvas), in the
-    config's channel order, normalised; (1, 3, H, W) float32."""
-    from PIL import Image
-
-    from mmapt.apis.views import CANVAS_PAD_VALUE
+    """An (H, W, 3) uint8 RGB image as the graphs take it: placed on the
+    exported canvas as the PyTorch tools place it
+    (:func:`mmapt.apis.views.to_canvas`: resized to fit keeping its aspect
+    ratio, bilinear, padded bottom/right with 114, the detection test
+    pipeline's canvas), in the config's channel order, normalised;
+    (1, 3, H, W) float32."""
+    from mmapt.apis.views import normalise, to_canvas
     _, _, height, width = manifest['input']['shape']
-    scale = min(height / rgb.shape[0], width / rgb.shape[1])
-    new_h = max(1, min(height, round(rgb.shape[0] * scale)))
-    new_w = max(1, min(width, round(rgb.shape[1] * scale)))
-    resized = np.asarray(
-        Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
-    canvas = np.full((height, width, 3), CANVAS_PAD_VALUE, dtype=np.uint8)
-    canvas[:new_h, :new_w] = resized
+    canvas = to_canvas(rgb, (height, width))
     if manifest['input'].get('channel_order', 'rgb') == 'bgr':
         canvas = canvas[..., ::-1]
-    mean = np.asarray(manifest['input']['mean'], dtype=np.float32)
-    std = np.asarray(manifest['input']['std'], dtype=np.float32)
-    out = (canvas.astype(np.float32) - mean) / std
-    return np.ascontiguousarray(out.transpose(2, 0, 1)[None])
+    batch = normalise([canvas], manifest['input']['mean'],
+                      manifest['input']['std'])
+    return np.ascontiguousarray(batch.numpy())

@@ -2,17 +2,22 @@
 tools/deployment/export_onnx.py and run it in ONNX Runtime: outputs equal
 eager static mode on photographs in each bucket, the bucket is the one
 static mode picks, capping follows static mode, and bad inputs are refused
-with a message naming the fix."""
+with a message naming the fix. The exports are made once per module and
+shared; the tools run in this process (their ``main``), which spares a
+Python start and the imports of every call."""
+import contextlib
+import io
 import json
 import os
 import os.path as osp
+import runpy
 import shutil
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_tool
+from conftest import ROOT
 
 pytest.importorskip('onnxruntime', reason='pip install .[deploy]')
 pytest.importorskip('skimage', reason='the sample photographs')
@@ -36,6 +41,14 @@ model = dict(
         thresholds=(5.0, 5.0, 0.3)),
     neck=dict(backbone_channel=48, in_channels=[12, 24, 48, 48]))
 """
+TINY_PLAIN_DET = """
+_base_ = [{base!r}]
+model = dict(
+    backbone=dict(
+        arch=dict(_delete_=True, embed_dims=48, num_layers=2, num_heads=2),
+        global_attn_indexes=(1, )),
+    neck=dict(backbone_channel=48, in_channels=[12, 24, 48, 48]))
+"""
 
 
 def write_config(folder, text: str, base: str) -> str:
@@ -43,6 +56,16 @@ def write_config(folder, text: str, base: str) -> str:
     with open(path, 'w') as f:
         f.write(text.format(base=osp.join(ROOT, base)))
     return path
+
+
+def tool(relative: str, argv) -> str:
+    """stdout of a tool's ``main(argv)`` run in this process; SystemExit
+    (with the tool's message) when it fails."""
+    main = runpy.run_path(osp.join(ROOT, relative))['main']
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([str(a) for a in argv]) == 0
+    return out.getvalue()
 
 
 def photo(name: str, manifest: dict) -> np.ndarray:
@@ -66,14 +89,31 @@ def exported(tmp_path_factory):
     checkpoint = str(folder / 'tiny.pth')
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), checkpoint)
     out = str(folder / 'onnx')
-    proc = run_tool([
-        'tools/deployment/export_onnx.py', config, checkpoint, '--bucket',
-        str(BUCKETS[1]), '--bucket',
-        str(BUCKETS[0]), '--out', out
+    stdout = tool('tools/deployment/export_onnx.py', [
+        config, checkpoint, '--bucket', BUCKETS[1], '--bucket', BUCKETS[0],
+        '--out', out
     ])
-    printed = json.loads(proc.stdout[proc.stdout.index('{'):])
+    printed = json.loads(stdout[stdout.index('{'):])
     assert printed['buckets'] == list(BUCKETS)
     return out, config, model
+
+
+@pytest.fixture(scope='module')
+def plain_exported(tmp_path_factory):
+    """(export folder, manifest, eager model) of the tiny plain detector,
+    exported by the library from the built model."""
+    from mmengine.config import Config
+
+    from mmapt.deploy import build_model, export_deployment
+    folder = tmp_path_factory.mktemp('deploy_plain')
+    cfg = Config.fromfile(
+        write_config(folder, TINY_PLAIN_DET, 'configs/toy/toy_eva02_det.py'))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with pytest.raises(ValueError, match='plain backbone.*drop --bucket'):
+        export_deployment(cfg, str(folder / 'x'), buckets=[64], model=model)
+    out = str(folder / 'onnx')
+    return out, export_deployment(cfg, out, model=model), model
 
 
 @pytest.fixture(scope='module')
@@ -110,6 +150,21 @@ def test_manifest_lists_files_and_outputs(exported):
         [f'feat{i}' for i in range(5)]
     for entry in manifest['buckets'] + [manifest['count_graph']]:
         assert osp.isfile(osp.join(out, entry['file']))
+
+
+def test_attention_exports_without_passes_over_the_scores(exported):
+    """The key masks ride in the score product: no IsNaN / Where pass over
+    the (groups, heads, L, L) scores (what made ONNX Runtime slow), one
+    Softmax per block."""
+    import onnx
+    out = exported[0]
+    for name in os.listdir(out):
+        if name.endswith('.onnx') and '_b' in name:
+            ops = [
+                node.op_type
+                for node in onnx.load(osp.join(out, name)).graph.node
+            ]
+            assert 'IsNaN' not in ops and ops.count('Softmax') == 2, name
 
 
 @pytest.mark.parametrize('bucket', BUCKETS)
@@ -218,23 +273,20 @@ def test_onnx_infer_cli_prints_bucket_and_saves(exported, runtime, tmp_path):
     from mmapt.apis.images import sample_photo_paths
     out, config, _ = exported
     path = [p for p in sample_photo_paths() if p.endswith('camera.png')][0]
-    proc = run_tool([
-        'tools/deployment/onnx_infer.py', out, path, '--config', config,
-        '--threads', '1', '--save',
-        str(tmp_path)
-    ])
-    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout = tool(
+        'tools/deployment/onnx_infer.py',
+        [out, path, '--config', config, '--threads', '1', '--save', tmp_path])
+    line = json.loads(stdout.strip().splitlines()[-1])
     assert line['bucket'] == 144 and line['capped'] is False
     assert line['outputs']['feat0'] == [1, 32, 64, 64]
     saved = np.load(tmp_path / 'camera.npz')
     want = runtime(photo('camera.png', runtime.manifest)).outputs
     np.testing.assert_array_equal(saved['feat0'], want['feat0'])
-    proc = run_tool([
-        'tools/deployment/onnx_infer.py', out, path, '--config',
-        os.path.join(ROOT, 'configs/toy/toy_apt_det.py')
-    ],
-                    check=False)
-    assert proc.returncode != 0 and 'hash' in proc.stderr
+    with pytest.raises(SystemExit, match='onnx_infer: .*hash'):
+        tool('tools/deployment/onnx_infer.py', [
+            out, path, '--config',
+            osp.join(ROOT, 'configs/toy/toy_apt_det.py')
+        ])
 
 
 def test_heads_in_pytorch_on_ort_features(exported, runtime):
@@ -263,3 +315,118 @@ def test_heads_in_pytorch_on_ort_features(exported, runtime):
     np.testing.assert_allclose(got.bboxes, want.bboxes, rtol=0, atol=1e-3)
     np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-4)
     assert torch.equal(got.labels, want.labels)
+
+
+def test_plain_detector_exports_one_graph(plain_exported):
+    from mmapt.deploy import ONNXRuntimeModel
+    from mmapt.deploy.graphs import FeatureGraph
+    out, manifest, model = plain_exported
+    assert [b['pack_size'] for b in manifest['buckets']] == [None]
+    assert manifest['count_graph'] is None and not manifest['apt']
+    runtime = ONNXRuntimeModel(out)
+    x = photo('coffee.png', manifest)
+    result = runtime(x)
+    assert result.pack_size is None and result.packed_tokens is None
+    with torch.no_grad():
+        want = FeatureGraph(model.backbone, model.neck)(torch.from_numpy(x))
+    for got, ref in zip(result.outputs.values(), want):
+        np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-4)
+
+
+def test_session_options_reach_the_sessions_and_bad_ones_are_named(exported):
+    from mmapt.deploy import ONNXRuntimeModel
+    runtime = ONNXRuntimeModel(
+        exported[0],
+        intra_op_num_threads=1,
+        session_options=dict(enable_cpu_mem_arena=False))
+    assert runtime.options.enable_cpu_mem_arena is False
+    assert runtime.options.intra_op_num_threads == 1
+    for session in runtime.sessions.values():
+        assert session.get_session_options().enable_cpu_mem_arena is False
+    with pytest.raises(
+            ValueError,
+            match="'mem_arena' is not.*valid: "
+            '.*enable_cpu_mem_arena'):
+        ONNXRuntimeModel(exported[0], session_options=dict(mem_arena=False))
+
+
+def test_benchmark_interleaves_every_arm_in_the_chosen_bucket(
+        exported, plain_exported):
+    """Two APT arms (the same export under two labels), plain, and the
+    eager arms: every image is timed in every arm, in the bucket the
+    runtime chooses; the summary is the ratio of the totals."""
+    from mmapt.apis.images import load_rgb, sample_photo_paths
+    from mmapt.deploy.benchmark import benchmark_onnx
+    from mmapt.deploy.runtime import prepare_image
+    out, _, apt_model = exported
+    plain_out, manifest, plain_model = plain_exported
+    names = ('camera.png', 'coffee.png')
+    images = [load_rgb(p) for p in sample_photo_paths() if p.endswith(names)]
+    rows = []
+    report = benchmark_onnx(
+        dict(apt=out, again=out),
+        plain_out,
+        images,
+        threads=1,
+        repeat=2,
+        apt_model=apt_model,
+        plain_model=plain_model,
+        on_row=rows.append)
+    assert report['images'] == rows and len(rows) == 2
+    arms = ('ort_apt', 'ort_again', 'ort_plain', 'torch_apt', 'torch_plain')
+    for rgb, row in zip(images, rows):
+        want = apt_model.backbone.apt.select_pack_size(
+            torch.from_numpy(prepare_image(rgb, manifest)), buckets=BUCKETS)
+        assert row['ort_apt_bucket'] == row['ort_again_bucket'] == want
+        assert not row['ort_apt_capped']
+        assert all(row[f'{arm}_ms'] > 0 for arm in arms)
+    assert [r['ort_apt_bucket'] for r in rows] == [144, 192]
+    summary = report['summary']
+    total = {a: sum(r[f'{a}_ms'] for r in rows) for a in arms}
+    assert summary['ort_apt_speedup'] == pytest.approx(total['ort_plain'] /
+                                                       total['ort_apt'])
+    assert summary['ort_vs_torch_plain'] == pytest.approx(
+        total['torch_plain'] / total['ort_plain'])
+    assert report['session_options'] == dict(enable_cpu_mem_arena=False)
+    if sys.platform == 'linux':
+        assert set(report['run_memory_gib']) == set(arms)
+        assert all(v >= 0 for v in report['run_memory_gib'].values())
+
+
+def test_benchmark_cli_names_its_arms(exported, plain_exported):
+    out, plain_out = exported[0], plain_exported[0]
+    parse = runpy.run_path(
+        osp.join(ROOT, 'tools/deployment/benchmark_onnx.py'))['export_arms']
+    assert parse([out, f'fine={out}']) == dict(apt=out, fine=out)
+    with pytest.raises(SystemExit, match='given twice'):
+        parse([f'a={out}', f'a={plain_out}'])
+    with pytest.raises(SystemExit, match='other than "plain"'):
+        parse([f'plain={out}'])
+
+
+def test_deploy_places_photographs_as_the_pytorch_tools_do(runtime):
+    """prepare_image (ONNX Runtime's input) is the analysis tools' canvas
+    view of the photograph, normalised; a non-square export canvas fits
+    the photograph inside it the same way."""
+    from mmapt.apis.images import load_rgb, sample_photo_paths
+    from mmapt.apis.views import (CANVAS_PAD_VALUE, canvas_content_size,
+                                  normalise, prepare_view)
+    from mmapt.deploy.runtime import prepare_image
+    path = [p for p in sample_photo_paths() if p.endswith('coffee.png')][0]
+    rgb = load_rgb(path)  # 400 x 600
+    manifest = runtime.manifest
+    view = prepare_view(rgb, canvas=256)
+    want = normalise([view], manifest['input']['mean'],
+                     manifest['input']['std']).numpy()
+    np.testing.assert_array_equal(prepare_image(rgb, manifest), want)
+    assert (view[171:] == CANVAS_PAD_VALUE).all()  # 600 -> 256: 171 rows
+    wide = dict(
+        manifest, input=dict(manifest['input'], shape=[1, 3, 128, 256]))
+    x = prepare_image(rgb, wide)
+    assert x.shape == (1, 3, 128, 256)
+    assert canvas_content_size(400, 600, (128, 256)) == (128, 192)
+    pad = normalise([np.full((1, 1, 3), CANVAS_PAD_VALUE, np.uint8)],
+                    manifest['input']['mean'], manifest['input']['std'])
+    np.testing.assert_allclose(x[0, :, :, 192:],
+                               np.broadcast_to(pad.numpy()[0], (3, 128, 64)))
+    assert not np.allclose(x[0, :, :, 191], pad.numpy()[0, :, :, 0])
