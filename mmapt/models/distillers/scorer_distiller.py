@@ -41,8 +41,9 @@ patch average, ``m`` in [0, 1] being how much the cell matters to the task
 (:mod:`~mmapt.models.distillers.task_maps`: object coverage or object
 borders for detection, a class-boundary indicator for segmentation). A
 patch on an object or a class boundary then gets up to
-``sqrt(1 + task_weight)`` times its drift, so the scorer learns to keep fine patches where the task needs them; background
-patches keep their label-free target.
+``sqrt(1 + task_weight)`` times its drift, so the scorer learns to keep
+fine patches where the task needs them; background patches keep their
+label-free target.
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
