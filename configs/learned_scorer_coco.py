@@ -63,7 +63,12 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
-    clip_grad=dict(max_norm=1.0, norm_type=2))
+    clip_grad=dict(max_norm=1.0, norm_type=2),
+    # The contrast prior's scale and offset per patch size start at (1, -4)
+    # and must reach the log-drift range (about -5 to 0) within the
+    # schedule: a larger step for these few scalars, no weight decay.
+    paramwise_cfg=dict(
+        custom_keys={'scorer.prior_': dict(lr_mult=25., decay_mult=0.)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=200),
     dict(

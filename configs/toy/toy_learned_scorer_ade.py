@@ -26,13 +26,11 @@ model = dict(
             prefix='backbone.')),
     scorer=dict(channels=32))
 
+# The views the segmentor's backbone sees at test time: the test pipeline's
+# resize (no random rescaling), then crops of the slide window's size.
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(
-        type='RandomResize',
-        scale=(512, 256),
-        ratio_range=(0.75, 1.5),
-        keep_ratio=True),
+    _base_.test_pipeline[1],  # Resize
     dict(type='RandomCrop', crop_size=_base_.crop_size),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
@@ -50,7 +48,12 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4),
-    clip_grad=dict(max_norm=1.0, norm_type=2))
+    clip_grad=dict(max_norm=1.0, norm_type=2),
+    # The contrast prior's scale and offset per patch size start at (1, -4)
+    # and must reach the log-drift range (about -5 to 0) within the
+    # schedule: a larger step for these few scalars, no weight decay.
+    paramwise_cfg=dict(
+        custom_keys={'scorer.prior_': dict(lr_mult=25., decay_mult=0.)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20),
     dict(

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from torch import Tensor
 
 from mmapt.registry import PATCH_SCORERS
-from .scorer_net import ScorerNet
+from .scorer_net import ANCHOR_KEY, ScorerNet
 from .scorers import PatchScorer
 
 
@@ -32,17 +32,22 @@ def find_scorer_weights(state: Dict[str, Any],
     ``backbone.apt_scorer.`` of a detector, none for a bare file).
 
     Raises:
-        ValueError: No copy, or several, of the network in ``state``.
+        ValueError: No copy, or several, of the network in ``state``, or
+            one built with another ``prior`` (named in the message).
     """
     if isinstance(state.get('state_dict'), dict):
         state = state['state_dict']
     names = list(net.state_dict())
-    anchor = names[0]
+    anchor = ANCHOR_KEY
     prefixes = sorted({
         key[:-len(anchor)]
         for key in state if key.endswith(anchor) and (
             len(key) == len(anchor) or key[-len(anchor) - 1] == '.')
     })
+    if len(prefixes) == 1:
+        mismatch = net.prior_mismatch(state, prefixes[0])
+        if mismatch:
+            raise ValueError(f'{source}: {mismatch}')
     found = [p for p in prefixes if all(p + n in state for n in names)]
     if len(found) != 1:
         what = 'no' if not found else f'{len(found)} ({found})'
@@ -70,6 +75,12 @@ class LearnedScorer(PatchScorer):
             scores (the backbone's, e.g. (32, 64, 128)). Defaults to
             (32, 64, 128).
         channels (int): Width of the network. Defaults to 32.
+        prior (str, optional): ``'contrast'`` (default): the network also
+            reads the contrast and gradient of each patch and learns a
+            correction of contrast (an untrained one ranks exactly like
+            ``contrast``); None: the gray image only (scorers trained
+            before the option). Must match the checkpoint's; a mismatch
+            is an error naming the value to set.
     """
     _registered_name = 'learned'
     unit = 'relative feature drift'
@@ -77,8 +88,9 @@ class LearnedScorer(PatchScorer):
     def __init__(self,
                  checkpoint: Optional[str] = None,
                  patch_sizes: Sequence[int] = (32, 64, 128),
-                 channels: int = 32) -> None:
-        self.network = ScorerNet(patch_sizes, channels=channels)
+                 channels: int = 32,
+                 prior: Optional[str] = 'contrast') -> None:
+        self.network = ScorerNet(patch_sizes, channels=channels, prior=prior)
         self.network.requires_grad_(False).eval()
         self.checkpoint = checkpoint
         self.has_weights = False
@@ -101,6 +113,13 @@ class LearnedScorer(PatchScorer):
         names = self.network.state_dict().keys()
         if all(prefix + name in state_dict for name in names):
             self.has_weights = True
+        elif prefix + ANCHOR_KEY in state_dict:
+            # A scorer network, but not this one: say why, before torch's
+            # size-mismatch error (or mmengine's warning) hides it.
+            mismatch = self.network.prior_mismatch(state_dict, prefix)
+            if mismatch:
+                raise ValueError(f'the checkpoint\'s learned scorer '
+                                 f'({prefix}*) does not fit: {mismatch}')
 
     def check_weights(self) -> None:
         """ValueError unless trained weights were loaded."""
@@ -126,7 +145,8 @@ class LearnedScorer(PatchScorer):
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(checkpoint={self.checkpoint!r}, '
-                f'patch_sizes={self.network.patch_sizes})')
+                f'patch_sizes={self.network.patch_sizes}, '
+                f'prior={self.network.prior!r})')
 
 
 def with_checkpoint(scorer: Union[str, Mapping, None],

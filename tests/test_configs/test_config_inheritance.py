@@ -66,6 +66,7 @@ DISTILLERS = {
     'toy/toy_learned_scorer_ade.py': 'toy/toy_apt_seg.py',
     'toy/toy_learned_scorer_coco_task.py': 'toy/toy_apt_det.py',
     'toy/toy_learned_scorer_ade_task.py': 'toy/toy_apt_seg.py',
+    'toy/toy_learned_scorer_coco_borders.py': 'toy/toy_apt_det.py',
 }
 VARIANT_KEYS = ('train_pipeline', 'test_pipeline', 'importance',
                 'train_dataloader', 'val_dataloader', 'test_dataloader')

@@ -1,5 +1,7 @@
 """The ``learned`` patch scorer: shapes, the no-weights error, weights in
 the backbone's state dict and checkpoints, static mode and compilation."""
+import math
+
 import pytest
 import torch
 from conftest import flat_and_noise_images
@@ -206,3 +208,95 @@ def test_compile_fullgraph_no_graph_break(tmp_path):
             for a, b in zip(compiled(x), static(x)):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert len(graphs) == 1  # one graph, no recompilation
+
+
+def _varied_contrast_images(batch=2, size=256, seed=0):
+    """Normalised images whose 16-px cells hold noise of random amplitude
+    (0 to 100 gray levels): patches of every size differ in contrast."""
+    gen = torch.Generator().manual_seed(seed)
+    amp = torch.rand(batch, 1, size // 16, size // 16, generator=gen) * 100
+    amp = amp.repeat_interleave(16, 2).repeat_interleave(16, 3)
+    noise = torch.rand(batch, 3, size, size, generator=gen) - 0.5
+    pixels = (128 + amp * noise).clamp(0, 255)
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def test_untrained_contrast_prior_ranks_exactly_like_contrast():
+    """Before training, the default network's score is a fixed increasing
+    function of contrast, the same for every patch size: its thresholds
+    and budgets choose contrast's patches."""
+    scorer = _trained_scorer()  # default prior, weights as initialised
+    assert scorer.network.prior == 'contrast'
+    gray = _gray()
+    contrast = build_scorer('contrast')(gray, SIZES[1:])
+    for ours, theirs in zip(scorer(gray, SIZES[1:]), contrast):
+        torch.testing.assert_close(ours, (1 + theirs) * math.exp(-4))
+    # Budget mode compares all sizes at once: the same layout as contrast.
+    x = _varied_contrast_images()
+    common = dict(keep_ratio=0.5, thresholds=(1, 1), **CFG)
+    learned = APTEVA02(
+        scorer=dict(type='learned', patch_sizes=SIZES[1:], channels=8),
+        **common).eval()
+    learned.apt_scorer.load_state_dict(learned.apt_scorer.state_dict())
+    hand = APTEVA02(scorer='contrast', **common).eval()
+    with torch.no_grad():
+        ours, theirs = learned.tokenize(x), hand.tokenize(x)
+    assert 0 < int(ours.tokens_per_image.sum()) < 2 * 256
+    assert torch.equal(ours.cell_to_token, theirs.cell_to_token)
+    assert torch.equal(ours.embed_index, theirs.embed_index)
+    # Training moves away from it: a non-zero correction changes scores.
+    with torch.no_grad():
+        scorer.network.heads[0][-1].bias.fill_(1.0)
+    torch.testing.assert_close(
+        scorer(gray, SIZES[1:])[0], (1 + contrast[0]) * math.exp(-3))
+
+
+def test_prior_choice_and_checkpoint_mismatch_named(tmp_path):
+    with pytest.raises(ValueError, match="prior must be None or 'contrast'"):
+        build_scorer(dict(type='learned', prior='entropy'))
+    # A gray-only network (scorers trained before the option) ...
+    torch.manual_seed(0)
+    old = build_scorer(
+        dict(type='learned', patch_sizes=SIZES[1:], channels=8, prior=None))
+    assert old.network.prior is None
+    assert 'trunk.4.0.weight' in old.network.state_dict()
+    old_file = str(tmp_path / 'old.pth')
+    torch.save(
+        dict(state_dict={
+            'scorer.' + k: v
+            for k, v in old.network.state_dict().items()
+        }), old_file)
+    cfg = dict(type='learned', patch_sizes=SIZES[1:], channels=8)
+    # ... loads with prior=None and scores as before ...
+    again = build_scorer(dict(cfg, prior=None, checkpoint=old_file))
+    with torch.no_grad():
+        want = [m.exp() for m in old.network(_gray())]
+    for a, b in zip(again(_gray(), SIZES[1:]), want):
+        torch.testing.assert_close(a, b)
+    # ... and the default says which prior to set.
+    with pytest.raises(
+            ValueError,
+            match=r"trained with prior=None.*"
+            r"scorer=dict\(type='learned', prior=None"):
+        build_scorer(dict(cfg, checkpoint=old_file))
+    new_file = _scorer_file(tmp_path)
+    with pytest.raises(ValueError, match="trained with prior='contrast'"):
+        build_scorer(dict(cfg, prior=None, checkpoint=new_file))
+    # The same through a model checkpoint (init_cfg / load_from).
+    backbone = APTEVA02(thresholds=(1, 1), scorer=cfg, **CFG).eval()
+    state = {
+        k: v
+        for k, v in backbone.state_dict().items() if 'apt_scorer' not in k
+    }
+    state.update({
+        'apt_scorer.' + k: v
+        for k, v in old.network.state_dict().items()
+    })
+    with pytest.raises(ValueError, match='trained with prior=None'):
+        backbone.load_state_dict(state, strict=False)
+    # mmengine's loader (init_cfg Pretrained, load_from) stops there too.
+    from mmengine.runner.checkpoint import load_state_dict
+    with pytest.raises(ValueError, match='trained with prior=None'):
+        load_state_dict(backbone, state, strict=False)

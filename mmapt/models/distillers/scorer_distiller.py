@@ -38,11 +38,12 @@ its val images).
 The optional task term (``task_weight > 0``, for datasets with labels)
 weights each base cell's squared drift by ``1 + task_weight * m`` before the
 patch average, ``m`` in [0, 1] being how much the cell matters to the task
-(:mod:`~mmapt.models.distillers.task_maps`: object coverage for detection, a
-class-boundary indicator for segmentation). A patch on an object or a class
-boundary then gets up to ``sqrt(1 + task_weight)`` times its drift, so the
-scorer learns to keep fine patches where the task needs them; background
-patches keep their label-free target.
+(:mod:`~mmapt.models.distillers.task_maps`: object coverage or object
+borders for detection, a class-boundary indicator for segmentation). A
+patch on an object or a class boundary then gets up to
+``sqrt(1 + task_weight)`` times its drift, so the scorer learns to keep
+fine patches where the task needs them; background patches keep their
+label-free target.
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -56,7 +57,7 @@ from mmapt.registry import MODELS
 from mmapt.tokenizer import PatchLayout, build_layout, images_to_gray
 from mmapt.tokenizer.scorer_net import ScorerNet
 from ..apt import is_apt_backbone
-from .task_maps import task_cells
+from .task_maps import TASK_MAPS, task_cells
 
 
 def checkerboard(rows: int, cols: int, parity: int,
@@ -171,6 +172,12 @@ class ScorerDistiller(BaseModel):
             0 (default) is label-free; above 0 the training pipeline must
             load labels (``LoadAnnotations``), and each cell's squared drift
             is multiplied by ``1 + task_weight * m``.
+        task_map (str, optional): Which map ``m`` the task term uses
+            (:mod:`~mmapt.models.distillers.task_maps`): ``'coverage'``
+            (objects' area; detection only) or ``'borders'`` (objects'
+            borders for detection, class boundaries for segmentation).
+            None (default): coverage for detection, class boundaries for
+            segmentation.
         data_preprocessor (dict, optional): The detector's / segmentor's
             data preprocessor (normalisation and padding must match the
             backbone's ``mean`` / ``std`` and the largest patch).
@@ -183,6 +190,7 @@ class ScorerDistiller(BaseModel):
                  merge_pattern: str = 'checkerboard',
                  eps: float = 0.01,
                  task_weight: float = 0.,
+                 task_map: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(
@@ -192,6 +200,7 @@ class ScorerDistiller(BaseModel):
                 f'ScorerDistiller needs an APT backbone (APTEVA02, APTViT, '
                 f'...) to merge patches; got type={backbone.get("type")!r}')
         check_choice('merge_pattern', merge_pattern, ('checkerboard', 'all'))
+        check_choice('task_map', task_map, (None, ) + TASK_MAPS)
         if not eps > 0:
             raise ValueError(f'eps must be > 0, got {eps!r}')
         if not task_weight >= 0:
@@ -208,6 +217,7 @@ class ScorerDistiller(BaseModel):
         self.merge_pattern = merge_pattern
         self.eps = float(eps)
         self.task_weight = float(task_weight)
+        self.task_map_kind = task_map
 
     def train(self, mode: bool = True) -> 'ScorerDistiller':
         super().train(mode)
@@ -222,7 +232,7 @@ class ScorerDistiller(BaseModel):
             return None
         return task_cells(data_samples, tuple(images.shape[-2:]),
                           self.backbone.tokenizer.patch_sizes[0],
-                          images.device)
+                          images.device, self.task_map_kind)
 
     @torch.no_grad()
     def drift_targets(self,

@@ -113,3 +113,14 @@ def test_toy_config_builds(name, sizes):
     assert model.backbone.init_cfg['prefix'] == 'backbone.'
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith('scorer.') for n in trainable)
+    # The default network (contrast prior) and the larger step of its
+    # per-size scale / offset.
+    assert model.scorer.prior == 'contrast'
+    assert {'scorer.prior_scale', 'scorer.prior_bias'} <= set(trainable)
+    keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+    assert keys['scorer.prior_'] == dict(lr_mult=25., decay_mult=0.)
+    if 'ade' in name:  # the test-time views: its resize, window-size crops
+        assert cfg.train_pipeline[1] == cfg.test_pipeline[1]
+        crop = cfg.train_pipeline[2]
+        assert crop.type == 'RandomCrop'
+        assert tuple(crop.crop_size) == tuple(cfg.crop_size)  # the window

@@ -12,7 +12,8 @@ from test_scorer_distiller import BACKBONE
 
 from mmapt.models.distillers import ScorerDistiller
 from mmapt.models.distillers.task_maps import (class_boundaries,
-                                               object_coverage, task_cells)
+                                               object_coverage, object_ids,
+                                               task_cells)
 
 
 def _det_sample(boxes, masks=None) -> DetDataSample:
@@ -66,6 +67,40 @@ def test_task_cells_per_task_and_error_without_labels():
         task_cells([DetDataSample()], (32, 32), 16, cpu)
     with pytest.raises(ValueError, match='needs labels'):
         task_cells(None, (32, 32), 16, cpu)
+
+
+def test_object_borders_per_cell_masks_boxes_and_overlaps():
+    cpu = torch.device('cpu')
+    # A box over cells (0, 0) and (0, 1): its border crosses only those two
+    # cells; the cells it does not touch get 0 (coverage would give the
+    # inside cells their area too).
+    sample = _det_sample([[4, 4, 28, 12]])
+    borders = task_cells([sample], (32, 48), 16, cpu, 'borders')
+    torch.testing.assert_close(borders,
+                               torch.tensor([[[1., 1., 0.], [0., 0., 0.]]]))
+    # A 40 x 40 object: the cell inside it has no border, its ring does.
+    big = task_cells([_det_sample([[4, 4, 44, 44]])], (48, 48), 16, cpu,
+                     'borders')
+    assert big[0, 1, 1] == 0 and big.sum() == 8
+    # Masks win over boxes; touching objects are told apart.
+    mask = np.zeros((2, 16, 16), dtype=np.uint8)
+    mask[0, :, :8] = 1
+    mask[1, :, 8:] = 1
+    two = _det_sample([[0, 0, 16, 16]] * 2, BitmapMasks(mask, 16, 16))
+    ids = object_ids(two.gt_instances, (16, 32), cpu)
+    assert torch.equal(ids[:, :8], torch.ones(16, 8, dtype=torch.long))
+    assert torch.equal(ids[:, 8:16], torch.full((16, 8), 2))
+    assert not ids[:, 16:].any()
+    edges = class_boundaries(ids)
+    assert edges[:, 7:9].all() and edges[:, 15:17].all()
+    assert edges.sum() == 4 * 16
+    with pytest.raises(ValueError, match="task_map must be None, 'cover"):
+        task_cells([sample], (32, 48), 16, cpu, 'boxes')
+    with pytest.raises(ValueError, match="'coverage' needs object labels"):
+        task_cells([_seg_sample(torch.zeros(32, 32, dtype=torch.long))],
+                   (32, 32), 16, cpu, 'coverage')
+    with pytest.raises(ValueError, match='task_map must be'):
+        ScorerDistiller(BACKBONE, task_weight=1., task_map='area')
 
 
 def _images():
@@ -128,3 +163,23 @@ def test_task_configs_load_labels_and_differ_only_by_the_term(name):
     assert steps == base_steps[:1] + ['LoadAnnotations'] + base_steps[1:]
     assert cfg.model.backbone == base.model.backbone
     assert cfg.train_cfg == base.train_cfg
+
+
+def test_borders_config_is_the_task_config_with_borders():
+    import os.path as osp
+
+    from conftest import ROOT
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmapt.registry import MODELS
+    toy = osp.join(ROOT, 'configs', 'toy')
+    cfg = Config.fromfile(osp.join(toy, 'toy_learned_scorer_coco_borders.py'))
+    task = Config.fromfile(osp.join(toy, 'toy_learned_scorer_coco_task.py'))
+    assert cfg.model.task_map == 'borders' and 'task_map' not in task.model
+    cfg.model.pop('task_map')
+    assert cfg.model == task.model
+    assert cfg.train_dataloader == task.train_dataloader
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(dict(task.model, task_map='borders'))
+    assert model.task_map_kind == 'borders' and model.task_weight == 3.
