@@ -7,7 +7,6 @@ configs read ``data/toy_coco/`` relative to the working directory, so every
 tool runs in a temporary directory holding a small generated set.
 """
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_tool
 
+from mmapt.datasets.toy import coco as toy_coco
 from mmapt.engine import trusted_checkpoints
 from mmapt.models.backbones import count_tokens
 
@@ -38,14 +38,6 @@ KEEP_ALL = {
 FAST_OPTIONS = FAST_LOADERS + [f'{k}={v}' for k, v in KEEP_ALL.items()]
 
 
-def load_generator():
-    path = osp.join(ROOT, 'tools', 'misc', 'make_toy_coco.py')
-    spec = importlib.util.spec_from_file_location('make_toy_coco', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def read_scalars(work_dir):
     (path, ) = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
     with open(path) as f:
@@ -55,7 +47,7 @@ def read_scalars(work_dir):
 # ------------------------------------------------------------- toy data
 def test_toy_coco_is_deterministic_and_valid(tmp_path):
     from pycocotools.coco import COCO
-    gen = load_generator()
+    gen = toy_coco
     a = gen.make_split(str(tmp_path / 'a'), 'val', 6, 3, 160, 320)
     b = gen.make_split(str(tmp_path / 'b'), 'val', 6, 3, 160, 320)
     assert a == b

@@ -6,7 +6,6 @@ a few iterations of ``configs/toy/toy_apt_seg.py`` on a handful of generated
 images, with validation at the end.
 """
 import glob
-import importlib.util
 import json
 import os.path as osp
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_tool
 
+from mmapt.datasets.toy import ade as toy_ade
 from mmapt.engine import trusted_checkpoints
 from mmapt.models.backbones import count_tokens
 
@@ -32,14 +32,6 @@ def _data_options(data_root):
         for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
         for key in ('num_workers=0', 'persistent_workers=False')
     ]
-
-
-def _load_generator():
-    path = osp.join(ROOT, 'tools', 'misc', 'make_toy_ade.py')
-    spec = importlib.util.spec_from_file_location('make_toy_ade', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -134,7 +126,7 @@ def test_test_tool_writes_metrics_and_masks(trained, toy_root, tmp_path):
 
 def _real_size_image(tmp_path):
     import cv2
-    gen = _load_generator()
+    gen = toy_ade
     image, _ = gen.make_scene(np.random.RandomState(5), 512, 683)
     path = str(tmp_path / 'scene.jpg')
     cv2.imwrite(path, image)

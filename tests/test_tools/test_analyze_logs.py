@@ -15,6 +15,8 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch import nn
 
+from mmapt.visualization import training_logs
+
 ITERS = 10
 
 
@@ -108,17 +110,17 @@ def work_dir(tmp_path_factory):
 
 
 def test_reads_the_runner_log(work_dir):
-    tool = _tool()
-    log = tool.find_log(work_dir)
+    log = training_logs.find_log(work_dir)
     assert log.endswith(osp.join('vis_data', 'scalars.json'))
-    records = tool.load_log(log)
+    records = training_logs.load_log(log)
     assert [r['step'] for r in records['train']] == [2, 4, 6, 8, 10]
     assert [r['step'] for r in records['val']] == [5, 10]
-    steps, values = tool.curve(records, 'keep_ratio', log)
+    steps, values = training_logs.curve(records, 'keep_ratio', log)
     assert steps == [2, 4, 6, 8, 10]  # training records first
     assert values[0] == pytest.approx(0.51)
-    assert tool.curve(records, 'val/keep_ratio', log) == ([5, 10], [0.6, 0.6])
-    assert tool.curve(records, 'toy/mean_error', log)[0] == [5, 10]
+    assert training_logs.curve(records, 'val/keep_ratio',
+                               log) == ([5, 10], [0.6, 0.6])
+    assert training_logs.curve(records, 'toy/mean_error', log)[0] == [5, 10]
 
 
 def test_plot_curve_writes_a_png(work_dir, tmp_path):
@@ -149,7 +151,7 @@ def test_missing_key_names_the_available_keys(work_dir, tmp_path, capsys):
 
 def test_cal_train_time(work_dir, capsys):
     tool = _tool()
-    stats = tool.train_time(tool.find_log(work_dir))
+    stats = training_logs.train_time(training_logs.find_log(work_dir))
     assert stats['records'] == 4  # the first (start-up) record left out
     assert stats['last_iter'] == ITERS
     assert stats['mean_s'] > 0

@@ -22,18 +22,15 @@ tokenizer call and for the selection step alone (same score maps)::
 """
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
-from mmapt.apis.tool_args import (add_patch_arguments, add_scorer_arguments,
-                                  scorer_arguments)
-from mmapt.benchmark.memory import peak_memory_mib
+from mmapt.apis.tool_args import add_patch_arguments, add_scorer_arguments
+from mmapt.benchmark.tokenizer_bench import (compare_budget, make_images,
+                                             measure_memory, time_tokenizer)
 from mmapt.engine.precision import add_device_argument
-from mmapt.tokenizer import PatchTokenizer, images_to_gray, patch_entropy
 
 
 def parse_args(argv=None):
@@ -55,60 +52,6 @@ def parse_args(argv=None):
         choices=['time', 'memory-entropy', 'memory-tokenizer'],
         help=argparse.SUPPRESS)  # child-process mode
     return parser.parse_args(argv)
-
-
-def make_images(args) -> torch.Tensor:
-    gen = torch.Generator(device=args.device).manual_seed(0)
-    # Filled in place: no temporary raises the peak before the measurement.
-    images = torch.empty(
-        args.batch, 3, args.size, args.size, device=args.device)
-    images.normal_(generator=gen)
-    # Half of each image plain, so every scale takes part.
-    images[:, :, :args.size // 2] = 0.3
-    return images
-
-
-def make_tokenizer(args, budget_mode: bool = True, **overrides):
-    """The tokenizer of the command line (threshold mode when
-    ``budget_mode`` is False)."""
-    kwargs = dict(
-        window_size=args.window_size,
-        patch_sizes=args.patch_sizes,
-        **scorer_arguments(args))
-    if not budget_mode:
-        kwargs.update(
-            token_budget=None, keep_ratio=None, threshold_floor=False)
-    kwargs.update(overrides)
-    return PatchTokenizer(args.patch_sizes[0], args.thresholds,
-                          args.entropy_bins, **kwargs)
-
-
-def make_importance(args, images: torch.Tensor):
-    """A random smooth importance map for the importance scorer, else
-    None."""
-    if args.scorer != 'importance':
-        return None
-    gen = torch.Generator(device=images.device).manual_seed(1)
-    coarse = torch.rand(
-        images.shape[0], 1, 8, 8, generator=gen, device=images.device)
-    return torch.nn.functional.interpolate(
-        coarse, images.shape[2:], mode='bilinear')[:, 0]
-
-
-def measure_memory(args) -> float:
-    """Peak extra MiB of one call, in this (fresh) process."""
-    tokenizer = make_tokenizer(args)
-    images = make_images(args)
-    importance = make_importance(args, images)
-    if args.measure == 'memory-entropy':
-        gray = images_to_gray(images[:1], tokenizer.mean, tokenizer.std)
-
-        def call():
-            return patch_entropy(gray, args.patch_sizes[1], args.entropy_bins)
-
-    else:
-        call = lambda: tokenizer(images, importance)  # noqa
-    return peak_memory_mib(call, images.device)
 
 
 def child(args, mode: str) -> float:
@@ -133,57 +76,6 @@ def child(args, mode: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def timed(call, images: torch.Tensor) -> float:
-    """Milliseconds of one call (synchronised on CUDA)."""
-    if images.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    call()
-    if images.is_cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1000
-
-
-def compare_budget(args, images: torch.Tensor) -> dict:
-    """Threshold vs budget mode at the same mean tokens, interleaved."""
-    importance = make_importance(args, images)
-    thresholds = make_tokenizer(args, budget_mode=False)
-    reference = thresholds(images, importance)
-    if args.token_budget is None and args.keep_ratio is None:
-        budget = make_tokenizer(
-            args,
-            token_budget=int(reference.tokens_per_image.float().mean()),
-            keep_ratio=None)
-    else:
-        budget = make_tokenizer(args)
-    budget(images, importance)  # warm-up
-    scores = thresholds.score_maps(images, importance)
-    grid = reference.grid_size
-    modes = dict(thresholds=thresholds, budget=budget)
-    calls, selects = {m: [] for m in modes}, {m: [] for m in modes}
-    for _ in range(args.repeat):
-        for mode, tok in modes.items():
-            calls[mode].append(
-                timed(lambda tok=tok: tok(images, importance), images))
-            selects[mode].append(
-                timed(lambda tok=tok: tok.select(scores, grid), images))
-    layout = budget(images, importance)
-    call_ms = {m: statistics.median(v) for m, v in calls.items()}
-    select_ms = {m: statistics.median(v) for m, v in selects.items()}
-    return dict(
-        threshold_tokens=reference.tokens_per_image.tolist(),
-        budget_tokens=layout.tokens_per_image.tolist(),
-        budget=repr(budget),
-        threshold_ms=round(call_ms['thresholds'], 1),
-        budget_ms=round(call_ms['budget'], 1),
-        budget_over_threshold=round(call_ms['budget'] / call_ms['thresholds'],
-                                    3),
-        threshold_select_ms=round(select_ms['thresholds'], 2),
-        budget_select_ms=round(select_ms['budget'], 2),
-        select_budget_over_threshold=round(
-            select_ms['budget'] / select_ms['thresholds'], 3))
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.measure:
@@ -200,22 +92,13 @@ def main(argv=None) -> None:
         result.update(compare_budget(args, images))
         print(json.dumps(result))
         return
-    tokenizer = make_tokenizer(args)
-    importance = make_importance(args, images)
-    tokenizer(images, importance)  # warm-up
-    times = [
-        timed(lambda: tokenizer(images, importance), images)
-        for _ in range(args.repeat)
-    ]
-    layout = tokenizer(images, importance)
     result = dict(
         batch=args.batch,
         size=args.size,
         device=args.device,
-        threads=torch.get_num_threads(),
-        tokenizer=repr(tokenizer),
-        median_ms=round(statistics.median(times), 1),
-        tokens=layout.num_tokens,
+        threads=torch.get_num_threads())
+    result.update(time_tokenizer(args, images))
+    result.update(
         entropy_one_image_peak_mib=round(child(args, 'memory-entropy'), 1),
         tokenizer_batch_peak_mib=round(child(args, 'memory-tokenizer'), 1),
         input_mib=round(images.numel() * 4 / 2**20, 1))

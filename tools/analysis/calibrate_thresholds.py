@@ -39,24 +39,18 @@ stderr, so ``--json`` output stays clean.
 """
 import argparse
 import json
-import statistics
 import sys
-from typing import Dict, List, Optional
+from typing import Optional
 
 from mmapt.apis import ImageReadError
-from mmapt.apis.image_folder import ImageFolder
 from mmapt.apis.tool_args import (add_entropy_bins_argument,
                                   add_image_view_arguments, add_json_argument,
-                                  add_patch_arguments, tokenizer_and_images)
-from mmapt.apis.views import normalise, prepare_view
+                                  add_patch_arguments)
 from mmapt.benchmark.calibration import (DRIFT_KEEP_RATIOS, MAX_SAFE_THRESHOLD,
-                                         keep_ratios, measure_drift,
-                                         plot_keep_ratios, print_report,
-                                         quantiles, recommend, reference_for,
-                                         sweep_settings, without_per_image)
+                                         print_report)
+from mmapt.benchmark.calibration_run import calibrate_folder
 from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.preflight import InputError, check_writable_file
-from mmapt.tokenizer import PatchTokenizer
 
 
 def parse_args(argv=None):
@@ -139,100 +133,15 @@ def main(argv=None) -> int:
         return 2
     if args.checkpoint is not None and args.keep_ratios is None:
         args.keep_ratios = list(DRIFT_KEEP_RATIOS)
-    num_thresholds = len(args.patch_sizes) - 1
-    tokenizers: Dict[str, PatchTokenizer] = {}
-    references: Dict[str, List[float]] = {}
     try:
-        for scorer in args.scorers:
-            references[scorer] = reference_for(scorer, num_thresholds,
-                                               args.reference)
-            tokenizers[scorer], _ = tokenizer_and_images(
-                args.path,
-                args.patch_sizes,
-                references[scorer],
-                args.entropy_bins,
-                scorer=scorer)
-    except (ValueError, FileNotFoundError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
-    if args.target_keep is not None and any(t <= 0
-                                            for ref in references.values()
-                                            for t in ref):
-        print(
-            'error: --reference thresholds must be positive to be scaled',
-            file=sys.stderr)
-        return 2
-    first = tokenizers[args.scorers[0]]
-
-    scores = {name: [] for name in args.scorers}
-    grids, views = [], []
-    folder = ImageFolder(args.path, desc='calibrate_thresholds')
-    try:
-        for _, image in folder:
-            view = prepare_view(image, args.canvas, args.crop,
-                                first.largest_patch)
-            batch = normalise([view])
-            first.check_input_size(*batch.shape[-2:])
-            grids.append(first.grid_size(*batch.shape[-2:]))
-            for name, tokenizer in tokenizers.items():
-                scores[name].append(tokenizer.score_maps(batch))
-            if args.checkpoint is not None:
-                views.append(view)
-        folder.check_some_read()
-    except (ValueError, ImageReadError) as err:
+        result, first, folder = calibrate_folder(args)
+    except (ValueError, RuntimeError, FileNotFoundError,
+            ImageReadError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1 if isinstance(err, ImageReadError) else 2
     if folder.skipped:
         print(f'warning: {folder.summary()}', file=sys.stderr)
-
-    result = dict(
-        images=len(folder.read),
-        skipped=[path for path, _ in folder.skipped],
-        patch_sizes=list(first.patch_sizes))
-    try:
-        settings = sweep_settings(scores, references, grids, first.patch_size,
-                                  args.target_keep, args.keep_ratios or (),
-                                  args.entropy_bins)
-        if args.checkpoint is not None:
-            measure_drift(args.config, args.checkpoint, views, settings,
-                          first.patch_sizes, args.trust_checkpoint)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
-
-    # The first scorer's threshold search: the tool's original answer.
-    name = args.scorers[0]
-    result.update(
-        scorer=name,
-        reference=references[name],
-        reference_keep=round(
-            statistics.mean(
-                keep_ratios(scores[name], references[name], grids)), 4))
-    if args.target_keep is not None:
-        search = settings[0]
-        result.update(
-            target_keep=args.target_keep,
-            thresholds=search['thresholds'],
-            achieved_keep=search['keep_mean'])
-    result['score_quantiles_10_25_50_75_90'] = {
-        name: quantiles(scores[name], first.patch_sizes)
-        for name in args.scorers
-    }
-    result['entropy_quantiles_10_25_50_75_90'] = \
-        result['score_quantiles_10_25_50_75_90'].get('entropy')
-    result['settings'] = [without_per_image(s) for s in settings]
-    if args.checkpoint is not None:
-        best = recommend(settings, args.max_drift)
-        result['max_drift'] = args.max_drift
-        result['recommended'] = None if best is None else \
-            without_per_image(best)
-    if args.plot and settings:
-        try:
-            plot_keep_ratios(settings, args.plot)
-        except RuntimeError as err:
-            print(f'error: {err}', file=sys.stderr)
-            return 2
-        result['plot'] = args.plot
+    name = result['scorer']
     if args.json:
         print(json.dumps(result))
     else:
