@@ -37,8 +37,7 @@ class BucketFit:
     largest: int
     skipped: List[str] = field(default_factory=list)
 
-    def summary(self,
-                auto: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    def summary(self, auto: Optional[Sequence[int]] = None) -> Dict[str, Any]:
         """The fit on its own images: :func:`token_report` of the fitted
         buckets (and of ``auto``, e.g. the ``'auto'`` buckets, for
         comparison); for the manifest and the tool's output."""

@@ -160,16 +160,16 @@ def _output_names(outputs: Any, task: str) -> List[str]:
     return [f'feat{i}' for i in range(len(outputs))]
 
 
-def export_deployment(config: Union[str, Any],
-                      out_dir: str,
-                      checkpoint: Optional[str] = None,
-                      buckets: Optional[Sequence[int]] = None,
-                      input_size: Optional[Tuple[int, int]] = None,
-                      batch_size: int = 1,
-                      trust: Optional[bool] = None,
-                      model: Optional[nn.Module] = None,
-                      bucket_fit: Optional[Dict[str, Any]] = None
-                      ) -> Dict[str, Any]:
+def export_deployment(
+        config: Union[str, Any],
+        out_dir: str,
+        checkpoint: Optional[str] = None,
+        buckets: Optional[Sequence[int]] = None,
+        input_size: Optional[Tuple[int, int]] = None,
+        batch_size: int = 1,
+        trust: Optional[bool] = None,
+        model: Optional[nn.Module] = None,
+        bucket_fit: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Export a config's model to ``out_dir``: one ONNX file per bucket
     (one for a plain backbone), the token-count graph of an APT backbone,
     and ``deploy.json``.

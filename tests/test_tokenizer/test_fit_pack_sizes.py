@@ -30,9 +30,7 @@ def test_matches_brute_force_on_random_counts():
     rng = random.Random(0)
     for _ in range(200):
         largest = rng.choice([577, 1024, 9216, 9217])
-        counts = [
-            rng.randint(1, largest) for _ in range(rng.randint(1, 10))
-        ]
+        counts = [rng.randint(1, largest) for _ in range(rng.randint(1, 10))]
         k = rng.randint(1, 5)
         fitted = fit_pack_sizes(counts, k, largest)
         assert fitted[-1] == largest and len(fitted) <= k
