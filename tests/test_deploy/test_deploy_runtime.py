@@ -483,11 +483,22 @@ def test_fit_buckets_counts_as_the_runtime_and_exports_them(
     assert [b['pack_size'] for b in manifest['buckets']] == [192, 256]
     assert manifest['bucket_fit']['buckets'] == [192, 256]
     runtime = ONNXRuntimeModel(out, config=config, intra_op_num_threads=1)
+    # The printed config line gives PyTorch's static mode the same buckets.
+    from mmengine.config import Config
+
+    from mmapt.deploy import build_model
+    setting = {}
+    exec(fit['pack_size_config'], setting)
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(dict(model=setting['model']))
+    adapter = build_model(cfg).backbone.apt
+    assert adapter.pack_sizes(1, 256, 256) == (192, 256)
     for path, count in counts.items():
         x = prepare_image(load_rgb(path), manifest)
         assert runtime.packed_tokens(x) == count, path
         assert runtime.select_bucket(x)[0] == choose_pack_size(
-            count, (192, 256))
+            count,
+            (192, 256)) == adapter.select_pack_size(torch.from_numpy(x))
 
 
 def test_fit_buckets_errors_name_the_fix(exported, plain_exported, tmp_path):
