@@ -89,6 +89,27 @@ def count_packed_tokens(backbone: nn.Module, images: Sequence[Any],
     return counts
 
 
+def count_folder(backbone: nn.Module,
+                 image_path: str,
+                 manifest_input: Dict[str, Any],
+                 desc: str = 'counting tokens',
+                 progress: bool = True) -> Tuple[Dict[str, int], List[str]]:
+    """:func:`count_packed_tokens` of every readable image of a file or
+    folder, by path, and the one-line reasons of the files skipped (with a
+    warning, :class:`~mmapt.apis.image_folder.ImageFolder`); ValueError
+    when none is readable, FileNotFoundError when there is no image."""
+    from mmapt.apis.image_folder import ImageFolder
+    folder = ImageFolder(image_path, desc=desc, progress=progress)
+    counts = {
+        path: count_packed_tokens(backbone, [rgb], manifest_input)[0]
+        for path, rgb in folder
+    }
+    if not counts:
+        raise ValueError(f'no readable image in {image_path}: '
+                         f'{folder.summary()}')
+    return counts, [message for _, message in folder.skipped]
+
+
 def fit_buckets(backbone: nn.Module,
                 image_path: str,
                 num_buckets: int,
@@ -100,7 +121,7 @@ def fit_buckets(backbone: nn.Module,
         backbone (nn.Module): The config's built APT backbone (its
             tokenizer scores the images: a learned scorer with its weights).
         image_path (str): Calibration images; unreadable files are skipped
-            with a warning (:class:`~mmapt.apis.image_folder.ImageFolder`).
+            with a warning.
         num_buckets (int): Number of buckets K >= 1, the largest included.
         manifest_input (dict): The export's input (shape, mean, std,
             channel_order), as ``deploy.json`` records it.
@@ -111,33 +132,67 @@ def fit_buckets(backbone: nn.Module,
             readable image.
         FileNotFoundError: no image at ``image_path``.
     """
-    from mmapt.apis.image_folder import ImageFolder
-    from mmapt.tokenizer.layout import fit_pack_sizes, max_pack_size
+    from mmapt.tokenizer.layout import fit_pack_sizes
+    largest = canvas_maximum(backbone, manifest_input)
+    # Checked before the images are read (a wrong K fails at once).
+    fit_pack_sizes([largest], num_buckets, largest)
+    counts, skipped = count_folder(
+        backbone, image_path, manifest_input, progress=progress)
+    return BucketFit(
+        buckets=fit_pack_sizes(counts.values(), num_buckets, largest),
+        packed_tokens=counts,
+        largest=largest,
+        skipped=skipped)
+
+
+def canvas_maximum(backbone: nn.Module, manifest_input: Dict[str, Any]) -> int:
+    """The most packed tokens an image of the export's canvas can have
+    (the largest bucket); ValueError naming the fix for a plain
+    backbone."""
+    from mmapt.tokenizer.layout import max_pack_size
     adapter = apt_adapter(backbone)
     if adapter is None:
         raise ValueError(
             f'{type(backbone).__name__} is a plain backbone: it runs every '
             'token, so it has no buckets to fit; fit buckets for an APT '
             'config (e.g. configs/apt_vitdet_coco.py)')
-    _, _, height, width = manifest_input['shape']
     tokenizer = adapter.tokenizer
-    largest = max_pack_size(1, tokenizer.grid_size(height, width),
-                            tokenizer.num_prefix_tokens)
-    # Checked before the images are read (a wrong K fails at once).
-    fit_pack_sizes([largest], num_buckets, largest)
-    folder = ImageFolder(image_path, desc='counting tokens', progress=progress)
-    paths, counts = [], []
-    for path, rgb in folder:
-        paths.append(path)
-        counts.extend(count_packed_tokens(backbone, [rgb], manifest_input))
-    if not counts:
-        raise ValueError(f'no readable image in {image_path}: '
-                         f'{folder.summary()}')
-    return BucketFit(
-        buckets=fit_pack_sizes(counts, num_buckets, largest),
-        packed_tokens=dict(zip(paths, counts)),
-        largest=largest,
-        skipped=[message for _, message in folder.skipped])
+    _, _, height, width = manifest_input['shape']
+    return max_pack_size(1, tokenizer.grid_size(height, width),
+                         tokenizer.num_prefix_tokens)
+
+
+def fit_report(backbone: nn.Module,
+               image_path: str,
+               num_buckets: int,
+               manifest_input: Dict[str, Any],
+               held_out: Optional[str] = None) -> Dict[str, Any]:
+    """:func:`fit_buckets` and what the buckets cost: the tokens the
+    calibration images (and the ``held_out`` ones, not used for the fit)
+    run in them and in the ``'auto'`` buckets, each image's count, and the
+    config line for PyTorch's static mode (``export_onnx.py
+    --fit-buckets`` prints it and ``deploy.json`` keeps it)."""
+    from mmapt.tokenizer.layout import default_pack_sizes
+    fit = fit_buckets(backbone, image_path, num_buckets, manifest_input)
+    tokenizer = apt_adapter(backbone).tokenizer
+    auto = default_pack_sizes(
+        1, tokenizer.grid_size(*manifest_input['shape'][2:]),
+        tokenizer.num_prefix_tokens)
+    report = dict(
+        fit.summary(auto),
+        num_buckets=num_buckets,
+        images=image_path,
+        packed_tokens=fit.packed_tokens,
+        pack_size_config=pack_size_setting(fit.buckets))
+    if held_out:
+        counts, _ = count_folder(backbone, held_out, manifest_input,
+                                 'held-out images')
+        report['held_out'] = dict(
+            images=held_out,
+            packed_tokens=counts,
+            fitted=token_report(counts.values(), fit.buckets, fit.largest),
+            auto=token_report(counts.values(), auto, fit.largest))
+    return report
 
 
 def pack_size_setting(buckets: Sequence[int]) -> str:

@@ -24,13 +24,10 @@ import sys
 
 from mmengine.config import Config
 
-from mmapt.apis.image_folder import ImageFolder
 from mmapt.apis.tool_args import add_config_arguments
 from mmapt.deploy import build_model, export_deployment
-from mmapt.deploy.buckets import (count_packed_tokens, fit_buckets,
-                                  pack_size_setting, token_report)
+from mmapt.deploy.buckets import fit_report
 from mmapt.deploy.export import input_entry
-from mmapt.deploy.graphs import apt_adapter
 from mmapt.engine.checkpoint import add_trust_argument
 from mmapt.engine.preflight import add_cfg_options
 from mmapt.models.apt import is_apt_backbone_cfg
@@ -79,38 +76,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def fitted_buckets(args, backbone, entry) -> dict:
-    """--fit-buckets: the buckets, their tokens on the calibration images
-    (and on --held-out ones) against the 'auto' buckets, the config
-    lines; printed, and kept in deploy.json."""
-    from mmapt.tokenizer.layout import default_pack_sizes
-    fit = fit_buckets(backbone, args.fit_buckets, args.num_buckets, entry)
-    tokenizer = apt_adapter(backbone).tokenizer
-    for message in fit.skipped:
-        print(f'warning: skipped {message}', file=sys.stderr)
-    auto = default_pack_sizes(1, tokenizer.grid_size(*entry['shape'][2:]),
-                              tokenizer.num_prefix_tokens)
-    summary = dict(
-        fit.summary(auto),
-        num_buckets=args.num_buckets,
-        images=args.fit_buckets,
-        packed_tokens=fit.packed_tokens,
-        pack_size_config=pack_size_setting(fit.buckets))
-    if args.held_out:
-        folder = ImageFolder(args.held_out, desc='held-out images')
-        counts = dict((path, count_packed_tokens(backbone, [rgb], entry)[0])
-                      for path, rgb in folder)
-        if not counts:
-            raise ValueError(f'no readable image in {args.held_out}: '
-                             f'{folder.summary()}')
-        summary['held_out'] = dict(
-            images=args.held_out,
-            packed_tokens=counts,
-            fitted=token_report(counts.values(), fit.buckets, fit.largest),
-            auto=token_report(counts.values(), auto, fit.largest))
-    return summary
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     shape = None
@@ -140,8 +105,10 @@ def main(argv=None) -> int:
             # the manifest records.
             model = build_model(
                 copy.deepcopy(cfg), args.checkpoint, args.trust_checkpoint)
-            fit = fitted_buckets(args, model.backbone,
-                                 input_entry(cfg, shape, args.batch_size))
+            fit = fit_report(model.backbone, args.fit_buckets,
+                             args.num_buckets,
+                             input_entry(cfg, shape,
+                                         args.batch_size), args.held_out)
             print(json.dumps(fit, indent=2))
             buckets = fit['buckets']
             if args.out is None:
