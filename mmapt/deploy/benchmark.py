@@ -21,45 +21,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmapt.benchmark.memory import PeakRSS, status_mib
 from .graphs import FeatureGraph, fixed_pack_size
 from .runtime import LOW_MEMORY_OPTIONS, ONNXRuntimeModel, prepare_image
-
-_STATUS = '/proc/self/status'
-_CLEAR_REFS = '/proc/self/clear_refs'
-
-
-def _status_gib(key: str) -> Optional[float]:
-    try:
-        with open(_STATUS) as f:
-            for line in f:
-                if line.startswith(key + ':'):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the process's peak resident size (Linux >= 4.0)."""
-    try:
-        with open(_CLEAR_REFS, 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
 
 
 def timed_run(fn: Callable[[], object]) -> Tuple[float, Optional[float]]:
     """Milliseconds of ``fn()`` and the GiB its run added to the process's
-    peak resident size (None where the kernel does not tell)."""
-    measured = _reset_peak()
-    before = _status_gib('VmRSS')
-    start = time.perf_counter()
-    fn()
-    ms = (time.perf_counter() - start) * 1e3
-    peak = _status_gib('VmHWM') if measured else None
-    extra = None if peak is None or before is None else max(0., peak - before)
-    return ms, extra
+    peak resident size (the kernel's, :class:`~mmapt.benchmark.memory.
+    PeakRSS`; None where the kernel does not tell: no sampling thread
+    beside a timed run)."""
+    with PeakRSS(sample=False) as peak:
+        start = time.perf_counter()
+        fn()
+        ms = (time.perf_counter() - start) * 1e3
+    return ms, _gib(peak.extra_mib)
+
+
+def _gib(mib: Optional[float]) -> Optional[float]:
+    return None if mib is None else mib / 2**10
 
 
 def _ort_arm(runtime: ONNXRuntimeModel):
@@ -192,7 +172,7 @@ def benchmark_onnx(apt_dirs: Dict[str, str],
         session_options=dict(session_options),
         images=rows,
         run_memory_gib=memory,
-        loaded_gib=_status_gib('VmRSS'),
+        loaded_gib=_gib(status_mib('VmRSS')),
         pid=os.getpid(),
         summary=summarise(rows, list(arms), list(apts)))
 

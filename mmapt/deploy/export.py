@@ -80,6 +80,21 @@ def default_input_size(cfg: Any, task: str) -> Tuple[int, int]:
     return pair(size)
 
 
+def input_entry(cfg: Any,
+                input_size: Optional[Tuple[int, int]] = None,
+                batch_size: int = 1) -> Dict[str, Any]:
+    """The manifest's ``input`` entry of a config: name, (B, 3, H, W)
+    shape (``input_size`` None: :func:`default_input_size`), mean, std and
+    channel order (:func:`preprocessing`)."""
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    height, width = input_size or default_input_size(cfg, task_of(cfg))
+    return dict(
+        name=INPUT_NAME,
+        shape=[batch_size, 3, height, width],
+        **preprocessing(cfg))
+
+
 def build_model(cfg: Any,
                 checkpoint: Optional[str] = None,
                 trust: Optional[bool] = None) -> nn.Module:
@@ -145,14 +160,16 @@ def _output_names(outputs: Any, task: str) -> List[str]:
     return [f'feat{i}' for i in range(len(outputs))]
 
 
-def export_deployment(config: Union[str, Any],
-                      out_dir: str,
-                      checkpoint: Optional[str] = None,
-                      buckets: Optional[Sequence[int]] = None,
-                      input_size: Optional[Tuple[int, int]] = None,
-                      batch_size: int = 1,
-                      trust: Optional[bool] = None,
-                      model: Optional[nn.Module] = None) -> Dict[str, Any]:
+def export_deployment(
+        config: Union[str, Any],
+        out_dir: str,
+        checkpoint: Optional[str] = None,
+        buckets: Optional[Sequence[int]] = None,
+        input_size: Optional[Tuple[int, int]] = None,
+        batch_size: int = 1,
+        trust: Optional[bool] = None,
+        model: Optional[nn.Module] = None,
+        bucket_fit: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Export a config's model to ``out_dir``: one ONNX file per bucket
     (one for a plain backbone), the token-count graph of an APT backbone,
     and ``deploy.json``.
@@ -170,6 +187,9 @@ def export_deployment(config: Union[str, Any],
         trust (bool, optional): Load the checkpoint as a full pickle.
         model (nn.Module, optional): The config's model, already built
             (then ``checkpoint`` is not read).
+        bucket_fit (dict, optional): How ``buckets`` were fitted to
+            calibration images (:meth:`~mmapt.deploy.buckets.BucketFit.
+            summary`), recorded in the manifest as ``bucket_fit``.
 
     Returns:
         dict: The manifest written to ``out_dir/deploy.json``.
@@ -185,9 +205,8 @@ def export_deployment(config: Union[str, Any],
     if model is None:
         model = build_model(cfg, checkpoint, trust)
     model.eval()
-    height, width = input_size or default_input_size(cfg, task)
-    if batch_size < 1:
-        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    entry = input_entry(cfg, input_size, batch_size)
+    height, width = entry['shape'][2:]
     backbone = model.backbone
     scorer = getattr(
         getattr(apt_adapter(backbone), 'tokenizer', None), 'scorer', None)
@@ -238,10 +257,7 @@ def export_deployment(config: Union[str, Any],
         task=task,
         mmapt_version=mmapt.__version__,
         torch_version=torch.__version__,
-        input=dict(
-            name=INPUT_NAME,
-            shape=[batch_size, 3, height, width],
-            **preprocessing(cfg)),
+        input=entry,
         outputs=[
             dict(name=n, shape=list(o.shape))
             for n, o in zip(_output_names(outs, task), outs)
@@ -249,5 +265,7 @@ def export_deployment(config: Union[str, Any],
         apt=apt_adapter(backbone) is not None,
         buckets=files,
         count_graph=count)
+    if bucket_fit is not None:
+        manifest['bucket_fit'] = bucket_fit
     write_manifest(out_dir, manifest)
     return manifest

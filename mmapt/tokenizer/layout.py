@@ -600,6 +600,87 @@ def choose_pack_size(packed_tokens: int, buckets: Sequence[int]) -> int:
     return min(fitting) if fitting else max(buckets)
 
 
+def fit_pack_sizes(packed_tokens: Sequence[int],
+                   num_buckets: int,
+                   largest: int,
+                   multiple: int = AUTO_BUCKET_MULTIPLE) -> Tuple[int, ...]:
+    """Token buckets fitted to calibration batches: the ``num_buckets``
+    sizes (ascending) that minimise the tokens the batches run, i.e. the
+    sum over the batches of the bucket :func:`choose_pack_size` gives each.
+
+    The largest bucket is always ``largest`` (:func:`max_pack_size` of the
+    canvas, so that no batch is ever capped); the others are multiples of
+    ``multiple``. Exact: a batch's cost depends on its count only through
+    the count rounded up to ``multiple``, so the sorted distinct rounded
+    counts are split into runs by dynamic programming over split points,
+    each run taking its largest rounded count as its bucket. Fewer sizes
+    come back when fewer suffice (e.g. fewer distinct counts than buckets).
+
+    Args:
+        packed_tokens (Sequence[int]): Packed tokens (prefix included) of
+            each calibration batch, at most ``largest``.
+        num_buckets (int): Number of buckets K >= 1, the largest included.
+        largest (int): The largest bucket, the canvas's maximum.
+        multiple (int): The other buckets are multiples of this many
+            tokens. Defaults to :data:`AUTO_BUCKET_MULTIPLE`.
+    """
+    if isinstance(num_buckets, bool) or not isinstance(num_buckets, int) \
+            or num_buckets < 1:
+        raise ValueError(f'the number of buckets must be an int >= 1 (the '
+                         f'largest, {largest}, included), got {num_buckets!r}')
+    if multiple < 1:
+        raise ValueError(f'multiple must be >= 1, got {multiple}')
+    counts = [int(c) for c in packed_tokens]
+    if not counts:
+        raise ValueError('fitting buckets needs the packed-token counts of '
+                         'at least one calibration image')
+    if min(counts) < 1 or max(counts) > largest:
+        raise ValueError(
+            f'packed-token counts must be in [1, {largest}] (the largest '
+            f'bucket), got {min(counts)}..{max(counts)}: count them on the '
+            'canvas the buckets are for')
+    # Distinct rounded counts below the largest bucket, and how many
+    # batches each has; those that round up to it run there anyway.
+    weight: Dict[int, int] = {}
+    for count in counts:
+        size = -(-count // multiple) * multiple
+        if size < largest:
+            weight[size] = weight.get(size, 0) + 1
+    sizes = sorted(weight)
+    n = len(sizes)
+    ahead = [0] * (n + 1)  # ahead[i]: batches in sizes[i:]
+    for i in range(n - 1, -1, -1):
+        ahead[i] = ahead[i + 1] + weight[sizes[i]]
+    # cost[k][i]: tokens of the batches in sizes[:i] with k buckets among
+    # them, the last one sizes[i - 1]; every batch above runs in
+    # ``largest``. choice[k][i]: where that last run starts.
+    inf = float('inf')
+    cost = [[inf] * (n + 1) for _ in range(num_buckets)]
+    choice = [[0] * (n + 1) for _ in range(num_buckets)]
+    cost[0][0] = 0
+    for k in range(1, num_buckets):
+        for i in range(1, n + 1):
+            for j in range(i):  # the run sizes[j:i] takes sizes[i - 1]
+                if cost[k - 1][j] == inf:
+                    continue
+                run = ahead[j] - ahead[i]
+                total = cost[k - 1][j] + run * sizes[i - 1]
+                if total < cost[k][i]:
+                    cost[k][i], choice[k][i] = total, j
+    best_k, best_i, best = 0, 0, inf
+    for k in range(num_buckets):
+        for i in range(n + 1):
+            total = cost[k][i] + ahead[i] * largest
+            if total < best:
+                best_k, best_i, best = k, i, total
+    fitted = [largest]
+    k, i = best_k, best_i
+    while k > 0:
+        fitted.append(sizes[i - 1])
+        k, i = k - 1, choice[k][i]
+    return tuple(sorted(fitted))
+
+
 def build_layout(keep_masks: Sequence[Tensor],
                  grid_size: Tuple[int, int],
                  window_size: int = 0,

@@ -430,3 +430,108 @@ def test_deploy_places_photographs_as_the_pytorch_tools_do(runtime):
     np.testing.assert_allclose(x[0, :, :, 192:],
                                np.broadcast_to(pad.numpy()[0], (3, 128, 64)))
     assert not np.allclose(x[0, :, :, 191], pad.numpy()[0, :, :, 0])
+
+
+def photo_folder(folder, names, broken: bool = False) -> str:
+    """A folder of sample photographs (and an empty, unreadable .png)."""
+    from mmapt.apis.images import sample_photo_paths
+    os.makedirs(folder)
+    for path in sample_photo_paths():
+        if osp.basename(path) in names:
+            shutil.copy(path, folder)
+    if broken:
+        open(osp.join(folder, 'broken.png'), 'w').close()
+    return str(folder)
+
+
+def test_fit_buckets_counts_as_the_runtime_and_exports_them(
+        exported, tmp_path, capsys):
+    """--fit-buckets: each photograph's count is the one the exported
+    count graph gives; the buckets are the fewest tokens for those counts
+    (camera 133, rocket 130, hubble 73, chelsea 172 -> 192 and the canvas's
+    256); deploy.json records them and the fit; held-out photographs are
+    reported, unreadable files skipped with a warning."""
+    from mmapt.apis.images import load_rgb
+    from mmapt.deploy import ONNXRuntimeModel, read_manifest
+    from mmapt.deploy.runtime import prepare_image
+    from mmapt.tokenizer.layout import choose_pack_size, fit_pack_sizes
+    _, config, _ = exported
+    checkpoint = osp.join(osp.dirname(exported[0]), 'tiny.pth')
+    calib = photo_folder(
+        tmp_path / 'calib', PHOTOS[144] + ('chelsea.png', ), broken=True)
+    held = photo_folder(tmp_path / 'held', PHOTOS[192][1:])
+    out = str(tmp_path / 'onnx')
+    stdout = tool('tools/deployment/export_onnx.py', [
+        config, checkpoint, '--fit-buckets', calib, '--num-buckets', 2,
+        '--held-out', held, '--out', out
+    ])
+    assert 'skipping' in capsys.readouterr().err
+    fit, _ = json.JSONDecoder().raw_decode(stdout[stdout.index('{'):])
+    counts = fit['packed_tokens']
+    assert sorted(map(osp.basename,
+                      counts)) == sorted(PHOTOS[144] + ('chelsea.png', ))
+    assert fit['buckets'] == [192, 256]
+    assert tuple(fit['buckets']) == fit_pack_sizes(counts.values(), 2, 256)
+    assert fit['fitted']['run_tokens'] == 4 * 192
+    assert fit['fitted']['exact_tokens'] == sum(counts.values())
+    assert fit['fitted']['plain_tokens'] == 4 * 256
+    assert fit['auto']['buckets'] == [64, 128, 192, 256]
+    assert fit['held_out']['fitted']['run_tokens'] == 2 * 192
+    assert 'pack_size=[192, 256]' in fit['pack_size_config']
+
+    manifest = read_manifest(out)
+    assert [b['pack_size'] for b in manifest['buckets']] == [192, 256]
+    assert manifest['bucket_fit']['buckets'] == [192, 256]
+    runtime = ONNXRuntimeModel(out, config=config, intra_op_num_threads=1)
+    # The printed config line gives PyTorch's static mode the same buckets.
+    from mmengine.config import Config
+
+    from mmapt.deploy import build_model
+    setting = {}
+    exec(fit['pack_size_config'], setting)
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(dict(model=setting['model']))
+    adapter = build_model(cfg).backbone.apt
+    assert adapter.pack_sizes(1, 256, 256) == (192, 256)
+    for path, count in counts.items():
+        x = prepare_image(load_rgb(path), manifest)
+        assert runtime.packed_tokens(x) == count, path
+        assert runtime.select_bucket(x)[0] == choose_pack_size(
+            count,
+            (192, 256)) == adapter.select_pack_size(torch.from_numpy(x))
+
+
+def test_fit_buckets_errors_name_the_fix(exported, plain_exported, tmp_path):
+    from mmapt.deploy.buckets import fit_buckets
+    from mmapt.deploy.export import input_entry
+    _, config, model = exported
+    photos = photo_folder(tmp_path / 'photos', ('camera.png', ))
+
+    def fails(argv, message):
+        with pytest.raises(SystemExit, match=message):
+            tool('tools/deployment/export_onnx.py', argv)
+
+    fails([config, '--fit-buckets', photos, '--num-buckets', 0],
+          'number of buckets must be an int >= 1')
+    os.makedirs(tmp_path / 'empty')
+    fails([config, '--fit-buckets', tmp_path / 'empty'], 'no images')
+    broken = photo_folder(tmp_path / 'broken', (), broken=True)
+    fails([config, '--fit-buckets', broken], 'no readable image')
+    plain = osp.join(osp.dirname(plain_exported[0]), 'tiny_toy_eva02_det.py')
+    fails([plain, '--fit-buckets', photos], 'plain backbone.*no buckets')
+    fails([config, '--fit-buckets', photos, '--bucket', 192], 'not both')
+    fails([config, '--held-out', photos, '--out', tmp_path / 'x'],
+          'give --fit-buckets')
+    fails([config], r'--out DIR')
+    fails([config, '--fit-buckets', photos, '--batch-size', 2],
+          'single images.*--batch-size 1')
+    from mmengine.config import Config
+    with pytest.raises(ValueError, match='plain backbone'):
+        fit_buckets(plain_exported[2].backbone, photos, 2,
+                    input_entry(Config.fromfile(plain)))
+    assert fit_buckets(
+        model.backbone,
+        photos,
+        3,
+        input_entry(Config.fromfile(config)),
+        progress=False).buckets == (192, 256)

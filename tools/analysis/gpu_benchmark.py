@@ -29,19 +29,46 @@ The JSON (``--out``) and a Markdown summary next to it (``.md``) are
 written after every warm-up, repeat and later part. ``--budget-s`` is
 checked between the calls of every warm-up, training step and repeat; a
 SIGINT (``gpu_benchmark.sh``'s time limit) marks what was left as ``cut``
-and writes the report before exiting.
+and writes the report before exiting; one that comes while the modules
+load stops the tool once they are loaded, before anything runs.
 """
-import argparse
-import os
+import signal
 import sys
+from contextlib import contextmanager
 
-import torch
 
-from mmapt.apis.tool_args import (add_num_images_argument,
-                                  add_thresholds_argument)
-from mmapt.benchmark.arch_bench import run_gpu_benchmark
-from mmapt.engine.precision import add_device_dtype_arguments
-from mmapt.engine.preflight import InputError, check_writable_file
+@contextmanager
+def sigint_after_block():
+    """A SIGINT inside the block is held and raised (KeyboardInterrupt)
+    when the block ends. Third-party import code can swallow a
+    KeyboardInterrupt raised inside it (mpmath, which torch imports through
+    sympy, looks for gmpy2 under a bare ``except: pass``): the stop would
+    be lost and the run go on as if never stopped."""
+    came = []
+    previous = signal.signal(signal.SIGINT, lambda *_: came.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if came:
+        raise KeyboardInterrupt
+
+
+try:
+    with sigint_after_block():
+        import argparse
+        import os
+
+        import torch
+
+        from mmapt.apis.tool_args import (add_num_images_argument,
+                                          add_thresholds_argument)
+        from mmapt.benchmark.arch_bench import run_gpu_benchmark
+        from mmapt.engine.precision import add_device_dtype_arguments
+        from mmapt.engine.preflight import InputError, check_writable_file
+except KeyboardInterrupt:
+    sys.exit('gpu_benchmark.py: stopped (SIGINT) while loading its '
+             'modules; nothing was run')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
