@@ -21,7 +21,7 @@ Only frontier patches get a target (the others are not decided at this
 budget and get no loss); the drift is the same relative RMS feature drift
 per patch as the checkerboard's, so the scorer stays in drift units.
 """
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -111,14 +111,3 @@ def budget_frontier_targets(
         ]
     has_target = [m | f for m, f in zip(masks[1:], frontier)]
     return targets, has_target
-
-
-def masked_mse(pred: Tensor, target: Tensor,
-               weight: Optional[Tensor]) -> Tensor:
-    """Mean squared error over the entries where ``weight`` is True (all
-    when None); 0 when none is."""
-    if weight is None:
-        return F.mse_loss(pred, target)
-    weight = weight.to(pred.dtype)
-    return (
-        (pred - target).square() * weight).sum() / weight.sum().clamp(min=1)

@@ -62,8 +62,8 @@ from mmapt.registry import MODELS
 from mmapt.tokenizer import PatchLayout, build_layout, images_to_gray
 from mmapt.tokenizer.scorer_net import ScorerNet
 from ..apt import is_apt_backbone
-from .budget_targets import (budget_frontier_targets, checkerboard, masked_mse,
-                             pooled_drift)
+from .budget_targets import budget_frontier_targets, checkerboard, pooled_drift
+from .losses import masked_mse, pairwise_rank_loss
 from .task_maps import TASK_MAPS, task_cells
 
 
@@ -170,6 +170,11 @@ class ScorerDistiller(BaseModel):
         budget_keep (Sequence[float]): The keep ratios of
             ``merge_pattern='budget'`` (the operating points the scorer is
             used at; the loss averages them). Defaults to (0.5, 0.7).
+        rank_weight (float): Weight of a pairwise ranking loss within each
+            image and patch size (:func:`~mmapt.models.distillers.losses.
+            pairwise_rank_loss`: the patch with more target drift should
+            score higher) added to the squared error of the log drift. 0
+            (default): the squared error alone.
         eps (float): Added to the drift before the log, so patches that
             do not move the features (padding, flat areas) do not dominate
             the loss. Defaults to 0.01.
@@ -194,6 +199,7 @@ class ScorerDistiller(BaseModel):
                  scorer: Optional[dict] = None,
                  merge_pattern: str = 'checkerboard',
                  budget_keep: Sequence[float] = (0.5, 0.7),
+                 rank_weight: float = 0.,
                  eps: float = 0.01,
                  task_weight: float = 0.,
                  task_map: Optional[str] = None,
@@ -214,6 +220,9 @@ class ScorerDistiller(BaseModel):
                 f'mode operating points to train at, e.g. (0.5, 0.7)), got '
                 f'{budget_keep!r}')
         check_choice('task_map', task_map, (None, ) + TASK_MAPS)
+        if not rank_weight >= 0:
+            raise ValueError(f'rank_weight must be >= 0 (0: no ranking '
+                             f'loss), got {rank_weight!r}')
         if not eps > 0:
             raise ValueError(f'eps must be > 0, got {eps!r}')
         if not task_weight >= 0:
@@ -229,6 +238,7 @@ class ScorerDistiller(BaseModel):
             sizes[1:], cell_size=sizes[0], **(scorer or {}))
         self.merge_pattern = merge_pattern
         self.budget_keep = budget_keep
+        self.rank_weight = float(rank_weight)
         self.eps = float(eps)
         self.task_weight = float(task_weight)
         self.task_map_kind = task_map
@@ -327,7 +337,8 @@ class ScorerDistiller(BaseModel):
              images: Tensor,
              data_samples: Optional[list] = None) -> Dict[str, Tensor]:
         """Mean squared error of the predicted log drift, over all patches
-        of all sizes (each size weighted equally); ``data_samples`` carry
+        of all sizes (each size weighted equally), plus ``rank_weight``
+        times the ranking loss; ``data_samples`` carry
         the labels of the task term (unused when ``task_weight == 0``)."""
         task = self.task_map(images, data_samples)
         preds = self.predict_log_drift(images)
@@ -335,11 +346,15 @@ class ScorerDistiller(BaseModel):
             runs = self.budget_targets(images, task, preds)
         else:
             runs = [(self.drift_targets(images, task), [None] * len(preds))]
-        losses = [
-            masked_mse(pred, (target + self.eps).log(), has)
-            for targets, has_target in runs
-            for pred, target, has in zip(preds, targets, has_target)
-        ]
+        losses = []
+        for targets, has_target in runs:
+            for pred, target, has in zip(preds, targets, has_target):
+                log_target = (target + self.eps).log()
+                loss = masked_mse(pred, log_target, has)
+                if self.rank_weight:
+                    loss = loss + self.rank_weight * pairwise_rank_loss(
+                        pred, log_target, has)
+                losses.append(loss)
         out = dict(loss=sum(losses) / len(losses))
         targets, has_target = runs[0]
         for size, target, has in zip(self.scorer.patch_sizes, targets,

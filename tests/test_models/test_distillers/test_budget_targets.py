@@ -6,8 +6,7 @@ from conftest import flat_and_noise_images
 from test_scorer_distiller import BACKBONE
 
 from mmapt.models.distillers import ScorerDistiller
-from mmapt.models.distillers.budget_targets import (last_splits, masked_mse,
-                                                    unsplit)
+from mmapt.models.distillers.budget_targets import last_splits, unsplit
 from mmapt.models.distillers.scorer_distiller import cell_drift
 from mmapt.registry import MODELS
 
@@ -37,15 +36,6 @@ def test_last_splits_and_unsplit_give_back_three_tokens():
     assert not merged[0].any()
     # Now the 64-px patch is on the frontier: its children are tokens.
     assert last_splits(merged)[1].tolist() == [[[True]]]
-
-
-def test_masked_mse_only_counts_the_patches_with_a_target():
-    pred = torch.tensor([[1., 2.], [3., 4.]])
-    target = torch.zeros(2, 2)
-    has = torch.tensor([[True, False], [False, True]])
-    assert float(masked_mse(pred, target, has)) == pytest.approx(8.5)
-    assert float(masked_mse(pred, target, None)) == pytest.approx(7.5)
-    assert float(masked_mse(pred, target, torch.zeros_like(has))) == 0
 
 
 def _images():
