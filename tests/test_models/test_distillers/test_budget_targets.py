@@ -3,7 +3,7 @@ layout, its targets measured on the layouts budget mode makes, training."""
 import pytest
 import torch
 from conftest import flat_and_noise_images
-from test_scorer_distiller import BACKBONE
+from test_scorer_distiller import BACKBONE, train_steps
 
 from mmapt.models.distillers import ScorerDistiller
 from mmapt.models.distillers.budget_targets import last_splits, unsplit
@@ -80,14 +80,7 @@ def test_budget_targets_are_the_drift_of_budget_modes_own_layout():
 def test_budget_training_lowers_the_loss_and_scores_make_the_layouts():
     model = _budget_distiller().train()
     x = _images()
-    optim = torch.optim.Adam(model.scorer.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(8):
-        out = model(x, mode='loss')
-        optim.zero_grad()
-        out['loss'].backward()
-        optim.step()
-        losses.append(float(out['loss']))
+    losses, out = train_steps(model, x)
     assert losses[-1] < 0.5 * losses[0], losses
     assert all(torch.isfinite(v) for v in out.values())
     # Other scores make other layouts, so other patches get targets.

@@ -3,7 +3,7 @@ pairwise ranking loss, alone and in a training step."""
 import pytest
 import torch
 from conftest import flat_and_noise_images
-from test_scorer_distiller import BACKBONE
+from test_scorer_distiller import BACKBONE, train_steps
 
 from mmapt.models.distillers import ScorerDistiller
 from mmapt.models.distillers.losses import masked_mse, pairwise_rank_loss
@@ -41,7 +41,6 @@ def test_rank_weight_trains_and_is_checked():
     model = ScorerDistiller(
         BACKBONE, scorer=dict(channels=8), rank_weight=10.).train()
     x = flat_and_noise_images(2, 128, 128, (64, 64), seed=0)
-    optim = torch.optim.Adam(model.scorer.parameters(), lr=1e-2)
 
     def rank_term():
         with torch.no_grad():
@@ -52,13 +51,7 @@ def test_rank_weight_trains_and_is_checked():
             for p, t in zip(preds, targets))
 
     before = rank_term()
-    losses = []
-    for _ in range(8):
-        loss = model(x, mode='loss')['loss']
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        losses.append(float(loss))
+    losses, _ = train_steps(model, x)
     assert losses[-1] < 0.95 * losses[0], losses
     assert rank_term() < 0.95 * before
     # The loss is the squared error plus rank_weight times this term.
