@@ -175,6 +175,13 @@ class ScorerDistiller(BaseModel):
             pairwise_rank_loss`: the patch with more target drift should
             score higher) added to the squared error of the log drift. 0
             (default): the squared error alone.
+        correction_weight (float): Shrinkage towards the contrast prior:
+            ``correction_weight`` times the mean squared correction of the
+            network's heads (``ScorerNet(prior='contrast')``: the part of the
+            log drift not given by ``a_s * log(1 + contrast) + b_s``) added
+            to the loss, so the scorer moves away from contrast only where
+            that lowers the squared error by more than it costs. 0
+            (default): none. Needs a prior.
         eps (float): Added to the drift before the log, so patches that
             do not move the features (padding, flat areas) do not dominate
             the loss. Defaults to 0.01.
@@ -200,6 +207,7 @@ class ScorerDistiller(BaseModel):
                  merge_pattern: str = 'checkerboard',
                  budget_keep: Sequence[float] = (0.5, 0.7),
                  rank_weight: float = 0.,
+                 correction_weight: float = 0.,
                  eps: float = 0.01,
                  task_weight: float = 0.,
                  task_map: Optional[str] = None,
@@ -223,6 +231,9 @@ class ScorerDistiller(BaseModel):
         if not rank_weight >= 0:
             raise ValueError(f'rank_weight must be >= 0 (0: no ranking '
                              f'loss), got {rank_weight!r}')
+        if not correction_weight >= 0:
+            raise ValueError(f'correction_weight must be >= 0 (0: no '
+                             f'shrinkage), got {correction_weight!r}')
         if not eps > 0:
             raise ValueError(f'eps must be > 0, got {eps!r}')
         if not task_weight >= 0:
@@ -236,9 +247,15 @@ class ScorerDistiller(BaseModel):
                              'merge, nothing to score (give it thresholds)')
         self.scorer = ScorerNet(
             sizes[1:], cell_size=sizes[0], **(scorer or {}))
+        if correction_weight and not self.scorer.prior:
+            raise ValueError(
+                'correction_weight shrinks the correction of the contrast '
+                'prior, but the scorer has prior=None: remove '
+                'scorer.prior=None or set correction_weight=0.')
         self.merge_pattern = merge_pattern
         self.budget_keep = budget_keep
         self.rank_weight = float(rank_weight)
+        self.correction_weight = float(correction_weight)
         self.eps = float(eps)
         self.task_weight = float(task_weight)
         self.task_map_kind = task_map
@@ -327,21 +344,26 @@ class ScorerDistiller(BaseModel):
                                     layout_drift) for keep in self.budget_keep
         ]
 
+    def gray(self, images: Tensor) -> Tensor:
+        """Normalised images -> the gray levels the scorer reads."""
+        tokenizer = self.backbone.tokenizer
+        return images_to_gray(images, tokenizer.mean, tokenizer.std)
+
     def predict_log_drift(self, images: Tensor) -> List[Tensor]:
         """The scorer's log-drift maps of normalised images."""
-        tokenizer = self.backbone.tokenizer
-        return self.scorer(
-            images_to_gray(images, tokenizer.mean, tokenizer.std))
+        return self.scorer(self.gray(images))
 
     def loss(self,
              images: Tensor,
              data_samples: Optional[list] = None) -> Dict[str, Tensor]:
         """Mean squared error of the predicted log drift, over all patches
         of all sizes (each size weighted equally), plus ``rank_weight``
-        times the ranking loss; ``data_samples`` carry
+        times the ranking loss and ``correction_weight`` times the mean
+        squared correction; ``data_samples`` carry
         the labels of the task term (unused when ``task_weight == 0``)."""
         task = self.task_map(images, data_samples)
-        preds = self.predict_log_drift(images)
+        preds, corrections = self.scorer.maps_and_corrections(
+            self.gray(images))
         if self.merge_pattern == 'budget':
             runs = self.budget_targets(images, task, preds)
         else:
@@ -356,6 +378,11 @@ class ScorerDistiller(BaseModel):
                         pred, log_target, has)
                 losses.append(loss)
         out = dict(loss=sum(losses) / len(losses))
+        if self.correction_weight:  # averaged over sizes, as the error
+            shrink = sum(c.square().mean()
+                         for c in corrections) / len(corrections)
+            out['loss'] = out['loss'] + self.correction_weight * shrink
+            out['correction'] = shrink.detach()
         targets, has_target = runs[0]
         for size, target, has in zip(self.scorer.patch_sizes, targets,
                                      has_target):

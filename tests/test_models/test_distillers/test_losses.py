@@ -62,3 +62,31 @@ def test_rank_weight_trains_and_is_checked():
     assert with_rank == pytest.approx(mse + 10. * rank_term() / 2, rel=1e-4)
     with pytest.raises(ValueError, match='rank_weight must be >= 0'):
         ScorerDistiller(BACKBONE, rank_weight=-1.)
+
+
+def test_correction_weight_shrinks_towards_contrast():
+    x = flat_and_noise_images(2, 128, 128, (64, 64), seed=0)
+
+    def trained(weight):
+        torch.manual_seed(0)
+        model = ScorerDistiller(
+            BACKBONE, scorer=dict(channels=8),
+            correction_weight=weight).train()
+        losses, out = train_steps(model, x)
+        with torch.no_grad():
+            gray = model.gray(x)
+            _, corrections = model.scorer.maps_and_corrections(gray)
+        return losses, out, sum(float(c.square().mean()) for c in corrections)
+
+    _, plain_out, free = trained(0.)
+    losses, out, shrunk = trained(100.)
+    assert 'correction' not in plain_out
+    assert losses[-1] < losses[0]
+    # The same steps move the heads' corrections less under the shrinkage.
+    assert 0 < shrunk < 0.5 * free
+    assert float(out['correction']) > 0
+    with pytest.raises(ValueError, match='correction_weight must be >= 0'):
+        ScorerDistiller(BACKBONE, correction_weight=-1.)
+    with pytest.raises(ValueError, match='has prior=None'):
+        ScorerDistiller(
+            BACKBONE, scorer=dict(prior=None), correction_weight=1.)
