@@ -168,17 +168,19 @@ def with_checkpoint(scorer: Union[str, Mapping, None],
 
 def learned_scorer_cfg(scorer: str, checkpoint: Optional[str],
                        patch_sizes: Sequence[int]) -> Union[str, dict]:
-    """A tool's ``--scorer NAME [--checkpoint PATH]`` as a scorer config:
+    """A tool's ``--scorer NAME [--scorer-checkpoint PATH]`` as a scorer
+    config:
     ``learned`` needs the checkpoint (scoring ``patch_sizes``, the sizes
     above the base); the other scorers take none."""
     if scorer != 'learned':
         if checkpoint is not None:
-            raise ValueError(f'--checkpoint holds learned-scorer weights: '
-                             f'use it with --scorer learned, not {scorer!r}')
+            raise ValueError(f'--scorer-checkpoint holds learned-scorer '
+                             f'weights: use it with --scorer learned, not '
+                             f'{scorer!r}')
         return scorer
     if checkpoint is None:
-        raise ValueError('--scorer learned needs --checkpoint PATH: the '
-                         'weights written by tools/train.py on a scorer-'
+        raise ValueError('--scorer learned needs --scorer-checkpoint PATH: '
+                         'the weights written by tools/train.py on a scorer-'
                          'distiller config')
     return dict(
         type='learned', checkpoint=checkpoint, patch_sizes=tuple(patch_sizes))

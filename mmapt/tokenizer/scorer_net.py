@@ -174,19 +174,28 @@ class ScorerNet(nn.Module):
     def forward(self, gray: Tensor) -> List[Tensor]:
         """(B, H, W) gray levels -> one (B, H // s, W // s) log-drift map
         per patch size ``s``."""
+        return self.maps_and_corrections(gray)[0]
+
+    def maps_and_corrections(
+            self, gray: Tensor) -> Tuple[List[Tensor], List[Optional[Tensor]]]:
+        """The log-drift maps of :meth:`forward` and, with a prior, the
+        heads' corrections of it in them (None per size without one: the
+        whole map is the head's)."""
         hand = [None] * (len(self.patch_sizes) + 1)
         if self.prior:
             hand = hand_features(gray.float(),
                                  (self.cell_size, ) + self.patch_sizes)
         feats = self.features(gray, hand[0])
-        maps = []
+        maps, corrections = [], []
         for i, (size, head) in enumerate(zip(self.patch_sizes, self.heads)):
             k = size // self.cell_size
             pooled = [F.avg_pool2d(feats, k), F.max_pool2d(feats, k)]
             if not self.prior:
                 maps.append(head(torch.cat(pooled, dim=1))[:, 0])
+                corrections.append(None)
                 continue
             correction = head(torch.cat(pooled + [hand[i + 1]], dim=1))[:, 0]
             maps.append(self.prior_scale[i] * hand[i + 1][:, 0] +
                         self.prior_bias[i] + correction)
-        return maps
+            corrections.append(correction)
+        return maps, corrections

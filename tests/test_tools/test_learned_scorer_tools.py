@@ -41,14 +41,15 @@ def test_visualize_patches_learned(scorer_file, tmp_path, capsys):
         '0.1', '--scorer', 'learned', '--keep-ratio', '0.5', '--out',
         str(out), '--json'
     ]
-    assert tool.main(args + ['--checkpoint', scorer_file]) == 0
+    assert tool.main(args + ['--scorer-checkpoint', scorer_file]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row['tokens'] <= row['baseline_tokens'] // 2
     assert os.listdir(out) == ['half_patches.png']
     picture = Image.open(out / 'half_patches.png')
     assert picture.width > 2 * 192  # the layout and the score map beside it
     assert tool.main(args) == 2
-    assert '--scorer learned needs --checkpoint' in capsys.readouterr().err
+    assert '--scorer learned needs --scorer-checkpoint PATH' in \
+        capsys.readouterr().err
 
 
 def test_scorer_config_helpers(scorer_file):

@@ -31,6 +31,12 @@ target also holds the effect of its merged context through attention.
 Real layouts merge other patches; the ranking of patches, which is what
 thresholds and budgets use, is what the scorer has to get right.
 
+``merge_pattern='budget'`` measures the targets at budget mode's operating
+point instead (:mod:`~mmapt.models.distillers.budget_targets`): on the
+layouts that budget mode makes from the scorer's own current scores at each
+of ``budget_keep``, only for the patches it merged last or split last, so
+the scorer learns where the marginal merges of those budgets hurt.
+
 No labels are read by default: any image folder / dataset works (the toy
 config uses the training images of the toy detection set; evaluation uses
 its val images).
@@ -48,7 +54,6 @@ label-free target.
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
 from torch import Tensor
 
@@ -57,15 +62,9 @@ from mmapt.registry import MODELS
 from mmapt.tokenizer import PatchLayout, build_layout, images_to_gray
 from mmapt.tokenizer.scorer_net import ScorerNet
 from ..apt import is_apt_backbone
+from .budget_targets import budget_frontier_targets, checkerboard, pooled_drift
+from .losses import masked_mse, pairwise_rank_loss
 from .task_maps import TASK_MAPS, task_cells
-
-
-def checkerboard(rows: int, cols: int, parity: int,
-                 device: torch.device) -> Tensor:
-    """(rows, cols) bool: True where (row + col) % 2 == parity."""
-    index = torch.arange(rows, device=device)[:, None] + \
-        torch.arange(cols, device=device)
-    return index % 2 == parity
 
 
 def merged_layout(backbone,
@@ -162,9 +161,27 @@ class ScorerDistiller(BaseModel):
             patch sizes (taken from the backbone), e.g. ``channels``.
         merge_pattern (str): Which patches of a size merge in one target
             forward: ``'checkerboard'`` (default; two forwards per size,
-            each merged patch among base-resolution neighbours) or
+            each merged patch among base-resolution neighbours),
             ``'all'`` (one forward, everything merged: the patch's drift
-            includes its merged context's).
+            includes its merged context's) or ``'budget'`` (three forwards
+            per keep ratio of ``budget_keep``: the budget layouts of the
+            scorer's own scores; only the patches budget mode merged or
+            split last get a target, their drift in that layout).
+        budget_keep (Sequence[float]): The keep ratios of
+            ``merge_pattern='budget'`` (the operating points the scorer is
+            used at; the loss averages them). Defaults to (0.5, 0.7).
+        rank_weight (float): Weight of a pairwise ranking loss within each
+            image and patch size (:func:`~mmapt.models.distillers.losses.
+            pairwise_rank_loss`: the patch with more target drift should
+            score higher) added to the squared error of the log drift. 0
+            (default): the squared error alone.
+        correction_weight (float): Shrinkage towards the contrast prior:
+            ``correction_weight`` times the mean squared correction of the
+            network's heads (``ScorerNet(prior='contrast')``: the part of the
+            log drift not given by ``a_s * log(1 + contrast) + b_s``) added
+            to the loss, so the scorer moves away from contrast only where
+            that lowers the squared error by more than it costs. 0
+            (default): none. Needs a prior.
         eps (float): Added to the drift before the log, so patches that
             do not move the features (padding, flat areas) do not dominate
             the loss. Defaults to 0.01.
@@ -188,6 +205,9 @@ class ScorerDistiller(BaseModel):
                  backbone: dict,
                  scorer: Optional[dict] = None,
                  merge_pattern: str = 'checkerboard',
+                 budget_keep: Sequence[float] = (0.5, 0.7),
+                 rank_weight: float = 0.,
+                 correction_weight: float = 0.,
                  eps: float = 0.01,
                  task_weight: float = 0.,
                  task_map: Optional[str] = None,
@@ -199,8 +219,21 @@ class ScorerDistiller(BaseModel):
             raise ValueError(
                 f'ScorerDistiller needs an APT backbone (APTEVA02, APTViT, '
                 f'...) to merge patches; got type={backbone.get("type")!r}')
-        check_choice('merge_pattern', merge_pattern, ('checkerboard', 'all'))
+        check_choice('merge_pattern', merge_pattern,
+                     ('checkerboard', 'all', 'budget'))
+        budget_keep = tuple(float(k) for k in budget_keep)
+        if not budget_keep or not all(0 < k < 1 for k in budget_keep):
+            raise ValueError(
+                f'budget_keep must be keep ratios in (0, 1) (the budget '
+                f'mode operating points to train at, e.g. (0.5, 0.7)), got '
+                f'{budget_keep!r}')
         check_choice('task_map', task_map, (None, ) + TASK_MAPS)
+        if not rank_weight >= 0:
+            raise ValueError(f'rank_weight must be >= 0 (0: no ranking '
+                             f'loss), got {rank_weight!r}')
+        if not correction_weight >= 0:
+            raise ValueError(f'correction_weight must be >= 0 (0: no '
+                             f'shrinkage), got {correction_weight!r}')
         if not eps > 0:
             raise ValueError(f'eps must be > 0, got {eps!r}')
         if not task_weight >= 0:
@@ -214,7 +247,15 @@ class ScorerDistiller(BaseModel):
                              'merge, nothing to score (give it thresholds)')
         self.scorer = ScorerNet(
             sizes[1:], cell_size=sizes[0], **(scorer or {}))
+        if correction_weight and not self.scorer.prior:
+            raise ValueError(
+                'correction_weight shrinks the correction of the contrast '
+                'prior, but the scorer has prior=None: remove '
+                'scorer.prior=None or set correction_weight=0.')
         self.merge_pattern = merge_pattern
+        self.budget_keep = budget_keep
+        self.rank_weight = float(rank_weight)
+        self.correction_weight = float(correction_weight)
         self.eps = float(eps)
         self.task_weight = float(task_weight)
         self.task_map_kind = task_map
@@ -246,6 +287,10 @@ class ScorerDistiller(BaseModel):
         backbone.apt.check_input_size(*images.shape[-2:])
         plain = forward_layout(backbone, images,
                                merged_layout(backbone, images, 0))
+        if self.merge_pattern == 'budget':
+            raise ValueError(
+                'merge_pattern=\'budget\' targets depend on the scorer\'s '
+                'scores: use budget_targets(images, task)')
         targets = []
         for scale in range(1, backbone.tokenizer.num_scales):
             parities = (None, ) if self.merge_pattern == 'all' else (0, 1)
@@ -256,7 +301,7 @@ class ScorerDistiller(BaseModel):
                                    forward_layout(backbone, images, layout))
                 if task is not None:
                     drift = drift * (1 + self.task_weight * task)
-                drift = F.avg_pool2d(drift[:, None], 1 << scale)[:, 0].sqrt()
+                drift = pooled_drift(drift, scale)
                 if parity is None:
                     target = drift
                 else:  # this pass's merged patches only
@@ -265,28 +310,87 @@ class ScorerDistiller(BaseModel):
             targets.append(target)
         return targets
 
+    @torch.no_grad()
+    def budget_targets(
+        self,
+        images: Tensor,
+        task: Optional[Tensor] = None,
+        scores: Optional[Sequence[Tensor]] = None
+    ) -> List[Tuple[List[Tensor], List[Tensor]]]:
+        """``merge_pattern='budget'``: per keep ratio of ``budget_keep``,
+        one (B, H / s, W / s) drift map per patch size and the bool maps of
+        the patches that have a target (:func:`budget_frontier_targets`);
+        ``scores``: the scorer's maps that make the layouts (default: its
+        current prediction); ``task`` as for :meth:`drift_targets`."""
+        backbone = self.backbone
+        backbone.apt.check_input_size(*images.shape[-2:])
+        tokenizer = backbone.tokenizer
+        grid = tokenizer.grid_size(*images.shape[-2:])
+        plain = forward_layout(backbone, images,
+                               merged_layout(backbone, images, 0))
+        if scores is None:
+            scores = self.predict_log_drift(images)
+
+        def layout_drift(masks: List[Tensor]) -> Tensor:
+            layout = build_layout(masks, grid, tokenizer.window_size,
+                                  tokenizer.num_prefix_tokens)
+            drift = cell_drift(plain, forward_layout(backbone, images, layout))
+            if task is not None:
+                drift = drift * (1 + self.task_weight * task)
+            return drift
+
+        return [
+            budget_frontier_targets(tokenizer, scores, grid, keep,
+                                    layout_drift) for keep in self.budget_keep
+        ]
+
+    def gray(self, images: Tensor) -> Tensor:
+        """Normalised images -> the gray levels the scorer reads."""
+        tokenizer = self.backbone.tokenizer
+        return images_to_gray(images, tokenizer.mean, tokenizer.std)
+
     def predict_log_drift(self, images: Tensor) -> List[Tensor]:
         """The scorer's log-drift maps of normalised images."""
-        tokenizer = self.backbone.tokenizer
-        return self.scorer(
-            images_to_gray(images, tokenizer.mean, tokenizer.std))
+        return self.scorer(self.gray(images))
 
     def loss(self,
              images: Tensor,
              data_samples: Optional[list] = None) -> Dict[str, Tensor]:
         """Mean squared error of the predicted log drift, over all patches
-        of all sizes (each size weighted equally); ``data_samples`` carry
+        of all sizes (each size weighted equally), plus ``rank_weight``
+        times the ranking loss and ``correction_weight`` times the mean
+        squared correction; ``data_samples`` carry
         the labels of the task term (unused when ``task_weight == 0``)."""
-        targets = self.drift_targets(images,
-                                     self.task_map(images, data_samples))
-        preds = self.predict_log_drift(images)
-        losses = [
-            F.mse_loss(pred, (target + self.eps).log())
-            for pred, target in zip(preds, targets)
-        ]
+        task = self.task_map(images, data_samples)
+        preds, corrections = self.scorer.maps_and_corrections(
+            self.gray(images))
+        if self.merge_pattern == 'budget':
+            runs = self.budget_targets(images, task, preds)
+        else:
+            runs = [(self.drift_targets(images, task), [None] * len(preds))]
+        losses = []
+        for targets, has_target in runs:
+            for pred, target, has in zip(preds, targets, has_target):
+                log_target = (target + self.eps).log()
+                loss = masked_mse(pred, log_target, has)
+                if self.rank_weight:
+                    loss = loss + self.rank_weight * pairwise_rank_loss(
+                        pred, log_target, has)
+                losses.append(loss)
         out = dict(loss=sum(losses) / len(losses))
-        for size, target in zip(self.scorer.patch_sizes, targets):
-            out[f'drift_{size}'] = target.mean().detach()
+        if self.correction_weight:  # averaged over sizes, as the error
+            shrink = sum(c.square().mean()
+                         for c in corrections) / len(corrections)
+            out['loss'] = out['loss'] + self.correction_weight * shrink
+            out['correction'] = shrink.detach()
+        targets, has_target = runs[0]
+        for size, target, has in zip(self.scorer.patch_sizes, targets,
+                                     has_target):
+            if has is None:
+                has = torch.ones_like(target, dtype=torch.bool)
+            # Mean over the patches with a target (0 when none has one).
+            out[f'drift_{size}'] = (target * has).sum().detach() / \
+                has.sum().clamp(min=1)
         return out
 
     def forward(
@@ -296,14 +400,20 @@ class ScorerDistiller(BaseModel):
             mode: str = 'tensor'
     ) -> Union[Dict[str, Tensor], List[Tensor], Tuple]:
         """``mode='loss'``: the loss dict; ``'tensor'``: the predicted
-        log-drift maps; ``'predict'``: (predicted, target) drift maps."""
+        log-drift maps; ``'predict'``: (predicted, target) drift maps (with
+        ``merge_pattern='budget'``: the first keep ratio's targets, 0 where
+        a patch has none)."""
         if mode == 'loss':
             return self.loss(inputs, data_samples)
         if mode == 'tensor':
             return self.predict_log_drift(inputs)
         if mode == 'predict':
-            preds = [p.exp() for p in self.predict_log_drift(inputs)]
-            return preds, self.drift_targets(
-                inputs, self.task_map(inputs, data_samples))
+            log_preds = self.predict_log_drift(inputs)
+            task = self.task_map(inputs, data_samples)
+            if self.merge_pattern == 'budget':
+                targets = self.budget_targets(inputs, task, log_preds)[0][0]
+            else:
+                targets = self.drift_targets(inputs, task)
+            return [p.exp() for p in log_preds], targets
         raise ValueError(f'mode must be \'loss\', \'tensor\' or '
                          f'\'predict\', got {mode!r}')

@@ -30,7 +30,11 @@ def object_coverage(instances, shape: Tuple[int, int],
     """(H, W) float: 1 inside any object of ``instances``, 0 elsewhere.
 
     Uses ``instances.masks`` (bitmap or polygon masks) where present, else
-    ``instances.bboxes`` (x1, y1, x2, y2 in the padded canvas' pixels).
+    ``instances.bboxes`` (x1, y1, x2, y2 in the padded canvas' pixels): a
+    pixel is inside when its centre is, so a cell's mean is the box's area
+    share of the cell. (``BoxImportanceMap`` marks every pixel a box
+    touches instead: an importance map must not lose an object's edge; for
+    boxes on whole pixels the two rules agree.)
     """
     height, width = shape
     out = torch.zeros(height, width, device=device)

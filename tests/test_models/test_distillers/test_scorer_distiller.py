@@ -28,6 +28,20 @@ def _distiller(seed=0) -> ScorerDistiller:
     return ScorerDistiller(BACKBONE, scorer=dict(channels=8))
 
 
+def train_steps(model, images, steps=8, lr=1e-2):
+    """Adam steps on all the model's parameters (only the scorer's get
+    gradients); the losses and the last loss dict."""
+    optim = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        out = model(images, mode='loss')
+        optim.zero_grad()
+        out['loss'].backward()
+        optim.step()
+        losses.append(float(out['loss']))
+    return losses, out
+
+
 def _images():
     # Image 0: flat top-left 64 x 64 corner, noise elsewhere.
     return flat_and_noise_images(2, 128, 128, (64, 64), seed=0)
@@ -56,15 +70,8 @@ def test_training_steps_lower_the_loss_and_only_train_the_scorer():
     model = _distiller().train()
     assert not model.backbone.training
     x = _images()
-    optim = torch.optim.Adam(model.parameters(), lr=1e-2)
     frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    losses = []
-    for _ in range(8):
-        loss = model(x, mode='loss')['loss']
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        losses.append(float(loss))
+    losses, _ = train_steps(model, x)
     assert losses[-1] < 0.5 * losses[0], losses
     for k, v in model.backbone.state_dict().items():
         assert torch.equal(v, frozen[k]), k

@@ -43,6 +43,29 @@ def test_object_coverage_prefers_masks_over_boxes():
     assert not empty.any()
 
 
+def test_box_coverage_centre_rule_against_the_importance_map():
+    from mmapt.datasets.importance import BoxImportanceMap
+
+    def both(box):
+        sample = _det_sample([box])
+        sample.set_metainfo(dict(img_shape=(32, 64)))
+        results = BoxImportanceMap()(
+            dict(inputs=torch.zeros(3, 32, 64), data_samples=sample))
+        touched = results['data_samples'].importance_map.data[0]
+        centre = object_coverage(sample.gt_instances, (32, 64),
+                                 torch.device('cpu'))
+        return centre, touched
+
+    # Whole-pixel boxes: the same pixels.
+    centre, touched = both([16, 0, 48, 16])
+    assert torch.equal(centre, touched)
+    # Fractional edges: the importance map keeps every touched pixel, the
+    # coverage only those whose centre is inside (its area share).
+    centre, touched = both([16.7, 0.2, 47.4, 15.6])
+    assert centre.sum() == 30 * 16 and touched.sum() == 32 * 16
+    assert bool((centre <= touched).all())
+
+
 def test_class_boundaries_mark_both_sides_and_skip_ignored():
     labels = torch.zeros(4, 6, dtype=torch.long)
     labels[:, 3:] = 1
