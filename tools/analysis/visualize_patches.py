@@ -10,7 +10,7 @@ paper's detection setting, then the gradient scorer in budget mode)::
         --scorer gradient --keep-ratio 0.5 --out outputs/patches_gradient
     python tools/analysis/visualize_patches.py demo/ --canvas 1536 \
         --scorer learned --keep-ratio 0.5 --out outputs/patches_learned \
-        --checkpoint work_dirs/learned_scorer_coco/iter_5000.pth
+        --scorer-checkpoint work_dirs/learned_scorer_coco/iter_5000.pth
 
 A folder with unreadable files is processed without them (a warning names
 each); progress goes to stderr, so ``--json`` output stays clean.
