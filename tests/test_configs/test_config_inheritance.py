@@ -67,6 +67,8 @@ DISTILLERS = {
     'toy/toy_learned_scorer_coco_task.py': 'toy/toy_apt_det.py',
     'toy/toy_learned_scorer_ade_task.py': 'toy/toy_apt_seg.py',
     'toy/toy_learned_scorer_coco_borders.py': 'toy/toy_apt_det.py',
+    'toy/toy_learned_scorer_coco_budget.py': 'toy/toy_apt_det.py',
+    'toy/toy_learned_scorer_ade_budget.py': 'toy/toy_apt_seg.py',
 }
 VARIANT_KEYS = ('train_pipeline', 'test_pipeline', 'importance',
                 'train_dataloader', 'val_dataloader', 'test_dataloader')
