@@ -43,18 +43,19 @@ def _gib(mib: Optional[float]) -> Optional[float]:
 
 
 def _ort_arm(runtime: ONNXRuntimeModel):
-    """(graph key, call) of an export on one prepared input."""
+    """The call of an export on one prepared input (its bucket, chosen by
+    the runtime again inside the timed call)."""
 
-    def make(x: np.ndarray):
-        key = runtime.select_bucket(runtime.check_input(x))[0]
-        return key, lambda: runtime(x)
+    def make(x: np.ndarray, size: Optional[int]):
+        return lambda: runtime(x)
 
     return make
 
 
 def _eager_arm(model: nn.Module, runtime: ONNXRuntimeModel):
     """The exported graph's forward in eager PyTorch: the feature graph of
-    a detector, tensor mode of a segmentor; APT in the runtime's bucket."""
+    a detector, tensor mode of a segmentor; APT in the bucket ``runtime``
+    chose for the input."""
     if runtime.manifest['task'] == 'segmentation':
 
         def forward(t):
@@ -62,15 +63,14 @@ def _eager_arm(model: nn.Module, runtime: ONNXRuntimeModel):
     else:
         forward = FeatureGraph(model.backbone, getattr(model, 'neck', None))
 
-    def make(x: np.ndarray):
+    def make(x: np.ndarray, size: Optional[int]):
         tensor = torch.from_numpy(x)
-        size = runtime.select_bucket(x)[0]
 
         def run():
             with fixed_pack_size(model.backbone, size), torch.no_grad():
                 return forward(tensor)
 
-        return size, run
+        return run
 
     return make
 
@@ -127,24 +127,35 @@ def benchmark_onnx(apt_dirs: Dict[str, str],
 
     apts = {f'ort_{label}': load(d) for label, d in apt_dirs.items()}
     plain = load(plain_dir)
-    first = next(iter(apts.values()))
-    arms = {name: _ort_arm(runtime) for name, runtime in apts.items()}
-    arms['ort_plain'] = _ort_arm(plain)
+    for runtime in apts.values():
+        if runtime.input_shape[2:] != plain.input_shape[2:]:
+            raise ValueError('the APT and plain exports take different input '
+                             'shapes: export all with the same --shape')
+    runtimes = dict(apts, ort_plain=plain)
+    first = next(iter(apts))
+    # arm -> (the runtime whose bucket choice it runs in, its call factory)
+    arms = {
+        name: (name, _ort_arm(runtime))
+        for name, runtime in runtimes.items()
+    }
     if apt_model is not None:
-        arms['torch_apt'] = _eager_arm(apt_model, first)
+        arms['torch_apt'] = (first, _eager_arm(apt_model, apts[first]))
     if plain_model is not None:
-        arms['torch_plain'] = _eager_arm(plain_model, plain)
+        arms['torch_plain'] = ('ort_plain', _eager_arm(plain_model, plain))
     warmed = set()
     memory: Dict[str, float] = {}
     rows: List[Dict] = []
     for rgb in images:
         x = prepare_image(rgb, plain.manifest)
-        for runtime in apts.values():
-            if prepare_image(rgb, runtime.manifest).shape != x.shape:
-                raise ValueError(
-                    'the APT and plain exports take different input '
-                    'shapes: export all with the same --shape')
-        calls = {name: make(x) for name, make in arms.items()}
+        # (pack size, packed tokens, capped) once per export and image.
+        chosen = {
+            name: runtime.select_bucket(runtime.check_input(x))
+            for name, runtime in runtimes.items()
+        }
+        calls = {
+            name: (chosen[source][0], make(x, chosen[source][0]))
+            for name, (source, make) in arms.items()
+        }
         for name, (key, call) in calls.items():
             if (name, key) not in warmed:  # first run of this graph
                 call()
@@ -157,8 +168,8 @@ def benchmark_onnx(apt_dirs: Dict[str, str],
                 if extra is not None:
                     memory[name] = max(memory.get(name, 0.), extra)
         row: Dict[str, Any] = {}
-        for name, runtime in apts.items():
-            size, needed, capped = runtime.select_bucket(x)
+        for name in apts:
+            size, needed, capped = chosen[name]
             row[f'{name}_bucket'] = size
             row[f'{name}_capped'] = capped
             row['packed_tokens'] = row.get('packed_tokens', needed)
