@@ -51,7 +51,7 @@ patch on an object or a class boundary then gets up to
 fine patches where the task needs them; background patches keep their
 label-free target.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -283,25 +283,20 @@ class ScorerDistiller(BaseModel):
         above the base (see the module docstring); ``task``, a
         (B, H / cell, W / cell) map of :meth:`task_map`, weights the cells'
         squared drift by ``1 + task_weight * task``."""
-        backbone = self.backbone
-        backbone.apt.check_input_size(*images.shape[-2:])
-        plain = forward_layout(backbone, images,
-                               merged_layout(backbone, images, 0))
         if self.merge_pattern == 'budget':
             raise ValueError(
                 'merge_pattern=\'budget\' targets depend on the scorer\'s '
                 'scores: use budget_targets(images, task)')
+        backbone = self.backbone
+        layout_drift = self._layout_drift(images, task)
         targets = []
         for scale in range(1, backbone.tokenizer.num_scales):
             parities = (None, ) if self.merge_pattern == 'all' else (0, 1)
             target = 0
             for parity in parities:
-                layout = merged_layout(backbone, images, scale, parity)
-                drift = cell_drift(plain,
-                                   forward_layout(backbone, images, layout))
-                if task is not None:
-                    drift = drift * (1 + self.task_weight * task)
-                drift = pooled_drift(drift, scale)
+                drift = pooled_drift(
+                    layout_drift(
+                        merged_layout(backbone, images, scale, parity)), scale)
                 if parity is None:
                     target = drift
                 else:  # this pass's merged patches only
@@ -322,27 +317,41 @@ class ScorerDistiller(BaseModel):
         the patches that have a target (:func:`budget_frontier_targets`);
         ``scores``: the scorer's maps that make the layouts (default: its
         current prediction); ``task`` as for :meth:`drift_targets`."""
-        backbone = self.backbone
-        backbone.apt.check_input_size(*images.shape[-2:])
-        tokenizer = backbone.tokenizer
+        layout_drift = self._layout_drift(images, task)  # checks the size
+        tokenizer = self.backbone.tokenizer
         grid = tokenizer.grid_size(*images.shape[-2:])
-        plain = forward_layout(backbone, images,
-                               merged_layout(backbone, images, 0))
         if scores is None:
             scores = self.predict_log_drift(images)
 
-        def layout_drift(masks: List[Tensor]) -> Tensor:
-            layout = build_layout(masks, grid, tokenizer.window_size,
-                                  tokenizer.num_prefix_tokens)
+        def masks_drift(masks: List[Tensor]) -> Tensor:
+            return layout_drift(
+                build_layout(masks, grid, tokenizer.window_size,
+                             tokenizer.num_prefix_tokens))
+
+        return [
+            budget_frontier_targets(tokenizer, scores, grid, keep, masks_drift)
+            for keep in self.budget_keep
+        ]
+
+    def _layout_drift(
+            self, images: Tensor,
+            task: Optional[Tensor]) -> Callable[[PatchLayout], Tensor]:
+        """Checks the input, runs the plain layout once, and returns: layout
+        -> (B, H / cell, W / cell) squared relative drift of its forward per
+        base cell, weighted by ``1 + task_weight * task`` when ``task`` is
+        given."""
+        backbone = self.backbone
+        backbone.apt.check_input_size(*images.shape[-2:])
+        plain = forward_layout(backbone, images,
+                               merged_layout(backbone, images, 0))
+
+        def drift_of(layout: PatchLayout) -> Tensor:
             drift = cell_drift(plain, forward_layout(backbone, images, layout))
             if task is not None:
                 drift = drift * (1 + self.task_weight * task)
             return drift
 
-        return [
-            budget_frontier_targets(tokenizer, scores, grid, keep,
-                                    layout_drift) for keep in self.budget_keep
-        ]
+        return drift_of
 
     def gray(self, images: Tensor) -> Tensor:
         """Normalised images -> the gray levels the scorer reads."""
