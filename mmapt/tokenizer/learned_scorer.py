@@ -149,6 +149,19 @@ class LearnedScorer(PatchScorer):
                 f'prior={self.network.prior!r})')
 
 
+def lacks_checkpoint(scorer: Union[str, Mapping, None]) -> bool:
+    """Whether a scorer config is a ``learned`` scorer without a
+    ``checkpoint`` (also as an ``importance`` base): the one
+    :func:`with_checkpoint` fills in."""
+    if scorer == 'learned':
+        return True
+    if not isinstance(scorer, Mapping):
+        return False
+    if scorer.get('type') == 'learned':
+        return 'checkpoint' not in scorer
+    return 'base' in scorer and lacks_checkpoint(scorer['base'])
+
+
 def with_checkpoint(scorer: Union[str, Mapping, None],
                     checkpoint: str) -> Union[str, Mapping, None]:
     """A scorer config with ``checkpoint`` filled in where it is a

@@ -77,15 +77,15 @@ def tokenizer_from_config(
 
 def _scorer_with_weights(scorer, checkpoint: str):
     """The config's learned scorer with ``checkpoint`` as its weights."""
-    from mmapt.tokenizer.learned_scorer import with_checkpoint
-    filled = with_checkpoint(scorer, checkpoint)
-    if filled == scorer:  # with_checkpoint fills only a learned scorer
+    from mmapt.tokenizer.learned_scorer import (lacks_checkpoint,
+                                                with_checkpoint)
+    if not lacks_checkpoint(scorer):
         raise ValueError(
             'a scorer checkpoint was given, but the config\'s scorer, '
             f'{"entropy (the default)" if scorer is None else repr(scorer)}, '
             'is not a learned scorer without weights: drop the checkpoint, '
             'or use a config with scorer=dict(type=\'learned\')')
-    return filled
+    return with_checkpoint(scorer, checkpoint)
 
 
 def check_scorer_weights(cfg: Config,
@@ -98,10 +98,9 @@ def check_scorer_weights(cfg: Config,
         ValueError: A learned scorer left without weights, naming the fix.
     """
     from mmapt.models.apt import apt_tokenizer_args, backbone_cfg_of
-    from mmapt.tokenizer.learned_scorer import with_checkpoint
+    from mmapt.tokenizer.learned_scorer import lacks_checkpoint
     args = apt_tokenizer_args(backbone_cfg_of(cfg)) or {}
-    scorer = args.get('scorer')
-    if scorer_checkpoint is None and with_checkpoint(scorer, '') != scorer:
+    if scorer_checkpoint is None and lacks_checkpoint(args.get('scorer')):
         raise ValueError(
             'the config\'s learned scorer has no weights here (no model is '
             'built to load backbone.apt_scorer.* into): give the scorer '
