@@ -17,6 +17,7 @@ from torch import nn
 
 from mmapt.apis.images import list_images
 from mmapt.apis.tool_args import add_num_images_argument
+from mmapt.engine.preflight import add_cfg_options
 
 
 def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,6 @@ def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
     :func:`image_paths`): the APT ``config``, its baseline ``--compare``,
     the images (``--images``, ``--img-prefix``, ``--num-images``) and
     ``--cfg-options`` for both configs."""
-    from mmengine.config import DictAction
     parser.add_argument('config', help='APT config')
     parser.add_argument(
         '--compare', required=True, help='baseline config (the plain model)')
@@ -40,11 +40,7 @@ def add_model_pair_arguments(parser: argparse.ArgumentParser) -> None:
         help='folder of the JSON\'s images (default: the '
         'JSON\'s folder)')
     add_num_images_argument(parser, default=5)
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of both configs, key=value')
+    add_cfg_options(parser, 'both configs')
 
 
 def load_config(path: str, options: Optional[dict] = None):

@@ -524,15 +524,16 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     return True
 
 
-def add_cfg_options(parser) -> None:
+def add_cfg_options(parser, whose: str = 'the config') -> None:
     """Add ``--cfg-options key=value ...`` (mmengine's ``DictAction``), as
-    every tool that reads a config takes it."""
+    every tool that reads a config takes it; ``whose``: the configs it
+    overrides, for the help (e.g. ``'both configs'``)."""
     from mmengine.config import DictAction
     parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
-        help='override settings of the config, key=value (e.g. '
+        help=f'override settings of {whose}, key=value (e.g. '
         'train_cfg.max_iters=100 model.backbone.arch=tiny)')
 
 
