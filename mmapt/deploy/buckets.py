@@ -9,6 +9,7 @@ tokenizer on the images as the runtime prepares them
 (:func:`~mmapt.deploy.runtime.prepare_image`), through the forward the
 token-count graph exports: no block runs.
 """
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -200,3 +201,52 @@ def pack_size_setting(buckets: Sequence[int]) -> str:
     ``buckets`` (e.g. for CUDA graphs), as the tool prints them."""
     return ('model = dict(backbone=dict(pack_size=['
             f'{", ".join(str(b) for b in sorted(buckets))}]))')
+
+
+def matched_keep_ratio(backbone: nn.Module,
+                       image_path: str,
+                       manifest_input: Dict[str, Any],
+                       progress: bool = True) -> Dict[str, Any]:
+    """The keep ratio whose budget mode runs, on every image, the mean
+    token count that the backbone's thresholds give the images of
+    ``image_path`` (content tokens over the plain grid's cells).
+
+    Budget mode at that ratio is one bucket (every image has the same
+    count), where threshold mode spreads the same mean over several and
+    pads each image to its bucket. On the toy sets budget and threshold
+    mode at the same mean token count kept the same accuracy
+    (docs/scorers_eval.md); check it on your own data.
+
+    Raises:
+        ValueError: a plain backbone, one already in budget mode, a batch
+            size above 1, or no readable image.
+    """
+    adapter = apt_adapter(backbone)
+    if adapter is None:
+        raise ValueError(
+            f'{type(backbone).__name__} is a plain backbone: it keeps every '
+            'token; match the thresholds of an APT config')
+    tokenizer = adapter.tokenizer
+    if tokenizer.budget_mode:
+        raise ValueError(
+            'the config is already in budget mode (keep_ratio / '
+            'token_budget set): there are no thresholds to match; drop '
+            '--match-thresholds, or the budget from the config')
+    counts, skipped = count_folder(backbone, image_path, manifest_input,
+                                   'threshold tokens', progress)
+    prefix = tokenizer.num_prefix_tokens
+    grid = tokenizer.grid_size(*manifest_input['shape'][2:])
+    cells = grid[0] * grid[1]
+    content = [c - prefix for c in counts.values()]
+    keep = sum(content) / (len(content) * cells)
+    # Four decimals, rounded up: at least the thresholds' mean tokens.
+    keep_ratio = min(1.0, math.ceil(keep * 1e4) / 1e4)
+    return dict(
+        images=image_path,
+        keep_ratio=keep_ratio,
+        threshold_keep=dict(
+            mean=round(keep, 4),
+            min=round(min(content) / cells, 4),
+            max=round(max(content) / cells, 4)),
+        packed_tokens=counts,
+        skipped=skipped)

@@ -136,12 +136,11 @@ def resolve_buckets(backbone: nn.Module, batch: int, height: int, width: int,
         from mmapt.tokenizer.layout import check_pack_size_spec
         sizes = check_pack_size_spec(sorted(set(int(b) for b in buckets)))
         return [sizes] if isinstance(sizes, int) else list(sizes)
-    from mmapt.tokenizer.layout import default_pack_sizes
     tokenizer = adapter.tokenizer
     grid = tokenizer.grid_size(height, width)
     return list(
         adapter.pack_sizes(batch, height, width)
-        or default_pack_sizes(batch, grid, tokenizer.num_prefix_tokens))
+        or tokenizer.auto_pack_sizes(batch, grid))
 
 
 def _stamp(path: str, metadata: Dict[str, str]) -> None:
@@ -169,7 +168,8 @@ def export_deployment(
         batch_size: int = 1,
         trust: Optional[bool] = None,
         model: Optional[nn.Module] = None,
-        bucket_fit: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        bucket_fit: Optional[Dict[str, Any]] = None,
+        matched_thresholds: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Export a config's model to ``out_dir``: one ONNX file per bucket
     (one for a plain backbone), the token-count graph of an APT backbone,
     and ``deploy.json``.
@@ -190,6 +190,10 @@ def export_deployment(
         bucket_fit (dict, optional): How ``buckets`` were fitted to
             calibration images (:meth:`~mmapt.deploy.buckets.BucketFit.
             summary`), recorded in the manifest as ``bucket_fit``.
+        matched_thresholds (dict, optional): How a budget-mode config's
+            keep ratio was matched to its thresholds' mean token count
+            (:func:`~mmapt.deploy.buckets.matched_keep_ratio`), recorded in
+            the manifest as ``matched_thresholds``.
 
     Returns:
         dict: The manifest written to ``out_dir/deploy.json``.
@@ -237,8 +241,13 @@ def export_deployment(
         _stamp(path, dict(metadata, mmapt_pack_size=str(size or 0)))
         files.append(
             dict(pack_size=size, file=fname, sha256=file_sha256(path)))
-    count = None
+    count = fixed = None
     if apt_adapter(backbone) is not None:
+        # Budget mode: every batch has the same count, so the runtime picks
+        # its bucket without running the count graph.
+        tokenizer = apt_adapter(backbone).tokenizer
+        fixed = tokenizer.budget_packed_tokens(
+            batch_size, tokenizer.grid_size(height, width))
         fname = f'{name}_count.onnx'
         path = osp.join(out_dir, fname)
         export_onnx(
@@ -264,8 +273,11 @@ def export_deployment(
         ],
         apt=apt_adapter(backbone) is not None,
         buckets=files,
-        count_graph=count)
+        count_graph=count,
+        fixed_packed_tokens=fixed)
     if bucket_fit is not None:
         manifest['bucket_fit'] = bucket_fit
+    if matched_thresholds is not None:
+        manifest['matched_thresholds'] = matched_thresholds
     write_manifest(out_dir, manifest)
     return manifest

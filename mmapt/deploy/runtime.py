@@ -7,7 +7,9 @@ count comes from the exported tokenizer graph (``*_count.onnx``), run in
 the same ONNX Runtime session options: it is the tokenizer's own code, so
 the count is exact, it costs the tokenizer's share of a forward (the
 entropy maps and the patch choice, no blocks), and the runtime needs no
-model weights on the torch side.
+model weights on the torch side. A budget-mode export runs no count: every
+batch has the same one, which the manifest records
+(``fixed_packed_tokens``).
 
 A batch no bucket holds: static mode caps it to the largest bucket by score
 (the lowest-scoring splits are merged until it fits) and so does the
@@ -174,7 +176,10 @@ class ONNXRuntimeModel:
             for entry in self.manifest['buckets']
         }
         count = self.manifest.get('count_graph')
-        self.count_session = session(count) if count else None
+        # Budget mode needs no count: the manifest has it.
+        needs_count = count and \
+            self.manifest.get('fixed_packed_tokens') is None
+        self.count_session = session(count) if needs_count else None
 
     # ------------------------------------------------------------- facts
     @property
@@ -220,7 +225,11 @@ class ONNXRuntimeModel:
 
     def packed_tokens(self, images: np.ndarray) -> Optional[int]:
         """Packed tokens (prefix included) the batch needs in exact packing;
-        None for a plain model."""
+        None for a plain model. A budget-mode export records the count
+        every batch has (``fixed_packed_tokens``): no graph runs then."""
+        fixed = self.manifest.get('fixed_packed_tokens')
+        if fixed is not None:
+            return int(fixed)
         if self.count_session is None:
             return None
         feed = {self.count_session.get_inputs()[0].name: images}

@@ -10,9 +10,10 @@ from torch import Tensor
 from .budget import (budget_patches, check_keep_ratio, check_token_budget,
                      fit_patches, min_tokens, resolve_budget)
 from .entropy import ENTROPY_BINS, images_to_gray
-from .layout import (PackSizeSpec, PatchLayout, build_layout, check_pack_size,
-                     check_pack_size_spec, check_window_size, choose_pack_size,
-                     default_pack_sizes, max_pack_size, select_patches)
+from .layout import (AUTO_BUCKET_MULTIPLE, PackSizeSpec, PatchLayout,
+                     build_layout, check_pack_size, check_pack_size_spec,
+                     check_window_size, choose_pack_size, default_pack_sizes,
+                     max_pack_size, select_patches)
 from .scorers import (ImportanceScorer, PatchScorer, ScorerConfig,
                       build_scorer, check_importance, missing_importance)
 
@@ -114,8 +115,9 @@ class PatchTokenizer:
             mode: every layout's packed sequence (prefix tokens included) is
             padded to a fixed number of tokens (see :func:`build_layout`):
             this int; or token buckets, the smallest of these sizes that
-            holds the batch (one host read); or ``'auto'``, the buckets of
-            :func:`~mmapt.tokenizer.layout.default_pack_sizes`. A batch that
+            holds the batch (one host read); or ``'auto'``
+            (:meth:`auto_pack_sizes`: 25/50/75/100% of the canvas's tokens,
+            one bucket holding the budget in budget mode). A batch that
             needs more than the (largest) size is capped to fit by score
             (:func:`~mmapt.tokenizer.budget.fit_patches`). Settable between
             calls. None (default): exact packing.
@@ -211,8 +213,38 @@ class PatchTokenizer:
         if spec is None:
             return None
         if spec == 'auto':
-            return default_pack_sizes(batch, grid, self.num_prefix_tokens)
+            return self.auto_pack_sizes(batch, grid)
         return (spec, ) if isinstance(spec, int) else tuple(spec)
+
+    def auto_pack_sizes(self, batch: int, grid: Tuple[int, int]) -> tuple:
+        """The ``'auto'`` buckets of a batch on ``grid``, ascending ints.
+        Threshold mode:
+        :func:`~mmapt.tokenizer.layout.default_pack_sizes` (25/50/75/100%).
+        Budget mode: one bucket, :meth:`budget_packed_tokens` rounded up
+        to a multiple of 64: every batch has that count, so a ladder would
+        only pad it to the next rung (keep 0.77 would run the 100%
+        bucket)."""
+        fixed = self.budget_packed_tokens(batch, grid)
+        if fixed is None:
+            return default_pack_sizes(batch, grid, self.num_prefix_tokens)
+        size = -(-fixed // AUTO_BUCKET_MULTIPLE) * AUTO_BUCKET_MULTIPLE
+        return (min(size, max_pack_size(batch, grid,
+                                        self.num_prefix_tokens)), )
+
+    def budget_packed_tokens(self, batch: int,
+                             grid: Tuple[int, int]) -> Optional[int]:
+        """Budget mode: the packed tokens (prefix included) of every batch
+        of ``batch`` images on ``grid``, known from the shapes alone (the
+        coarsest cells plus 3 per split, :mod:`~mmapt.tokenizer.budget`);
+        None in threshold mode. ValueError when the budget cannot be met."""
+        if not self.budget_mode:
+            return None
+        budget = resolve_budget(grid, self.num_scales, self.patch_size,
+                                self.token_budget, self.keep_ratio,
+                                self.num_prefix_tokens)
+        per_image = min_tokens(grid, self.num_scales) + \
+            3 * self._budget_splits(grid, budget)
+        return batch * (per_image + self.num_prefix_tokens)
 
     @property
     def patch_sizes(self) -> Tuple[int, ...]:
@@ -394,8 +426,8 @@ class PatchTokenizer:
         grid = self.grid_size(*images.shape[-2:])
         batch = images.shape[0]
         if buckets is None:
-            buckets = self.pack_sizes(batch, grid) or default_pack_sizes(
-                batch, grid, self.num_prefix_tokens)
+            buckets = self.pack_sizes(batch, grid) or \
+                self.auto_pack_sizes(batch, grid)
         else:
             checked = check_pack_size_spec(
                 buckets if isinstance(buckets, int) else list(buckets))

@@ -535,3 +535,59 @@ def test_fit_buckets_errors_name_the_fix(exported, plain_exported, tmp_path):
         3,
         input_entry(Config.fromfile(config)),
         progress=False).buckets == (192, 256)
+
+
+def test_match_thresholds_exports_one_budget_bucket(exported, tmp_path):
+    """--match-thresholds: budget mode at the keep ratio of the thresholds'
+    mean count on the photographs (camera 133, rocket 130, hubble 73,
+    chelsea 172: 127 of 256 tokens), one bucket (128) that every image
+    fills, picked without the count graph; ORT equals eager static mode
+    on photographs of either threshold bucket."""
+    from mmengine.config import Config
+
+    from mmapt.deploy import ONNXRuntimeModel, build_model, read_manifest
+    _, config, threshold_model = exported
+    checkpoint = osp.join(osp.dirname(exported[0]), 'tiny.pth')
+    calib = photo_folder(tmp_path / 'calib', PHOTOS[144] + ('chelsea.png', ))
+    out = str(tmp_path / 'onnx')
+    stdout = tool(
+        'tools/deployment/export_onnx.py',
+        [config, checkpoint, '--match-thresholds', calib, '--out', out])
+    matched, _ = json.JSONDecoder().raw_decode(stdout[stdout.index('{'):])
+    counts = matched['packed_tokens']
+    assert sorted(counts.values()) == [73, 130, 133, 172]
+    assert matched['threshold_keep']['mean'] == round(508 / 4 / 256, 4)
+    assert matched['keep_ratio'] == 0.4961  # 127/256 rounded up
+    manifest = read_manifest(out)
+    assert [b['pack_size'] for b in manifest['buckets']] == [128]
+    assert manifest['fixed_packed_tokens'] == 127  # 4 + 3 * 41 splits
+    assert manifest['matched_thresholds']['keep_ratio'] == 0.4961
+
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict({'model.backbone.keep_ratio': 0.4961})
+    # The export is the config with the matched keep ratio.
+    runtime = ONNXRuntimeModel(out, config=cfg, intra_op_num_threads=1)
+    model = build_model(cfg)
+    model.load_state_dict(threshold_model.state_dict())
+    assert runtime.count_session is None  # nothing to count
+    for name in (PHOTOS[144][0], PHOTOS[192][0]):
+        x = photo(name, manifest)
+        result = runtime(x)
+        assert (result.pack_size, result.packed_tokens,
+                result.capped) == (128, 127, False)
+        assert int(
+            model.backbone.apt.tokenizer.layout(
+                torch.from_numpy(x)).num_real_packed) == 127
+        for got, want in zip(result.outputs.values(), eager(model, x, 128)):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+
+    def fails(argv, message):
+        with pytest.raises(SystemExit, match=message):
+            tool('tools/deployment/export_onnx.py', argv)
+
+    fails([config, '--match-thresholds', calib, '--bucket', 128],
+          'drop --bucket')
+    budget = write_config(tmp_path,
+                          TINY_DET.replace('0.3)),', '0.3), keep_ratio=0.5),'),
+                          'configs/toy/toy_apt_det.py')
+    fails([budget, '--match-thresholds', calib], 'already in budget mode')

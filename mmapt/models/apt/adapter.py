@@ -118,7 +118,9 @@ class APTAdapter:
           that holds it, one host read of its token count per forward,
           before anything that could be captured runs (:meth:`__call__`);
         - ``'auto'``: buckets at 25/50/75/100% of the input's base tokens
-          (:func:`~mmapt.tokenizer.layout.default_pack_sizes`).
+          (:func:`~mmapt.tokenizer.layout.default_pack_sizes`); in budget
+          mode the one bucket that holds the budget, no host read
+          (:meth:`PatchTokenizer.auto_pack_sizes`).
 
         A batch needing more tokens than the (largest) size is capped to fit
         by score (never NaN, see :meth:`PatchTokenizer.layout`); the token

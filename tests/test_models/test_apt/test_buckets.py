@@ -302,3 +302,36 @@ def test_capping_compiles_whole_and_exports():
         for a, b in zip(program.module()(overflows), static(overflows)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert len(graphs) == 1
+
+
+@pytest.mark.parametrize('cls, kwargs, keep',
+                         [(APTEVA02, {}, 0.5), (APTEVA02, {}, 0.77),
+                          (APTViT, dict(num_register_tokens=2), 0.6)])
+def test_auto_in_budget_mode_is_the_one_bucket_every_batch_fills(
+        cls, kwargs, keep):
+    """Budget mode: every image has the same count, so 'auto' is one
+    bucket (the count rounded up to 64), not the 25/50/75/100% ladder
+    (keep 0.77 would run the 100% rung): no host read, never capped, the
+    outputs of exact packing; threshold mode keeps the ladder."""
+    static, exact = _pair(cls, pack_size='auto', keep_ratio=keep, **kwargs)
+    prefix = static.num_prefix_tokens
+    tokenizer = static.apt.tokenizer
+    fixed = tokenizer.budget_packed_tokens(2, (16, 16))
+    assert static.apt.pack_sizes(2, 256, 256) == (-(-fixed // 64) * 64, )
+    with torch.no_grad():
+        for kinds in (['flat', 'noise'], ['noise', 'noise']):
+            x = _images(kinds)
+            layout = static.tokenize(x)
+            assert int(layout.num_real_packed) == fixed
+            assert fixed <= 2 * (int(keep * 256) + prefix)
+            assert layout.num_packed == -(-fixed // 64) * 64
+            assert not bool(layout.capped)
+            for a, b in zip(static(x), exact(x)):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            counts = count_overhead(lambda: static(x), model=static)
+            assert counts.total_syncs == 0, counts.sync_sites
+    # Threshold mode: the ladder, no fixed count.
+    thresholds = _pair(cls, pack_size='auto', **kwargs)[0]
+    assert thresholds.apt.tokenizer.budget_packed_tokens(2, (16, 16)) is None
+    assert thresholds.apt.pack_sizes(2, 256, 256) == default_pack_sizes(
+        2, (16, 16), prefix)
