@@ -542,7 +542,8 @@ def test_match_thresholds_exports_one_budget_bucket(exported, tmp_path):
     mean count on the photographs (camera 133, rocket 130, hubble 73,
     chelsea 172: 127 of 256 tokens), one bucket (128) that every image
     fills, picked without the count graph; ORT equals eager static mode
-    on photographs of either threshold bucket."""
+    on photographs of either threshold bucket and on one that overflows
+    them."""
     from mmengine.config import Config
 
     from mmapt.deploy import ONNXRuntimeModel, build_model, read_manifest
@@ -570,7 +571,8 @@ def test_match_thresholds_exports_one_budget_bucket(exported, tmp_path):
     model = build_model(cfg)
     model.load_state_dict(threshold_model.state_dict())
     assert runtime.count_session is None  # nothing to count
-    for name in (PHOTOS[144][0], PHOTOS[192][0]):
+    # One of each threshold bucket, and astronaut, which overflows them.
+    for name in (PHOTOS[144][0], PHOTOS[192][0], OVERFLOWING):
         x = photo(name, manifest)
         result = runtime(x)
         assert (result.pack_size, result.packed_tokens,
