@@ -70,6 +70,12 @@ DISTILLERS = {
     'toy/toy_learned_scorer_coco_budget.py': 'toy/toy_apt_det.py',
     'toy/toy_learned_scorer_ade_budget.py': 'toy/toy_apt_seg.py',
 }
+# Another test set for an APT config -> that config: the same model, only
+# the test data (and its evaluator) differ.
+TEST_SETS = {
+    'toy/toy_apt_det_heldout.py': 'toy/toy_apt_det.py',
+    'toy/toy_apt_seg_heldout.py': 'toy/toy_apt_seg.py',
+}
 VARIANT_KEYS = ('train_pipeline', 'test_pipeline', 'importance',
                 'train_dataloader', 'val_dataloader', 'test_dataloader')
 # What a fine-tune may change besides the schedule: the start.
@@ -124,13 +130,25 @@ def test_every_apt_config_is_covered():
         if _load(name)['model']['backbone']['type'] in PLAIN_OF_APT_TYPE
     }
     covered = set(APT_BASELINES) | set(FINETUNES) | set(VARIANTS) | set(
-        DISTILLERS)
+        DISTILLERS) | set(TEST_SETS)
     assert apt == covered, (
         f'APT configs without a baseline or fine-tune entry in '
         f'{osp.basename(__file__)}: {sorted(apt - covered)}; entries for '
         f'configs that are not APT: {sorted(covered - apt)}')
     assert set(FINETUNES.values()) <= set(APT_BASELINES)
     assert set(VARIANTS.values()) <= set(APT_BASELINES)
+    assert set(TEST_SETS.values()) <= set(APT_BASELINES)
+
+
+@pytest.mark.parametrize('name', sorted(TEST_SETS))
+def test_test_set_config_changes_only_the_test_data(name):
+    test_set, apt = _load(name), _load(TEST_SETS[name])
+    changed = {path.split('.')[0] for path in _differences(test_set, apt)}
+    assert changed <= {'test_dataloader', 'test_evaluator', 'heldout_root'}
+    assert 'test_dataloader' in changed
+    # The data root moved; the pipeline, sampler and batch stayed.
+    assert _differences(test_set['test_dataloader'],
+                        apt['test_dataloader']) == ['dataset.data_root']
 
 
 @pytest.mark.parametrize('name', sorted(VARIANTS))
