@@ -205,18 +205,24 @@ class PatchTokenizer:
     def pack_size(self, value: PackSizeSpec) -> None:
         self._pack_size = check_pack_size_spec(value)
 
-    def pack_sizes(self, batch: int,
-                   grid: Tuple[int, int]) -> Optional[Tuple[int, ...]]:
+    def pack_sizes(self,
+                   batch: int,
+                   grid: Tuple[int, int],
+                   budget: Optional[int] = None) -> Optional[Tuple[int, ...]]:
         """The static sizes in effect for a batch on ``grid``, ascending
-        (None: exact packing)."""
+        (None: exact packing). ``budget``: budget mode's tokens per image,
+        if already resolved (:meth:`budget_for`)."""
         spec = self.pack_size
         if spec is None:
             return None
         if spec == 'auto':
-            return self.auto_pack_sizes(batch, grid)
+            return self.auto_pack_sizes(batch, grid, budget)
         return (spec, ) if isinstance(spec, int) else tuple(spec)
 
-    def auto_pack_sizes(self, batch: int, grid: Tuple[int, int]) -> tuple:
+    def auto_pack_sizes(self,
+                        batch: int,
+                        grid: Tuple[int, int],
+                        budget: Optional[int] = None) -> tuple:
         """The ``'auto'`` buckets of a batch on ``grid``, ascending ints.
         Threshold mode:
         :func:`~mmapt.tokenizer.layout.default_pack_sizes` (25/50/75/100%).
@@ -224,24 +230,28 @@ class PatchTokenizer:
         to a multiple of 64: every batch has that count, so a ladder would
         only pad it to the next rung (keep 0.77 would run the 100%
         bucket)."""
-        fixed = self.budget_packed_tokens(batch, grid)
+        fixed = self.budget_packed_tokens(batch, grid, budget)
         if fixed is None:
             return default_pack_sizes(batch, grid, self.num_prefix_tokens)
         size = -(-fixed // AUTO_BUCKET_MULTIPLE) * AUTO_BUCKET_MULTIPLE
         return (min(size, max_pack_size(batch, grid,
                                         self.num_prefix_tokens)), )
 
-    def budget_packed_tokens(self, batch: int,
-                             grid: Tuple[int, int]) -> Optional[int]:
+    def budget_packed_tokens(self,
+                             batch: int,
+                             grid: Tuple[int, int],
+                             budget: Optional[int] = None) -> Optional[int]:
         """Budget mode: the packed tokens (prefix included) of every batch
         of ``batch`` images on ``grid``, known from the shapes alone (the
         coarsest cells plus 3 per split, :mod:`~mmapt.tokenizer.budget`);
-        None in threshold mode. ValueError when the budget cannot be met."""
+        None in threshold mode. ``budget``: the tokens per image, if already
+        resolved (:meth:`budget_for`); ValueError when it cannot be met."""
         if not self.budget_mode:
             return None
-        budget = resolve_budget(grid, self.num_scales, self.patch_size,
-                                self.token_budget, self.keep_ratio,
-                                self.num_prefix_tokens)
+        if budget is None:
+            budget = resolve_budget(grid, self.num_scales, self.patch_size,
+                                    self.token_budget, self.keep_ratio,
+                                    self.num_prefix_tokens)
         per_image = min_tokens(grid, self.num_scales) + \
             3 * self._budget_splits(grid, budget)
         return batch * (per_image + self.num_prefix_tokens)
@@ -426,8 +436,8 @@ class PatchTokenizer:
         grid = self.grid_size(*images.shape[-2:])
         batch = images.shape[0]
         if buckets is None:
-            buckets = self.pack_sizes(batch, grid) or \
-                self.auto_pack_sizes(batch, grid)
+            buckets = self.pack_sizes(batch, grid, budget) or \
+                self.auto_pack_sizes(batch, grid, budget)
         else:
             checked = check_pack_size_spec(
                 buckets if isinstance(buckets, int) else list(buckets))
@@ -505,7 +515,7 @@ class PatchTokenizer:
         budget = self._check_images(images, importance)  # the one check
         chosen = self._choose(images, importance, budget)
         sizes = self.pack_sizes(images.shape[0],
-                                self.grid_size(*images.shape[-2:]))
+                                self.grid_size(*images.shape[-2:]), budget)
         pack_size = None if sizes is None else self.select_pack_size(
             images, importance, sizes, chosen[0])
         return self._layout(images, importance, pack_size, budget, chosen)
