@@ -172,7 +172,8 @@ def benchmark_onnx(apt_dirs: Dict[str, str],
             size, needed, capped = chosen[name]
             row[f'{name}_bucket'] = size
             row[f'{name}_capped'] = capped
-            row['packed_tokens'] = row.get('packed_tokens', needed)
+            # Each export's own count: a budget-mode export's is fixed.
+            row[f'{name}_packed_tokens'] = needed
         row.update({f'{k}_ms': float(np.median(v)) for k, v in times.items()})
         rows.append(row)
         if on_row is not None:

@@ -218,14 +218,19 @@ def matched_keep_ratio(backbone: nn.Module,
     (docs/scorers_eval.md); check it on your own data.
 
     Raises:
-        ValueError: a plain backbone, one already in budget mode, a batch
-            size above 1, or no readable image.
+        ValueError: a plain backbone, a batch size above 1, one already in
+            budget mode, or no readable image.
     """
     adapter = apt_adapter(backbone)
     if adapter is None:
         raise ValueError(
             f'{type(backbone).__name__} is a plain backbone: it keeps every '
             'token; match the thresholds of an APT config')
+    if manifest_input['shape'][0] != 1:
+        raise ValueError(
+            'the thresholds are matched on single images: export with '
+            f'--batch-size 1, not {manifest_input["shape"][0]}, or set '
+            'model.backbone.keep_ratio yourself')
     tokenizer = adapter.tokenizer
     if tokenizer.budget_mode:
         raise ValueError(
@@ -239,7 +244,8 @@ def matched_keep_ratio(backbone: nn.Module,
     cells = grid[0] * grid[1]
     content = [c - prefix for c in counts.values()]
     keep = sum(content) / (len(content) * cells)
-    # Four decimals, rounded up: at least the thresholds' mean tokens.
+    # Four decimals, rounded up so that rounding never lowers the budget;
+    # the count itself is whole splits, up to 2 tokens under the budget.
     keep_ratio = min(1.0, math.ceil(keep * 1e4) / 1e4)
     return dict(
         images=image_path,

@@ -378,6 +378,8 @@ def test_benchmark_interleaves_every_arm_in_the_chosen_bucket(
         want = apt_model.backbone.apt.select_pack_size(
             torch.from_numpy(prepare_image(rgb, manifest)), buckets=BUCKETS)
         assert row['ort_apt_bucket'] == row['ort_again_bucket'] == want
+        assert row['ort_apt_packed_tokens'] == row[
+            'ort_again_packed_tokens'] <= want
         assert not row['ort_apt_capped']
         assert all(row[f'{arm}_ms'] > 0 for arm in arms)
     assert [r['ort_apt_bucket'] for r in rows] == [144, 192]
@@ -537,7 +539,8 @@ def test_fit_buckets_errors_name_the_fix(exported, plain_exported, tmp_path):
         progress=False).buckets == (192, 256)
 
 
-def test_match_thresholds_exports_one_budget_bucket(exported, tmp_path):
+def test_match_thresholds_exports_one_budget_bucket(exported, plain_exported,
+                                                    tmp_path):
     """--match-thresholds: budget mode at the keep ratio of the thresholds'
     mean count on the photographs (camera 133, rocket 130, hubble 73,
     chelsea 172: 127 of 256 tokens), one bucket (128) that every image
@@ -593,3 +596,8 @@ def test_match_thresholds_exports_one_budget_bucket(exported, tmp_path):
                           TINY_DET.replace('0.3)),', '0.3), keep_ratio=0.5),'),
                           'configs/toy/toy_apt_det.py')
     fails([budget, '--match-thresholds', calib], 'already in budget mode')
+    fails([config, '--match-thresholds', calib, '--batch-size', 2],
+          'matched on single images.*--batch-size 1')
+    plain = osp.join(osp.dirname(plain_exported[0]), 'tiny_toy_eva02_det.py')
+    fails([plain, '--match-thresholds', calib],
+          'plain backbone.*thresholds to match')
