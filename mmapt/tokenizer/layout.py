@@ -572,6 +572,12 @@ def check_pack_size_spec(value: object) -> PackSizeSpec:
         '(buckets at 25/50/75/100% of the canvas\'s tokens)')
 
 
+def round_up_pack_size(size: int, multiple: int = AUTO_BUCKET_MULTIPLE) -> int:
+    """``size`` packed tokens rounded up to a multiple of ``multiple`` (the
+    buckets' alignment, which suits the GPU kernels)."""
+    return -(-size // multiple) * multiple
+
+
 def default_pack_sizes(batch: int,
                        grid: Tuple[int, int],
                        num_prefix_tokens: int = 0) -> Tuple[int, ...]:
@@ -585,8 +591,7 @@ def default_pack_sizes(batch: int,
     sizes = set()
     for fraction in AUTO_BUCKET_FRACTIONS:
         size = batch * (math.ceil(fraction * cells) + num_prefix_tokens)
-        size = -(-size // AUTO_BUCKET_MULTIPLE) * AUTO_BUCKET_MULTIPLE
-        sizes.add(min(size, largest))
+        sizes.add(min(round_up_pack_size(size), largest))
     return tuple(sorted(sizes))
 
 
@@ -643,7 +648,7 @@ def fit_pack_sizes(packed_tokens: Sequence[int],
     # batches each has; those that round up to it run there anyway.
     weight: Dict[int, int] = {}
     for count in counts:
-        size = -(-count // multiple) * multiple
+        size = round_up_pack_size(count, multiple)
         if size < largest:
             weight[size] = weight.get(size, 0) + 1
     sizes = sorted(weight)

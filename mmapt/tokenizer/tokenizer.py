@@ -10,10 +10,10 @@ from torch import Tensor
 from .budget import (budget_patches, check_keep_ratio, check_token_budget,
                      fit_patches, min_tokens, resolve_budget)
 from .entropy import ENTROPY_BINS, images_to_gray
-from .layout import (AUTO_BUCKET_MULTIPLE, PackSizeSpec, PatchLayout,
-                     build_layout, check_pack_size, check_pack_size_spec,
-                     check_window_size, choose_pack_size, default_pack_sizes,
-                     max_pack_size, select_patches)
+from .layout import (PackSizeSpec, PatchLayout, build_layout, check_pack_size,
+                     check_pack_size_spec, check_window_size, choose_pack_size,
+                     default_pack_sizes, max_pack_size, round_up_pack_size,
+                     select_patches)
 from .scorers import (ImportanceScorer, PatchScorer, ScorerConfig,
                       build_scorer, check_importance, missing_importance)
 
@@ -233,9 +233,9 @@ class PatchTokenizer:
         fixed = self.budget_packed_tokens(batch, grid, budget)
         if fixed is None:
             return default_pack_sizes(batch, grid, self.num_prefix_tokens)
-        size = -(-fixed // AUTO_BUCKET_MULTIPLE) * AUTO_BUCKET_MULTIPLE
-        return (min(size, max_pack_size(batch, grid,
-                                        self.num_prefix_tokens)), )
+        return (min(
+            round_up_pack_size(fixed),
+            max_pack_size(batch, grid, self.num_prefix_tokens)), )
 
     def budget_packed_tokens(self,
                              batch: int,
